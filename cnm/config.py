@@ -1,0 +1,36 @@
+"""Command-line flags whose defaults come from environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_IPAM_ADDR = "127.0.0.1:50052"
+DEFAULT_NETDRIVER_ADDR = "127.0.0.1:50053"
+DEFAULT_ORCHESTRATOR_ADDR = "127.0.0.1:50051"
+
+
+def env(name: str, default: str) -> str:
+    """The value of environment variable ``name``, or ``default`` when unset or empty."""
+    return os.environ.get(name) or default
+
+
+def default_host_id() -> str:
+    return env("CNM_HOST_ID", socket.gethostname())
+
+
+def add_flag(
+    parser: argparse.ArgumentParser, flag: str, env_name: str, default: str, help_text: str
+) -> None:
+    """Adds ``flag`` whose default is ``$env_name``, else ``default``; help names both."""
+    parser.add_argument(
+        flag,
+        default=env(env_name, default),
+        help=f"{help_text} (env {env_name}, default {default or 'unset'})",
+    )
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--log-level", "CNM_LOG_LEVEL", "INFO", "log level")

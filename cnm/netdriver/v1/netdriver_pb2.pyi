@@ -1,0 +1,252 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_TCP: _ClassVar[Protocol]
+    PROTOCOL_UDP: _ClassVar[Protocol]
+    PROTOCOL_SCTP: _ClassVar[Protocol]
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_TCP: Protocol
+PROTOCOL_UDP: Protocol
+PROTOCOL_SCTP: Protocol
+
+class Network(_message.Message):
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_ICC_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    bridge_name: str
+    mtu: int
+    internal: bool
+    enable_icc: bool
+    allowed_networks: _containers.RepeatedScalarFieldContainer[str]
+    vni: int
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PortMapping(_message.Message):
+    __slots__ = ("protocol", "host_ip", "host_port", "container_port")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_IP_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
+    protocol: Protocol
+    host_ip: str
+    host_port: int
+    container_port: int
+    def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ROUTE_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    network_id: str
+    container_id: str
+    sandbox: str
+    address: str
+    mac_address: str
+    host_interface: str
+    container_interface: str
+    port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    default_route: bool
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ...) -> None: ...
+
+class RemoteEndpoint(_message.Message):
+    __slots__ = ("address", "mac_address", "underlay_ip")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    mac_address: str
+    underlay_ip: str
+    def __init__(self, address: _Optional[str] = ..., mac_address: _Optional[str] = ..., underlay_ip: _Optional[str] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("host_id", "underlay_ip")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    underlay_ip: str
+    def __init__(self, host_id: _Optional[str] = ..., underlay_ip: _Optional[str] = ...) -> None: ...
+
+class GetHostInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetHostInfoResponse(_message.Message):
+    __slots__ = ("host_id", "underlay_ip", "drivers", "firewall", "version")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    DRIVERS_FIELD_NUMBER: _ClassVar[int]
+    FIREWALL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    underlay_ip: str
+    drivers: _containers.RepeatedScalarFieldContainer[str]
+    firewall: str
+    version: str
+    def __init__(self, host_id: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., drivers: _Optional[_Iterable[str]] = ..., firewall: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class CreateNetworkRequest(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: Network
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class CreateNetworkResponse(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: Network
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class DeleteNetworkRequest(_message.Message):
+    __slots__ = ("network_id",)
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    def __init__(self, network_id: _Optional[str] = ...) -> None: ...
+
+class DeleteNetworkResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateEndpointRequest(_message.Message):
+    __slots__ = ("endpoint", "network")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    endpoint: Endpoint
+    network: Network
+    def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class CreateEndpointResponse(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: Endpoint
+    def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class DeleteEndpointRequest(_message.Message):
+    __slots__ = ("endpoint_id",)
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetNetworkPeersRequest(_message.Message):
+    __slots__ = ("network_id", "peers", "remote_endpoints")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    remote_endpoints: _containers.RepeatedCompositeFieldContainer[RemoteEndpoint]
+    def __init__(self, network_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., remote_endpoints: _Optional[_Iterable[_Union[RemoteEndpoint, _Mapping]]] = ...) -> None: ...
+
+class SetNetworkPeersResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class CreateSandboxRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class DeleteSandboxRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteSandboxResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSandboxesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSandboxesResponse(_message.Message):
+    __slots__ = ("sandboxes",)
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
+
+class GetStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStateResponse(_message.Message):
+    __slots__ = ("networks", "endpoints", "sandboxes", "firewall_elements")
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    FIREWALL_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[Network]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    firewall_elements: int
+    def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., firewall_elements: _Optional[int] = ...) -> None: ...
+
+class ResyncRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResyncResponse(_message.Message):
+    __slots__ = ("repaired",)
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    repaired: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, repaired: _Optional[_Iterable[str]] = ...) -> None: ...

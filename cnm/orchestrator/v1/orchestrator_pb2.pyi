@@ -1,0 +1,365 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_TCP: _ClassVar[Protocol]
+    PROTOCOL_UDP: _ClassVar[Protocol]
+    PROTOCOL_SCTP: _ClassVar[Protocol]
+
+class HostState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOST_STATE_UNSPECIFIED: _ClassVar[HostState]
+    HOST_STATE_HEALTHY: _ClassVar[HostState]
+    HOST_STATE_UNHEALTHY: _ClassVar[HostState]
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_TCP: Protocol
+PROTOCOL_UDP: Protocol
+PROTOCOL_SCTP: Protocol
+HOST_STATE_UNSPECIFIED: HostState
+HOST_STATE_HEALTHY: HostState
+HOST_STATE_UNHEALTHY: HostState
+
+class Network(_message.Message):
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "endpoints", "hosts")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    ip_range: str
+    internal: bool
+    options: _containers.ScalarMap[str, str]
+    labels: _containers.ScalarMap[str, str]
+    vni: int
+    create_time: _timestamp_pb2.Timestamp
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    hosts: _containers.RepeatedCompositeFieldContainer[NetworkHostState]
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ...) -> None: ...
+
+class NetworkHostState(_message.Message):
+    __slots__ = ("host_id", "ready", "message")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    ready: bool
+    message: str
+    def __init__(self, host_id: _Optional[str] = ..., ready: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PortMapping(_message.Message):
+    __slots__ = ("protocol", "host_ip", "host_port", "container_port")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_IP_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
+    protocol: Protocol
+    host_ip: str
+    host_port: int
+    container_port: int
+    def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    network_id: str
+    network_name: str
+    container_id: str
+    host_id: str
+    sandbox: str
+    address: str
+    prefix_length: int
+    mac_address: str
+    host_interface: str
+    container_interface: str
+    port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Host(_message.Message):
+    __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATIC_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    address: str
+    underlay_ip: str
+    state: HostState
+    last_heartbeat_time: _timestamp_pb2.Timestamp
+    endpoint_count: int
+    static: bool
+    def __init__(self, host_id: _Optional[str] = ..., address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., state: _Optional[_Union[HostState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_count: _Optional[int] = ..., static: _Optional[bool] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("name", "host_id", "path", "endpoints")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host_id: str
+    path: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ..., path: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class CreateNetworkRequest(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: Network
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class CreateNetworkResponse(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: Network
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class GetNetworkRequest(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    def __init__(self, network: _Optional[str] = ...) -> None: ...
+
+class GetNetworkResponse(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: Network
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+
+class ListNetworksRequest(_message.Message):
+    __slots__ = ("driver", "label_filters")
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    driver: str
+    label_filters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, driver: _Optional[str] = ..., label_filters: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListNetworksResponse(_message.Message):
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[Network]
+    def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ...) -> None: ...
+
+class DeleteNetworkRequest(_message.Message):
+    __slots__ = ("network", "force")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    force: bool
+    def __init__(self, network: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DeleteNetworkResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PruneNetworksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PruneNetworksResponse(_message.Message):
+    __slots__ = ("deleted_networks",)
+    DELETED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    deleted_networks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConnectContainerRequest(_message.Message):
+    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container_id: str
+    host_id: str
+    sandbox: str
+    address: str
+    port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
+
+class ConnectContainerResponse(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: Endpoint
+    def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class DisconnectContainerRequest(_message.Message):
+    __slots__ = ("network", "container_id", "force")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container_id: str
+    force: bool
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DisconnectContainerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetEndpointRequest(_message.Message):
+    __slots__ = ("endpoint_id",)
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
+
+class GetEndpointResponse(_message.Message):
+    __slots__ = ("endpoint",)
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: Endpoint
+    def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
+
+class ListEndpointsRequest(_message.Message):
+    __slots__ = ("network", "container_id", "host_id")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container_id: str
+    host_id: str
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class ListEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class CreateSandboxRequest(_message.Message):
+    __slots__ = ("name", "host_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host_id: str
+    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class CreateSandboxResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class DeleteSandboxRequest(_message.Message):
+    __slots__ = ("name", "host_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host_id: str
+    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSandboxResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSandboxesRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class ListSandboxesResponse(_message.Message):
+    __slots__ = ("sandboxes",)
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
+
+class RegisterHostRequest(_message.Message):
+    __slots__ = ("host",)
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    host: Host
+    def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
+
+class RegisterHostResponse(_message.Message):
+    __slots__ = ("host", "heartbeat_interval_seconds")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    host: Host
+    heartbeat_interval_seconds: int
+    def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ...) -> None: ...
+
+class HeartbeatHostRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatHostResponse(_message.Message):
+    __slots__ = ("reregister",)
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    reregister: bool
+    def __init__(self, reregister: _Optional[bool] = ...) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
+
+class DeleteHostRequest(_message.Message):
+    __slots__ = ("host_id",)
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+
+class DeleteHostResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,171 @@
+"""Helpers shared by the test suites: free ports, processes, namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_serving(address: str, timeout: float = 15.0, service: str = "") -> None:
+    """Waits until the gRPC health service at ``address`` reports SERVING."""
+
+    def serving() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    wait_for(serving, timeout, 0.1, f"{address} to be SERVING")
+
+
+class Process:
+    """A child process we started, stopped by its PID only."""
+
+    def __init__(self, args: list[str], *, env: dict | None = None, log_path: Path | None = None):
+        self.args = args
+        self.log_path = log_path
+        # Closed in stop(); the child writes to it for its whole life.
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        full_env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "0", **(env or {})}
+        self.popen = subprocess.Popen(
+            args, env=full_env, stdout=self._log, stderr=self._log, cwd=REPO,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with its data in ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.workdir), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no", "--protected-mode", "no",
+        ]
+        self.process = Process(args, log_path=self.workdir / "redis.log")
+        wait_for(self.ping, 10, 0.05, f"redis on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        return False
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+            self.process = None
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Netns:
+    """A network namespace this test made; removed on close."""
+
+    def __init__(self, prefix: str = "cnmt"):
+        self.name = unique_name(prefix)
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.run("ip", "link", "set", "lo", "up")
+
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.name}"
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30, **kwargs):
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            check=check, capture_output=True, text=True, timeout=timeout, **kwargs,
+        )
+
+    def exec_args(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)
