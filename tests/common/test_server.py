@@ -1,0 +1,139 @@
+"""The shared server furniture: error mapping, health, reflection, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from cnm import errors, server
+
+SERVICE = "cnm.test.v1.ProbeService"
+
+
+def _probe_handlers(behaviour):
+    async def call(request: bytes, context) -> bytes:
+        return await behaviour(request)
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=lambda b: b, response_serializer=lambda b: b
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, {"Call": handler})
+
+
+async def _start(behaviour, readiness):
+    def add(servicer, grpc_server):
+        grpc_server.add_generic_rpc_handlers((_probe_handlers(behaviour),))
+
+    return await server.start(
+        listen="127.0.0.1:0",
+        services=[(add, None, SERVICE)],
+        logger=logging.getLogger("test"),
+        readiness=readiness,
+        readiness_interval=0.05,
+    )
+
+
+async def _call(port: int, payload: bytes) -> bytes:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = channel.unary_unary(f"/{SERVICE}/Call")
+        return await method(payload, timeout=5)
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+async def test_domain_error_becomes_status_with_error_info():
+    async def fail(_request):
+        raise errors.ResourceExhausted("pool 'p1' is full", reason="POOL_EXHAUSTED", pool="p1")
+
+    running = await _start(fail, _always_ready)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(running.port, b"x")
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == "pool 'p1' is full"
+        converted = errors.from_rpc_error(caught.value)
+        assert isinstance(converted, errors.ResourceExhausted)
+        assert converted.reason == "POOL_EXHAUSTED"
+        assert converted.metadata == {"pool": "p1"}
+    finally:
+        await running.stop(0)
+
+
+async def test_unexpected_exception_is_internal_and_success_passes_through(caplog):
+    async def behave(request):
+        if request == b"boom":
+            raise ValueError("bad thing")
+        return request.upper()
+
+    caplog.set_level(logging.INFO, logger="test")
+    running = await _start(behave, _always_ready)
+    try:
+        assert await _call(running.port, b"ok") == b"OK"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(running.port, b"boom")
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert "ValueError: bad thing" in caught.value.details()
+        request_lines = [r for r in caplog.records if r.getMessage() == "request"]
+        assert [r.code for r in request_lines] == ["OK", "INTERNAL"]
+        assert all(r.method == f"/{SERVICE}/Call" for r in request_lines)
+    finally:
+        await running.stop(0)
+
+
+async def test_health_follows_readiness_and_reflection_lists_services():
+    ready = asyncio.Event()
+
+    async def readiness() -> bool:
+        return ready.is_set()
+
+    async def echo(request):
+        return request
+
+    running = await _start(echo, readiness)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", SERVICE):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            ready.set()
+            for _ in range(100):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.02)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = set()
+            async for reply in replies:
+                names |= {s.name for s in reply.list_services_response.service}
+            assert {SERVICE, "grpc.health.v1.Health"} <= names
+    finally:
+        await running.stop(0)
+
+
+def test_from_rpc_error_without_details_maps_by_code():
+    class FakeError(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "connection refused"
+
+        def trailing_metadata(self):
+            return ()
+
+    converted = errors.from_rpc_error(FakeError())
+    assert isinstance(converted, errors.Unavailable)
+    assert converted.message == "connection refused"
