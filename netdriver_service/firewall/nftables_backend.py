@@ -1,0 +1,296 @@
+"""The ``nftables`` firewall backend: cnm's own table, changed by atomic JSON batches.
+
+The ruleset's shape is in :mod:`netdriver_service.firewall.ruleset`. This
+module reads the kernel, decides the batch, and applies it in one
+transaction. The kernel is the only record: networks and ports are read
+back from the elements and their comments, so a restarted agent needs no
+memory of what it did. Calls are serialized by one lock (a read-then-write
+must not interleave with another) and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from cnm import errors
+from netdriver_service.firewall import NetworkRules, PortRule, ruleset
+from netdriver_service.firewall.libnft import NftError, NftRunner, open_runner
+from netdriver_service.firewall.ports import split_against, validate_network, validate_ports
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_BR_NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+_TABLE_LIST = [{"list": {"table": {"family": ruleset.FAMILY, "name": ruleset.TABLE}}}]
+
+
+def _br_netfilter_active() -> bool:
+    try:
+        return _BR_NETFILTER.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+class NftablesFirewall:
+    """Firewall backend over libnftables (or ``nft -j -f -``)."""
+
+    name = "nftables"
+
+    def __init__(self, runner: NftRunner | None = None, *, prefer: str = "auto") -> None:
+        self._runner = runner or open_runner(prefer)
+        self._lock = asyncio.Lock()
+
+    @property
+    def runner_name(self) -> str:
+        return self._runner.name
+
+    # --- plumbing -----------------------------------------------------------------
+
+    async def _locked(self, work: Callable[[], T]) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(work)
+
+    def _apply(self, commands: list[dict], what: str) -> None:
+        if not commands:
+            return
+        try:
+            self._runner.run(commands)
+        except NftError as error:
+            raise errors.Internal(f"{what}: nftables refused the batch: {error.message}",
+                                  reason="NFTABLES_FAILED") from error
+
+    def _listing(self) -> dict | None:
+        """``list table ip cnm`` as JSON, or None when the table does not exist."""
+        try:
+            return self._runner.run(_TABLE_LIST)
+        except NftError as error:
+            if error.missing:
+                return None
+            raise errors.Internal(f"read nftables table: {error.message}",
+                                  reason="NFTABLES_FAILED") from error
+
+    def _read_elements(self, names: tuple[str, ...] = tuple(ruleset.SETS)) -> ruleset.Elements:
+        """The elements of the named sets (empty when missing), one listing each.
+
+        libnftables 1.0.6 refuses several ``list`` commands in one batch, and a
+        listing costs in proportion to its size, so callers name only the sets
+        they need (the big port maps are read only when ports are concerned).
+        """
+        found = ruleset.empty_elements()
+        for name in names:
+            kind = "map" if ruleset.SETS[name][1] else "set"
+            command = {"list": {kind: {"family": ruleset.FAMILY, "table": ruleset.TABLE,
+                                       "name": name}}}
+            try:
+                listing = self._runner.run([command])
+            except NftError as error:
+                if error.missing:
+                    continue
+                raise errors.Internal(f"read nftables {kind} {name}: {error.message}",
+                                      reason="NFTABLES_FAILED") from error
+            found[name] = ruleset.elements_from_listing(listing)[name]
+        return found
+
+    def _table_exists(self) -> bool:
+        try:
+            self._runner.run([{"list": {"chain": {"family": ruleset.FAMILY,
+                                                  "table": ruleset.TABLE, "name": "forward"}}}])
+        except NftError as error:
+            if error.missing:
+                return False
+            raise errors.Internal(f"read nftables table: {error.message}",
+                                  reason="NFTABLES_FAILED") from error
+        return True
+
+    def _base_repairs(self, listing: dict | None) -> tuple[list[dict], list[str]]:
+        """Commands restoring the table, sets and chains, and a line per repair."""
+        if listing is None:
+            return ruleset.base_commands(), [f"created table {ruleset.FAMILY} {ruleset.TABLE}"]
+        commands: list[dict] = []
+        lines: list[str] = []
+        missing_sets = [name for name in ruleset.SETS
+                        if name not in ruleset.set_names_in_listing(listing)]
+        if missing_sets:
+            commands += ruleset.set_commands(missing_sets)
+            lines += [f"created missing set {name}" for name in missing_sets]
+        kernel_chains = ruleset.rules_from_listing(listing)
+        for name in ruleset.chain_drift(kernel_chains):
+            if name in kernel_chains:
+                commands.append({"flush": ruleset.obj("chain", name=name)})
+                lines.append(f"rewrote chain {name}: its rules differed")
+            else:
+                lines.append(f"created missing chain {name}")
+            commands += ruleset.chain_commands(name)
+        return commands, lines
+
+    # --- Firewall protocol --------------------------------------------------------
+
+    async def ensure_base(self) -> None:
+        def work() -> None:
+            commands, lines = self._base_repairs(self._listing())
+            self._apply(commands, "create cnm's nftables table")
+            for line in lines:
+                log.info("firewall: %s", line)
+
+        await self._locked(work)
+
+    async def _check_icc_support(self, networks: list[NetworkRules]) -> None:
+        """icc off is enforced in the ip forward hook, which sees bridged traffic only
+        through br_netfilter; refuse rather than silently not isolate."""
+        without_icc = [network.network_id for network in networks if not network.enable_icc]
+        if without_icc and not await asyncio.to_thread(_br_netfilter_active):
+            raise errors.FailedPrecondition(
+                f"networks {without_icc}: disabling inter-container communication needs "
+                "br_netfilter with net.bridge.bridge-nf-call-iptables=1 in the agent's namespace",
+                reason="BR_NETFILTER_INACTIVE",
+            )
+
+    async def add_network(self, network: NetworkRules) -> None:
+        validate_network(network)
+        await self._check_icc_support([network])
+
+        def work() -> None:
+            commands = [] if self._table_exists() else ruleset.base_commands()
+            actual = self._read_elements(ruleset.NETWORK_SETS)
+            owner = ruleset.network_of_bridge(actual["bridges"])
+            holder = owner.get(network.bridge)
+            if holder is not None and holder != network.network_id:
+                raise errors.AlreadyExists(
+                    f"network {network.network_id!r}: bridge {network.bridge!r} already has the "
+                    f"rules of network {holder!r}", reason="BRIDGE_TAKEN", network_id=holder,
+                )
+            mine = ruleset.elements_of_network(actual, network.network_id)
+            wanted = ruleset.network_elements(network)
+            others = {bridge: net for bridge, net in owner.items()
+                      if net != network.network_id}
+            bridge_of = {net: bridge for bridge, net in others.items()}
+            bridge_of[network.network_id] = network.bridge
+            allowances = {key: element for key, element in actual["allowances"].items()
+                          if key[0] in others}
+            allowances.update(wanted["allowances"])
+            for pair in ruleset.allowed_pair_keys(bridge_of, allowances):
+                if network.bridge in pair:
+                    wanted["allowed_pairs"][pair] = ruleset.Element(pair)
+            changes, _ = ruleset.diff_commands(mine, wanted)
+            self._apply(commands + changes, f"install rules of network {network.network_id!r}")
+
+        await self._locked(work)
+
+    async def remove_network(self, network_id: str) -> None:
+        def work() -> None:
+            actual = self._read_elements(
+                ruleset.NETWORK_SETS + (ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0])
+            )
+            mine = ruleset.elements_of_network(actual, network_id)
+            for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
+                mine[port_map] = ruleset.port_partners(mine[address_map])
+            mine["specific_guard"] = ruleset.guards_freed(
+                actual["ports_addr_addr"], mine["ports_addr_addr"]
+            )
+            commands, _ = ruleset.diff_commands(mine, ruleset.empty_elements())
+            self._apply(commands, f"remove rules of network {network_id!r}")
+
+        await self._locked(work)
+
+    async def add_ports(self, ports: list[PortRule]) -> None:
+        ports = validate_ports(ports)
+        if not ports:
+            return
+
+        def work() -> None:
+            try:
+                self._runner.run(ruleset.publish_batch(ports))
+                return
+            except NftError as error:
+                if error.missing:  # no table yet (never made, or flushed away)
+                    commands, _ = self._base_repairs(self._listing())
+                    self._apply(commands + ruleset.publish_batch(ports),
+                                f"publish ports of endpoint {ports[0].endpoint_id!r}")
+                    return
+                if not error.exists:
+                    raise errors.Internal(
+                        f"publish ports of endpoint {ports[0].endpoint_id!r}: {error.message}",
+                        reason="NFTABLES_FAILED",
+                    ) from error
+            # Something overlaps: read who holds it, or find it is this very mapping.
+            existing = ruleset.ports_from_elements(self._read_elements(ruleset.PORT_MAPS))
+            missing = split_against(existing, ports)
+            if missing:
+                self._apply(ruleset.publish_batch(missing),
+                            f"publish ports of endpoint {ports[0].endpoint_id!r}")
+
+        await self._locked(work)
+
+    async def remove_ports(self, endpoint_id: str) -> None:
+        def work() -> None:
+            # The address maps carry the owner in their comments; each port-map
+            # element shares its key, and the guards follow from the keys.
+            actual = self._read_elements((ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]))
+            doomed = ruleset.empty_elements()
+            for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
+                doomed[address_map] = {
+                    key: element for key, element in actual[address_map].items()
+                    if element.comment.partition(" ")[0] == endpoint_id
+                }
+                doomed[port_map] = ruleset.port_partners(doomed[address_map])
+            doomed["specific_guard"] = ruleset.guards_freed(
+                actual["ports_addr_addr"], doomed["ports_addr_addr"]
+            )
+            commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
+            self._apply(commands, f"remove ports of endpoint {endpoint_id!r}")
+
+        await self._locked(work)
+
+    async def list_ports(self) -> list[PortRule]:
+        return await self._locked(
+            lambda: ruleset.ports_from_elements(self._read_elements(ruleset.PORT_MAPS))
+        )
+
+    async def list_networks(self) -> list[str]:
+        def work() -> list[str]:
+            bridges = self._read_elements(("bridges",))["bridges"]
+            return sorted(set(ruleset.network_of_bridge(bridges).values()))
+
+        return await self._locked(work)
+
+    async def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        for network in networks:
+            validate_network(network)
+        ports = validate_ports(ports)
+        await self._check_icc_support(networks)
+        wanted = ruleset.desired_elements(networks, ports)
+
+        def work() -> list[str]:
+            listing = self._listing()
+            commands, lines = self._base_repairs(listing)
+            actual = ruleset.empty_elements() if listing is None else (
+                ruleset.elements_from_listing(listing))
+            changes, change_lines = ruleset.diff_commands(actual, wanted)
+            self._apply(commands + changes, "synchronize cnm's nftables table")
+            return lines + change_lines
+
+        lines = await self._locked(work)
+        for line in lines:
+            log.info("firewall sync: %s", line)
+        return lines
+
+    async def element_count(self) -> int:
+        def work() -> int:
+            listing = self._listing()
+            return 0 if listing is None else ruleset.count_in_listing(listing)
+
+        return await self._locked(work)
+
+    async def remove_all(self) -> None:
+        """Deletes cnm's table (for tests and uninstall); a missing table is fine."""
+        def work() -> None:
+            try:
+                self._runner.run([ruleset.table_command("delete")])
+            except NftError as error:
+                if not error.missing:
+                    raise errors.Internal(f"delete cnm's nftables table: {error.message}") from error
+
+        await self._locked(work)

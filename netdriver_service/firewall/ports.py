@@ -1,0 +1,124 @@
+"""Validation of firewall inputs and the rules for port conflicts, shared by all backends."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from cnm import errors
+from netdriver_service.firewall import NetworkRules, PortRule
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_IFNAME = re.compile(r"[^\s/:]{1,15}")
+
+
+def _ipv4(value: str, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError as error:
+        raise errors.InvalidArgument(f"{what}: {value!r} is not an IPv4 address") from error
+
+
+def _identifier(value: str, what: str) -> None:
+    if not _ID.fullmatch(value):
+        raise errors.InvalidArgument(f"{what}: {value!r} is not 1-64 chars of [A-Za-z0-9_.-]")
+
+
+def validate_network(network: NetworkRules) -> None:
+    what = f"firewall rules of network {network.network_id!r}"
+    _identifier(network.network_id, what + ": network id")
+    if not _IFNAME.fullmatch(network.bridge):
+        raise errors.InvalidArgument(f"{what}: bridge {network.bridge!r} is not an interface name")
+    try:
+        subnet = ipaddress.IPv4Network(network.subnet)
+    except ValueError as error:
+        raise errors.InvalidArgument(f"{what}: subnet {network.subnet!r}: {error}") from error
+    _ipv4(network.gateway, what + ": gateway")
+    if ipaddress.IPv4Address(network.gateway) not in subnet:
+        raise errors.InvalidArgument(f"{what}: gateway {network.gateway} not in {subnet}")
+    for allowed in network.allowed_networks:
+        _identifier(allowed, what + ": allowed network")
+
+
+def validate_port(port: PortRule) -> None:
+    what = f"port mapping of endpoint {port.endpoint_id!r}"
+    _identifier(port.endpoint_id, what + ": endpoint id")
+    _identifier(port.network_id, what + ": network id")
+    if port.protocol not in PROTOCOLS:
+        raise errors.InvalidArgument(f"{what}: protocol {port.protocol!r} not one of {PROTOCOLS}")
+    if port.host_ip:
+        _ipv4(port.host_ip, what + ": host ip")
+        if port.host_ip == "0.0.0.0":
+            raise errors.InvalidArgument(f"{what}: use an empty host ip for every address")
+    _ipv4(port.container_ip, what + ": container ip")
+    for name, value in (("host port", port.host_port), ("container port", port.container_port)):
+        if not 1 <= value <= 65535:
+            raise errors.InvalidArgument(f"{what}: {name} {value} not in 1-65535")
+
+
+def binding(port: PortRule) -> tuple[str, str, int]:
+    """What a mapping holds on the host: (protocol, host_ip, host_port)."""
+    return (port.protocol, port.host_ip, port.host_port)
+
+
+def describe_binding(port: PortRule) -> str:
+    return f"{port.host_ip or '*'}:{port.host_port}/{port.protocol}"
+
+
+def overlaps(a: PortRule, b: PortRule) -> bool:
+    """Whether two mappings claim the same port of the host.
+
+    A mapping on every address overlaps any mapping of the same protocol and
+    port, like Docker (which refuses 0.0.0.0:80 next to 10.0.0.1:80).
+    """
+    if (a.protocol, a.host_port) != (b.protocol, b.host_port):
+        return False
+    return not a.host_ip or not b.host_ip or a.host_ip == b.host_ip
+
+
+def validate_ports(ports: Iterable[PortRule]) -> list[PortRule]:
+    """Checks every mapping and that the request does not overlap itself.
+
+    Returns the mappings without exact repeats.
+    """
+    unique: list[PortRule] = []
+    for port in ports:
+        validate_port(port)
+        if port in unique:
+            continue
+        for other in unique:
+            if overlaps(port, other):
+                raise errors.InvalidArgument(
+                    f"port mappings {describe_binding(other)} of endpoint {other.endpoint_id!r} "
+                    f"and {describe_binding(port)} of endpoint {port.endpoint_id!r} overlap",
+                    reason="PORT_MAPPINGS_OVERLAP",
+                )
+        unique.append(port)
+    return unique
+
+
+def split_against(existing: Iterable[PortRule], wanted: list[PortRule]) -> list[PortRule]:
+    """The mappings of ``wanted`` not yet in ``existing``.
+
+    Raises AlreadyExists naming the endpoint that holds a host port one of
+    them needs (the same mapping of the same endpoint is not a conflict).
+    """
+    existing = list(existing)
+    missing = []
+    for port in wanted:
+        if port in existing:
+            continue
+        for holder in existing:
+            if overlaps(port, holder):
+                raise errors.AlreadyExists(
+                    f"host port {describe_binding(port)} for endpoint {port.endpoint_id!r} is "
+                    f"taken by endpoint {holder.endpoint_id!r} "
+                    f"({describe_binding(holder)} -> {holder.container_ip}:"
+                    f"{holder.container_port})",
+                    reason="PORT_ALLOCATED", endpoint_id=holder.endpoint_id,
+                    protocol=port.protocol, host_ip=holder.host_ip, host_port=port.host_port,
+                )
+        missing.append(port)
+    return missing

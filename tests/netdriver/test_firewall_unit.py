@@ -1,0 +1,225 @@
+"""Unit tests of the firewall: JSON batch building, element round trips,
+validation and conflict rules, and the ``none`` backend. No root needed;
+the same behaviour is proven against real nftables in
+test_firewall_nftables.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cnm import errors
+from netdriver_service.firewall import BACKENDS, NetworkRules, PortRule, make_firewall, ruleset
+from netdriver_service.firewall.libnft import NftError
+from netdriver_service.firewall.nftables_backend import NftablesFirewall
+from netdriver_service.firewall.ports import split_against, validate_ports
+
+NET_A = NetworkRules("net-a", "cnmA", "10.88.1.0/24", "10.88.1.1")
+NET_B = NetworkRules("net-b", "cnmB", "10.88.2.0/24", "10.88.2.1", allowed_networks=("net-a",))
+NET_I = NetworkRules("net-i", "cnmI", "10.88.3.0/24", "10.88.3.1", internal=True,
+                     enable_icc=False)
+
+
+def rule(endpoint="e1", host_port=8080, host_ip="", protocol="tcp", container_port=80):
+    return PortRule(endpoint, "net-a", protocol, host_ip, host_port, "10.88.1.2", container_port)
+
+
+def test_base_is_one_table_of_cnm_and_nothing_else():
+    commands = ruleset.base_commands()
+    tables = {(body["family"], body.get("table", body.get("name")))
+              for command in commands for verb, objects in command.items()
+              for body in objects.values()}
+    assert tables == {("ip", "cnm")}
+    assert all(list(command) == ["add"] for command in commands)
+    verbs = [next(iter(command["add"])) for command in commands]
+    assert verbs.count("rule") == sum(len(rules) for _, rules in ruleset.CHAINS.values())
+    assert "flush" not in str(commands) and "ruleset" not in str(commands)
+
+
+def test_rule_count_does_not_grow_with_networks_or_ports():
+    networks = [NetworkRules(f"n{i}", f"br{i}", f"10.{i}.0.0/24", f"10.{i}.0.1")
+                for i in range(50)]
+    ports = [PortRule(f"e{i}", f"n{i}", "tcp", "", 1000 + i, f"10.{i}.0.2", 80)
+             for i in range(50)]
+    commands, _ = ruleset.diff_commands(ruleset.empty_elements(),
+                                        ruleset.desired_elements(networks, ports))
+    assert all(next(iter(command["add"])) == "element" for command in commands)
+
+
+@pytest.mark.parametrize("set_name,element", [
+    ("bridges", ruleset.Element(("cnmA",), comment="net-a 10.88.1.1")),
+    ("subnet_bridge", ruleset.Element(("10.88.1.0/24", "cnmA"), comment="net-a")),
+    ("masq_subnets", ruleset.Element(("10.88.1.0/24",))),
+    ("self_verdicts", ruleset.Element(("cnmA", "cnmA"), "goto icc_off")),
+    ("self_verdicts", ruleset.Element(("cnmA", "cnmA"), "accept")),
+    ("allowances", ruleset.Element(("cnmB", 12345), comment="net-a")),
+    ("ports_any_addr", ruleset.Element(("tcp", 8080), "10.88.1.2", "e1 net-a")),
+    ("ports_addr_port", ruleset.Element(("127.0.0.1", "udp", 53), 5353, "e1 net-a")),
+])
+def test_elements_round_trip_through_json(set_name, element):
+    assert ruleset.element_from_json(set_name, ruleset.element_to_json(set_name, element)) \
+        == element
+
+
+def test_element_json_is_what_libnftables_lists():
+    element = ruleset.Element(("10.0.0.1", "tcp", 80), "10.88.1.2", "e1 net-a")
+    assert ruleset.element_to_json("ports_addr_addr", element) == [
+        {"elem": {"val": {"concat": ["10.0.0.1", "tcp", 80]}, "comment": "e1 net-a"}},
+        "10.88.1.2",
+    ]
+    assert ruleset.element_to_json("masq_subnets", ruleset.Element(("10.88.1.0/24",))) == \
+        {"prefix": {"addr": "10.88.1.0", "len": 24}}
+
+
+def test_network_elements():
+    wanted = ruleset.network_elements(NET_I)
+    assert set(wanted["internal"]) == {("cnmI",)}
+    assert wanted["masq_subnets"] == {}
+    assert wanted["self_verdicts"][("cnmI", "cnmI")].value == "goto icc_off"
+    wanted = ruleset.network_elements(NET_B)
+    assert set(wanted["masq_subnets"]) == {("10.88.2.0/24",)}
+    assert [e.comment for e in wanted["allowances"].values()] == ["net-a"]
+
+
+def test_allowed_pairs_need_both_networks():
+    alone = ruleset.desired_elements([NET_B], [])
+    assert alone["allowed_pairs"] == {}
+    both = ruleset.desired_elements([NET_A, NET_B], [])
+    assert set(both["allowed_pairs"]) == {("cnmA", "cnmB")}
+
+
+def test_publish_batch_creates_and_guards():
+    batch = ruleset.publish_batch([rule(host_port=8080), rule(host_port=9090, host_ip="10.0.0.1")])
+    verbs = [(verb, body["element"]["name"]) for command in batch
+             for verb, body in command.items()]
+    assert verbs == [
+        ("create", "ports_any_addr"), ("create", "ports_any_port"),
+        ("create", "specific_guard"), ("delete", "specific_guard"),
+        ("create", "ports_addr_addr"), ("create", "ports_addr_port"),
+        ("create", "ports_any_addr"), ("delete", "ports_any_addr"),
+        ("add", "specific_guard"),
+    ]
+
+
+def test_ports_read_back_from_elements():
+    ports = [rule(host_port=8080), rule("e2", 9090, "10.0.0.1", "udp", 53)]
+    wanted = ruleset.desired_elements([], ports)
+    assert ruleset.ports_from_elements(wanted) == sorted(ports, key=ruleset.port_sort_key)
+    del wanted["ports_any_port"][("tcp", 8080)]  # half a mapping is no mapping
+    assert ruleset.ports_from_elements(wanted) == [ports[1]]
+
+
+def test_diff_removes_stale_and_adds_missing():
+    actual = ruleset.desired_elements([NET_A], [rule(host_port=7000)])
+    wanted = ruleset.desired_elements([NET_A], [rule(host_port=8080)])
+    commands, lines = ruleset.diff_commands(actual, wanted)
+    assert [next(iter(command)) for command in commands] == ["delete", "delete", "add", "add"]
+    assert "removed stale ports_any_addr element tcp . 7000 : 10.88.1.2 (e1 net-a)" in lines
+    assert ruleset.diff_commands(wanted, wanted) == ([], [])
+
+
+def test_elements_of_network_include_its_ports_and_pairs():
+    state = ruleset.desired_elements([NET_A, NET_B], [rule(host_port=8080)])
+    mine = ruleset.elements_of_network(state, "net-a")
+    assert set(mine["allowed_pairs"]) == {("cnmA", "cnmB")}
+    assert set(mine["ports_any_addr"]) == {("tcp", 8080)}
+    assert mine["bridges"].keys() == {("cnmA",)} and mine["allowances"] == {}
+
+
+def test_chain_drift():
+    chains = {name: rules for name, (_, rules) in ruleset.CHAINS.items()}
+    assert ruleset.chain_drift(chains) == []
+    chains["forward"] = chains["forward"][1:]
+    del chains["input"]
+    assert ruleset.chain_drift(chains) == ["forward", "input"]
+
+
+def test_validate_ports_refuses_overlap_within_one_request():
+    assert validate_ports([rule(), rule()]) == [rule()]
+    with pytest.raises(errors.InvalidArgument):
+        validate_ports([rule(), rule("e2", host_ip="10.0.0.1")])
+    with pytest.raises(errors.InvalidArgument):
+        validate_ports([rule(protocol="icmp")])
+    validate_ports([rule(), rule(protocol="udp"), rule(host_port=8081)])
+
+
+def test_split_against_names_the_holder():
+    held = [rule("holder", 8080), rule("other", 9090, "10.0.0.1")]
+    assert split_against(held, [rule("holder", 8080)]) == []
+    with pytest.raises(errors.AlreadyExists) as caught:
+        split_against(held, [rule("e2", 8080, "10.0.0.2")])
+    assert caught.value.metadata["endpoint_id"] == "holder"
+    with pytest.raises(errors.AlreadyExists) as caught:
+        split_against(held, [rule("e2", 9090)])
+    assert caught.value.metadata["endpoint_id"] == "other"
+    assert split_against(held, [rule("e2", 9090, "10.0.0.2")]) == [rule("e2", 9090, "10.0.0.2")]
+
+
+def test_registry():
+    assert BACKENDS == ("nftables", "none")
+    assert make_firewall("none").name == "none"
+    with pytest.raises(errors.InvalidArgument):
+        make_firewall("iptables")
+
+
+async def test_none_backend_keeps_port_bookkeeping():
+    firewall = make_firewall("none")
+    await firewall.add_network(NET_A)
+    await firewall.add_ports([rule("e1", 8080)])
+    await firewall.add_ports([rule("e1", 8080)])
+    with pytest.raises(errors.AlreadyExists) as caught:
+        await firewall.add_ports([rule("e2", 8080, "10.0.0.1")])
+    assert caught.value.metadata["endpoint_id"] == "e1"
+    assert await firewall.list_ports() == [rule("e1", 8080)]
+    assert await firewall.list_networks() == ["net-a"]
+    await firewall.remove_network("net-a")
+    assert await firewall.list_ports() == [] and await firewall.element_count() == 0
+
+
+class FakeRunner:
+    """Records batches; answers listings from ``state``; fails creates of held keys."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict]] = []
+        self.state = ruleset.empty_elements()
+
+    def run(self, commands: list[dict]) -> dict:
+        if commands and "list" in commands[0]:
+            return {"nftables": [{"map" if ruleset.SETS[name][1] else "set": {
+                "family": "ip", "table": "cnm", "name": name,
+                "elem": [ruleset.element_to_json(name, e) for e in elements.values()]}}
+                for name, elements in self.state.items()]}
+        for command in commands:
+            body = command.get("create", {}).get("element")
+            if body and any(ruleset.element_from_json(body["name"], item).key
+                            in self.state[body["name"]] for item in body["elem"]):
+                raise NftError("Error: Could not process rule: File exists")
+        self.batches.append(commands)
+        for command in commands:
+            for verb, objects in command.items():
+                body = objects.get("element")
+                if body is None:
+                    continue
+                for item in body["elem"]:
+                    element = ruleset.element_from_json(body["name"], item)
+                    if verb == "delete":
+                        self.state[body["name"]].pop(element.key, None)
+                    else:
+                        self.state[body["name"]][element.key] = element
+        return {}
+
+
+async def test_add_ports_is_one_batch_without_reading():
+    runner = FakeRunner()
+    firewall = NftablesFirewall(runner)
+    await firewall.add_ports([rule("e1", 8080), rule("e1", 8081, "10.0.0.1")])
+    assert len(runner.batches) == 1
+    await firewall.add_ports([rule("e1", 8080)])  # conflict path: reads, finds it is ours
+    assert len(runner.batches) == 1
+    with pytest.raises(errors.AlreadyExists):
+        await firewall.add_ports([dataclasses.replace(rule("e2", 8080), container_port=81)])
+    await firewall.remove_ports("e1")
+    assert all(not elements for elements in runner.state.values())
