@@ -239,14 +239,16 @@ class ConnectContainerResponse(_message.Message):
     def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
 
 class DisconnectContainerRequest(_message.Message):
-    __slots__ = ("network", "container_id", "force")
+    __slots__ = ("network", "container_id", "force", "allow_missing")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     network: str
     container_id: str
     force: bool
-    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., force: _Optional[bool] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DisconnectContainerResponse(_message.Message):
     __slots__ = ()
@@ -295,12 +297,14 @@ class CreateSandboxResponse(_message.Message):
     def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
 
 class DeleteSandboxRequest(_message.Message):
-    __slots__ = ("name", "host_id")
+    __slots__ = ("name", "host_id", "allow_missing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     name: str
     host_id: str
-    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DeleteSandboxResponse(_message.Message):
     __slots__ = ()

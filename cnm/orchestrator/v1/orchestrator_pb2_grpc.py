@@ -171,14 +171,23 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ConnectContainer(self, request, context):
-        """Connects a container to a network on a host.
+        """Connects a container to a network on a host: IPAM allocates its address
+        (owner = endpoint id), the host's agent creates the endpoint (and the
+        network on first use), then the endpoint is recorded. A container's
+        first network gets the default route. Repeating a connect returns the
+        endpoint; the same container with different parameters is
+        ALREADY_EXISTS, and so is a host port already published. An unknown
+        host is NOT_FOUND and an unreachable one UNAVAILABLE, before anything
+        is allocated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisconnectContainer(self, request, context):
-        """Disconnects a container from a network.
+        """Disconnects a container from a network: the host's agent removes the
+        endpoint, IPAM releases its address, the record is removed. A container
+        that is not connected is NOT_FOUND unless allow_missing is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

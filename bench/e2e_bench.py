@@ -1,0 +1,302 @@
+"""End-to-end connect through the orchestrator against the CNI reference plugin chain.
+
+Runs everything on this machine, in namespaces it makes and removes: a real
+redis-server, ``python -m ipam_service``, ``python -m netdriver_service`` in
+a "host" namespace (unix socket, nftables), ``python -m orchestrator``; and,
+in a second host namespace, Debian's containernetworking-plugins chain
+``bridge`` (``host-local`` IPAM) + ``portmap``, each plugin exec'd as a
+container runtime does. Every container is a fresh namespace made beforehand
+(not timed).
+
+- connect latency: ConnectContainer with one port mapping, from a gRPC
+  client to the orchestrator (IPAM allocate + agent CreateEndpoint + Redis
+  records), against the CNI chain's ADD (bridge ADD + portmap ADD);
+- throughput: 8 concurrent clients, connects per second, against 8
+  concurrent CNI chain ADDs;
+- scale: connect p50 with 10 and with 1,000 endpoints on the network.
+
+Targets: connect p50 <= 1/3 of the CNI ADD; 8-client throughput >= 4x the
+CNI chain's; connect p50 at 1,000 endpoints within 1.25x of that at 10.
+
+    .venv/bin/python bench/e2e_bench.py [--iterations 40] [--clients 8] [--scale 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
+import grpc
+
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from tests import support
+
+CNI_PATH = "/usr/lib/cni"
+CLONE_NEWNET = 0x40000000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
+            f"mean {statistics.fmean(values):7.2f} ms  (n={len(values)})")
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+class Namespaces:
+    """Container namespaces, made in batches with one ``ip -batch``, removed at the end."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def make(self, count: int) -> list[str]:
+        names = [f"cnme-{uuid.uuid4().hex[:10]}" for _ in range(count)]
+        self.names += names
+        subprocess.run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names),
+                       text=True, check=True)
+        return names
+
+    def remove_all(self) -> None:
+        if self.names:
+            subprocess.run(["ip", "-force", "-batch", "-"], text=True, check=False,
+                           input="".join(f"netns delete {n}\n" for n in self.names),
+                           capture_output=True)
+        self.names.clear()
+
+
+class CniChain:
+    """bridge + host-local + portmap, exec'd one plugin at a time like a runtime."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.plugins = [
+            {"type": "bridge", "bridge": "cni-e2e0", "isGateway": True, "ipMasq": True,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.78.0.0/16"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ]
+
+    def add(self, container_id: str, netns: str, port: int) -> None:
+        result = None
+        for plugin in self.plugins:
+            config = {"cniVersion": "1.0.0", "name": "e2ebench", **plugin}
+            if result is not None:
+                config["prevResult"] = result
+            if plugin["type"] == "portmap":
+                config["runtimeConfig"] = {
+                    "portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
+            env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+                   "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH, "PATH": os.environ["PATH"]}
+            done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config),
+                                  env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"CNI {plugin['type']} ADD: {done.stdout} {done.stderr}")
+            result = json.loads(done.stdout)
+
+
+def enter_namespace(fd: int) -> None:
+    """Moves the calling thread (and threads it creates later) into the namespace on ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+class System:
+    """redis, IPAM, one agent in a host namespace and the orchestrator, as processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.redis = support.RedisServer(workdir / "redis", appendonly=False).start()
+        self.host = support.Netns("cnme-host")
+        self.host_id = f"b{uuid.uuid4().hex[:6]}"
+        self.processes: list[support.Process] = []
+        ipam = f"127.0.0.1:{support.free_port()}"
+        self.processes.append(support.Process(
+            [support.PYTHON, "-m", "ipam_service", "--listen", ipam,
+             "--redis-url", self.redis.url, "--log-level", "WARNING"],
+            log_path=workdir / "ipam.log"))
+        agent = f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock"
+        self.processes.append(support.Process(
+            ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
+             "--listen", agent, "--host-id", self.host_id, "--state-dir",
+             str(workdir / "agent"), "--log-level", "WARNING"],
+            log_path=workdir / "agent.log"))
+        self.address = f"127.0.0.1:{support.free_port()}"
+        support.wait_serving(ipam)
+        support.wait_serving(agent, timeout=20)
+        self.processes.append(support.Process(
+            [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
+             "--redis-url", self.redis.url, "--ipam", ipam,
+             "--hosts", f"{self.host_id}={agent}", "--log-level", "WARNING"],
+            log_path=workdir / "orchestrator.log"))
+        support.wait_serving(self.address)
+
+    def client(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(grpc.insecure_channel(self.address))
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.redis.stop()
+        self.host.close()
+
+
+class Client:
+    """Connects and disconnects containers of one host through the orchestrator."""
+
+    def __init__(self, system: System) -> None:
+        self.stub = system.client()
+        self.host_id = system.host_id
+
+    def connect(self, network: str, container: str, netns: str, port: int) -> float:
+        """The connect's latency in ms."""
+        started = time.perf_counter()
+        self.stub.ConnectContainer(pb.ConnectContainerRequest(
+            network=network, container_id=container, host_id=self.host_id,
+            sandbox=f"/var/run/netns/{netns}",
+            port_mappings=[pb.PortMapping(host_port=port, container_port=80)]), timeout=30)
+        return (time.perf_counter() - started) * 1000
+
+    def disconnect(self, network: str, container: str) -> None:
+        self.stub.DisconnectContainer(pb.DisconnectContainerRequest(
+            network=network, container_id=container), timeout=30)
+
+
+def concurrent(clients: int, jobs: list, run) -> float:
+    """Runs ``run(client_index, job)`` over ``jobs`` with ``clients`` threads; jobs per second."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda item: run(item[0] % clients, item[1]), enumerate(jobs)))
+    return len(jobs) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=40, help="sequential connects per side")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--throughput-jobs", type=int, default=160,
+                        help="connects per side in the throughput run")
+    parser.add_argument("--scale", type=int, default=1000,
+                        help="endpoints present for the scale measurement (0 skips it)")
+    parser.add_argument("--samples", type=int, default=30,
+                        help="connects measured at 10 and at --scale endpoints")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    workdir = Path(tempfile.mkdtemp(prefix="cnm-e2e-bench-"))
+    containers = Namespaces()
+    system = System(workdir)
+    cni_host = support.Netns("cnme-cni")
+    try:
+        clients = [Client(system) for _ in range(args.clients)]
+        first = clients[0]
+        stub = first.stub
+        stub.CreateNetwork(pb.CreateNetworkRequest(network=pb.Network(
+            name="bench", subnet="10.66.0.0/16")), timeout=30)
+        [warm] = containers.make(1)
+        first.connect("bench", "warm", warm, 1000)
+        first.disconnect("bench", "warm")
+
+        # --- cnm: sequential, then concurrent ---------------------------------------------
+        sandboxes = containers.make(args.iterations)
+        cnm_add = [first.connect("bench", f"seq{i}", netns, 20000 + i)
+                   for i, netns in enumerate(sandboxes)]
+        jobs = list(enumerate(containers.make(args.throughput_jobs)))
+        cnm_rate = concurrent(args.clients, jobs, lambda c, job: clients[c].connect(
+            "bench", f"par{job[0]}", job[1], 30000 + job[0]))
+        stub.DeleteNetwork(pb.DeleteNetworkRequest(network="bench", force=True), timeout=300)
+
+        # --- CNI, from inside its host namespace --------------------------------------------
+        cni_sandboxes = containers.make(args.iterations + args.throughput_jobs + 1)
+        cni = CniChain(workdir / "host-local")
+        host_fd = os.open(cni_host.path, os.O_RDONLY)
+        enter_namespace(host_fd)
+        os.close(host_fd)
+        try:
+            cni.add("warm", f"/var/run/netns/{cni_sandboxes[-1]}", 1000)
+            cni_add = []
+            for i in range(args.iterations):
+                started = time.perf_counter()
+                cni.add(f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
+                cni_add.append((time.perf_counter() - started) * 1000)
+            cni_jobs = list(enumerate(cni_sandboxes[args.iterations:-1]))
+            cni_rate = concurrent(args.clients, cni_jobs, lambda c, job: cni.add(
+                f"par{job[0]}", f"/var/run/netns/{job[1]}", 30000 + job[0]))
+        finally:
+            enter_namespace(root_ns)
+
+        print(f"# connect with one port mapping, {args.iterations} sequential, "
+              "one new namespace per container")
+        print(f"cnm connect (orchestrator)  {summary(cnm_add)}")
+        print(f"CNI chain ADD               {summary(cni_add)}")
+        ratio = statistics.median(cni_add) / statistics.median(cnm_add)
+        print(f"cnm p50 is 1/{ratio:.1f} of CNI ADD p50 (target <= 1/3) {verdict(ratio >= 3)}")
+        print(f"\n# throughput, {args.clients} concurrent clients, "
+              f"{args.throughput_jobs} connects each side")
+        print(f"cnm  {cnm_rate:8.1f} connects/s")
+        print(f"CNI  {cni_rate:8.1f} ADDs/s")
+        print(f"cnm is {cnm_rate / cni_rate:.1f}x CNI (target >= 4x) "
+              f"{verdict(cnm_rate >= 4 * cni_rate)}")
+
+        if args.scale:
+            stub.CreateNetwork(pb.CreateNetworkRequest(network=pb.Network(
+                name="scale", subnet="10.67.0.0/16")), timeout=30)
+            filled = fill(clients, containers, 0, 10)
+            small = measure(first, containers, 10, args.samples)
+            fill(clients, containers, filled, args.scale)
+            large = measure(first, containers, args.scale, args.samples)
+            ratio = statistics.median(large) / statistics.median(small)
+            print(f"\n# connect with 10 vs {args.scale} endpoints on the network")
+            print(f"at 10:     {summary(small)}")
+            print(f"at {args.scale}:  {summary(large)}")
+            print(f"ratio {ratio:.2f} (target <= 1.25) {verdict(ratio <= 1.25)}")
+            stub.DeleteNetwork(pb.DeleteNetworkRequest(network="scale", force=True), timeout=600)
+    finally:
+        with contextlib.suppress(OSError):
+            enter_namespace(root_ns)
+        system.stop()
+        cni_host.close()
+        containers.remove_all()
+
+
+def fill(clients: list[Client], containers: Namespaces, present: int, wanted: int) -> int:
+    """Connects containers until the "scale" network has ``wanted`` endpoints."""
+    jobs = list(zip(range(present, wanted), containers.make(wanted - present), strict=True))
+    concurrent(len(clients), jobs, lambda c, job: clients[c].connect(
+        "scale", f"fill{job[0]}", job[1], 10000 + job[0]))
+    return wanted
+
+
+def measure(client: Client, containers: Namespaces, present: int, samples: int) -> list[float]:
+    """Times ``samples`` connects, each undone, so the network stays at ``present``."""
+    measured = []
+    for i, netns in enumerate(containers.make(samples)):
+        measured.append(client.connect("scale", f"m{present}-{i}", netns, 50000 + i))
+        client.disconnect("scale", f"m{present}-{i}")
+    return measured
+
+
+if __name__ == "__main__":
+    main()

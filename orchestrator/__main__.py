@@ -1,0 +1,102 @@
+"""``python -m orchestrator``: the orchestrator server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+from cnm import config, logs, server
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from orchestrator.clients import Agents, Ipam
+from orchestrator.flows import HEARTBEAT_INTERVAL, Orchestrator
+from orchestrator.reconciler import Reconciler
+from orchestrator.service import SERVICE_NAME, OrchestratorServicer
+from orchestrator.store import Store
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator",
+        description="cnm orchestrator: networks, endpoints and hosts over gRPC",
+    )
+    config.add_flag(parser, "--listen", "CNM_ORCHESTRATOR_LISTEN",
+                    config.DEFAULT_ORCHESTRATOR_ADDR, "address to serve gRPC on")
+    config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL,
+                    "Redis holding the orchestrator's records")
+    config.add_flag(parser, "--ipam", "CNM_IPAM_ADDR", config.DEFAULT_IPAM_ADDR,
+                    "gRPC address of the IPAM service")
+    config.add_flag(parser, "--hosts", "CNM_HOSTS", "",
+                    "static host agents, id=addr,... (addr host:port or unix:/path)")
+    config.add_flag(parser, "--reconcile-interval", "CNM_RECONCILE_INTERVAL", "10",
+                    "seconds between reconciler passes")
+    config.add_flag(parser, "--host-gc-interval", "CNM_HOST_GC_INTERVAL", "60",
+                    "seconds between reconciler passes over the agents' kernel state")
+    config.add_flag(parser, "--replica-lease", "CNM_REPLICA_LEASE", "10",
+                    "seconds after which a silent replica's locks and intents are taken over")
+    config.add_flag(parser, "--heartbeat-interval", "CNM_HEARTBEAT_INTERVAL",
+                    str(HEARTBEAT_INTERVAL), "seconds between heartbeats asked of agents")
+    config.add_common_flags(parser)
+    return parser.parse_args(argv)
+
+
+async def renew_lease(store: Store) -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            await store.renew_lease()
+        await asyncio.sleep(store.lease_seconds / 3)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    logger = logs.setup("orchestrator", args.log_level)
+    store = Store.connect(args.redis_url, float(args.replica_lease))
+    ipam = Ipam(args.ipam)
+    agents = Agents()
+    orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval))
+    reconciler = Reconciler(orch)
+
+    async def ready() -> bool:
+        return await store.ping()
+
+    running = await server.start(
+        listen=args.listen,
+        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+                   OrchestratorServicer(orch), SERVICE_NAME)],
+        logger=logger, readiness=ready,
+    )
+    background: list[asyncio.Task] = []
+
+    async def start_background() -> None:
+        # Redis may come up after us: retry until the records are reachable.
+        while True:
+            try:
+                await store.renew_lease()
+                await orch.add_static_hosts(args.hosts)
+                break
+            except Exception as error:  # noqa: BLE001 - retried until Redis answers
+                logger.warning("waiting for redis", extra={"error": str(error)})
+                await asyncio.sleep(1)
+        background.append(asyncio.create_task(renew_lease(store)))
+        background.append(asyncio.create_task(
+            reconciler.run_forever(float(args.reconcile_interval),
+                                   float(args.host_gc_interval))))
+
+    starter = asyncio.create_task(start_background())
+    try:
+        await server.run_until_signalled(running, logger)
+    finally:
+        for task in [starter, *background]:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await store.drop_lease()
+        await agents.close()
+        await ipam.close()
+        await store.close()
+
+
+def main(argv=None) -> None:
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+"""``cnm``: a docker-network-like command line over the orchestrator's gRPC API.
+
+Tables for people, ``--format json`` for programs. Every failure prints one
+line, ``cnm: error: <message>``, and exits non-zero with a code per kind of
+failure (see EXIT_CODES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from cnm import config, errors, grpc_client
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+
+EXIT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.ALREADY_EXISTS: 4,
+    grpc.StatusCode.FAILED_PRECONDITION: 5,
+    grpc.StatusCode.UNAVAILABLE: 6,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 6,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 7,
+}
+TIMEOUT = 60.0
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+PORT_SPEC = re.compile(
+    r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<container>\d+)"
+    r"(?:/(?P<proto>tcp|udp|sctp))?$"
+)
+
+
+class UsageError(Exception):
+    """Bad command-line input, found before any call."""
+
+
+def sandbox_name(host_id: str, name: str) -> str:
+    """The namespace name of container ``name`` on ``host_id``.
+
+    Simulated hosts share /var/run/netns, so the host is part of the name;
+    a name too long for the API's 64 characters is hashed instead.
+    """
+    full = f"cnm-{host_id}-{name}"
+    if len(full) <= 64 and re.fullmatch(r"[a-zA-Z0-9_.-]+", full):
+        return full
+    return "cnm-" + hashlib.sha256(f"{host_id}/{name}".encode()).hexdigest()[:20]
+
+
+def parse_port(spec: str) -> pb.PortMapping:
+    """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]``."""
+    match = PORT_SPEC.match(spec)
+    if not match:
+        raise UsageError(
+            f"invalid port mapping {spec!r}: want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+    host_port, container_port = int(match["host"]), int(match["container"])
+    for port in (host_port, container_port):
+        if not 1 <= port <= 65535:
+            raise UsageError(f"invalid port mapping {spec!r}: ports are 1-65535")
+    host_ip = (match["ip"] or "").strip("[]")
+    if host_ip:
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise UsageError(
+                f"invalid port mapping {spec!r}: {host_ip!r} is not an IP address") from None
+    protocol = {"udp": pb.PROTOCOL_UDP, "sctp": pb.PROTOCOL_SCTP}.get(match["proto"] or "tcp",
+                                                                     pb.PROTOCOL_TCP)
+    return pb.PortMapping(protocol=protocol, host_ip=host_ip,
+                          host_port=host_port, container_port=container_port)
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise UsageError(f"invalid {what} {item!r}: want KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def format_port(mapping: pb.PortMapping) -> str:
+    proto = pb.Protocol.Name(mapping.protocol or pb.PROTOCOL_TCP).removeprefix("PROTOCOL_").lower()
+    host = f"{mapping.host_ip}:" if mapping.host_ip else ""
+    return f"{host}{mapping.host_port}->{mapping.container_port}/{proto}"
+
+
+def to_dict(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+
+
+def print_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+class Client:
+    def __init__(self, address: str):
+        self.channel = grpc_client.channel(address)
+        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
+
+    def __getattr__(self, method: str):
+        rpc = getattr(self.stub, method)
+        return lambda request: rpc(request, timeout=TIMEOUT)
+
+
+# --- network ---------------------------------------------------------------
+
+
+def network_create(client: Client, args) -> int:
+    network = pb.Network(
+        name=args.name, driver=args.driver, subnet=args.subnet or "", gateway=args.gateway or "",
+        ip_range=args.ip_range or "", internal=args.internal,
+        options=parse_pairs(args.opt, "option"), labels=parse_pairs(args.label, "label"),
+    )
+    reply = client.CreateNetwork(pb.CreateNetworkRequest(network=network))
+    print(reply.network.network_id)
+    return 0
+
+
+def network_ls(client: Client, args) -> int:
+    driver, labels = "", []
+    for spec in args.filter or ():
+        key, sep, value = spec.partition("=")
+        if key == "driver" and sep:
+            driver = value
+        elif key == "label" and sep:
+            labels.append(value)
+        else:
+            raise UsageError(f"invalid filter {spec!r}: want driver=NAME or label=KEY[=VALUE]")
+    networks = client.ListNetworks(pb.ListNetworksRequest(driver=driver,
+                                                          label_filters=labels)).networks
+    if args.quiet:
+        for network in networks:
+            print(network.network_id)
+    elif args.format == "json":
+        print_json([to_dict(network) for network in networks])
+    else:
+        print_table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY"],
+                    [[n.network_id, n.name, n.driver, n.subnet, n.gateway] for n in networks])
+    return 0
+
+
+def network_inspect(client: Client, args) -> int:
+    found = []
+    for name in args.networks:
+        found.append(to_dict(client.GetNetwork(pb.GetNetworkRequest(network=name)).network))
+    print_json(found)
+    return 0
+
+
+def network_rm(client: Client, args) -> int:
+    status = 0
+    for name in args.networks:
+        try:
+            client.DeleteNetwork(pb.DeleteNetworkRequest(network=name, force=args.force))
+            print(name)
+        except grpc.RpcError as error:
+            status = report(error)
+    return status
+
+
+def network_prune(client: Client, args) -> int:
+    deleted = client.PruneNetworks(pb.PruneNetworksRequest()).deleted_networks
+    if deleted:
+        print("Deleted Networks:")
+        for name in deleted:
+            print(name)
+    return 0
+
+
+def resolve_container(client: Client, host_id: str, container: str) -> str:
+    """The container id of ``container``: a sandbox made by ``cnm run`` if there is one."""
+    sandboxes = {s.name for s in client.ListSandboxes(
+        pb.ListSandboxesRequest(host_id=host_id)).sandboxes}
+    if container in sandboxes:
+        return container
+    derived = sandbox_name(host_id, container)
+    return derived if derived in sandboxes else container
+
+
+def network_connect(client: Client, args) -> int:
+    ports = [parse_port(spec) for spec in args.publish or ()]
+    container = resolve_container(client, args.host, args.container)
+    reply = client.ConnectContainer(pb.ConnectContainerRequest(
+        network=args.network, container_id=container, host_id=args.host,
+        sandbox=args.sandbox or "", address=args.ip or "", port_mappings=ports,
+    ))
+    if args.format == "json":
+        print_json(to_dict(reply.endpoint))
+    else:
+        print(f"{reply.endpoint.address}/{reply.endpoint.prefix_length}")
+    return 0
+
+
+def network_disconnect(client: Client, args) -> int:
+    container = resolve_container(client, args.host, args.container)
+    client.DisconnectContainer(pb.DisconnectContainerRequest(
+        network=args.network, container_id=container, force=args.force))
+    return 0
+
+
+# --- hosts -------------------------------------------------------------------
+
+
+def host_ls(client: Client, args) -> int:
+    hosts = client.ListHosts(pb.ListHostsRequest()).hosts
+    if args.format == "json":
+        print_json([to_dict(host) for host in hosts])
+        return 0
+    rows = []
+    for host in hosts:
+        state = pb.HostState.Name(host.state).removeprefix("HOST_STATE_").lower()
+        rows.append([host.host_id, host.address, state, str(host.endpoint_count),
+                     "static" if host.static else "registered"])
+    print_table(["HOST", "ADDRESS", "STATE", "ENDPOINTS", "SOURCE"], rows)
+    return 0
+
+
+# --- containers (sandboxes) ---------------------------------------------------
+
+
+def run(client: Client, args) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("run needs a command after --")
+    name = args.name or f"c-{uuid.uuid4().hex[:8]}"
+    if not CONTAINER_NAME.fullmatch(name):
+        raise UsageError(f"invalid container name {name!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    ports = [parse_port(spec) for spec in args.publish or ()]
+    sandbox = sandbox_name(args.host, name)
+    created = client.CreateSandbox(pb.CreateSandboxRequest(name=sandbox, host_id=args.host))
+    try:
+        for index, network in enumerate(args.net):
+            client.ConnectContainer(pb.ConnectContainerRequest(
+                network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
+                port_mappings=ports if index == 0 else [],
+            ))
+    except BaseException:
+        remove_sandbox(client, args.host, sandbox, allow_missing=True)
+        raise
+    argv = [nsenter(), f"--net={created.sandbox.path}", "--", *command]
+    if args.detach:
+        log_dir = Path(config.env("CNM_RUN_DIR", "/run/cnm"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{sandbox}.log", "ab") as log:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True)
+        print(name)
+        return 0
+    try:
+        process = subprocess.Popen(argv)
+        while True:
+            try:
+                code = process.wait()
+                break
+            except KeyboardInterrupt:
+                process.send_signal(signal.SIGINT)
+    finally:
+        remove_sandbox(client, args.host, sandbox, allow_missing=True)
+    return code if code >= 0 else 128 - code
+
+
+def nsenter() -> str:
+    found = shutil.which("nsenter")
+    if found is None:
+        raise UsageError("nsenter not found (util-linux)")
+    return found
+
+
+def stop_processes(sandbox: str, grace: float = 5.0) -> None:
+    """Stops what ``cnm run -d`` started in the sandbox's namespace."""
+    listed = subprocess.run(["ip", "netns", "pids", sandbox], capture_output=True, text=True,
+                            check=False)
+    pids = [int(pid) for pid in listed.stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + grace
+    for pid in pids:
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+
+
+def remove_sandbox(client: Client, host_id: str, sandbox: str, allow_missing: bool) -> None:
+    client.DeleteSandbox(pb.DeleteSandboxRequest(name=sandbox, host_id=host_id,
+                                                 allow_missing=allow_missing))
+
+
+def rm(client: Client, args) -> int:
+    status = 0
+    for name in args.names:
+        try:
+            sandbox = resolve_container(client, args.host, name)
+            stop_processes(sandbox)
+            remove_sandbox(client, args.host, sandbox, allow_missing=False)
+            print(name)
+        except grpc.RpcError as error:
+            status = report(error)
+    return status
+
+
+def ps(client: Client, args) -> int:
+    sandboxes = client.ListSandboxes(pb.ListSandboxesRequest(host_id=args.host or "")).sandboxes
+    if args.format == "json":
+        print_json([to_dict(sandbox) for sandbox in sandboxes])
+        return 0
+    rows = []
+    for sandbox in sandboxes:
+        networks = ", ".join(f"{e.network_name}:{e.address}" for e in sandbox.endpoints)
+        ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
+        rows.append([sandbox.name, sandbox.host_id, networks, ports])
+    print_table(["NAME", "HOST", "NETWORKS", "PORTS"], rows)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnm", description="cnm: container networks")
+    config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
+                    config.DEFAULT_ORCHESTRATOR_ADDR, "gRPC address of the orchestrator")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def host_flag(p, help_text="the host (agent) to act on"):
+        config.add_flag(p, "--host", "CNM_HOST_ID", config.default_host_id(), help_text)
+
+    def format_flag(p):
+        p.add_argument("--format", choices=["table", "json"], default="table",
+                       help="output format (default table)")
+
+    network = commands.add_parser("network", help="manage networks")
+    net_commands = network.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    create = net_commands.add_parser("create", help="create a network")
+    create.add_argument("--driver", "-d", default="bridge", help="driver (default bridge)")
+    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24")
+    create.add_argument("--gateway", help="gateway address (default: first of the subnet)")
+    create.add_argument("--ip-range", help="allocate addresses from this sub-range (CIDR)")
+    create.add_argument("--internal", action="store_true", help="no NAT, no way out")
+    create.add_argument("--opt", "-o", action="append", metavar="KEY=VALUE",
+                        help="driver option (repeatable)")
+    create.add_argument("--label", action="append", metavar="KEY=VALUE",
+                        help="label (repeatable)")
+    create.add_argument("name", help="network name")
+    create.set_defaults(handler=network_create)
+
+    ls = net_commands.add_parser("ls", aliases=["list"], help="list networks")
+    ls.add_argument("--filter", "-f", action="append", metavar="FILTER",
+                    help="driver=NAME or label=KEY[=VALUE] (repeatable)")
+    ls.add_argument("--quiet", "-q", action="store_true", help="only ids")
+    format_flag(ls)
+    ls.set_defaults(handler=network_ls)
+
+    inspect = net_commands.add_parser("inspect", help="show networks as JSON")
+    inspect.add_argument("networks", nargs="+", metavar="NETWORK")
+    inspect.set_defaults(handler=network_inspect)
+
+    remove = net_commands.add_parser("rm", aliases=["remove"], help="delete networks")
+    remove.add_argument("--force", "-f", action="store_true",
+                        help="disconnect the networks' endpoints first")
+    remove.add_argument("networks", nargs="+", metavar="NETWORK")
+    remove.set_defaults(handler=network_rm)
+
+    prune = net_commands.add_parser("prune", help="delete every network without endpoints")
+    prune.add_argument("--force", "-f", action="store_true", help="do not ask (never asks)")
+    prune.set_defaults(handler=network_prune)
+
+    connect = net_commands.add_parser("connect", help="connect a container to a network")
+    connect.add_argument("--ip", help="static IPv4/IPv6 address")
+    connect.add_argument("--publish", "-p", action="append",
+                         metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
+                         help="publish a port (repeatable)")
+    connect.add_argument("--sandbox", help="namespace name or path (default: the container's)")
+    host_flag(connect, "the host the container runs on")
+    format_flag(connect)
+    connect.add_argument("network", metavar="NETWORK")
+    connect.add_argument("container", metavar="CONTAINER")
+    connect.set_defaults(handler=network_connect)
+
+    disconnect = net_commands.add_parser("disconnect",
+                                         help="disconnect a container from a network")
+    disconnect.add_argument("--force", "-f", action="store_true",
+                            help="forget the endpoint even if its host is unreachable")
+    host_flag(disconnect, "the host the container runs on")
+    disconnect.add_argument("network", metavar="NETWORK")
+    disconnect.add_argument("container", metavar="CONTAINER")
+    disconnect.set_defaults(handler=network_disconnect)
+
+    host = commands.add_parser("host", help="host agents")
+    host_commands = host.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    hls = host_commands.add_parser("ls", aliases=["list"], help="list hosts and their health")
+    format_flag(hls)
+    hls.set_defaults(handler=host_ls)
+
+    runner = commands.add_parser(
+        "run", help="run a command in a new sandbox connected to networks",
+        description="Creates a sandbox on the host, connects it, runs COMMAND inside its "
+                    "network namespace, and removes it when COMMAND exits (unless -d).",
+    )
+    runner.add_argument("--name", help="container name (default: random)")
+    host_flag(runner)
+    runner.add_argument("--net", "--network", action="append", required=True, metavar="NETWORK",
+                        help="network to connect (repeatable; the first gets the default route)")
+    runner.add_argument("--publish", "-p", action="append",
+                        metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
+                        help="publish a port on the first network (repeatable)")
+    runner.add_argument("--detach", "-d", action="store_true",
+                        help="leave it running in the background and print its name")
+    runner.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    runner.set_defaults(handler=run)
+
+    plist = commands.add_parser("ps", help="list sandboxes")
+    plist.add_argument("--host", default="", help="only this host's (default: all)")
+    format_flag(plist)
+    plist.set_defaults(handler=ps)
+
+    remove_containers = commands.add_parser("rm", help="stop and remove containers")
+    host_flag(remove_containers)
+    remove_containers.add_argument("names", nargs="+", metavar="NAME")
+    remove_containers.set_defaults(handler=rm)
+    return parser
+
+
+def report(error: grpc.RpcError) -> int:
+    failure = errors.from_rpc_error(error)
+    message = failure.message
+    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message:
+        message = f"cannot reach the orchestrator: {message}"
+    print(f"cnm: error: {message}", file=sys.stderr)
+    return EXIT_CODES.get(error.code(), 1)
+
+
+def main(argv=None) -> None:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    client = Client(args.orchestrator)
+    try:
+        code = args.handler(client, args)
+    except UsageError as error:
+        print(f"cnm: error: {error}", file=sys.stderr)
+        code = 2
+    except grpc.RpcError as error:
+        code = report(error)
+    finally:
+        client.channel.close()
+    sys.exit(code)

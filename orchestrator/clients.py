@@ -1,0 +1,173 @@
+"""gRPC clients of the IPAM service and of the host agents.
+
+Every call has a deadline and turns a failed RPC into cnm's error vocabulary,
+with what was being done prefixed to the message. A deadline that expires
+becomes UNAVAILABLE: for the caller the peer is as good as down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from cnm import errors, grpc_client
+from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
+
+IPAM_TIMEOUT = 5.0
+AGENT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 1.0
+
+
+async def call(what: str, rpc, request, timeout: float):
+    """Runs one unary RPC; failures come back as CnmError saying ``what`` failed."""
+    try:
+        return await rpc(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        cause = errors.from_rpc_error(error)
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise errors.Unavailable(f"{what}: no answer within {timeout:g}s") from error
+        cls = type(cause) if type(cause) is not errors.CnmError else errors.Internal
+        raise cls(f"{what}: {cause.message}", reason=cause.reason, **cause.metadata) from error
+
+
+class Ipam:
+    def __init__(self, address: str):
+        self.address = address
+        self.channel = grpc_client.aio_channel(address)
+        self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def create_pool(self, pool: ipam_pb2.Pool) -> ipam_pb2.Pool:
+        reply = await call(f"ipam: create pool {pool.pool_id} ({pool.subnet})",
+                           self.stub.CreatePool, ipam_pb2.CreatePoolRequest(pool=pool),
+                           IPAM_TIMEOUT)
+        return reply.pool
+
+    async def delete_pool(self, pool_id: str, force: bool = True) -> None:
+        await call(f"ipam: delete pool {pool_id}", self.stub.DeletePool,
+                   ipam_pb2.DeletePoolRequest(pool_id=pool_id, force=force), IPAM_TIMEOUT)
+
+    async def list_pools(self) -> list[ipam_pb2.Pool]:
+        reply = await call("ipam: list pools", self.stub.ListPools, ipam_pb2.ListPoolsRequest(),
+                           IPAM_TIMEOUT)
+        return list(reply.pools)
+
+    async def allocate(self, pool_id: str, owner: str, preferred: str = ""):
+        return await call(
+            f"ipam: allocate address in pool {pool_id} for {owner}", self.stub.AllocateAddress,
+            ipam_pb2.AllocateAddressRequest(pool_id=pool_id, owner=owner,
+                                            preferred_address=preferred),
+            IPAM_TIMEOUT,
+        )
+
+    async def release_owner(self, pool_id: str, owner: str) -> None:
+        await call(f"ipam: release address of {owner} in pool {pool_id}", self.stub.ReleaseAddress,
+                   ipam_pb2.ReleaseAddressRequest(pool_id=pool_id, owner=owner), IPAM_TIMEOUT)
+
+    async def list_allocations(self, pool_id: str) -> list[ipam_pb2.Allocation]:
+        reply = await call(f"ipam: list allocations of pool {pool_id}", self.stub.ListAllocations,
+                           ipam_pb2.ListAllocationsRequest(pool_id=pool_id), IPAM_TIMEOUT)
+        return list(reply.allocations)
+
+    async def ready(self) -> bool:
+        try:
+            await self.stub.ListPools(ipam_pb2.ListPoolsRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+
+class Agent:
+    """One host agent, by host id and gRPC address."""
+
+    def __init__(self, host_id: str, address: str):
+        self.host_id = host_id
+        self.address = address
+        self.channel = grpc_client.aio_channel(address)
+        self.stub = netdriver_pb2_grpc.NetDriverServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _what(self, action: str) -> str:
+        return f"agent {self.host_id} ({self.address}): {action}"
+
+    async def probe(self) -> netdriver_pb2.GetHostInfoResponse:
+        """Checks the agent answers, quickly; UNAVAILABLE when it does not."""
+        return await call(self._what("get host info"), self.stub.GetHostInfo,
+                          netdriver_pb2.GetHostInfoRequest(), PROBE_TIMEOUT)
+
+    async def ensure_reachable(self) -> None:
+        if self.channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+            await self.probe()
+
+    async def create_endpoint(self, endpoint: netdriver_pb2.Endpoint,
+                              network: netdriver_pb2.Network) -> netdriver_pb2.Endpoint:
+        reply = await call(
+            self._what(f"create endpoint {endpoint.endpoint_id}"), self.stub.CreateEndpoint,
+            netdriver_pb2.CreateEndpointRequest(endpoint=endpoint, network=network),
+            AGENT_TIMEOUT,
+        )
+        return reply.endpoint
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        await call(self._what(f"delete endpoint {endpoint_id}"), self.stub.DeleteEndpoint,
+                   netdriver_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id), AGENT_TIMEOUT)
+
+    async def delete_network(self, network_id: str) -> None:
+        await call(self._what(f"delete network {network_id}"), self.stub.DeleteNetwork,
+                   netdriver_pb2.DeleteNetworkRequest(network_id=network_id), AGENT_TIMEOUT)
+
+    async def set_network_peers(self, network_id: str, peers: list[netdriver_pb2.Peer],
+                                remote_endpoints: list[netdriver_pb2.RemoteEndpoint],
+                                generation: int) -> None:
+        await call(self._what(f"set peers of network {network_id}"), self.stub.SetNetworkPeers,
+                   netdriver_pb2.SetNetworkPeersRequest(
+                       network_id=network_id, peers=peers, remote_endpoints=remote_endpoints,
+                       generation=generation),
+                   AGENT_TIMEOUT)
+
+    async def create_sandbox(self, name: str) -> netdriver_pb2.Sandbox:
+        reply = await call(self._what(f"create sandbox {name}"), self.stub.CreateSandbox,
+                           netdriver_pb2.CreateSandboxRequest(name=name), AGENT_TIMEOUT)
+        return reply.sandbox
+
+    async def delete_sandbox(self, name: str) -> None:
+        await call(self._what(f"delete sandbox {name}"), self.stub.DeleteSandbox,
+                   netdriver_pb2.DeleteSandboxRequest(name=name), AGENT_TIMEOUT)
+
+    async def list_sandboxes(self) -> list[netdriver_pb2.Sandbox]:
+        reply = await call(self._what("list sandboxes"), self.stub.ListSandboxes,
+                           netdriver_pb2.ListSandboxesRequest(), AGENT_TIMEOUT)
+        return list(reply.sandboxes)
+
+    async def get_state(self) -> netdriver_pb2.GetStateResponse:
+        return await call(self._what("get state"), self.stub.GetState,
+                          netdriver_pb2.GetStateRequest(), AGENT_TIMEOUT)
+
+
+class Agents:
+    """Channels to the agents, one per (host id, address), reused across requests."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, Agent] = {}
+        self._closing: set[asyncio.Future] = set()
+
+    def get(self, host_id: str, address: str) -> Agent:
+        agent = self._agents.get(host_id)
+        if agent is None or agent.address != address:
+            if agent is not None:  # the host re-registered from elsewhere
+                self._closing.add(asyncio.ensure_future(agent.close()))
+                self._closing = {task for task in self._closing if not task.done()}
+            agent = Agent(host_id, address)
+            self._agents[host_id] = agent
+        return agent
+
+    async def close(self) -> None:
+        for agent in self._agents.values():
+            await agent.close()
+        self._agents.clear()

@@ -1,0 +1,653 @@
+"""The network flows: create/delete networks, connect/disconnect containers.
+
+Each flow validates first, takes a Redis lock on what it changes, writes an
+intent before its first side effect, pushes the inverse of every completed
+step on an AsyncExitStack and drops them only once the outcome is recorded
+(which clears the intent in the same Redis script). An undo step that fails
+leaves the intent behind, and the reconciler finishes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Self
+
+from google.protobuf import timestamp_pb2
+
+from cnm import errors
+from cnm.ipam.v1 import ipam_pb2
+from cnm.netdriver.v1 import netdriver_pb2 as nd
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator import faults, validation
+from orchestrator.clients import Agent, Agents, Ipam
+from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Store
+
+log = logging.getLogger("orchestrator.flows")
+
+MANAGED_LABEL = "cnm.io/managed-by"
+MANAGED_VALUE = "cnm-orchestrator"
+NETWORK_NAME_LABEL = "cnm.io/network-name"
+HEARTBEAT_INTERVAL = 5
+PENDING_WAIT = 10.0
+
+
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def encode(message) -> str:
+    return base64.b64encode(message.SerializeToString()).decode()
+
+
+def decode_endpoint(intent: Intent) -> pb.Endpoint:
+    return pb.Endpoint.FromString(base64.b64decode(intent.data["endpoint"]))
+
+
+class Undo:
+    """The inverse steps of a flow, run in reverse on failure; failures are logged, not raised."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.AsyncExitStack()
+        self.failed = False
+
+    async def __aenter__(self) -> Self:
+        await self.stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc) -> bool:
+        return await self.stack.__aexit__(*exc)
+
+    def push(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        async def run(*exc) -> None:
+            try:
+                await step()
+            except Exception as error:  # noqa: BLE001 - undo keeps going, the intent remains
+                self.failed = True
+                log.warning("undo step failed", extra={"step": what, "error": str(error)})
+
+        self.stack.push_async_exit(run)
+
+    def done(self) -> None:
+        self.stack.pop_all()
+
+
+def to_agent_network(network: pb.Network) -> nd.Network:
+    options = dict(network.options)
+    agent_network = nd.Network(
+        network_id=network.network_id, name=network.name, driver=network.driver,
+        subnet=network.subnet, gateway=network.gateway, internal=network.internal,
+        bridge_name=options.get(validation.BRIDGE_NAME_OPTION, ""),
+        mtu=int(options.get(validation.MTU_OPTION, "0")), options=options, vni=network.vni,
+    )
+    if validation.ICC_OPTION in options:
+        agent_network.enable_icc = options[validation.ICC_OPTION] == "true"
+    return agent_network
+
+
+def to_agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
+    return nd.Endpoint(
+        endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
+        container_id=endpoint.container_id, sandbox=endpoint.sandbox, address=endpoint.address,
+        port_mappings=[
+            nd.PortMapping(protocol=mapping.protocol, host_ip=mapping.host_ip,
+                           host_port=mapping.host_port, container_port=mapping.container_port)
+            for mapping in endpoint.port_mappings
+        ],
+        default_route=default_route,
+    )
+
+
+class Orchestrator:
+    """The flows, over a Store, the IPAM client and the agents' clients."""
+
+    def __init__(self, store: Store, ipam: Ipam, agents: Agents,
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL):
+        self.store = store
+        self.ipam = ipam
+        self.agents = agents
+        self.heartbeat_interval = heartbeat_interval
+
+    # --- hosts --------------------------------------------------------------
+
+    async def agent(self, host_id: str) -> Agent:
+        if not host_id:
+            raise errors.InvalidArgument("host_id is required", field="host_id")
+        host = await self.store.get_host(host_id)
+        if host is None:
+            known = ", ".join(h.host_id for h in await self.store.list_hosts()) or "none"
+            raise errors.NotFound(f"host {host_id!r} not found (known hosts: {known})",
+                                  host=host_id)
+        return self.agents.get(host.host_id, host.address)
+
+    async def underlay_ip(self, host: pb.Host) -> str:
+        """The host's VXLAN source address: as registered, else asked of its agent once."""
+        if not host.underlay_ip:
+            info = await self.agents.get(host.host_id, host.address).probe()
+            host.underlay_ip = info.underlay_ip
+            current = await self.store.get_host(host.host_id)
+            if current is not None and current.address == host.address:
+                current.underlay_ip = info.underlay_ip
+                await self.store.put_host(current)
+        return host.underlay_ip
+
+    async def add_static_hosts(self, spec: str) -> None:
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            host_id, sep, address = item.partition("=")
+            if not sep or not host_id or not address:
+                raise errors.InvalidArgument(f"invalid host {item!r} in CNM_HOSTS: want id=addr")
+            validation.check_id("host_id", host_id)
+            await self.store.put_host(pb.Host(host_id=host_id, address=address, static=True))
+
+    async def register_host(self, host: pb.Host) -> pb.Host:
+        validation.check_id("host_id", host.host_id)
+        if not host.address:
+            raise errors.InvalidArgument("host address is required", field="address")
+        existing = await self.store.get_host(host.host_id)
+        if existing is not None and existing.address != host.address and (
+            existing.static or self._heartbeat_fresh(existing)
+        ):
+            raise errors.AlreadyExists(
+                f"host {host.host_id!r} is already registered from {existing.address}",
+                host=host.host_id,
+            )
+        record = pb.Host(host_id=host.host_id, address=host.address, underlay_ip=host.underlay_ip,
+                         last_heartbeat_time=now(),
+                         static=existing.static if existing is not None else False)
+        await self.store.put_host(record)
+        return record
+
+    async def heartbeat_host(self, host_id: str) -> bool:
+        """Records a heartbeat; False when the host is unknown (it must register)."""
+        host = await self.store.get_host(host_id)
+        if host is None:
+            return False
+        host.last_heartbeat_time.GetCurrentTime()
+        await self.store.put_host(host)
+        return True
+
+    def _heartbeat_fresh(self, host: pb.Host) -> bool:
+        if not host.HasField("last_heartbeat_time"):
+            return False
+        age = time.time() - host.last_heartbeat_time.ToSeconds()
+        return age <= 3 * self.heartbeat_interval
+
+    async def list_hosts(self) -> list[pb.Host]:
+        hosts = await self.store.list_hosts()
+
+        async def fill(host: pb.Host) -> None:
+            healthy = self._heartbeat_fresh(host)
+            if not healthy:
+                with contextlib.suppress(errors.CnmError):
+                    await self.agents.get(host.host_id, host.address).probe()
+                    healthy = True
+            host.state = pb.HOST_STATE_HEALTHY if healthy else pb.HOST_STATE_UNHEALTHY
+            host.endpoint_count = await self.store.host_endpoint_count(host.host_id)
+
+        await asyncio.gather(*(fill(host) for host in hosts))
+        return hosts
+
+    async def delete_host(self, host_id: str) -> None:
+        """Forgets a host and its endpoints (their addresses are released)."""
+        if await self.store.get_host(host_id) is None:
+            raise errors.NotFound(f"host {host_id!r} not found", host=host_id)
+        for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
+            async with self.store.lock(f"ep:{endpoint_id}"):
+                endpoint = await self.store.get_endpoint(endpoint_id)
+                if endpoint is None:
+                    continue
+                await self.ipam.release_owner(endpoint.network_id, endpoint_id)
+                await self.store.forget_endpoint(endpoint, f"ep:{endpoint_id}")
+        await self.store.delete_host(host_id)
+
+    # --- networks -----------------------------------------------------------
+
+    async def create_network(self, spec: pb.Network) -> pb.Network:
+        wanted = validation.network(spec)
+        lock_name = f"name:{wanted.name}"
+        async with self.store.lock(lock_name):
+            existing_id = await self.store.network_id_by_name(wanted.name)
+            if existing_id is not None:
+                found = await self.store.get_network(existing_id)
+                if found is not None:
+                    existing, state = found
+                    if state != STATE_READY:
+                        raise errors.FailedPrecondition(
+                            f"network {wanted.name!r} is being deleted; retry", network=wanted.name)
+                    if validation.same_network(existing, wanted):
+                        return existing
+                    raise errors.AlreadyExists(
+                        f"network {wanted.name!r} already exists with different parameters "
+                        f"(subnet {existing.subnet}, driver {existing.driver})",
+                        network=wanted.name,
+                    )
+            network = pb.Network()
+            network.CopyFrom(wanted)
+            network.network_id = uuid.uuid4().hex[:12]
+            intent = self.store.new_intent(lock_name, "create-network", lock=lock_name,
+                                           network_id=network.network_id, name=network.name)
+            await self.store.put_intent(intent)
+            faults.point("create-network-intent")
+            async with Undo() as undo:
+                undo.push("drop intent", lambda: self._drop_intent_unless(undo, intent.key))
+                pool = await self.ipam.create_pool(ipam_pb2.Pool(
+                    pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
+                    ip_range=network.ip_range,
+                    labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
+                ))
+                undo.push("delete pool",
+                          lambda: self.ipam.delete_pool(network.network_id, force=True))
+                faults.point("create-network-ipam")
+                network.gateway = pool.gateway
+                if network.driver == "overlay":
+                    network.vni = await self.store.next_vni()
+                network.create_time.CopyFrom(now())
+                if not await self.store.record_network(network, intent.key):
+                    raise errors.AlreadyExists(f"network {network.name!r} already exists")
+                undo.done()
+        log.info("network created", extra={"network": network.name, "id": network.network_id})
+        return network
+
+    async def _drop_intent_unless(self, undo: Undo, key: str) -> None:
+        if not undo.failed:
+            await self.store.drop_intent(key)
+
+    async def get_network(self, name_or_id: str) -> pb.Network:
+        network, _ = await self.store.resolve_network(name_or_id)
+        endpoint_ids = await self.store.network_endpoint_ids(network.network_id)
+        network.endpoints.extend(await self.store.get_endpoints(endpoint_ids))
+        for host_id in await self.store.network_hosts(network.network_id):
+            network.hosts.add(host_id=host_id, ready=True)
+        return network
+
+    async def list_networks(self, driver: str = "", label_filters=()) -> list[pb.Network]:
+        wanted = []
+        for spec in label_filters:
+            key, sep, value = spec.partition("=")
+            wanted.append((key, value if sep else None))
+        networks = []
+        for network, _ in await self.store.list_networks():
+            if driver and network.driver != driver:
+                continue
+            if any(key not in network.labels or (value is not None and network.labels[key] != value)
+                   for key, value in wanted):
+                continue
+            networks.append(network)
+        return sorted(networks, key=lambda network: network.name)
+
+    async def delete_network(self, name_or_id: str, force: bool) -> None:
+        network, _ = await self.store.resolve_network(name_or_id)
+        lock_name = f"net:{network.network_id}"
+        async with self.store.lock(lock_name):
+            intent = self.store.new_intent(lock_name, "delete-network", lock=lock_name,
+                                           network_id=network.network_id, name=network.name,
+                                           force=force)
+            reply = await self.store.begin_delete_network(network.network_id, force, intent)
+            if reply[0] == "gone":
+                return
+            if reply[0] == "busy":
+                raise errors.FailedPrecondition(
+                    f"network {network.name!r} has {reply[1]} endpoint(s): disconnect them "
+                    "or delete with force",
+                    reason="NETWORK_IN_USE", network=network.name,
+                )
+            faults.point("delete-network-intent")
+            await self.finish_network_delete(network, intent, force)
+        log.info("network deleted", extra={"network": network.name, "id": network.network_id})
+
+    async def finish_network_delete(self, network: pb.Network, intent: Intent,
+                                    force: bool) -> None:
+        """Disconnects what is left, removes the network from its hosts, frees the pool.
+
+        Runs with the network marked deleting (no new endpoint can be
+        recorded) and its lock held.
+        """
+        for endpoint_id in await self.store.network_endpoint_ids(network.network_id):
+            await self.disconnect_endpoint(endpoint_id, force=True)
+        await self._wait_pending(network.network_id)
+        failures = []
+        for host_id in await self.store.network_hosts(network.network_id):
+            host = await self.store.get_host(host_id)
+            if host is None:
+                continue
+            try:
+                await self.agents.get(host.host_id, host.address).delete_network(
+                    network.network_id)
+            except errors.Unavailable as error:
+                if not force:
+                    failures.append(error)
+                log.warning("network left on unreachable host",
+                            extra={"network": network.network_id, "host": host_id,
+                                   "error": error.message})
+        if failures:
+            raise errors.Unavailable(
+                f"network {network.name!r} is being deleted but "
+                + "; ".join(error.message for error in failures)
+                + ": retry, or delete with force",
+            )
+        faults.point("delete-network-hosts")
+        await self.ipam.delete_pool(network.network_id, force=True)
+        await self.store.finish_delete_network(network.network_id, network.name, intent.key)
+
+    async def _wait_pending(self, network_id: str) -> None:
+        """Lets connects in flight on a deleting network fail and undo themselves."""
+        deadline = time.monotonic() + PENDING_WAIT
+        while pending := await self.store.network_pending_ids(network_id):
+            for endpoint_id in pending:
+                await self.settle_if_abandoned(endpoint_id)
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(
+                    f"connects still in flight on network {network_id}: retry", reason="BUSY")
+            await asyncio.sleep(0.05)
+
+    async def prune_networks(self) -> list[str]:
+        deleted = []
+        for network, state in await self.store.list_networks():
+            if state != STATE_READY:
+                continue
+            try:
+                await self.delete_network(network.network_id, force=False)
+            except errors.FailedPrecondition:
+                continue
+            deleted.append(network.name)
+        return sorted(deleted)
+
+    # --- endpoints ----------------------------------------------------------
+
+    async def connect(self, request: pb.ConnectContainerRequest) -> pb.Endpoint:
+        validation.check_id("container_id", request.container_id)
+        network, state = await self.store.resolve_network(request.network)
+        if state == STATE_DELETING:
+            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
+                                            network=network.name)
+        subnet = ipaddress.ip_network(network.subnet)
+        address = ""
+        if request.address:
+            address = str(validation.address_in("address", request.address, subnet))
+            if address == network.gateway:
+                raise errors.InvalidArgument(
+                    f"address {address} is the gateway of network {network.name!r}",
+                    field="address")
+        mappings = validation.port_mappings(request.port_mappings, network.internal)
+        sandbox = request.sandbox or request.container_id
+        agent = await self.agent(request.host_id)
+        endpoint_id = validation.endpoint_id(network.network_id, request.container_id)
+        lock_name = f"ep:{endpoint_id}"
+        async with self.store.lock(lock_name):
+            existing = await self.store.get_endpoint(endpoint_id)
+            if existing is not None:
+                if validation.same_endpoint(existing, request.host_id, sandbox, address, mappings):
+                    return existing
+                raise errors.AlreadyExists(
+                    f"container {request.container_id!r} is already connected to network "
+                    f"{network.name!r} with different parameters (host {existing.host_id}, "
+                    f"address {existing.address})",
+                    network=network.name, container=request.container_id,
+                )
+            await self.settle_locked(endpoint_id)
+            await agent.ensure_reachable()
+            endpoint = pb.Endpoint(
+                endpoint_id=endpoint_id, network_id=network.network_id,
+                network_name=network.name, container_id=request.container_id,
+                host_id=request.host_id, sandbox=sandbox, address=address,
+                prefix_length=subnet.prefixlen, port_mappings=mappings,
+            )
+            intent = self.store.new_intent(lock_name, "connect", lock=lock_name,
+                                           endpoint=encode(endpoint))
+            reply = await self.store.begin_connect(endpoint, intent)
+            if reply[0] == "gone":
+                raise errors.NotFound(f"network {network.name!r} not found")
+            if reply[0] == "deleting":
+                raise errors.FailedPrecondition(f"network {network.name!r} is being deleted")
+            if reply[0] == "port":
+                raise errors.AlreadyExists(
+                    f"port {reply[1]} is already published on host {request.host_id} "
+                    f"(by endpoint {reply[2]})", reason="PORT_ALLOCATED", port=reply[1])
+            if reply[0] == "exists":
+                raise errors.Unavailable(f"endpoint {endpoint_id} changed concurrently; retry")
+            default_route = reply[1] == "1"
+            faults.point("connect-intent")
+            async with Undo() as undo:
+                undo.push("forget endpoint",
+                          lambda: self._forget_unless(undo, endpoint, intent.key))
+                try:
+                    allocation = await self.ipam.allocate(network.network_id, endpoint_id,
+                                                          address)
+                except errors.AlreadyExists as error:
+                    raise errors.AlreadyExists(
+                        f"address {address} is already in use on network {network.name!r}",
+                        reason="ADDRESS_IN_USE", network=network.name, address=address,
+                    ) from error
+                undo.push("release address",
+                          lambda: self.ipam.release_owner(network.network_id, endpoint_id))
+                faults.point("connect-ipam")
+                endpoint.address = allocation.address
+                endpoint.prefix_length = allocation.prefix_length
+                await self.store.add_network_host(network.network_id, request.host_id)
+                created = await agent.create_endpoint(
+                    to_agent_endpoint(endpoint, default_route), to_agent_network(network))
+                undo.push("delete endpoint on host",
+                          lambda: agent.delete_endpoint(endpoint_id))
+                faults.point("connect-agent")
+                endpoint.mac_address = created.mac_address
+                endpoint.host_interface = created.host_interface
+                endpoint.container_interface = created.container_interface
+                endpoint.create_time.CopyFrom(now())
+                if not await self.store.commit_connect(endpoint, intent.key):
+                    raise errors.FailedPrecondition(
+                        f"network {network.name!r} was deleted during the connect")
+                undo.done()
+        if network.driver == "overlay":
+            await self.sync_peers(network.network_id)
+        return endpoint
+
+    async def _forget_unless(self, undo: Undo, endpoint: pb.Endpoint, intent_key: str) -> None:
+        if not undo.failed:
+            await self.store.forget_endpoint(endpoint, intent_key)
+
+    async def disconnect(self, network_name: str, container_id: str, force: bool,
+                         allow_missing: bool) -> None:
+        network, _ = await self.store.resolve_network(network_name)
+        endpoint_id = validation.endpoint_id(network.network_id, container_id)
+        found = await self.disconnect_endpoint(endpoint_id, force)
+        if not found and not allow_missing:
+            raise errors.NotFound(
+                f"container {container_id!r} is not connected to network {network.name!r}",
+                network=network.name, container=container_id,
+            )
+
+    async def disconnect_endpoint(self, endpoint_id: str, force: bool) -> bool:
+        """Disconnects a recorded endpoint; False when there was none."""
+        lock_name = f"ep:{endpoint_id}"
+        async with self.store.lock(lock_name):
+            endpoint = await self.store.get_endpoint(endpoint_id)
+            if endpoint is None:
+                return await self.settle_locked(endpoint_id)
+            intent = self.store.new_intent(lock_name, "disconnect", lock=lock_name,
+                                           endpoint=encode(endpoint))
+            await self.store.put_intent(intent)
+            faults.point("disconnect-intent")
+            try:
+                await self._delete_on_host(endpoint, force)
+            except errors.CnmError:
+                await self.store.drop_intent(intent.key)  # nothing changed yet
+                raise
+            faults.point("disconnect-agent")
+            await self._release_and_forget(endpoint, intent.key)
+        await self.sync_peers(endpoint.network_id)
+        return True
+
+    async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> None:
+        host = await self.store.get_host(endpoint.host_id)
+        if host is not None:
+            try:
+                await self.agents.get(host.host_id, host.address).delete_endpoint(
+                    endpoint.endpoint_id)
+            except errors.Unavailable:
+                if not force:
+                    raise
+                log.warning("endpoint forgotten on unreachable host",
+                            extra={"endpoint": endpoint.endpoint_id, "host": host.host_id})
+
+    async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str) -> None:
+        await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+        await self.store.forget_endpoint(endpoint, intent_key)
+
+    async def settle_if_abandoned(self, endpoint_id: str) -> bool:
+        """Finishes or undoes an endpoint's connect/disconnect if nobody is running it."""
+        lock = self.store.lock(f"ep:{endpoint_id}")
+        if not await lock.try_acquire():
+            return False
+        try:
+            return await self.settle_locked(endpoint_id)
+        finally:
+            await lock.release()
+
+    async def settle_locked(self, endpoint_id: str) -> bool:
+        """With the endpoint's lock held, nobody runs its intent: undo/finish it."""
+        intent = await self.store.get_intent(f"ep:{endpoint_id}")
+        if intent is None:
+            return False
+        endpoint = decode_endpoint(intent)
+        log.info("settling abandoned intent",
+                 extra={"op": intent.op, "endpoint": endpoint_id, "replica": intent.replica})
+        # Undoing a connect and finishing a disconnect are the same steps.
+        await self._delete_on_host(endpoint, force=False)
+        await self._release_and_forget(endpoint, intent.key)
+        return True
+
+    async def settle_network_intent(self, intent: Intent) -> None:
+        """With the intent's lock held: undo a create, finish a delete."""
+        network_id = intent.data["network_id"]
+        if intent.op == "create-network":
+            found = await self.store.get_network(network_id)
+            if found is None:
+                await self.ipam.delete_pool(network_id, force=True)
+            await self.store.drop_intent(intent.key)
+        elif intent.op == "delete-network":
+            found = await self.store.get_network(network_id)
+            if found is None:
+                await self.ipam.delete_pool(network_id, force=True)
+                await self.store.drop_intent(intent.key)
+                return
+            await self.finish_network_delete(found[0], intent, bool(intent.data.get("force")))
+
+    async def sync_peers(self, network_id: str) -> bool:
+        """Pushes an overlay network's peers and remote endpoints to each of its hosts.
+
+        Computed from the records under a per-network lock and numbered with
+        a growing generation, so a late push never overwrites a newer one. A host that cannot be reached leaves the
+        network marked, and the reconciler pushes again: False then. Networks
+        of other drivers, or being deleted, need nothing.
+        """
+        found = await self.store.get_network(network_id)
+        if found is None or found[1] != STATE_READY or found[0].driver != "overlay":
+            return True
+        async with self.store.lock(f"peers:{network_id}"):
+            hosts = [h for h in [await self.store.get_host(host_id)
+                                 for host_id in await self.store.network_hosts(network_id)]
+                     if h is not None]
+            endpoints = await self.store.get_endpoints(
+                await self.store.network_endpoint_ids(network_id))
+            generation = await self.store.next_peers_generation(network_id)
+            failures = []
+            underlay = {}
+            for host in hosts:
+                try:
+                    underlay[host.host_id] = await self.underlay_ip(host)
+                except errors.CnmError as error:
+                    failures.append(error.message)
+
+            async def push(host: pb.Host) -> None:
+                peers = [nd.Peer(host_id=other, underlay_ip=ip)
+                         for other, ip in sorted(underlay.items()) if other != host.host_id]
+                remote = [nd.RemoteEndpoint(address=e.address, mac_address=e.mac_address,
+                                            underlay_ip=underlay[e.host_id])
+                          for e in endpoints
+                          if e.host_id != host.host_id and e.host_id in underlay]
+                try:
+                    await self.agents.get(host.host_id, host.address).set_network_peers(
+                        network_id, peers, remote, generation)
+                except errors.CnmError as error:
+                    failures.append(error.message)
+
+            await asyncio.gather(*(push(h) for h in hosts if h.host_id in underlay))
+            if failures:
+                await self.store.mark_peers_dirty(network_id)
+                log.warning("overlay peers not pushed everywhere",
+                            extra={"network": network_id, "errors": failures})
+                return False
+            await self.store.clear_peers_dirty(network_id)
+            return True
+
+    async def get_endpoint(self, endpoint_id: str) -> pb.Endpoint:
+        endpoint = await self.store.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise errors.NotFound(f"endpoint {endpoint_id!r} not found", endpoint=endpoint_id)
+        return endpoint
+
+    async def list_endpoints(self, network: str = "", container_id: str = "",
+                             host_id: str = "") -> list[pb.Endpoint]:
+        network_id = ""
+        if network:
+            network_id = (await self.store.resolve_network(network))[0].network_id
+        ids = await self.store.endpoint_ids(network_id=network_id, container_id=container_id,
+                                            host_id=host_id)
+        if ids is None:
+            ids = await self.store.all_endpoint_ids()
+        endpoints = await self.store.get_endpoints(sorted(ids))
+        return sorted(endpoints, key=lambda e: (e.network_name, e.container_id))
+
+    # --- sandboxes ----------------------------------------------------------
+
+    async def create_sandbox(self, name: str, host_id: str) -> pb.Sandbox:
+        validation.check_id("name", name)
+        agent = await self.agent(host_id)
+        sandbox = await agent.create_sandbox(name)
+        return pb.Sandbox(name=sandbox.name, host_id=host_id, path=sandbox.path)
+
+    async def delete_sandbox(self, name: str, host_id: str, allow_missing: bool) -> None:
+        agent = await self.agent(host_id)
+        known = {sandbox.name: sandbox for sandbox in await agent.list_sandboxes()}
+        path = known[name].path if name in known else ""
+        endpoints = [
+            endpoint for endpoint in await self.list_endpoints(host_id=host_id)
+            if endpoint.sandbox in (name, path) or endpoint.container_id == name
+        ]
+        if name not in known and not endpoints:
+            if allow_missing:
+                return
+            raise errors.NotFound(f"sandbox {name!r} not found on host {host_id!r}",
+                                  sandbox=name, host=host_id)
+        for endpoint in endpoints:
+            await self.disconnect_endpoint(endpoint.endpoint_id, force=False)
+        await agent.delete_sandbox(name)
+
+    async def list_sandboxes(self, host_id: str = "") -> list[pb.Sandbox]:
+        hosts = [host_id] if host_id else [host.host_id for host in await self.store.list_hosts()]
+        result = []
+        for one in hosts:
+            agent = await self.agent(one)
+            try:
+                sandboxes = await agent.list_sandboxes()
+            except errors.Unavailable:
+                if host_id:
+                    raise
+                continue
+            endpoints = await self.list_endpoints(host_id=one)
+            for sandbox in sandboxes:
+                result.append(pb.Sandbox(
+                    name=sandbox.name, host_id=one, path=sandbox.path,
+                    endpoints=[e for e in endpoints
+                               if e.sandbox in (sandbox.name, sandbox.path)
+                               or e.container_id == sandbox.name],
+                ))
+        return sorted(result, key=lambda s: (s.host_id, s.name))

@@ -1,0 +1,347 @@
+"""Overlay networks across hosts: VNIs, and every host kept in line.
+
+An overlay network exists on every registered host, not only where it has
+endpoints: it is created on all healthy hosts when it is created, and a
+host that registers (new, or an agent that restarted) gets every overlay
+network. Each host of a network is then told its peers and the remote
+endpoints (``push_peers``). Whether the network is in line on a host is
+recorded per host and shown by ``GetNetwork`` (``Network.hosts``); a host
+that was unhealthy or unreachable is brought in line when it registers
+again or by the reconciler.
+
+A push is a full replacement, so pushes must never go back in time, yet
+they are not serialised: each carries a generation taken (Redis INCR)
+*after* the change it follows was recorded and *before* the records are
+read, and an agent ignores a generation older than the last it applied.
+The highest generation delivered therefore holds everything recorded
+before it was taken, and every later change brings its own push. A connect
+pushes its endpoint while the agent is still creating it (its MAC is
+derived from its address, so it is known in advance); if another push
+was taken meanwhile (it could not see the uncommitted endpoint), the
+connect pushes again once its endpoint is recorded.
+
+Redis layout (prefix ``{cnm-orch}:``, beside store.py's)::
+
+    vni:bits            STRING bitmap, bit N set: VNI N taken
+    vni:owner           HASH   vni -> network id
+    vni:bynet           HASH   network id -> vni
+    vni:cursor          STRING next-fit start
+    net:<id>:hoststate  HASH   host id -> JSON {"ready": bool, "message": str}
+    net:<id>:peergen    STRING generation of the network's last push
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2 as nd
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator.clients import call
+from orchestrator.store import STATE_READY, k
+
+if TYPE_CHECKING:
+    from orchestrator.flows import Orchestrator
+
+log = logging.getLogger("orchestrator.overlay")
+
+DRIVER = "overlay"
+DEFAULT_VNI_RANGE = "4096-16777215"
+ENSURE_TIMEOUT = 5.0
+
+_ALLOCATE_VNI = """
+local bits, owner, bynet, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local network_id, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', bynet, network_id)
+if held then return tonumber(held) end
+if redis.call('STRLEN', bits) * 8 <= last then redis.call('SETBIT', bits, last, 0) end
+local cursor = tonumber(redis.call('GET', cursor_key) or first)
+if cursor < first or cursor > last then cursor = first end
+local found = redis.call('BITPOS', bits, 0, cursor, last, 'BIT')
+if found == -1 and cursor > first then
+  found = redis.call('BITPOS', bits, 0, first, cursor - 1, 'BIT')
+end
+if found == -1 then return -1 end
+redis.call('SETBIT', bits, found, 1)
+redis.call('HSET', owner, found, network_id)
+redis.call('HSET', bynet, network_id, found)
+redis.call('SET', cursor_key, found + 1)
+return found
+"""
+
+_RELEASE_VNI = """
+local bits, owner, bynet = KEYS[1], KEYS[2], KEYS[3]
+local network_id = ARGV[1]
+local vni = redis.call('HGET', bynet, network_id)
+if not vni then return 0 end
+if redis.call('HGET', owner, vni) == network_id then
+  redis.call('HDEL', owner, vni)
+  redis.call('SETBIT', bits, tonumber(vni), 0)
+end
+redis.call('HDEL', bynet, network_id)
+return 1
+"""
+
+
+def endpoint_mac(address: str) -> str:
+    """The MAC of an overlay endpoint, derived from its address as the agent does
+    (02:42:a:b:c:d), so that it is known before the agent has made the endpoint."""
+    octets = ipaddress.IPv4Address(address).packed
+    return "02:42:" + ":".join(f"{octet:02x}" for octet in octets)
+
+
+def parse_vni_range(spec: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (or one number) as a range of VXLAN ids; ValueError when invalid."""
+    first, sep, last = spec.partition("-")
+    try:
+        low, high = int(first), int(last if sep else first)
+    except ValueError as error:
+        raise ValueError(f"invalid VNI range {spec!r}: want FIRST-LAST") from error
+    if not 1 <= low <= high <= 0xFFFFFF:
+        raise ValueError(f"invalid VNI range {spec!r}: want 1 <= FIRST <= LAST <= 16777215")
+    return low, high
+
+
+class Vnis:
+    """VXLAN ids, unique across the deployment, allocated next-fit from a bitmap.
+
+    One Lua script per change, so two replicas never hand out one id twice;
+    a retry for the same network gets the id it already holds.
+    """
+
+    def __init__(self, redis_client, vni_range: tuple[int, int]):
+        self.r = redis_client
+        self.first, self.last = vni_range
+        self._allocate = redis_client.register_script(_ALLOCATE_VNI)
+        self._release = redis_client.register_script(_RELEASE_VNI)
+
+    @staticmethod
+    def _keys() -> list[str]:
+        return [k("vni", "bits"), k("vni", "owner"), k("vni", "bynet"), k("vni", "cursor")]
+
+    async def allocate(self, network_id: str) -> int:
+        """The network's VNI; RESOURCE_EXHAUSTED when the range is used up."""
+        vni = int(await self._allocate(keys=self._keys(),
+                                       args=[network_id, self.first, self.last]))
+        if vni < 0:
+            raise errors.ResourceExhausted(
+                f"no VXLAN id left in {self.first}-{self.last} for a new overlay network",
+                reason="VNI_EXHAUSTED", first=str(self.first), last=str(self.last),
+            )
+        return vni
+
+    async def release(self, network_id: str) -> None:
+        await self._release(keys=self._keys()[:3], args=[network_id])
+
+    async def holders(self) -> dict[str, int]:
+        """network id -> VNI, for every VNI held."""
+        raw = await self.r.hgetall(k("vni", "bynet"))
+        return {key.decode(): int(value) for key, value in raw.items()}
+
+
+class Overlay:
+    """Keeps every overlay network on every registered host."""
+
+    def __init__(self, orch: Orchestrator, to_agent_network):
+        self.orch = orch
+        self.store = orch.store
+        self.to_agent_network = to_agent_network
+
+    # --- per-host state -----------------------------------------------------
+
+    async def set_host_state(self, network_id: str, host_id: str, ready: bool,
+                             message: str = "") -> None:
+        await self.store.r.hset(k("net", network_id, "hoststate"), host_id,
+                                json.dumps({"ready": ready, "message": message}))
+
+    async def host_states(self, network_id: str) -> dict[str, tuple[bool, str]]:
+        raw = await self.store.r.hgetall(k("net", network_id, "hoststate"))
+        states = {}
+        for key, value in raw.items():
+            data = json.loads(value)
+            states[key.decode()] = (bool(data["ready"]), data.get("message", ""))
+        return states
+
+    async def forget_network(self, network_id: str) -> None:
+        """Drops what this module keeps of a deleted network: host states, push
+        generation and its VNI."""
+        await self.store.r.delete(k("net", network_id, "hoststate"),
+                                  k("net", network_id, "peergen"))
+        await self.orch.vnis.release(network_id)
+
+    async def networks(self) -> list[pb.Network]:
+        return [network for network, state in await self.store.list_networks()
+                if network.driver == DRIVER and state == STATE_READY]
+
+    def healthy(self, host: pb.Host) -> bool:
+        return host.static or self.orch._heartbeat_fresh(host)
+
+    # --- peers -------------------------------------------------------------------
+
+    async def generation(self, network_id: str) -> int:
+        return int(await self.store.r.get(k("net", network_id, "peergen")) or 0)
+
+    async def push_peers(self, network_id: str, skip_host: str = "",
+                         pending: pb.Endpoint | None = None) -> tuple[int, bool]:
+        """Tells every healthy host of the network its peers and remote endpoints.
+
+        Returns (generation, whether every host took it). ``skip_host``: a host
+        whose view did not change (its own endpoint came or went); ``pending``:
+        an endpoint being connected, not recorded yet. A host that fails marks
+        the network for the reconciler; so does a host that is not healthy (it
+        is brought in line when it registers again).
+        """
+        generation = int(await self.store.r.incr(k("net", network_id, "peergen")))
+        on_network = set(await self.store.network_hosts(network_id))
+        hosts = [host for host in await self.store.list_hosts() if host.host_id in on_network]
+        endpoints = await self.store.get_endpoints(
+            await self.store.network_endpoint_ids(network_id))
+        if pending is not None and all(e.endpoint_id != pending.endpoint_id for e in endpoints):
+            endpoints.append(pending)
+        underlays = {host.host_id: host.underlay_ip for host in hosts if host.underlay_ip}
+        failures: list[str] = []
+
+        async def push(host: pb.Host) -> None:
+            request = nd.SetNetworkPeersRequest(network_id=network_id, generation=generation)
+            for peer_id, underlay in sorted(underlays.items()):
+                if peer_id != host.host_id:
+                    request.peers.add(host_id=peer_id, underlay_ip=underlay)
+            for endpoint in endpoints:
+                underlay = underlays.get(endpoint.host_id)
+                if endpoint.host_id != host.host_id and underlay and endpoint.mac_address:
+                    request.remote_endpoints.add(address=endpoint.address,
+                                                 mac_address=endpoint.mac_address,
+                                                 underlay_ip=underlay)
+            agent = self.orch.agents.get(host.host_id, host.address)
+            try:
+                await call(agent._what(f"set peers of network {network_id}"),
+                           agent.stub.SetNetworkPeers, request, ENSURE_TIMEOUT)
+            except errors.CnmError as error:
+                failures.append(error.message)
+                await self.set_host_state(network_id, host.host_id, False, error.message)
+
+        targets = [host for host in hosts
+                   if host.host_id != skip_host and host.host_id in underlays]
+        waiting = [host for host in targets if not self.healthy(host)]
+        await asyncio.gather(*(push(host) for host in targets if self.healthy(host)))
+        if failures or waiting:
+            await self.store.mark_peers_dirty(network_id)
+            if failures:
+                log.warning("overlay peers not pushed everywhere",
+                            extra={"network": network_id, "errors": failures})
+            return generation, False
+        return generation, True
+
+    # --- putting networks on hosts ------------------------------------------------
+
+    async def ensure_on_host(self, network: pb.Network, host: pb.Host) -> bool:
+        """Creates the network on the host (idempotent); records whether that worked.
+
+        The caller pushes the peers (``push_peers``) afterwards.
+        """
+        agent = self.orch.agents.get(host.host_id, host.address)
+        try:
+            await self.orch.underlay_ip(host)
+            await call(agent._what(f"create network {network.network_id}"),
+                       agent.stub.CreateNetwork,
+                       nd.CreateNetworkRequest(network=self.to_agent_network(network)),
+                       ENSURE_TIMEOUT)
+        except errors.CnmError as error:
+            await self.set_host_state(network.network_id, host.host_id, False, error.message)
+            log.warning("overlay network not in line on host",
+                        extra={"network": network.network_id, "host": host.host_id,
+                               "error": error.message})
+            return False
+        await self.store.add_network_host(network.network_id, host.host_id)
+        await self.set_host_state(network.network_id, host.host_id, True)
+        return True
+
+    async def spread_network(self, network: pb.Network) -> None:
+        """Puts a new overlay network on every healthy host, then tells them their peers.
+
+        A host that is unhealthy or fails is recorded as not ready; it is
+        brought in line when it registers again, or by the reconciler.
+        """
+        hosts = await self.store.list_hosts()
+        for host in hosts:
+            if not self.healthy(host):
+                await self.set_host_state(network.network_id, host.host_id, False,
+                                          "host is not healthy (missed heartbeats)")
+        await asyncio.gather(*(self.ensure_on_host(network, host)
+                               for host in hosts if self.healthy(host)))
+        await self.push_peers(network.network_id)
+
+    async def ensure_ready(self, network: pb.Network, host: pb.Host) -> None:
+        """Before a connect: the network is on the host with its peers (a host that
+        missed the create, or a static host that never registered)."""
+        raw = await self.store.r.hget(k("net", network.network_id, "hoststate"), host.host_id)
+        ready = raw is not None and json.loads(raw)["ready"]
+        if not ready and await self.ensure_on_host(network, host):
+            await self.push_peers(network.network_id)
+
+    async def sync_host(self, host: pb.Host) -> None:
+        """Brings a (re-)registered host in line: every overlay network, with its peers
+        (and the other hosts learn its address)."""
+        networks = await self.networks()
+        await asyncio.gather(*(self.ensure_on_host(network, host) for network in networks))
+        for network in networks:
+            await self.push_peers(network.network_id)
+
+    async def host_left(self, host_id: str) -> None:
+        """A removed host leaves every overlay network's peer lists."""
+        for network in await self.networks():
+            await self.store.r.srem(k("net", network.network_id, "hosts"), host_id)
+            await self.store.r.hdel(k("net", network.network_id, "hoststate"), host_id)
+            await self.push_peers(network.network_id)
+
+    async def delete_from_hosts(self, network: pb.Network) -> None:
+        """Deletes the network from every host it may be on. A host that cannot be
+        reached keeps it until the reconciler finds it there with no record left."""
+        host_ids = set(await self.store.network_hosts(network.network_id))
+        host_ids |= set(await self.host_states(network.network_id))
+
+        async def delete(host_id: str) -> None:
+            host = await self.store.get_host(host_id)
+            if host is None:
+                return
+            try:
+                await self.orch.agents.get(host.host_id, host.address).delete_network(
+                    network.network_id)
+            except errors.CnmError as error:
+                log.warning("overlay network left on a host",
+                            extra={"network": network.network_id, "host": host_id,
+                                   "error": error.message})
+
+        await asyncio.gather(*(delete(host_id) for host_id in sorted(host_ids)))
+
+    async def reconcile(self) -> list[str]:
+        """Brings in line every healthy host that is not, for every overlay network,
+        and pushes again the peers of networks a push missed."""
+        repaired = []
+        hosts = [host for host in await self.store.list_hosts() if self.healthy(host)]
+        for network in await self.networks():
+            states = await self.host_states(network.network_id)
+            missing = [host for host in hosts
+                       if not states.get(host.host_id, (False, ""))[0]]
+            if not missing:
+                continue
+            results = await asyncio.gather(*(self.ensure_on_host(network, host)
+                                             for host in missing))
+            if any(results):
+                await self.push_peers(network.network_id)
+            repaired += [f"{network.network_id} on {host.host_id}"
+                         for host, done in zip(missing, results, strict=True) if done]
+        for network_id in await self.store.peers_dirty():
+            found = await self.store.get_network(network_id)
+            if found is None or found[0].driver != DRIVER or found[1] != STATE_READY:
+                await self.store.clear_peers_dirty(network_id)
+                continue
+            _, complete = await self.push_peers(network_id)
+            if complete:
+                await self.store.clear_peers_dirty(network_id)
+                repaired.append(f"peers of {network_id}")
+        return repaired

@@ -1,0 +1,190 @@
+"""The reconciler: finishes or undoes abandoned flows and collects leaks.
+
+One pass, run at start-up and then periodically by one replica at a time:
+
+1. every intent whose lock is free belongs to a flow nobody is running any
+   more (flows hold the lock for as long as their intent exists): a connect
+   is undone, a disconnect or a network delete finished, a network create
+   undone;
+2. overlay networks whose peers could not be pushed to every host are
+   pushed again;
+3. IPAM: addresses whose owner is neither a recorded endpoint nor an
+   endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
+   and pools cnm made for networks that no longer exist are deleted;
+4. agents: endpoints and networks in a host's kernel that no record or
+   intent knows are deleted (left by a forced delete while the host was
+   unreachable, or by lost records). This reads each agent's whole kernel
+   state, so it runs every ``--host-gc-interval`` rather than every pass.
+
+Each release re-checks the records under the endpoint's lock, so a connect
+starting at the same moment is never robbed of its address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from cnm import errors
+from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decode_endpoint
+
+log = logging.getLogger("orchestrator.reconciler")
+
+
+@dataclass
+class Report:
+    settled_intents: list[str] = field(default_factory=list)
+    released_addresses: list[str] = field(default_factory=list)
+    deleted_pools: list[str] = field(default_factory=list)
+    deleted_host_endpoints: list[str] = field(default_factory=list)
+    deleted_host_networks: list[str] = field(default_factory=list)
+    synced_peers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return any((self.settled_intents, self.released_addresses, self.deleted_pools,
+                    self.deleted_host_endpoints, self.deleted_host_networks,
+                    self.synced_peers))
+
+
+class Reconciler:
+    def __init__(self, orchestrator: Orchestrator):
+        self.orch = orchestrator
+        self.store = orchestrator.store
+
+    async def run_once(self, collect_hosts: bool = True) -> Report | None:
+        """One pass; None when another replica is running one.
+
+        ``collect_hosts`` includes step 3, which reads every agent's whole
+        kernel state and so is run less often than the rest.
+        """
+        lock = self.store.lock("reconciler", wait=0)
+        if not await lock.try_acquire():
+            return None
+        report = Report()
+        try:
+            await self._settle_intents(report)
+            await self._collect_addresses(report)
+            for network_id in await self.store.peers_dirty():
+                if await self.orch.sync_peers(network_id):
+                    await self.store.clear_peers_dirty(network_id)
+                    report.synced_peers.append(network_id)
+            if collect_hosts:
+                await self._collect_host_objects(report)
+        finally:
+            await lock.release()
+        if report.changed() or report.errors:
+            log.info("reconciled", extra=vars(report))
+        return report
+
+    async def run_forever(self, interval: float, host_interval: float) -> None:
+        last_host_pass = -host_interval
+        while True:
+            collect_hosts = time.monotonic() - last_host_pass >= host_interval
+            try:
+                report = await self.run_once(collect_hosts)
+                if collect_hosts and report is not None:
+                    last_host_pass = time.monotonic()
+            except Exception as error:  # noqa: BLE001 - the next pass retries
+                log.warning("reconcile pass failed", extra={"error": str(error)})
+            await asyncio.sleep(interval)
+
+    async def _settle_intents(self, report: Report) -> None:
+        for intent in await self.store.intents():
+            lock = self.store.lock(intent.data["lock"], wait=0)
+            if not await lock.try_acquire():
+                continue
+            try:
+                current = await self.store.get_intent(intent.key)
+                if current is None:
+                    continue
+                if current.op in ("connect", "disconnect"):
+                    await self.orch.settle_locked(decode_endpoint(current).endpoint_id)
+                else:
+                    await self.orch.settle_network_intent(current)
+                report.settled_intents.append(f"{current.op} {current.key}")
+            except errors.CnmError as error:
+                report.errors.append(f"{intent.op} {intent.key}: {error.message}")
+            finally:
+                await lock.release()
+
+    async def _known_owner(self, endpoint_id: str) -> bool:
+        return (await self.store.get_endpoint(endpoint_id) is not None
+                or await self.store.get_intent(f"ep:{endpoint_id}") is not None)
+
+    async def _creating_network_ids(self) -> set[str]:
+        return {intent.data["network_id"] for intent in await self.store.intents()
+                if intent.op in ("create-network", "delete-network")}
+
+    async def _collect_addresses(self, report: Report) -> None:
+        try:
+            pools = await self.orch.ipam.list_pools()
+        except errors.CnmError as error:
+            report.errors.append(error.message)
+            return
+        network_ids = await self.store.network_ids()
+        busy_network_ids = await self._creating_network_ids()
+        for pool in pools:
+            if pool.pool_id not in network_ids:
+                if (pool.labels.get(MANAGED_LABEL) == MANAGED_VALUE
+                        and pool.pool_id not in busy_network_ids
+                        and pool.pool_id not in await self.store.network_ids()):
+                    await self.orch.ipam.delete_pool(pool.pool_id, force=True)
+                    report.deleted_pools.append(pool.pool_id)
+                continue
+            try:
+                allocations = await self.orch.ipam.list_allocations(pool.pool_id)
+            except errors.NotFound:
+                continue
+            owners = [a.owner for a in allocations if not a.owner.startswith("cnm:")]
+            known = await self.store.known_endpoint_ids(owners)
+            for allocation in allocations:
+                owner = allocation.owner
+                if owner.startswith("cnm:") or owner in known:
+                    continue
+                lock = self.store.lock(f"ep:{owner}", wait=0)
+                if not await lock.try_acquire():
+                    continue
+                try:
+                    if not await self._known_owner(owner):
+                        await self.orch.ipam.release_owner(pool.pool_id, owner)
+                        report.released_addresses.append(f"{pool.pool_id}/{allocation.address}")
+                finally:
+                    await lock.release()
+
+    async def _collect_host_objects(self, report: Report) -> None:
+        for host in await self.store.list_hosts():
+            agent = self.orch.agents.get(host.host_id, host.address)
+            try:
+                state = await agent.get_state()
+            except errors.CnmError as error:
+                report.errors.append(error.message)
+                continue
+            known = await self.store.known_endpoint_ids([e.endpoint_id for e in state.endpoints])
+            for endpoint in state.endpoints:
+                endpoint_id = endpoint.endpoint_id
+                if endpoint_id in known:
+                    continue
+                lock = self.store.lock(f"ep:{endpoint_id}", wait=0)
+                if not await lock.try_acquire():
+                    continue
+                try:
+                    if not await self._known_owner(endpoint_id):
+                        await agent.delete_endpoint(endpoint_id)
+                        report.deleted_host_endpoints.append(f"{host.host_id}/{endpoint_id}")
+                except errors.CnmError as error:
+                    report.errors.append(error.message)
+                finally:
+                    await lock.release()
+            network_ids = await self.store.network_ids()
+            busy_network_ids = await self._creating_network_ids()
+            for network in state.networks:
+                if network.network_id in network_ids or network.network_id in busy_network_ids:
+                    continue
+                try:
+                    await agent.delete_network(network.network_id)
+                    report.deleted_host_networks.append(f"{host.host_id}/{network.network_id}")
+                except errors.CnmError as error:
+                    report.errors.append(error.message)

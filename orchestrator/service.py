@@ -1,0 +1,99 @@
+"""The gRPC face of the orchestrator: requests in, flows called, responses out."""
+
+from __future__ import annotations
+
+import functools
+
+import redis.exceptions
+
+from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from orchestrator.flows import Orchestrator
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+_SERVICE = pb.DESCRIPTOR.services_by_name["OrchestratorService"]
+
+
+def redis_unavailable_is_unavailable(cls):
+    """Every RPC of ``cls`` reports Redis being unreachable as UNAVAILABLE."""
+
+    def guard(method):
+        @functools.wraps(method)
+        async def guarded(self, request, context):
+            try:
+                return await method(self, request, context)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+                raise errors.Unavailable(f"redis: {error}", reason="STORE_UNAVAILABLE") from error
+
+        return guarded
+
+    for rpc in _SERVICE.methods:
+        setattr(cls, rpc.name, guard(getattr(cls, rpc.name)))
+    return cls
+
+
+@redis_unavailable_is_unavailable
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, orchestrator: Orchestrator):
+        self.orch = orchestrator
+
+    async def CreateNetwork(self, request, context):
+        return pb.CreateNetworkResponse(network=await self.orch.create_network(request.network))
+
+    async def GetNetwork(self, request, context):
+        return pb.GetNetworkResponse(network=await self.orch.get_network(request.network))
+
+    async def ListNetworks(self, request, context):
+        networks = await self.orch.list_networks(request.driver, request.label_filters)
+        return pb.ListNetworksResponse(networks=networks)
+
+    async def DeleteNetwork(self, request, context):
+        await self.orch.delete_network(request.network, request.force)
+        return pb.DeleteNetworkResponse()
+
+    async def PruneNetworks(self, request, context):
+        return pb.PruneNetworksResponse(deleted_networks=await self.orch.prune_networks())
+
+    async def ConnectContainer(self, request, context):
+        return pb.ConnectContainerResponse(endpoint=await self.orch.connect(request))
+
+    async def DisconnectContainer(self, request, context):
+        await self.orch.disconnect(request.network, request.container_id, request.force,
+                                   request.allow_missing)
+        return pb.DisconnectContainerResponse()
+
+    async def GetEndpoint(self, request, context):
+        return pb.GetEndpointResponse(endpoint=await self.orch.get_endpoint(request.endpoint_id))
+
+    async def ListEndpoints(self, request, context):
+        endpoints = await self.orch.list_endpoints(request.network, request.container_id,
+                                                   request.host_id)
+        return pb.ListEndpointsResponse(endpoints=endpoints)
+
+    async def CreateSandbox(self, request, context):
+        sandbox = await self.orch.create_sandbox(request.name, request.host_id)
+        return pb.CreateSandboxResponse(sandbox=sandbox)
+
+    async def DeleteSandbox(self, request, context):
+        await self.orch.delete_sandbox(request.name, request.host_id, request.allow_missing)
+        return pb.DeleteSandboxResponse()
+
+    async def ListSandboxes(self, request, context):
+        return pb.ListSandboxesResponse(sandboxes=await self.orch.list_sandboxes(request.host_id))
+
+    async def RegisterHost(self, request, context):
+        host = await self.orch.register_host(request.host)
+        return pb.RegisterHostResponse(host=host,
+                                       heartbeat_interval_seconds=self.orch.heartbeat_interval)
+
+    async def HeartbeatHost(self, request, context):
+        known = await self.orch.heartbeat_host(request.host_id)
+        return pb.HeartbeatHostResponse(reregister=not known)
+
+    async def ListHosts(self, request, context):
+        return pb.ListHostsResponse(hosts=await self.orch.list_hosts())
+
+    async def DeleteHost(self, request, context):
+        await self.orch.delete_host(request.host_id)
+        return pb.DeleteHostResponse()

@@ -1,0 +1,493 @@
+"""The orchestrator's records in Redis: networks, endpoints, hosts, intents, locks.
+
+Every key carries the hash tag ``{cnm-orch}`` so that all of them live in one
+slot: the multi-key scripts below then run unchanged on Redis Cluster.
+
+Layout (prefix ``{cnm-orch}:``)::
+
+    net:<id>            HASH  pb (Network bytes), state ("ready"|"deleting"), name
+    netname             HASH  name -> network id
+    netids              SET   network ids
+    net:<id>:eps        SET   endpoint ids recorded on the network
+    net:<id>:pending    SET   endpoint ids with a connect in flight
+    net:<id>:hosts      SET   host ids that may have the network in their kernel
+    net:<id>:peers-gen  STRING generation of the overlay peers last computed
+    ep:<id>             STRING Endpoint bytes (the record of a connected endpoint)
+    ctr:<id>:eps        SET   endpoint ids (recorded or in flight) of a container
+    host:<id>:eps       SET   endpoint ids recorded on a host
+    host:<id>:ports     HASH  "proto/port/host_ip" -> endpoint id, "proto/port" -> count
+    hosts               HASH  host id -> Host bytes
+    vni                 STRING counter of overlay VXLAN ids handed out
+    peers-dirty         SET   overlay network ids whose peers must be pushed again
+    intents             HASH  "ep:<id>" | "net:<id>" -> intent JSON
+    replica:<id>        STRING with expiry: a live orchestrator replica
+    lock:<name>         STRING with expiry: "<replica id>:<nonce>"
+
+An intent is written before the first side effect of a flow and removed in
+the same script that records its outcome, so a crash between steps always
+leaves one behind for the reconciler. It names the replica running it; the
+replica's lease key expiring means nobody will finish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Self
+
+import redis.asyncio as redis
+
+from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+
+PREFIX = "{cnm-orch}:"
+STATE_READY = "ready"
+STATE_DELETING = "deleting"
+FIRST_VNI = 4096
+
+
+def k(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
+    """The exact ("proto/port/ip") and wildcard-count ("proto/port") fields of a mapping."""
+    proto = pb.Protocol.Name(mapping.protocol or pb.PROTOCOL_TCP).removeprefix("PROTOCOL_").lower()
+    return f"{proto}/{mapping.host_port}/{mapping.host_ip}", f"{proto}/{mapping.host_port}"
+
+
+# Reserves the ports, marks the endpoint pending and writes the intent, all or nothing.
+_BEGIN_CONNECT = """
+local net, pending, ctr_eps, intents, ports, ep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local epid, intent_key, intent = ARGV[1], ARGV[2], ARGV[3]
+local state = redis.call('HGET', net, 'state')
+if not state then return {'gone'} end
+if state ~= 'ready' then return {'deleting'} end
+if redis.call('EXISTS', ep) == 1 then return {'exists'} end
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local exact, wild, ip = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
+  local holder = redis.call('HGET', ports, exact)
+  if holder and holder ~= epid then return {'port', exact, holder} end
+  if not holder then
+    if ip == '' then
+      if tonumber(redis.call('HGET', ports, wild) or '0') > 0 then
+        return {'port', exact, 'another endpoint'}
+      end
+    else
+      local any = redis.call('HGET', ports, wild .. '/')
+      if any and any ~= epid then return {'port', wild .. '/', any} end
+    end
+  end
+end
+for i = 0, n - 1 do
+  local exact, wild = ARGV[5 + i * 3], ARGV[6 + i * 3]
+  if redis.call('HSETNX', ports, exact, epid) == 1 then
+    redis.call('HINCRBY', ports, wild, 1)
+  end
+end
+redis.call('SADD', pending, epid)
+local others = redis.call('SCARD', ctr_eps) - redis.call('SISMEMBER', ctr_eps, epid)
+redis.call('SADD', ctr_eps, epid)
+redis.call('HSET', intents, intent_key, intent)
+if others == 0 then return {'ok', '1'} end
+return {'ok', '0'}
+"""
+
+# Records a connected endpoint and clears its intent, unless the network is being deleted.
+_COMMIT_CONNECT = """
+local net, pending, net_eps, ep, host_eps, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if redis.call('HGET', net, 'state') ~= 'ready' then return 0 end
+redis.call('SET', ep, ARGV[2])
+redis.call('SADD', net_eps, ARGV[1])
+redis.call('SREM', pending, ARGV[1])
+redis.call('SADD', host_eps, ARGV[1])
+redis.call('HDEL', intents, ARGV[3])
+return 1
+"""
+
+# Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent.
+_FORGET_ENDPOINT = """
+local ep, net_eps, pending, ctr_eps, host_eps, ports, intents =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local epid, intent_key = ARGV[1], ARGV[2]
+redis.call('DEL', ep)
+redis.call('SREM', net_eps, epid)
+redis.call('SREM', pending, epid)
+redis.call('SREM', ctr_eps, epid)
+redis.call('SREM', host_eps, epid)
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local exact, wild = ARGV[4 + i * 2], ARGV[5 + i * 2]
+  if redis.call('HGET', ports, exact) == epid then
+    redis.call('HDEL', ports, exact)
+    if redis.call('HINCRBY', ports, wild, -1) <= 0 then redis.call('HDEL', ports, wild) end
+  end
+end
+redis.call('HDEL', intents, intent_key)
+return 1
+"""
+
+_CREATE_NETWORK = """
+local net, names, ids, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, name, record, intent_key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local holder = redis.call('HGET', names, name)
+if holder and holder ~= id then return 0 end
+redis.call('HSET', net, 'pb', record, 'state', 'ready', 'name', name)
+redis.call('HSET', names, name, id)
+redis.call('SADD', ids, id)
+redis.call('HDEL', intents, intent_key)
+return 1
+"""
+
+# Marks a network deleting (refused while it has endpoints unless forced).
+_BEGIN_DELETE_NETWORK = """
+local net, net_eps, pending, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('EXISTS', net) == 0 then return {'gone'} end
+local busy = redis.call('SCARD', net_eps) + redis.call('SCARD', pending)
+if ARGV[1] ~= '1' and busy > 0 and redis.call('HGET', net, 'state') == 'ready' then
+  return {'busy', tostring(busy)}
+end
+redis.call('HSET', net, 'state', 'deleting')
+redis.call('HSET', intents, ARGV[2], ARGV[3])
+return {'ok'}
+"""
+
+_FINISH_DELETE_NETWORK = """
+local net, net_eps, pending, hosts, names, ids, intents, generation =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local id, name, intent_key = ARGV[1], ARGV[2], ARGV[3]
+redis.call('DEL', net, net_eps, pending, hosts, generation)
+if redis.call('HGET', names, name) == id then redis.call('HDEL', names, name) end
+redis.call('SREM', ids, id)
+redis.call('HDEL', intents, intent_key)
+return 1
+"""
+
+# Takes a lock, or steals it from a replica whose lease has expired.
+_ACQUIRE_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 0 end
+local replica = string.match(holder, '^([^:]+):')
+if replica and redis.call('EXISTS', ARGV[3] .. replica) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class Intent:
+    key: str
+    op: str
+    replica: str
+    started: float
+    data: dict
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"op": self.op, "replica": self.replica, "started": self.started, **self.data}
+        )
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes | str) -> Intent:
+        data = json.loads(raw)
+        return cls(
+            key=key, op=data.pop("op"), replica=data.pop("replica"),
+            started=data.pop("started"), data=data,
+        )
+
+
+class Store:
+    """Typed access to the orchestrator's Redis records."""
+
+    LOCK_TTL_MS = 60_000
+
+    def __init__(self, client: redis.Redis, replica_id: str, lease_seconds: float = 10.0):
+        self.r = client
+        self.replica_id = replica_id
+        self.lease_seconds = lease_seconds
+        self._begin_connect = client.register_script(_BEGIN_CONNECT)
+        self._commit_connect = client.register_script(_COMMIT_CONNECT)
+        self._forget_endpoint = client.register_script(_FORGET_ENDPOINT)
+        self._create_network = client.register_script(_CREATE_NETWORK)
+        self._begin_delete_network = client.register_script(_BEGIN_DELETE_NETWORK)
+        self._finish_delete_network = client.register_script(_FINISH_DELETE_NETWORK)
+        self._acquire = client.register_script(_ACQUIRE_LOCK)
+        self._release = client.register_script(_RELEASE_LOCK)
+
+    @classmethod
+    def connect(cls, url: str, lease_seconds: float = 10.0) -> Store:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        return cls(client, uuid.uuid4().hex[:12], lease_seconds)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+    # --- replicas and locks -------------------------------------------------
+
+    async def renew_lease(self) -> None:
+        await self.r.set(k("replica", self.replica_id), b"1", px=int(self.lease_seconds * 1000))
+
+    async def drop_lease(self) -> None:
+        await self.r.delete(k("replica", self.replica_id))
+
+    async def replica_alive(self, replica_id: str) -> bool:
+        return replica_id == self.replica_id or bool(await self.r.exists(k("replica", replica_id)))
+
+    def lock(self, name: str, wait: float = 10.0) -> Lock:
+        return Lock(self, name, wait)
+
+    # --- networks -----------------------------------------------------------
+
+    async def network_id_by_name(self, name: str) -> str | None:
+        value = await self.r.hget(k("netname"), name)
+        return value.decode() if value else None
+
+    async def get_network(self, network_id: str) -> tuple[pb.Network, str] | None:
+        raw, state = await self.r.hmget(k("net", network_id), ["pb", "state"])
+        if raw is None:
+            return None
+        return pb.Network.FromString(raw), state.decode()
+
+    async def resolve_network(self, name_or_id: str) -> tuple[pb.Network, str]:
+        """A network by name, else by id; NotFound otherwise."""
+        network_id = await self.network_id_by_name(name_or_id) or name_or_id
+        found = await self.get_network(network_id)
+        if found is None:
+            raise errors.NotFound(f"network {name_or_id!r} not found", network=name_or_id)
+        return found
+
+    async def list_networks(self) -> list[tuple[pb.Network, str]]:
+        ids = sorted(member.decode() for member in await self.r.smembers(k("netids")))
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for network_id in ids:
+            pipe.hmget(k("net", network_id), ["pb", "state"])
+        found = []
+        for raw, state in await pipe.execute():
+            if raw is not None:
+                found.append((pb.Network.FromString(raw), state.decode()))
+        return found
+
+    async def network_ids(self) -> set[str]:
+        return {member.decode() for member in await self.r.smembers(k("netids"))}
+
+    async def record_network(self, network: pb.Network, intent_key: str) -> bool:
+        done = await self._create_network(
+            keys=[k("net", network.network_id), k("netname"), k("netids"), k("intents")],
+            args=[network.network_id, network.name, network.SerializeToString(), intent_key],
+        )
+        return bool(done)
+
+    async def begin_delete_network(self, network_id: str, force: bool, intent: Intent) -> tuple:
+        reply = await self._begin_delete_network(
+            keys=[k("net", network_id), k("net", network_id, "eps"),
+                  k("net", network_id, "pending"), k("intents")],
+            args=["1" if force else "0", intent.key, intent.to_json()],
+        )
+        return tuple(part.decode() for part in reply)
+
+    async def finish_delete_network(self, network_id: str, name: str, intent_key: str) -> None:
+        await self._finish_delete_network(
+            keys=[k("net", network_id), k("net", network_id, "eps"),
+                  k("net", network_id, "pending"), k("net", network_id, "hosts"),
+                  k("netname"), k("netids"), k("intents"), k("net", network_id, "peers-gen")],
+            args=[network_id, name, intent_key],
+        )
+
+    async def network_endpoint_ids(self, network_id: str) -> list[str]:
+        return sorted(m.decode() for m in await self.r.smembers(k("net", network_id, "eps")))
+
+    async def network_pending_ids(self, network_id: str) -> list[str]:
+        return sorted(m.decode() for m in await self.r.smembers(k("net", network_id, "pending")))
+
+    async def add_network_host(self, network_id: str, host_id: str) -> None:
+        await self.r.sadd(k("net", network_id, "hosts"), host_id)
+
+    async def network_hosts(self, network_id: str) -> list[str]:
+        return sorted(m.decode() for m in await self.r.smembers(k("net", network_id, "hosts")))
+
+    async def next_vni(self) -> int:
+        """A VXLAN id no other overlay network of this deployment has had."""
+        return FIRST_VNI + int(await self.r.incr(k("vni"))) - 1
+
+    async def next_peers_generation(self, network_id: str) -> int:
+        return int(await self.r.incr(k("net", network_id, "peers-gen")))
+
+    async def mark_peers_dirty(self, network_id: str) -> None:
+        await self.r.sadd(k("peers-dirty"), network_id)
+
+    async def clear_peers_dirty(self, network_id: str) -> None:
+        await self.r.srem(k("peers-dirty"), network_id)
+
+    async def peers_dirty(self) -> list[str]:
+        return sorted(m.decode() for m in await self.r.smembers(k("peers-dirty")))
+
+    # --- endpoints ----------------------------------------------------------
+
+    async def get_endpoint(self, endpoint_id: str) -> pb.Endpoint | None:
+        raw = await self.r.get(k("ep", endpoint_id))
+        return pb.Endpoint.FromString(raw) if raw is not None else None
+
+    async def get_endpoints(self, endpoint_ids: list[str]) -> list[pb.Endpoint]:
+        if not endpoint_ids:
+            return []
+        raws = await self.r.mget([k("ep", endpoint_id) for endpoint_id in endpoint_ids])
+        return [pb.Endpoint.FromString(raw) for raw in raws if raw is not None]
+
+    async def endpoint_ids(self, *, network_id: str = "", container_id: str = "",
+                           host_id: str = "") -> set[str] | None:
+        """Ids matching every given filter; None when no filter is given."""
+        keys = []
+        if network_id:
+            keys.append(k("net", network_id, "eps"))
+        if container_id:
+            keys.append(k("ctr", container_id, "eps"))
+        if host_id:
+            keys.append(k("host", host_id, "eps"))
+        if not keys:
+            return None
+        return {member.decode() for member in await self.r.sinter(keys)}
+
+    async def known_endpoint_ids(self, endpoint_ids: list[str]) -> set[str]:
+        """Those of ``endpoint_ids`` that are recorded or have an intent, in one round trip."""
+        if not endpoint_ids:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for endpoint_id in endpoint_ids:
+            pipe.exists(k("ep", endpoint_id))
+            pipe.hexists(k("intents"), f"ep:{endpoint_id}")
+        replies = await pipe.execute()
+        return {endpoint_id for index, endpoint_id in enumerate(endpoint_ids)
+                if replies[2 * index] or replies[2 * index + 1]}
+
+    async def all_endpoint_ids(self) -> set[str]:
+        ids = set()
+        async for key in self.r.scan_iter(match=k("ep", "*"), count=1000):
+            ids.add(key.decode().rsplit(":", 1)[1])
+        return ids
+
+    async def begin_connect(self, endpoint: pb.Endpoint, intent: Intent) -> tuple:
+        """Reserves ports and writes the intent. Returns ('ok', first_network) or a refusal."""
+        args: list = [endpoint.endpoint_id, intent.key, intent.to_json(),
+                      len(endpoint.port_mappings)]
+        for mapping in endpoint.port_mappings:
+            exact, wild = port_keys(mapping)
+            args += [exact, wild, mapping.host_ip]
+        reply = await self._begin_connect(
+            keys=[k("net", endpoint.network_id), k("net", endpoint.network_id, "pending"),
+                  k("ctr", endpoint.container_id, "eps"), k("intents"),
+                  k("host", endpoint.host_id, "ports"), k("ep", endpoint.endpoint_id)],
+            args=args,
+        )
+        return tuple(part.decode() for part in reply)
+
+    async def commit_connect(self, endpoint: pb.Endpoint, intent_key: str) -> bool:
+        done = await self._commit_connect(
+            keys=[k("net", endpoint.network_id), k("net", endpoint.network_id, "pending"),
+                  k("net", endpoint.network_id, "eps"), k("ep", endpoint.endpoint_id),
+                  k("host", endpoint.host_id, "eps"), k("intents")],
+            args=[endpoint.endpoint_id, endpoint.SerializeToString(), intent_key],
+        )
+        return bool(done)
+
+    async def forget_endpoint(self, endpoint: pb.Endpoint, intent_key: str) -> None:
+        """Removes an endpoint's record, indexes, port reservations and intent."""
+        args: list = [endpoint.endpoint_id, intent_key, len(endpoint.port_mappings)]
+        for mapping in endpoint.port_mappings:
+            args += list(port_keys(mapping))
+        await self._forget_endpoint(
+            keys=[k("ep", endpoint.endpoint_id), k("net", endpoint.network_id, "eps"),
+                  k("net", endpoint.network_id, "pending"),
+                  k("ctr", endpoint.container_id, "eps"), k("host", endpoint.host_id, "eps"),
+                  k("host", endpoint.host_id, "ports"), k("intents")],
+            args=args,
+        )
+
+    # --- intents ------------------------------------------------------------
+
+    def new_intent(self, key: str, op: str, **data) -> Intent:
+        return Intent(key=key, op=op, replica=self.replica_id, started=time.time(), data=data)
+
+    async def put_intent(self, intent: Intent) -> None:
+        await self.r.hset(k("intents"), intent.key, intent.to_json())
+
+    async def get_intent(self, key: str) -> Intent | None:
+        raw = await self.r.hget(k("intents"), key)
+        return Intent.from_json(key, raw) if raw is not None else None
+
+    async def drop_intent(self, key: str) -> None:
+        await self.r.hdel(k("intents"), key)
+
+    async def intents(self) -> list[Intent]:
+        raw = await self.r.hgetall(k("intents"))
+        return [Intent.from_json(key.decode(), value) for key, value in raw.items()]
+
+    # --- hosts --------------------------------------------------------------
+
+    async def put_host(self, host: pb.Host) -> None:
+        await self.r.hset(k("hosts"), host.host_id, host.SerializeToString())
+
+    async def get_host(self, host_id: str) -> pb.Host | None:
+        raw = await self.r.hget(k("hosts"), host_id)
+        return pb.Host.FromString(raw) if raw is not None else None
+
+    async def list_hosts(self) -> list[pb.Host]:
+        raw = await self.r.hgetall(k("hosts"))
+        return sorted((pb.Host.FromString(value) for value in raw.values()),
+                      key=lambda host: host.host_id)
+
+    async def delete_host(self, host_id: str) -> None:
+        await self.r.hdel(k("hosts"), host_id)
+
+    async def host_endpoint_count(self, host_id: str) -> int:
+        return int(await self.r.scard(k("host", host_id, "eps")))
+
+
+class Lock:
+    """A Redis lock with expiry, stolen only from replicas whose lease expired."""
+
+    def __init__(self, store: Store, name: str, wait: float):
+        self.store = store
+        self.key = k("lock", name)
+        self.name = name
+        self.wait = wait
+        self.token = f"{store.replica_id}:{uuid.uuid4().hex[:8]}"
+
+    async def try_acquire(self) -> bool:
+        return bool(await self.store._acquire(
+            keys=[self.key], args=[self.token, Store.LOCK_TTL_MS, k("replica", "")],
+        ))
+
+    async def __aenter__(self) -> Self:
+        deadline = time.monotonic() + self.wait
+        delay = 0.002
+        while not await self.try_acquire():
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(
+                    f"{self.name} is busy with another operation; retry", reason="BUSY",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return self
+
+    async def release(self) -> None:
+        await self.store._release(keys=[self.key], args=[self.token])
+
+    async def __aexit__(self, *exc) -> None:
+        await self.release()

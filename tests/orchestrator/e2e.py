@@ -1,0 +1,209 @@
+"""End-to-end harness: redis (session fixture), IPAM, one agent per host namespace and
+the orchestrator as real processes, driven through the ``cnm`` CLI and gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cnm import errors
+from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from tests import support
+
+CNM = str(Path(support.PYTHON).with_name("cnm"))
+ECHO = str(Path(__file__).with_name("echo.py"))
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@dataclass
+class Host:
+    host_id: str
+    ns: support.Netns
+    state_dir: Path
+    socket_path: str
+    log_path: Path
+    underlay_ip: str = ""
+    process: support.Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def start(self) -> None:
+        # nsenter --net keeps the machine's mount namespace, where sandboxes are mounted.
+        self.process = support.Process(
+            ["nsenter", f"--net={self.ns.path}", support.PYTHON, "-m", "netdriver_service",
+             "--listen", self.address, "--host-id", self.host_id,
+             "--state-dir", str(self.state_dir), "--underlay-ip", self.underlay_ip],
+            log_path=self.log_path,
+        )
+        try:
+            support.wait_serving(self.address, timeout=20)
+        except TimeoutError:
+            raise RuntimeError("agent did not start:\n" + self.process.log_tail()) from None
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process:
+            if kill:
+                self.process.kill9()
+            self.process.stop()
+            self.process = None
+
+    def state(self) -> netdriver_pb2.GetStateResponse:
+        with grpc.insecure_channel(self.address) as channel:
+            return netdriver_pb2_grpc.NetDriverServiceStub(channel).GetState(
+                netdriver_pb2.GetStateRequest(), timeout=10)
+
+    def info(self) -> netdriver_pb2.GetHostInfoResponse:
+        with grpc.insecure_channel(self.address) as channel:
+            return netdriver_pb2_grpc.NetDriverServiceStub(channel).GetHostInfo(
+                netdriver_pb2.GetHostInfoRequest(), timeout=10)
+
+    def link_names(self) -> set[str]:
+        out = subprocess.run(["ip", "-n", self.ns.name, "-j", "link", "show"], check=True,
+                             capture_output=True, text=True).stdout
+        return {link["ifname"] for link in json.loads(out)}
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    redis_url: str
+    hosts: dict[str, Host]
+    ipam_address: str = ""
+    address: str = ""
+    ipam: support.Process | None = None
+    orchestrator: support.Process | None = None
+    extra: list = field(default_factory=list)
+
+    # --- processes -------------------------------------------------------
+
+    def start_ipam(self) -> None:
+        port = support.free_port()
+        self.ipam_address = f"127.0.0.1:{port}"
+        self.ipam = support.Process(
+            [support.PYTHON, "-m", "ipam_service", "--listen", self.ipam_address,
+             "--redis-url", self.redis_url],
+            log_path=self.tmp / f"ipam-{port}.log",
+        )
+        support.wait_serving(self.ipam_address)
+
+    def restart_ipam(self) -> None:
+        self.ipam = support.Process(
+            [support.PYTHON, "-m", "ipam_service", "--listen", self.ipam_address,
+             "--redis-url", self.redis_url],
+            log_path=self.tmp / "ipam-restarted.log",
+        )
+        support.wait_serving(self.ipam_address)
+
+    def start_orchestrator(self, fault: str = "") -> support.Process:
+        if not self.address:
+            self.address = f"127.0.0.1:{support.free_port()}"
+        hosts = ",".join(f"{h.host_id}={h.address}" for h in self.hosts.values())
+        self.orchestrator = support.Process(
+            [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
+             "--redis-url", self.redis_url, "--ipam", self.ipam_address, "--hosts", hosts,
+             "--reconcile-interval", "0.5", "--replica-lease", "1.5"],
+            env={"CNM_ORCHESTRATOR_FAULT": fault},
+            log_path=self.tmp / f"orchestrator-{uuid.uuid4().hex[:6]}.log",
+        )
+        support.wait_serving(self.address)
+        return self.orchestrator
+
+    def stop(self) -> None:
+        for process in (self.orchestrator, self.ipam):
+            if process:
+                process.stop()
+        for host in self.hosts.values():
+            host.stop()
+            remove_sandboxes(host.host_id)
+
+    # --- clients ------------------------------------------------------------
+
+    def cnm(self, *args: str, host: str = "h1", timeout: float = 60) -> CliResult:
+        env = {**os.environ, "CNM_ORCHESTRATOR": self.address,
+               "CNM_HOST_ID": self.hosts[host].host_id, "CNM_RUN_DIR": str(self.tmp / "run"),
+               "GRPC_ENABLE_FORK_SUPPORT": "0"}
+        done = subprocess.run([CNM, *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    def call(self, method: str, request):
+        with grpc.insecure_channel(self.address) as channel:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+            try:
+                return getattr(stub, method)(request, timeout=30)
+            except grpc.RpcError as error:
+                raise errors.from_rpc_error(error) from None
+
+    def allocations(self) -> dict[str, list[tuple[str, str]]]:
+        """Every pool's allocations, read from the IPAM service: pool -> [(address, owner)]."""
+        with grpc.insecure_channel(self.ipam_address) as channel:
+            stub = ipam_pb2_grpc.IpamServiceStub(channel)
+            pools = stub.ListPools(ipam_pb2.ListPoolsRequest(), timeout=10).pools
+            return {
+                pool.pool_id: [(a.address, a.owner) for a in stub.ListAllocations(
+                    ipam_pb2.ListAllocationsRequest(pool_id=pool.pool_id), timeout=10).allocations]
+                for pool in pools
+            }
+
+    def endpoint_owners(self) -> list[str]:
+        return sorted(owner for allocs in self.allocations().values() for _, owner in allocs
+                      if not owner.startswith("cnm:"))
+
+    def connect(self, network: str, container: str, host: str = "h1", **fields):
+        return self.call("ConnectContainer", pb.ConnectContainerRequest(
+            network=network, container_id=container, host_id=self.hosts[host].host_id,
+            **fields)).endpoint
+
+
+def remove_sandboxes(host_id: str) -> None:
+    """Removes namespaces left by sandboxes of ``host_id`` (a test-unique id), and what runs there."""
+    listed = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True,
+                            check=False)
+    for entry in json.loads(listed.stdout or "[]"):
+        name = entry["name"]
+        if name.startswith(f"cnm-{host_id}-"):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                  text=True, check=False).stdout.split()
+            for pid in pids:
+                subprocess.run(["kill", "-9", pid], check=False)
+            subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def connect_namespaces(a: support.Netns, a_if: str, a_cidr: str,
+                       b: support.Netns, b_if: str, b_cidr: str) -> None:
+    """A veth between two test namespaces, addressed and up."""
+    subprocess.run(["ip", "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name",
+                    b_if, "netns", b.name], check=True)
+    for ns, name, cidr in ((a, a_if, a_cidr), (b, b_if, b_cidr)):
+        subprocess.run(["ip", "-n", ns.name, "addr", "add", cidr, "dev", name], check=True)
+        subprocess.run(["ip", "-n", ns.name, "link", "set", name, "up"], check=True)
+
+
+def ask(ns_path: str, host: str, port: int, timeout: float = 3.0) -> str | None:
+    """What the echo server at host:port answered, asked from the namespace; None if nothing."""
+    done = subprocess.run(
+        ["nsenter", f"--net={ns_path}", support.PYTHON, ECHO, "ask", host, str(port),
+         str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 15, check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None

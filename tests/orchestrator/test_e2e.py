@@ -1,0 +1,374 @@
+"""End to end: IPAM, two host agents (each in its own namespace) and the orchestrator as
+real processes over a real Redis, driven through the ``cnm`` CLI.
+
+Leaks are judged by what the services themselves report: IPAM's
+ListAllocations and each agent's GetState (read from the kernel), plus the
+links left in the host namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from tests import support
+from tests.orchestrator.e2e import ECHO, Cluster, Host, ask, connect_namespaces
+
+pytestmark = pytest.mark.root
+
+HOST_LINK = "cl0"  # the host side of the test's client veth
+HOST_ADDRESS = "192.168.200.1"
+UNDERLAY_LINK = "ul0"
+
+
+@pytest.fixture
+def cluster(redis_url, netns, tmp_path):
+    hosts = {}
+    for key in ("h1", "h2"):
+        host_id = f"{key}{uuid.uuid4().hex[:4]}"
+        state_dir = tmp_path / f"state-{host_id}"
+        hosts[key] = Host(host_id=host_id, ns=netns("cnmt-host"), state_dir=state_dir,
+                          socket_path=f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock",
+                          log_path=tmp_path / f"agent-{host_id}.log")
+    # the underlay: h1 and h2 reach each other on 10.254.0.0/24, for VXLAN
+    connect_namespaces(hosts["h1"].ns, UNDERLAY_LINK, "10.254.0.1/24",
+                       hosts["h2"].ns, UNDERLAY_LINK, "10.254.0.2/24")
+    hosts["h1"].underlay_ip, hosts["h2"].underlay_ip = "10.254.0.1", "10.254.0.2"
+    built = Cluster(tmp=tmp_path, redis_url=redis_url, hosts=hosts)
+    try:
+        for host in hosts.values():
+            host.start()
+        built.start_ipam()
+        built.start_orchestrator()
+        yield built
+    finally:
+        built.stop()
+
+
+@pytest.fixture
+def client(cluster, netns):
+    """A namespace playing an outside client, wired to host h1 on 192.168.200.0/24."""
+    namespace = netns("cnmt-client")
+    connect_namespaces(cluster.hosts["h1"].ns, HOST_LINK, f"{HOST_ADDRESS}/24",
+                       namespace, "eth0", "192.168.200.2/24")
+    return namespace
+
+
+def assert_clean(cluster: Cluster, *, pools: int = 0) -> None:
+    """Nothing of any endpoint is left: IPAM, agents' kernels, host links."""
+    assert cluster.endpoint_owners() == []
+    assert len(cluster.allocations()) == pools
+    for host in cluster.hosts.values():
+        state = host.state()
+        assert list(state.endpoints) == []
+        if not pools:
+            assert list(state.networks) == []
+        bridges = {network.bridge_name for network in state.networks}
+        assert host.link_names() <= {"lo", HOST_LINK, UNDERLAY_LINK, *bridges}, \
+            host.link_names()
+
+
+def wait_clean(cluster: Cluster, pools: int = 0, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert_clean(cluster, pools=pools)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def sandbox_path(cluster: Cluster, name: str, host: str = "h1") -> str:
+    return f"/var/run/netns/cnm-{cluster.hosts[host].host_id}-{name}"
+
+
+def container_addresses(path: str) -> dict[str, str]:
+    out = subprocess.run(["nsenter", f"--net={path}", "ip", "-j", "-4", "addr", "show"],
+                         check=True, capture_output=True, text=True).stdout
+    return {link["ifname"]: info["local"] for link in json.loads(out)
+            for info in link.get("addr_info", []) if link["ifname"] != "lo"}
+
+
+def test_create_connect_list_remove_story_through_the_cli(cluster, client):
+    created = cluster.cnm("network", "create", "--subnet", "10.50.0.0/24", "--label", "team=a",
+                          "net1")
+    assert created.code == 0, created.err
+    network_id = created.out.strip()
+    again = cluster.cnm("network", "create", "--subnet", "10.50.0.0/24", "--label", "team=a",
+                        "net1")
+    assert (again.code, again.out.strip()) == (0, network_id)
+    clash = cluster.cnm("network", "create", "--subnet", "10.51.0.0/24", "net1")
+    assert clash.code == 4 and clash.err.startswith("cnm: error: ") and "already exists" in clash.err
+    bad = cluster.cnm("network", "create", "--subnet", "10.52.0.0/24", "bad name")
+    assert bad.code == 2 and "invalid network name" in bad.err
+    overlap = cluster.cnm("network", "create", "--subnet", "10.50.0.128/25", "net2")
+    assert overlap.code == 4, overlap.err
+    listed = cluster.cnm("network", "ls")
+    assert listed.code == 0 and "net1" in listed.out and "10.50.0.0/24" in listed.out
+    assert [n["name"] for n in cluster.cnm("network", "ls", "--filter", "label=team=a",
+                                           "--format", "json").json()] == ["net1"]
+    assert cluster.cnm("network", "ls", "--filter", "label=team=b", "--format",
+                       "json").json() == []
+
+    web = cluster.cnm("run", "-d", "--name", "web", "--net", "net1", "-p", "8080:80", "--",
+                      support.PYTHON, ECHO, "serve", "80")
+    assert (web.code, web.out.strip()) == (0, "web"), web.err
+    inspected = cluster.cnm("network", "inspect", "net1").json()[0]
+    assert inspected["network_id"] == network_id and inspected["gateway"] == "10.50.0.1"
+    [endpoint] = inspected["endpoints"]
+    web_ip = endpoint["address"]
+    assert web_ip == "10.50.0.2"
+    assert container_addresses(sandbox_path(cluster, "web")) == {"eth0": web_ip}
+
+    # two containers talk: a foreground run asks the web container, then goes away
+    deadline = time.monotonic() + 10
+    while True:
+        probe = cluster.cnm("run", "--name", "probe", "--net", "net1", "--",
+                            support.PYTHON, ECHO, "ask", web_ip, "80")
+        if probe.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert probe.code == 0, probe.err
+    assert probe.out.strip() == "10.50.0.3"
+    # the published port answers from outside the host
+    assert ask(client.path, HOST_ADDRESS, 8080) == "192.168.200.2"
+
+    ps = cluster.cnm("ps", "--format", "json").json()
+    assert [s["name"] for s in ps] == [f"cnm-{cluster.hosts['h1'].host_id}-web"]
+    assert "8080->80/tcp" in cluster.cnm("ps").out
+    hosts = cluster.cnm("host", "ls")
+    assert hosts.code == 0 and "healthy" in hosts.out
+    in_use = cluster.cnm("network", "rm", "net1")
+    assert in_use.code == 5 and "endpoint" in in_use.err
+    assert cluster.cnm("rm", "web").code == 0
+    gone = cluster.cnm("rm", "web")
+    assert gone.code == 3 and "not found" in gone.err
+    assert ask(client.path, HOST_ADDRESS, 8080, timeout=1) is None
+    assert_clean(cluster, pools=1)
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert cluster.cnm("network", "ls", "--format", "json").json() == []
+    assert_clean(cluster)
+
+
+def test_several_networks_per_container_and_forced_delete(cluster):
+    for name, subnet in (("front", "10.60.0.0/24"), ("back", "10.61.0.0/24")):
+        assert cluster.cnm("network", "create", "--subnet", subnet, name).code == 0
+    multi = cluster.cnm("run", "-d", "--name", "multi", "--net", "front", "--net", "back", "--",
+                        "sleep", "300")
+    assert multi.code == 0, multi.err
+    other = cluster.cnm("run", "-d", "--name", "other", "--host", cluster.hosts["h2"].host_id,
+                        "--net", "back", "--", "sleep", "300", host="h2")
+    assert other.code == 0, other.err
+    path = sandbox_path(cluster, "multi")
+    assert sorted(container_addresses(path).values()) == ["10.60.0.2", "10.61.0.2"]
+    routes = subprocess.run(["nsenter", f"--net={path}", "ip", "-j", "route", "show", "default"],
+                            check=True, capture_output=True, text=True).stdout
+    assert [r["gateway"] for r in json.loads(routes)] == ["10.60.0.1"]
+    assert len(cluster.endpoint_owners()) == 3
+
+    # a second connect of the same container elsewhere is refused, the same one is a no-op
+    host1 = cluster.hosts["h1"].host_id
+    again = cluster.cnm("network", "connect", "back", "multi")
+    assert again.code == 0, again.err
+    assert len(cluster.endpoint_owners()) == 3
+
+    removed = cluster.cnm("network", "rm", "-f", "front", "back")
+    assert removed.code == 0, removed.err
+    assert_clean(cluster)
+    assert container_addresses(path) == {}
+    assert cluster.cnm("network", "ls", "--format", "json").json() == []
+    sandboxes = cluster.call("ListSandboxes", pb.ListSandboxesRequest(host_id=host1)).sandboxes
+    assert [(s.name, len(s.endpoints)) for s in sandboxes] == [(f"cnm-{host1}-multi", 0)]
+    assert cluster.cnm("rm", "multi").code == 0
+    assert cluster.cnm("rm", "other", host="h2").code == 0
+
+
+def test_bad_input_is_refused_and_changes_nothing(cluster):
+    assert cluster.cnm("network", "create", "--subnet", "10.70.0.0/24", "net1").code == 0
+    assert cluster.cnm("run", "-d", "--name", "a", "--net", "net1", "-p", "9090:80", "--",
+                       "sleep", "300").code == 0
+    assert cluster.cnm("run", "-d", "--name", "b", "--net", "net1", "--", "sleep",
+                       "300").code == 0
+    before = cluster.allocations()
+    states_before = {key: host.state() for key, host in cluster.hosts.items()}
+    h1 = cluster.hosts["h1"].host_id
+
+    cases = [
+        (("network", "connect", "nope", "a"), 3, "network 'nope' not found"),
+        (("network", "connect", "--host", "h9", "net1", "x"), 3, "host 'h9' not found"),
+        (("network", "connect", "--ip", "10.99.0.5", "net1", "x"), 2, "not a usable address"),
+        (("network", "connect", "--ip", "10.70.0.2", "net1", "x"), 4, "already in use"),
+        (("network", "connect", "--ip", "10.70.0.40", "net1", "a"), 4, "already connected"),
+        (("network", "connect", "-p", "9090:80", "net1", "b"), 4, "already connected"),
+        (("network", "connect", "-p", "80:80:80", "net1", "b"), 2, "invalid port mapping"),
+        (("network", "disconnect", "net1", "nobody"), 3, "not connected"),
+        (("network", "rm", "net1"), 5, "endpoint"),
+        (("network", "inspect", "nope"), 3, "not found"),
+        (("network", "create", "--subnet", "10.70.0.0/24", "-x"), 2, ""),
+        (("network", "create", "--subnet", "10.71.0.0/24", "--gateway", "10.72.0.1", "n2"), 2,
+         "not a usable address"),
+        (("rm", "ghost"), 3, "not found"),
+    ]
+    for args, code, message in cases:
+        result = cluster.cnm(*args)
+        assert result.code == code, (args, result)
+        assert message in result.err, (args, result.err)
+        if code != 2 or message:
+            assert result.err.startswith("cnm: error: ") and result.err.count("\n") == 1
+    # a port published by another container on the same host
+    taken = cluster.call
+    with pytest.raises(errors.AlreadyExists, match="9090"):
+        taken("ConnectContainer", pb.ConnectContainerRequest(
+            network="net1", container_id=f"cnm-{h1}-c", host_id=h1, sandbox=f"cnm-{h1}-b",
+            port_mappings=[pb.PortMapping(host_port=9090, container_port=80)]))
+    assert cluster.allocations() == before
+    for key, host in cluster.hosts.items():
+        assert list(host.state().endpoints) == list(states_before[key].endpoints)
+    # a run that cannot connect leaves no sandbox; a run's exit code is the command's
+    unknown = cluster.cnm("run", "--name", "x", "--net", "nope", "--", "true")
+    assert unknown.code == 3 and "network 'nope' not found" in unknown.err
+    failing = cluster.cnm("run", "--name", "y", "--net", "net1", "--", "sh", "-c", "exit 7")
+    assert failing.code == 7, failing.err
+    names = {s.name for s in cluster.call("ListSandboxes",
+                                          pb.ListSandboxesRequest(host_id=h1)).sandboxes}
+    assert names == {f"cnm-{h1}-a", f"cnm-{h1}-b"}
+    assert cluster.allocations() == before
+    assert cluster.cnm("rm", "a", "b").code == 0
+    assert cluster.cnm("network", "prune").out.split() == ["Deleted", "Networks:", "net1"]
+    assert_clean(cluster)
+
+
+def test_agent_refusing_or_down_and_ipam_down_leak_nothing(cluster):
+    assert cluster.cnm("network", "create", "--subnet", "10.80.0.0/24", "net1").code == 0
+    h1 = cluster.hosts["h1"].host_id
+    # the agent refuses: the sandbox does not exist on the host
+    with pytest.raises(errors.CnmError) as refused:
+        cluster.connect("net1", "ghost", sandbox="/var/run/netns/cnmt-does-not-exist")
+    assert refused.value.code.name in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+    assert_clean(cluster, pools=1)
+
+    # the agent is down
+    cluster.hosts["h2"].stop(kill=True)
+    down = cluster.cnm("network", "connect", "--host", cluster.hosts["h2"].host_id, "net1", "c1")
+    assert down.code == 6 and "agent" in down.err
+    assert cluster.endpoint_owners() == []
+    assert "unhealthy" in cluster.cnm("host", "ls").out
+    cluster.hosts["h2"].start()
+
+    # IPAM is down: nothing reaches the agent
+    cluster.cnm("run", "-d", "--name", "c2", "--net", "net1", "--", "sleep", "300")
+    cluster.ipam.kill9()
+    failed = cluster.cnm("network", "connect", "net1", "late")
+    assert failed.code == 6 and "ipam" in failed.err
+    state = cluster.hosts["h1"].state()
+    assert [e.container_id for e in state.endpoints] == [f"cnm-{h1}-c2"]
+    cluster.restart_ipam()
+    assert cluster.cnm("rm", "c2").code == 0
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert_clean(cluster)
+
+
+@pytest.mark.parametrize("step", ["connect-ipam", "connect-agent", "disconnect-agent",
+                                  "delete-network-hosts"])
+def test_orchestrator_killed_between_steps_then_restarted_leaks_nothing(cluster, step):
+    cluster.orchestrator.stop()
+    crashing = cluster.start_orchestrator(fault=f"crash-after:{step}")
+    h1 = cluster.hosts["h1"].host_id
+    sandbox = cluster.call("CreateSandbox", pb.CreateSandboxRequest(
+        name=f"cnm-{h1}-c1", host_id=h1)).sandbox
+    assert cluster.cnm("network", "create", "--subnet", "10.90.0.0/24", "net1").code == 0
+    if step.startswith("connect"):
+        result = cluster.cnm("network", "connect", "-p", "7070:80", "net1", "c1")
+    else:
+        connected = cluster.cnm("network", "connect", "net1", "c1")
+        assert connected.code == 0, connected.err
+    if step == "disconnect-agent":
+        result = cluster.cnm("network", "disconnect", "net1", "c1")
+    elif step == "delete-network-hosts":
+        result = cluster.cnm("network", "rm", "-f", "net1")
+    assert result.code == 6, result
+    support.wait_for(lambda: not crashing.alive(), 5, what="the orchestrator to crash")
+    crashing.stop()
+
+    cluster.start_orchestrator()
+    if step == "delete-network-hosts":
+        wait_clean(cluster)
+    else:
+        wait_clean(cluster, pools=1)
+        connected = cluster.cnm("network", "connect", "-p", "7070:80", "--format", "json",
+                                "net1", "c1")
+        assert connected.code == 0, connected.err
+        assert container_addresses(sandbox.path) == {"eth0": connected.json()["address"]}
+        assert cluster.cnm("network", "rm", "-f", "net1").code == 0
+        wait_clean(cluster)
+    cluster.call("DeleteSandbox", pb.DeleteSandboxRequest(name=sandbox.name, host_id=h1))
+
+
+def test_overlay_containers_on_two_hosts_talk(cluster):
+    for host in cluster.hosts.values():
+        if "overlay" not in host.info().drivers:
+            pytest.skip("the host agent has no overlay driver yet (netdriver_service, issue 3)")
+    created = cluster.cnm("network", "create", "-d", "overlay", "--subnet", "10.95.0.0/24", "ov")
+    assert created.code == 0, created.err
+    server = cluster.cnm("run", "-d", "--name", "srv", "--net", "ov", "--",
+                         support.PYTHON, ECHO, "serve", "80")
+    assert server.code == 0, server.err
+    [inspected] = cluster.cnm("network", "inspect", "ov").json()
+    assert inspected["vni"] >= 4096
+    server_ip = inspected["endpoints"][0]["address"]
+    deadline = time.monotonic() + 10
+    while True:
+        probe = cluster.cnm("run", "--name", "probe", "--net", "ov", "--",
+                            support.PYTHON, ECHO, "ask", server_ip, "80", host="h2")
+        if probe.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert probe.code == 0, probe.err
+    assert probe.out.strip().startswith("10.95.0.")
+    assert probe.out.strip() != server_ip
+    assert cluster.cnm("rm", "srv").code == 0
+    assert cluster.cnm("network", "rm", "ov").code == 0
+    assert_clean(cluster)
+
+
+def test_two_orchestrator_replicas_connect_concurrently(cluster):
+    second = Cluster(tmp=cluster.tmp, redis_url=cluster.redis_url, hosts=cluster.hosts,
+                     ipam_address=cluster.ipam_address)
+    second.start_orchestrator()
+    try:
+        assert cluster.cnm("network", "create", "--subnet", "10.96.0.0/24", "shared").code == 0
+        h1 = cluster.hosts["h1"].host_id
+        names = [f"cnm-{h1}-r{i}" for i in range(16)]
+        for name in names:
+            cluster.call("CreateSandbox", pb.CreateSandboxRequest(name=name, host_id=h1))
+
+        def connect(index_name):
+            index, name = index_name
+            replica = cluster if index % 2 else second
+            # each container is connected twice, once through each replica
+            return [replica.connect("shared", name).address,
+                    (second if index % 2 else cluster).connect("shared", name).address]
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(connect, enumerate(names)))
+        assert all(a == b for a, b in results)
+        addresses = [a for a, _ in results]
+        assert len(set(addresses)) == 16
+        assert len(cluster.endpoint_owners()) == 16
+        state = cluster.hosts["h1"].state()
+        assert sorted(e.address for e in state.endpoints) == sorted(addresses)
+        second.call("DeleteNetwork", pb.DeleteNetworkRequest(network="shared", force=True))
+        for name in names:
+            cluster.call("DeleteSandbox", pb.DeleteSandboxRequest(name=name, host_id=h1))
+        assert_clean(cluster)
+    finally:
+        second.orchestrator.stop()

@@ -1,0 +1,565 @@
+"""The orchestrator's flows over real gRPC and real Redis, with fake IPAM and agents."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator import validation
+from tests.orchestrator.conftest import connect_request, network_request
+
+
+async def create(world, name="net1", subnet="10.20.0.0/24", **fields) -> pb.Network:
+    return (await world.call("CreateNetwork", network_request(name, subnet, **fields))).network
+
+
+async def intents(world) -> list:
+    return await world.store.intents()
+
+
+# --- networks ----------------------------------------------------------------
+
+
+async def test_create_network_allocates_pool_and_gateway(world):
+    network = await create(world, labels={"team": "a"})
+    assert len(network.network_id) == 12
+    assert network.gateway == "10.20.0.1"
+    pool = world.ipam.pools[network.network_id]
+    assert pool.subnet == "10.20.0.0/24"
+    assert world.ipam.allocations[network.network_id] == {"10.20.0.1": "cnm:gateway"}
+    got = (await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))).network
+    assert got.network_id == network.network_id and dict(got.labels) == {"team": "a"}
+    by_id = (await world.call("GetNetwork", pb.GetNetworkRequest(network=network.network_id)))
+    assert by_id.network.name == "net1"
+    assert await intents(world) == []
+
+
+async def test_create_network_is_idempotent_and_rejects_different_parameters(world):
+    first = await create(world, gateway="10.20.0.254")
+    again = await create(world, gateway="10.20.0.254")
+    assert again.network_id == first.network_id
+    assert len(world.ipam.pools) == 1
+    with pytest.raises(errors.AlreadyExists, match="different parameters"):
+        await create(world, subnet="10.21.0.0/24")
+    with pytest.raises(errors.AlreadyExists):
+        await create(world, gateway="10.20.0.254", internal=True)
+    assert len(world.ipam.pools) == 1
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"name": "-bad"}, "invalid network name"),
+    ({"name": "has space"}, "invalid network name"),
+    ({"name": ""}, "invalid network name"),
+    ({"subnet": "10.0.0.0/33"}, "invalid subnet"),
+    ({"subnet": ""}, "subnet is required"),
+    ({"gateway": "10.99.0.1"}, "not a usable address"),
+    ({"gateway": "10.20.0.255"}, "not a usable address"),
+    ({"ip_range": "10.30.0.0/25"}, "not inside subnet"),
+    ({"driver": "macvlan"}, "unsupported driver"),
+    ({"options": {"com.docker.network.bridge.enable_icc": "maybe"}}, "enable_icc"),
+    ({"options": {"com.docker.network.driver.mtu": "big"}}, "mtu"),
+])
+async def test_create_network_rejects_bad_input_and_changes_nothing(world, fields, message):
+    spec = {"name": "net1", "subnet": "10.20.0.0/24", **fields}
+    with pytest.raises(errors.InvalidArgument, match=message):
+        await world.call("CreateNetwork", pb.CreateNetworkRequest(network=pb.Network(**spec)))
+    assert world.ipam.pools == {}
+    assert (await world.call("ListNetworks", pb.ListNetworksRequest())).networks == []
+
+
+async def test_ipam_refusal_leaves_no_network(world):
+    await create(world, "a", "10.20.0.0/16")
+    with pytest.raises(errors.AlreadyExists, match="overlaps"):
+        await create(world, "b", "10.20.5.0/24")
+    assert [n.name for n in (await world.call("ListNetworks", pb.ListNetworksRequest())).networks] \
+        == ["a"]
+    assert await intents(world) == []
+
+
+async def test_ipam_down_on_create_is_unavailable(world):
+    await world.servers["ipam"].stop(0)
+    with pytest.raises(errors.Unavailable, match="ipam: create pool"):
+        await create(world)
+    assert (await world.call("ListNetworks", pb.ListNetworksRequest())).networks == []
+    assert await intents(world) == []
+
+
+async def test_list_networks_filters_by_driver_and_label(world):
+    await create(world, "a", "10.1.0.0/24", labels={"env": "prod", "team": "x"})
+    await create(world, "b", "10.2.0.0/24", labels={"env": "dev"})
+    await create(world, "c", "10.3.0.0/24")
+
+    async def names(**filters):
+        reply = await world.call("ListNetworks", pb.ListNetworksRequest(**filters))
+        return [n.name for n in reply.networks]
+
+    assert await names() == ["a", "b", "c"]
+    assert await names(label_filters=["env"]) == ["a", "b"]
+    assert await names(label_filters=["env=prod"]) == ["a"]
+    assert await names(label_filters=["env=prod", "team=y"]) == []
+    assert await names(driver="bridge") == ["a", "b", "c"]
+    assert await names(driver="overlay") == []
+    await create(world, "o", "10.4.0.0/24", driver="overlay")
+    assert await names(driver="overlay") == ["o"]
+
+
+async def test_unknown_network_is_not_found(world):
+    for method, request in [
+        ("GetNetwork", pb.GetNetworkRequest(network="nope")),
+        ("DeleteNetwork", pb.DeleteNetworkRequest(network="nope")),
+        ("ConnectContainer", connect_request("c1", network="nope")),
+        ("DisconnectContainer", pb.DisconnectContainerRequest(network="nope", container_id="c")),
+    ]:
+        with pytest.raises(errors.NotFound, match="network 'nope' not found"):
+            await world.call(method, request)
+
+
+# --- connect -------------------------------------------------------------------
+
+
+async def test_connect_allocates_creates_and_records(world):
+    network = await create(world)
+    endpoint = (await world.call("ConnectContainer", connect_request(
+        "c1", port_mappings=[pb.PortMapping(host_port=8080, container_port=80)]))).endpoint
+    assert endpoint.endpoint_id == validation.endpoint_id(network.network_id, "c1")
+    assert endpoint.address == "10.20.0.2" and endpoint.prefix_length == 24
+    assert endpoint.sandbox == "c1" and endpoint.host_id == "h1"
+    assert endpoint.mac_address and endpoint.host_interface and endpoint.container_interface
+    assert world.ipam.owners(network.network_id) == {endpoint.endpoint_id: "10.20.0.2"}
+    agent = world.agents["h1"]
+    on_host = agent.endpoints[endpoint.endpoint_id]
+    assert on_host.default_route and on_host.address == "10.20.0.2"
+    assert on_host.port_mappings[0].host_port == 8080
+    assert on_host.port_mappings[0].protocol == pb.PROTOCOL_TCP
+    assert agent.networks[network.network_id].gateway == "10.20.0.1"
+    assert world.agents["h2"].endpoints == {}
+    got = (await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))).network
+    assert [e.container_id for e in got.endpoints] == ["c1"]
+    assert [h.host_id for h in got.hosts] == ["h1"]
+    assert await intents(world) == []
+
+
+async def test_connect_is_idempotent_and_rejects_different_parameters(world):
+    await create(world)
+    first = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    again = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    assert again == first
+    assert world.ipam.faults.calls.count("AllocateAddress") == 1
+    with pytest.raises(errors.AlreadyExists, match="already connected"):
+        await world.call("ConnectContainer", connect_request("c1", host="h2"))
+    with pytest.raises(errors.AlreadyExists, match="already connected"):
+        await world.call("ConnectContainer", connect_request("c1", address="10.20.0.50"))
+    assert len(world.agents["h1"].endpoints) == 1 and world.agents["h2"].endpoints == {}
+
+
+async def test_first_network_of_a_container_gets_the_default_route(world):
+    await create(world, "a", "10.1.0.0/24")
+    await create(world, "b", "10.2.0.0/24")
+    first = (await world.call("ConnectContainer", connect_request("c1", network="a"))).endpoint
+    second = (await world.call("ConnectContainer", connect_request("c1", network="b"))).endpoint
+    other = (await world.call("ConnectContainer", connect_request("c2", network="b"))).endpoint
+    on_host = world.agents["h1"].endpoints
+    assert on_host[first.endpoint_id].default_route
+    assert not on_host[second.endpoint_id].default_route
+    assert on_host[other.endpoint_id].default_route
+    listed = await world.call("ListEndpoints", pb.ListEndpointsRequest(container_id="c1"))
+    assert [e.network_name for e in listed.endpoints] == ["a", "b"]
+    by_network = await world.call("ListEndpoints", pb.ListEndpointsRequest(network="b"))
+    assert [e.container_id for e in by_network.endpoints] == ["c1", "c2"]
+    by_host = await world.call("ListEndpoints", pb.ListEndpointsRequest(host_id="h1"))
+    assert len(by_host.endpoints) == 3
+    everything = await world.call("ListEndpoints", pb.ListEndpointsRequest())
+    assert len(everything.endpoints) == 3
+
+
+async def test_static_address(world):
+    network = await create(world)
+    endpoint = (await world.call("ConnectContainer",
+                                 connect_request("c1", address="10.20.0.77"))).endpoint
+    assert endpoint.address == "10.20.0.77"
+    with pytest.raises(errors.AlreadyExists, match="10.20.0.77 is already in use on network"):
+        await world.call("ConnectContainer", connect_request("c2", address="10.20.0.77"))
+    for bad in ("10.99.0.5", "10.20.0.0", "10.20.0.255", "not-an-ip"):
+        with pytest.raises(errors.InvalidArgument):
+            await world.call("ConnectContainer", connect_request("c3", address=bad))
+    with pytest.raises(errors.InvalidArgument, match="gateway"):
+        await world.call("ConnectContainer", connect_request("c3", address="10.20.0.1"))
+    assert world.ipam.owners(network.network_id) == {endpoint.endpoint_id: "10.20.0.77"}
+    assert list(world.agents["h1"].endpoints) == [endpoint.endpoint_id]
+    assert await intents(world) == []
+
+
+async def test_port_already_published_on_the_host(world):
+    network = await create(world)
+    web = [pb.PortMapping(host_port=8080, container_port=80)]
+    await world.call("ConnectContainer", connect_request("c1", port_mappings=web))
+    with pytest.raises(errors.AlreadyExists, match="8080"):
+        await world.call("ConnectContainer", connect_request("c2", port_mappings=web))
+    specific = [pb.PortMapping(host_ip="127.0.0.1", host_port=8080, container_port=80)]
+    with pytest.raises(errors.AlreadyExists, match="8080"):
+        await world.call("ConnectContainer", connect_request("c2", port_mappings=specific))
+    udp = [pb.PortMapping(protocol=pb.PROTOCOL_UDP, host_port=8080, container_port=80)]
+    await world.call("ConnectContainer", connect_request("c3", port_mappings=udp))
+    await world.call("ConnectContainer", connect_request("c4", host="h2", port_mappings=web))
+    assert len(world.ipam.owners(network.network_id)) == 3
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    await world.call("ConnectContainer", connect_request("c2", port_mappings=specific))
+    with pytest.raises(errors.AlreadyExists, match="8080"):
+        await world.call("ConnectContainer", connect_request("c5", port_mappings=web))
+
+
+async def test_bad_port_mappings(world):
+    await create(world)
+    await create(world, "inner", "10.21.0.0/24", internal=True)
+    for mappings in (
+        [pb.PortMapping(host_port=0, container_port=80)],
+        [pb.PortMapping(host_port=70000, container_port=80)],
+        [pb.PortMapping(host_port=80, container_port=80, host_ip="x")],
+        [pb.PortMapping(host_port=80, container_port=80)] * 2,
+    ):
+        with pytest.raises(errors.InvalidArgument):
+            await world.call("ConnectContainer", connect_request("c1", port_mappings=mappings))
+    with pytest.raises(errors.InvalidArgument, match="internal"):
+        await world.call("ConnectContainer", connect_request(
+            "c1", network="inner", port_mappings=[pb.PortMapping(host_port=80,
+                                                                 container_port=80)]))
+    with pytest.raises(errors.InvalidArgument, match="container_id"):
+        await world.call("ConnectContainer", connect_request("bad/id"))
+    assert world.ipam.faults.calls.count("AllocateAddress") == 0
+
+
+async def test_unknown_or_unreachable_host_allocates_nothing(world):
+    network = await create(world)
+    with pytest.raises(errors.NotFound, match="host 'h9' not found"):
+        await world.call("ConnectContainer", connect_request("c1", host="h9"))
+    await world.servers["h2"].stop(0)
+    with pytest.raises(errors.Unavailable, match="agent h2"):
+        await world.call("ConnectContainer", connect_request("c1", host="h2"))
+    assert "AllocateAddress" not in world.ipam.faults.calls
+    assert world.ipam.owners(network.network_id) == {}
+    assert await intents(world) == []
+    assert await world.store.endpoint_ids(network_id=network.network_id) == set()
+
+
+async def test_agent_error_releases_the_address(world):
+    network = await create(world)
+    world.agents["h1"].faults.fail["CreateEndpoint"] = errors.InvalidArgument(
+        "sandbox 'c1' does not exist")
+    web = [pb.PortMapping(host_port=8080, container_port=80)]
+    with pytest.raises(errors.InvalidArgument, match="agent h1.*sandbox 'c1' does not exist"):
+        await world.call("ConnectContainer", connect_request("c1", port_mappings=web))
+    assert world.ipam.owners(network.network_id) == {}
+    assert await intents(world) == []
+    del world.agents["h1"].faults.fail["CreateEndpoint"]
+    # the port reservation and the default route were undone too
+    endpoint = (await world.call("ConnectContainer", connect_request("c2", port_mappings=web)))
+    assert world.agents["h1"].endpoints[endpoint.endpoint.endpoint_id].default_route
+
+
+async def test_agent_dying_mid_connect_is_unavailable_and_leaks_nothing(world):
+    network = await create(world)
+    await world.call("ConnectContainer", connect_request("c0"))  # channel is READY now
+    world.agents["h1"].faults.fail["CreateEndpoint"] = errors.Unavailable("agent going away")
+    with pytest.raises(errors.Unavailable):
+        await world.call("ConnectContainer", connect_request("c1"))
+    assert set(world.ipam.owners(network.network_id)) == {
+        validation.endpoint_id(network.network_id, "c0")}
+    assert await intents(world) == []
+
+
+async def test_ipam_error_leaves_no_endpoint(world):
+    network = await create(world)
+    world.ipam.faults.fail["AllocateAddress"] = errors.ResourceExhausted("pool is full")
+    with pytest.raises(errors.ResourceExhausted, match="pool is full"):
+        await world.call("ConnectContainer", connect_request("c1"))
+    await world.servers["ipam"].stop(0)
+    with pytest.raises(errors.Unavailable, match="ipam"):
+        await world.call("ConnectContainer", connect_request("c2"))
+    assert "CreateEndpoint" not in world.agents["h1"].faults.calls
+    assert world.agents["h1"].endpoints == {}
+    assert await intents(world) == []
+    assert await world.store.endpoint_ids(network_id=network.network_id) == set()
+
+
+async def test_failed_undo_leaves_an_intent_that_the_reconciler_finishes(world):
+    network = await create(world)
+    world.agents["h1"].faults.fail["CreateEndpoint"] = errors.Internal("boom")
+    world.ipam.faults.fail["ReleaseAddress"] = errors.Unavailable("redis down")
+    with pytest.raises(errors.Internal, match="boom"):
+        await world.call("ConnectContainer", connect_request("c1"))
+    left = await intents(world)
+    assert [intent.op for intent in left] == ["connect"]
+    assert len(world.ipam.owners(network.network_id)) == 1
+    world.ipam.faults.fail.clear()
+    report = await world.reconciler.run_once()
+    assert report.settled_intents == [f"connect {left[0].key}"]
+    assert world.ipam.owners(network.network_id) == {}
+    assert await intents(world) == []
+    await world.call("ConnectContainer", connect_request("c1", host="h2"))
+
+
+# --- disconnect and delete ----------------------------------------------------------
+
+
+async def test_disconnect(world):
+    network = await create(world)
+    endpoint = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    assert world.agents["h1"].endpoints == {}
+    assert world.ipam.owners(network.network_id) == {}
+    with pytest.raises(errors.NotFound, match="not connected"):
+        await world.call("DisconnectContainer",
+                         pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    await world.call("DisconnectContainer", pb.DisconnectContainerRequest(
+        network="net1", container_id="c1", allow_missing=True))
+    with pytest.raises(errors.NotFound):
+        await world.call("GetEndpoint", pb.GetEndpointRequest(endpoint_id=endpoint.endpoint_id))
+    again = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    assert again.address == endpoint.address
+
+
+async def test_disconnect_from_unreachable_host_needs_force(world):
+    network = await create(world)
+    await world.call("ConnectContainer", connect_request("c1", host="h2"))
+    await world.servers["h2"].stop(0)
+    request = pb.DisconnectContainerRequest(network="net1", container_id="c1")
+    with pytest.raises(errors.Unavailable):
+        await world.call("DisconnectContainer", request)
+    assert len(world.ipam.owners(network.network_id)) == 1
+    assert await intents(world) == []
+    request.force = True
+    await world.call("DisconnectContainer", request)
+    assert world.ipam.owners(network.network_id) == {}
+
+
+async def test_delete_network_with_endpoints_needs_force(world):
+    network = await create(world)
+    for container, host in (("c1", "h1"), ("c2", "h2"), ("c3", "h1")):
+        await world.call("ConnectContainer", connect_request(container, host=host))
+    with pytest.raises(errors.FailedPrecondition, match="has 3 endpoint"):
+        await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="net1"))
+    assert len(world.agents["h1"].endpoints) == 2
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="net1", force=True))
+    for agent in world.agents.values():
+        assert agent.endpoints == {} and agent.networks == {}
+    assert world.ipam.pools == {}
+    assert await intents(world) == []
+    with pytest.raises(errors.NotFound):
+        await world.call("GetNetwork", pb.GetNetworkRequest(network=network.network_id))
+    again = await create(world)
+    assert again.network_id != network.network_id
+
+
+async def test_delete_network_without_endpoints(world):
+    await create(world)
+    await world.call("ConnectContainer", connect_request("c1"))
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="net1"))
+    assert world.agents["h1"].networks == {} and world.ipam.pools == {}
+
+
+async def test_prune_deletes_only_unused_networks(world):
+    await create(world, "used", "10.1.0.0/24")
+    await create(world, "idle1", "10.2.0.0/24")
+    await create(world, "idle2", "10.3.0.0/24")
+    await world.call("ConnectContainer", connect_request("c1", network="used"))
+    reply = await world.call("PruneNetworks", pb.PruneNetworksRequest())
+    assert list(reply.deleted_networks) == ["idle1", "idle2"]
+    listed = await world.call("ListNetworks", pb.ListNetworksRequest())
+    assert [n.name for n in listed.networks] == ["used"]
+
+
+# --- hosts and sandboxes -------------------------------------------------------------
+
+
+async def test_hosts_register_heartbeat_and_health(world):
+    listed = (await world.call("ListHosts", pb.ListHostsRequest())).hosts
+    assert [(h.host_id, h.state, h.static) for h in listed] == [
+        ("h1", pb.HOST_STATE_HEALTHY, True), ("h2", pb.HOST_STATE_HEALTHY, True)]
+    await world.servers["h2"].stop(0)
+    reply = await world.call("RegisterHost", pb.RegisterHostRequest(
+        host=pb.Host(host_id="h3", address="unix:/nonexistent.sock")))
+    assert reply.heartbeat_interval_seconds == 5
+    beat = await world.call("HeartbeatHost", pb.HeartbeatHostRequest(host_id="h3"))
+    assert not beat.reregister
+    assert (await world.call("HeartbeatHost",
+                             pb.HeartbeatHostRequest(host_id="h7"))).reregister
+    states = {h.host_id: h.state for h in (await world.call("ListHosts",
+                                                            pb.ListHostsRequest())).hosts}
+    assert states == {"h1": pb.HOST_STATE_HEALTHY, "h2": pb.HOST_STATE_UNHEALTHY,
+                      "h3": pb.HOST_STATE_HEALTHY}
+    with pytest.raises(errors.AlreadyExists, match="already registered"):
+        await world.call("RegisterHost", pb.RegisterHostRequest(
+            host=pb.Host(host_id="h3", address="unix:/other.sock")))
+    with pytest.raises(errors.AlreadyExists):
+        await world.call("RegisterHost", pb.RegisterHostRequest(
+            host=pb.Host(host_id="h1", address="127.0.0.1:1")))
+    with pytest.raises(errors.InvalidArgument):
+        await world.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(host_id="h4")))
+
+
+async def test_registered_host_is_usable(world):
+    await create(world)
+    address = f"127.0.0.1:{world.servers['h2'].port}"
+    await world.call("RegisterHost", pb.RegisterHostRequest(
+        host=pb.Host(host_id="h2b", address=address)))
+    endpoint = (await world.call("ConnectContainer", connect_request("c1", host="h2b"))).endpoint
+    assert endpoint.endpoint_id in world.agents["h2"].endpoints
+    hosts = {h.host_id: h for h in (await world.call("ListHosts", pb.ListHostsRequest())).hosts}
+    assert hosts["h2b"].endpoint_count == 1 and not hosts["h2b"].static
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2b"))
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+
+
+async def test_sandboxes(world):
+    await create(world, "a", "10.1.0.0/24")
+    await create(world, "b", "10.2.0.0/24")
+    sandbox = (await world.call("CreateSandbox", pb.CreateSandboxRequest(
+        name="cnm-h1-web", host_id="h1"))).sandbox
+    assert sandbox.path == "/var/run/netns/cnm-h1-web" and sandbox.host_id == "h1"
+    for network in ("a", "b"):
+        await world.call("ConnectContainer", connect_request("cnm-h1-web", network=network))
+    listed = (await world.call("ListSandboxes", pb.ListSandboxesRequest())).sandboxes
+    assert [(s.name, s.host_id, len(s.endpoints)) for s in listed] == [("cnm-h1-web", "h1", 2)]
+    await world.call("DeleteSandbox", pb.DeleteSandboxRequest(name="cnm-h1-web", host_id="h1"))
+    assert world.agents["h1"].endpoints == {} and world.agents["h1"].sandboxes == {}
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+    with pytest.raises(errors.NotFound, match="sandbox"):
+        await world.call("DeleteSandbox", pb.DeleteSandboxRequest(name="cnm-h1-web",
+                                                                  host_id="h1"))
+    await world.call("DeleteSandbox", pb.DeleteSandboxRequest(
+        name="cnm-h1-web", host_id="h1", allow_missing=True))
+    with pytest.raises(errors.InvalidArgument):
+        await world.call("CreateSandbox", pb.CreateSandboxRequest(name="a/b", host_id="h1"))
+    with pytest.raises(errors.NotFound):
+        await world.call("CreateSandbox", pb.CreateSandboxRequest(name="x", host_id="h9"))
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+async def test_two_replicas_connect_concurrently(world):
+    network = await create(world, subnet="10.20.0.0/24")
+    other = await world.new_replica()
+    ours = world.orch
+
+    async def connect(orch, container):
+        return await orch.connect(connect_request(container))
+
+    results = await asyncio.gather(*(
+        connect(ours if i % 2 else other, f"c{i // 2}") for i in range(60)
+    ))
+    by_container = {}
+    for endpoint in results:
+        by_container.setdefault(endpoint.container_id, set()).add(endpoint.address)
+    assert all(len(addresses) == 1 for addresses in by_container.values())
+    addresses = [next(iter(a)) for a in by_container.values()]
+    assert len(set(addresses)) == 30
+    assert len(world.ipam.owners(network.network_id)) == 30
+    assert len(world.agents["h1"].endpoints) == 30
+    assert len(await world.store.endpoint_ids(network_id=network.network_id)) == 30
+    assert await intents(world) == []
+
+
+async def test_force_delete_racing_connects_leaves_nothing(world):
+    network = await create(world)
+    other = await world.new_replica()
+
+    async def connect(i):
+        try:
+            await other.connect(connect_request(f"c{i}"))
+        except errors.CnmError:
+            pass
+
+    tasks = [asyncio.create_task(connect(i)) for i in range(20)]
+    await asyncio.sleep(0.01)
+    await world.orch.delete_network("net1", force=True)
+    await asyncio.gather(*tasks)
+    assert world.agents["h1"].endpoints == {}
+    assert network.network_id not in world.agents["h1"].networks
+    assert world.ipam.pools == {}
+    assert await intents(world) == []
+    assert await world.store.endpoint_ids(network_id=network.network_id) == set()
+
+
+async def test_grpc_reflection_and_health(world):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(world.address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="cnm.orchestrator.v1.OrchestratorService"),
+            timeout=5)
+    assert reply.status in (health_pb2.HealthCheckResponse.SERVING,
+                            health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+async def test_redis_down_is_unavailable(world):
+    from orchestrator.flows import Orchestrator
+    from orchestrator.service import OrchestratorServicer
+    from orchestrator.store import Store
+    from tests import support
+
+    store = Store.connect(f"redis://127.0.0.1:{support.free_port()}/0")
+    servicer = OrchestratorServicer(Orchestrator(store, world.orch.ipam, world.orch.agents))
+    try:
+        with pytest.raises(errors.Unavailable, match="redis"):
+            await servicer.ListNetworks(pb.ListNetworksRequest(), None)
+        with pytest.raises(errors.Unavailable, match="redis"):
+            await servicer.ConnectContainer(connect_request("c1"), None)
+    finally:
+        await store.close()
+
+
+# --- overlay -------------------------------------------------------------------------
+
+
+def peers_of(agent, network_id):
+    pushed = agent.peers[network_id]
+    return ([(p.host_id, p.underlay_ip) for p in pushed.peers],
+            sorted((r.address, r.underlay_ip) for r in pushed.remote_endpoints))
+
+
+async def test_overlay_network_spans_hosts_with_peers_pushed(world):
+    network = await create(world, "ov", "10.30.0.0/24", driver="overlay")
+    second = await create(world, "ov2", "10.31.0.0/24", driver="overlay")
+    assert (network.vni, second.vni) == (4096, 4097)
+    h1, h2 = world.agents["h1"], world.agents["h2"]
+    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    assert h1.networks[network.network_id].vni == 4096
+    assert h1.networks[network.network_id].driver == "overlay"
+    assert peers_of(h1, network.network_id) == ([], [])
+    b = (await world.call("ConnectContainer", connect_request("b", network="ov",
+                                                              host="h2"))).endpoint
+    assert peers_of(h1, network.network_id) == ([("h2", h2.underlay_ip)],
+                                                [(b.address, h2.underlay_ip)])
+    assert peers_of(h2, network.network_id) == ([("h1", h1.underlay_ip)],
+                                                [(a.address, h1.underlay_ip)])
+    assert h2.peers[network.network_id].remote_endpoints[0].mac_address == a.mac_address
+    assert h1.peers[network.network_id].generation > 1
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="ov", container_id="b"))
+    assert peers_of(h1, network.network_id) == ([("h2", h2.underlay_ip)], [])
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="ov", force=True))
+    assert network.network_id not in h1.networks and network.network_id not in h2.networks
+
+
+async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world):
+    network = await create(world, "ov", "10.30.0.0/24", driver="overlay")
+    await world.call("ConnectContainer", connect_request("b", network="ov", host="h2"))
+    world.agents["h2"].faults.fail["SetNetworkPeers"] = errors.Unavailable("agent restarting")
+    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    assert peers_of(world.agents["h2"], network.network_id)[1] == []
+    assert await world.store.peers_dirty() == [network.network_id]
+    del world.agents["h2"].faults.fail["SetNetworkPeers"]
+    report = await world.reconciler.run_once()
+    assert report.synced_peers == [network.network_id]
+    assert peers_of(world.agents["h2"], network.network_id)[1] == [
+        (a.address, world.agents["h1"].underlay_ip)]
+    assert await world.store.peers_dirty() == []
