@@ -34,7 +34,14 @@ class IpamServiceStub:
     address held by another owner, FAILED_PRECONDITION for a pool that is
     still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
     cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason such as "POOL_EXHAUSTED".
+    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
+    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
+    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
+    (metadata clashing_pool_id),
+    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
+    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
+    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
+    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
     """
 
     def __init__(self, channel):
@@ -99,7 +106,14 @@ class IpamServiceServicer:
     address held by another owner, FAILED_PRECONDITION for a pool that is
     still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
     cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason such as "POOL_EXHAUSTED".
+    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
+    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
+    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
+    (metadata clashing_pool_id),
+    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
+    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
+    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
+    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
     """
 
     def CreatePool(self, request, context):
@@ -137,7 +151,9 @@ class IpamServiceServicer:
 
     def AllocateAddress(self, request, context):
         """Allocates one address for an owner. Idempotent per owner: the same
-        owner always gets back the address it already holds.
+        owner always gets back the address it already holds, so a retried
+        request never takes a second address. Dynamic addresses are handed out
+        next-fit (a released address is reused only after the rest of the range).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,7 +161,8 @@ class IpamServiceServicer:
 
     def BatchAllocateAddresses(self, request, context):
         """Allocates one address for each of several owners in one atomic step:
-        either every owner gets an address or none does.
+        either every owner gets an address or none does (RESOURCE_EXHAUSTED).
+        Owners that already hold an address get it back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +170,9 @@ class IpamServiceServicer:
 
     def ReleaseAddress(self, request, context):
         """Releases an address, by address or by owner. Releasing an address
-        that is not allocated succeeds and changes nothing.
+        that is not allocated succeeds and changes nothing. The gateway and the
+        reserved addresses live as long as the pool: releasing one fails with
+        FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,7 +257,14 @@ class IpamService:
     address held by another owner, FAILED_PRECONDITION for a pool that is
     still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
     cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason such as "POOL_EXHAUSTED".
+    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
+    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
+    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
+    (metadata clashing_pool_id),
+    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
+    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
+    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
+    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
     """
 
     @staticmethod

@@ -1,0 +1,55 @@
+"""``python -m ipam_service``: the IPAM gRPC server.
+
+Flags (environment default):
+  --listen     CNM_IPAM_LISTEN  (127.0.0.1:50052)
+  --redis-url  CNM_REDIS_URL    (redis://127.0.0.1:6379/0); also rediss://, unix://,
+               redis+sentinel://host:port/master/db, redis+cluster://host:port
+  --log-level  CNM_LOG_LEVEL    (INFO)
+
+Health reports NOT_SERVING until Redis answers PING, and again whenever it
+stops answering; requests meanwhile fail with UNAVAILABLE. The process keeps
+no state, so it recovers on its own when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from cnm import config, logs, server
+from ipam_service.service import serve
+from ipam_service.store import connect
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ipam_service", description=__doc__.split("\n")[0]
+    )
+    config.add_flag(
+        parser, "--listen", "CNM_IPAM_LISTEN", config.DEFAULT_IPAM_ADDR, "gRPC listen address"
+    )
+    config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL, "Redis URL")
+    config.add_common_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        connect(args.redis_url)
+    except ValueError as error:
+        parser.error(f"--redis-url: {error}")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    logger = logs.setup("ipam", args.log_level)
+    ipam = await serve(args.listen, args.redis_url, logger)
+    try:
+        await server.run_until_signalled(ipam.running, logger)
+    finally:
+        await ipam.store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(main_async(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

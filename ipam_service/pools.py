@@ -1,0 +1,387 @@
+"""Pool validation and address math, with no I/O.
+
+Everything a request can get wrong is checked here, before Redis is
+touched. A pool's addresses are numbered by their offset from the start of
+its *dynamic range* (the ip range, or the whole subnet): offset ``i`` is bit
+``i`` of the pool's bitmap in Redis. Static (preferred) addresses may lie
+anywhere in the subnet; those outside the range have no bit.
+
+IPv4 and IPv6 pools are both supported. IPv4 never hands out the network
+and broadcast addresses; IPv6 (no broadcast) never hands out the
+Subnet-Router anycast address (the first). Because the bitmap covers only
+the dynamic range, an IPv6 pool needs a subnet of /64 or longer (so counts
+fit in uint64) and a dynamic range of at most 2^24 addresses: a /64 subnet
+takes an ip range of /104 or longer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cnm import errors
+
+GATEWAY_OWNER = "cnm:gateway"
+RESERVED_OWNER = "cnm:reserved"
+SYSTEM_OWNER_PREFIX = "cnm:"
+
+MAX_OWNER_LENGTH = 256
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 1024
+# Lua 5.1 unpacks at most ~8000 values; a batch goes to HMGET in one unpack.
+MAX_BATCH = 4096
+# A bitmap of 2**24 bits is 2 MiB in Redis: the largest dynamic range we index.
+MAX_RANGE_ADDRESSES = 2**24
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_POOL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_pool_id(pool_id: str) -> str:
+    if not _POOL_ID.fullmatch(pool_id or ""):
+        raise errors.InvalidArgument(
+            f"pool id {pool_id!r} is invalid: want 1-64 characters of [a-zA-Z0-9_.-]",
+            reason="INVALID_POOL_ID",
+            pool_id=pool_id,
+        )
+    return pool_id
+
+
+def check_owner(owner: str) -> str:
+    """A caller-supplied owner id: non-empty, bounded, not in cnm's namespace."""
+    if not owner:
+        raise errors.InvalidArgument("owner is required", reason="OWNER_REQUIRED")
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise errors.InvalidArgument(
+            f"owner is {len(owner)} characters long; the limit is {MAX_OWNER_LENGTH}",
+            reason="INVALID_OWNER",
+        )
+    if owner.startswith(SYSTEM_OWNER_PREFIX):
+        raise errors.InvalidArgument(
+            f"owner {owner!r} is invalid: ids starting with {SYSTEM_OWNER_PREFIX!r} are reserved",
+            reason="RESERVED_OWNER",
+            owner=owner,
+        )
+    return owner
+
+
+def check_owners(owners: Iterable[str]) -> list[str]:
+    owners = [check_owner(owner) for owner in owners]
+    if not owners:
+        raise errors.InvalidArgument("owners is empty", reason="OWNER_REQUIRED")
+    if len(owners) > MAX_BATCH:
+        raise errors.InvalidArgument(
+            f"{len(owners)} owners in one batch; the limit is {MAX_BATCH}", reason="BATCH_TOO_LARGE"
+        )
+    seen: set[str] = set()
+    for owner in owners:
+        if owner in seen:
+            raise errors.InvalidArgument(
+                f"owner {owner!r} appears twice in the batch", reason="DUPLICATE_OWNER", owner=owner
+            )
+        seen.add(owner)
+    return owners
+
+
+def parse_address(text: str, what: str) -> Address:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"{what} {text!r} is not an IP address", reason="INVALID_ADDRESS", address=text
+        ) from None
+
+
+def parse_network(text: str, what: str) -> Network:
+    if not text or "/" not in text:
+        raise errors.InvalidArgument(
+            f"{what} {text!r} is not in CIDR notation (want e.g. 10.1.0.0/24)",
+            reason="INVALID_CIDR",
+            value=text,
+        )
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as error:
+        if "host bits set" in str(error):
+            network = ipaddress.ip_network(text.strip(), strict=False)
+            raise errors.InvalidArgument(
+                f"{what} {text!r} has host bits set (did you mean {network}?)",
+                reason="HOST_BITS_SET",
+                value=text,
+            ) from None
+        raise errors.InvalidArgument(
+            f"{what} {text!r} is not a valid CIDR: {error}", reason="INVALID_CIDR", value=text
+        ) from None
+
+
+def unusable_addresses(network: Network) -> tuple[Address, ...]:
+    """Addresses of ``network`` nobody may hold."""
+    if network.version == 4:
+        return (network.network_address, network.broadcast_address)
+    return (network.network_address,)
+
+
+def lua_range_start(network: Network) -> str:
+    """The start of a dynamic range as the Lua scripts read it (see ipam_service.lua)."""
+    if network.version == 4:
+        return str(int(network.network_address))
+    return ":".join(str(int(group, 16)) for group in network.network_address.exploded.split(":"))
+
+
+def hex_of(address: Address) -> str:
+    """Fixed-width lower-case hex (8 digits for IPv4, 32 for IPv6), ordered like the numbers."""
+    return f"{int(address):0{address.max_prefixlen // 4}x}"
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A validated pool definition; immutable once created."""
+
+    pool_id: str
+    subnet: Network
+    gateway: Address
+    ip_range: Network | None = None
+    reserved: tuple[Address, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def family(self) -> int:
+        return self.subnet.version
+
+    @property
+    def dynamic_range(self) -> Network:
+        return self.ip_range or self.subnet
+
+    @property
+    def range_start(self) -> int:
+        return int(self.dynamic_range.network_address)
+
+    @property
+    def range_size(self) -> int:
+        return self.dynamic_range.num_addresses
+
+    @property
+    def unusable(self) -> tuple[Address, ...]:
+        """Never held by anyone: network and broadcast (IPv4), Subnet-Router anycast (IPv6)."""
+        return unusable_addresses(self.subnet)
+
+    @property
+    def usable_size(self) -> int:
+        """Addresses of the subnet that can ever be held."""
+        return self.subnet.num_addresses - len(self.unusable)
+
+    def bit_of(self, address: Address) -> int | None:
+        """The bitmap offset of ``address``, or None when it lies outside the dynamic range."""
+        offset = int(address) - self.range_start
+        return offset if 0 <= offset < self.range_size else None
+
+    def taken_at_creation(self) -> list[tuple[str, str]]:
+        """(address, owner) pairs allocated when the pool is created: gateway, then reserved."""
+        return [(str(self.gateway), GATEWAY_OWNER)] + [
+            (str(address), RESERVED_OWNER) for address in self.reserved
+        ]
+
+    def bits_taken_at_creation(self) -> list[int]:
+        """Bitmap offsets never handed out dynamically: unusable, gateway, reserved."""
+        addresses = [*self.unusable, self.gateway, *self.reserved]
+        return sorted({bit for bit in map(self.bit_of, addresses) if bit is not None})
+
+    def dynamic_capacity(self) -> int:
+        return self.range_size - len(self.bits_taken_at_creation())
+
+    def fingerprint(self) -> str:
+        """Digest of every parameter; equal digests mean an identical pool."""
+        canonical = json.dumps(
+            {
+                "subnet": str(self.subnet),
+                "gateway": str(self.gateway),
+                "ip_range": str(self.ip_range) if self.ip_range else "",
+                "reserved": [str(address) for address in self.reserved],
+                "labels": dict(sorted(self.labels.items())),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def index_entry(self) -> str:
+        """The overlap-index value: ``family start_hex end_hex fingerprint``."""
+        return " ".join(
+            (
+                str(self.family),
+                hex_of(self.subnet.network_address),
+                hex_of(self.subnet.broadcast_address),
+                self.fingerprint(),
+            )
+        )
+
+    def check_preferred(self, address: Address) -> None:
+        """Refuses a static address the pool can never hand out."""
+        if address.version != self.family or address not in self.subnet:
+            raise errors.InvalidArgument(
+                f"address {address} is outside pool {self.pool_id!r} ({self.subnet})",
+                reason="ADDRESS_OUTSIDE_POOL",
+                address=address,
+                pool_id=self.pool_id,
+            )
+        if address == self.subnet.network_address:
+            raise errors.InvalidArgument(
+                f"address {address} is the network address of {self.subnet}",
+                reason="NETWORK_ADDRESS",
+                address=address,
+            )
+        if address in self.unusable:
+            raise errors.InvalidArgument(
+                f"address {address} is the broadcast address of {self.subnet}",
+                reason="BROADCAST_ADDRESS",
+                address=address,
+            )
+        if address == self.gateway:
+            raise errors.InvalidArgument(
+                f"address {address} is the gateway of pool {self.pool_id!r}",
+                reason="GATEWAY_ADDRESS",
+                address=address,
+            )
+        if address in self.reserved:
+            raise errors.InvalidArgument(
+                f"address {address} is reserved in pool {self.pool_id!r}",
+                reason="RESERVED_ADDRESS",
+                address=address,
+            )
+
+    def to_meta(self, create_time: str) -> dict[str, str]:
+        """The pool's meta HASH. The numeric fields are the ones the Lua scripts read."""
+        return {
+            "pool_id": self.pool_id,
+            "family": str(self.family),
+            "subnet": str(self.subnet),
+            "prefix_length": str(self.subnet.prefixlen),
+            "gateway": str(self.gateway),
+            "ip_range": str(self.ip_range) if self.ip_range else "",
+            "reserved": json.dumps([str(address) for address in self.reserved]),
+            "labels": json.dumps(dict(sorted(self.labels.items()))),
+            "fingerprint": self.fingerprint(),
+            "create_time": create_time,
+            "range_start": lua_range_start(self.dynamic_range),
+            "range_size": str(self.range_size),
+            "cursor": "0",
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, str]) -> PoolSpec:
+        return cls(
+            pool_id=meta["pool_id"],
+            subnet=ipaddress.ip_network(meta["subnet"]),
+            gateway=ipaddress.ip_address(meta["gateway"]),
+            ip_range=ipaddress.ip_network(meta["ip_range"]) if meta["ip_range"] else None,
+            reserved=tuple(ipaddress.ip_address(a) for a in json.loads(meta["reserved"])),
+            labels=json.loads(meta["labels"]),
+        )
+
+
+def build_pool(
+    *,
+    pool_id: str,
+    subnet: str,
+    gateway: str = "",
+    ip_range: str = "",
+    reserved: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
+) -> PoolSpec:
+    """Validates a create request and returns the pool it describes, gateway resolved."""
+    check_pool_id(pool_id)
+    network = parse_network(subnet, "subnet")
+    longest = network.max_prefixlen - 2
+    if network.prefixlen > longest:
+        raise errors.InvalidArgument(
+            f"subnet {network} is too small: a /{network.prefixlen} cannot hold a gateway and "
+            f"an endpoint address besides {' and '.join(map(str, unusable_addresses(network)))} "
+            f"(use /{longest} or larger)",
+            reason="SUBNET_TOO_SMALL",
+            subnet=subnet,
+        )
+    if network.version == 6 and network.prefixlen < 64:
+        raise errors.InvalidArgument(
+            f"subnet {network} is too large: IPv6 pools take a /64 or longer subnet",
+            reason="SUBNET_TOO_LARGE",
+            subnet=subnet,
+        )
+
+    def inside(address_text: str, what: str) -> Address:
+        address = parse_address(address_text, what)
+        if address.version != network.version or address not in network:
+            raise errors.InvalidArgument(
+                f"{what} {address} is outside subnet {network}",
+                reason="ADDRESS_OUTSIDE_SUBNET",
+                address=address,
+                subnet=network,
+            )
+        if address in unusable_addresses(network):
+            kind = "network" if address == network.network_address else "broadcast"
+            raise errors.InvalidArgument(
+                f"{what} {address} is the {kind} address of {network}",
+                reason="INVALID_ADDRESS",
+                address=address,
+            )
+        return address
+
+    gateway_address = inside(gateway, "gateway") if gateway else network.network_address + 1
+
+    range_network = None
+    if ip_range:
+        range_network = parse_network(ip_range, "ip range")
+        if range_network.version != network.version or not range_network.subnet_of(network):
+            raise errors.InvalidArgument(
+                f"ip range {range_network} is outside subnet {network}",
+                reason="RANGE_OUTSIDE_SUBNET",
+                ip_range=ip_range,
+                subnet=network,
+            )
+        if range_network == network:
+            range_network = None
+
+    reserved_addresses = sorted({inside(text, "reserved address") for text in reserved})
+    if gateway_address in reserved_addresses:
+        raise errors.InvalidArgument(
+            f"reserved address {gateway_address} is the gateway",
+            reason="INVALID_ADDRESS",
+            address=gateway_address,
+        )
+
+    label_map = dict(labels or {})
+    for key, value in label_map.items():
+        if not 0 < len(key) <= MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+            raise errors.InvalidArgument(
+                f"label {key[:40]!r} is invalid: keys take 1-{MAX_LABEL_KEY} characters, values "
+                f"at most {MAX_LABEL_VALUE}",
+                reason="INVALID_LABEL",
+                key=key[:40],
+            )
+
+    spec = PoolSpec(
+        pool_id=pool_id,
+        subnet=network,
+        gateway=gateway_address,
+        ip_range=range_network,
+        reserved=tuple(reserved_addresses),
+        labels=label_map,
+    )
+    if spec.range_size > MAX_RANGE_ADDRESSES:
+        raise errors.InvalidArgument(
+            f"dynamic range {spec.dynamic_range} holds {spec.range_size} addresses; the limit "
+            f"is {MAX_RANGE_ADDRESSES} (an IPv4 /8, an IPv6 /104): give a smaller subnet or "
+            "an ip range",
+            reason="RANGE_TOO_LARGE",
+        )
+    if spec.dynamic_capacity() < 1:
+        raise errors.InvalidArgument(
+            f"ip range {spec.dynamic_range} has no address left for endpoints once the "
+            "unusable, gateway and reserved addresses are taken out",
+            reason="RANGE_EMPTY",
+        )
+    return spec

@@ -1,0 +1,404 @@
+"""The Redis store of pools and allocations.
+
+Redis is the only state: every method is one or two round trips, every
+multi-key change one Lua script (see :mod:`ipam_service.lua`), so any number
+of IPAM processes may share one Redis. Every script is idempotent, which is
+what makes redis-py's retry after a lost reply safe.
+
+Keys, hash-tagged so that a pool's keys share one Cluster slot::
+
+    cnm:ipam:{<pool-id>}:meta | :addresses | :owners | :holders | :bitmap
+    cnm:ipam:{pools}:index        HASH pool id -> "family first_hex last_hex fingerprint"
+
+Redis URLs (``--redis-url`` / ``CNM_REDIS_URL``):
+
+- ``redis://[:password@]host:port/db`` and ``rediss://...`` (TLS)
+- ``unix:///path/to/redis.sock?db=0``
+- ``redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]``
+  (``rediss+sentinel://`` for TLS): the master is found through the sentinels
+  and followed across failovers.
+- ``redis+cluster://[:password@]host:port[,host:port...]`` (``rediss+cluster://``):
+  Redis Cluster; the nodes listed are only the starting points.
+
+Needs Redis 7.0 or later (BITPOS and BITCOUNT with BIT ranges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+
+from cnm import errors
+from ipam_service import lua
+from ipam_service.pools import Address, PoolSpec
+
+INDEX_KEY = "cnm:ipam:{pools}:index"
+MAX_CONNECTIONS = 1024
+
+# Errors that mean "Redis cannot answer now"; they become UNAVAILABLE.
+_UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
+
+def pool_keys(pool_id: str) -> list[str]:
+    """meta, addresses, owners, holders, bitmap: the order every per-pool script expects."""
+    prefix = f"cnm:ipam:{{{pool_id}}}"
+    return [f"{prefix}:{part}" for part in ("meta", "addresses", "owners", "holders", "bitmap")]
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _host_ports(netloc: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
+    return hosts
+
+
+def connect(url: str, timeout: float = 2.0) -> aioredis.Redis | RedisCluster:
+    """A client for any of the URL forms in the module docstring (no I/O yet).
+
+    Timeouts are short and retries few so that a dead Redis turns into
+    UNAVAILABLE within a few seconds instead of hanging the caller.
+    """
+    parts = urllib.parse.urlsplit(url)
+    common = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+    }
+    scheme = parts.scheme
+    if scheme in ("redis", "rediss", "unix"):
+        # Connections grow with concurrent requests; past the bound a request
+        # fails fast (UNAVAILABLE) instead of queueing behind the others.
+        pool = aioredis.ConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, **common)
+        return aioredis.Redis.from_pool(pool)
+    auth = {"username": parts.username or None, "password": parts.password or None}
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        path = [part for part in parts.path.split("/") if part]
+        if not path:
+            raise ValueError(
+                f"sentinel URL {redact(url)!r} names no master: want .../master_name/db"
+            )
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(
+            _host_ports(parts.netloc),
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            **common,
+        )
+        return sentinel.master_for(path[0], db=db, ssl=scheme.startswith("rediss"), **auth)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        nodes = [ClusterNode(host, port) for host, port in _host_ports(parts.netloc)]
+        return RedisCluster(startup_nodes=nodes, ssl=scheme.startswith("rediss"), **auth, **common)
+    raise ValueError(
+        f"unsupported Redis URL scheme {scheme!r}: want redis, rediss, unix, "
+        "redis+sentinel or redis+cluster"
+    )
+
+
+@dataclass(frozen=True)
+class Usage:
+    size: int
+    allocated: int
+    free: int
+
+
+@dataclass(frozen=True)
+class StoredPool:
+    spec: PoolSpec
+    create_time: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Allocated:
+    address: str
+    prefix_length: int
+    gateway: str
+    newly_allocated: bool
+
+
+@dataclass(frozen=True)
+class Batch:
+    addresses: list[str]
+    prefix_length: int
+    gateway: str
+
+
+def _pool_not_found(pool_id: str) -> errors.NotFound:
+    return errors.NotFound(f"pool {pool_id!r} not found", reason="POOL_NOT_FOUND", pool_id=pool_id)
+
+
+def _subnet_of_entry(entry: str) -> str:
+    family, first, last, *_ = entry.split()
+    address = ipaddress.IPv4Address if family == "4" else ipaddress.IPv6Address
+    networks = ipaddress.summarize_address_range(address(int(first, 16)), address(int(last, 16)))
+    return ", ".join(map(str, networks))
+
+
+class RedisStore:
+    """Pools and allocations in Redis; stateless apart from the client."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, where: str) -> None:
+        self.client = client
+        self.where = where
+        register = client.register_script
+        self._index_reserve = register(lua.INDEX_RESERVE)
+        self._index_release = register(lua.INDEX_RELEASE)
+        self._create = register(lua.CREATE_POOL)
+        self._get = register(lua.GET_POOL)
+        self._delete = register(lua.DELETE_POOL)
+        self._allocate = register(lua.ALLOCATE)
+        self._batch = register(lua.BATCH_ALLOCATE)
+        self._release = register(lua.RELEASE)
+        self._list_allocations = register(lua.LIST_ALLOCATIONS)
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float = 2.0) -> RedisStore:
+        return cls(connect(url, timeout), redact(url))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    @contextlib.contextmanager
+    def _redis(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except _UNREACHABLE as error:
+            raise errors.Unavailable(
+                f"{doing}: redis at {self.where} is unavailable: {error}",
+                reason="REDIS_UNAVAILABLE",
+            ) from error
+
+    async def ping(self) -> bool:
+        with self._redis("ping"):
+            return bool(await self.client.ping())
+
+    async def create_pool(self, spec: PoolSpec) -> StoredPool:
+        """Reserves the subnet in the overlap index, then writes the pool keys."""
+        doing = f"create pool {spec.pool_id!r}"
+        entry = spec.index_entry()
+        family, first, last, fingerprint = entry.split()
+        with self._redis(doing):
+            reply = await self._index_reserve(
+                keys=[INDEX_KEY], args=[spec.pool_id, family, first, last, fingerprint]
+            )
+        if reply[0] == "overlap":
+            other_id, other_entry = reply[1], reply[2]
+            raise errors.AlreadyExists(
+                f"subnet {spec.subnet} overlaps pool {other_id!r} ({_subnet_of_entry(other_entry)})",
+                reason="SUBNET_OVERLAP",
+                pool_id=spec.pool_id,
+                clashing_pool_id=other_id,
+            )
+        if reply[0] == "different":
+            raise self._exists_differently(spec)
+        reserved_by_us = reply[0] == "reserved"
+        meta = spec.to_meta(
+            datetime.datetime.now(datetime.UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z")
+        )
+        args: list[object] = [fingerprint, 2 * len(meta)]
+        for field, value in meta.items():
+            args += [field, value]
+        bits = spec.bits_taken_at_creation()
+        args += [spec.range_size, len(bits), *bits]
+        for address, owner in spec.taken_at_creation():
+            args += [address, owner]
+        try:
+            with self._redis(doing):
+                outcome = await self._create(keys=pool_keys(spec.pool_id), args=args)
+        except BaseException:
+            if reserved_by_us:
+                await self._undo_index_entry(spec, entry)
+            raise
+        if outcome == "different":
+            if reserved_by_us:
+                await self._undo_index_entry(spec, entry)
+            raise self._exists_differently(spec)
+        return await self.get_pool(spec.pool_id)
+
+    def _exists_differently(self, spec: PoolSpec) -> errors.AlreadyExists:
+        return errors.AlreadyExists(
+            f"pool {spec.pool_id!r} already exists with different parameters",
+            reason="POOL_EXISTS",
+            pool_id=spec.pool_id,
+        )
+
+    async def _undo_index_entry(self, spec: PoolSpec, entry: str) -> None:
+        """Drops our index entry unless the pool keys made it (a lost reply is not a failure).
+
+        Best effort: if Redis is gone, the entry stays and a repeated identical
+        create completes the pool, or a delete removes the entry.
+        """
+        with contextlib.suppress(redis.exceptions.RedisError):
+            meta_key = pool_keys(spec.pool_id)[0]
+            if await self.client.hget(meta_key, "fingerprint") != spec.fingerprint():
+                await self._index_release(keys=[INDEX_KEY], args=[spec.pool_id, entry])
+
+    async def get_pool(self, pool_id: str) -> StoredPool:
+        meta_key, addresses_key, _, _, bitmap_key = pool_keys(pool_id)
+        with self._redis(f"get pool {pool_id!r}"):
+            reply = await self._get(keys=[meta_key, addresses_key, bitmap_key])
+        if not reply:
+            raise _pool_not_found(pool_id)
+        flat, allocated, free = reply
+        meta = dict(zip(flat[::2], flat[1::2], strict=True))
+        spec = PoolSpec.from_meta(meta)
+        return StoredPool(spec, meta["create_time"], Usage(spec.usable_size, allocated, free))
+
+    async def list_pools(self) -> list[StoredPool]:
+        with self._redis("list pools"):
+            pool_ids = sorted(await self.client.hkeys(INDEX_KEY))
+        found = await asyncio.gather(
+            *(self.get_pool(pool_id) for pool_id in pool_ids), return_exceptions=True
+        )
+        pools = []
+        for result in found:
+            # An index entry without pool keys is a create or delete cut short.
+            if isinstance(result, errors.NotFound):
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            pools.append(result)
+        return pools
+
+    async def delete_pool(self, pool_id: str, force: bool) -> None:
+        """Deletes the pool keys, then the index entry (so a crash never hides a pool)."""
+        doing = f"delete pool {pool_id!r}"
+        with self._redis(doing):
+            status, held = await self._delete(keys=pool_keys(pool_id), args=["1" if force else "0"])
+        if status == "in_use":
+            raise errors.FailedPrecondition(
+                f"pool {pool_id!r} still has {held} allocated address(es); release them or "
+                "delete with force",
+                reason="POOL_IN_USE",
+                pool_id=pool_id,
+                allocated=held,
+            )
+        with self._redis(doing):
+            await self._index_release(keys=[INDEX_KEY], args=[pool_id, ""])
+            # A create of the same id may have slipped in between the two
+            # steps (index and keys live in different slots): keep it indexed.
+            if await self.client.exists(pool_keys(pool_id)[0]):
+                with contextlib.suppress(errors.NotFound):
+                    spec = (await self.get_pool(pool_id)).spec
+                    family, first, last, fingerprint = spec.index_entry().split()
+                    await self._index_reserve(
+                        keys=[INDEX_KEY], args=[pool_id, family, first, last, fingerprint]
+                    )
+
+    async def allocate(
+        self,
+        pool_id: str,
+        owner: str,
+        preferred: Address | None = None,
+    ) -> Allocated:
+        doing = f"allocate an address in pool {pool_id!r} for {owner!r}"
+        fingerprint = ""
+        if preferred is not None:
+            spec = (await self.get_pool(pool_id)).spec
+            spec.check_preferred(preferred)
+            fingerprint = spec.fingerprint()
+        with self._redis(doing):
+            reply = await self._allocate(
+                keys=pool_keys(pool_id),
+                args=[owner, str(preferred) if preferred else "", fingerprint],
+            )
+        status = reply[0]
+        if status == "ok":
+            return Allocated(reply[1], int(reply[3]), reply[4], bool(reply[2]))
+        if status in ("not_found", "changed"):
+            raise _pool_not_found(pool_id)
+        if status == "exhausted":
+            raise errors.ResourceExhausted(
+                f"pool {pool_id!r} has no free address", reason="POOL_EXHAUSTED", pool_id=pool_id
+            )
+        if status == "taken":
+            raise errors.AlreadyExists(
+                f"address {preferred} in pool {pool_id!r} is held by {reply[1]!r}",
+                reason="ADDRESS_IN_USE",
+                address=preferred,
+                owner=reply[1],
+            )
+        if status == "owner_holds":
+            raise errors.AlreadyExists(
+                f"owner {owner!r} already holds {reply[1]} in pool {pool_id!r}, not {preferred}",
+                reason="OWNER_HOLDS_OTHER_ADDRESS",
+                owner=owner,
+                address=reply[1],
+            )
+        raise errors.Internal(f"{doing}: unexpected script reply {reply!r}")
+
+    async def allocate_batch(self, pool_id: str, owners: list[str]) -> Batch:
+        doing = f"allocate {len(owners)} addresses in pool {pool_id!r}"
+        with self._redis(doing):
+            reply = await self._batch(keys=pool_keys(pool_id), args=owners)
+        if reply[0] == "not_found":
+            raise _pool_not_found(pool_id)
+        if reply[0] == "exhausted":
+            raise errors.ResourceExhausted(
+                f"pool {pool_id!r} has {reply[1]} free address(es), {reply[2]} needed",
+                reason="POOL_EXHAUSTED",
+                pool_id=pool_id,
+                free=reply[1],
+                needed=reply[2],
+            )
+        return Batch(addresses=list(reply[3:]), prefix_length=int(reply[1]), gateway=reply[2])
+
+    async def release(self, pool_id: str, *, address: str = "", owner: str = "") -> str:
+        """Releases by address or by owner; '' when nothing was held."""
+        mode, value = ("owner", owner) if owner else ("address", address)
+        doing = f"release {mode} {value!r} in pool {pool_id!r}"
+        with self._redis(doing):
+            reply = await self._release(keys=pool_keys(pool_id), args=[mode, value])
+        if reply[0] == "not_found":
+            raise _pool_not_found(pool_id)
+        if reply[0] == "protected":
+            what = "gateway" if reply[1] == "cnm:gateway" else "a reserved address"
+            raise errors.FailedPrecondition(
+                f"address {value} is the {what} of pool {pool_id!r}; it lives as long as the pool",
+                reason="ADDRESS_PROTECTED",
+                address=value,
+            )
+        return reply[1] if reply[0] == "released" else ""
+
+    async def list_allocations(self, pool_id: str) -> list[tuple[str, str]]:
+        meta_key, _, _, holders_key, _ = pool_keys(pool_id)
+        with self._redis(f"list allocations of pool {pool_id!r}"):
+            flat = await self._list_allocations(keys=[meta_key, holders_key])
+        if flat is None:
+            raise _pool_not_found(pool_id)
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        return sorted(pairs, key=lambda pair: ipaddress.ip_address(pair[0]))
+
+    async def usage(self, pool_id: str) -> Usage:
+        return (await self.get_pool(pool_id)).usage

