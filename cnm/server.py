@@ -131,9 +131,12 @@ async def start(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise errors.Unavailable(f"cannot listen on {listen}")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as error:
+        raise errors.Unavailable(
+            f"cannot listen on {listen}: address in use or not valid", listen=listen
+        ) from error
     running = Server(server=server, port=port, health=health_servicer, service_names=names)
     await running.set_serving(False)
     await server.start()
