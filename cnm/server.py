@@ -31,12 +31,22 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
+        # grpc.aio asks for the handler on every call; wrapping is done once per method.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         logger = self.logger
 

@@ -169,3 +169,54 @@ class Netns:
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)
+
+
+class Underlay:
+    """Simulated hosts joined by one layer-2 underlay: a bridge in a "switch" namespace and
+    a veth ``eth0`` into each host namespace, addressed 10.99.0.N/24 inside it (plus a
+    default route via 10.99.0.254, an address nobody has, so that agents find the
+    underlay interface the way they would on a real host)."""
+
+    PREFIX = "10.99.0"
+
+    def __init__(self, make_netns) -> None:
+        self.make_netns = make_netns
+        self.switch = make_netns("cnmt-sw")
+        self.switch.run("ip", "link", "add", "sw", "type", "bridge")
+        self.switch.run("ip", "link", "set", "sw", "up")
+        self.hosts: list[Netns] = []
+
+    def add_host(self) -> Netns:
+        """A new host namespace, plugged into the switch; its address is ``address(i)``."""
+        number = len(self.hosts) + 1
+        host = self.make_netns("cnmt-host")
+        port = f"p{number}"
+        subprocess.run(["ip", "-n", self.switch.name, "link", "add", port, "type", "veth",
+                        "peer", "name", "eth0", "netns", host.name], check=True)
+        self.switch.run("ip", "link", "set", port, "master", "sw", "up")
+        host.run("ip", "addr", "add", f"{self.address(number)}/24", "dev", "eth0")
+        host.run("ip", "link", "set", "eth0", "up")
+        host.run("ip", "route", "add", "default", "via", f"{self.PREFIX}.254")
+        self.hosts.append(host)
+        return host
+
+    def address(self, number: int) -> str:
+        return f"{self.PREFIX}.{number}"
+
+    def add_internet(self) -> Netns:
+        """A namespace on the switch holding the hosts' default gateway, 10.99.0.254: what
+        the hosts' egress reaches."""
+        internet = self.make_netns("cnmt-inet")
+        subprocess.run(["ip", "-n", self.switch.name, "link", "add", "pinet", "type", "veth",
+                        "peer", "name", "eth0", "netns", internet.name], check=True)
+        self.switch.run("ip", "link", "set", "pinet", "master", "sw", "up")
+        internet.run("ip", "addr", "add", f"{self.PREFIX}.254/24", "dev", "eth0")
+        internet.run("ip", "link", "set", "eth0", "up")
+        return internet
+
+    def unplug(self, number: int) -> None:
+        """Takes host ``number`` off the switch (its port down)."""
+        self.switch.run("ip", "link", "set", f"p{number}", "down")
+
+    def plug(self, number: int) -> None:
+        self.switch.run("ip", "link", "set", f"p{number}", "up")

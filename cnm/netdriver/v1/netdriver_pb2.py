@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cnm/netdriver/v1/netdriver.proto\x12\x10\x63nm.netdriver.v1\"\xc8\x02\n\x07Network\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0b\x62ridge_name\x18\x06 \x01(\t\x12\x0b\n\x03mtu\x18\x07 \x01(\r\x12\x10\n\x08internal\x18\x08 \x01(\x08\x12\x17\n\nenable_icc\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x61llowed_networks\x18\n \x03(\t\x12\x0b\n\x03vni\x18\x0b \x01(\r\x12\x37\n\x07options\x18\x0c \x03(\x0b\x32&.cnm.netdriver.v1.Network.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_enable_icc\"w\n\x0bPortMapping\x12,\n\x08protocol\x18\x01 \x01(\x0e\x32\x1a.cnm.netdriver.v1.Protocol\x12\x0f\n\x07host_ip\x18\x02 \x01(\t\x12\x11\n\thost_port\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x04 \x01(\r\"\x82\x02\n\x08\x45ndpoint\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0f\n\x07sandbox\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x13\n\x0bmac_address\x18\x06 \x01(\t\x12\x16\n\x0ehost_interface\x18\x07 \x01(\t\x12\x1b\n\x13\x63ontainer_interface\x18\x08 \x01(\t\x12\x34\n\rport_mappings\x18\t \x03(\x0b\x32\x1d.cnm.netdriver.v1.PortMapping\x12\x15\n\rdefault_route\x18\n \x01(\x08\"K\n\x0eRemoteEndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x03 \x01(\t\",\n\x04Peer\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\"\x14\n\x12GetHostInfoRequest\"o\n\x13GetHostInfoResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x0f\n\x07\x64rivers\x18\x03 \x03(\t\x12\x10\n\x08\x66irewall\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"B\n\x14\x43reateNetworkRequest\x12*\n\x07network\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"C\n\x15\x43reateNetworkResponse\x12*\n\x07network\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"*\n\x14\x44\x65leteNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteNetworkResponse\"q\n\x15\x43reateEndpointRequest\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\x12*\n\x07network\x18\x02 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"F\n\x16\x43reateEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\",\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"\x8f\x01\n\x16SetNetworkPeersRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.cnm.netdriver.v1.Peer\x12:\n\x10remote_endpoints\x18\x03 \x03(\x0b\x32 .cnm.netdriver.v1.RemoteEndpoint\"\x19\n\x17SetNetworkPeersResponse\"%\n\x07Sandbox\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"$\n\x14\x43reateSandboxRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x15\x43reateSandboxResponse\x12*\n\x07sandbox\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\"$\n\x14\x44\x65leteSandboxRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSandboxResponse\"\x16\n\x14ListSandboxesRequest\"E\n\x15ListSandboxesResponse\x12,\n\tsandboxes\x18\x01 \x03(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\"\x11\n\x0fGetStateRequest\"\xb7\x01\n\x10GetStateResponse\x12+\n\x08networks\x18\x01 \x03(\x0b\x32\x19.cnm.netdriver.v1.Network\x12-\n\tendpoints\x18\x02 \x03(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\x12,\n\tsandboxes\x18\x03 \x03(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\x12\x19\n\x11\x66irewall_elements\x18\x04 \x01(\r\"\x0f\n\rResyncRequest\"\"\n\x0eResyncResponse\x12\x10\n\x08repaired\x18\x01 \x03(\t*[\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02\x12\x11\n\rPROTOCOL_SCTP\x10\x03\x32\xaa\x08\n\x10NetDriverService\x12Z\n\x0bGetHostInfo\x12$.cnm.netdriver.v1.GetHostInfoRequest\x1a%.cnm.netdriver.v1.GetHostInfoResponse\x12`\n\rCreateNetwork\x12&.cnm.netdriver.v1.CreateNetworkRequest\x1a\'.cnm.netdriver.v1.CreateNetworkResponse\x12`\n\rDeleteNetwork\x12&.cnm.netdriver.v1.DeleteNetworkRequest\x1a\'.cnm.netdriver.v1.DeleteNetworkResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.cnm.netdriver.v1.CreateEndpointRequest\x1a(.cnm.netdriver.v1.CreateEndpointResponse\x12\x63\n\x0e\x44\x65leteEndpoint\x12\'.cnm.netdriver.v1.DeleteEndpointRequest\x1a(.cnm.netdriver.v1.DeleteEndpointResponse\x12\x66\n\x0fSetNetworkPeers\x12(.cnm.netdriver.v1.SetNetworkPeersRequest\x1a).cnm.netdriver.v1.SetNetworkPeersResponse\x12`\n\rCreateSandbox\x12&.cnm.netdriver.v1.CreateSandboxRequest\x1a\'.cnm.netdriver.v1.CreateSandboxResponse\x12`\n\rDeleteSandbox\x12&.cnm.netdriver.v1.DeleteSandboxRequest\x1a\'.cnm.netdriver.v1.DeleteSandboxResponse\x12`\n\rListSandboxes\x12&.cnm.netdriver.v1.ListSandboxesRequest\x1a\'.cnm.netdriver.v1.ListSandboxesResponse\x12Q\n\x08GetState\x12!.cnm.netdriver.v1.GetStateRequest\x1a\".cnm.netdriver.v1.GetStateResponse\x12K\n\x06Resync\x12\x1f.cnm.netdriver.v1.ResyncRequest\x1a .cnm.netdriver.v1.ResyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cnm/netdriver/v1/netdriver.proto\x12\x10\x63nm.netdriver.v1\"\xc8\x02\n\x07Network\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0b\x62ridge_name\x18\x06 \x01(\t\x12\x0b\n\x03mtu\x18\x07 \x01(\r\x12\x10\n\x08internal\x18\x08 \x01(\x08\x12\x17\n\nenable_icc\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10\x61llowed_networks\x18\n \x03(\t\x12\x0b\n\x03vni\x18\x0b \x01(\r\x12\x37\n\x07options\x18\x0c \x03(\x0b\x32&.cnm.netdriver.v1.Network.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_enable_icc\"w\n\x0bPortMapping\x12,\n\x08protocol\x18\x01 \x01(\x0e\x32\x1a.cnm.netdriver.v1.Protocol\x12\x0f\n\x07host_ip\x18\x02 \x01(\t\x12\x11\n\thost_port\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x04 \x01(\r\"\x82\x02\n\x08\x45ndpoint\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0f\n\x07sandbox\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x13\n\x0bmac_address\x18\x06 \x01(\t\x12\x16\n\x0ehost_interface\x18\x07 \x01(\t\x12\x1b\n\x13\x63ontainer_interface\x18\x08 \x01(\t\x12\x34\n\rport_mappings\x18\t \x03(\x0b\x32\x1d.cnm.netdriver.v1.PortMapping\x12\x15\n\rdefault_route\x18\n \x01(\x08\"K\n\x0eRemoteEndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0bmac_address\x18\x02 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x03 \x01(\t\",\n\x04Peer\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\"\x14\n\x12GetHostInfoRequest\"o\n\x13GetHostInfoResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x0f\n\x07\x64rivers\x18\x03 \x03(\t\x12\x10\n\x08\x66irewall\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"B\n\x14\x43reateNetworkRequest\x12*\n\x07network\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"C\n\x15\x43reateNetworkResponse\x12*\n\x07network\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"*\n\x14\x44\x65leteNetworkRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteNetworkResponse\"q\n\x15\x43reateEndpointRequest\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\x12*\n\x07network\x18\x02 \x01(\x0b\x32\x19.cnm.netdriver.v1.Network\"F\n\x16\x43reateEndpointResponse\x12,\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\",\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"\xa3\x01\n\x16SetNetworkPeersRequest\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.cnm.netdriver.v1.Peer\x12:\n\x10remote_endpoints\x18\x03 \x03(\x0b\x32 .cnm.netdriver.v1.RemoteEndpoint\x12\x12\n\ngeneration\x18\x04 \x01(\x04\";\n\x17SetNetworkPeersResponse\x12\x0f\n\x07\x63hanges\x18\x01 \x03(\t\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"%\n\x07Sandbox\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"$\n\x14\x43reateSandboxRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x15\x43reateSandboxResponse\x12*\n\x07sandbox\x18\x01 \x01(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\"$\n\x14\x44\x65leteSandboxRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSandboxResponse\"\x16\n\x14ListSandboxesRequest\"E\n\x15ListSandboxesResponse\x12,\n\tsandboxes\x18\x01 \x03(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\"\x11\n\x0fGetStateRequest\"\xb7\x01\n\x10GetStateResponse\x12+\n\x08networks\x18\x01 \x03(\x0b\x32\x19.cnm.netdriver.v1.Network\x12-\n\tendpoints\x18\x02 \x03(\x0b\x32\x1a.cnm.netdriver.v1.Endpoint\x12,\n\tsandboxes\x18\x03 \x03(\x0b\x32\x19.cnm.netdriver.v1.Sandbox\x12\x19\n\x11\x66irewall_elements\x18\x04 \x01(\r\"\x0f\n\rResyncRequest\"\"\n\x0eResyncResponse\x12\x10\n\x08repaired\x18\x01 \x03(\t*[\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02\x12\x11\n\rPROTOCOL_SCTP\x10\x03\x32\xaa\x08\n\x10NetDriverService\x12Z\n\x0bGetHostInfo\x12$.cnm.netdriver.v1.GetHostInfoRequest\x1a%.cnm.netdriver.v1.GetHostInfoResponse\x12`\n\rCreateNetwork\x12&.cnm.netdriver.v1.CreateNetworkRequest\x1a\'.cnm.netdriver.v1.CreateNetworkResponse\x12`\n\rDeleteNetwork\x12&.cnm.netdriver.v1.DeleteNetworkRequest\x1a\'.cnm.netdriver.v1.DeleteNetworkResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.cnm.netdriver.v1.CreateEndpointRequest\x1a(.cnm.netdriver.v1.CreateEndpointResponse\x12\x63\n\x0e\x44\x65leteEndpoint\x12\'.cnm.netdriver.v1.DeleteEndpointRequest\x1a(.cnm.netdriver.v1.DeleteEndpointResponse\x12\x66\n\x0fSetNetworkPeers\x12(.cnm.netdriver.v1.SetNetworkPeersRequest\x1a).cnm.netdriver.v1.SetNetworkPeersResponse\x12`\n\rCreateSandbox\x12&.cnm.netdriver.v1.CreateSandboxRequest\x1a\'.cnm.netdriver.v1.CreateSandboxResponse\x12`\n\rDeleteSandbox\x12&.cnm.netdriver.v1.DeleteSandboxRequest\x1a\'.cnm.netdriver.v1.DeleteSandboxResponse\x12`\n\rListSandboxes\x12&.cnm.netdriver.v1.ListSandboxesRequest\x1a\'.cnm.netdriver.v1.ListSandboxesResponse\x12Q\n\x08GetState\x12!.cnm.netdriver.v1.GetStateRequest\x1a\".cnm.netdriver.v1.GetStateResponse\x12K\n\x06Resync\x12\x1f.cnm.netdriver.v1.ResyncRequest\x1a .cnm.netdriver.v1.ResyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NETWORK_OPTIONSENTRY']._loaded_options = None
   _globals['_NETWORK_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_PROTOCOL']._serialized_start=2225
-  _globals['_PROTOCOL']._serialized_end=2316
+  _globals['_PROTOCOL']._serialized_start=2279
+  _globals['_PROTOCOL']._serialized_end=2370
   _globals['_NETWORK']._serialized_start=55
   _globals['_NETWORK']._serialized_end=383
   _globals['_NETWORK_OPTIONSENTRY']._serialized_start=322
@@ -68,31 +68,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1464
   _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1488
   _globals['_SETNETWORKPEERSREQUEST']._serialized_start=1491
-  _globals['_SETNETWORKPEERSREQUEST']._serialized_end=1634
-  _globals['_SETNETWORKPEERSRESPONSE']._serialized_start=1636
-  _globals['_SETNETWORKPEERSRESPONSE']._serialized_end=1661
-  _globals['_SANDBOX']._serialized_start=1663
-  _globals['_SANDBOX']._serialized_end=1700
-  _globals['_CREATESANDBOXREQUEST']._serialized_start=1702
-  _globals['_CREATESANDBOXREQUEST']._serialized_end=1738
-  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1740
-  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1807
-  _globals['_DELETESANDBOXREQUEST']._serialized_start=1809
-  _globals['_DELETESANDBOXREQUEST']._serialized_end=1845
-  _globals['_DELETESANDBOXRESPONSE']._serialized_start=1847
-  _globals['_DELETESANDBOXRESPONSE']._serialized_end=1870
-  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1872
-  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1894
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1896
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1965
-  _globals['_GETSTATEREQUEST']._serialized_start=1967
-  _globals['_GETSTATEREQUEST']._serialized_end=1984
-  _globals['_GETSTATERESPONSE']._serialized_start=1987
-  _globals['_GETSTATERESPONSE']._serialized_end=2170
-  _globals['_RESYNCREQUEST']._serialized_start=2172
-  _globals['_RESYNCREQUEST']._serialized_end=2187
-  _globals['_RESYNCRESPONSE']._serialized_start=2189
-  _globals['_RESYNCRESPONSE']._serialized_end=2223
-  _globals['_NETDRIVERSERVICE']._serialized_start=2319
-  _globals['_NETDRIVERSERVICE']._serialized_end=3385
+  _globals['_SETNETWORKPEERSREQUEST']._serialized_end=1654
+  _globals['_SETNETWORKPEERSRESPONSE']._serialized_start=1656
+  _globals['_SETNETWORKPEERSRESPONSE']._serialized_end=1715
+  _globals['_SANDBOX']._serialized_start=1717
+  _globals['_SANDBOX']._serialized_end=1754
+  _globals['_CREATESANDBOXREQUEST']._serialized_start=1756
+  _globals['_CREATESANDBOXREQUEST']._serialized_end=1792
+  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1794
+  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1861
+  _globals['_DELETESANDBOXREQUEST']._serialized_start=1863
+  _globals['_DELETESANDBOXREQUEST']._serialized_end=1899
+  _globals['_DELETESANDBOXRESPONSE']._serialized_start=1901
+  _globals['_DELETESANDBOXRESPONSE']._serialized_end=1924
+  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1926
+  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1948
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1950
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=2019
+  _globals['_GETSTATEREQUEST']._serialized_start=2021
+  _globals['_GETSTATEREQUEST']._serialized_end=2038
+  _globals['_GETSTATERESPONSE']._serialized_start=2041
+  _globals['_GETSTATERESPONSE']._serialized_end=2224
+  _globals['_RESYNCREQUEST']._serialized_start=2226
+  _globals['_RESYNCREQUEST']._serialized_end=2241
+  _globals['_RESYNCRESPONSE']._serialized_start=2243
+  _globals['_RESYNCRESPONSE']._serialized_end=2277
+  _globals['_NETDRIVERSERVICE']._serialized_start=2373
+  _globals['_NETDRIVERSERVICE']._serialized_end=3439
 # @@protoc_insertion_point(module_scope)

@@ -172,18 +172,24 @@ class DeleteEndpointResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SetNetworkPeersRequest(_message.Message):
-    __slots__ = ("network_id", "peers", "remote_endpoints")
+    __slots__ = ("network_id", "peers", "remote_endpoints", "generation")
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     remote_endpoints: _containers.RepeatedCompositeFieldContainer[RemoteEndpoint]
-    def __init__(self, network_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., remote_endpoints: _Optional[_Iterable[_Union[RemoteEndpoint, _Mapping]]] = ...) -> None: ...
+    generation: int
+    def __init__(self, network_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., remote_endpoints: _Optional[_Iterable[_Union[RemoteEndpoint, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class SetNetworkPeersResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("changes", "applied")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    applied: bool
+    def __init__(self, changes: _Optional[_Iterable[str]] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("name", "path")

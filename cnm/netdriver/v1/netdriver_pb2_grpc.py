@@ -146,7 +146,11 @@ class NetDriverServiceServicer:
 
     def SetNetworkPeers(self, request, context):
         """Replaces the set of remote peers (other hosts' VTEPs and endpoints) of
-        an overlay network on this host.
+        an overlay network on this host: the VXLAN device's flood list, static
+        FDB entries and neighbour (proxy ARP) entries are made exactly these.
+        Idempotent; a request older (lower generation) than the last applied
+        one is ignored. NOT_FOUND when the network is not on this host,
+        FAILED_PRECONDITION when it is not an overlay network.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +164,9 @@ class NetDriverServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSandbox(self, request, context):
-        """Deletes a named network namespace created by CreateSandbox.
+        """Deletes a named network namespace created by CreateSandbox, disconnecting
+        the endpoints still in it. A namespace the agent did not create is
+        refused with FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +180,8 @@ class NetDriverServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetState(self, request, context):
-        """Reports what cnm owns in this host's kernel, read from the kernel.
+        """Reports what cnm owns in this host's kernel, read from the kernel: links
+        carrying cnm's ownership mark and the firewall's port mappings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,344 @@
+"""Connect/disconnect latency of the cnm host agent against the CNI reference plugins.
+
+Runs everything on this machine, in namespaces it makes and removes:
+a "host" namespace holding the agent (``python -m netdriver_service`` with
+nftables, reached on a unix socket) and the CNI chain's bridge and
+iptables rules, plus one container namespace per endpoint.
+
+- agent: CreateEndpoint / DeleteEndpoint with one port mapping, gRPC
+  round trip included (a sync client, as the orchestrator would call it);
+- CNI: Debian's containernetworking-plugins chain ``bridge`` (with
+  ``host-local`` IPAM) + ``portmap``, each plugin exec'd as a container
+  runtime does; ADD = bridge ADD + portmap ADD, DEL = portmap DEL + bridge DEL.
+
+The bench's main thread enters the host namespace after setup (it is a
+short-lived benchmark process, not the agent), so the CNI plugins are
+exec'd there directly with no ``ip netns exec`` in the timed path.
+
+Targets: agent connect p50 <= 1/5 of the CNI ADD; disconnect p50 <= 1/3 of
+the CNI DEL; agent connect p50 with 1,000 endpoints present within 1.25x
+of that with 10.
+
+    .venv/bin/python bench/netdriver_bench.py [--iterations 40] [--scale 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
+from cnm.netdriver.v1 import netdriver_pb2 as pb
+from netdriver_service.netlink import Netlink
+from tests import support
+from tests.netdriver import harness
+
+CNI_PATH = "/usr/lib/cni"
+CLONE_NEWNET = 0x40000000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
+            f"mean {statistics.fmean(values):7.2f} ms  (n={len(values)})")
+
+
+class Namespaces:
+    """Container namespaces made with ``ip netns add``, removed at the end."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def make(self) -> str:
+        name = f"cnmb-{uuid.uuid4().hex[:10]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.names.append(name)
+        return name
+
+    def remove_all(self) -> None:
+        for name in self.names:
+            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+        self.names.clear()
+
+
+class CniChain:
+    """bridge + host-local + portmap, exec'd one plugin at a time like a runtime."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.plugins = [
+            {"type": "bridge", "bridge": "cni-bench0", "isGateway": True, "ipMasq": True,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/16"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ]
+        self.results: dict[str, dict] = {}
+
+    def _exec(self, plugin: dict, command: str, container_id: str, netns: str,
+              prev: dict | None, port: int) -> dict | None:
+        config = {"cniVersion": "1.0.0", "name": "benchnet", **plugin}
+        if prev is not None:
+            config["prevResult"] = prev
+        if plugin["type"] == "portmap":
+            config["runtimeConfig"] = {
+                "portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+            }
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH,
+               "PATH": os.environ["PATH"]}
+        done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config),
+                              env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"CNI {plugin['type']} {command}: {done.stdout} {done.stderr}")
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    def add(self, container_id: str, netns: str, port: int) -> None:
+        result = None
+        for plugin in self.plugins:
+            result = self._exec(plugin, "ADD", container_id, netns, result, port)
+        self.results[container_id] = result
+
+    def delete(self, container_id: str, netns: str, port: int) -> None:
+        result = self.results.pop(container_id)
+        for plugin in reversed(self.plugins):
+            self._exec(plugin, "DEL", container_id, netns, result, port)
+
+
+def enter_namespace(fd: int) -> None:
+    """Moves the calling thread into the network namespace open on ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def agent_connect(agent, endpoint_id: str, netns: str, address: str, port: int,
+                  network: pb.Network) -> None:
+    agent.call("CreateEndpoint", pb.CreateEndpointRequest(
+        endpoint=pb.Endpoint(endpoint_id=endpoint_id, network_id=network.network_id,
+                             sandbox=f"/var/run/netns/{netns}", address=address,
+                             default_route=True, port_mappings=[harness.tcp(port, 80)]),
+        network=network,
+    ))
+
+
+def address_of(number: int) -> str:
+    return f"10.66.{(number + 2) // 256}.{(number + 2) % 256}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=40,
+                        help="connect/disconnect pairs per side for the CNI comparison")
+    parser.add_argument("--scale", type=int, default=1000,
+                        help="endpoints present for the scale measurement (0 skips it)")
+    parser.add_argument("--samples", type=int, default=40,
+                        help="connects measured at 10 and at --scale endpoints")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    host = support.Netns("cnmb-host")
+    workdir = Path(tempfile.mkdtemp(prefix="cnm-bench-"))
+    containers = Namespaces()
+    agent = harness.AgentProcess(host, workdir / "state")
+    network = harness.network("bench", "10.66.0.0/16")
+    cni = CniChain(workdir / "host-local")
+    try:
+        agent_connect(agent, "warm", containers.make(), address_of(0), 1000, network)
+        agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="warm"))
+
+        print(f"# connect/disconnect with one port mapping, {args.iterations} each, "
+              "one new namespace per endpoint")
+        sandboxes = [containers.make() for _ in range(args.iterations * 2)]
+        host_ns = os.open(host.path, os.O_RDONLY)
+        enter_namespace(host_ns)
+        os.close(host_ns)
+        agent_add, agent_del, cni_add, cni_del = [], [], [], []
+        for number in range(args.iterations):
+            endpoint_id = f"e{number}"
+            agent_add.append(timed(functools.partial(
+                agent_connect, agent, endpoint_id, sandboxes[number], address_of(number + 1),
+                20000 + number, network)))
+            netns = f"/var/run/netns/{sandboxes[args.iterations + number]}"
+            cni_add.append(timed(functools.partial(cni.add, f"c{number}", netns, 30000 + number)))
+        for number in range(args.iterations):
+            agent_del.append(timed(functools.partial(
+                agent.call, "DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=f"e{number}"))))
+            netns = f"/var/run/netns/{sandboxes[args.iterations + number]}"
+            cni_del.append(timed(functools.partial(
+                cni.delete, f"c{number}", netns, 30000 + number)))
+        enter_namespace(root_ns)
+        containers.remove_all()
+        print(f"agent connect     {summary(agent_add)}")
+        print(f"CNI chain ADD     {summary(cni_add)}")
+        print(f"agent disconnect  {summary(agent_del)}")
+        print(f"CNI chain DEL     {summary(cni_del)}")
+        add_ratio = statistics.median(cni_add) / statistics.median(agent_add)
+        del_ratio = statistics.median(cni_del) / statistics.median(agent_del)
+        print(f"connect: agent is {add_ratio:.1f}x faster than CNI ADD (target >= 5x) "
+              f"{'OK' if add_ratio >= 5 else 'MISSED'}")
+        print(f"disconnect: agent is {del_ratio:.1f}x faster than CNI DEL (target >= 3x) "
+              f"{'OK' if del_ratio >= 3 else 'MISSED'}")
+
+        if args.scale:
+            scale_section(agent, network, containers, workdir, args.scale, args.samples)
+    finally:
+        with contextlib.suppress(OSError):
+            enter_namespace(root_ns)
+        agent.stop()
+        containers.remove_all()
+        host.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fill(agent, network, containers: Namespaces, present: int) -> None:
+    """Connects endpoints (one namespace each) until the agent's host has ``present``."""
+    existing = len(agent.call("GetState", pb.GetStateRequest()).endpoints)
+    for number in range(existing, present):
+        agent_connect(agent, f"s{number}", containers.make(), address_of(2000 + number),
+                      10000 + number, network)
+
+
+def measure_rounds(hosts: list, network, containers: Namespaces,
+                   samples: int) -> list[list[float]]:
+    """Times ``samples`` connects on each of ``hosts`` ((agent, endpoints present) pairs).
+
+    Rounds of up to 20 connects per host (one new namespace each), taken
+    in turn across the hosts, removed again untimed after each round, with
+    a pause for the kernel's deferred work; so every sample sees the
+    host's endpoints plus at most 19. (One bridge takes at most 1,024
+    ports, the kernel's BR_MAX_PORTS.)
+    """
+    timings: list[list[float]] = [[] for _ in hosts]
+    round_number = 0
+    while len(timings[0]) < samples:
+        time.sleep(1.0)
+        size = min(20, samples - len(timings[0]))
+        made = [[] for _ in hosts]
+        for offset in range(size):
+            for index, (agent, present) in enumerate(hosts):
+                endpoint_id = f"m{present}-{round_number}-{offset}"
+                timings[index].append(timed(functools.partial(
+                    agent_connect, agent, endpoint_id, containers.make(),
+                    address_of(6000 + present + offset), 40000 + offset, network)))
+                made[index].append(endpoint_id)
+        for (agent, _), endpoint_ids in zip(hosts, made, strict=True):
+            for endpoint_id in endpoint_ids:
+                agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        round_number += 1
+    return timings
+
+
+def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: int,
+                  samples: int) -> None:
+    """Connect p50 with 10 vs ``scale`` endpoints on the host, measured two ways.
+
+    Sequentially (all of "10", then all of "scale", as one host grows) and
+    interleaved (a second host namespace with its own agent holds ``scale``
+    endpoints while the first holds 10, and their connects alternate), so
+    that a change of machine load during the run weighs on both alike.
+    """
+    print(f"\n# connect p50 with 10 vs {scale} endpoints on the host")
+    second_host = support.Netns("cnmb-host")
+    big = harness.AgentProcess(second_host, workdir / "state-big")
+    try:
+        fill(agent, network, containers, 10)
+        (at_small,) = measure_rounds([(agent, 10)], network, containers, samples)
+        fill(big, network, containers, scale)
+        (at_large,) = measure_rounds([(big, scale)], network, containers, samples)
+        report_ratio("sequential", scale, at_small, at_large)
+        at_small, at_large = measure_rounds([(agent, 10), (big, scale)], network, containers,
+                                            samples)
+        report_ratio("interleaved", scale, at_small, at_large)
+    finally:
+        big.stop()
+        second_host.close()
+    small, large = asyncio.run(kernel_reference(containers, scale, samples))
+    print(f"kernel reference, the bridge-port steps of a connect (veth, hairpin, peer up) "
+          f"on a bridge with 10 / {scale} ports: p50 {statistics.median(small):.2f} / "
+          f"{statistics.median(large):.2f} ms (netlink layer alone: no gRPC, no firewall)")
+
+
+def report_ratio(label: str, scale: int, at_small: list[float], at_large: list[float]) -> None:
+    ratio = statistics.median(at_large) / statistics.median(at_small)
+    print(f"{label}:")
+    print(f"  at 10:    {summary(at_small)}")
+    print(f"  at {scale}:  {summary(at_large)}")
+    print(f"  ratio {ratio:.2f} (target <= 1.25) {'OK' if ratio <= 1.25 else 'MISSED'}")
+
+
+async def kernel_reference(containers: Namespaces, present: int,
+                           samples: int) -> tuple[list[float], list[float]]:
+    """What the kernel alone charges for adding one more port to a bridge that has many.
+
+    In a scratch host namespace, the bridge-touching netlink verbs of a
+    connect, as the agent calls them: veth pair with its peer made in a
+    fresh namespace and its host end a port of the bridge, hairpin on,
+    peer up (carrier: the bridge re-runs its port state selection). Timed
+    at 10 and at ``present`` ports.
+    """
+    scratch = support.Netns("cnmb-kref")
+    netlink = await Netlink(host_ns=scratch.path).open()
+    try:
+        await netlink.create_bridge("kref0", mtu=1500, alias="bench", mac="02:42:0a:00:00:01")
+        bridge = await netlink.get_link("kref0")
+        live: list[str] = []
+
+        async def add() -> float:
+            name = f"kr{len(live)}"
+            netns = f"/var/run/netns/{containers.make()}"
+            started = time.perf_counter()
+            await netlink.create_veth(name, mtu=1500, master=bridge.index, peer_name="eth0",
+                                      peer_ns=netns, peer_mac="02:00:00:00:00:01")
+            await netlink.set_bridge_port(name, alias="bench", hairpin=True)
+            await netlink.disable_ipv6_link_local("eth0", netns)
+            await netlink.set_up("eth0", netns)
+            live.append(name)
+            return (time.perf_counter() - started) * 1000
+
+        async def measure() -> list[float]:
+            timings = [await add() for _ in range(min(samples, 20))]
+            for _ in timings:
+                await netlink.delete_link(live.pop())
+            return timings
+
+        while len(live) < 10:
+            await add()
+        small = await measure()
+        while len(live) < present:
+            await add()
+        await asyncio.sleep(1.0)
+        large = await measure()
+        return small, large
+    finally:
+        await netlink.close()
+        scratch.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""cnm's host agent: the only part of cnm that touches the kernel."""

@@ -1,0 +1,389 @@
+"""The host agent's operations, independent of gRPC.
+
+Each mutating operation validates its whole request first, then runs
+under one lock (the kernel state of a host is changed by one operation at
+a time), pushes the inverse of every completed step on an
+``AsyncExitStack`` and drops them only on success. What exists is always
+read from the kernel; the store only adds the parameters the kernel does
+not keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+
+from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2
+from netdriver_service import model, names, netns
+from netdriver_service.drivers import DRIVERS, Driver, make_driver
+from netdriver_service.drivers.bridge import network_rules, port_rules
+from netdriver_service.faults import Faults
+from netdriver_service.firewall import Firewall, PortRule
+from netdriver_service.model import EndpointSpec, NetworkSpec
+from netdriver_service.netlink import Link, Netlink
+from netdriver_service.state import Store
+
+log = logging.getLogger("netdriver")
+FIREWALL_PROBE_INTERVAL = 15.0  # seconds between the readiness probe's firewall checks
+
+
+class Agent:
+    def __init__(
+        self, *, host_id: str, underlay_ip: str, netlink: Netlink, firewall: Firewall,
+        store: Store, faults: Faults | None = None, netns_dir: str = netns.NETNS_DIR,
+    ) -> None:
+        self.host_id = host_id
+        self.underlay_ip = underlay_ip
+        self.netlink = netlink
+        self.firewall = firewall
+        self.store = store
+        self.faults = faults or Faults()
+        self.netns_dir = netns_dir
+        self.lock = asyncio.Lock()
+        self.started = False
+        self.start_error = "not started yet"
+        self._firewall_checked = -FIREWALL_PROBE_INTERVAL
+        self.drivers: dict[str, Driver] = {
+            name: make_driver(name, netlink, firewall, self.faults) for name in DRIVERS
+        }
+
+    # Life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuilds the view from the kernel and restores the firewall to match it."""
+        if not self.underlay_ip:
+            self.underlay_ip = await self._default_route_address()
+        await self.firewall.ensure_base()
+        repaired = await self._resync()
+        self.started = True
+        log.info(
+            "state rebuilt",
+            extra={
+                "networks": len(self.store.networks), "endpoints": len(self.store.endpoints),
+                "repaired": repaired,
+            },
+        )
+
+    async def ready(self) -> bool:
+        """Readiness probe: netlink and the firewall answer; finishes a start that failed."""
+        if not self.started:
+            try:
+                await self.start()
+            except errors.CnmError as error:
+                if error.message != self.start_error:
+                    log.warning("agent not ready", extra={"error": error.message})
+                self.start_error = error.message
+                return False
+        await self.netlink.ping()
+        now = time.monotonic()
+        if now - self._firewall_checked >= FIREWALL_PROBE_INTERVAL:
+            # Reads cnm's whole table: not every second on a host with
+            # thousands of published ports.
+            await self.firewall.element_count()
+            self._firewall_checked = now
+        return True
+
+    def _require_started(self) -> None:
+        if not self.started:
+            raise errors.Unavailable(
+                f"the agent is not ready: {self.start_error}", reason="AGENT_NOT_READY"
+            )
+
+    async def _default_route_address(self) -> str:
+        route = await self.netlink.default_route()
+        if route is None:
+            return ""
+        addresses = await self.netlink.addresses(route[1])
+        return addresses[0].split("/")[0] if addresses else ""
+
+    def driver(self, name: str) -> Driver:
+        return self.drivers[name]
+
+    # Networks -----------------------------------------------------------------------
+
+    async def create_network(self, message: netdriver_pb2.Network) -> NetworkSpec:
+        self._require_started()
+        spec = model.network_from_proto(message, tuple(self.drivers))
+        async with self.lock:
+            return await self._ensure_network(spec)
+
+    def _check_new_network(self, spec: NetworkSpec) -> None:
+        existing = self.store.networks.get(spec.network_id)
+        if existing is not None and not existing.same_as(spec):
+            raise errors.AlreadyExists(
+                f"network {spec.network_id!r} exists on this host with other parameters",
+                reason="NETWORK_EXISTS", network_id=spec.network_id,
+            )
+        subnet = ipaddress.IPv4Network(spec.subnet)
+        for other in self.store.networks.values():
+            if other.network_id == spec.network_id:
+                continue
+            if other.bridge == spec.bridge:
+                raise errors.AlreadyExists(
+                    f"network {spec.network_id!r}: bridge name {spec.bridge!r} is used by "
+                    f"network {other.network_id!r}", reason="BRIDGE_NAME_TAKEN",
+                )
+            if subnet.overlaps(ipaddress.IPv4Network(other.subnet)):
+                raise errors.FailedPrecondition(
+                    f"network {spec.network_id!r}: subnet {spec.subnet} overlaps {other.subnet} "
+                    f"of network {other.network_id!r}", reason="SUBNET_OVERLAP",
+                )
+
+    async def _ensure_network(
+        self, spec: NetworkSpec, stack: contextlib.AsyncExitStack | None = None
+    ) -> NetworkSpec:
+        """Creates the network unless it is already fully there (idempotent)."""
+        self._check_new_network(spec)
+        driver = self.driver(spec.driver)
+        known = spec.network_id in self.store.networks
+        if known and await driver.network_present(spec):
+            return self.store.networks[spec.network_id]
+        async with contextlib.AsyncExitStack() as own_stack:
+            await driver.create_network(spec, own_stack)
+            if not known:
+                await self.store.put_network(spec)
+                own_stack.push_async_callback(self.store.delete_network, spec.network_id)
+            undo = own_stack.pop_all()
+        if stack is not None:
+            stack.push_async_callback(undo.aclose)
+        return spec
+
+    async def delete_network(self, network_id: str) -> None:
+        self._require_started()
+        names.check_id("network_id", network_id)
+        async with self.lock:
+            spec = self.store.networks.get(network_id) or await self._network_from_kernel(
+                network_id
+            )
+            if spec is None:
+                return
+            removed = await self.driver(spec.driver).delete_network(spec)
+            for endpoint_id in {*removed, *(e.endpoint_id for e in self.store.endpoints_of(network_id))}:
+                await self._forget_endpoint(endpoint_id)
+            await self.store.delete_network(network_id)
+
+    async def _network_from_kernel(self, network_id: str) -> NetworkSpec | None:
+        """A network cnm marked in the kernel but has no record of (its state dir was lost)."""
+        for link in await self.netlink.list_links(addresses=True):
+            if names.parse_alias(link.alias) == ("net", network_id, ""):
+                return _network_of_bridge(network_id, link)
+        return None
+
+    # Endpoints -------------------------------------------------------------------------
+
+    async def create_endpoint(
+        self, message: netdriver_pb2.Endpoint, network_message: netdriver_pb2.Network | None
+    ) -> EndpointSpec:
+        self._require_started()
+        network_id = message.network_id or (network_message.network_id if network_message else "")
+        names.check_id("endpoint_id", message.endpoint_id)
+        names.check_id("network_id", network_id)
+        async with self.lock:
+            network = self.store.networks.get(network_id)
+            if network is None:
+                if network_message is None:
+                    raise errors.FailedPrecondition(
+                        f"connect endpoint {message.endpoint_id!r}: network {network_id!r} is "
+                        "not on this host and the request does not describe it",
+                        reason="NETWORK_NOT_ON_HOST", network_id=network_id,
+                    )
+                network = model.network_from_proto(network_message, tuple(self.drivers))
+                if network.network_id != network_id:
+                    raise errors.InvalidArgument(
+                        f"endpoint names network {network_id!r} but the request describes "
+                        f"{network.network_id!r}", reason="NETWORK_MISMATCH",
+                    )
+                self._check_new_network(network)
+            endpoint = model.endpoint_from_proto(message, network, self.netns_dir)
+            if _same_file(endpoint.netns_path, self.netlink.host_ns or "/proc/self/ns/net"):
+                raise errors.InvalidArgument(
+                    f"connect endpoint {endpoint.endpoint_id!r}: sandbox {endpoint.sandbox!r} "
+                    "is the host's own network namespace", reason="SANDBOX_IS_HOST",
+                )
+            existing = await self._existing_endpoint(endpoint.endpoint_id)
+            if existing is not None:
+                if existing.matches(endpoint):
+                    return existing
+                raise errors.AlreadyExists(
+                    f"endpoint {endpoint.endpoint_id!r} exists with other parameters",
+                    reason="ENDPOINT_EXISTS", endpoint_id=endpoint.endpoint_id,
+                )
+            driver = self.driver(network.driver)
+            async with contextlib.AsyncExitStack() as stack:
+                if network.network_id not in self.store.networks:
+                    await self._ensure_network(network, stack)
+                self.faults.check("network")
+                endpoint = await driver.create_endpoint(network, endpoint, stack)
+                await self.store.put_endpoint(endpoint)
+                stack.push_async_callback(self.store.delete_endpoint, endpoint.endpoint_id)
+                self.faults.check("record")
+                stack.pop_all()
+            return endpoint
+
+    async def _existing_endpoint(self, endpoint_id: str) -> EndpointSpec | None:
+        """The endpoint's record if its veth is really there; drops a record whose veth is gone."""
+        record = self.store.endpoints.get(endpoint_id)
+        if record is None:
+            return None
+        link = await self.netlink.get_link(record.host_interface)
+        if link is not None and names.parse_alias(link.alias) == (
+            "ep", endpoint_id, record.network_id,
+        ):
+            return record
+        await self.firewall.remove_ports(endpoint_id)
+        await self.store.delete_endpoint(endpoint_id)
+        return None
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        self._require_started()
+        names.check_id("endpoint_id", endpoint_id)
+        async with self.lock:
+            await self._delete_endpoint(endpoint_id)
+
+    async def _delete_endpoint(self, endpoint_id: str) -> None:
+        record = self.store.endpoints.get(endpoint_id)
+        network = self.store.networks.get(record.network_id) if record else None
+        driver = self.driver(network.driver if network else "bridge")
+        await driver.delete_endpoint(endpoint_id)
+        await self._forget_endpoint(endpoint_id)
+
+    async def _forget_endpoint(self, endpoint_id: str) -> None:
+        record = self.store.endpoints.get(endpoint_id)
+        await self.store.delete_endpoint(endpoint_id)
+        if record and not any(
+            e.netns_path == record.netns_path for e in self.store.endpoints.values()
+        ):
+            self.netlink.forget_namespace(record.netns_path)
+
+    # Sandboxes ---------------------------------------------------------------------------
+
+    async def create_sandbox(self, name: str) -> str:
+        self._require_started()
+        names.check_id("name", name)
+        path = netns.path_of(name)
+        async with self.lock:
+            if name in self.store.sandboxes and os.path.exists(path):
+                return path
+            if os.path.exists(path):
+                raise errors.AlreadyExists(
+                    f"create sandbox {name!r}: namespace {path} exists and was not created by cnm",
+                    reason="SANDBOX_EXISTS", name=name,
+                )
+            await netns.create(name)
+            try:
+                await self.netlink.set_up("lo", path)
+                await self.store.add_sandbox(name)
+            except BaseException:
+                self.netlink.forget_namespace(path)
+                await netns.delete(name)
+                raise
+            return path
+
+    async def delete_sandbox(self, name: str) -> None:
+        self._require_started()
+        names.check_id("name", name)
+        path = netns.path_of(name)
+        async with self.lock:
+            if name not in self.store.sandboxes:
+                if os.path.exists(path):
+                    raise errors.FailedPrecondition(
+                        f"delete sandbox {name!r}: namespace {path} was not created by cnm",
+                        reason="SANDBOX_NOT_OWNED", name=name,
+                    )
+                return
+            for endpoint in [e for e in self.store.endpoints.values() if e.netns_path == path]:
+                await self._delete_endpoint(endpoint.endpoint_id)
+            self.netlink.forget_namespace(path)
+            await netns.delete(name)
+            await self.store.remove_sandbox(name)
+
+    def list_sandboxes(self) -> list[tuple[str, str]]:
+        return sorted(
+            (name, netns.path_of(name))
+            for name in self.store.sandboxes
+            if os.path.exists(netns.path_of(name))
+        )
+
+    # State -----------------------------------------------------------------------------
+
+    async def get_state(self) -> netdriver_pb2.GetStateResponse:
+        self._require_started()
+        links = await self.netlink.list_links(addresses=True)
+        ports: dict[str, list[PortRule]] = {}
+        for rule in await self.firewall.list_ports():
+            ports.setdefault(rule.endpoint_id, []).append(rule)
+        response = netdriver_pb2.GetStateResponse(
+            firewall_elements=await self.firewall.element_count()
+        )
+        for link in links:
+            owner = names.parse_alias(link.alias)
+            if owner is None:
+                continue
+            kind, object_id, network_id = owner
+            if kind == "net":
+                spec = self.store.networks.get(object_id) or _network_of_bridge(object_id, link)
+                response.networks.append(spec.to_proto())
+                continue
+            record = self.store.endpoints.get(object_id)
+            endpoint = (
+                record.to_proto()
+                if record
+                else netdriver_pb2.Endpoint(endpoint_id=object_id, network_id=network_id)
+            )
+            endpoint.host_interface = link.name
+            del endpoint.port_mappings[:]
+            for rule in sorted(ports.get(object_id, []), key=lambda r: (r.protocol, r.host_port)):
+                endpoint.port_mappings.append(
+                    model.PortSpec(rule.protocol, rule.host_ip, rule.host_port,
+                                   rule.container_port).to_proto()
+                )
+            response.endpoints.append(endpoint)
+        for name, path in self.list_sandboxes():
+            response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path))
+        return response
+
+    async def resync(self) -> list[str]:
+        """Drops records of what the kernel no longer has; makes the firewall match the rest."""
+        self._require_started()
+        return await self._resync()
+
+    async def _resync(self) -> list[str]:
+        async with self.lock:
+            repaired: list[str] = []
+            owned = {
+                names.parse_alias(link.alias)[:2]
+                for link in await self.netlink.list_links()
+                if names.parse_alias(link.alias)
+            }
+            for endpoint_id in list(self.store.endpoints):
+                if ("ep", endpoint_id) not in owned:
+                    await self._forget_endpoint(endpoint_id)
+                    repaired.append(f"dropped endpoint {endpoint_id}: its veth is gone")
+            networks = [
+                network_rules(spec)
+                for spec in self.store.networks.values()
+                if ("net", spec.network_id) in owned
+            ]
+            ports = [rule for e in self.store.endpoints.values() for rule in port_rules(e)]
+            repaired.extend(await self.firewall.sync(networks, ports))
+            return repaired
+
+
+def _same_file(first: str, second: str) -> bool:
+    one, other = os.stat(first), os.stat(second)
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _network_of_bridge(network_id: str, link: Link) -> NetworkSpec:
+    address = link.addresses[0] if link.addresses else ""
+    interface = ipaddress.IPv4Interface(address) if address else None
+    return NetworkSpec(
+        network_id=network_id, bridge=link.name, mtu=link.mtu,
+        subnet=str(interface.network) if interface else "",
+        gateway=str(interface.ip) if interface else "",
+    )

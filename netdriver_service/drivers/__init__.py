@@ -1,0 +1,50 @@
+"""Network drivers, behind one Protocol and chosen by name from :data:`DRIVERS`.
+
+A driver turns a validated :class:`~netdriver_service.model.NetworkSpec` or
+:class:`~netdriver_service.model.EndpointSpec` into kernel state through the
+netlink layer and the firewall backend. Setup pushes the inverse of each
+completed step on the caller's ``AsyncExitStack`` (the caller pops them all
+on success); teardown is best-effort and idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Protocol
+
+from netdriver_service.drivers.bridge import BridgeDriver
+from netdriver_service.faults import Faults
+from netdriver_service.firewall import Firewall
+from netdriver_service.model import EndpointSpec, NetworkSpec
+from netdriver_service.netlink import Netlink
+
+
+class Driver(Protocol):
+    name: str
+
+    async def network_present(self, network: NetworkSpec) -> bool:
+        """Whether the network's kernel objects exist on this host, owned by cnm."""
+
+    async def create_network(
+        self, network: NetworkSpec, stack: contextlib.AsyncExitStack
+    ) -> None:
+        """Creates (or completes) the network on this host."""
+
+    async def delete_network(self, network: NetworkSpec) -> list[str]:
+        """Deletes the network with every endpoint on it; returns the endpoint ids removed."""
+
+    async def create_endpoint(
+        self, network: NetworkSpec, endpoint: EndpointSpec, stack: contextlib.AsyncExitStack
+    ) -> EndpointSpec:
+        """Connects the endpoint; returns it with the chosen interface name filled in."""
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        """Disconnects the endpoint: its veth and every rule it owns."""
+
+
+DRIVERS: dict[str, Callable[..., Driver]] = {"bridge": BridgeDriver}
+
+
+def make_driver(name: str, netlink: Netlink, firewall: Firewall, faults: Faults) -> Driver:
+    return DRIVERS[name](netlink=netlink, firewall=firewall, faults=faults)

@@ -1,0 +1,266 @@
+"""The ``bridge`` driver: one Linux bridge per network, a veth pair per endpoint.
+
+The bridge holds the gateway address; each endpoint's host-side veth is a
+port of it (hairpin on, so a container reaches its own published ports),
+and its peer is created directly inside the container's namespace. NAT,
+isolation and published ports are the firewall backend's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from cnm import errors
+from netdriver_service import names
+from netdriver_service.faults import Faults
+from netdriver_service.firewall import Firewall, NetworkRules, PortRule
+from netdriver_service.model import EndpointSpec, NetworkSpec
+from netdriver_service.netlink import Link, LinkExists, Netlink
+from netdriver_service.teardown import Teardown
+
+
+def network_rules(network: NetworkSpec) -> NetworkRules:
+    return NetworkRules(
+        network_id=network.network_id, bridge=network.bridge, subnet=network.subnet,
+        gateway=network.gateway, internal=network.internal, enable_icc=network.enable_icc,
+        allowed_networks=network.allowed_networks,
+    )
+
+
+def port_rules(endpoint: EndpointSpec) -> list[PortRule]:
+    return [
+        PortRule(
+            endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
+            protocol=port.protocol, host_ip=port.host_ip, host_port=port.host_port,
+            container_ip=endpoint.address, container_port=port.container_port,
+        )
+        for port in endpoint.ports
+    ]
+
+
+class BridgeDriver:
+    name = "bridge"
+
+    def __init__(self, *, netlink: Netlink, firewall: Firewall, faults: Faults) -> None:
+        self.netlink = netlink
+        self.firewall = firewall
+        self.faults = faults
+
+    # Networks -------------------------------------------------------------------
+
+    async def _owned_bridge(self, network: NetworkSpec) -> Link | None:
+        """The network's bridge if it exists; refuses a link of that name cnm does not own."""
+        link = await self.netlink.get_link(network.bridge)
+        if link is None:
+            return None
+        owner = names.parse_alias(link.alias)
+        if owner == ("net", network.network_id, ""):
+            return link
+        holder = (
+            f"network {owner[1]!r}" if owner and owner[0] == "net" else "a link cnm does not own"
+        )
+        raise errors.AlreadyExists(
+            f"network {network.network_id!r}: bridge name {network.bridge!r} is taken by {holder}",
+            reason="BRIDGE_NAME_TAKEN", bridge=network.bridge,
+        )
+
+    async def network_present(self, network: NetworkSpec) -> bool:
+        link = await self._owned_bridge(network)
+        return link is not None and link.up
+
+    async def create_network(
+        self, network: NetworkSpec, stack: contextlib.AsyncExitStack
+    ) -> None:
+        what = f"create network {network.network_id!r}"
+        bridge = await self._owned_bridge(network)
+        if bridge is None:
+            await _in_context(
+                f"{what}: create bridge {network.bridge!r}",
+                self.netlink.create_bridge(
+                    network.bridge, mtu=network.mtu, alias=names.network_alias(network.network_id),
+                    mac=names.mac_from_address(network.gateway),
+                ),
+            )
+            stack.push_async_callback(self.netlink.delete_link, network.bridge)
+        elif not bridge.up:
+            await self.netlink.set_up(network.bridge)
+        self.faults.check("bridge")
+        await _in_context(
+            f"{what}: add gateway {network.gateway}",
+            self.netlink.add_address(network.bridge, f"{network.gateway}/{network.prefixlen}"),
+        )
+        await self.netlink.set_sysctl("net", "ipv4", "ip_forward", value="1")
+        if not network.internal:
+            # Lets a published port answer on 127.0.0.1: the DNATed packet
+            # keeps its loopback source until masqueraded on the way out.
+            await self.netlink.set_sysctl(
+                "net", "ipv4", "conf", network.bridge, "route_localnet", value="1"
+            )
+        self.faults.check("gateway")
+        await _in_context(
+            f"{what}: install firewall rules", self.firewall.add_network(network_rules(network))
+        )
+        stack.push_async_callback(self.firewall.remove_network, network.network_id)
+        self.faults.check("network_rules")
+
+    async def delete_network(self, network: NetworkSpec) -> list[str]:
+        teardown = Teardown(f"delete network {network.network_id!r}")
+        removed: list[str] = []
+        bridge = await self.netlink.get_link(network.bridge)
+        owned = bridge is not None and names.parse_alias(bridge.alias) == (
+            "net", network.network_id, "",
+        )
+        if owned:
+            for link in await self.netlink.list_links():
+                owner = names.parse_alias(link.alias)
+                if owner and owner[0] == "ep" and owner[2] == network.network_id:
+                    await teardown.step(
+                        f"delete endpoint {owner[1]!r}",
+                        lambda endpoint_id=owner[1]: self.delete_endpoint(endpoint_id),
+                    )
+                    removed.append(owner[1])
+        await teardown.step(
+            "remove firewall rules", lambda: self.firewall.remove_network(network.network_id)
+        )
+        if bridge is not None and not owned:
+            teardown.failures.append(
+                errors.FailedPrecondition(
+                    f"bridge {network.bridge!r} is not marked as cnm's; left in place"
+                )
+            )
+        elif owned:
+            await teardown.step(
+                f"delete bridge {network.bridge!r}",
+                lambda: self.netlink.delete_link(network.bridge),
+            )
+        teardown.raise_failures()
+        return removed
+
+    # Endpoints ------------------------------------------------------------------
+
+    async def create_endpoint(
+        self, network: NetworkSpec, endpoint: EndpointSpec, stack: contextlib.AsyncExitStack
+    ) -> EndpointSpec:
+        what = f"connect endpoint {endpoint.endpoint_id!r}"
+        ns = endpoint.netns_path
+        host = endpoint.host_interface
+        bridge = await self._owned_bridge(network)
+        if bridge is None or not bridge.up:
+            # Known to the agent but gone from the kernel (deleted by hand, or a
+            # reboot): make it again, as part of this connect.
+            await self.create_network(network, stack)
+            bridge = await self._owned_bridge(network)
+            if bridge is None:
+                raise errors.Internal(f"{what}: bridge {network.bridge!r} vanished")
+        existing = await self.netlink.get_link(host)
+        if existing is not None:
+            owner = names.parse_alias(existing.alias)
+            if owner is None or owner[:2] != ("ep", endpoint.endpoint_id):
+                raise errors.AlreadyExists(
+                    f"{what}: host interface name {host!r} is taken by a link it does not own",
+                    reason="INTERFACE_NAME_TAKEN", interface=host,
+                )
+            # A leftover of this endpoint whose record is gone: start afresh.
+            await self.netlink.delete_link(host)
+        peer = await self._container_interface(endpoint, what)
+        endpoint = _with_interface(endpoint, peer)
+        try:
+            await self.netlink.create_veth(
+                host, mtu=network.mtu, master=bridge.index, peer_name=peer, peer_ns=ns,
+                peer_mac=endpoint.mac,
+            )
+        except LinkExists as error:
+            raise errors.AlreadyExists(
+                f"{what}: create veth {host!r}: interface {peer!r} appeared in the sandbox "
+                f"or {host!r} on the host", reason="INTERFACE_NAME_TAKEN",
+            ) from error
+        except errors.CnmError as error:
+            raise type(error)(f"{what}: {error.message}", reason=error.reason) from error
+        stack.push_async_callback(self.netlink.delete_link, host)
+        self.faults.check("veth")
+        await _in_context(
+            f"{what}: set up bridge port {host!r}",
+            self.netlink.set_bridge_port(
+                host, alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
+                hairpin=True,
+            ),
+        )
+        self.faults.check("port")
+        peer_link = await self.netlink.get_link(peer, ns)
+        if peer_link is None:
+            raise errors.Internal(f"{what}: {peer!r} vanished from the sandbox")
+        await _in_context(f"{what}: set lo up", self.netlink.set_up("lo", ns))
+        await _in_context(
+            f"{what}: configure {peer!r}",
+            self.netlink.disable_ipv6_link_local(peer_link.index, ns),
+        )
+        await _in_context(
+            f"{what}: add address {endpoint.address} to {peer!r}",
+            self.netlink.add_address(
+                peer_link.index, f"{endpoint.address}/{network.prefixlen}", ns
+            ),
+        )
+        await _in_context(f"{what}: set {peer!r} up", self.netlink.set_up(peer_link.index, ns))
+        self.faults.check("address")
+        if endpoint.default_route:
+            await _in_context(
+                f"{what}: add default route via {network.gateway}",
+                self.netlink.add_default_route(network.gateway, peer_link.index, ns),
+            )
+        self.faults.check("route")
+        if endpoint.ports:
+            await _in_context(
+                f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))
+            )
+            stack.push_async_callback(self.firewall.remove_ports, endpoint.endpoint_id)
+        self.faults.check("ports")
+        return endpoint
+
+    async def _container_interface(self, endpoint: EndpointSpec, what: str) -> str:
+        ns = endpoint.netns_path
+        if endpoint.container_interface:
+            if await self.netlink.get_link(endpoint.container_interface, ns) is not None:
+                raise errors.AlreadyExists(
+                    f"{what}: the sandbox already has an interface "
+                    f"{endpoint.container_interface!r}", reason="INTERFACE_NAME_TAKEN",
+                    interface=endpoint.container_interface,
+                )
+            return endpoint.container_interface
+        taken = {link.name for link in await self.netlink.list_links(ns)}
+        number = 0
+        while f"eth{number}" in taken:
+            number += 1
+        return f"eth{number}"
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        host = names.host_veth_name(endpoint_id)
+        link = await self.netlink.get_link(host)
+        if link is not None:
+            owner = names.parse_alias(link.alias)
+            if owner is None or owner[:2] != ("ep", endpoint_id):
+                raise errors.FailedPrecondition(
+                    f"disconnect endpoint {endpoint_id!r}: link {host!r} is not marked as "
+                    "this endpoint's; left in place", reason="LINK_NOT_OWNED", interface=host,
+                )
+        teardown = Teardown(f"disconnect endpoint {endpoint_id!r}")
+        await teardown.step(
+            "remove published ports", lambda: self.firewall.remove_ports(endpoint_id)
+        )
+        if link is not None:
+            await teardown.step(
+                f"delete veth {host!r}", lambda: self.netlink.delete_link(host)
+            )
+        teardown.raise_failures()
+
+
+def _with_interface(endpoint: EndpointSpec, interface: str) -> EndpointSpec:
+    return replace(endpoint, container_interface=interface)
+
+
+async def _in_context(what: str, action) -> None:
+    """Awaits ``action``; a cnm error it raises is re-raised with ``what`` in front."""
+    try:
+        await action
+    except errors.CnmError as error:
+        raise type(error)(f"{what}: {error.message}", reason=error.reason) from error

@@ -1,0 +1,107 @@
+"""Named network namespaces (sandboxes), with ``ip netns`` semantics.
+
+A sandbox NAME is a network namespace bind-mounted on /var/run/netns/NAME,
+so ``ip netns exec NAME`` and every runtime see it. It is made by a
+short-lived thread that unshares its network namespace, bind-mounts it and
+exits; the agent's other threads never change namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import threading
+
+from cnm import errors
+
+NETNS_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def path_of(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def _mount(source: str, target: str, flags: int) -> int:
+    if _libc.mount(source.encode(), target.encode(), b"none", flags, None) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def _ensure_shared_dir() -> None:
+    """Makes /var/run/netns a shared mount point, as ``ip netns add`` does.
+
+    Shared, so that a namespace mounted here by the agent is seen by every
+    mount namespace that shares the directory.
+    """
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    code = _mount("none", NETNS_DIR, MS_SHARED | MS_REC)
+    if code == errno.EINVAL:  # not a mount point yet: bind it on itself first
+        code = _mount(NETNS_DIR, NETNS_DIR, MS_BIND | MS_REC) or _mount(
+            "none", NETNS_DIR, MS_SHARED | MS_REC
+        )
+    if code:
+        raise OSError(code, f"make {NETNS_DIR} a shared mount: {os.strerror(code)}")
+
+
+def _create(path: str) -> None:
+    _ensure_shared_dir()
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    outcome: dict = {}
+
+    def run() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            outcome["error"] = OSError(code, f"unshare: {os.strerror(code)}")
+            return
+        code = _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, MS_BIND)
+        if code:
+            outcome["error"] = OSError(code, f"bind-mount {path}: {os.strerror(code)}")
+
+    thread = threading.Thread(target=run, name="cnm-netns-create", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        os.unlink(path)
+        raise outcome["error"]
+
+
+def _delete(path: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code != errno.EINVAL:  # EINVAL: not mounted (a leftover file)
+            raise OSError(code, f"unmount {path}: {os.strerror(code)}")
+    os.unlink(path)
+    return True
+
+
+async def create(name: str) -> str:
+    """Creates sandbox ``name``; returns its path."""
+    path = path_of(name)
+    try:
+        await asyncio.to_thread(_create, path)
+    except FileExistsError as error:
+        raise errors.AlreadyExists(
+            f"create sandbox {name!r}: {path} exists", reason="SANDBOX_EXISTS", name=name
+        ) from error
+    except OSError as error:
+        raise errors.Internal(f"create sandbox {name!r}: {error}") from error
+    return path
+
+
+async def delete(name: str) -> bool:
+    """Deletes sandbox ``name``; False (quietly) when it was not there."""
+    try:
+        return await asyncio.to_thread(_delete, path_of(name))
+    except OSError as error:
+        raise errors.Internal(f"delete sandbox {name!r}: {error}") from error

@@ -1,0 +1,180 @@
+"""Test harness of the host agent: the agent process in a host namespace, a
+small topology around it, and traffic probes."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import grpc
+
+from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2 as pb
+from cnm.netdriver.v1 import netdriver_pb2_grpc
+from tests import support
+
+TRAFFIC = str(Path(__file__).with_name("traffic.py"))
+
+
+class AgentProcess:
+    """``python -m netdriver_service`` inside ``host`` (network namespace only), on a unix socket.
+
+    ``nsenter --net`` rather than ``ip netns exec``: the agent must stay in the
+    machine's mount namespace so that the sandboxes it mounts are seen by all.
+    """
+
+    def __init__(self, host: support.Netns, state_dir: Path, *, firewall: str = "nftables",
+                 fault: str = "", host_id: str = "h1") -> None:
+        self.host = host
+        self.state_dir = state_dir
+        self.socket_path = f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock"
+        self.address = f"unix:{self.socket_path}"
+        self.log_path = state_dir.parent / f"agent-{uuid.uuid4().hex[:6]}.log"
+        self.process = support.Process(
+            ["nsenter", f"--net={host.path}", support.PYTHON, "-m", "netdriver_service",
+             "--listen", self.address, "--host-id", host_id, "--state-dir", str(state_dir),
+             "--firewall", firewall, "--fault", fault],
+            log_path=self.log_path,
+        )
+        try:
+            support.wait_serving(self.address, timeout=20)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("agent did not become ready:\n" + self.process.log_tail())
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = netdriver_pb2_grpc.NetDriverServiceStub(self.channel)
+
+    def call(self, method: str, request, timeout: float = 30):
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise errors.from_rpc_error(error) from None
+
+    def stop(self) -> None:
+        if getattr(self, "channel", None):
+            self.channel.close()
+        self.process.stop()
+        Path(self.socket_path).unlink(missing_ok=True)
+
+
+def network(network_id: str, subnet: str, **fields) -> pb.Network:
+    """A Network message; the gateway defaults to the subnet's first host."""
+    fields.setdefault("gateway", str(next(ipaddress.IPv4Network(subnet).hosts())))
+    return pb.Network(network_id=network_id, subnet=subnet, **fields)
+
+
+def tcp(host_port: int, container_port: int, host_ip: str = "") -> pb.PortMapping:
+    return pb.PortMapping(protocol=pb.PROTOCOL_TCP, host_port=host_port,
+                          container_port=container_port, host_ip=host_ip)
+
+
+def udp(host_port: int, container_port: int) -> pb.PortMapping:
+    return pb.PortMapping(protocol=pb.PROTOCOL_UDP, host_port=host_port,
+                          container_port=container_port)
+
+
+class Server:
+    """An echo server (answers with the peer address it saw) inside a namespace."""
+
+    def __init__(self, ns_name: str, port: int, protocol: str = "tcp", log_dir: Path | None = None):
+        self.process = support.Process(
+            ["ip", "netns", "exec", ns_name, support.PYTHON, "-u", TRAFFIC, "serve", protocol,
+             str(port)],
+            log_path=(log_dir / f"server-{ns_name}-{port}.log") if log_dir else None,
+        )
+        self.log_path = self.process.log_path
+        if self.log_path:
+            support.wait_for(
+                lambda: self.log_path.exists() and "ready" in self.log_path.read_text(),
+                10, 0.02, f"server {ns_name}:{port}",
+            )
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def ask(ns_name: str, host: str, port: int, protocol: str = "tcp", timeout: float = 2.0) -> str | None:
+    """The source address the server at host:port saw, asked from ``ns_name``; None if no answer."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", ns_name, support.PYTHON, TRAFFIC, "ask", protocol, host,
+         str(port), str(timeout)],
+        capture_output=True, text=True, timeout=timeout + 15, check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def links(ns_name: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", ns_name, "-j", "-d", "link", "show"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def link_summary(ns_name: str) -> list[tuple]:
+    """The stable facts of every link: no carrier, STP or timing state that settles by itself."""
+    return sorted(
+        (link["ifname"], link.get("ifalias", ""), link.get("master", ""), link["mtu"],
+         link.get("address", ""), "UP" in link["flags"],
+         link.get("linkinfo", {}).get("info_kind", ""),
+         link.get("linkinfo", {}).get("info_slave_data", {}).get("hairpin"))
+        for link in links(ns_name)
+    )
+
+
+def link_names(ns_name: str) -> set[str]:
+    return {link["ifname"] for link in links(ns_name)}
+
+
+def addresses(ns_name: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", ns_name, "-j", "addr", "show"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def routes(ns_name: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", ns_name, "-j", "route", "show"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def ruleset(ns_name: str) -> str:
+    """The namespace's whole nftables ruleset, as text without handles."""
+    return subprocess.run(["ip", "netns", "exec", ns_name, "nft", "list", "ruleset"],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def assert_unchanged(before: tuple, after: tuple, label: str) -> None:
+    """Asserts two snapshots are equal; the message is a diff of the parts that differ."""
+    if before == after:
+        return
+    parts = []
+    for index, (old, new) in enumerate(zip(before, after, strict=True)):
+        if old != new:
+            old_lines = old.splitlines() if isinstance(old, str) else [repr(x) for x in old]
+            new_lines = new.splitlines() if isinstance(new, str) else [repr(x) for x in new]
+            diff = difflib.unified_diff(old_lines, new_lines, lineterm="", n=1)
+            parts.append(f"part {index}:\n" + "\n".join(diff))
+    raise AssertionError(f"{label}: state changed\n" + "\n".join(parts))
+
+
+def namespace_names() -> list[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], check=True, capture_output=True,
+                         text=True).stdout
+    return [entry["name"] for entry in json.loads(out or "[]")]
+
+
+def delete_namespace(name: str) -> None:
+    subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+def connect_namespaces(a: support.Netns, a_if: str, a_cidr: str,
+                       b: support.Netns, b_if: str, b_cidr: str) -> None:
+    """A veth between two test namespaces, addressed and up."""
+    subprocess.run(["ip", "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name",
+                    b_if, "netns", b.name], check=True)
+    for ns, name, cidr in ((a, a_if, a_cidr), (b, b_if, b_cidr)):
+        subprocess.run(["ip", "-n", ns.name, "addr", "add", cidr, "dev", name], check=True)
+        subprocess.run(["ip", "-n", ns.name, "link", "set", name, "up"], check=True)

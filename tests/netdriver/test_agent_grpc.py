@@ -1,0 +1,330 @@
+"""The agent process (``python -m netdriver_service``) with real nftables, proven with real traffic.
+
+Topology, every part a namespace the tests make:
+
+    internet (10.99.0.2) --- up0 10.99.0.1  HOST (agent)  cl0 10.98.0.1 --- client (10.98.0.2)
+                                            |  bridges per network
+                                 containers (sandboxes made by the agent, or given by path)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2 as pb
+from netdriver_service.faults import CONNECT_STEPS
+from tests import support
+from tests.netdriver import harness
+from tests.netdriver.harness import ask
+
+pytestmark = pytest.mark.root
+
+HOST_UP, INTERNET, HOST_CLIENT_SIDE, CLIENT = "10.99.0.1", "10.99.0.2", "10.98.0.1", "10.98.0.2"
+
+
+class Topology:
+    def __init__(self, workdir):
+        self.namespaces: list[support.Netns] = []
+        self.host = self.make("cnmt-h")
+        self.internet = self.make("cnmt-i")
+        self.client = self.make("cnmt-k")
+        harness.connect_namespaces(self.host, "up0", f"{HOST_UP}/24",
+                                   self.internet, "eth0", f"{INTERNET}/24")
+        harness.connect_namespaces(self.host, "cl0", f"{HOST_CLIENT_SIDE}/24",
+                                   self.client, "eth0", f"{CLIENT}/24")
+        self.host.run("ip", "route", "add", "default", "via", INTERNET)
+        self.client.run("ip", "route", "add", "default", "via", HOST_CLIENT_SIDE)
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.agent = harness.AgentProcess(self.host, self.state_dir)
+        self.sandboxes: list[str] = []
+        self.servers: list[harness.Server] = []
+
+    def make(self, prefix: str) -> support.Netns:
+        namespace = support.Netns(prefix)
+        self.namespaces.append(namespace)
+        return namespace
+
+    def sandbox(self) -> str:
+        name = f"cnmt-sb-{uuid.uuid4().hex[:8]}"
+        self.agent.call("CreateSandbox", pb.CreateSandboxRequest(name=name))
+        self.sandboxes.append(name)
+        return name
+
+    def serve(self, ns_name: str, port: int, protocol: str = "tcp") -> None:
+        self.servers.append(harness.Server(ns_name, port, protocol, self.workdir))
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.agent.stop()
+        for name in self.sandboxes:
+            harness.delete_namespace(name)
+        for namespace in reversed(self.namespaces):
+            namespace.close()
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory):
+    made = Topology(tmp_path_factory.mktemp("netdriver"))
+    yield made
+    made.close()
+
+
+def connect(topo, endpoint_id, network, sandbox, address, **fields):
+    return topo.agent.call("CreateEndpoint", pb.CreateEndpointRequest(
+        endpoint=pb.Endpoint(endpoint_id=endpoint_id, network_id=network.network_id,
+                             sandbox=sandbox, address=address, default_route=True, **fields),
+        network=network,
+    )).endpoint
+
+
+def test_health_reflection_and_host_info(topo):
+    info = topo.agent.call("GetHostInfo", pb.GetHostInfoRequest())
+    assert (info.host_id, info.firewall, list(info.drivers)) == ("h1", "nftables", ["bridge"])
+    assert info.underlay_ip == HOST_UP  # the default-route interface's address
+    grpcurl = shutil.which("grpcurl") or str(support.REPO / ".venv/bin/grpcurl")
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", "-unix", topo.agent.socket_path, "list"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert "cnm.netdriver.v1.NetDriverService" in listed and "grpc.health.v1.Health" in listed
+
+
+def test_traffic(topo):
+    baseline = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
+    net_a = harness.network("ta", "10.88.0.0/24")
+    net_b = harness.network("tb", "10.89.0.0/24")
+    internal = harness.network("tc", "10.90.0.0/24", internal=True)
+    no_icc = harness.network("td", "10.91.0.0/24",
+                             options={"com.docker.network.bridge.enable_icc": "false"})
+    c1, c2, c4, c5, c6 = (topo.sandbox() for _ in range(5))
+    c3 = topo.make("cnmt-c")  # a namespace the agent did not make, given by /proc/PID/ns/net
+    holder = support.Process(c3.exec_args("sleep", "600"))
+    in_c3 = os.stat(c3.path).st_ino
+    support.wait_for(lambda: os.stat(f"/proc/{holder.pid}/ns/net").st_ino == in_c3, 10, 0.01,
+                     "the holder process to enter its namespace")
+    try:
+        connect(topo, "t1", net_a, c1, "10.88.0.10",
+                port_mappings=[harness.tcp(8080, 80), harness.udp(5353, 53)])
+        connect(topo, "t2", net_a, c2, "10.88.0.11")
+        connect(topo, "t3", net_b, f"/proc/{holder.pid}/ns/net", "10.89.0.10")
+        connect(topo, "t4", internal, c4, "10.90.0.10")
+        connect(topo, "t5", no_icc, c5, "10.91.0.10")
+        connect(topo, "t6", no_icc, c6, "10.91.0.11")
+        for ns in (c1, c2, c3.name, c4, c5, topo.internet.name):
+            topo.serve(ns, 80)
+        topo.serve(c1, 53, "udp")
+
+        assert ask(c2, "10.88.0.10", 80) == "10.88.0.11", "same network"
+        assert ask(c3.name, "10.88.0.10", 80, timeout=1) is None, "other network"
+        assert ask(c1, "10.89.0.10", 80, timeout=1) is None, "other network, other way"
+        assert ask(c1, INTERNET, 80) == HOST_UP, "masquerade to the internet"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 8080) is not None, "published, client"
+        assert ask(topo.client.name, HOST_UP, 8080) is not None, "published, other address"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 5353, "udp") is not None, "udp published"
+        assert ask(topo.host.name, HOST_UP, 8080) is not None, "published, from the host"
+        assert ask(topo.host.name, "127.0.0.1", 8080) is not None, "published, on loopback"
+        assert ask(c1, HOST_UP, 8080) is not None, "hairpin to its own port"
+        assert ask(c2, HOST_UP, 8080) is not None, "hairpin to a neighbour's port"
+        assert ask(c4, INTERNET, 80, timeout=1) is None, "internal reaches no internet"
+        assert ask(c4, "10.88.0.10", 80, timeout=1) is None, "internal reaches no network"
+        assert ask(c4, HOST_UP, 8080, timeout=1) is None, "internal reaches no published port"
+        assert ask(c6, "10.91.0.10", 80, timeout=1) is None, "icc off: no neighbour"
+        assert ask(c6, INTERNET, 80) == HOST_UP, "icc off: still reaches out"
+
+        state = topo.agent.call("GetState", pb.GetStateRequest())
+        by_id = {e.endpoint_id: e for e in state.endpoints}
+        assert {"t1", "t2", "t3", "t4"} <= set(by_id)
+        assert sorted(p.host_port for p in by_id["t1"].port_mappings) == [5353, 8080]
+        assert {"cnm-ta", "cnm-tb", "cnm-tc"} <= {n.bridge_name for n in state.networks}
+    finally:
+        for endpoint_id in ("t1", "t2", "t3", "t4", "t5", "t6"):
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        holder.stop()
+    after = topo.agent.call("GetState", pb.GetStateRequest())
+    assert not [e for e in after.endpoints if e.endpoint_id.startswith("t")]
+    assert not [name for name in harness.link_names(topo.host.name) if name.startswith("cv")]
+    assert "8080" not in harness.ruleset(topo.host.name)
+    assert ask(topo.client.name, HOST_CLIENT_SIDE, 8080, timeout=1) is None
+    with_networks = after.firewall_elements
+    for network_id in ("ta", "tb", "tc", "td"):
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id=network_id))
+    final = topo.agent.call("GetState", pb.GetStateRequest())
+    assert not [n for n in final.networks if n.network_id in ("ta", "tb", "tc", "td")]
+    assert final.firewall_elements < with_networks
+    harness.assert_unchanged(
+        baseline, (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)),
+        "after every endpoint and network is deleted",
+    )
+
+
+def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
+    net = harness.network("bad", "10.87.0.0/24")
+    sandbox = topo.sandbox()
+    good = connect(topo, "b1", net, sandbox, "10.87.0.10", port_mappings=[harness.tcp(9090, 80)])
+    topo.host.run("ip", "link", "add", "foreign0", "type", "bridge")
+    regular_file = topo.workdir / "not-a-namespace"
+    regular_file.write_text("")
+    before = (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
+              harness.link_summary(sandbox))
+
+    def endpoint(**fields):
+        base = {"endpoint_id": "b2", "network_id": "bad", "sandbox": sandbox,
+                "address": "10.87.0.11"}
+        return pb.CreateEndpointRequest(endpoint=pb.Endpoint(**{**base, **fields}))
+
+    cases = {
+        "missing namespace": (endpoint(sandbox="/var/run/netns/cnmt-nope"),
+                              errors.InvalidArgument),
+        "not a namespace": (endpoint(sandbox=str(regular_file)), errors.InvalidArgument),
+        "not a network namespace": (endpoint(sandbox="/proc/self/ns/uts"),
+                                    errors.InvalidArgument),
+        "the host's own namespace": (endpoint(sandbox=f"/var/run/netns/{topo.host.name}"),
+                                     errors.InvalidArgument),
+        "invalid interface name": (endpoint(container_interface="eth0; rm"),
+                                   errors.InvalidArgument),
+        "taken interface name": (endpoint(container_interface="eth0"), errors.AlreadyExists),
+        "address outside": (endpoint(address="10.86.0.5"), errors.InvalidArgument),
+        "same id, other params": (endpoint(endpoint_id="b1", address="10.87.0.12"),
+                                  errors.AlreadyExists),
+        "port 0": (endpoint(port_mappings=[harness.tcp(0, 80)]), errors.InvalidArgument),
+        "port > 65535": (endpoint(port_mappings=[harness.tcp(65536, 80)]),
+                         errors.InvalidArgument),
+        "unknown protocol": (endpoint(port_mappings=[pb.PortMapping(
+            protocol=42, host_port=1, container_port=1)]), errors.InvalidArgument),
+        "port already published": (endpoint(port_mappings=[harness.tcp(9090, 80)]),
+                                   errors.AlreadyExists),
+        "network not here, not described": (endpoint(network_id="elsewhere"),
+                                            errors.FailedPrecondition),
+        "ports on internal network": (pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="b2", network_id="bint", sandbox=sandbox,
+                                 address="10.86.0.5", port_mappings=[harness.tcp(1, 1)]),
+            network=harness.network("bint", "10.86.0.0/24", internal=True)),
+            errors.FailedPrecondition),
+        "bridge name over 15": (pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="b2", network_id="blong", sandbox=sandbox,
+                                 address="10.86.0.5"),
+            network=harness.network("blong", "10.86.0.0/24", bridge_name="x" * 16)),
+            errors.InvalidArgument),
+        "bridge name taken by a foreign link": (pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="b2", network_id="bforeign", sandbox=sandbox,
+                                 address="10.86.0.5"),
+            network=harness.network("bforeign", "10.86.0.0/24", bridge_name="foreign0")),
+            errors.AlreadyExists),
+    }
+    try:
+        for label, (request, code) in cases.items():
+            with pytest.raises(code) as caught:
+                topo.agent.call("CreateEndpoint", request)
+            assert caught.value.message and caught.value.reason, label
+            after = (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
+                     harness.link_summary(sandbox))
+            assert after == before, label
+        with pytest.raises(errors.InvalidArgument):
+            topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name="../etc"))
+        with pytest.raises(errors.InvalidArgument):
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=""))
+    finally:
+        topo.host.run("ip", "link", "del", "foreign0")
+        topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=good.endpoint_id))
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="bad"))
+
+
+def test_idempotent_repeats_change_nothing(topo):
+    net = harness.network("idem", "10.85.0.0/24")
+    sandbox = topo.sandbox()
+    request = pb.CreateEndpointRequest(
+        endpoint=pb.Endpoint(endpoint_id="i1", network_id="idem", sandbox=sandbox,
+                             address="10.85.0.10", port_mappings=[harness.tcp(9191, 80)]),
+        network=net,
+    )
+    first = topo.agent.call("CreateEndpoint", request)
+    snapshot = (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
+                harness.link_summary(sandbox))
+    assert topo.agent.call("CreateEndpoint", request) == first
+    topo.agent.call("CreateNetwork", pb.CreateNetworkRequest(network=net))
+    assert topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox))
+    assert snapshot == (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
+                        harness.link_summary(sandbox))
+    for _ in range(2):
+        topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="i1"))
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="idem"))
+        topo.agent.call("DeleteSandbox", pb.DeleteSandboxRequest(name=sandbox))
+    assert "cnm-idem" not in harness.link_names(topo.host.name)
+    assert sandbox not in [s.name for s in topo.agent.call(
+        "ListSandboxes", pb.ListSandboxesRequest()).sandboxes]
+    assert "9191" not in harness.ruleset(topo.host.name)
+
+
+def test_sandboxes_list_only_the_agents_own(topo):
+    mine = topo.sandbox()
+    listed = [s.name for s in topo.agent.call("ListSandboxes", pb.ListSandboxesRequest()).sandboxes]
+    assert mine in listed
+    assert topo.client.name not in listed
+    with pytest.raises(errors.FailedPrecondition):
+        topo.agent.call("DeleteSandbox", pb.DeleteSandboxRequest(name=topo.client.name))
+    with pytest.raises(errors.AlreadyExists):
+        topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name=topo.client.name))
+    topo.agent.call("DeleteSandbox", pb.DeleteSandboxRequest(name=mine))
+    assert not (support.Path("/var/run/netns") / mine).exists()
+
+
+def test_restart_rebuilds_from_the_kernel_and_resync_restores_a_flushed_ruleset(topo):
+    net = harness.network("rs", "10.84.0.0/24")
+    sandbox = topo.sandbox()
+    connect(topo, "r1", net, sandbox, "10.84.0.10", port_mappings=[harness.tcp(9292, 80)])
+    topo.serve(sandbox, 80)
+    try:
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9292) is not None
+        state = topo.agent.call("GetState", pb.GetStateRequest())
+        topo.agent.process.kill9()
+        topo.agent.stop()
+        topo.agent = harness.AgentProcess(topo.host, topo.state_dir)
+        assert topo.agent.call("GetState", pb.GetStateRequest()) == state
+        topo.host.run("nft", "flush", "ruleset")
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9292, timeout=1) is None
+        repaired = topo.agent.call("Resync", pb.ResyncRequest()).repaired
+        assert repaired
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9292) is not None
+        assert topo.agent.call("GetState", pb.GetStateRequest()) == state
+        assert topo.agent.call("Resync", pb.ResyncRequest()).repaired == []
+    finally:
+        topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="r1"))
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="rs"))
+
+
+def test_a_failed_connect_leaves_nothing_at_any_step(netns, tmp_path):
+    host = netns("cnmt-h")
+    container = netns("cnmt-c")
+    state_dir = tmp_path / "state"
+
+    def snapshot():
+        files = sorted(str(p.relative_to(state_dir)) for p in state_dir.rglob("*"))
+        return (harness.link_summary(host.name), harness.link_summary(container.name),
+                harness.addresses(container.name), harness.routes(container.name),
+                harness.ruleset(host.name), files)
+
+    clean = harness.AgentProcess(host, state_dir)
+    clean.stop()  # makes the base table, so that every snapshot starts from it
+    before = snapshot()
+    request = pb.CreateEndpointRequest(
+        endpoint=pb.Endpoint(endpoint_id="f1", network_id="fn", sandbox=container.path,
+                             address="10.83.0.10", default_route=True,
+                             port_mappings=[harness.tcp(9393, 80)]),
+        network=harness.network("fn", "10.83.0.0/24"),
+    )
+    for step in CONNECT_STEPS:
+        agent = harness.AgentProcess(host, state_dir, fault=f"after:{step}")
+        try:
+            with pytest.raises(errors.Internal, match=f"after step '{step}'"):
+                agent.call("CreateEndpoint", request)
+            harness.assert_unchanged(before, snapshot(), f"fault after {step}")
+        finally:
+            agent.stop()
