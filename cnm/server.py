@@ -150,8 +150,8 @@ async def start(
     running = Server(server=server, port=port, health=health_servicer, service_names=names)
     await running.set_serving(False)
     await server.start()
-    host = listen.rsplit(":", 1)[0]
-    logger.info("listening", extra={"address": f"{host}:{port}"})
+    bound = listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
+    logger.info("listening", extra={"address": bound})
 
     async def watch_readiness() -> None:
         serving = None
