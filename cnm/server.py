@@ -49,6 +49,8 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         logger = self.logger
+        # Probes call Health/Check every few seconds; their lines would drown the rest.
+        level = logging.DEBUG if method.startswith("/grpc.health.") else logging.INFO
 
         async def unary_unary(request, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
@@ -78,7 +80,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                 if failure is not None:
                     fields["error"] = failure.message
                     fields["reason"] = failure.reason
-                logger.info("request", extra=fields)
+                logger.log(level, "request", extra=fields)
             await context.abort_with_status(errors.to_grpc_status(failure))
 
         return grpc.unary_unary_rpc_method_handler(

@@ -17,8 +17,8 @@ import argparse
 import asyncio
 
 from cnm import config, logs, server
+from cnm.redis_client import connect
 from ipam_service.service import serve
-from ipam_service.store import connect
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

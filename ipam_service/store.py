@@ -10,15 +10,8 @@ Keys, hash-tagged so that a pool's keys share one Cluster slot::
     cnm:ipam:{<pool-id>}:meta | :addresses | :owners | :holders | :bitmap
     cnm:ipam:{pools}:index        HASH pool id -> "family first_hex last_hex fingerprint"
 
-Redis URLs (``--redis-url`` / ``CNM_REDIS_URL``):
-
-- ``redis://[:password@]host:port/db`` and ``rediss://...`` (TLS)
-- ``unix:///path/to/redis.sock?db=0``
-- ``redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]``
-  (``rediss+sentinel://`` for TLS): the master is found through the sentinels
-  and followed across failovers.
-- ``redis+cluster://[:password@]host:port[,host:port...]`` (``rediss+cluster://``):
-  Redis Cluster; the nodes listed are only the starting points.
+Redis URLs: every form :mod:`cnm.redis_client` accepts (plain, TLS, unix,
+Sentinel, Cluster).
 
 Needs Redis 7.0 or later (BITPOS and BITCOUNT with BIT ranges).
 """
@@ -29,98 +22,24 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.cluster import RedisCluster
 
 from cnm import errors
+from cnm.redis_client import UNREACHABLE, connect, redact
 from ipam_service import lua
 from ipam_service.pools import Address, PoolSpec
 
 INDEX_KEY = "cnm:ipam:{pools}:index"
-MAX_CONNECTIONS = 1024
-
-# Errors that mean "Redis cannot answer now"; they become UNAVAILABLE.
-_UNREACHABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-)
-
 
 def pool_keys(pool_id: str) -> list[str]:
     """meta, addresses, owners, holders, bitmap: the order every per-pool script expects."""
     prefix = f"cnm:ipam:{{{pool_id}}}"
     return [f"{prefix}:{part}" for part in ("meta", "addresses", "owners", "holders", "bitmap")]
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def _host_ports(netloc: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
-    return hosts
-
-
-def connect(url: str, timeout: float = 2.0) -> aioredis.Redis | RedisCluster:
-    """A client for any of the URL forms in the module docstring (no I/O yet).
-
-    Timeouts are short and retries few so that a dead Redis turns into
-    UNAVAILABLE within a few seconds instead of hanging the caller.
-    """
-    parts = urllib.parse.urlsplit(url)
-    common = {
-        "decode_responses": True,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-    }
-    scheme = parts.scheme
-    if scheme in ("redis", "rediss", "unix"):
-        # Connections grow with concurrent requests; past the bound a request
-        # fails fast (UNAVAILABLE) instead of queueing behind the others.
-        pool = aioredis.ConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, **common)
-        return aioredis.Redis.from_pool(pool)
-    auth = {"username": parts.username or None, "password": parts.password or None}
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        path = [part for part in parts.path.split("/") if part]
-        if not path:
-            raise ValueError(
-                f"sentinel URL {redact(url)!r} names no master: want .../master_name/db"
-            )
-        db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(
-            _host_ports(parts.netloc),
-            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-            **common,
-        )
-        return sentinel.master_for(path[0], db=db, ssl=scheme.startswith("rediss"), **auth)
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        nodes = [ClusterNode(host, port) for host, port in _host_ports(parts.netloc)]
-        return RedisCluster(startup_nodes=nodes, ssl=scheme.startswith("rediss"), **auth, **common)
-    raise ValueError(
-        f"unsupported Redis URL scheme {scheme!r}: want redis, rediss, unix, "
-        "redis+sentinel or redis+cluster"
-    )
 
 
 @dataclass(frozen=True)
@@ -191,7 +110,7 @@ class RedisStore:
     def _redis(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             raise errors.Unavailable(
                 f"{doing}: redis at {self.where} is unavailable: {error}",
                 reason="REDIS_UNAVAILABLE",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import redis.exceptions
-
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from cnm.redis_client import UNREACHABLE
 from orchestrator.flows import Orchestrator
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -23,7 +22,7 @@ def redis_unavailable_is_unavailable(cls):
         async def guarded(self, request, context):
             try:
                 return await method(self, request, context)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            except UNREACHABLE as error:
                 raise errors.Unavailable(f"redis: {error}", reason="STORE_UNAVAILABLE") from error
 
         return guarded

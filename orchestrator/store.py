@@ -40,7 +40,7 @@ from typing import Self
 
 import redis.asyncio as redis
 
-from cnm import errors
+from cnm import errors, redis_client
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 
 PREFIX = "{cnm-orch}:"
@@ -228,7 +228,7 @@ class Store:
 
     @classmethod
     def connect(cls, url: str, lease_seconds: float = 10.0) -> Store:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        client = redis_client.connect(url, timeout=5, decode_responses=False)
         return cls(client, uuid.uuid4().hex[:12], lease_seconds)
 
     async def close(self) -> None:

@@ -316,7 +316,7 @@ async def test_url_forms_pick_the_right_client():
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.sentinel import SentinelConnectionPool
 
-    from ipam_service.store import connect
+    from cnm.redis_client import connect
 
     unix = connect("unix:///tmp/redis.sock?db=2")
     assert unix.connection_pool.connection_kwargs["path"] == "/tmp/redis.sock"
