@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,83 +40,10 @@ os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 import grpc
 
+from bench.common import CniChain, Namespaces, enter_namespace, summary, verdict
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from tests import support
-
-CNI_PATH = "/usr/lib/cni"
-CLONE_NEWNET = 0x40000000
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> str:
-    return (f"p50 {statistics.median(values):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
-            f"mean {statistics.fmean(values):7.2f} ms  (n={len(values)})")
-
-
-def verdict(ok: bool) -> str:
-    return "OK" if ok else "MISSED"
-
-
-class Namespaces:
-    """Container namespaces, made in batches with one ``ip -batch``, removed at the end."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def make(self, count: int) -> list[str]:
-        names = [f"cnme-{uuid.uuid4().hex[:10]}" for _ in range(count)]
-        self.names += names
-        subprocess.run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names),
-                       text=True, check=True)
-        return names
-
-    def remove_all(self) -> None:
-        if self.names:
-            subprocess.run(["ip", "-force", "-batch", "-"], text=True, check=False,
-                           input="".join(f"netns delete {n}\n" for n in self.names),
-                           capture_output=True)
-        self.names.clear()
-
-
-class CniChain:
-    """bridge + host-local + portmap, exec'd one plugin at a time like a runtime."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.plugins = [
-            {"type": "bridge", "bridge": "cni-e2e0", "isGateway": True, "ipMasq": True,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.78.0.0/16"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ]
-
-    def add(self, container_id: str, netns: str, port: int) -> None:
-        result = None
-        for plugin in self.plugins:
-            config = {"cniVersion": "1.0.0", "name": "e2ebench", **plugin}
-            if result is not None:
-                config["prevResult"] = result
-            if plugin["type"] == "portmap":
-                config["runtimeConfig"] = {
-                    "portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
-            env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-                   "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH, "PATH": os.environ["PATH"]}
-            done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config),
-                                  env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"CNI {plugin['type']} ADD: {done.stdout} {done.stderr}")
-            result = json.loads(done.stdout)
-
-
-def enter_namespace(fd: int) -> None:
-    """Moves the calling thread (and threads it creates later) into the namespace on ``fd``."""
-    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
 
 
 class System:
@@ -206,7 +130,7 @@ def main() -> None:
         sys.exit("needs root (network namespaces)")
     root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     workdir = Path(tempfile.mkdtemp(prefix="cnm-e2e-bench-"))
-    containers = Namespaces()
+    containers = Namespaces("cnme")
     system = System(workdir)
     cni_host = support.Netns("cnme-cni")
     try:
@@ -230,7 +154,8 @@ def main() -> None:
 
         # --- CNI, from inside its host namespace --------------------------------------------
         cni_sandboxes = containers.make(args.iterations + args.throughput_jobs + 1)
-        cni = CniChain(workdir / "host-local")
+        cni = CniChain(workdir / "host-local", name="e2ebench", bridge="cni-e2e0",
+                       subnet="10.78.0.0/16")
         host_fd = os.open(cni_host.path, os.O_RDONLY)
         enter_namespace(host_fd)
         os.close(host_fd)

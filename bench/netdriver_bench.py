@@ -27,107 +27,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import functools
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
+from bench.common import CniChain, Namespaces, enter_namespace, summary
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from netdriver_service.netlink import Netlink
 from tests import support
 from tests.netdriver import harness
-
-CNI_PATH = "/usr/lib/cni"
-CLONE_NEWNET = 0x40000000
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> str:
-    return (f"p50 {statistics.median(values):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
-            f"mean {statistics.fmean(values):7.2f} ms  (n={len(values)})")
-
-
-class Namespaces:
-    """Container namespaces made with ``ip netns add``, removed at the end."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def make(self) -> str:
-        name = f"cnmb-{uuid.uuid4().hex[:10]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.names.append(name)
-        return name
-
-    def remove_all(self) -> None:
-        for name in self.names:
-            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
-        self.names.clear()
-
-
-class CniChain:
-    """bridge + host-local + portmap, exec'd one plugin at a time like a runtime."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.plugins = [
-            {"type": "bridge", "bridge": "cni-bench0", "isGateway": True, "ipMasq": True,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/16"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ]
-        self.results: dict[str, dict] = {}
-
-    def _exec(self, plugin: dict, command: str, container_id: str, netns: str,
-              prev: dict | None, port: int) -> dict | None:
-        config = {"cniVersion": "1.0.0", "name": "benchnet", **plugin}
-        if prev is not None:
-            config["prevResult"] = prev
-        if plugin["type"] == "portmap":
-            config["runtimeConfig"] = {
-                "portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
-            }
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH,
-               "PATH": os.environ["PATH"]}
-        done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config),
-                              env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"CNI {plugin['type']} {command}: {done.stdout} {done.stderr}")
-        return json.loads(done.stdout) if done.stdout.strip() else None
-
-    def add(self, container_id: str, netns: str, port: int) -> None:
-        result = None
-        for plugin in self.plugins:
-            result = self._exec(plugin, "ADD", container_id, netns, result, port)
-        self.results[container_id] = result
-
-    def delete(self, container_id: str, netns: str, port: int) -> None:
-        result = self.results.pop(container_id)
-        for plugin in reversed(self.plugins):
-            self._exec(plugin, "DEL", container_id, netns, result, port)
-
-
-def enter_namespace(fd: int) -> None:
-    """Moves the calling thread into the network namespace open on ``fd``."""
-    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
 
 
 def timed(action) -> float:
@@ -164,17 +81,18 @@ def main() -> None:
     root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     host = support.Netns("cnmb-host")
     workdir = Path(tempfile.mkdtemp(prefix="cnm-bench-"))
-    containers = Namespaces()
+    containers = Namespaces("cnmb")
     agent = harness.AgentProcess(host, workdir / "state")
     network = harness.network("bench", "10.66.0.0/16")
-    cni = CniChain(workdir / "host-local")
+    cni = CniChain(workdir / "host-local", name="benchnet", bridge="cni-bench0",
+                   subnet="10.77.0.0/16")
     try:
-        agent_connect(agent, "warm", containers.make(), address_of(0), 1000, network)
+        agent_connect(agent, "warm", containers.make_one(), address_of(0), 1000, network)
         agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="warm"))
 
         print(f"# connect/disconnect with one port mapping, {args.iterations} each, "
               "one new namespace per endpoint")
-        sandboxes = [containers.make() for _ in range(args.iterations * 2)]
+        sandboxes = [containers.make_one() for _ in range(args.iterations * 2)]
         host_ns = os.open(host.path, os.O_RDONLY)
         enter_namespace(host_ns)
         os.close(host_ns)
@@ -220,7 +138,7 @@ def fill(agent, network, containers: Namespaces, present: int) -> None:
     """Connects endpoints (one namespace each) until the agent's host has ``present``."""
     existing = len(agent.call("GetState", pb.GetStateRequest()).endpoints)
     for number in range(existing, present):
-        agent_connect(agent, f"s{number}", containers.make(), address_of(2000 + number),
+        agent_connect(agent, f"s{number}", containers.make_one(), address_of(2000 + number),
                       10000 + number, network)
 
 
@@ -244,7 +162,7 @@ def measure_rounds(hosts: list, network, containers: Namespaces,
             for index, (agent, present) in enumerate(hosts):
                 endpoint_id = f"m{present}-{round_number}-{offset}"
                 timings[index].append(timed(functools.partial(
-                    agent_connect, agent, endpoint_id, containers.make(),
+                    agent_connect, agent, endpoint_id, containers.make_one(),
                     address_of(6000 + present + offset), 40000 + offset, network)))
                 made[index].append(endpoint_id)
         for (agent, _), endpoint_ids in zip(hosts, made, strict=True):
@@ -311,7 +229,7 @@ async def kernel_reference(containers: Namespaces, present: int,
 
         async def add() -> float:
             name = f"kr{len(live)}"
-            netns = f"/var/run/netns/{containers.make()}"
+            netns = f"/var/run/netns/{containers.make_one()}"
             started = time.perf_counter()
             await netlink.create_veth(name, mtu=1500, master=bridge.index, peer_name="eth0",
                                       peer_ns=netns, peer_mac="02:00:00:00:00:01")

@@ -1,0 +1,107 @@
+"""Pieces every bench shares: statistics lines, namespaces, the CNI peer chain."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import uuid
+from pathlib import Path
+
+CNI_PATH = "/usr/lib/cni"
+CLONE_NEWNET = 0x40000000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values):7.2f} ms  p90 {percentile(values, 0.9):7.2f} ms  "
+            f"mean {statistics.fmean(values):7.2f} ms  (n={len(values)})")
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def enter_namespace(fd: int) -> None:
+    """Moves the calling thread (and threads it creates later) into the namespace on ``fd``."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+class Namespaces:
+    """Container namespaces, made in batches with one ``ip -batch``, removed at the end."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.names: list[str] = []
+
+    def make(self, count: int) -> list[str]:
+        names = [f"{self.prefix}-{uuid.uuid4().hex[:10]}" for _ in range(count)]
+        self.names += names
+        subprocess.run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names),
+                       text=True, check=True)
+        return names
+
+    def make_one(self) -> str:
+        return self.make(1)[0]
+
+    def remove_all(self) -> None:
+        if self.names:
+            subprocess.run(["ip", "-force", "-batch", "-"], text=True, check=False,
+                           input="".join(f"netns delete {n}\n" for n in self.names),
+                           capture_output=True)
+        self.names.clear()
+
+
+class CniChain:
+    """bridge + host-local + portmap, exec'd one plugin at a time like a runtime.
+
+    ADD is bridge ADD then portmap ADD; DEL is portmap DEL then bridge DEL,
+    each given the ADD's result as a runtime would.
+    """
+
+    def __init__(self, data_dir: Path, *, name: str, bridge: str, subnet: str) -> None:
+        self.name = name
+        self.plugins = [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ]
+        self.results: dict[str, dict] = {}
+
+    def _exec(self, plugin: dict, command: str, container_id: str, netns: str,
+              prev: dict | None, port: int) -> dict | None:
+        config = {"cniVersion": "1.0.0", "name": self.name, **plugin}
+        if prev is not None:
+            config["prevResult"] = prev
+        if plugin["type"] == "portmap":
+            config["runtimeConfig"] = {
+                "portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+            }
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH,
+               "PATH": os.environ["PATH"]}
+        done = subprocess.run([f"{CNI_PATH}/{plugin['type']}"], input=json.dumps(config),
+                              env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"CNI {plugin['type']} {command}: {done.stdout} {done.stderr}")
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    def add(self, container_id: str, netns: str, port: int) -> None:
+        result = None
+        for plugin in self.plugins:
+            result = self._exec(plugin, "ADD", container_id, netns, result, port)
+        self.results[container_id] = result
+
+    def delete(self, container_id: str, netns: str, port: int) -> None:
+        result = self.results.pop(container_id)
+        for plugin in reversed(self.plugins):
+            self._exec(plugin, "DEL", container_id, netns, result, port)
