@@ -53,24 +53,29 @@ def time_calls(call, count: int) -> list[float]:
 
 async def publish_costs(firewall: NftablesFirewall, runner: LibNftables, existing: int,
                         samples: int) -> tuple[list[float], list[float], list[float]]:
-    """(add_ports, raw batch, remove_ports) times for one mapping with ``existing`` published."""
+    """(add_ports, raw batch, remove_ports by key, remove_ports by scan) times for one mapping
+    with ``existing`` published."""
     await firewall.sync([NETWORK], [port(i) for i in range(existing)])
-    added, raw, removed = [], [], []
+    added, raw, removed, scanned = [], [], [], []
     for k in range(samples):
         extra = port(existing + k)
         started = time.perf_counter()
         await firewall.add_ports([extra])
         added.append(time.perf_counter() - started)
         started = time.perf_counter()
-        await firewall.remove_ports(extra.endpoint_id)
+        await firewall.remove_ports(extra.endpoint_id, [extra])
         removed.append(time.perf_counter() - started)
+        await firewall.add_ports([extra])
+        started = time.perf_counter()
+        await firewall.remove_ports(extra.endpoint_id)
+        scanned.append(time.perf_counter() - started)
         batch = ruleset.publish_batch([extra])
         started = time.perf_counter()
         runner.run(batch)
         raw.append(time.perf_counter() - started)
         runner.run([ruleset.element_command("delete", name, [element])
                     for name, element in ruleset.port_elements(extra)])
-    return added, raw, removed
+    return added, raw, removed, scanned
 
 
 async def inside(samples: int, sizes: list[int]) -> None:
@@ -85,12 +90,13 @@ async def inside(samples: int, sizes: list[int]) -> None:
     results = {}
     for existing in sizes:
         results[existing] = await publish_costs(firewall, runner, existing, samples)
-        added, raw, removed = results[existing]
+        added, raw, removed, scanned = results[existing]
         count = await firewall.element_count()
         print(f"\nwith {existing} ports published ({count} rules + elements in table ip cnm):")
         print(f"  add_ports, one mapping (async)    {micros(added)}")
         print(f"  its batch alone (libnftables)     {micros(raw)}")
-        print(f"  remove_ports (reads the maps)     {micros(removed)}")
+        print(f"  remove_ports, ports known (keys)  {micros(removed)}")
+        print(f"  remove_ports, by scan of the maps {micros(scanned)}")
     first = sizes[0]
     for existing in sizes[1:]:
         ratio = statistics.median(results[existing][0]) / statistics.median(results[first][0])

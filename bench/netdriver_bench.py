@@ -232,7 +232,8 @@ async def kernel_reference(containers: Namespaces, present: int,
             netns = f"/var/run/netns/{containers.make_one()}"
             started = time.perf_counter()
             await netlink.create_veth(name, mtu=1500, master=bridge.index, peer_name="eth0",
-                                      peer_ns=netns, peer_mac="02:00:00:00:00:01")
+                                      peer_ns=netns, peer_mac="02:00:00:00:00:01",
+                                      alias="bench")
             await netlink.set_bridge_port(name, alias="bench", hairpin=True)
             await netlink.disable_ipv6_link_local("eth0", netns)
             await netlink.set_up("eth0", netns)

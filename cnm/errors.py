@@ -126,3 +126,13 @@ def from_rpc_error(error: grpc.RpcError) -> CnmError:
     if cls is CnmError:
         converted.code = code
     return converted
+
+
+def with_context(error: CnmError, what: str) -> CnmError:
+    """``error`` with ``what`` in front of its message: same class, reason and metadata.
+
+    Raise the result ``from error`` so the cause stays chained.
+    """
+    converted = type(error)(f"{what}: {error.message}", reason=error.reason, **error.metadata)
+    converted.code = error.code
+    return converted

@@ -17,7 +17,9 @@ that a dead Redis turns into UNAVAILABLE within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
+from collections.abc import Iterator
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -25,6 +27,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+
+from cnm import errors
 
 MAX_CONNECTIONS = 1024
 
@@ -36,6 +40,20 @@ UNREACHABLE = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
 )
+
+
+@contextlib.contextmanager
+def unavailable(doing: str, where: str = "") -> Iterator[None]:
+    """Redis being unreachable, inside, becomes UNAVAILABLE saying what was being done.
+
+    The one place where every service maps Redis failures (reason REDIS_UNAVAILABLE).
+    """
+    try:
+        yield
+    except UNREACHABLE as error:
+        at = f" at {where}" if where else ""
+        raise errors.Unavailable(f"{doing}: redis{at} is unavailable: {error}",
+                                 reason="REDIS_UNAVAILABLE") from error
 
 
 def redact(url: str) -> str:

@@ -113,6 +113,8 @@ class Server:
         await self.set_serving(False)
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         await self.server.stop(grace)
 
 
@@ -146,6 +148,7 @@ async def start(
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as error:
+        await server.stop(None)
         raise errors.Unavailable(
             f"cannot listen on {listen}: address in use or not valid", listen=listen
         ) from error

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from cnm import config, logs, server
+from cnm import config, errors, logs, server
 from cnm.redis_client import connect
 from ipam_service.service import serve
 
@@ -40,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace) -> None:
     logger = logs.setup("ipam", args.log_level)
-    ipam = await serve(args.listen, args.redis_url, logger)
+    try:
+        ipam = await serve(args.listen, args.redis_url, logger)
+    except errors.CnmError as error:
+        logger.error("cannot start", extra={"error": error.message})
+        raise SystemExit(1) from None
     try:
         await server.run_until_signalled(ipam.running, logger)
     finally:

@@ -303,14 +303,39 @@ for i = 1, #all, 2 do
   end
 end
 redis.call('HSET', KEYS[1], id, entry)
+if KEYS[2] then redis.call('HSET', KEYS[2], id, redis.call('TIME')[1]) end
 return {'reserved'}
 """
 )
 
-# KEYS: index. ARGV: pool id, entry ('' = whatever it is). Removes the entry if it matches.
+# KEYS: index[, index times]. ARGV: pool id, entry ('' = whatever it is).
+# Removes the entry (and when it was made) if it matches.
 INDEX_RELEASE = """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if not existing then return 0 end
+if not existing then
+  if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+  return 0
+end
 if ARGV[2] ~= '' and existing ~= ARGV[2] then return 0 end
+if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+# KEYS: index, index times. ARGV: pool id, entry, minimum age in seconds.
+# For an entry whose pool keys the caller found missing (a create or delete
+# cut short): removes it once older than the minimum age, which no create in
+# flight lasts. An entry with no time (made before times were kept) gets one.
+INDEX_COLLECT = """
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if not existing or existing ~= ARGV[2] then return 0 end
+local now = tonumber(redis.call('TIME')[1])
+local since = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '')
+if not since then
+  redis.call('HSET', KEYS[2], ARGV[1], now)
+  return 0
+end
+if now - since < tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 """

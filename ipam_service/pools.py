@@ -23,7 +23,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cnm import errors
+from cnm import errors, subnets
+from cnm.subnets import (  # noqa: F401 - part of this module's interface
+    MAX_RANGE_ADDRESSES,
+    Address,
+    Network,
+    parse_address,
+    parse_network,
+    unusable_addresses,
+)
 
 GATEWAY_OWNER = "cnm:gateway"
 RESERVED_OWNER = "cnm:reserved"
@@ -34,11 +42,6 @@ MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 1024
 # Lua 5.1 unpacks at most ~8000 values; a batch goes to HMGET in one unpack.
 MAX_BATCH = 4096
-# A bitmap of 2**24 bits is 2 MiB in Redis: the largest dynamic range we index.
-MAX_RANGE_ADDRESSES = 2**24
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _POOL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -87,44 +90,6 @@ def check_owners(owners: Iterable[str]) -> list[str]:
             )
         seen.add(owner)
     return owners
-
-
-def parse_address(text: str, what: str) -> Address:
-    try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise errors.InvalidArgument(
-            f"{what} {text!r} is not an IP address", reason="INVALID_ADDRESS", address=text
-        ) from None
-
-
-def parse_network(text: str, what: str) -> Network:
-    if not text or "/" not in text:
-        raise errors.InvalidArgument(
-            f"{what} {text!r} is not in CIDR notation (want e.g. 10.1.0.0/24)",
-            reason="INVALID_CIDR",
-            value=text,
-        )
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as error:
-        if "host bits set" in str(error):
-            network = ipaddress.ip_network(text.strip(), strict=False)
-            raise errors.InvalidArgument(
-                f"{what} {text!r} has host bits set (did you mean {network}?)",
-                reason="HOST_BITS_SET",
-                value=text,
-            ) from None
-        raise errors.InvalidArgument(
-            f"{what} {text!r} is not a valid CIDR: {error}", reason="INVALID_CIDR", value=text
-        ) from None
-
-
-def unusable_addresses(network: Network) -> tuple[Address, ...]:
-    """Addresses of ``network`` nobody may hold."""
-    if network.version == 4:
-        return (network.network_address, network.broadcast_address)
-    return (network.network_address,)
 
 
 def lua_range_start(network: Network) -> str:
@@ -295,64 +260,7 @@ def build_pool(
 ) -> PoolSpec:
     """Validates a create request and returns the pool it describes, gateway resolved."""
     check_pool_id(pool_id)
-    network = parse_network(subnet, "subnet")
-    longest = network.max_prefixlen - 2
-    if network.prefixlen > longest:
-        raise errors.InvalidArgument(
-            f"subnet {network} is too small: a /{network.prefixlen} cannot hold a gateway and "
-            f"an endpoint address besides {' and '.join(map(str, unusable_addresses(network)))} "
-            f"(use /{longest} or larger)",
-            reason="SUBNET_TOO_SMALL",
-            subnet=subnet,
-        )
-    if network.version == 6 and network.prefixlen < 64:
-        raise errors.InvalidArgument(
-            f"subnet {network} is too large: IPv6 pools take a /64 or longer subnet",
-            reason="SUBNET_TOO_LARGE",
-            subnet=subnet,
-        )
-
-    def inside(address_text: str, what: str) -> Address:
-        address = parse_address(address_text, what)
-        if address.version != network.version or address not in network:
-            raise errors.InvalidArgument(
-                f"{what} {address} is outside subnet {network}",
-                reason="ADDRESS_OUTSIDE_SUBNET",
-                address=address,
-                subnet=network,
-            )
-        if address in unusable_addresses(network):
-            kind = "network" if address == network.network_address else "broadcast"
-            raise errors.InvalidArgument(
-                f"{what} {address} is the {kind} address of {network}",
-                reason="INVALID_ADDRESS",
-                address=address,
-            )
-        return address
-
-    gateway_address = inside(gateway, "gateway") if gateway else network.network_address + 1
-
-    range_network = None
-    if ip_range:
-        range_network = parse_network(ip_range, "ip range")
-        if range_network.version != network.version or not range_network.subnet_of(network):
-            raise errors.InvalidArgument(
-                f"ip range {range_network} is outside subnet {network}",
-                reason="RANGE_OUTSIDE_SUBNET",
-                ip_range=ip_range,
-                subnet=network,
-            )
-        if range_network == network:
-            range_network = None
-
-    reserved_addresses = sorted({inside(text, "reserved address") for text in reserved})
-    if gateway_address in reserved_addresses:
-        raise errors.InvalidArgument(
-            f"reserved address {gateway_address} is the gateway",
-            reason="INVALID_ADDRESS",
-            address=gateway_address,
-        )
-
+    checked = subnets.check(subnet, gateway, ip_range, reserved)
     label_map = dict(labels or {})
     for key, value in label_map.items():
         if not 0 < len(key) <= MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
@@ -363,25 +271,11 @@ def build_pool(
                 key=key[:40],
             )
 
-    spec = PoolSpec(
+    return PoolSpec(
         pool_id=pool_id,
-        subnet=network,
-        gateway=gateway_address,
-        ip_range=range_network,
-        reserved=tuple(reserved_addresses),
+        subnet=checked.network,
+        gateway=checked.gateway,
+        ip_range=checked.ip_range,
+        reserved=checked.reserved,
         labels=label_map,
     )
-    if spec.range_size > MAX_RANGE_ADDRESSES:
-        raise errors.InvalidArgument(
-            f"dynamic range {spec.dynamic_range} holds {spec.range_size} addresses; the limit "
-            f"is {MAX_RANGE_ADDRESSES} (an IPv4 /8, an IPv6 /104): give a smaller subnet or "
-            "an ip range",
-            reason="RANGE_TOO_LARGE",
-        )
-    if spec.dynamic_capacity() < 1:
-        raise errors.InvalidArgument(
-            f"ip range {spec.dynamic_range} has no address left for endpoints once the "
-            "unusable, gateway and reserved addresses are taken out",
-            reason="RANGE_EMPTY",
-        )
-    return spec

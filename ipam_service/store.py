@@ -9,6 +9,7 @@ Keys, hash-tagged so that a pool's keys share one Cluster slot::
 
     cnm:ipam:{<pool-id>}:meta | :addresses | :owners | :holders | :bitmap
     cnm:ipam:{pools}:index        HASH pool id -> "family first_hex last_hex fingerprint"
+    cnm:ipam:{pools}:index-times  HASH pool id -> when its index entry was made (unix s)
 
 Redis URLs: every form :mod:`cnm.redis_client` accepts (plain, TLS, unix,
 Sentinel, Cluster).
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -30,11 +30,18 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from cnm import errors
-from cnm.redis_client import UNREACHABLE, connect, redact
+from cnm.redis_client import connect, redact, unavailable
 from ipam_service import lua
 from ipam_service.pools import Address, PoolSpec
 
 INDEX_KEY = "cnm:ipam:{pools}:index"
+INDEX_TIMES_KEY = "cnm:ipam:{pools}:index-times"
+INDEX_KEYS = [INDEX_KEY, INDEX_TIMES_KEY]
+# An index entry without pool keys older than this was left by a create or
+# delete cut short (each takes milliseconds); list_pools removes it.
+STALE_INDEX_SECONDS = 60
+LIST_CONCURRENCY = 64
+
 
 def pool_keys(pool_id: str) -> list[str]:
     """meta, addresses, owners, holders, bitmap: the order every per-pool script expects."""
@@ -91,6 +98,7 @@ class RedisStore:
         register = client.register_script
         self._index_reserve = register(lua.INDEX_RESERVE)
         self._index_release = register(lua.INDEX_RELEASE)
+        self._index_collect = register(lua.INDEX_COLLECT)
         self._create = register(lua.CREATE_POOL)
         self._get = register(lua.GET_POOL)
         self._delete = register(lua.DELETE_POOL)
@@ -106,15 +114,8 @@ class RedisStore:
     async def close(self) -> None:
         await self.client.aclose()
 
-    @contextlib.contextmanager
-    def _redis(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except UNREACHABLE as error:
-            raise errors.Unavailable(
-                f"{doing}: redis at {self.where} is unavailable: {error}",
-                reason="REDIS_UNAVAILABLE",
-            ) from error
+    def _redis(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return unavailable(doing, self.where)
 
     async def ping(self) -> bool:
         with self._redis("ping"):
@@ -127,7 +128,7 @@ class RedisStore:
         family, first, last, fingerprint = entry.split()
         with self._redis(doing):
             reply = await self._index_reserve(
-                keys=[INDEX_KEY], args=[spec.pool_id, family, first, last, fingerprint]
+                keys=INDEX_KEYS, args=[spec.pool_id, family, first, last, fingerprint]
             )
         if reply[0] == "overlap":
             other_id, other_entry = reply[1], reply[2]
@@ -181,7 +182,7 @@ class RedisStore:
         with contextlib.suppress(redis.exceptions.RedisError):
             meta_key = pool_keys(spec.pool_id)[0]
             if await self.client.hget(meta_key, "fingerprint") != spec.fingerprint():
-                await self._index_release(keys=[INDEX_KEY], args=[spec.pool_id, entry])
+                await self._index_release(keys=INDEX_KEYS, args=[spec.pool_id, entry])
 
     async def get_pool(self, pool_id: str) -> StoredPool:
         meta_key, addresses_key, _, _, bitmap_key = pool_keys(pool_id)
@@ -194,16 +195,35 @@ class RedisStore:
         spec = PoolSpec.from_meta(meta)
         return StoredPool(spec, meta["create_time"], Usage(spec.usable_size, allocated, free))
 
+    async def get_spec(self, pool_id: str) -> PoolSpec:
+        """The pool's parameters alone: no bitmap count (up to 2 MiB) as in get_pool."""
+        with self._redis(f"get pool {pool_id!r}"):
+            meta = await self.client.hgetall(pool_keys(pool_id)[0])
+        if not meta:
+            raise _pool_not_found(pool_id)
+        return PoolSpec.from_meta(meta)
+
     async def list_pools(self) -> list[StoredPool]:
         with self._redis("list pools"):
-            pool_ids = sorted(await self.client.hkeys(INDEX_KEY))
-        found = await asyncio.gather(
-            *(self.get_pool(pool_id) for pool_id in pool_ids), return_exceptions=True
-        )
+            index = await self.client.hgetall(INDEX_KEY)
+        pool_ids = sorted(index)
+        # Bounded: one connection per read in flight, and the client's pool is finite.
+        limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def get(pool_id: str) -> StoredPool:
+            async with limit:
+                return await self.get_pool(pool_id)
+
+        found = await asyncio.gather(*(get(pool_id) for pool_id in pool_ids),
+                                     return_exceptions=True)
         pools = []
-        for result in found:
-            # An index entry without pool keys is a create or delete cut short.
+        for pool_id, result in zip(pool_ids, found, strict=True):
+            # An index entry without pool keys is a create in flight, or a
+            # create or delete cut short: that one would block its subnet forever.
             if isinstance(result, errors.NotFound):
+                with self._redis(f"collect index entry of pool {pool_id!r}"):
+                    await self._index_collect(
+                        keys=INDEX_KEYS, args=[pool_id, index[pool_id], STALE_INDEX_SECONDS])
                 continue
             if isinstance(result, BaseException):
                 raise result
@@ -224,7 +244,7 @@ class RedisStore:
                 allocated=held,
             )
         with self._redis(doing):
-            await self._index_release(keys=[INDEX_KEY], args=[pool_id, ""])
+            await self._index_release(keys=INDEX_KEYS, args=[pool_id, ""])
             # A create of the same id may have slipped in between the two
             # steps (index and keys live in different slots): keep it indexed.
             if await self.client.exists(pool_keys(pool_id)[0]):
@@ -232,7 +252,7 @@ class RedisStore:
                     spec = (await self.get_pool(pool_id)).spec
                     family, first, last, fingerprint = spec.index_entry().split()
                     await self._index_reserve(
-                        keys=[INDEX_KEY], args=[pool_id, family, first, last, fingerprint]
+                        keys=INDEX_KEYS, args=[pool_id, family, first, last, fingerprint]
                     )
 
     async def allocate(
@@ -244,7 +264,7 @@ class RedisStore:
         doing = f"allocate an address in pool {pool_id!r} for {owner!r}"
         fingerprint = ""
         if preferred is not None:
-            spec = (await self.get_pool(pool_id)).spec
+            spec = await self.get_spec(pool_id)
             spec.check_preferred(preferred)
             fingerprint = spec.fingerprint()
         with self._redis(doing):

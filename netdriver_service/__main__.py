@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import os
 
-from cnm import config, logs, server
+from cnm import config, errors, logs, server
 from cnm.netdriver.v1 import netdriver_pb2_grpc
 from netdriver_service import firewall as firewalls
 from netdriver_service.agent import Agent
 from netdriver_service.faults import Faults
+from netdriver_service.membership import Membership
 from netdriver_service.netlink import Netlink
 from netdriver_service.service import SERVICE_NAME, NetDriverServicer
 from netdriver_service.state import Store
@@ -28,7 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config.add_flag(parser, "--host-id", "CNM_HOST_ID", config.default_host_id(), "this host's id")
     config.add_flag(
         parser, "--orchestrator", "CNM_ORCHESTRATOR", "",
-        "orchestrator to register with (registration comes with a later release)",
+        "orchestrator to register with and heartbeat to; empty: do not register",
+    )
+    config.add_flag(
+        parser, "--advertise", "CNM_NETDRIVER_ADVERTISE", "",
+        "gRPC address the orchestrator should dial; default: the --listen address",
     )
     config.add_flag(
         parser, "--underlay-ip", "CNM_UNDERLAY_IP", "",
@@ -43,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "where endpoint and network parameters are kept; default /var/lib/cnm/netdriver/HOST_ID",
     )
     config.add_flag(
+        parser, "--resync-interval", "CNM_NETDRIVER_RESYNC_INTERVAL", "30",
+        "seconds between two reconciliations of the kernel state and the firewall; 0: never",
+    )
+    config.add_flag(
         parser, "--fault", "CNM_NETDRIVER_FAULT", "",
         "testing only: fail after a step, e.g. after:veth",
     )
@@ -51,10 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.firewall not in firewalls.BACKENDS:
         parser.error(f"--firewall: unknown backend {args.firewall!r}")
     try:
+        args.resync_interval = float(args.resync_interval)
+        if args.resync_interval < 0:
+            raise ValueError(args.resync_interval)
+    except ValueError:
+        parser.error(f"--resync-interval: want a number of seconds >= 0, not {args.resync_interval!r}")
+    try:
         args.faults = Faults(args.fault)
     except ValueError as error:
         parser.error(f"--fault: {error}")
     args.state_dir = args.state_dir or os.path.join("/var/lib/cnm/netdriver", args.host_id)
+    args.advertise = args.advertise or args.listen
     return args
 
 
@@ -66,23 +82,42 @@ async def serve(args: argparse.Namespace) -> None:
         firewall=firewalls.make_firewall(args.firewall), store=Store(args.state_dir).load(),
         faults=args.faults,
     )
-    running = await server.start(
-        listen=args.listen,
-        services=[
-            (netdriver_pb2_grpc.add_NetDriverServiceServicer_to_server,
-             NetDriverServicer(agent), SERVICE_NAME),
-        ],
-        logger=logger,
-        readiness=agent.ready,
-    )
+    try:
+        running = await server.start(
+            listen=args.listen,
+            services=[
+                (netdriver_pb2_grpc.add_NetDriverServiceServicer_to_server,
+                 NetDriverServicer(agent), SERVICE_NAME),
+            ],
+            logger=logger,
+            readiness=agent.ready,
+        )
+    except errors.CnmError as error:
+        logger.error("cannot start", extra={"error": error.message})
+        await netlink.close()
+        raise SystemExit(1) from None
     logger.info(
         "agent started",
         extra={"host_id": args.host_id, "underlay_ip": agent.underlay_ip,
                "firewall": args.firewall, "state_dir": args.state_dir},
     )
+    resync = (
+        asyncio.create_task(agent.resync_periodically(args.resync_interval))
+        if args.resync_interval else None
+    )
+    membership = None
+    if args.orchestrator:
+        membership = asyncio.create_task(Membership(
+            orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
+            underlay_ip=lambda: agent.underlay_ip, ready=agent.ready,
+        ).run())
     try:
         await server.run_until_signalled(running, logger)
     finally:
+        if resync is not None:
+            resync.cancel()
+        if membership is not None:
+            membership.cancel()
         await netlink.close()
 
 

@@ -16,20 +16,27 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2
 from netdriver_service import model, names, netns
 from netdriver_service.drivers import DRIVERS, Driver, make_driver
 from netdriver_service.drivers.bridge import network_rules, port_rules
+from netdriver_service.drivers.overlay import OverlayDriver, Peer, RemoteEndpoint, check_peers
 from netdriver_service.faults import Faults
-from netdriver_service.firewall import Firewall, PortRule
+from netdriver_service.firewall import TABLE_MISSING, Firewall, PortRule
 from netdriver_service.model import EndpointSpec, NetworkSpec
-from netdriver_service.netlink import Link, Netlink
+from netdriver_service.netlink import Link, LinkNotOwned, Netlink
 from netdriver_service.state import Store
+from netdriver_service.teardown import Teardown
 
 log = logging.getLogger("netdriver")
+T = TypeVar("T")
 FIREWALL_PROBE_INTERVAL = 15.0  # seconds between the readiness probe's firewall checks
+RESYNC_INTERVAL = 30.0  # seconds between two full reconciliations of the firewall
 
 
 class Agent:
@@ -49,8 +56,12 @@ class Agent:
         self.start_error = "not started yet"
         self._firewall_checked = -FIREWALL_PROBE_INTERVAL
         self.drivers: dict[str, Driver] = {
-            name: make_driver(name, netlink, firewall, self.faults) for name in DRIVERS
+            name: make_driver(name, netlink, firewall, self.faults, lambda: self.underlay_ip)
+            for name in DRIVERS
         }
+        # Last SetNetworkPeers generation applied, per network (in memory: after
+        # a restart the orchestrator pushes every network again).
+        self.peer_generations: dict[str, int] = {}
 
     # Life cycle -------------------------------------------------------------------
 
@@ -82,11 +93,37 @@ class Agent:
         await self.netlink.ping()
         now = time.monotonic()
         if now - self._firewall_checked >= FIREWALL_PROBE_INTERVAL:
-            # Reads cnm's whole table: not every second on a host with
-            # thousands of published ports.
-            await self.firewall.element_count()
+            # Reads the links and the firewall's networks: not every second.
             self._firewall_checked = now
+            await self._repair_lost_firewall()
         return True
+
+    async def _repair_lost_firewall(self) -> None:
+        """Resynchronizes at once when networks' rules are gone (``nft flush ruleset``):
+        their isolation and NAT would stay silently missing until the next resync."""
+        owned = await self._owned_objects()
+        wanted = {
+            spec.network_id for spec in self.store.networks.values()
+            if ("net", spec.network_id) in owned
+        }
+        if wanted <= set(await self.firewall.list_networks()):
+            return
+        repaired = await self._resync()
+        log.warning("firewall rules were missing; restored", extra={"repaired": repaired})
+
+    async def resync_periodically(self, interval: float = RESYNC_INTERVAL) -> None:
+        """Reconciles every ``interval`` seconds (DESIGN: at start-up and periodically)."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.started:
+                continue
+            try:
+                repaired = await self._resync()
+            except errors.CnmError as error:
+                log.warning("periodic resync failed", extra={"error": error.message})
+                continue
+            if repaired:
+                log.warning("periodic resync repaired drift", extra={"repaired": repaired})
 
     def _require_started(self) -> None:
         if not self.started:
@@ -110,7 +147,7 @@ class Agent:
         self._require_started()
         spec = model.network_from_proto(message, tuple(self.drivers))
         async with self.lock:
-            return await self._ensure_network(spec)
+            return await self._with_whole_firewall(lambda: self._ensure_network(spec))
 
     def _check_new_network(self, spec: NetworkSpec) -> None:
         existing = self.store.networks.get(spec.network_id)
@@ -141,14 +178,21 @@ class Agent:
         self._check_new_network(spec)
         driver = self.driver(spec.driver)
         known = spec.network_id in self.store.networks
-        if known and await driver.network_present(spec):
+        if known and await driver.network_present(spec) and (
+            spec.network_id in await self.firewall.list_networks()  # not flushed away
+        ):
             return self.store.networks[spec.network_id]
+        intent = f"net:{spec.network_id}"
         async with contextlib.AsyncExitStack() as own_stack:
+            if not known:
+                await self._intend(intent, spec.bridge, own_stack)
             await driver.create_network(spec, own_stack)
             if not known:
                 await self.store.put_network(spec)
                 own_stack.push_async_callback(self.store.delete_network, spec.network_id)
             undo = own_stack.pop_all()
+        if not known:
+            await self.store.delete_intent(intent)
         if stack is not None:
             stack.push_async_callback(undo.aclose)
         return spec
@@ -166,13 +210,51 @@ class Agent:
             for endpoint_id in {*removed, *(e.endpoint_id for e in self.store.endpoints_of(network_id))}:
                 await self._forget_endpoint(endpoint_id)
             await self.store.delete_network(network_id)
+            self.peer_generations.pop(network_id, None)
 
     async def _network_from_kernel(self, network_id: str) -> NetworkSpec | None:
         """A network cnm marked in the kernel but has no record of (its state dir was lost)."""
-        for link in await self.netlink.list_links(addresses=True):
+        links = await self.netlink.list_links(addresses=True)
+        overlay = any(link.alias == names.vxlan_alias(network_id) for link in links)
+        for link in links:
             if names.parse_alias(link.alias) == ("net", network_id, ""):
-                return _network_of_bridge(network_id, link)
+                spec = _network_of_bridge(network_id, link)
+                return replace(spec, driver="overlay") if overlay else spec
         return None
+
+    async def set_network_peers(
+        self, network_id: str, peers: list[Peer], remotes: list[RemoteEndpoint],
+        generation: int = 0,
+    ) -> tuple[bool, list[str]]:
+        """Makes an overlay network's forwarding exactly ``peers`` and ``remotes``.
+
+        Returns (applied, changes); a generation older than the last applied
+        one is ignored (applied False).
+        """
+        self._require_started()
+        names.check_id("network_id", network_id)
+        async with self.lock:
+            network = self.store.networks.get(network_id)
+            if network is None:
+                raise errors.NotFound(
+                    f"set peers: network {network_id!r} is not on this host",
+                    reason="NETWORK_NOT_ON_HOST", network_id=network_id,
+                )
+            driver = self.driver(network.driver)
+            if not isinstance(driver, OverlayDriver):
+                raise errors.FailedPrecondition(
+                    f"set peers: network {network_id!r} uses driver {network.driver!r}, "
+                    "which has no peers", reason="DRIVER_HAS_NO_PEERS",
+                )
+            peers, remotes = check_peers(network, peers, remotes)
+            if generation and generation < self.peer_generations.get(network_id, 0):
+                return False, []
+            changes = await driver.set_peers(network, peers, remotes)
+            if generation:
+                self.peer_generations[network_id] = generation
+            if changes:
+                log.info("peers set", extra={"network_id": network_id, "changes": changes})
+            return True, changes
 
     # Endpoints -------------------------------------------------------------------------
 
@@ -183,6 +265,11 @@ class Agent:
         network_id = message.network_id or (network_message.network_id if network_message else "")
         names.check_id("endpoint_id", message.endpoint_id)
         names.check_id("network_id", network_id)
+        if network_message is not None and network_message.network_id != network_id:
+            raise errors.InvalidArgument(
+                f"endpoint names network {network_id!r} but the request describes "
+                f"{network_message.network_id!r}", reason="NETWORK_MISMATCH",
+            )
         async with self.lock:
             network = self.store.networks.get(network_id)
             if network is None:
@@ -193,11 +280,6 @@ class Agent:
                         reason="NETWORK_NOT_ON_HOST", network_id=network_id,
                     )
                 network = model.network_from_proto(network_message, tuple(self.drivers))
-                if network.network_id != network_id:
-                    raise errors.InvalidArgument(
-                        f"endpoint names network {network_id!r} but the request describes "
-                        f"{network.network_id!r}", reason="NETWORK_MISMATCH",
-                    )
                 self._check_new_network(network)
             endpoint = model.endpoint_from_proto(message, network, self.netns_dir)
             if _same_file(endpoint.netns_path, self.netlink.host_ns or "/proc/self/ns/net"):
@@ -205,37 +287,71 @@ class Agent:
                     f"connect endpoint {endpoint.endpoint_id!r}: sandbox {endpoint.sandbox!r} "
                     "is the host's own network namespace", reason="SANDBOX_IS_HOST",
                 )
-            existing = await self._existing_endpoint(endpoint.endpoint_id)
-            if existing is not None:
-                if existing.matches(endpoint):
-                    return existing
-                raise errors.AlreadyExists(
-                    f"endpoint {endpoint.endpoint_id!r} exists with other parameters",
-                    reason="ENDPOINT_EXISTS", endpoint_id=endpoint.endpoint_id,
-                )
-            driver = self.driver(network.driver)
-            async with contextlib.AsyncExitStack() as stack:
-                if network.network_id not in self.store.networks:
-                    await self._ensure_network(network, stack)
-                self.faults.check("network")
-                endpoint = await driver.create_endpoint(network, endpoint, stack)
-                await self.store.put_endpoint(endpoint)
-                stack.push_async_callback(self.store.delete_endpoint, endpoint.endpoint_id)
-                self.faults.check("record")
-                stack.pop_all()
-            return endpoint
+            try:
+                return await self._with_whole_firewall(lambda: self._connect(network, endpoint))
+            finally:
+                if not self._own_sandbox(endpoint.netns_path):
+                    # A runtime's namespace: a cached socket would keep it, and the
+                    # veth in it, alive after the container is gone.
+                    self.netlink.forget_namespace(endpoint.netns_path)
+
+    def _own_sandbox(self, path: str) -> bool:
+        return any(netns.path_of(name) == path for name in self.store.sandboxes)
+
+    async def _connect(self, network: NetworkSpec, endpoint: EndpointSpec) -> EndpointSpec:
+        existing = await self._existing_endpoint(endpoint.endpoint_id)
+        if existing is not None:
+            if existing.matches(endpoint):
+                return existing
+            raise errors.AlreadyExists(
+                f"endpoint {endpoint.endpoint_id!r} exists with other parameters",
+                reason="ENDPOINT_EXISTS", endpoint_id=endpoint.endpoint_id,
+            )
+        driver = self.driver(network.driver)
+        intent = f"ep:{endpoint.endpoint_id}"
+        async with contextlib.AsyncExitStack() as stack:
+            if network.network_id not in self.store.networks:
+                await self._ensure_network(network, stack)
+            self.faults.check("network")
+            await self._intend(intent, endpoint.host_interface, stack)
+            endpoint = await driver.create_endpoint(network, endpoint, stack)
+            await self.store.put_endpoint(endpoint)
+            stack.push_async_callback(self.store.delete_endpoint, endpoint.endpoint_id)
+            self.faults.check("record")
+            stack.pop_all()
+        await self.store.delete_intent(intent)
+        return endpoint
+
+    async def _intend(self, key: str, link: str, stack: contextlib.AsyncExitStack) -> None:
+        """Records that ``link`` is about to be made, after removing what a crashed
+        attempt of the same operation left."""
+        await self._remove_crash_leftover(key)
+        await self.store.put_intent(key, link)
+        stack.push_async_callback(self.store.delete_intent, key)
+
+    async def _remove_crash_leftover(self, key: str) -> str | None:
+        """Deletes the link an intent names if it is still unmarked (made, then the agent
+        died before marking it); drops the intent. Returns a line when it deleted one."""
+        name = self.store.intents.get(key)
+        if name is None:
+            return None
+        link = await self.netlink.get_link(name)
+        deleted = link is not None and not link.alias
+        if deleted:
+            await self.netlink.delete_link(name)
+        await self.store.delete_intent(key)
+        return f"deleted unmarked {name}, left by a crash while making {key}" if deleted else None
 
     async def _existing_endpoint(self, endpoint_id: str) -> EndpointSpec | None:
         """The endpoint's record if its veth is really there; drops a record whose veth is gone."""
         record = self.store.endpoints.get(endpoint_id)
         if record is None:
             return None
-        link = await self.netlink.get_link(record.host_interface)
-        if link is not None and names.parse_alias(link.alias) == (
-            "ep", endpoint_id, record.network_id,
-        ):
-            return record
-        await self.firewall.remove_ports(endpoint_id)
+        mark = names.endpoint_alias(endpoint_id, record.network_id)
+        with contextlib.suppress(LinkNotOwned):  # then the connect refuses the name
+            if await self.netlink.get_owned_link(record.host_interface, mark) is not None:
+                return record
+        await self.firewall.remove_ports(endpoint_id, port_rules(record))
         await self.store.delete_endpoint(endpoint_id)
         return None
 
@@ -249,7 +365,7 @@ class Agent:
         record = self.store.endpoints.get(endpoint_id)
         network = self.store.networks.get(record.network_id) if record else None
         driver = self.driver(network.driver if network else "bridge")
-        await driver.delete_endpoint(endpoint_id)
+        await driver.delete_endpoint(endpoint_id, port_rules(record) if record else None)
         await self._forget_endpoint(endpoint_id)
 
     async def _forget_endpoint(self, endpoint_id: str) -> None:
@@ -267,20 +383,27 @@ class Agent:
         names.check_id("name", name)
         path = netns.path_of(name)
         async with self.lock:
-            if name in self.store.sandboxes and os.path.exists(path):
-                return path
-            if os.path.exists(path):
+            recorded = name in self.store.sandboxes
+            existed = os.path.exists(path)
+            if existed and not recorded:
                 raise errors.AlreadyExists(
                     f"create sandbox {name!r}: namespace {path} exists and was not created by cnm",
                     reason="SANDBOX_EXISTS", name=name,
                 )
-            await netns.create(name)
-            try:
-                await self.netlink.set_up("lo", path)
+            # The record first: a crash before the namespace is made leaves a record
+            # a retry completes, never a namespace that looks like someone else's.
+            if not recorded:
                 await self.store.add_sandbox(name)
+            try:
+                if not existed:
+                    await netns.create(name)
+                await self.netlink.set_up("lo", path)
             except BaseException:
-                self.netlink.forget_namespace(path)
-                await netns.delete(name)
+                if not existed:
+                    self.netlink.forget_namespace(path)
+                    await netns.delete(name)
+                if not recorded:
+                    await self.store.remove_sandbox(name)
                 raise
             return path
 
@@ -296,11 +419,17 @@ class Agent:
                         reason="SANDBOX_NOT_OWNED", name=name,
                     )
                 return
+            teardown = Teardown(f"delete sandbox {name!r}")
             for endpoint in [e for e in self.store.endpoints.values() if e.netns_path == path]:
-                await self._delete_endpoint(endpoint.endpoint_id)
+                await teardown.step(
+                    f"disconnect endpoint {endpoint.endpoint_id!r}",
+                    lambda endpoint_id=endpoint.endpoint_id: self._delete_endpoint(endpoint_id),
+                )
             self.netlink.forget_namespace(path)
-            await netns.delete(name)
-            await self.store.remove_sandbox(name)
+            await teardown.step("delete the namespace", lambda: netns.delete(name))
+            if not os.path.exists(path):
+                await self.store.remove_sandbox(name)
+            teardown.raise_failures()
 
     def list_sandboxes(self) -> list[tuple[str, str]]:
         return sorted(
@@ -320,14 +449,21 @@ class Agent:
         response = netdriver_pb2.GetStateResponse(
             firewall_elements=await self.firewall.element_count()
         )
+        detached = {link.name for _, link in _detached_veths(links)}
         for link in links:
             owner = names.parse_alias(link.alias)
             if owner is None:
                 continue
             kind, object_id, network_id = owner
             if kind == "net":
-                spec = self.store.networks.get(object_id) or _network_of_bridge(object_id, link)
-                response.networks.append(spec.to_proto())
+                # The options are only in the record; the gateway is what the bridge has.
+                in_kernel = _network_of_bridge(object_id, link)
+                spec = self.store.networks.get(object_id)
+                if spec is not None:
+                    in_kernel = replace(spec, subnet=in_kernel.subnet, gateway=in_kernel.gateway)
+                network = in_kernel.to_proto()
+                await self._report_vxlan(network, link.index)
+                response.networks.append(network)
                 continue
             record = self.store.endpoints.get(object_id)
             endpoint = (
@@ -336,6 +472,7 @@ class Agent:
                 else netdriver_pb2.Endpoint(endpoint_id=object_id, network_id=network_id)
             )
             endpoint.host_interface = link.name
+            endpoint.detached = link.name in detached
             del endpoint.port_mappings[:]
             for rule in sorted(ports.get(object_id, []), key=lambda r: (r.protocol, r.host_port)):
                 endpoint.port_mappings.append(
@@ -347,6 +484,22 @@ class Agent:
             response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path))
         return response
 
+    async def _report_vxlan(self, network: netdriver_pb2.Network, bridge_index: int) -> None:
+        """Adds the network's VXLAN device, as the kernel has it, to ``network``."""
+        driver = self.drivers.get("overlay")
+        if not isinstance(driver, OverlayDriver):
+            return
+        device = await driver.vxlan_state(network.network_id, bridge_index)
+        if device is None:
+            return
+        network.driver = "overlay"
+        network.vxlan.CopyFrom(netdriver_pb2.VxlanDevice(
+            name=device.name, vni=device.vni, local_address=device.local,
+            learning=device.learning, proxy=device.proxy, up=device.up,
+            attached=device.attached, flood_peer_count=device.flood_peers,
+            remote_mac_count=device.remote_macs, neighbour_count=device.neighbours,
+        ))
+
     async def resync(self) -> list[str]:
         """Drops records of what the kernel no longer has; makes the firewall match the rest."""
         self._require_started()
@@ -354,29 +507,89 @@ class Agent:
 
     async def _resync(self) -> list[str]:
         async with self.lock:
-            repaired: list[str] = []
-            owned = {
-                names.parse_alias(link.alias)[:2]
-                for link in await self.netlink.list_links()
-                if names.parse_alias(link.alias)
-            }
-            for endpoint_id in list(self.store.endpoints):
-                if ("ep", endpoint_id) not in owned:
-                    await self._forget_endpoint(endpoint_id)
-                    repaired.append(f"dropped endpoint {endpoint_id}: its veth is gone")
-            networks = [
-                network_rules(spec)
-                for spec in self.store.networks.values()
-                if ("net", spec.network_id) in owned
-            ]
-            ports = [rule for e in self.store.endpoints.values() for rule in port_rules(e)]
-            repaired.extend(await self.firewall.sync(networks, ports))
-            return repaired
+            return await self._resync_locked()
+
+    async def _owned_objects(self) -> set[tuple[str, str]]:
+        """(kind, id) of every link marked as cnm's."""
+        return {
+            names.parse_alias(link.alias)[:2]
+            for link in await self.netlink.list_links()
+            if names.parse_alias(link.alias)
+        }
+
+    async def _resync_locked(self) -> list[str]:
+        repaired: list[str] = []
+        for driver in self.drivers.values():
+            if isinstance(driver, OverlayDriver):
+                driver.forget_applied()
+        for key in list(self.store.intents):
+            line = await self._remove_crash_leftover(key)
+            if line:
+                repaired.append(line)
+        owned = await self._owned_objects()
+        for endpoint_id in list(self.store.endpoints):
+            if ("ep", endpoint_id) not in owned:
+                await self._forget_endpoint(endpoint_id)
+                repaired.append(f"dropped endpoint {endpoint_id}: its veth is gone")
+        detached = {
+            network_id for network_id, link in _detached_veths(await self.netlink.list_links())
+        }
+        for spec in [self.store.networks[n] for n in detached if n in self.store.networks]:
+            attached = await self.driver(spec.driver).attach_endpoints(
+                spec, f"resync network {spec.network_id!r}"
+            )
+            repaired += [f"re-attached {name} to bridge {spec.bridge}" for name in attached]
+        networks = [
+            network_rules(spec)
+            for spec in self.store.networks.values()
+            if ("net", spec.network_id) in owned
+        ]
+        ports = [rule for e in self.store.endpoints.values() for rule in port_rules(e)]
+        repaired.extend(await self.firewall.sync(networks, ports))
+        # After the firewall (an overlay network made again brings its own rules):
+        # overlay networks are on every host, so a missing one is made again.
+        for spec in self.store.networks.values():
+            driver = self.driver(spec.driver)
+            if isinstance(driver, OverlayDriver):
+                try:
+                    repaired += await driver.repair_network(spec)
+                except errors.CnmError as error:
+                    log.warning("could not repair overlay network", extra={
+                        "network_id": spec.network_id, "error": error.message,
+                    })
+        return repaired
+
+    async def _with_whole_firewall(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``operation`` (under the lock); if it found cnm's firewall table flushed
+        away (and undid itself), restores the whole firewall and runs it once more."""
+        try:
+            return await operation()
+        except errors.FailedPrecondition as error:
+            if error.reason != TABLE_MISSING:
+                raise
+        repaired = await self._resync_locked()
+        log.warning("firewall table was missing; restored", extra={"repaired": repaired})
+        return await operation()
 
 
 def _same_file(first: str, second: str) -> bool:
     one, other = os.stat(first), os.stat(second)
     return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _detached_veths(links: list[Link]) -> list[tuple[str, Link]]:
+    """(network id, veth) of every endpoint veth that is not a port of its network's bridge."""
+    bridges = {
+        owner[1]: link.index
+        for link in links
+        if (owner := names.parse_alias(link.alias)) and owner[0] == "net"
+    }
+    return [
+        (owner[2], link)
+        for link in links
+        if (owner := names.parse_alias(link.alias)) and owner[0] == "ep"
+        and link.master != bridges.get(owner[2])
+    ]
 
 
 def _network_of_bridge(network_id: str, link: Link) -> NetworkSpec:

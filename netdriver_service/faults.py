@@ -10,7 +10,7 @@ from __future__ import annotations
 from cnm import errors
 
 CONNECT_STEPS = ("network", "veth", "port", "address", "route", "ports", "record")
-NETWORK_STEPS = ("bridge", "gateway", "network_rules")
+NETWORK_STEPS = ("bridge", "gateway", "network_rules", "vxlan")
 
 
 class Faults:

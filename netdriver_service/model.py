@@ -17,6 +17,8 @@ from cnm.netdriver.v1 import netdriver_pb2
 from netdriver_service import names, netlink
 
 DEFAULT_MTU = 1500
+OVERLAY_MTU = DEFAULT_MTU - 50  # room for VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers
+MAX_VNI = 0xFFFFFF
 OPTION_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPTION_MTU = "com.docker.network.driver.mtu"
 OPTION_ICC = "com.docker.network.bridge.enable_icc"
@@ -189,7 +191,12 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
                 f"invalid option {OPTION_MTU}={options[OPTION_MTU]!r}", reason="INVALID_OPTION",
                 option=OPTION_MTU,
             ) from error
-    mtu = names.check_mtu(mtu or DEFAULT_MTU)
+    mtu = names.check_mtu(mtu or (OVERLAY_MTU if driver == "overlay" else DEFAULT_MTU))
+    if driver == "overlay" and not 1 <= message.vni <= MAX_VNI:
+        raise errors.InvalidArgument(
+            f"network {network_id!r}: invalid vni {message.vni}: an overlay network needs "
+            f"1-{MAX_VNI}", reason="INVALID_VNI", value=message.vni,
+        )
     if message.HasField("enable_icc"):
         enable_icc = message.enable_icc
     else:

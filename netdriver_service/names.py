@@ -19,10 +19,14 @@ IFNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 BRIDGE_PREFIX = "cnm-"
 HOST_VETH_PREFIX = "cv"
+VXLAN_PREFIX = "cvx"
 
 # Ownership marks, kept in the link's alias (IFLA_IFALIAS).
 NETWORK_ALIAS_PREFIX = "cnm:net:"
 ENDPOINT_ALIAS_PREFIX = "cnm:ep:"
+# The VXLAN device of an overlay network: not a network or an endpoint of its
+# own, so parse_alias() does not report it; the overlay driver checks it.
+VXLAN_ALIAS_PREFIX = "cnm:vx:"
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
@@ -61,12 +65,27 @@ def host_veth_name(endpoint_id: str) -> str:
     return HOST_VETH_PREFIX + digest[: IFNAMSIZ - len(HOST_VETH_PREFIX)]
 
 
+def vxlan_name(network_id: str) -> str:
+    """The VXLAN device of an overlay network: ``cvx`` and 12 hex digits of a hash of its id."""
+    digest = hashlib.blake2b(network_id.encode(), digest_size=8).hexdigest()
+    return VXLAN_PREFIX + digest[: IFNAMSIZ - len(VXLAN_PREFIX)]
+
+
+def vxlan_alias(network_id: str) -> str:
+    return VXLAN_ALIAS_PREFIX + network_id
+
+
 def network_alias(network_id: str) -> str:
     return NETWORK_ALIAS_PREFIX + network_id
 
 
 def endpoint_alias(endpoint_id: str, network_id: str) -> str:
     return f"{ENDPOINT_ALIAS_PREFIX}{endpoint_id}:{network_id}"
+
+
+def endpoint_owner(endpoint_id: str) -> str:
+    """The prefix of the marks of an endpoint's links, whatever their network."""
+    return f"{ENDPOINT_ALIAS_PREFIX}{endpoint_id}:"
 
 
 def parse_alias(alias: str | None) -> tuple[str, str, str] | None:

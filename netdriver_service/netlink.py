@@ -7,7 +7,9 @@ network namespace to act in (``None``: the agent's own). A netlink socket
 is opened *for* that namespace, by a short-lived thread that enters it,
 opens the socket and exits; no thread that runs anything else ever
 changes namespace, and the socket keeps working from the event loop.
-Sockets are kept and reused, one per namespace, in a small LRU.
+Sockets are kept and reused, one per namespace, in a small LRU; a socket
+keeps its namespace alive, so callers forget the namespaces they do not own
+(a runtime's ``/proc/PID/ns/net``) once done with them.
 
 Everything here is asynchronous (pyroute2's ``AsyncIPRoute``); the only
 blocking work (entering a namespace, writing a sysctl) runs in a thread.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from cnm import errors
 
@@ -44,6 +47,12 @@ class LinkNotFound(errors.NotFound):
 
 class LinkExists(errors.AlreadyExists):
     default_reason = "LINK_EXISTS"
+
+
+class LinkNotOwned(errors.FailedPrecondition):
+    """A link of the name exists but lacks cnm's ownership mark (``metadata["mark"]``: its own)."""
+
+    default_reason = "LINK_NOT_OWNED"
 
 
 _ERRNO_ERRORS: dict[int, type[errors.CnmError]] = {
@@ -109,6 +118,42 @@ def _link(message) -> Link:
 
 # IFLA_AF_SPEC asking for IN6_ADDR_GEN_MODE_NONE.
 _NO_IPV6_LINK_LOCAL = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
+
+
+VXLAN_PORT = 4789  # IANA
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    vni: int
+    local: str
+    port: int
+    learning: bool
+    proxy: bool
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """What a VXLAN device forwards where, as programmed (never learned).
+
+    - ``flood``: ``00:00:00:00:00:00 dst PEER`` entries of the device, one per
+      other host: head-end replication of broadcast and multicast;
+    - ``unicast``: ``MAC dst PEER`` entries of the device for remote endpoints;
+    - ``bridge_static``: the same MACs pinned to the VXLAN port in the bridge's
+      FDB (``master static``), so the bridge never floods a frame for them;
+    - ``neighbours``: ``IP lladdr MAC`` entries on the device, which answers ARP
+      for them itself (``proxy``): ARP never crosses the underlay.
+    """
+
+    flood: frozenset[str]
+    unicast: dict[str, str]
+    bridge_static: frozenset[str]
+    neighbours: dict[str, str]
+
+
+def _carries(link: Link, mark: str) -> bool:
+    return link.alias.startswith(mark) if mark.endswith(":") else link.alias == mark
 
 
 def _selector(link: str | int) -> dict:
@@ -240,16 +285,22 @@ class Netlink:
         self._namespaces[key] = handle
         self._paths[ns] = key
         while len(self._namespaces) > self._max_namespaces:
-            _, oldest = self._namespaces.popitem(last=False)
-            oldest.close()
+            self._drop(next(iter(self._namespaces)))
         return handle
 
-    def forget_namespace(self, ns: str) -> None:
-        """Closes the cached socket of ``ns``, which would otherwise keep it alive."""
-        key = self._paths.pop(ns, None)
-        handle = self._namespaces.pop(key, None) if key else None
+    def _drop(self, key: tuple[int, int]) -> None:
+        handle = self._namespaces.pop(key, None)
+        for path in [path for path, known in self._paths.items() if known == key]:
+            del self._paths[path]
         if handle is not None:
             handle.close()
+
+    def forget_namespace(self, ns: str) -> None:
+        """Closes the cached socket of ``ns``: a netlink socket holds a reference to its
+        namespace, and would keep a dead container's namespace (and veths) alive."""
+        key = self._paths.get(ns)
+        if key is not None:
+            self._drop(key)
 
     async def ping(self) -> bool:
         handle = await self._handle(None)
@@ -267,6 +318,36 @@ class Netlink:
                 return None
             raise _convert(error, f"get link {name!r}") from error
         return _link(messages[0])
+
+    async def get_owned_link(self, name: str, mark: str, ns: str | None = None) -> Link | None:
+        """Link ``name`` if it carries ownership ``mark``; None if there is no such link.
+
+        ``mark`` is an exact mark, or a prefix of marks when it ends in ":"
+        (an endpoint's veth, whatever its network). A link of that name with
+        any other mark, or none, raises :class:`LinkNotOwned`.
+        """
+        link = await self.get_link(name, ns)
+        if link is None or _carries(link, mark):
+            return link
+        raise LinkNotOwned(
+            f"link {name!r} is not marked {mark!r} (its mark: {link.alias or 'none'})",
+            interface=name, mark=link.alias,
+        )
+
+    async def delete_owned_link(self, name: str, mark: str, ns: str | None = None) -> bool:
+        """Deletes link ``name`` if it carries ``mark`` (see :meth:`get_owned_link`);
+        False (quietly) when it is not there; :class:`LinkNotOwned` when it is not cnm's."""
+        link = await self.get_owned_link(name, mark, ns)
+        if link is None:
+            return False
+        handle = await self._handle(ns)
+        try:
+            await handle.link("del", index=link.index)  # by index: this very link
+        except NetlinkError as error:
+            if error.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise _convert(error, f"delete link {name!r}") from error
+        return True
 
     async def list_links(self, ns: str | None = None, addresses: bool = False) -> list[Link]:
         handle = await self._handle(ns)
@@ -295,34 +376,56 @@ class Netlink:
         extra = {"address": mac} if mac else {}
         with _errors(f"create bridge {name!r}"):
             await handle.link("add", ifname=name, kind="bridge", mtu=mtu, state="up", **extra)
-        with _errors(f"mark bridge {name!r}"):
-            await handle.link("set", ifname=name, ifalias=alias)
+        await self._mark_new_link(handle, name, alias)
+
+    async def _mark_new_link(self, handle: AsyncIPRoute, name: str, alias: str) -> None:
+        """Sets the ownership mark of link ``name``, just created; deletes the link if that fails.
+
+        The kernel takes IFLA_IFALIAS only in a change, never with the add, so
+        a link is briefly unmarked: never leave one so, or its name would be
+        refused ever after as taken by a link cnm does not own.
+        """
+        try:
+            with _errors(f"mark link {name!r}"):
+                await handle.link("set", ifname=name, ifalias=alias)
+        except BaseException:
+            with contextlib.suppress(NetlinkError, OSError):
+                await handle.link("del", ifname=name)
+            raise
 
     async def create_veth(
         self, name: str, *, mtu: int, master: int, peer_name: str, peer_ns: str, peer_mac: str,
+        alias: str,
     ) -> None:
-        """Creates a veth pair: ``name`` here, up and a port of bridge ``master``;
-        ``peer_name`` created directly inside namespace ``peer_ns`` (down, with ``peer_mac``)."""
+        """Creates a veth pair: ``name`` here, up, a port of bridge ``master`` and marked
+        with ``alias``; ``peer_name`` created directly inside namespace ``peer_ns`` (down,
+        with ``peer_mac``)."""
         handle = await self._handle(None)
-        fd = os.open(peer_ns, os.O_RDONLY | os.O_CLOEXEC)
+        what = f"create veth {name!r} with peer {peer_name!r} in {peer_ns!r}"
+        with _errors(what):
+            fd = os.open(peer_ns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with _errors(f"create veth {name!r} with peer {peer_name!r} in {peer_ns!r}"):
+            with _errors(what):
                 await handle.link(
                     "add", ifname=name, kind="veth", mtu=mtu, master=master, state="up",
                     peer={"ifname": peer_name, "net_ns_fd": fd, "mtu": mtu, "address": peer_mac},
                 )
         finally:
             os.close(fd)
+        await self._mark_new_link(handle, name, alias)
 
     async def set_bridge_port(self, name: str, *, alias: str, hairpin: bool) -> None:
         """Marks bridge port ``name`` with ``alias``, sets its hairpin mode and turns off its
         IPv6 link-local address (see :meth:`disable_ipv6_link_local`), in one request."""
         handle = await self._handle(None)
+        port = {"ifname": name, "kind": "bridge_slave", "mode": int(hairpin), "ifalias": alias}
         with _errors(f"set alias and hairpin of {name!r}"):
-            await handle.link(
-                "set", ifname=name, kind="bridge_slave", mode=int(hairpin), ifalias=alias,
-                IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL,
-            )
+            try:
+                await handle.link("set", **port, IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
+            except NetlinkError as error:
+                if error.code != errno.EAFNOSUPPORT:  # IPv6 off in the kernel: nothing to turn off
+                    raise
+                await handle.link("set", **port)
 
     async def disable_ipv6_link_local(self, link: str | int, ns: str | None = None) -> None:
         """Stops the kernel from giving ``link`` an IPv6 link-local address (addrgenmode none).
@@ -334,13 +437,23 @@ class Netlink:
         """
         handle = await self._handle(ns)
         with _errors(f"turn off IPv6 link-local address of {link!r}"):
-            await handle.link("set", **_selector(link), IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
+            try:
+                await handle.link("set", **_selector(link), IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
+            except NetlinkError as error:
+                if error.code != errno.EAFNOSUPPORT:  # booted with ipv6.disable=1
+                    raise
 
     async def set_up(self, link: str | int, ns: str | None = None) -> None:
         """Sets ``link`` (a name or an index) up."""
         handle = await self._handle(ns)
         with _errors(f"set {link!r} up"):
             await handle.link("set", **_selector(link), state="up")
+
+    async def set_master(self, name: str, master: int) -> None:
+        """Makes link ``name`` a port of bridge ``master`` (an index)."""
+        handle = await self._handle(None)
+        with _errors(f"attach {name!r} to bridge {master}"):
+            await handle.link("set", ifname=name, master=master)
 
     async def delete_link(self, name: str, ns: str | None = None) -> bool:
         """Deletes link ``name``; returns False (quietly) if it was not there."""
@@ -411,6 +524,140 @@ class Netlink:
         if not indexes:
             raise LinkNotFound(f"link {name!r} not found" + (f" in {ns!r}" if ns else ""))
         return indexes[0]
+
+    # VXLAN and forwarding entries (the agent's own namespace) ------------------------
+
+    async def create_vxlan(
+        self, name: str, *, vni: int, local: str, mtu: int, master: int, alias: str
+    ) -> None:
+        """Creates VXLAN device ``name``: no learning, ARP proxy, a port of bridge
+        ``master`` with bridge learning off, marked with ``alias``, up."""
+        handle = await self._handle(None)
+        options = {"vxlan_id": vni, "vxlan_port": VXLAN_PORT, "vxlan_learning": 0,
+                   "vxlan_proxy": 1}
+        if local:
+            options["vxlan_local"] = local
+        with _errors(f"create vxlan {name!r} (vni {vni})"):
+            await handle.link("add", ifname=name, kind="vxlan", mtu=mtu, **options)
+        await self._mark_new_link(handle, name, alias)
+        try:
+            with _errors(f"attach vxlan {name!r} to its bridge"):
+                await handle.link("set", ifname=name, master=master)
+                await handle.link("set", ifname=name, kind="bridge_slave", learning=0)
+                await handle.link("set", ifname=name, state="up")
+        except BaseException:
+            with contextlib.suppress(NetlinkError, OSError):
+                await handle.link("del", ifname=name)
+            raise
+
+    async def vxlan_info(self, name: str) -> VxlanInfo | None:
+        """The VXLAN parameters of link ``name``; None when it is missing or no VXLAN."""
+        handle = await self._handle(None)
+        try:
+            messages = await handle.link("get", ifname=name)
+        except NetlinkError as error:
+            if error.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise _convert(error, f"get link {name!r}") from error
+        info = messages[0].get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+            return None
+        data = info.get_attr("IFLA_INFO_DATA")
+        return VxlanInfo(
+            vni=data.get_attr("IFLA_VXLAN_ID") or 0,
+            local=data.get_attr("IFLA_VXLAN_LOCAL") or "",
+            port=data.get_attr("IFLA_VXLAN_PORT") or 0,
+            learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+            proxy=bool(data.get_attr("IFLA_VXLAN_PROXY")),
+        )
+
+    async def forwarding(self, index: int) -> Forwarding:
+        """The programmed forwarding of VXLAN device ``index``, read from the kernel."""
+        handle = await self._handle(None)
+        flood: set[str] = set()
+        unicast: dict[str, str] = {}
+        bridge_static: set[str] = set()
+        with _errors("list forwarding entries"):
+            async for message in await handle.fdb("dump", ifindex=index):
+                if message["ifindex"] != index:
+                    continue
+                mac = message.get_attr("NDA_LLADDR") or ""
+                dst = message.get_attr("NDA_DST") or ""
+                if not message["flags"] & NTF_SELF:  # the bridge's entry for the port
+                    if message["state"] & NUD_NOARP and not message["state"] & NUD_PERMANENT:
+                        bridge_static.add(mac)
+                    continue
+                if mac == ZERO_MAC:
+                    flood.add(dst)
+                elif dst:
+                    unicast[mac] = dst
+            neighbours = {
+                message.get_attr("NDA_DST"): message.get_attr("NDA_LLADDR") or ""
+                async for message in await handle.neigh("dump", family=socket.AF_INET)
+                if message["ifindex"] == index
+            }
+        return Forwarding(frozenset(flood), unicast, frozenset(bridge_static), neighbours)
+
+    async def _neigh(self, command: str, what: str, **fields) -> None:
+        handle = await self._handle(None)
+        try:
+            await handle.neigh(command, **fields)
+        except NetlinkError as error:
+            if command == "del" and error.code in (errno.ENOENT, errno.ENODEV):
+                return
+            if command == "append" and error.code == errno.EEXIST:
+                return
+            raise _convert(error, what) from error
+
+    async def add_flood(self, index: int, underlay: str) -> None:
+        """Adds ``underlay`` to VXLAN device ``index``'s head-end replication list."""
+        await self._neigh(
+            "append", f"add flood entry to {underlay}", family=socket.AF_BRIDGE, ifindex=index,
+            lladdr=ZERO_MAC, dst=underlay, state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF,
+        )
+
+    async def delete_flood(self, index: int, underlay: str) -> None:
+        await self._neigh(
+            "del", f"delete flood entry to {underlay}", family=socket.AF_BRIDGE, ifindex=index,
+            lladdr=ZERO_MAC, dst=underlay, state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF,
+        )
+
+    async def set_remote_mac(self, index: int, mac: str, underlay: str) -> None:
+        """Pins ``mac`` to ``underlay`` in VXLAN device ``index`` and to the device's
+        port in its bridge (replacing any other place it had)."""
+        what = f"pin {mac} to {underlay}"
+        await self._neigh(
+            "replace", what, family=socket.AF_BRIDGE, ifindex=index, lladdr=mac, dst=underlay,
+            state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF,
+        )
+        await self._neigh(
+            "replace", what, family=socket.AF_BRIDGE, ifindex=index, lladdr=mac,
+            state=NUD_NOARP, flags=NTF_MASTER,
+        )
+
+    async def delete_remote_mac(self, index: int, mac: str) -> None:
+        what = f"unpin {mac}"
+        await self._neigh("del", what, family=socket.AF_BRIDGE, ifindex=index, lladdr=mac,
+                          state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF)
+        await self._neigh("del", what, family=socket.AF_BRIDGE, ifindex=index, lladdr=mac,
+                          state=NUD_NOARP, flags=NTF_MASTER)
+
+    async def set_neighbour(self, index: int, address: str, mac: str) -> None:
+        """A permanent neighbour entry ``address`` at ``mac`` on link ``index``."""
+        await self._neigh(
+            "replace", f"add neighbour {address} at {mac}", family=socket.AF_INET,
+            ifindex=index, dst=address, lladdr=mac, state=NUD_PERMANENT,
+        )
+
+    async def delete_neighbour(self, index: int, address: str) -> None:
+        await self._neigh("del", f"delete neighbour {address}", family=socket.AF_INET,
+                          ifindex=index, dst=address)
+
+    async def set_mac(self, name: str, mac: str) -> None:
+        """Sets the MAC address of link ``name``."""
+        handle = await self._handle(None)
+        with _errors(f"set MAC of {name!r} to {mac}"):
+            await handle.link("set", ifname=name, address=mac)
 
     # Sysctls -------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ this store keeps what is needed to report and to re-apply the firewall
 after a restart or a flush: each network's options and each endpoint's
 address, sandbox and port mappings, plus the names of the sandboxes the
 agent created. One JSON file per object, replaced atomically.
+
+An *intent* names the link an operation is about to create, written before
+it is: the kernel cannot mark a link in the request that makes it, so a
+crash between the two leaves an unmarked link, which only the intent shows
+to be cnm's (and safe to delete).
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ class Store:
         self.networks: dict[str, NetworkSpec] = {}
         self.endpoints: dict[str, EndpointSpec] = {}
         self.sandboxes: set[str] = set()
+        self.intents: dict[str, str] = {}  # "ep:ID" or "net:ID" -> name of the link to make
 
     def load(self) -> Store:
-        for kind in ("networks", "endpoints", "sandboxes"):
+        for kind in ("networks", "endpoints", "sandboxes", "intents"):
             (self.directory / kind).mkdir(parents=True, exist_ok=True)
         for path in (self.directory / "networks").glob("*.json"):
             spec = NetworkSpec.from_dict(json.loads(path.read_text()))
@@ -34,6 +40,8 @@ class Store:
             endpoint = EndpointSpec.from_dict(json.loads(path.read_text()))
             self.endpoints[endpoint.endpoint_id] = endpoint
         self.sandboxes = {path.name for path in (self.directory / "sandboxes").iterdir()}
+        for path in (self.directory / "intents").glob("*.json"):
+            self.intents[path.stem] = json.loads(path.read_text())["link"]
         return self
 
     def endpoints_of(self, network_id: str) -> list[EndpointSpec]:
@@ -62,6 +70,14 @@ class Store:
     async def remove_sandbox(self, name: str) -> None:
         await self._remove("sandboxes", name)
         self.sandboxes.discard(name)
+
+    async def put_intent(self, key: str, link: str) -> None:
+        await self._write("intents", key, {"link": link})
+        self.intents[key] = link
+
+    async def delete_intent(self, key: str) -> None:
+        await self._remove("intents", key + ".json")
+        self.intents.pop(key, None)
 
     async def _write(self, kind: str, key: str, data: dict) -> None:
         path = self.directory / kind / (key + ".json")

@@ -20,7 +20,9 @@ class Teardown:
         except errors.NotFound:
             pass
         except errors.CnmError as error:
-            self.failures.append(type(error)(f"{description}: {error.message}"))
+            failure = errors.with_context(error, description)
+            failure.__cause__ = error
+            self.failures.append(failure)
         except Exception as error:  # noqa: BLE001 - collected and raised below
             self.failures.append(errors.Internal(f"{description}: {error}"))
 
@@ -29,7 +31,7 @@ class Teardown:
             return
         if len(self.failures) == 1:
             failure = self.failures[0]
-            raise type(failure)(f"{self.what}: {failure.message}", reason=failure.reason)
+            raise errors.with_context(failure, self.what) from failure
         raise errors.Internal(
             f"{self.what}: {len(self.failures)} steps failed: "
             + "; ".join(failure.message for failure in self.failures),

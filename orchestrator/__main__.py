@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import contextlib
 
-from cnm import config, logs, server
+from cnm import config, errors, logs, server
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator.clients import Agents, Ipam
 from orchestrator.flows import HEARTBEAT_INTERVAL, Orchestrator
+from orchestrator.overlay import DEFAULT_VNI_RANGE, parse_vni_range
 from orchestrator.reconciler import Reconciler
 from orchestrator.service import SERVICE_NAME, OrchestratorServicer
 from orchestrator.store import Store
@@ -36,14 +37,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "seconds after which a silent replica's locks and intents are taken over")
     config.add_flag(parser, "--heartbeat-interval", "CNM_HEARTBEAT_INTERVAL",
                     str(HEARTBEAT_INTERVAL), "seconds between heartbeats asked of agents")
+    config.add_flag(parser, "--vni-range", "CNM_VNI_RANGE", DEFAULT_VNI_RANGE,
+                    "VXLAN ids given to overlay networks, FIRST-LAST")
     config.add_common_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.vni_range = parse_vni_range(args.vni_range)
+    except ValueError as error:
+        parser.error(f"--vni-range: {error}")
+    return args
 
 
-async def renew_lease(store: Store) -> None:
+async def renew_lease(store: Store, logger) -> None:
+    """Keeps this replica's lease; a renewal may take at most a third of it.
+
+    A lease that lapses lets other replicas take over this one's locks; the
+    flows holding them notice when extending their lock fails (store.Lock).
+    """
     while True:
-        with contextlib.suppress(Exception):
-            await store.renew_lease()
+        try:
+            await asyncio.wait_for(store.renew_lease(), store.lease_seconds / 3)
+        except Exception as error:  # noqa: BLE001 - retried at the next tick
+            logger.warning("replica lease not renewed", extra={"error": str(error) or
+                                                               type(error).__name__})
         await asyncio.sleep(store.lease_seconds / 3)
 
 
@@ -52,18 +68,25 @@ async def serve(args: argparse.Namespace) -> None:
     store = Store.connect(args.redis_url, float(args.replica_lease))
     ipam = Ipam(args.ipam)
     agents = Agents()
-    orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval))
+    orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range)
     reconciler = Reconciler(orch)
 
     async def ready() -> bool:
         return await store.ping()
 
-    running = await server.start(
-        listen=args.listen,
-        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
-                   OrchestratorServicer(orch), SERVICE_NAME)],
-        logger=logger, readiness=ready,
-    )
+    try:
+        running = await server.start(
+            listen=args.listen,
+            services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+                       OrchestratorServicer(orch), SERVICE_NAME)],
+            logger=logger, readiness=ready,
+        )
+    except errors.CnmError as error:
+        logger.error("cannot start", extra={"error": error.message})
+        await agents.close()
+        await ipam.close()
+        await store.close()
+        raise SystemExit(1) from None
     background: list[asyncio.Task] = []
 
     async def start_background() -> None:
@@ -76,7 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
             except Exception as error:  # noqa: BLE001 - retried until Redis answers
                 logger.warning("waiting for redis", extra={"error": str(error)})
                 await asyncio.sleep(1)
-        background.append(asyncio.create_task(renew_lease(store)))
+        background.append(asyncio.create_task(renew_lease(store, logger)))
         background.append(asyncio.create_task(
             reconciler.run_forever(float(args.reconcile_interval),
                                    float(args.host_gc_interval))))

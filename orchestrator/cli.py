@@ -8,6 +8,7 @@ failure (see EXIT_CODES).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -183,21 +184,31 @@ def network_rm(client: Client, args) -> int:
 
 
 def network_prune(client: Client, args) -> int:
-    deleted = client.PruneNetworks(pb.PruneNetworksRequest()).deleted_networks
-    if deleted:
+    reply = client.PruneNetworks(pb.PruneNetworksRequest())
+    if reply.deleted_networks:
         print("Deleted Networks:")
-        for name in deleted:
+        for name in reply.deleted_networks:
             print(name)
+    for name in reply.skipped_networks:
+        print(f"cnm: warning: network {name} not pruned: a host that has it did not answer",
+              file=sys.stderr)
     return 0
 
 
 def resolve_container(client: Client, host_id: str, container: str) -> str:
     """The container id of ``container``: a sandbox made by ``cnm run`` if there is one."""
-    sandboxes = {s.name for s in client.ListSandboxes(
-        pb.ListSandboxesRequest(host_id=host_id)).sandboxes}
+    derived = sandbox_name(host_id, container)
+    try:
+        sandboxes = {s.name for s in client.ListSandboxes(
+            pb.ListSandboxesRequest(host_id=host_id)).sandboxes}
+    except grpc.RpcError:
+        # The host is down or gone (what disconnect --force is for): the
+        # orchestrator's records still know the endpoints of a `cnm run` sandbox.
+        recorded = client.ListEndpoints(pb.ListEndpointsRequest(container_id=derived,
+                                                                host_id=host_id)).endpoints
+        return derived if recorded else container
     if container in sandboxes:
         return container
-    derived = sandbox_name(host_id, container)
     return derived if derived in sandboxes else container
 
 
@@ -239,6 +250,17 @@ def host_ls(client: Client, args) -> int:
     return 0
 
 
+def host_rm(client: Client, args) -> int:
+    status = 0
+    for host_id in args.hosts:
+        try:
+            client.DeleteHost(pb.DeleteHostRequest(host_id=host_id))
+            print(host_id)
+        except grpc.RpcError as error:
+            status = report(error)
+    return status
+
+
 # --- containers (sandboxes) ---------------------------------------------------
 
 
@@ -253,27 +275,34 @@ def run(client: Client, args) -> int:
         raise UsageError(f"invalid container name {name!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
     ports = [parse_port(spec) for spec in args.publish or ()]
     sandbox = sandbox_name(args.host, name)
-    created = client.CreateSandbox(pb.CreateSandboxRequest(name=sandbox, host_id=args.host))
-    try:
-        for index, network in enumerate(args.net):
-            client.ConnectContainer(pb.ConnectContainerRequest(
-                network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
-                port_mappings=ports if index == 0 else [],
-            ))
-    except BaseException:
-        remove_sandbox(client, args.host, sandbox, allow_missing=True)
-        raise
-    argv = [nsenter(), f"--net={created.sandbox.path}", "--", *command]
+    # Everything that can fail locally is done before the sandbox exists.
+    launcher = nsenter()
+    with contextlib.ExitStack() as closing:
+        log = None
+        if args.detach:
+            log_dir = Path(config.env("CNM_RUN_DIR", "/run/cnm"))
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = closing.enter_context(open(log_dir / f"{sandbox}.log", "ab"))
+        created = client.CreateSandbox(pb.CreateSandboxRequest(name=sandbox, host_id=args.host))
+        try:
+            for index, network in enumerate(args.net):
+                client.ConnectContainer(pb.ConnectContainerRequest(
+                    network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
+                    port_mappings=ports if index == 0 else [],
+                ))
+            argv = [launcher, f"--net={created.sandbox.path}", "--", *command]
+            if args.detach:
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+            else:
+                process = subprocess.Popen(argv)
+        except BaseException:
+            remove_sandbox(client, args.host, sandbox, allow_missing=True)
+            raise
     if args.detach:
-        log_dir = Path(config.env("CNM_RUN_DIR", "/run/cnm"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"{sandbox}.log", "ab") as log:
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True)
         print(name)
         return 0
     try:
-        process = subprocess.Popen(argv)
         while True:
             try:
                 code = process.wait()
@@ -423,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     hls = host_commands.add_parser("ls", aliases=["list"], help="list hosts and their health")
     format_flag(hls)
     hls.set_defaults(handler=host_ls)
+    hrm = host_commands.add_parser(
+        "rm", aliases=["remove"], help="forget hosts that left (their endpoints too)",
+        description="Forgets each host and its endpoints (their addresses are released) and "
+                    "takes it off every overlay network's peer lists. A host whose agent "
+                    "still runs registers again at its next heartbeat.")
+    hrm.add_argument("hosts", nargs="+", metavar="HOST")
+    hrm.set_defaults(handler=host_rm)
 
     runner = commands.add_parser(
         "run", help="run a command in a new sandbox connected to networks",
@@ -474,6 +510,9 @@ def main(argv=None) -> None:
         code = 2
     except grpc.RpcError as error:
         code = report(error)
+    except OSError as error:  # a local failure: no nsenter or ip, a directory not writable
+        print(f"cnm: error: {error}", file=sys.stderr)
+        code = 1
     finally:
         client.channel.close()
     sys.exit(code)

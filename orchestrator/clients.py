@@ -73,13 +73,6 @@ class Ipam:
                            ipam_pb2.ListAllocationsRequest(pool_id=pool_id), IPAM_TIMEOUT)
         return list(reply.allocations)
 
-    async def ready(self) -> bool:
-        try:
-            await self.stub.ListPools(ipam_pb2.ListPoolsRequest(), timeout=PROBE_TIMEOUT)
-        except grpc.aio.AioRpcError:
-            return False
-        return True
-
 
 class Agent:
     """One host agent, by host id and gRPC address."""
@@ -117,6 +110,12 @@ class Agent:
     async def delete_endpoint(self, endpoint_id: str) -> None:
         await call(self._what(f"delete endpoint {endpoint_id}"), self.stub.DeleteEndpoint,
                    netdriver_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id), AGENT_TIMEOUT)
+
+    async def create_network(self, network: netdriver_pb2.Network) -> netdriver_pb2.Network:
+        reply = await call(self._what(f"create network {network.network_id}"),
+                           self.stub.CreateNetwork,
+                           netdriver_pb2.CreateNetworkRequest(network=network), AGENT_TIMEOUT)
+        return reply.network
 
     async def delete_network(self, network_id: str) -> None:
         await call(self._what(f"delete network {network_id}"), self.stub.DeleteNetwork,
@@ -167,7 +166,16 @@ class Agents:
             self._agents[host_id] = agent
         return agent
 
+    async def forget(self, host_id: str) -> None:
+        """Closes the channel of a host that was removed."""
+        agent = self._agents.pop(host_id, None)
+        if agent is not None:
+            await agent.close()
+
     async def close(self) -> None:
         for agent in self._agents.values():
             await agent.close()
         self._agents.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        self._closing.clear()

@@ -13,7 +13,7 @@ import sys
 
 EXIT_CODE = 70
 STEPS = (
-    "create-network-intent", "create-network-ipam",
+    "create-network-intent", "create-network-ipam", "create-network-vni",
     "connect-intent", "connect-ipam", "connect-agent",
     "disconnect-intent", "disconnect-agent",
     "delete-network-intent", "delete-network-hosts",

@@ -25,8 +25,9 @@ from cnm import errors
 from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator import faults, validation
+from orchestrator import faults, overlay, validation
 from orchestrator.clients import Agent, Agents, Ipam
+from orchestrator.overlay import Overlay, Vnis
 from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Store
 
 log = logging.getLogger("orchestrator.flows")
@@ -97,6 +98,7 @@ def to_agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint
     return nd.Endpoint(
         endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
         container_id=endpoint.container_id, sandbox=endpoint.sandbox, address=endpoint.address,
+        mac_address=endpoint.mac_address,
         port_mappings=[
             nd.PortMapping(protocol=mapping.protocol, host_ip=mapping.host_ip,
                            host_port=mapping.host_port, container_port=mapping.container_port)
@@ -110,11 +112,14 @@ class Orchestrator:
     """The flows, over a Store, the IPAM client and the agents' clients."""
 
     def __init__(self, store: Store, ipam: Ipam, agents: Agents,
-                 heartbeat_interval: int = HEARTBEAT_INTERVAL):
+                 heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 vni_range: tuple[int, int] = overlay.parse_vni_range(overlay.DEFAULT_VNI_RANGE)):
         self.store = store
         self.ipam = ipam
         self.agents = agents
         self.heartbeat_interval = heartbeat_interval
+        self.vnis = Vnis(store.r, vni_range)
+        self.overlay = Overlay(self, to_agent_network)
 
     # --- hosts --------------------------------------------------------------
 
@@ -133,10 +138,14 @@ class Orchestrator:
         if not host.underlay_ip:
             info = await self.agents.get(host.host_id, host.address).probe()
             host.underlay_ip = info.underlay_ip
-            current = await self.store.get_host(host.host_id)
-            if current is not None and current.address == host.address:
+
+            def learn(current: pb.Host) -> bool:
+                if current.address != host.address or current.underlay_ip == info.underlay_ip:
+                    return False  # re-registered from elsewhere meanwhile, or known
                 current.underlay_ip = info.underlay_ip
-                await self.store.put_host(current)
+                return True
+
+            await self.store.update_host(host.host_id, learn)
         return host.underlay_ip
 
     async def add_static_hosts(self, spec: str) -> None:
@@ -163,16 +172,18 @@ class Orchestrator:
                          last_heartbeat_time=now(),
                          static=existing.static if existing is not None else False)
         await self.store.put_host(record)
+        # A new host, or an agent that restarted: either way it gets every
+        # overlay network with its peers before the registration returns.
+        await self.overlay.sync_host(record)
         return record
 
     async def heartbeat_host(self, host_id: str) -> bool:
         """Records a heartbeat; False when the host is unknown (it must register)."""
-        host = await self.store.get_host(host_id)
-        if host is None:
-            return False
-        host.last_heartbeat_time.GetCurrentTime()
-        await self.store.put_host(host)
-        return True
+        def beat(host: pb.Host) -> bool:
+            host.last_heartbeat_time.GetCurrentTime()
+            return True
+
+        return await self.store.update_host(host_id, beat) is not None
 
     def _heartbeat_fresh(self, host: pb.Host) -> bool:
         if not host.HasField("last_heartbeat_time"):
@@ -185,7 +196,7 @@ class Orchestrator:
 
         async def fill(host: pb.Host) -> None:
             healthy = self._heartbeat_fresh(host)
-            if not healthy:
+            if not healthy and host.static:  # a static host need not heartbeat
                 with contextlib.suppress(errors.CnmError):
                     await self.agents.get(host.host_id, host.address).probe()
                     healthy = True
@@ -195,9 +206,11 @@ class Orchestrator:
         await asyncio.gather(*(fill(host) for host in hosts))
         return hosts
 
-    async def delete_host(self, host_id: str) -> None:
+    async def delete_host(self, host_id: str, allow_missing: bool = False) -> None:
         """Forgets a host and its endpoints (their addresses are released)."""
         if await self.store.get_host(host_id) is None:
+            if allow_missing:
+                return
             raise errors.NotFound(f"host {host_id!r} not found", host=host_id)
         for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
             async with self.store.lock(f"ep:{endpoint_id}"):
@@ -207,6 +220,8 @@ class Orchestrator:
                 await self.ipam.release_owner(endpoint.network_id, endpoint_id)
                 await self.store.forget_endpoint(endpoint, f"ep:{endpoint_id}")
         await self.store.delete_host(host_id)
+        await self.agents.forget(host_id)
+        await self.overlay.host_left(host_id)
 
     # --- networks -----------------------------------------------------------
 
@@ -232,28 +247,40 @@ class Orchestrator:
             network = pb.Network()
             network.CopyFrom(wanted)
             network.network_id = uuid.uuid4().hex[:12]
+            # A create under this name cut short left its intent: undo it before
+            # ours replaces it, or its pool would be forgotten.
+            abandoned = await self.store.get_intent(lock_name)
+            if abandoned is not None:
+                await self.settle_network_intent(abandoned)
             intent = self.store.new_intent(lock_name, "create-network", lock=lock_name,
                                            network_id=network.network_id, name=network.name)
             await self.store.put_intent(intent)
             faults.point("create-network-intent")
             async with Undo() as undo:
                 undo.push("drop intent", lambda: self._drop_intent_unless(undo, intent.key))
+                # Pushed first: IPAM may have reserved the subnet even if the call
+                # failed, and deleting a pool that does not exist succeeds.
+                undo.push("delete pool",
+                          lambda: self.ipam.delete_pool(network.network_id, force=True))
                 pool = await self.ipam.create_pool(ipam_pb2.Pool(
                     pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
                     ip_range=network.ip_range,
                     labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
                 ))
-                undo.push("delete pool",
-                          lambda: self.ipam.delete_pool(network.network_id, force=True))
                 faults.point("create-network-ipam")
                 network.gateway = pool.gateway
-                if network.driver == "overlay":
-                    network.vni = await self.store.next_vni()
+                if network.driver == overlay.DRIVER:
+                    network.vni = await self.vnis.allocate(network.network_id)
+                    undo.push("release vni", lambda: self.vnis.release(network.network_id))
+                    faults.point("create-network-vni")
                 network.create_time.CopyFrom(now())
                 if not await self.store.record_network(network, intent.key):
                     raise errors.AlreadyExists(f"network {network.name!r} already exists")
                 undo.done()
-        log.info("network created", extra={"network": network.name, "id": network.network_id})
+            if network.driver == overlay.DRIVER:
+                await self.overlay.spread_network(network)
+        log.info("network created", extra={"network": network.name, "id": network.network_id,
+                                           "vni": network.vni})
         return network
 
     async def _drop_intent_unless(self, undo: Undo, key: str) -> None:
@@ -264,6 +291,11 @@ class Orchestrator:
         network, _ = await self.store.resolve_network(name_or_id)
         endpoint_ids = await self.store.network_endpoint_ids(network.network_id)
         network.endpoints.extend(await self.store.get_endpoints(endpoint_ids))
+        if network.driver == overlay.DRIVER:
+            states = await self.overlay.host_states(network.network_id)
+            for host_id, (ready, message) in sorted(states.items()):
+                network.hosts.add(host_id=host_id, ready=ready, message=message)
+            return network
         for host_id in await self.store.network_hosts(network.network_id):
             network.hosts.add(host_id=host_id, ready=True)
         return network
@@ -283,8 +315,22 @@ class Orchestrator:
             networks.append(network)
         return sorted(networks, key=lambda network: network.name)
 
-    async def delete_network(self, name_or_id: str, force: bool) -> None:
-        network, _ = await self.store.resolve_network(name_or_id)
+    async def delete_network(self, name_or_id: str, force: bool,
+                             allow_missing: bool = False) -> None:
+        try:
+            network, _ = await self.store.resolve_network(name_or_id)
+        except errors.NotFound:
+            if allow_missing:
+                return
+            raise
+        await self._delete_network(network, force)
+
+    async def _delete_network(self, network: pb.Network, force: bool) -> None:
+        if not force:
+            # Refuse before the network is marked deleting: with a host down
+            # it would stay so (no connect, no create of its name) until the
+            # host came back.
+            await self._probe_network_hosts(network)
         lock_name = f"net:{network.network_id}"
         async with self.store.lock(lock_name):
             intent = self.store.new_intent(lock_name, "delete-network", lock=lock_name,
@@ -303,6 +349,22 @@ class Orchestrator:
             await self.finish_network_delete(network, intent, force)
         log.info("network deleted", extra={"network": network.name, "id": network.network_id})
 
+    async def _probe_network_hosts(self, network: pb.Network) -> None:
+        """UNAVAILABLE when a host the network must be deleted from does not answer."""
+        if network.driver == overlay.DRIVER:
+            return  # left on a host that is down until the reconciler finds it there
+        on_network = set(await self.store.network_hosts(network.network_id))
+        hosts = [host for host in await self.store.list_hosts() if host.host_id in on_network]
+        results = await asyncio.gather(
+            *(self.agents.get(host.host_id, host.address).probe() for host in hosts),
+            return_exceptions=True)
+        failures = [result.message for result in results if isinstance(result, errors.Unavailable)]
+        if failures:
+            raise errors.Unavailable(
+                f"network {network.name!r} cannot be deleted now: " + "; ".join(failures)
+                + ": retry, or delete with force", network=network.name,
+            )
+
     async def finish_network_delete(self, network: pb.Network, intent: Intent,
                                     force: bool) -> None:
         """Disconnects what is left, removes the network from its hosts, frees the pool.
@@ -313,6 +375,15 @@ class Orchestrator:
         for endpoint_id in await self.store.network_endpoint_ids(network.network_id):
             await self.disconnect_endpoint(endpoint_id, force=True)
         await self._wait_pending(network.network_id)
+        if network.driver == overlay.DRIVER:
+            # On every host; one that cannot be reached keeps it until the
+            # reconciler finds it there with no record left.
+            await self.overlay.delete_from_hosts(network)
+            faults.point("delete-network-hosts")
+            await self.ipam.delete_pool(network.network_id, force=True)
+            await self.overlay.forget_network(network.network_id)
+            await self.store.finish_delete_network(network.network_id, network.name, intent.key)
+            return
         failures = []
         for host_id in await self.store.network_hosts(network.network_id):
             host = await self.store.get_host(host_id)
@@ -348,17 +419,23 @@ class Orchestrator:
                     f"connects still in flight on network {network_id}: retry", reason="BUSY")
             await asyncio.sleep(0.05)
 
-    async def prune_networks(self) -> list[str]:
-        deleted = []
+    async def prune_networks(self) -> tuple[list[str], list[str]]:
+        """(names deleted, names skipped because a host of theirs did not answer)."""
+        deleted, skipped = [], []
         for network, state in await self.store.list_networks():
             if state != STATE_READY:
                 continue
             try:
-                await self.delete_network(network.network_id, force=False)
+                await self._delete_network(network, force=False)
             except errors.FailedPrecondition:
                 continue
+            except errors.Unavailable as error:
+                log.warning("network not pruned", extra={"network": network.name,
+                                                         "error": error.message})
+                skipped.append(network.name)
+                continue
             deleted.append(network.name)
-        return sorted(deleted)
+        return sorted(deleted), sorted(skipped)
 
     # --- endpoints ----------------------------------------------------------
 
@@ -378,21 +455,26 @@ class Orchestrator:
                     field="address")
         mappings = validation.port_mappings(request.port_mappings, network.internal)
         sandbox = request.sandbox or request.container_id
-        agent = await self.agent(request.host_id)
         endpoint_id = validation.endpoint_id(network.network_id, request.container_id)
         lock_name = f"ep:{endpoint_id}"
+        # A repeat of a completed connect succeeds whatever the host's health
+        # since; an endpoint with an intent (a disconnect cut short) is settled first.
+        existing = await self.store.get_endpoint(endpoint_id)
+        if existing is not None and await self.store.get_intent(lock_name) is None:
+            return self._repeated_connect(existing, network, request, sandbox, address, mappings)
+        agent = await self.agent(request.host_id)
+        host = await self.store.get_host(request.host_id)
+        if host is not None and not self.overlay.healthy(host):
+            raise errors.Unavailable(
+                f"host {request.host_id!r} has missed its heartbeats; not connecting to it",
+                reason="HOST_UNHEALTHY", host=request.host_id,
+            )
         async with self.store.lock(lock_name):
+            await self.settle_locked(endpoint_id)
             existing = await self.store.get_endpoint(endpoint_id)
             if existing is not None:
-                if validation.same_endpoint(existing, request.host_id, sandbox, address, mappings):
-                    return existing
-                raise errors.AlreadyExists(
-                    f"container {request.container_id!r} is already connected to network "
-                    f"{network.name!r} with different parameters (host {existing.host_id}, "
-                    f"address {existing.address})",
-                    network=network.name, container=request.container_id,
-                )
-            await self.settle_locked(endpoint_id)
+                return self._repeated_connect(existing, network, request, sandbox, address,
+                                              mappings)
             await agent.ensure_reachable()
             endpoint = pb.Endpoint(
                 endpoint_id=endpoint_id, network_id=network.network_id,
@@ -418,6 +500,9 @@ class Orchestrator:
             async with Undo() as undo:
                 undo.push("forget endpoint",
                           lambda: self._forget_unless(undo, endpoint, intent.key))
+                # Pushed first: IPAM may have allocated even if the call failed.
+                undo.push("release address",
+                          lambda: self.ipam.release_owner(network.network_id, endpoint_id))
                 try:
                     allocation = await self.ipam.allocate(network.network_id, endpoint_id,
                                                           address)
@@ -426,14 +511,27 @@ class Orchestrator:
                         f"address {address} is already in use on network {network.name!r}",
                         reason="ADDRESS_IN_USE", network=network.name, address=address,
                     ) from error
-                undo.push("release address",
-                          lambda: self.ipam.release_owner(network.network_id, endpoint_id))
                 faults.point("connect-ipam")
                 endpoint.address = allocation.address
                 endpoint.prefix_length = allocation.prefix_length
+                if network.driver == overlay.DRIVER and host is not None:
+                    await self.overlay.ensure_ready(network, host)
                 await self.store.add_network_host(network.network_id, request.host_id)
-                created = await agent.create_endpoint(
-                    to_agent_endpoint(endpoint, default_route), to_agent_network(network))
+                generation = 0
+                if network.driver == overlay.DRIVER:
+                    # The other hosts learn the endpoint while its host makes it.
+                    endpoint.mac_address = overlay.endpoint_mac(endpoint.address)
+                    undo.push("take the endpoint off the other hosts",
+                              lambda: self.sync_peers(network.network_id, request.host_id))
+                    created, (generation, _) = await asyncio.gather(
+                        agent.create_endpoint(to_agent_endpoint(endpoint, default_route),
+                                              to_agent_network(network)),
+                        self.overlay.push_peers(network.network_id, skip_host=request.host_id,
+                                                pending=endpoint),
+                    )
+                else:
+                    created = await agent.create_endpoint(
+                        to_agent_endpoint(endpoint, default_route), to_agent_network(network))
                 undo.push("delete endpoint on host",
                           lambda: agent.delete_endpoint(endpoint_id))
                 faults.point("connect-agent")
@@ -445,9 +543,27 @@ class Orchestrator:
                     raise errors.FailedPrecondition(
                         f"network {network.name!r} was deleted during the connect")
                 undo.done()
-        if network.driver == "overlay":
-            await self.sync_peers(network.network_id)
+        if network.driver == overlay.DRIVER and (
+            await self.overlay.generation(network.network_id) != generation
+            or endpoint.mac_address != overlay.endpoint_mac(endpoint.address)
+        ):
+            # Another push was taken meanwhile, without the endpoint: push again.
+            await self.sync_peers(network.network_id, skip_host=request.host_id)
         return endpoint
+
+    @staticmethod
+    def _repeated_connect(existing: pb.Endpoint, network: pb.Network,
+                          request: pb.ConnectContainerRequest, sandbox: str, address: str,
+                          mappings: list[pb.PortMapping]) -> pb.Endpoint:
+        """The endpoint of a repeated connect; AlreadyExists when the parameters differ."""
+        if validation.same_endpoint(existing, request.host_id, sandbox, address, mappings):
+            return existing
+        raise errors.AlreadyExists(
+            f"container {request.container_id!r} is already connected to network "
+            f"{network.name!r} with different parameters (host {existing.host_id}, "
+            f"address {existing.address})",
+            network=network.name, container=request.container_id,
+        )
 
     async def _forget_unless(self, undo: Undo, endpoint: pb.Endpoint, intent_key: str) -> None:
         if not undo.failed:
@@ -482,7 +598,7 @@ class Orchestrator:
                 raise
             faults.point("disconnect-agent")
             await self._release_and_forget(endpoint, intent.key)
-        await self.sync_peers(endpoint.network_id)
+        await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True
 
     async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> None:
@@ -531,6 +647,7 @@ class Orchestrator:
             found = await self.store.get_network(network_id)
             if found is None:
                 await self.ipam.delete_pool(network_id, force=True)
+                await self.vnis.release(network_id)
             await self.store.drop_intent(intent.key)
         elif intent.op == "delete-network":
             found = await self.store.get_network(network_id)
@@ -540,53 +657,19 @@ class Orchestrator:
                 return
             await self.finish_network_delete(found[0], intent, bool(intent.data.get("force")))
 
-    async def sync_peers(self, network_id: str) -> bool:
-        """Pushes an overlay network's peers and remote endpoints to each of its hosts.
+    async def sync_peers(self, network_id: str, skip_host: str = "") -> bool:
+        """Pushes an overlay network's peers and remote endpoints to its hosts.
 
-        Computed from the records under a per-network lock and numbered with
-        a growing generation, so a late push never overwrites a newer one. A host that cannot be reached leaves the
-        network marked, and the reconciler pushes again: False then. Networks
-        of other drivers, or being deleted, need nothing.
+        False when a host missed it (the network is marked and the
+        reconciler pushes again). Networks of other drivers, or being
+        deleted, need nothing. ``skip_host``: a host whose view did not
+        change (its own endpoint came or went).
         """
         found = await self.store.get_network(network_id)
-        if found is None or found[1] != STATE_READY or found[0].driver != "overlay":
+        if found is None or found[1] != STATE_READY or found[0].driver != overlay.DRIVER:
             return True
-        async with self.store.lock(f"peers:{network_id}"):
-            hosts = [h for h in [await self.store.get_host(host_id)
-                                 for host_id in await self.store.network_hosts(network_id)]
-                     if h is not None]
-            endpoints = await self.store.get_endpoints(
-                await self.store.network_endpoint_ids(network_id))
-            generation = await self.store.next_peers_generation(network_id)
-            failures = []
-            underlay = {}
-            for host in hosts:
-                try:
-                    underlay[host.host_id] = await self.underlay_ip(host)
-                except errors.CnmError as error:
-                    failures.append(error.message)
-
-            async def push(host: pb.Host) -> None:
-                peers = [nd.Peer(host_id=other, underlay_ip=ip)
-                         for other, ip in sorted(underlay.items()) if other != host.host_id]
-                remote = [nd.RemoteEndpoint(address=e.address, mac_address=e.mac_address,
-                                            underlay_ip=underlay[e.host_id])
-                          for e in endpoints
-                          if e.host_id != host.host_id and e.host_id in underlay]
-                try:
-                    await self.agents.get(host.host_id, host.address).set_network_peers(
-                        network_id, peers, remote, generation)
-                except errors.CnmError as error:
-                    failures.append(error.message)
-
-            await asyncio.gather(*(push(h) for h in hosts if h.host_id in underlay))
-            if failures:
-                await self.store.mark_peers_dirty(network_id)
-                log.warning("overlay peers not pushed everywhere",
-                            extra={"network": network_id, "errors": failures})
-                return False
-            await self.store.clear_peers_dirty(network_id)
-            return True
+        _, complete = await self.overlay.push_peers(network_id, skip_host)
+        return complete
 
     async def get_endpoint(self, endpoint_id: str) -> pb.Endpoint:
         endpoint = await self.store.get_endpoint(endpoint_id)

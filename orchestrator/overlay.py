@@ -27,7 +27,8 @@ Redis layout (prefix ``{cnm-orch}:``, beside store.py's)::
     vni:bynet           HASH   network id -> vni
     vni:cursor          STRING next-fit start
     net:<id>:hoststate  HASH   host id -> JSON {"ready": bool, "message": str}
-    net:<id>:peergen    STRING generation of the network's last push
+
+and store.py's ``net:<id>:peers-gen``, the generation of the network's last push.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from typing import TYPE_CHECKING
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator.clients import call
 from orchestrator.store import STATE_READY, k
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ log = logging.getLogger("orchestrator.overlay")
 
 DRIVER = "overlay"
 DEFAULT_VNI_RANGE = "4096-16777215"
-ENSURE_TIMEOUT = 5.0
 
 _ALLOCATE_VNI = """
 local bits, owner, bynet, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -92,6 +91,13 @@ def endpoint_mac(address: str) -> str:
     (02:42:a:b:c:d), so that it is known before the agent has made the endpoint."""
     octets = ipaddress.IPv4Address(address).packed
     return "02:42:" + ":".join(f"{octet:02x}" for octet in octets)
+
+
+def no_underlay(host_id: str) -> str:
+    """Why a host cannot take part in overlay networks, for its per-host state."""
+    return (f"host {host_id!r} has no underlay (VTEP) address, so no other host can reach "
+            "it: start its agent with --underlay-ip (CNM_UNDERLAY_IP), or give it a "
+            "default route")
 
 
 def parse_vni_range(spec: str) -> tuple[int, int]:
@@ -167,10 +173,8 @@ class Overlay:
         return states
 
     async def forget_network(self, network_id: str) -> None:
-        """Drops what this module keeps of a deleted network: host states, push
-        generation and its VNI."""
-        await self.store.r.delete(k("net", network_id, "hoststate"),
-                                  k("net", network_id, "peergen"))
+        """Drops what this module keeps of a deleted network: host states and its VNI."""
+        await self.store.r.delete(k("net", network_id, "hoststate"))
         await self.orch.vnis.release(network_id)
 
     async def networks(self) -> list[pb.Network]:
@@ -183,7 +187,7 @@ class Overlay:
     # --- peers -------------------------------------------------------------------
 
     async def generation(self, network_id: str) -> int:
-        return int(await self.store.r.get(k("net", network_id, "peergen")) or 0)
+        return int(await self.store.r.get(k("net", network_id, "peers-gen")) or 0)
 
     async def push_peers(self, network_id: str, skip_host: str = "",
                          pending: pb.Endpoint | None = None) -> tuple[int, bool]:
@@ -195,35 +199,46 @@ class Overlay:
         the network for the reconciler; so does a host that is not healthy (it
         is brought in line when it registers again).
         """
-        generation = int(await self.store.r.incr(k("net", network_id, "peergen")))
-        on_network = set(await self.store.network_hosts(network_id))
-        hosts = [host for host in await self.store.list_hosts() if host.host_id in on_network]
+        # One round trip; the generation is taken before anything is read.
+        pipe = self.store.r.pipeline(transaction=False)
+        pipe.incr(k("net", network_id, "peers-gen"))
+        pipe.smembers(k("net", network_id, "hosts"))
+        pipe.hgetall(k("hosts"))
+        pipe.smembers(k("net", network_id, "eps"))
+        generation, on_network, raw_hosts, endpoint_ids = await pipe.execute()
+        on_network = {member.decode() for member in on_network}
+        hosts = [host for host in map(pb.Host.FromString, raw_hosts.values())
+                 if host.host_id in on_network]
         endpoints = await self.store.get_endpoints(
-            await self.store.network_endpoint_ids(network_id))
+            sorted(member.decode() for member in endpoint_ids))
         if pending is not None and all(e.endpoint_id != pending.endpoint_id for e in endpoints):
             endpoints.append(pending)
         underlays = {host.host_id: host.underlay_ip for host in hosts if host.underlay_ip}
         failures: list[str] = []
 
         async def push(host: pb.Host) -> None:
-            request = nd.SetNetworkPeersRequest(network_id=network_id, generation=generation)
-            for peer_id, underlay in sorted(underlays.items()):
-                if peer_id != host.host_id:
-                    request.peers.add(host_id=peer_id, underlay_ip=underlay)
-            for endpoint in endpoints:
-                underlay = underlays.get(endpoint.host_id)
-                if endpoint.host_id != host.host_id and underlay and endpoint.mac_address:
-                    request.remote_endpoints.add(address=endpoint.address,
-                                                 mac_address=endpoint.mac_address,
-                                                 underlay_ip=underlay)
+            peers = [nd.Peer(host_id=peer_id, underlay_ip=underlay)
+                     for peer_id, underlay in sorted(underlays.items())
+                     if peer_id != host.host_id]
+            remotes = [nd.RemoteEndpoint(address=endpoint.address,
+                                         mac_address=endpoint.mac_address,
+                                         underlay_ip=underlays[endpoint.host_id])
+                       for endpoint in endpoints
+                       if endpoint.host_id != host.host_id and endpoint.host_id in underlays
+                       and endpoint.mac_address]
             agent = self.orch.agents.get(host.host_id, host.address)
             try:
-                await call(agent._what(f"set peers of network {network_id}"),
-                           agent.stub.SetNetworkPeers, request, ENSURE_TIMEOUT)
+                await agent.set_network_peers(network_id, peers, remotes, generation)
             except errors.CnmError as error:
                 failures.append(error.message)
                 await self.set_host_state(network_id, host.host_id, False, error.message)
 
+        # On the network, yet with no VTEP address now (an agent restarted without
+        # one): no peer can reach it; shown, not silently left out.
+        for host in hosts:
+            if host.host_id not in underlays:
+                await self.set_host_state(network_id, host.host_id, False,
+                                          no_underlay(host.host_id))
         targets = [host for host in hosts
                    if host.host_id != skip_host and host.host_id in underlays]
         waiting = [host for host in targets if not self.healthy(host)]
@@ -245,11 +260,10 @@ class Overlay:
         """
         agent = self.orch.agents.get(host.host_id, host.address)
         try:
-            await self.orch.underlay_ip(host)
-            await call(agent._what(f"create network {network.network_id}"),
-                       agent.stub.CreateNetwork,
-                       nd.CreateNetworkRequest(network=self.to_agent_network(network)),
-                       ENSURE_TIMEOUT)
+            if not await self.orch.underlay_ip(host):
+                raise errors.FailedPrecondition(no_underlay(host.host_id),
+                                                reason="NO_UNDERLAY_ADDRESS")
+            await agent.create_network(self.to_agent_network(network))
         except errors.CnmError as error:
             await self.set_host_state(network.network_id, host.host_id, False, error.message)
             log.warning("overlay network not in line on host",

@@ -10,7 +10,8 @@ One pass, run at start-up and then periodically by one replica at a time:
    pushed again;
 3. IPAM: addresses whose owner is neither a recorded endpoint nor an
    endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
-   and pools cnm made for networks that no longer exist are deleted;
+   and pools cnm made for networks that no longer exist are deleted; so
+   are VXLAN ids held for such networks;
 4. agents: endpoints and networks in a host's kernel that no record or
    intent knows are deleted (left by a forced delete while the host was
    unreachable, or by lost records). This reads each agent's whole kernel
@@ -38,6 +39,7 @@ class Report:
     settled_intents: list[str] = field(default_factory=list)
     released_addresses: list[str] = field(default_factory=list)
     deleted_pools: list[str] = field(default_factory=list)
+    released_vnis: list[str] = field(default_factory=list)
     deleted_host_endpoints: list[str] = field(default_factory=list)
     deleted_host_networks: list[str] = field(default_factory=list)
     synced_peers: list[str] = field(default_factory=list)
@@ -45,6 +47,7 @@ class Report:
 
     def changed(self) -> bool:
         return any((self.settled_intents, self.released_addresses, self.deleted_pools,
+                    self.released_vnis,
                     self.deleted_host_endpoints, self.deleted_host_networks,
                     self.synced_peers))
 
@@ -67,10 +70,8 @@ class Reconciler:
         try:
             await self._settle_intents(report)
             await self._collect_addresses(report)
-            for network_id in await self.store.peers_dirty():
-                if await self.orch.sync_peers(network_id):
-                    await self.store.clear_peers_dirty(network_id)
-                    report.synced_peers.append(network_id)
+            await self._collect_vnis(report)
+            report.synced_peers += await self.orch.overlay.reconcile()
             if collect_hosts:
                 await self._collect_host_objects(report)
         finally:
@@ -83,10 +84,17 @@ class Reconciler:
         last_host_pass = -host_interval
         while True:
             collect_hosts = time.monotonic() - last_host_pass >= host_interval
+            # A task of its own: a lock lost mid-pass cancels the pass, not the loop.
+            one_pass = asyncio.create_task(self.run_once(collect_hosts))
             try:
-                report = await self.run_once(collect_hosts)
+                report = await one_pass
                 if collect_hosts and report is not None:
                     last_host_pass = time.monotonic()
+            except asyncio.CancelledError:
+                if not one_pass.cancelled() or asyncio.current_task().cancelling():
+                    one_pass.cancel()
+                    raise
+                log.warning("reconcile pass stopped: it lost a lock")
             except Exception as error:  # noqa: BLE001 - the next pass retries
                 log.warning("reconcile pass failed", extra={"error": str(error)})
             await asyncio.sleep(interval)
@@ -153,6 +161,24 @@ class Reconciler:
                         report.released_addresses.append(f"{pool.pool_id}/{allocation.address}")
                 finally:
                     await lock.release()
+
+    async def _collect_vnis(self, report: Report) -> None:
+        """Releases VXLAN ids held for networks that are neither recorded nor being made.
+
+        Read in this order (holders, intents, records): a create takes its id
+        after writing its intent and clears the intent in the script that
+        records the network, so a live create is always seen in one of the two.
+        """
+        holders = await self.orch.vnis.holders()
+        if not holders:
+            return
+        busy_network_ids = await self._creating_network_ids()
+        network_ids = await self.store.network_ids()
+        for network_id, vni in sorted(holders.items()):
+            if network_id in busy_network_ids or network_id in network_ids:
+                continue
+            await self.orch.vnis.release(network_id)
+            report.released_vnis.append(f"{vni} of {network_id}")
 
     async def _collect_host_objects(self, report: Report) -> None:
         for host in await self.store.list_hosts():

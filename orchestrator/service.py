@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 
-from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
-from cnm.redis_client import UNREACHABLE
+from cnm.redis_client import unavailable
 from orchestrator.flows import Orchestrator
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -20,10 +19,8 @@ def redis_unavailable_is_unavailable(cls):
     def guard(method):
         @functools.wraps(method)
         async def guarded(self, request, context):
-            try:
+            with unavailable(method.__name__):
                 return await method(self, request, context)
-            except UNREACHABLE as error:
-                raise errors.Unavailable(f"redis: {error}", reason="STORE_UNAVAILABLE") from error
 
         return guarded
 
@@ -48,11 +45,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.ListNetworksResponse(networks=networks)
 
     async def DeleteNetwork(self, request, context):
-        await self.orch.delete_network(request.network, request.force)
+        await self.orch.delete_network(request.network, request.force, request.allow_missing)
         return pb.DeleteNetworkResponse()
 
     async def PruneNetworks(self, request, context):
-        return pb.PruneNetworksResponse(deleted_networks=await self.orch.prune_networks())
+        deleted, skipped = await self.orch.prune_networks()
+        return pb.PruneNetworksResponse(deleted_networks=deleted, skipped_networks=skipped)
 
     async def ConnectContainer(self, request, context):
         return pb.ConnectContainerResponse(endpoint=await self.orch.connect(request))
@@ -94,5 +92,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.ListHostsResponse(hosts=await self.orch.list_hosts())
 
     async def DeleteHost(self, request, context):
-        await self.orch.delete_host(request.host_id)
+        await self.orch.delete_host(request.host_id, request.allow_missing)
         return pb.DeleteHostResponse()

@@ -17,11 +17,12 @@ Layout (prefix ``{cnm-orch}:``)::
     host:<id>:eps       SET   endpoint ids recorded on a host
     host:<id>:ports     HASH  "proto/port/host_ip" -> endpoint id, "proto/port" -> count
     hosts               HASH  host id -> Host bytes
-    vni                 STRING counter of overlay VXLAN ids handed out
     peers-dirty         SET   overlay network ids whose peers must be pushed again
     intents             HASH  "ep:<id>" | "net:<id>" -> intent JSON
     replica:<id>        STRING with expiry: a live orchestrator replica
     lock:<name>         STRING with expiry: "<replica id>:<nonce>"
+
+(orchestrator/overlay.py keeps the VXLAN ids, ``vni:*``, and per-host states.)
 
 An intent is written before the first side effect of a flow and removed in
 the same script that records its outcome, so a crash between steps always
@@ -32,9 +33,11 @@ replica's lease key expiring means nobody will finish it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
@@ -46,7 +49,7 @@ from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 PREFIX = "{cnm-orch}:"
 STATE_READY = "ready"
 STATE_DELETING = "deleting"
-FIRST_VNI = 4096
+HOST_UPDATE_ATTEMPTS = 20
 
 
 def k(*parts: str) -> str:
@@ -167,16 +170,29 @@ redis.call('HDEL', intents, intent_key)
 return 1
 """
 
-# Takes a lock, or steals it from a replica whose lease has expired.
+# Takes a lock if free, else returns its holder. With the holder's replica
+# lease key as KEYS[2] and the holder seen as ARGV[3], steals the lock if
+# that holder still has it and its lease has expired.
 _ACQUIRE_LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 local holder = redis.call('GET', KEYS[1])
 if not holder then return 0 end
-local replica = string.match(holder, '^([^:]+):')
-if replica and redis.call('EXISTS', ARGV[3] .. replica) == 0 then
+if KEYS[2] == nil then return holder end
+if holder == ARGV[3] and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
+return 0
+"""
+
+_SWAP_HOST = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+_EXTEND_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -224,6 +240,8 @@ class Store:
         self._begin_delete_network = client.register_script(_BEGIN_DELETE_NETWORK)
         self._finish_delete_network = client.register_script(_FINISH_DELETE_NETWORK)
         self._acquire = client.register_script(_ACQUIRE_LOCK)
+        self._extend = client.register_script(_EXTEND_LOCK)
+        self._swap_host = client.register_script(_SWAP_HOST)
         self._release = client.register_script(_RELEASE_LOCK)
 
     @classmethod
@@ -245,9 +263,6 @@ class Store:
     async def drop_lease(self) -> None:
         await self.r.delete(k("replica", self.replica_id))
 
-    async def replica_alive(self, replica_id: str) -> bool:
-        return replica_id == self.replica_id or bool(await self.r.exists(k("replica", replica_id)))
-
     def lock(self, name: str, wait: float = 10.0) -> Lock:
         return Lock(self, name, wait)
 
@@ -264,9 +279,11 @@ class Store:
         return pb.Network.FromString(raw), state.decode()
 
     async def resolve_network(self, name_or_id: str) -> tuple[pb.Network, str]:
-        """A network by name, else by id; NotFound otherwise."""
-        network_id = await self.network_id_by_name(name_or_id) or name_or_id
-        found = await self.get_network(network_id)
+        """A network by id, else by name (as Docker: an id wins); NotFound otherwise."""
+        found = await self.get_network(name_or_id)
+        if found is None:
+            network_id = await self.network_id_by_name(name_or_id)
+            found = await self.get_network(network_id) if network_id else None
         if found is None:
             raise errors.NotFound(f"network {name_or_id!r} not found", network=name_or_id)
         return found
@@ -321,10 +338,6 @@ class Store:
 
     async def network_hosts(self, network_id: str) -> list[str]:
         return sorted(m.decode() for m in await self.r.smembers(k("net", network_id, "hosts")))
-
-    async def next_vni(self) -> int:
-        """A VXLAN id no other overlay network of this deployment has had."""
-        return FIRST_VNI + int(await self.r.incr(k("vni"))) - 1
 
     async def next_peers_generation(self, network_id: str) -> int:
         return int(await self.r.incr(k("net", network_id, "peers-gen")))
@@ -444,8 +457,32 @@ class Store:
         await self.r.hset(k("hosts"), host.host_id, host.SerializeToString())
 
     async def get_host(self, host_id: str) -> pb.Host | None:
-        raw = await self.r.hget(k("hosts"), host_id)
+        raw = await self._host_bytes(host_id)
         return pb.Host.FromString(raw) if raw is not None else None
+
+    async def _host_bytes(self, host_id: str) -> bytes | None:
+        return await self.r.hget(k("hosts"), host_id)
+
+    async def update_host(self, host_id: str,
+                          change: Callable[[pb.Host], bool]) -> pb.Host | None:
+        """Changes one host record with compare-and-set; None when there is no such host.
+
+        ``change`` edits the record and says whether to write it. A record
+        changed meanwhile (a heartbeat and a learnt underlay address from two
+        replicas) is read again and ``change`` re-applied, so neither is lost.
+        """
+        for _ in range(HOST_UPDATE_ATTEMPTS):
+            raw = await self._host_bytes(host_id)
+            if raw is None:
+                return None
+            host = pb.Host.FromString(raw)
+            if not change(host):
+                return host
+            if await self._swap_host(keys=[k("hosts")],
+                                     args=[host_id, raw, host.SerializeToString()]):
+                return host
+        raise errors.Unavailable(f"host {host_id!r} is being changed concurrently; retry",
+                                 reason="BUSY", host=host_id)
 
     async def list_hosts(self) -> list[pb.Host]:
         raw = await self.r.hgetall(k("hosts"))
@@ -460,7 +497,14 @@ class Store:
 
 
 class Lock:
-    """A Redis lock with expiry, stolen only from replicas whose lease expired."""
+    """A Redis lock with expiry, stolen only from replicas whose lease expired.
+
+    While held, it is extended every third of its TTL, and only if it still
+    holds our token. If that fails (the lock was taken over, or Redis could
+    not be reached for a whole TTL), the task that took the lock is cancelled
+    and, if it used ``async with``, ends with UNAVAILABLE: a flow never runs
+    on unprotected.
+    """
 
     def __init__(self, store: Store, name: str, wait: float):
         self.store = store
@@ -468,11 +512,49 @@ class Lock:
         self.name = name
         self.wait = wait
         self.token = f"{store.replica_id}:{uuid.uuid4().hex[:8]}"
+        self.lost = False
+        self._keeper: asyncio.Task | None = None
+
+    async def _take(self) -> bool:
+        ttl = self.store.LOCK_TTL_MS
+        for _ in range(2):  # a second go when the holder's lock expired meanwhile
+            reply = await self.store._acquire(keys=[self.key], args=[self.token, ttl, b""])
+            if reply == 1:
+                return True
+            if reply == 0:
+                continue
+            replica = bytes(reply).split(b":", 1)[0].decode()
+            return bool(await self.store._acquire(
+                keys=[self.key, k("replica", replica)], args=[self.token, ttl, reply]))
+        return False
 
     async def try_acquire(self) -> bool:
-        return bool(await self.store._acquire(
-            keys=[self.key], args=[self.token, Store.LOCK_TTL_MS, k("replica", "")],
-        ))
+        if not await self._take():
+            return False
+        self.lost = False
+        self._keeper = asyncio.create_task(self._keep(asyncio.current_task()))
+        return True
+
+    async def _keep(self, owner: asyncio.Task | None) -> None:
+        ttl = self.store.LOCK_TTL_MS
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(ttl / 3000)
+            if owner is not None and owner.done():
+                return  # taken and never released: let it expire
+            try:
+                if await asyncio.wait_for(
+                    self.store._extend(keys=[self.key], args=[self.token, ttl]), ttl / 3000,
+                ):
+                    last = time.monotonic()
+                    continue
+            except (TimeoutError, *redis_client.UNREACHABLE):
+                if time.monotonic() - last < ttl / 1000:
+                    continue
+            self.lost = True
+            if owner is not None:
+                owner.cancel(f"lost the lock {self.name}")
+            return
 
     async def __aenter__(self) -> Self:
         deadline = time.monotonic() + self.wait
@@ -487,7 +569,20 @@ class Lock:
         return self
 
     async def release(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         await self.store._release(keys=[self.key], args=[self.token])
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, exc_type, exc, tb) -> None:
         await self.release()
+        if self.lost and exc_type is asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            raise errors.Unavailable(
+                f"lost the lock {self.name} (taken over, or Redis unreachable): retry",
+                reason="LOCK_LOST",
+            ) from exc

@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 import re
 
-from cnm import errors
+from cnm import errors, subnets
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 
 NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -43,28 +43,16 @@ def network(spec: pb.Network) -> pb.Network:
         )
     if not spec.subnet:
         raise errors.InvalidArgument("subnet is required (e.g. 10.10.0.0/24)", field="subnet")
-    try:
-        subnet = ipaddress.ip_network(spec.subnet, strict=False)
-    except ValueError as error:
-        raise errors.InvalidArgument(f"invalid subnet {spec.subnet!r}: {error}",
-                                     field="subnet") from error
-    if subnet.num_addresses < 4:
-        raise errors.InvalidArgument(f"subnet {subnet} is too small: want at most /30 (IPv4)",
-                                     field="subnet")
-    gateway = ""
-    if spec.gateway:
-        gateway = str(address_in("gateway", spec.gateway, subnet))
-    ip_range = ""
-    if spec.ip_range:
-        try:
-            parsed = ipaddress.ip_network(spec.ip_range, strict=False)
-        except ValueError as error:
-            raise errors.InvalidArgument(f"invalid ip range {spec.ip_range!r}: {error}",
-                                         field="ip_range") from error
-        if parsed.version != subnet.version or not parsed.subnet_of(subnet):
-            raise errors.InvalidArgument(f"ip range {parsed} is not inside subnet {subnet}",
-                                         field="ip_range")
-        ip_range = str(parsed)
+    # The same checks, messages and reasons as IPAM's: refused here, before
+    # anything is written, rather than by IPAM half-way through the create.
+    checked = subnets.check(spec.subnet, spec.gateway, spec.ip_range)
+    if driver == "overlay" and checked.network.version != 4:
+        raise errors.InvalidArgument(
+            f"subnet {checked.network}: overlay networks are IPv4 only", field="subnet",
+            reason="OVERLAY_IPV4_ONLY",
+        )
+    gateway = str(checked.gateway) if spec.gateway else ""
+    ip_range = str(checked.ip_range) if checked.ip_range else ""
     mtu = spec.options.get(MTU_OPTION)
     if mtu is not None and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
         raise errors.InvalidArgument(f"invalid {MTU_OPTION} {mtu!r}: want 68-65535",
@@ -78,7 +66,8 @@ def network(spec: pb.Network) -> pb.Network:
         raise errors.InvalidArgument(f"invalid {BRIDGE_NAME_OPTION} {bridge!r}: 1-15 characters",
                                      field="options")
     return pb.Network(
-        name=spec.name, driver=driver, subnet=str(subnet), gateway=gateway, ip_range=ip_range,
+        name=spec.name, driver=driver, subnet=str(checked.network), gateway=gateway,
+        ip_range=ip_range,
         internal=spec.internal, options=dict(spec.options), labels=dict(spec.labels),
     )
 

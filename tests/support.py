@@ -98,6 +98,39 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def start_agent(
+    ns_path: str, address: str, *, host_id: str, state_dir: Path, log_path: Path,
+    args: tuple[str, ...] = (),
+) -> Process:
+    """``python -m netdriver_service`` inside network namespace ``ns_path``, serving on
+    ``address``, returned once SERVING (RuntimeError with its log tail, and stopped, if not).
+
+    ``nsenter --net`` rather than ``ip netns exec``: the agent keeps the machine's mount
+    namespace, where the sandboxes it mounts are seen by all.
+    """
+    process = Process(
+        ["nsenter", f"--net={ns_path}", PYTHON, "-m", "netdriver_service",
+         "--listen", address, "--host-id", host_id, "--state-dir", str(state_dir), *args],
+        log_path=log_path,
+    )
+    try:
+        wait_serving(address, timeout=20)
+    except TimeoutError:
+        process.stop()
+        raise RuntimeError("agent did not start:\n" + process.log_tail()) from None
+    return process
+
+
+def start_ipam(address: str, redis_url: str, log_path: Path) -> Process:
+    """``python -m ipam_service`` on ``address`` over ``redis_url``, returned once SERVING."""
+    process = Process(
+        [PYTHON, "-m", "ipam_service", "--listen", address, "--redis-url", redis_url],
+        log_path=log_path,
+    )
+    wait_serving(address)
+    return process
+
+
 class RedisServer:
     """A real redis-server on a free loopback port, with its data in ``workdir``."""
 
@@ -153,6 +186,13 @@ class Netns:
         self.name = unique_name(prefix)
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run("ip", "link", "set", "lo", "up")
+
+    @classmethod
+    def existing(cls, name: str) -> Netns:
+        """A handle on namespace ``name``, made elsewhere (``close`` removes it all the same)."""
+        namespace = cls.__new__(cls)
+        namespace.name = name
+        return namespace
 
     @property
     def path(self) -> str:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from netdriver_service.drivers.bridge import BridgeDriver
+from netdriver_service.drivers.overlay import OverlayDriver
 from netdriver_service.faults import Faults
-from netdriver_service.firewall import Firewall
+from netdriver_service.firewall import Firewall, PortRule
 from netdriver_service.model import EndpointSpec, NetworkSpec
 from netdriver_service.netlink import Netlink
 
@@ -31,6 +32,9 @@ class Driver(Protocol):
     ) -> None:
         """Creates (or completes) the network on this host."""
 
+    async def attach_endpoints(self, network: NetworkSpec, what: str) -> list[str]:
+        """Re-attaches endpoint veths that are no longer ports of the network's bridge."""
+
     async def delete_network(self, network: NetworkSpec) -> list[str]:
         """Deletes the network with every endpoint on it; returns the endpoint ids removed."""
 
@@ -39,12 +43,23 @@ class Driver(Protocol):
     ) -> EndpointSpec:
         """Connects the endpoint; returns it with the chosen interface name filled in."""
 
-    async def delete_endpoint(self, endpoint_id: str) -> None:
-        """Disconnects the endpoint: its veth and every rule it owns."""
+    async def delete_endpoint(
+        self, endpoint_id: str, ports: list[PortRule] | None = None
+    ) -> None:
+        """Disconnects the endpoint: its veth and every rule it owns (``ports``: the ones
+        published for it, when known)."""
 
 
-DRIVERS: dict[str, Callable[..., Driver]] = {"bridge": BridgeDriver}
+DRIVERS: dict[str, Callable[..., Driver]] = {"bridge": BridgeDriver, "overlay": OverlayDriver}
 
 
-def make_driver(name: str, netlink: Netlink, firewall: Firewall, faults: Faults) -> Driver:
+def make_driver(
+    name: str, netlink: Netlink, firewall: Firewall, faults: Faults,
+    underlay_ip: Callable[[], str] = lambda: "",
+) -> Driver:
+    """The driver called ``name``; ``underlay_ip`` gives the host's VTEP address (overlay)."""
+    if name == "overlay":
+        return OverlayDriver(
+            netlink=netlink, firewall=firewall, faults=faults, underlay_ip=underlay_ip
+        )
     return DRIVERS[name](netlink=netlink, firewall=firewall, faults=faults)

@@ -16,7 +16,7 @@ from netdriver_service import names
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import Firewall, NetworkRules, PortRule
 from netdriver_service.model import EndpointSpec, NetworkSpec
-from netdriver_service.netlink import Link, LinkExists, Netlink
+from netdriver_service.netlink import Link, LinkExists, LinkNotOwned, Netlink
 from netdriver_service.teardown import Teardown
 
 
@@ -51,19 +51,20 @@ class BridgeDriver:
 
     async def _owned_bridge(self, network: NetworkSpec) -> Link | None:
         """The network's bridge if it exists; refuses a link of that name cnm does not own."""
-        link = await self.netlink.get_link(network.bridge)
-        if link is None:
-            return None
-        owner = names.parse_alias(link.alias)
-        if owner == ("net", network.network_id, ""):
-            return link
-        holder = (
-            f"network {owner[1]!r}" if owner and owner[0] == "net" else "a link cnm does not own"
-        )
-        raise errors.AlreadyExists(
-            f"network {network.network_id!r}: bridge name {network.bridge!r} is taken by {holder}",
-            reason="BRIDGE_NAME_TAKEN", bridge=network.bridge,
-        )
+        try:
+            return await self.netlink.get_owned_link(
+                network.bridge, names.network_alias(network.network_id)
+            )
+        except LinkNotOwned as error:
+            owner = names.parse_alias(error.metadata["mark"])
+            holder = (
+                f"network {owner[1]!r}" if owner and owner[0] == "net"
+                else "a link cnm does not own"
+            )
+            raise errors.AlreadyExists(
+                f"network {network.network_id!r}: bridge name {network.bridge!r} is taken by "
+                f"{holder}", reason="BRIDGE_NAME_TAKEN", bridge=network.bridge,
+            ) from error
 
     async def network_present(self, network: NetworkSpec) -> bool:
         link = await self._owned_bridge(network)
@@ -82,7 +83,10 @@ class BridgeDriver:
                     mac=names.mac_from_address(network.gateway),
                 ),
             )
-            stack.push_async_callback(self.netlink.delete_link, network.bridge)
+            stack.push_async_callback(
+                self.netlink.delete_owned_link, network.bridge,
+                names.network_alias(network.network_id),
+            )
         elif not bridge.up:
             await self.netlink.set_up(network.bridge)
         self.faults.check("bridge")
@@ -98,20 +102,61 @@ class BridgeDriver:
                 "net", "ipv4", "conf", network.bridge, "route_localnet", value="1"
             )
         self.faults.check("gateway")
+        # Undo only rules this call installs: a failed connect must not take
+        # away the rules (and published ports) of a network that had them.
+        had_rules = network.network_id in await self.firewall.list_networks()
         await _in_context(
             f"{what}: install firewall rules", self.firewall.add_network(network_rules(network))
         )
-        stack.push_async_callback(self.firewall.remove_network, network.network_id)
+        if not had_rules:
+            stack.push_async_callback(self.firewall.remove_network, network.network_id)
         self.faults.check("network_rules")
+
+    async def _repair_network(self, network: NetworkSpec, what: str) -> Link:
+        """Makes a known network whole again (its bridge deleted by hand, or down) and
+        re-attaches its endpoints' veths to it.
+
+        Not part of the connect that found it broken: a later failure of that
+        connect leaves the repair in place rather than break the network again.
+        """
+        async with contextlib.AsyncExitStack() as repair:
+            await self.create_network(network, repair)
+            repair.pop_all()
+        bridge = await self._owned_bridge(network)
+        if bridge is None:
+            raise errors.Internal(f"{what}: bridge {network.bridge!r} vanished")
+        await self.attach_endpoints(network, what)
+        return bridge
+
+    async def attach_endpoints(self, network: NetworkSpec, what: str) -> list[str]:
+        """Makes every endpoint veth of the network a port of its bridge again (hairpin
+        on); returns their names. Nothing to do when the bridge is missing."""
+        bridge = await self._owned_bridge(network)
+        if bridge is None:
+            return []
+        attached = []
+        for link in await self.netlink.list_links():
+            owner = names.parse_alias(link.alias)
+            if owner and owner[0] == "ep" and owner[2] == network.network_id and (
+                link.master != bridge.index
+            ):
+                where = f"{what}: re-attach {link.name!r} to bridge {network.bridge!r}"
+                await _in_context(where, self.netlink.set_master(link.name, bridge.index))
+                await _in_context(
+                    where, self.netlink.set_bridge_port(link.name, alias=link.alias, hairpin=True)
+                )
+                attached.append(link.name)
+        return attached
 
     async def delete_network(self, network: NetworkSpec) -> list[str]:
         teardown = Teardown(f"delete network {network.network_id!r}")
         removed: list[str] = []
-        bridge = await self.netlink.get_link(network.bridge)
-        owned = bridge is not None and names.parse_alias(bridge.alias) == (
-            "net", network.network_id, "",
-        )
-        if owned:
+        mark = names.network_alias(network.network_id)
+        try:
+            bridge, foreign = await self.netlink.get_owned_link(network.bridge, mark), None
+        except LinkNotOwned as error:
+            bridge, foreign = None, error
+        if bridge is not None:
             for link in await self.netlink.list_links():
                 owner = names.parse_alias(link.alias)
                 if owner and owner[0] == "ep" and owner[2] == network.network_id:
@@ -123,16 +168,14 @@ class BridgeDriver:
         await teardown.step(
             "remove firewall rules", lambda: self.firewall.remove_network(network.network_id)
         )
-        if bridge is not None and not owned:
+        if foreign is not None:
             teardown.failures.append(
-                errors.FailedPrecondition(
-                    f"bridge {network.bridge!r} is not marked as cnm's; left in place"
-                )
+                errors.with_context(foreign, f"bridge {network.bridge!r} left in place")
             )
-        elif owned:
+        elif bridge is not None:
             await teardown.step(
                 f"delete bridge {network.bridge!r}",
-                lambda: self.netlink.delete_link(network.bridge),
+                lambda: self.netlink.delete_owned_link(network.bridge, mark),
             )
         teardown.raise_failures()
         return removed
@@ -147,28 +190,24 @@ class BridgeDriver:
         host = endpoint.host_interface
         bridge = await self._owned_bridge(network)
         if bridge is None or not bridge.up:
-            # Known to the agent but gone from the kernel (deleted by hand, or a
-            # reboot): make it again, as part of this connect.
-            await self.create_network(network, stack)
-            bridge = await self._owned_bridge(network)
-            if bridge is None:
-                raise errors.Internal(f"{what}: bridge {network.bridge!r} vanished")
-        existing = await self.netlink.get_link(host)
-        if existing is not None:
-            owner = names.parse_alias(existing.alias)
-            if owner is None or owner[:2] != ("ep", endpoint.endpoint_id):
-                raise errors.AlreadyExists(
-                    f"{what}: host interface name {host!r} is taken by a link it does not own",
-                    reason="INTERFACE_NAME_TAKEN", interface=host,
-                )
+            # Known to the agent but gone from the kernel (deleted by hand, or a reboot).
+            bridge = await self._repair_network(network, what)
+        mine = names.endpoint_owner(endpoint.endpoint_id)
+        try:
             # A leftover of this endpoint whose record is gone: start afresh.
-            await self.netlink.delete_link(host)
+            await self.netlink.delete_owned_link(host, mine)
+        except LinkNotOwned as error:
+            raise errors.AlreadyExists(
+                f"{what}: host interface name {host!r} is taken by a link it does not own",
+                reason="INTERFACE_NAME_TAKEN", interface=host,
+            ) from error
         peer = await self._container_interface(endpoint, what)
         endpoint = _with_interface(endpoint, peer)
         try:
             await self.netlink.create_veth(
                 host, mtu=network.mtu, master=bridge.index, peer_name=peer, peer_ns=ns,
                 peer_mac=endpoint.mac,
+                alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
             )
         except LinkExists as error:
             raise errors.AlreadyExists(
@@ -176,8 +215,8 @@ class BridgeDriver:
                 f"or {host!r} on the host", reason="INTERFACE_NAME_TAKEN",
             ) from error
         except errors.CnmError as error:
-            raise type(error)(f"{what}: {error.message}", reason=error.reason) from error
-        stack.push_async_callback(self.netlink.delete_link, host)
+            raise errors.with_context(error, what) from error
+        stack.push_async_callback(self.netlink.delete_owned_link, host, mine)
         self.faults.check("veth")
         await _in_context(
             f"{what}: set up bridge port {host!r}",
@@ -213,7 +252,9 @@ class BridgeDriver:
             await _in_context(
                 f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))
             )
-            stack.push_async_callback(self.firewall.remove_ports, endpoint.endpoint_id)
+            stack.push_async_callback(
+                self.firewall.remove_ports, endpoint.endpoint_id, port_rules(endpoint)
+            )
         self.faults.check("ports")
         return endpoint
 
@@ -233,23 +274,25 @@ class BridgeDriver:
             number += 1
         return f"eth{number}"
 
-    async def delete_endpoint(self, endpoint_id: str) -> None:
+    async def delete_endpoint(
+        self, endpoint_id: str, ports: list[PortRule] | None = None
+    ) -> None:
         host = names.host_veth_name(endpoint_id)
-        link = await self.netlink.get_link(host)
-        if link is not None:
-            owner = names.parse_alias(link.alias)
-            if owner is None or owner[:2] != ("ep", endpoint_id):
-                raise errors.FailedPrecondition(
-                    f"disconnect endpoint {endpoint_id!r}: link {host!r} is not marked as "
-                    "this endpoint's; left in place", reason="LINK_NOT_OWNED", interface=host,
-                )
+        mine = names.endpoint_owner(endpoint_id)
+        try:
+            link = await self.netlink.get_owned_link(host, mine)
+        except LinkNotOwned as error:
+            raise errors.FailedPrecondition(
+                f"disconnect endpoint {endpoint_id!r}: link {host!r} is not marked as "
+                "this endpoint's; left in place", reason="LINK_NOT_OWNED", interface=host,
+            ) from error
         teardown = Teardown(f"disconnect endpoint {endpoint_id!r}")
         await teardown.step(
-            "remove published ports", lambda: self.firewall.remove_ports(endpoint_id)
+            "remove published ports", lambda: self.firewall.remove_ports(endpoint_id, ports)
         )
         if link is not None:
             await teardown.step(
-                f"delete veth {host!r}", lambda: self.netlink.delete_link(host)
+                f"delete veth {host!r}", lambda: self.netlink.delete_owned_link(host, mine)
             )
         teardown.raise_failures()
 
@@ -263,4 +306,4 @@ async def _in_context(what: str, action) -> None:
     try:
         await action
     except errors.CnmError as error:
-        raise type(error)(f"{what}: {error.message}", reason=error.reason) from error
+        raise errors.with_context(error, what) from error

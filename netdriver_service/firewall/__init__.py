@@ -11,7 +11,12 @@ Contract for every backend:
 - each call is one atomic change of the ruleset (all or nothing);
 - only cnm's own tables are ever touched;
 - ``add_ports`` raises ``cnm.errors.AlreadyExists`` naming the endpoint that
-  holds a (protocol, host_ip, host_port) already, and then changes nothing.
+  holds a (protocol, host_ip, host_port) already, and then changes nothing;
+- ``add_network`` and ``add_ports`` never rebuild part of a ruleset that was
+  flushed away (that would bring back one network's rules and leave the
+  others' isolation silently gone): they raise ``FailedPrecondition`` with
+  reason :data:`TABLE_MISSING`, change nothing, and the caller syncs the
+  whole state.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cnm import errors
+
+TABLE_MISSING = "FIREWALL_TABLE_MISSING"
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,12 @@ class Firewall(Protocol):
     async def add_ports(self, ports: list[PortRule]) -> None:
         """Publishes ports, all in one transaction."""
 
-    async def remove_ports(self, endpoint_id: str) -> None:
-        """Removes every published port of the endpoint."""
+    async def remove_ports(self, endpoint_id: str, ports: list[PortRule] | None = None) -> None:
+        """Removes every published port of the endpoint.
+
+        ``ports``, when the caller knows what it published for the endpoint,
+        lets a backend remove them without reading every port of the host.
+        """
 
     async def list_ports(self) -> list[PortRule]:
         """The published ports, read from the kernel."""
@@ -84,6 +95,14 @@ class Firewall(Protocol):
 
 
 BACKENDS = ("nftables", "none")
+
+
+def table_missing(what: str) -> errors.FailedPrecondition:
+    """The error of an add that found cnm's ruleset (or part of it) gone."""
+    return errors.FailedPrecondition(
+        f"{what}: cnm's firewall table or one of its sets is missing (flushed?); "
+        "the whole state must be synchronized", reason=TABLE_MISSING,
+    )
 
 
 def make_firewall(name: str, **options: object) -> Firewall:

@@ -11,13 +11,14 @@ must not interleave with another) and run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from cnm import errors
-from netdriver_service.firewall import NetworkRules, PortRule, ruleset
+from netdriver_service.firewall import NetworkRules, PortRule, ruleset, table_missing
 from netdriver_service.firewall.libnft import NftError, NftRunner, open_runner
 from netdriver_service.firewall.ports import split_against, validate_network, validate_ports
 
@@ -50,8 +51,20 @@ class NftablesFirewall:
     # --- plumbing -----------------------------------------------------------------
 
     async def _locked(self, work: Callable[[], T]) -> T:
+        """Runs ``work`` in a thread, holding the lock until the thread is done.
+
+        A cancelled caller cannot stop the thread: releasing the lock before it
+        ends would let the next call use the same (not thread-safe) libnftables
+        context at the same time.
+        """
         async with self._lock:
-            return await asyncio.to_thread(work)
+            done = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await done
+                raise
 
     def _apply(self, commands: list[dict], what: str) -> None:
         if not commands:
@@ -59,6 +72,8 @@ class NftablesFirewall:
         try:
             self._runner.run(commands)
         except NftError as error:
+            if error.missing:
+                raise table_missing(what) from error
             raise errors.Internal(f"{what}: nftables refused the batch: {error.message}",
                                   reason="NFTABLES_FAILED") from error
 
@@ -153,7 +168,8 @@ class NftablesFirewall:
         await self._check_icc_support([network])
 
         def work() -> None:
-            commands = [] if self._table_exists() else ruleset.base_commands()
+            if not self._table_exists():
+                raise table_missing(f"install rules of network {network.network_id!r}")
             actual = self._read_elements(ruleset.NETWORK_SETS)
             owner = ruleset.network_of_bridge(actual["bridges"])
             holder = owner.get(network.bridge)
@@ -175,7 +191,7 @@ class NftablesFirewall:
                 if network.bridge in pair:
                     wanted["allowed_pairs"][pair] = ruleset.Element(pair)
             changes, _ = ruleset.diff_commands(mine, wanted)
-            self._apply(commands + changes, f"install rules of network {network.network_id!r}")
+            self._apply(changes, f"install rules of network {network.network_id!r}")
 
         await self._locked(work)
 
@@ -205,11 +221,10 @@ class NftablesFirewall:
                 self._runner.run(ruleset.publish_batch(ports))
                 return
             except NftError as error:
-                if error.missing:  # no table yet (never made, or flushed away)
-                    commands, _ = self._base_repairs(self._listing())
-                    self._apply(commands + ruleset.publish_batch(ports),
-                                f"publish ports of endpoint {ports[0].endpoint_id!r}")
-                    return
+                if error.missing:  # flushed away: rebuilding only the base would lose the rest
+                    raise table_missing(
+                        f"publish ports of endpoint {ports[0].endpoint_id!r}"
+                    ) from error
                 if not error.exists:
                     raise errors.Internal(
                         f"publish ports of endpoint {ports[0].endpoint_id!r}: {error.message}",
@@ -224,8 +239,19 @@ class NftablesFirewall:
 
         await self._locked(work)
 
-    async def remove_ports(self, endpoint_id: str) -> None:
+    async def remove_ports(self, endpoint_id: str, ports: list[PortRule] | None = None) -> None:
+        """Removes the endpoint's published ports.
+
+        With ``ports`` (what was published for it) their keys are deleted
+        directly, at the same cost however many ports the host has; without
+        them, or when one of them is already gone, the maps are scanned for
+        the endpoint's elements.
+        """
+        known = [port for port in ports or () if port.endpoint_id == endpoint_id]
+
         def work() -> None:
+            if known and self._remove_known_ports(endpoint_id, known):
+                return
             # The address maps carry the owner in their comments; each port-map
             # element shares its key, and the guards follow from the keys.
             actual = self._read_elements((ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]))
@@ -243,6 +269,28 @@ class NftablesFirewall:
             self._apply(commands, f"remove ports of endpoint {endpoint_id!r}")
 
         await self._locked(work)
+
+    def _remove_known_ports(self, endpoint_id: str, ports: list[PortRule]) -> bool:
+        """Deletes these ports' elements in one batch; False when one was not there."""
+        doomed = ruleset.empty_elements()
+        for port in ports:
+            for map_name, element in ruleset.port_elements(port):
+                doomed[map_name][element.key] = element
+        address_map = ruleset.ADDR_MAPS[0]
+        if doomed[address_map]:  # a guard goes with the last specific-address mapping of its port
+            actual = self._read_elements((address_map,))[address_map]
+            doomed["specific_guard"] = ruleset.guards_freed(actual, doomed[address_map])
+        commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
+        try:
+            self._runner.run(commands)
+        except NftError as error:
+            if error.missing:
+                return False
+            raise errors.Internal(
+                f"remove ports of endpoint {endpoint_id!r}: nftables refused the batch: "
+                f"{error.message}", reason="NFTABLES_FAILED",
+            ) from error
+        return True
 
     async def list_ports(self) -> list[PortRule]:
         return await self._locked(

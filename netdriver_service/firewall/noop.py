@@ -41,7 +41,7 @@ class NoFirewall:
         async with self._lock:
             self._ports += split_against(self._ports, ports)
 
-    async def remove_ports(self, endpoint_id: str) -> None:
+    async def remove_ports(self, endpoint_id: str, ports: list[PortRule] | None = None) -> None:
         async with self._lock:
             self._ports = [port for port in self._ports if port.endpoint_id != endpoint_id]
 

@@ -137,3 +137,44 @@ def test_from_rpc_error_without_details_maps_by_code():
     converted = errors.from_rpc_error(FakeError())
     assert isinstance(converted, errors.Unavailable)
     assert converted.message == "connection refused"
+
+
+async def test_stop_waits_for_the_readiness_task():
+    started = asyncio.Event()
+
+    async def slow_probe() -> bool:
+        started.set()
+        await asyncio.sleep(3600)
+        return True
+
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    running = await _start(echo, slow_probe)
+    await started.wait()
+    tasks = list(running._tasks)
+    await running.stop(0)
+    assert tasks and all(task.done() for task in tasks)
+
+
+@pytest.mark.parametrize("module", ["ipam_service", "orchestrator"])
+def test_a_busy_listen_address_is_one_log_line_and_exit_1(module):
+    import socket
+    import subprocess
+
+    from tests import support
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [support.PYTHON, "-m", module, "--listen", f"127.0.0.1:{port}",
+             "--redis-url", "redis://127.0.0.1:1/0"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": "/usr/bin:/bin", "GRPC_ENABLE_FORK_SUPPORT": "0",
+                 "GRPC_VERBOSITY": "NONE"},
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "cannot listen on 127.0.0.1:" in done.stderr + done.stdout

@@ -355,3 +355,59 @@ async def test_hung_redis_times_out_as_unavailable_then_recovers(tmp_path):
     finally:
         await store.close()
         redis_server.stop()
+
+
+async def test_list_pools_with_more_pools_than_connections(redis_url):
+    from cnm.redis_client import connect
+    from ipam_service.store import LIST_CONCURRENCY
+
+    count = 3 * LIST_CONCURRENCY
+    small = RedisStore(connect(redis_url, max_connections=LIST_CONCURRENCY + 8), redis_url)
+    try:
+        for index in range(count):
+            await small.create_pool(spec(f"p{index:03d}", f"10.{index}.0.0/24"))
+        listed = await small.list_pools()
+        assert [p.spec.pool_id for p in listed] == [f"p{index:03d}" for index in range(count)]
+    finally:
+        await small.close()
+
+
+async def test_static_allocation_reads_only_the_pool_parameters(store, monkeypatch):
+    await store.create_pool(spec("big", "10.0.0.0/8"))
+
+    async def no_bitmap_count(*args, **kwargs):
+        raise AssertionError("GET_POOL (BITCOUNT over the bitmap) run for a static address")
+
+    monkeypatch.setattr(store, "_get", no_bitmap_count)
+    got = await store.allocate("big", "x", ipaddress.ip_address("10.200.0.9"))
+    assert got.address == "10.200.0.9" and got.newly_allocated
+    with pytest.raises(errors.InvalidArgument):
+        await store.allocate("big", "y", ipaddress.ip_address("10.0.0.0"))
+    with pytest.raises(errors.NotFound):
+        await store.allocate("nope", "y", ipaddress.ip_address("10.0.0.9"))
+
+
+async def test_index_entry_left_by_a_cut_short_create_is_collected_once_stale(store, redis_url):
+    from ipam_service.store import INDEX_KEYS, INDEX_TIMES_KEY
+
+    family, first, last, fingerprint = spec().index_entry().split()
+    await store._index_reserve(keys=INDEX_KEYS, args=["p1", family, first, last, fingerprint])
+    assert await store.list_pools() == []
+    # Fresh: it may be a create in flight, so it keeps its subnet.
+    with pytest.raises(errors.AlreadyExists):
+        await store.create_pool(spec("other", "10.1.0.0/16"))
+    direct = redis.Redis.from_url(redis_url)
+    try:
+        direct.hset(INDEX_TIMES_KEY, "p1", 0)  # made long ago: a create that died
+        assert await store.list_pools() == []
+        assert direct.hget(INDEX_KEY, "p1") is None and direct.hget(INDEX_TIMES_KEY, "p1") is None
+        await store.create_pool(spec("other", "10.1.0.0/16"))
+        # An entry from before times were kept gets one, and is kept for now.
+        family, first, last, fingerprint = spec("p3", "10.3.0.0/24").index_entry().split()
+        await store._index_reserve(keys=[INDEX_KEY], args=["p3", family, first, last,
+                                                           fingerprint])
+        assert [p.spec.pool_id for p in await store.list_pools()] == ["other"]
+        assert direct.hget(INDEX_KEY, "p3") is not None
+        assert direct.hget(INDEX_TIMES_KEY, "p3") is not None
+    finally:
+        direct.close()

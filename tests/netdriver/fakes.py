@@ -37,7 +37,7 @@ class FakeFirewall:
         for rule in ports:
             self.ports[(rule.protocol, rule.host_ip, rule.host_port)] = rule
 
-    async def remove_ports(self, endpoint_id: str) -> None:
+    async def remove_ports(self, endpoint_id: str, ports: list[PortRule] | None = None) -> None:
         for key, rule in list(self.ports.items()):
             if rule.endpoint_id == endpoint_id:
                 del self.ports[key]

@@ -28,7 +28,7 @@ class AgentProcess:
     """
 
     def __init__(self, host: support.Netns, state_dir: Path, *, firewall: str = "nftables",
-                 fault: str = "", host_id: str = "h1") -> None:
+                 fault: str = "", host_id: str = "h1", resync_interval: float = 30) -> None:
         self.host = host
         self.state_dir = state_dir
         self.socket_path = f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock"
@@ -37,7 +37,8 @@ class AgentProcess:
         self.process = support.Process(
             ["nsenter", f"--net={host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", self.address, "--host-id", host_id, "--state-dir", str(state_dir),
-             "--firewall", firewall, "--fault", fault],
+             "--firewall", firewall, "--fault", fault,
+             "--resync-interval", str(resync_interval)],
             log_path=self.log_path,
         )
         try:

@@ -87,7 +87,8 @@ def connect(topo, endpoint_id, network, sandbox, address, **fields):
 
 def test_health_reflection_and_host_info(topo):
     info = topo.agent.call("GetHostInfo", pb.GetHostInfoRequest())
-    assert (info.host_id, info.firewall, list(info.drivers)) == ("h1", "nftables", ["bridge"])
+    assert (info.host_id, info.firewall, list(info.drivers)) == (
+        "h1", "nftables", ["bridge", "overlay"])
     assert info.underlay_ip == HOST_UP  # the default-route interface's address
     grpcurl = shutil.which("grpcurl") or str(support.REPO / ".venv/bin/grpcurl")
     listed = subprocess.run(
@@ -227,6 +228,13 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
             after = (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
                      harness.link_summary(sandbox))
             assert after == before, label
+        with pytest.raises(errors.AlreadyExists) as caught:
+            topo.agent.call("CreateEndpoint", cases["port already published"][0])
+        # The reason and the values it names reach the client through every re-raise.
+        assert caught.value.reason == "PORT_ALLOCATED"
+        assert caught.value.metadata == {"endpoint_id": "b1", "protocol": "tcp", "host_ip": "",
+                                         "host_port": "9090"}
+        assert caught.value.message.startswith("connect endpoint 'b2': publish ports: ")
         with pytest.raises(errors.InvalidArgument):
             topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name="../etc"))
         with pytest.raises(errors.InvalidArgument):
@@ -298,6 +306,42 @@ def test_restart_rebuilds_from_the_kernel_and_resync_restores_a_flushed_ruleset(
     finally:
         topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="r1"))
         topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="rs"))
+
+
+def test_a_flushed_ruleset_is_restored_without_a_resync_call(topo):
+    net_a, net_b = harness.network("fa", "10.82.0.0/24"), harness.network("fb", "10.81.0.0/24")
+    in_a, in_b, in_c = topo.sandbox(), topo.sandbox(), topo.sandbox()
+    connect(topo, "fa1", net_a, in_a, "10.82.0.10", port_mappings=[harness.tcp(9494, 80)])
+    connect(topo, "fb1", net_b, in_b, "10.81.0.10")
+    topo.serve(in_a, 80)
+    try:
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9494) is not None
+        assert ask(in_b, "10.82.0.10", 80, timeout=1) is None, "isolated"
+        # A connect that finds the table gone restores every network's rules, not just its own.
+        topo.host.run("nft", "flush", "ruleset")
+        net_c = harness.network("fc", "10.80.0.0/24")
+        connect(topo, "fc1", net_c, in_c, "10.80.0.10", port_mappings=[harness.tcp(9595, 80)])
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9494) is not None
+        assert ask(in_b, "10.82.0.10", 80, timeout=1) is None, "isolated again"
+        # A repeated CreateNetwork does not report success over missing rules.
+        topo.host.run("nft", "flush", "ruleset")
+        topo.agent.call("CreateNetwork", pb.CreateNetworkRequest(network=net_a))
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9494) is not None
+        assert ask(in_b, "10.82.0.10", 80, timeout=1) is None, "isolated again"
+        # With nothing asked of it, the agent's periodic resync repairs a flush.
+        topo.agent.stop()
+        topo.agent = harness.AgentProcess(topo.host, topo.state_dir, resync_interval=0.3)
+        topo.host.run("nft", "flush", "ruleset")
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9494, timeout=0.5) is None
+        support.wait_for(lambda: "9494" in harness.ruleset(topo.host.name), 10, 0.1,
+                         "the periodic resync")
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 9494) is not None
+        assert ask(in_b, "10.82.0.10", 80, timeout=1) is None, "isolated after the repair"
+    finally:
+        for endpoint_id in ("fa1", "fb1", "fc1"):
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        for network_id in ("fa", "fb", "fc"):
+            topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id=network_id))
 
 
 def test_a_failed_connect_leaves_nothing_at_any_step(netns, tmp_path):

@@ -1,23 +1,30 @@
 """The agent in-process against the real kernel, inside namespaces the tests make.
 
 The netlink layer acts on a test namespace as "the host" (``Netlink(host_ns=...)``);
-the firewall is an in-memory fake here (tests/netdriver/test_agent_grpc.py
-runs the agent process with real nftables).
+the firewall is the ``none`` backend here, which keeps the same bookkeeping of
+ports (tests/netdriver/test_agent_grpc.py runs the agent process with real nftables).
 """
 
 from __future__ import annotations
+
+import asyncio
+import os
 
 import pytest
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from netdriver_service import names
+from netdriver_service import netns as netns_module
 from netdriver_service.agent import Agent
 from netdriver_service.faults import CONNECT_STEPS, Faults
+from netdriver_service.firewall import make_firewall
+from netdriver_service.firewall.noop import NoFirewall
 from netdriver_service.netlink import Netlink
+from netdriver_service.service import NetDriverServicer
 from netdriver_service.state import Store
+from tests import support
 from tests.netdriver import harness
-from tests.netdriver.fakes import FakeFirewall
 
 pytestmark = pytest.mark.root
 
@@ -26,7 +33,7 @@ class World:
     def __init__(self, host, state_dir):
         self.host = host
         self.state_dir = state_dir
-        self.firewall = FakeFirewall()
+        self.firewall = make_firewall("none")
         self.agents: list[Agent] = []
 
     async def agent(self, faults: str = "") -> Agent:
@@ -43,14 +50,14 @@ class World:
         for agent in self.agents:
             await agent.netlink.close()
 
-    def snapshot(self, *namespaces) -> tuple:
+    async def snapshot(self, *namespaces) -> tuple:
         files = sorted(str(p.relative_to(self.state_dir)) for p in self.state_dir.rglob("*"))
         return (
             [harness.link_summary(ns.name) for ns in (self.host, *namespaces)],
             [harness.addresses(ns.name) for ns in namespaces],
             [harness.routes(ns.name) for ns in namespaces],
             files,
-            dict(self.firewall.networks), dict(self.firewall.ports),
+            await self.firewall.list_networks(), await self.firewall.list_ports(),
         )
 
 
@@ -100,7 +107,7 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
     assert not [a for a in harness.addresses(container.name) + harness.addresses(world.host.name)
                 if a["ifname"] in ("eth0", made.host_interface)
                 for i in a["addr_info"] if i["family"] == "inet6"]
-    assert [p.host_port for p in world.firewall.ports.values()] == [8080]
+    assert [p.host_port for p in await world.firewall.list_ports()] == [8080]
     assert world.host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
     docker_options = {"com.docker.network.bridge.name": "br-second",
                       "com.docker.network.driver.mtu": "1400"}
@@ -122,23 +129,23 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
 async def test_a_connect_failing_after_any_step_leaves_nothing(world, netns, step):
     container = netns("cnmt-c")
     agent = await world.agent(faults=f"after:{step}")
-    before = world.snapshot(container)
+    before = await world.snapshot(container)
     with pytest.raises(errors.Internal, match=f"injected fault after step '{step}'"):
         await agent.create_endpoint(
             endpoint("e1", container.path, "10.88.0.10", default_route=True,
                      port_mappings=[harness.tcp(8080, 80)]), NET,
         )
-    assert world.snapshot(container) == before
+    assert await world.snapshot(container) == before
     assert agent.store.endpoints == {} and agent.store.networks == {}
 
 
 async def test_a_network_failing_after_any_step_leaves_nothing(world):
     for step in ("bridge", "gateway", "network_rules"):
         agent = await world.agent(faults=f"after:{step}")
-        before = world.snapshot()
+        before = await world.snapshot()
         with pytest.raises(errors.Internal, match="injected"):
             await agent.create_network(NET)
-        assert world.snapshot() == before, step
+        assert await world.snapshot() == before, step
 
 
 async def test_repeats_are_idempotent_and_conflicts_are_already_exists(world, netns):
@@ -146,36 +153,36 @@ async def test_repeats_are_idempotent_and_conflicts_are_already_exists(world, ne
     container = netns("cnmt-c")
     request = endpoint("e1", container.path, "10.88.0.10", port_mappings=[harness.tcp(8080, 80)])
     first = await agent.create_endpoint(request, NET)
-    before = world.snapshot(container)
+    before = await world.snapshot(container)
     assert await agent.create_endpoint(request, None) == first
     assert (await agent.create_network(NET)).network_id == "n1"
-    assert world.snapshot(container) == before
+    assert await world.snapshot(container) == before
     changed = endpoint("e1", container.path, "10.88.0.11", port_mappings=[harness.tcp(8080, 80)])
     with pytest.raises(errors.AlreadyExists, match="other parameters"):
         await agent.create_endpoint(changed, None)
     with pytest.raises(errors.AlreadyExists):
         await agent.create_network(harness.network("n1", "10.88.0.0/24", internal=True))
     taken = endpoint("e2", netns("cnmt-c").path, "10.88.0.12", port_mappings=[harness.tcp(8080, 80)])
-    with pytest.raises(errors.AlreadyExists, match="published by endpoint 'e1'"):
+    with pytest.raises(errors.AlreadyExists, match="taken by endpoint 'e1'"):
         await agent.create_endpoint(taken, None)
-    assert world.snapshot(container) == before
+    assert await world.snapshot(container) == before
     await agent.delete_endpoint("e1")
     await agent.delete_endpoint("e1")
     assert first.host_interface not in harness.link_names(world.host.name)
-    assert world.firewall.ports == {}
+    assert await world.firewall.list_ports() == []
     await agent.delete_network("n1")
     await agent.delete_network("n1")
     assert harness.link_names(world.host.name) == {"lo"}
-    assert world.firewall.networks == {}
+    assert await world.firewall.list_networks() == []
 
 
 async def test_bad_input_changes_nothing(world, netns):
     agent = await world.agent()
     container = netns("cnmt-c")
     await agent.create_network(NET)
-    before = world.snapshot(container)
+    before = await world.snapshot(container)
     world.host.run("ip", "link", "add", "foreign0", "type", "bridge")
-    foreign_before = world.snapshot(container)
+    foreign_before = await world.snapshot(container)
     cases = [
         (endpoint("e1", "/var/run/netns/does-not-exist", "10.88.0.10"), None,
          errors.InvalidArgument),
@@ -209,16 +216,19 @@ async def test_bad_input_changes_nothing(world, netns):
         (pb.Endpoint(endpoint_id="e1", network_id="n6", sandbox=container.path,
                      address="10.88.1.10"),
          harness.network("n6", "10.88.0.0/16"), errors.FailedPrecondition),
+        # A network here already, but the request describes another one.
+        (endpoint("e1", container.path, "10.88.0.10"), harness.network("n7", "10.92.0.0/24"),
+         errors.InvalidArgument),
     ]
     for request, network, code in cases:
         with pytest.raises(code) as caught:
             await agent.create_endpoint(request, network)
         assert caught.value.message, request
-        assert world.snapshot(container) == foreign_before, (request, caught.value.message)
+        assert await world.snapshot(container) == foreign_before, (request, caught.value.message)
     with pytest.raises(errors.AlreadyExists, match="does not own"):
         await agent.create_network(harness.network("n4", "10.91.0.0/24", bridge_name="foreign0"))
     world.host.run("ip", "link", "del", "foreign0")
-    assert world.snapshot(container) == before
+    assert await world.snapshot(container) == before
 
 
 async def test_it_refuses_to_delete_a_link_without_its_mark(world, netns):
@@ -276,11 +286,11 @@ async def test_state_is_read_from_the_kernel_and_rebuilt_after_a_restart(world, 
     assert [e.endpoint_id for e in (await restarted.get_state()).endpoints] == ["e1"]
     repaired = await restarted.resync()
     assert any("e0" in line for line in repaired)
-    assert [p.endpoint_id for p in world.firewall.ports.values()] == ["e1"]
+    assert [p.endpoint_id for p in await world.firewall.list_ports()] == ["e1"]
     assert "e0" not in restarted.store.endpoints
 
 
-class BrokenFirewall(FakeFirewall):
+class BrokenFirewall(NoFirewall):
     def __init__(self):
         super().__init__()
         self.broken = True
@@ -306,3 +316,276 @@ async def test_not_ready_until_the_firewall_answers(world, netns):
         await agent.create_network(NET)
     finally:
         await netlink.close()
+
+
+async def test_a_cancelled_create_endpoint_call_finishes_or_leaves_nothing(world, netns):
+    """grpc.aio cancels a handler when the client's deadline passes: here, right after
+    the kernel made the veth and before the connect could push its undo."""
+    agent = await world.agent()
+    servicer = NetDriverServicer(agent)
+    container = netns("cnmt-c")
+    await agent.create_network(NET)
+    before = await world.snapshot(container)
+    veth_made = asyncio.Event()
+    create_veth = agent.netlink.create_veth
+
+    async def slow_create_veth(*args, **kwargs):
+        await create_veth(*args, **kwargs)
+        veth_made.set()
+        await asyncio.sleep(0.2)
+
+    agent.netlink.create_veth = slow_create_veth
+    request = pb.CreateEndpointRequest(
+        endpoint=endpoint("e1", container.path, "10.88.0.10",
+                          port_mappings=[harness.tcp(8080, 80)]),
+    )
+    call = asyncio.ensure_future(servicer.CreateEndpoint(request, None))
+    await veth_made.wait()
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    async with agent.lock:  # the operation itself went on to its end
+        pass
+    made = agent.store.endpoints["e1"]
+    veth = {link["ifname"]: link for link in harness.links(world.host.name)}[made.host_interface]
+    assert veth["ifalias"] == "cnm:ep:e1:n1"
+    assert [p.endpoint_id for p in await world.firewall.list_ports()] == ["e1"]
+    await servicer.DeleteEndpoint(pb.DeleteEndpointRequest(endpoint_id="e1"), None)
+    assert await world.snapshot(container) == before
+
+
+async def test_a_failed_connect_to_a_broken_network_keeps_the_network_and_its_ports(
+    world, netns,
+):
+    agent = await world.agent()
+    first, second = netns("cnmt-c"), netns("cnmt-c")
+    made = await agent.create_endpoint(
+        endpoint("e1", first.path, "10.88.0.10", port_mappings=[harness.tcp(8080, 80)]), NET,
+    )
+    for breakage in (("down",), ("del",)):
+        if breakage == ("down",):
+            world.host.run("ip", "link", "set", "cnm-n1", "down")
+        else:
+            world.host.run("ip", "link", "del", "cnm-n1")
+        with pytest.raises(errors.AlreadyExists, match="taken by endpoint 'e1'"):
+            await agent.create_endpoint(
+                endpoint("e2", second.path, "10.88.0.11", port_mappings=[harness.tcp(8080, 80)]),
+                None,
+            )
+        # The failed connect repaired the network and did not undo it, nor its rules.
+        assert await world.firewall.list_networks() == ["n1"], breakage
+        assert [p.endpoint_id for p in await world.firewall.list_ports()] == ["e1"], breakage
+        host_links = {link["ifname"]: link for link in harness.links(world.host.name)}
+        assert "UP" in host_links["cnm-n1"]["flags"], breakage
+        # e1's veth is a port of the (re-made) bridge again, hairpin on.
+        veth = host_links[made.host_interface]
+        assert veth["master"] == "cnm-n1", breakage
+        assert veth["linkinfo"]["info_slave_data"]["hairpin"] is True, breakage
+    assert "e2" not in agent.store.endpoints
+    for step in CONNECT_STEPS:
+        faulty = await world.agent(faults=f"after:{step}")
+        world.host.run("ip", "link", "set", "cnm-n1", "down")
+        with pytest.raises(errors.Internal, match="injected"):
+            await faulty.create_endpoint(endpoint("e2", second.path, "10.88.0.11"), None)
+        assert await world.firewall.list_networks() == ["n1"], step
+        assert [p.endpoint_id for p in await world.firewall.list_ports()] == ["e1"], step
+        assert names.host_veth_name("e2") not in harness.link_names(world.host.name), step
+
+
+async def test_a_link_whose_marking_fails_is_deleted_at_once(world, netns):
+    """The kernel marks a link only in a change after the add: if that change fails
+    (here an alias longer than IFALIASZ), the new link must not stay unmarked."""
+    agent = await world.agent()
+    container = netns("cnmt-c")
+    before = await world.snapshot(container)
+    with pytest.raises(errors.InvalidArgument):
+        await agent.netlink.create_bridge("cnmt-br0", mtu=1500, alias="x" * 300)
+    await agent.create_network(NET)
+    bridge = next(link for link in harness.links(world.host.name) if link["ifname"] == "cnm-n1")
+    with pytest.raises(errors.InvalidArgument):
+        await agent.netlink.create_veth(
+            "cnmt-v0", mtu=1500, master=bridge["ifindex"], peer_name="eth0",
+            peer_ns=container.path, peer_mac="02:00:00:00:00:01", alias="x" * 300,
+        )
+    await agent.delete_network("n1")
+    assert await world.snapshot(container) == before
+
+
+async def test_a_crash_between_making_a_veth_and_marking_it_is_cleaned_up(world, netns):
+    crashed = await world.agent()
+    container = netns("cnmt-c")
+    await crashed.create_network(NET)
+    frozen = asyncio.Event()
+
+    async def die_here(handle, name, alias):
+        frozen.set()
+        await asyncio.Event().wait()  # the process is killed at this point
+
+    crashed.netlink._mark_new_link = die_here
+    request = endpoint("e1", container.path, "10.88.0.10")
+    stuck = asyncio.ensure_future(crashed.create_endpoint(request, None))
+    try:
+        await frozen.wait()
+        host = names.host_veth_name("e1")
+        left = {link["ifname"]: link for link in harness.links(world.host.name)}[host]
+        assert not left.get("ifalias")
+        restarted = await world.agent()  # start-up reconciles: the intent names the link
+        assert host not in harness.link_names(world.host.name)
+        assert restarted.store.intents == {}
+        made = await restarted.create_endpoint(request, None)
+        assert made.host_interface == host
+        assert {link["ifname"]: link for link in harness.links(world.host.name)}[host][
+            "ifalias"] == "cnm:ep:e1:n1"
+    finally:
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+
+
+async def test_a_runtime_namespace_dies_with_its_process(world):
+    """A namespace given as /proc/PID/ns/net must not be kept alive by the agent:
+    when the container's process ends, the namespace, its veth peer and so the
+    host veth go, and a resync forgets the endpoint."""
+    agent = await world.agent()
+    holder = support.Process(["unshare", "--net", "sleep", "600"])
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        support.wait_for(lambda: os.stat(f"/proc/{holder.pid}/ns/net").st_ino != own, 10, 0.01,
+                         "the holder to enter its own namespace")
+        made = await agent.create_endpoint(
+            endpoint("e1", f"/proc/{holder.pid}/ns/net", "10.88.0.10"), NET,
+        )
+        assert made.host_interface in harness.link_names(world.host.name)
+    finally:
+        holder.kill9()
+    support.wait_for(lambda: made.host_interface not in harness.link_names(world.host.name),
+                     10, 0.05, "the namespace and its veth to go")
+    assert any("e1" in line for line in await agent.resync())
+    assert agent.store.endpoints == {}
+
+
+async def test_deleting_a_sandbox_goes_on_past_a_failing_endpoint(world, netns):
+    agent = await world.agent()
+    name = f"cnmt-sb-{netns('cnmt-x').name[-8:]}"
+    try:
+        path = await agent.create_sandbox(name)
+        first = await agent.create_endpoint(endpoint("e1", path, "10.88.0.10"), NET)
+        second = await agent.create_endpoint(endpoint("e2", path, "10.88.0.11"), None)
+        # e1's veth replaced by a link cnm does not own: its disconnect must fail ...
+        world.host.run("ip", "link", "del", first.host_interface)
+        world.host.run("ip", "link", "add", first.host_interface, "type", "bridge")
+        with pytest.raises(errors.FailedPrecondition, match="delete sandbox .* not marked"):
+            await agent.delete_sandbox(name)
+        # ... and every other step still ran.
+        assert second.host_interface not in harness.link_names(world.host.name)
+        assert "e2" not in agent.store.endpoints
+        assert name not in harness.namespace_names()
+        assert agent.list_sandboxes() == [] and name not in agent.store.sandboxes
+        assert first.host_interface in harness.link_names(world.host.name)
+    finally:
+        harness.delete_namespace(name)
+
+
+async def test_a_crash_while_creating_a_sandbox_does_not_block_its_name(world, netns, monkeypatch):
+    crashed = await world.agent()
+    name = f"cnmt-sb-{netns('cnmt-x').name[-8:]}"
+    made = asyncio.Event()
+    create = netns_module.create
+
+    async def die_after_making(sandbox):
+        await create(sandbox)
+        made.set()
+        await asyncio.Event().wait()  # the process is killed here
+
+    monkeypatch.setattr(netns_module, "create", die_after_making)
+    stuck = asyncio.ensure_future(crashed.create_sandbox(name))
+    try:
+        await made.wait()
+        monkeypatch.undo()
+        restarted = await world.agent()
+        path = await restarted.create_sandbox(name)
+        assert "UP" in {link["ifname"]: link for link in harness.links(name)}["lo"]["flags"]
+        assert restarted.list_sandboxes() == [(name, path)]
+        await restarted.delete_sandbox(name)
+        assert name not in harness.namespace_names()
+    finally:
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+        harness.delete_namespace(name)
+
+
+async def test_a_sandbox_gone_before_the_veth_is_made_is_a_named_error(world, netns):
+    agent = await world.agent()
+    await agent.create_network(NET)
+    bridge = next(link for link in harness.links(world.host.name) if link["ifname"] == "cnm-n1")
+    with pytest.raises(errors.NotFound, match="create veth 'cnmt-v0'"):
+        await agent.netlink.create_veth(
+            "cnmt-v0", mtu=1500, master=bridge["ifindex"], peer_name="eth0",
+            peer_ns="/var/run/netns/cnmt-vanished", peer_mac="02:00:00:00:00:01", alias="x",
+        )
+    assert "cnmt-v0" not in harness.link_names(world.host.name)
+
+
+async def test_the_netlink_layer_deletes_only_links_carrying_the_mark(world):
+    agent = await world.agent()
+    netlink = agent.netlink
+    world.host.run("ip", "link", "add", "cnmt-f0", "type", "bridge")
+    with pytest.raises(errors.FailedPrecondition, match="not marked") as caught:
+        await netlink.delete_owned_link("cnmt-f0", names.network_alias("x"))
+    assert caught.value.reason == "LINK_NOT_OWNED"
+    assert "cnmt-f0" in harness.link_names(world.host.name)
+    await netlink.create_bridge("cnmt-b0", mtu=1500, alias=names.endpoint_alias("e1", "n1"))
+    with pytest.raises(errors.FailedPrecondition):
+        await netlink.delete_owned_link("cnmt-b0", names.endpoint_owner("e2"))
+    assert (await netlink.get_owned_link("cnmt-b0", names.endpoint_owner("e1"))).name == "cnmt-b0"
+    assert await netlink.delete_owned_link("cnmt-b0", names.endpoint_owner("e1")) is True
+    assert await netlink.delete_owned_link("cnmt-b0", names.endpoint_owner("e1")) is False
+    assert harness.link_names(world.host.name) == {"lo", "cnmt-f0"}
+
+
+async def test_state_reports_the_bridge_address_and_detached_veths_and_resync_fixes_them(
+    world, netns,
+):
+    agent = await world.agent()
+    made = await agent.create_endpoint(endpoint("e1", netns("cnmt-c").path, "10.88.0.10"), NET)
+    state = await agent.get_state()
+    assert [(n.gateway, n.subnet) for n in state.networks] == [("10.88.0.1", "10.88.0.0/24")]
+    assert [e.detached for e in state.endpoints] == [False]
+    world.host.run("ip", "link", "set", made.host_interface, "nomaster")
+    world.host.run("ip", "addr", "flush", "dev", "cnm-n1")
+    state = await agent.get_state()
+    assert [(n.gateway, n.subnet) for n in state.networks] == [("", "")]
+    assert [e.detached for e in state.endpoints] == [True]
+    repaired = await agent.resync()
+    assert f"re-attached {made.host_interface} to bridge cnm-n1" in repaired
+    veth = {link["ifname"]: link for link in harness.links(world.host.name)}[made.host_interface]
+    assert veth["master"] == "cnm-n1"
+    assert veth["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert [e.detached for e in (await agent.get_state()).endpoints] == [False]
+
+
+async def test_concurrent_connects_into_one_sandbox_and_a_connect_racing_a_delete(world, netns):
+    agent = await world.agent()
+    container = netns("cnmt-c")
+    net2 = harness.network("n2", "10.89.0.0/24")
+    first, second = await asyncio.gather(
+        agent.create_endpoint(endpoint("e1", container.path, "10.88.0.10"), NET),
+        agent.create_endpoint(
+            pb.Endpoint(endpoint_id="e2", network_id="n2", sandbox=container.path,
+                        address="10.89.0.10"), net2),
+    )
+    assert {first.container_interface, second.container_interface} == {"eth0", "eth1"}
+    assert {"eth0", "eth1"} <= harness.link_names(container.name)
+    other = netns("cnmt-c")
+    outcomes = await asyncio.gather(
+        agent.create_endpoint(endpoint("e3", other.path, "10.88.0.11"), None),
+        agent.delete_network("n1"),
+        return_exceptions=True,
+    )
+    # Whichever ran first, the kernel, the records and the firewall agree.
+    state = await agent.get_state()
+    in_kernel = sorted(e.endpoint_id for e in state.endpoints)
+    assert in_kernel == sorted(agent.store.endpoints)
+    assert sorted(n.network_id for n in state.networks) == sorted(agent.store.networks)
+    assert sorted(await world.firewall.list_networks()) == sorted(agent.store.networks)
+    if isinstance(outcomes[0], Exception):  # the delete came first: connect found no network
+        assert isinstance(outcomes[0], errors.FailedPrecondition)
+    assert in_kernel == ["e2"]

@@ -308,8 +308,15 @@ def test_adds_and_removes_are_idempotent_and_leave_nothing(topo, fw):
     assert sorted(listed, key=str) == sorted([*ports, port("a1", 8081)], key=str)
     fw.add_network(network=NET_A)
     assert fw.element_count() == count + 2
-    fw.remove_ports(endpoint_id="a1")
-    fw.remove_ports(endpoint_id="a1")
+    fw.add_ports(ports=[port("a2", 9090, host_ip=UPLINK)])  # keeps the 9090 guard in place
+    # Removed by key (the ports known), then again (gone: a scan finds nothing).
+    fw.remove_ports(endpoint_id="a1", ports=[*ports, port("a1", 8081)])
+    assert [item["endpoint_id"] for item in fw.list_ports()] == ["a2"]
+    with pytest.raises(errors.AlreadyExists):
+        fw.add_ports(ports=[port("b1", 9090)])  # the guard of a2's specific address stayed
+    fw.remove_ports(endpoint_id="a1", ports=ports)
+    fw.remove_ports(endpoint_id="a2")
+    fw.remove_ports(endpoint_id="a2")
     assert fw.list_ports() == []
     assert fw.element_count() == empty
     for network in NETWORKS:
@@ -359,10 +366,22 @@ def _handle_of_first_rule(topo, chain: str) -> str:
     return str(next(item["rule"]["handle"] for item in listing["nftables"] if "rule" in item))
 
 
-def test_ports_work_when_the_table_was_deleted(topo, fw):
-    topo.nft("delete", "table", "ip", "cnm")
+def test_adds_after_a_flush_rebuild_nothing_partial_and_sync_restores_everything(topo, fw):
+    """Rebuilding only the base (or one network) would leave every other network's
+    isolation gone while reporting success: the adds refuse, the caller syncs."""
     fw.add_ports(ports=[port("a1", 8080)])
-    assert [item["endpoint_id"] for item in fw.list_ports()] == ["a1"]
+    topo.nft("delete", "table", "ip", "cnm")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        fw.add_ports(ports=[port("b1", 8081)])
+    assert caught.value.reason == "FIREWALL_TABLE_MISSING"
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        fw.add_network(network=NET_A)
+    assert caught.value.reason == "FIREWALL_TABLE_MISSING"
+    assert "ip cnm" not in topo.nft("list", "tables").stdout
+    fw.sync(networks=NETWORKS, ports=[port("a1", 8080), port("b1", 8081)])
+    assert topo.probe("client", (CLIENT_SIDE, 8080), (CLIENT_SIDE, 8081)) == [
+        f"a1 {CLIENT}", f"b1 {CLIENT}"]
+    assert topo.probe("a1", ("10.88.2.2", 80)) == [None], "networks isolated again"
 
 
 def test_invalid_input_is_refused_before_the_kernel(topo, fw):
@@ -437,6 +456,7 @@ def test_icc_off_is_refused_without_br_netfilter(netns):
         with pytest.raises(errors.FailedPrecondition) as caught:
             agent.add_network(network=NET_C)
         assert caught.value.reason == "BR_NETFILTER_INACTIVE"
+        agent.ensure_base()
         agent.add_network(network=NET_A)
         assert agent.list_networks() == ["net-a"]
     finally:

@@ -5,7 +5,10 @@ test_firewall_nftables.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
+import time
 
 import pytest
 
@@ -223,3 +226,75 @@ async def test_add_ports_is_one_batch_without_reading():
         await firewall.add_ports([dataclasses.replace(rule("e2", 8080), container_port=81)])
     await firewall.remove_ports("e1")
     assert all(not elements for elements in runner.state.values())
+
+
+class SlowRunner(FakeRunner):
+    """A FakeRunner whose batches take a while and that records overlapping calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most_inside = 0
+        self.guard = threading.Lock()
+
+    def run(self, commands: list[dict]) -> dict:
+        with self.guard:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(0.2)
+            return super().run(commands)
+        finally:
+            with self.guard:
+                self.inside -= 1
+
+
+async def test_a_cancelled_call_keeps_the_lock_until_its_batch_is_done():
+    runner = SlowRunner()
+    firewall = NftablesFirewall(runner)
+    call = asyncio.ensure_future(firewall.add_ports([rule("e1", 8080)]))
+    await asyncio.sleep(0.05)  # the batch is running in its thread
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    # The cancelled call returned only once its batch was committed ...
+    assert runner.inside == 0 and len(runner.batches) == 1
+    await firewall.add_ports([rule("e2", 8081)])
+    # ... so libnftables never ran two batches at once.
+    assert runner.most_inside == 1
+
+
+class CountingRunner(FakeRunner):
+    """A FakeRunner that counts listings and, like the kernel, refuses to delete a missing key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings = 0
+
+    def run(self, commands: list[dict]) -> dict:
+        if commands and "list" in commands[0]:
+            self.listings += 1
+        deletes_only = all("delete" in command for command in commands)
+        for command in commands if deletes_only else ():
+            body = command["delete"].get("element")
+            if body and any(ruleset.element_from_json(body["name"], item).key
+                            not in self.state[body["name"]] for item in body["elem"]):
+                raise NftError("Error: Could not process rule: No such file or directory")
+        return super().run(commands)
+
+
+async def test_remove_ports_with_the_known_ports_reads_nothing_and_stays_idempotent():
+    runner = CountingRunner()
+    firewall = NftablesFirewall(runner)
+    mine = [rule("e1", 8080), rule("e1", 8081, "10.0.0.1")]
+    others = [rule(f"o{n}", 9000 + n) for n in range(20)]
+    await firewall.add_ports(mine)
+    await firewall.add_ports(others)
+    runner.listings = 0
+    await firewall.remove_ports("e1", [rule("e1", 8080)])
+    assert runner.listings == 0  # the any-address port: deleted by key, no listing
+    await firewall.remove_ports("e1", mine)  # one is gone already: falls back to a scan
+    assert runner.listings > 0
+    assert {port.endpoint_id for port in await firewall.list_ports()} == {f"o{n}" for n in range(20)}
+    assert not runner.state["specific_guard"]
+    await firewall.remove_ports("e1", mine)
+    assert len(await firewall.list_ports()) == 20

@@ -141,12 +141,16 @@ def test_ports_on_an_internal_network_are_refused():
 
 def test_endpoint_validation_checks_address_before_the_sandbox(tmp_path):
     spec = model.network_from_proto(_network(), DRIVERS)
-    for address in ("10.99.0.5", "10.88.0.0", "10.88.0.1", "x"):
-        with pytest.raises(errors.InvalidArgument):
+    # The sandbox is invalid too (INVALID_NAMESPACE): the address must be what is refused.
+    for address, reason in (("10.99.0.5", "ADDRESS_OUTSIDE_SUBNET"),
+                            ("10.88.0.0", "INVALID_ADDRESS"), ("10.88.0.1", "ADDRESS_IS_GATEWAY"),
+                            ("x", "INVALID_ADDRESS")):
+        with pytest.raises(errors.InvalidArgument) as caught:
             model.endpoint_from_proto(
                 pb.Endpoint(endpoint_id="e1", address=address, sandbox="/nonexistent"), spec,
                 str(tmp_path),
             )
+        assert caught.value.reason == reason, address
 
 
 def test_endpoint_sandbox_must_be_a_network_namespace(tmp_path):
@@ -218,6 +222,20 @@ async def test_teardown_runs_every_step_and_reports_all_failures():
         single.raise_failures()
 
 
+async def test_context_keeps_the_class_reason_metadata_and_cause():
+    async def taken():
+        raise errors.AlreadyExists("port taken", reason="PORT_ALLOCATED", endpoint_id="e1")
+
+    teardown = Teardown("disconnect endpoint 'e2'")
+    await teardown.step("remove ports", taken)
+    with pytest.raises(errors.AlreadyExists) as caught:
+        teardown.raise_failures()
+    error = caught.value
+    assert error.message == "disconnect endpoint 'e2': remove ports: port taken"
+    assert (error.reason, error.metadata) == ("PORT_ALLOCATED", {"endpoint_id": "e1"})
+    assert error.__cause__.__cause__.message == "port taken"
+
+
 @pytest.mark.parametrize(
     ("code", "expected"),
     [(19, errors.NotFound), (17, errors.AlreadyExists), (54, errors.ResourceExhausted),
@@ -231,3 +249,34 @@ def test_kernel_errors_become_named_errors_with_context(code, expected):
     converted = netlink._convert(NetlinkError(code), "create veth 'cv1' for endpoint 'e1'")
     assert isinstance(converted, expected)
     assert converted.message.startswith("create veth 'cv1' for endpoint 'e1': ")
+
+
+class _NoIpv6Handle:
+    """A netlink handle of a kernel booted with ipv6.disable=1: IFLA_AF_SPEC{AF_INET6}
+    is refused with EAFNOSUPPORT (a test cannot reboot the machine's kernel)."""
+
+    def __init__(self):
+        self.requests = []
+
+    async def link(self, command, **fields):
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if "IFLA_AF_SPEC" in fields:
+            raise NetlinkError(97)  # EAFNOSUPPORT
+        self.requests.append((command, fields))
+
+
+async def test_a_kernel_without_ipv6_still_gets_alias_and_hairpin():
+    from netdriver_service.netlink import Netlink
+
+    handle = _NoIpv6Handle()
+    netlink = Netlink()
+
+    async def fake_handle(ns):
+        return handle
+
+    netlink._handle = fake_handle
+    await netlink.set_bridge_port("cv1", alias="cnm:ep:e1:n1", hairpin=True)
+    await netlink.disable_ipv6_link_local("eth0", "/proc/self/ns/net")
+    assert handle.requests == [("set", {"ifname": "cv1", "kind": "bridge_slave", "mode": 1,
+                                         "ifalias": "cnm:ep:e1:n1"})]

@@ -48,17 +48,10 @@ class Host:
         return f"unix:{self.socket_path}"
 
     def start(self) -> None:
-        # nsenter --net keeps the machine's mount namespace, where sandboxes are mounted.
-        self.process = support.Process(
-            ["nsenter", f"--net={self.ns.path}", support.PYTHON, "-m", "netdriver_service",
-             "--listen", self.address, "--host-id", self.host_id,
-             "--state-dir", str(self.state_dir), "--underlay-ip", self.underlay_ip],
-            log_path=self.log_path,
+        self.process = support.start_agent(
+            self.ns.path, self.address, host_id=self.host_id, state_dir=self.state_dir,
+            log_path=self.log_path, args=("--underlay-ip", self.underlay_ip),
         )
-        try:
-            support.wait_serving(self.address, timeout=20)
-        except TimeoutError:
-            raise RuntimeError("agent did not start:\n" + self.process.log_tail()) from None
 
     def stop(self, kill: bool = False) -> None:
         if self.process:
@@ -99,20 +92,12 @@ class Cluster:
     def start_ipam(self) -> None:
         port = support.free_port()
         self.ipam_address = f"127.0.0.1:{port}"
-        self.ipam = support.Process(
-            [support.PYTHON, "-m", "ipam_service", "--listen", self.ipam_address,
-             "--redis-url", self.redis_url],
-            log_path=self.tmp / f"ipam-{port}.log",
-        )
-        support.wait_serving(self.ipam_address)
+        self.ipam = support.start_ipam(self.ipam_address, self.redis_url,
+                                       self.tmp / f"ipam-{port}.log")
 
     def restart_ipam(self) -> None:
-        self.ipam = support.Process(
-            [support.PYTHON, "-m", "ipam_service", "--listen", self.ipam_address,
-             "--redis-url", self.redis_url],
-            log_path=self.tmp / "ipam-restarted.log",
-        )
-        support.wait_serving(self.ipam_address)
+        self.ipam = support.start_ipam(self.ipam_address, self.redis_url,
+                                       self.tmp / "ipam-restarted.log")
 
     def start_orchestrator(self, fault: str = "") -> support.Process:
         if not self.address:

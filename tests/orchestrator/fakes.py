@@ -8,6 +8,7 @@ method raise a chosen error, to drive the orchestrator's undo paths.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
@@ -22,12 +23,18 @@ log = logging.getLogger("tests.fakes")
 class Faults:
     def __init__(self) -> None:
         self.fail: dict[str, errors.CnmError] = {}
+        # Raised once the method has done its work (a reply lost on the way back).
+        self.fail_after: dict[str, errors.CnmError] = {}
         self.calls: list[str] = []
 
     def check(self, method: str) -> None:
         self.calls.append(method)
         if method in self.fail:
             raise self.fail[method]
+
+    def check_after(self, method: str) -> None:
+        if method in self.fail_after:
+            raise self.fail_after[method]
 
 
 class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
@@ -54,6 +61,7 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
         pool.gateway = pool.gateway or str(next(subnet.hosts()))
         self.pools[pool.pool_id] = pool
         self.allocations[pool.pool_id] = {pool.gateway: "cnm:gateway"}
+        self.faults.check_after("CreatePool")
         return ipam_pb2.CreatePoolResponse(pool=pool)
 
     async def DeletePool(self, request, context):
@@ -95,6 +103,7 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
             if address is None:
                 raise errors.ResourceExhausted(f"pool {pool.pool_id} is full")
         taken[address] = request.owner
+        self.faults.check_after("AllocateAddress")
         return ipam_pb2.AllocateAddressResponse(address=address, newly_allocated=True, **reply)
 
     async def ReleaseAddress(self, request, context):
@@ -124,6 +133,9 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         self.sandboxes: dict[str, nd.Sandbox] = {}
         self.peers: dict[str, nd.SetNetworkPeersRequest] = {}
         self.underlay_ip = f"192.0.2.{sum(map(ord, host_id)) % 250 + 1}"
+        # When set, CreateEndpoint waits for it to be set (``held`` counts the waiters).
+        self.hold: asyncio.Event | None = None
+        self.held = 0
 
     async def GetHostInfo(self, request, context):
         self.faults.check("GetHostInfo")
@@ -156,6 +168,9 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
 
     async def CreateEndpoint(self, request, context):
         self.faults.check("CreateEndpoint")
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
         endpoint = request.endpoint
         if endpoint.network_id not in self.networks:
             if request.network.network_id != endpoint.network_id:

@@ -96,8 +96,65 @@ async def test_cli_unreachable_orchestrator(world):
     assert err.decode().startswith("cnm: error: cannot reach the orchestrator")
 
 
-@pytest.mark.parametrize("args", [[], ["network"], ["network", "connect"], ["run"], ["ps"],
-                                  ["rm"], ["host", "ls"], ["network", "prune"]])
+async def test_cli_disconnect_force_with_the_host_down(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    assert (await cnm(world, "network", "connect", "--host", "h2", "n1", "c1")).code == 0
+    await world.servers["h2"].stop(0)
+    refused = await cnm(world, "network", "disconnect", "--host", "h2", "n1", "c1")
+    assert refused.code == 6 and "agent h2" in refused.err
+    forced = await cnm(world, "network", "disconnect", "--force", "--host", "h2", "n1", "c1")
+    assert (forced.code, forced.err) == (0, "")
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+    pruned = await cnm(world, "network", "prune")
+    assert (pruned.code, pruned.out) == (0, "")
+    assert pruned.err == "cnm: warning: network n1 not pruned: a host that has it did not answer\n"
+
+
+async def test_cli_disconnect_force_finds_a_run_sandbox_on_a_host_down(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    sandbox = cli.sandbox_name("h2", "web")
+    await world.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox, host_id="h2"))
+    assert (await cnm(world, "network", "connect", "--host", "h2", "n1", "web")).code == 0
+    [endpoint] = (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints
+    assert endpoint.container_id == sandbox
+    await world.servers["h2"].stop(0)
+    forced = await cnm(world, "network", "disconnect", "-f", "--host", "h2", "n1", "web")
+    assert (forced.code, forced.err) == (0, "")
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+
+
+async def test_cli_run_that_cannot_start_leaks_nothing_and_prints_one_line(world, tmp_path,
+                                                                          monkeypatch):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("CNM_RUN_DIR", str(blocker / "runs"))  # cannot be made
+    failed = await cnm(world, "run", "-d", "--name", "web", "--net", "n1", "--", "true")
+    assert failed.code == 1
+    assert failed.err.startswith("cnm: error: ") and len(failed.err.splitlines()) == 1
+    assert world.agents["h1"].sandboxes == {} and world.agents["h1"].endpoints == {}
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+
+
+async def test_cli_json_listings(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    await world.call("CreateSandbox", pb.CreateSandboxRequest(name="cnm-h1-web", host_id="h1"))
+    assert (await cnm(world, "network", "connect", "-p", "8080:80", "n1", "web")).code == 0
+    [sandbox] = json.loads((await cnm(world, "ps", "--format", "json")).out)
+    assert sandbox["name"] == "cnm-h1-web" and sandbox["host_id"] == "h1"
+    assert [e["address"] for e in sandbox["endpoints"]] == ["10.20.0.2"]
+    table = (await cnm(world, "ps")).out.splitlines()
+    assert table[1].split()[:2] == ["cnm-h1-web", "h1"] and "8080->80/tcp" in table[1]
+    hosts = json.loads((await cnm(world, "host", "ls", "--format", "json")).out)
+    assert [(h["host_id"], h["state"], h["endpoint_count"]) for h in hosts] == [
+        ("h1", "HOST_STATE_HEALTHY", 1), ("h2", "HOST_STATE_HEALTHY", 0)]
+
+
+@pytest.mark.parametrize("args", [
+    [], ["network"], ["network", "create"], ["network", "ls"], ["network", "inspect"],
+    ["network", "rm"], ["network", "prune"], ["network", "connect"], ["network", "disconnect"],
+    ["host"], ["host", "ls"], ["run"], ["ps"], ["rm"],
+])
 def test_help_everywhere(args, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main([*args, "--help"])

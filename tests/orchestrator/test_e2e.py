@@ -215,7 +215,7 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         (("network", "inspect", "nope"), 3, "not found"),
         (("network", "create", "--subnet", "10.70.0.0/24", "-x"), 2, ""),
         (("network", "create", "--subnet", "10.71.0.0/24", "--gateway", "10.72.0.1", "n2"), 2,
-         "not a usable address"),
+         "is outside subnet"),
         (("rm", "ghost"), 3, "not found"),
     ]
     for args, code, message in cases:

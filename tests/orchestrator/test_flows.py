@@ -54,11 +54,16 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"name": "-bad"}, "invalid network name"),
     ({"name": "has space"}, "invalid network name"),
     ({"name": ""}, "invalid network name"),
-    ({"subnet": "10.0.0.0/33"}, "invalid subnet"),
+    ({"subnet": "10.0.0.0/33"}, "not a valid CIDR"),
     ({"subnet": ""}, "subnet is required"),
-    ({"gateway": "10.99.0.1"}, "not a usable address"),
-    ({"gateway": "10.20.0.255"}, "not a usable address"),
-    ({"ip_range": "10.30.0.0/25"}, "not inside subnet"),
+    ({"subnet": "10.20.0.5/24"}, r"host bits set \(did you mean 10.20.0.0/24\?\)"),
+    ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
+    ({"subnet": "fd00::/127"}, "too small.*use /126"),
+    ({"subnet": "fd00::/64"}, "dynamic range fd00::/64 holds"),
+    ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": "overlay"}, "IPv4 only"),
+    ({"gateway": "10.99.0.1"}, "gateway 10.99.0.1 is outside subnet"),
+    ({"gateway": "10.20.0.255"}, "broadcast address"),
+    ({"ip_range": "10.30.0.0/25"}, "is outside subnet"),
     ({"driver": "macvlan"}, "unsupported driver"),
     ({"options": {"com.docker.network.bridge.enable_icc": "maybe"}}, "enable_icc"),
     ({"options": {"com.docker.network.driver.mtu": "big"}}, "mtu"),
@@ -85,7 +90,9 @@ async def test_ipam_down_on_create_is_unavailable(world):
     with pytest.raises(errors.Unavailable, match="ipam: create pool"):
         await create(world)
     assert (await world.call("ListNetworks", pb.ListNetworksRequest())).networks == []
-    assert await intents(world) == []
+    # IPAM may have made the pool before going away: the intent stays, and the
+    # reconciler deletes the pool once IPAM answers again.
+    assert [intent.op for intent in await intents(world)] == ["create-network"]
 
 
 async def test_list_networks_filters_by_driver_and_label(world):
@@ -282,7 +289,8 @@ async def test_ipam_error_leaves_no_endpoint(world):
         await world.call("ConnectContainer", connect_request("c2"))
     assert "CreateEndpoint" not in world.agents["h1"].faults.calls
     assert world.agents["h1"].endpoints == {}
-    assert await intents(world) == []
+    # IPAM may have allocated before going away: the intent stays for the reconciler.
+    assert [intent.op for intent in await intents(world)] == ["connect"]
     assert await world.store.endpoint_ids(network_id=network.network_id) == set()
 
 
@@ -471,33 +479,54 @@ async def test_two_replicas_connect_concurrently(world):
 async def test_force_delete_racing_connects_leaves_nothing(world):
     network = await create(world)
     other = await world.new_replica()
-
-    async def connect(i):
-        try:
-            await other.connect(connect_request(f"c{i}"))
-        except errors.CnmError:
-            pass
-
-    tasks = [asyncio.create_task(connect(i)) for i in range(20)]
-    await asyncio.sleep(0.01)
-    await world.orch.delete_network("net1", force=True)
-    await asyncio.gather(*tasks)
-    assert world.agents["h1"].endpoints == {}
-    assert network.network_id not in world.agents["h1"].networks
+    agent = world.agents["h1"]
+    agent.hold = asyncio.Event()
+    connects = [asyncio.create_task(other.connect(connect_request(f"c{i}"))) for i in range(5)]
+    await eventually(lambda: agent.held == 5)  # all five are inside CreateEndpoint
+    delete = asyncio.create_task(world.orch.delete_network("net1", force=True))
+    for _ in range(500):
+        if (await world.store.get_network(network.network_id))[1] == "deleting":
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert not delete.done()  # marked deleting, waiting for the connects in flight
+    agent.hold.set()
+    results = await asyncio.gather(*connects, return_exceptions=True)
+    await delete
+    assert all(isinstance(result, errors.FailedPrecondition) for result in results), results
+    assert agent.endpoints == {}
+    assert network.network_id not in agent.networks
     assert world.ipam.pools == {}
     assert await intents(world) == []
     assert await world.store.endpoint_ids(network_id=network.network_id) == set()
 
 
+async def eventually(check, timeout=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_grpc_reflection_and_health(world):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     async with grpc.aio.insecure_channel(world.address) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="cnm.orchestrator.v1.OrchestratorService"),
-            timeout=5)
-    assert reply.status in (health_pb2.HealthCheckResponse.SERVING,
-                            health_pb2.HealthCheckResponse.NOT_SERVING)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="cnm.orchestrator.v1.OrchestratorService")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await health.Check(request, timeout=5)).status != \
+                health_pb2.HealthCheckResponse.SERVING:
+            assert asyncio.get_running_loop().time() < deadline, "never SERVING"
+            await asyncio.sleep(0.05)
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        services = [service.name async for reply in replies
+                    for service in reply.list_services_response.service]
+    assert "cnm.orchestrator.v1.OrchestratorService" in services
+    assert "grpc.health.v1.Health" in services
 
 
 async def test_redis_down_is_unavailable(world):
@@ -509,8 +538,9 @@ async def test_redis_down_is_unavailable(world):
     store = Store.connect(f"redis://127.0.0.1:{support.free_port()}/0")
     servicer = OrchestratorServicer(Orchestrator(store, world.orch.ipam, world.orch.agents))
     try:
-        with pytest.raises(errors.Unavailable, match="redis"):
+        with pytest.raises(errors.Unavailable, match="ListNetworks: redis is unavailable") as got:
             await servicer.ListNetworks(pb.ListNetworksRequest(), None)
+        assert got.value.reason == "REDIS_UNAVAILABLE"  # the reason IPAM gives too
         with pytest.raises(errors.Unavailable, match="redis"):
             await servicer.ConnectContainer(connect_request("c1"), None)
     finally:
@@ -531,16 +561,19 @@ async def test_overlay_network_spans_hosts_with_peers_pushed(world):
     second = await create(world, "ov2", "10.31.0.0/24", driver="overlay")
     assert (network.vni, second.vni) == (4096, 4097)
     h1, h2 = world.agents["h1"], world.agents["h2"]
-    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    # On every host at once, with its peers, before any endpoint.
     assert h1.networks[network.network_id].vni == 4096
-    assert h1.networks[network.network_id].driver == "overlay"
-    assert peers_of(h1, network.network_id) == ([], [])
+    assert h2.networks[network.network_id].driver == "overlay"
+    assert peers_of(h1, network.network_id) == ([("h2", h2.underlay_ip)], [])
+    inspected = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network
+    assert [(h.host_id, h.ready) for h in inspected.hosts] == [("h1", True), ("h2", True)]
+    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    assert peers_of(h2, network.network_id) == ([("h1", h1.underlay_ip)],
+                                                [(a.address, h1.underlay_ip)])
     b = (await world.call("ConnectContainer", connect_request("b", network="ov",
                                                               host="h2"))).endpoint
     assert peers_of(h1, network.network_id) == ([("h2", h2.underlay_ip)],
                                                 [(b.address, h2.underlay_ip)])
-    assert peers_of(h2, network.network_id) == ([("h1", h1.underlay_ip)],
-                                                [(a.address, h1.underlay_ip)])
     assert h2.peers[network.network_id].remote_endpoints[0].mac_address == a.mac_address
     assert h1.peers[network.network_id].generation > 1
     await world.call("DisconnectContainer",
@@ -557,9 +590,14 @@ async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world
     a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
     assert peers_of(world.agents["h2"], network.network_id)[1] == []
     assert await world.store.peers_dirty() == [network.network_id]
+    inspected = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network
+    assert [(h.host_id, h.ready) for h in inspected.hosts] == [("h1", True), ("h2", False)]
+    assert "agent restarting" in inspected.hosts[1].message
     del world.agents["h2"].faults.fail["SetNetworkPeers"]
     report = await world.reconciler.run_once()
-    assert report.synced_peers == [network.network_id]
+    assert f"{network.network_id} on h2" in report.synced_peers
     assert peers_of(world.agents["h2"], network.network_id)[1] == [
         (a.address, world.agents["h1"].underlay_ip)]
     assert await world.store.peers_dirty() == []
+    inspected = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network
+    assert all(h.ready for h in inspected.hosts)

@@ -68,6 +68,20 @@ async def test_reconciler_leaves_flows_in_progress_alone(world):
         f"{network.network_id}/10.20.0.9"]
 
 
+async def test_reconciler_releases_vnis_of_networks_that_do_not_exist(world):
+    kept = (await world.call("CreateNetwork", network_request(driver="overlay"))).network
+    orphan = await world.orch.vnis.allocate("0badc0ffee00")
+    creating = await world.orch.vnis.allocate("c0ffee000001")
+    await world.store.put_intent(world.store.new_intent(
+        "name:other", "create-network", lock="name:other", network_id="c0ffee000001",
+        name="other"))
+    async with world.store.lock("name:other"):  # a create in flight, not abandoned
+        report = await world.reconciler.run_once()
+    assert report.released_vnis == [f"{orphan} of 0badc0ffee00"]
+    assert await world.orch.vnis.holders() == {kept.network_id: kept.vni,
+                                               "c0ffee000001": creating}
+
+
 async def test_only_one_replica_reconciles_at_a_time(world):
     lock = world.store.lock("reconciler")
     async with lock:
@@ -120,6 +134,7 @@ async def eventually(check, timeout=15.0):
 STEP_FLOWS = {
     "create-network-intent": "create",
     "create-network-ipam": "create",
+    "create-network-vni": "create-overlay",
     "connect-intent": "connect",
     "connect-ipam": "connect",
     "connect-agent": "connect",
@@ -143,6 +158,8 @@ async def test_crash_between_steps_is_repaired_after_restart(world, tmp_path, st
         with pytest.raises(errors.Unavailable):
             if flow == "create":
                 await crashing.call("CreateNetwork", network_request())
+            elif flow == "create-overlay":
+                await crashing.call("CreateNetwork", network_request(driver="overlay"))
             else:
                 await crashing.call("CreateNetwork", network_request())
                 await crashing.call("ConnectContainer", connect_request("c1", port_mappings=ports))
@@ -166,13 +183,15 @@ async def test_crash_between_steps_is_repaired_after_restart(world, tmp_path, st
                 assert world.ipam.owners(pool_id) == {}
             for agent in world.agents.values():
                 assert agent.endpoints == {}
-            if flow in ("create", "delete"):
+            if flow in ("create", "create-overlay", "delete"):
                 assert world.ipam.pools == {}
                 assert all(agent.networks == {} for agent in world.agents.values())
+            assert await world.orch.vnis.holders() == {}
 
         await eventually(repaired)
         networks = (await restarted.call("ListNetworks", pb.ListNetworksRequest())).networks
-        assert [n.name for n in networks] == ([] if flow in ("create", "delete") else ["net1"])
+        gone = ("create", "create-overlay", "delete")
+        assert [n.name for n in networks] == ([] if flow in gone else ["net1"])
         # everything works again, including the port the crashed connect reserved
         await restarted.call("CreateNetwork", network_request())
         endpoint = (await restarted.call(

@@ -134,7 +134,9 @@ class IpamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPools(self, request, context):
-        """Lists all pools, ordered by id.
+        """Lists all pools, ordered by id. A subnet reservation left without its
+        pool by a create or delete cut short is not listed, and is removed once
+        a minute old so that its subnet is free again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -19,7 +19,7 @@ PROTOCOL_UDP: Protocol
 PROTOCOL_SCTP: Protocol
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options", "vxlan")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Network(_message.Message):
     ALLOWED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: str
@@ -51,7 +52,32 @@ class Network(_message.Message):
     allowed_networks: _containers.RepeatedScalarFieldContainer[str]
     vni: int
     options: _containers.ScalarMap[str, str]
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    vxlan: VxlanDevice
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., vxlan: _Optional[_Union[VxlanDevice, _Mapping]] = ...) -> None: ...
+
+class VxlanDevice(_message.Message):
+    __slots__ = ("name", "vni", "local_address", "learning", "proxy", "up", "attached", "flood_peer_count", "remote_mac_count", "neighbour_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    FLOOD_PEER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_MAC_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOUR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vni: int
+    local_address: str
+    learning: bool
+    proxy: bool
+    up: bool
+    attached: bool
+    flood_peer_count: int
+    remote_mac_count: int
+    neighbour_count: int
+    def __init__(self, name: _Optional[str] = ..., vni: _Optional[int] = ..., local_address: _Optional[str] = ..., learning: _Optional[bool] = ..., proxy: _Optional[bool] = ..., up: _Optional[bool] = ..., attached: _Optional[bool] = ..., flood_peer_count: _Optional[int] = ..., remote_mac_count: _Optional[int] = ..., neighbour_count: _Optional[int] = ...) -> None: ...
 
 class PortMapping(_message.Message):
     __slots__ = ("protocol", "host_ip", "host_port", "container_port")
@@ -66,7 +92,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route")
+    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "detached")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +103,7 @@ class Endpoint(_message.Message):
     CONTAINER_INTERFACE_FIELD_NUMBER: _ClassVar[int]
     PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_ROUTE_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     container_id: str
@@ -87,7 +114,8 @@ class Endpoint(_message.Message):
     container_interface: str
     port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
     default_route: bool
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ...) -> None: ...
+    detached: bool
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., detached: _Optional[bool] = ...) -> None: ...
 
 class RemoteEndpoint(_message.Message):
     __slots__ = ("address", "mac_address", "underlay_ip")

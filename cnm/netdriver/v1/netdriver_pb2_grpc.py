@@ -181,7 +181,8 @@ class NetDriverServiceServicer:
 
     def GetState(self, request, context):
         """Reports what cnm owns in this host's kernel, read from the kernel: links
-        carrying cnm's ownership mark and the firewall's port mappings.
+        carrying cnm's ownership mark (with each overlay network's VXLAN device)
+        and the firewall's port mappings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

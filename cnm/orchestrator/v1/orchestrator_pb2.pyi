@@ -195,12 +195,14 @@ class ListNetworksResponse(_message.Message):
     def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ...) -> None: ...
 
 class DeleteNetworkRequest(_message.Message):
-    __slots__ = ("network", "force")
+    __slots__ = ("network", "force", "allow_missing")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     network: str
     force: bool
-    def __init__(self, network: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, network: _Optional[str] = ..., force: _Optional[bool] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DeleteNetworkResponse(_message.Message):
     __slots__ = ()
@@ -211,10 +213,12 @@ class PruneNetworksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PruneNetworksResponse(_message.Message):
-    __slots__ = ("deleted_networks",)
+    __slots__ = ("deleted_networks", "skipped_networks")
     DELETED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     deleted_networks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ...) -> None: ...
+    skipped_networks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ..., skipped_networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectContainerRequest(_message.Message):
     __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings")
@@ -359,10 +363,12 @@ class ListHostsResponse(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ...) -> None: ...
 
 class DeleteHostRequest(_message.Message):
-    __slots__ = ("host_id",)
+    __slots__ = ("host_id", "allow_missing")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
     host_id: str
-    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+    allow_missing: bool
+    def __init__(self, host_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
 
 class DeleteHostResponse(_message.Message):
     __slots__ = ()

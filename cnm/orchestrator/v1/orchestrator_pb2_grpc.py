@@ -157,14 +157,16 @@ class OrchestratorServiceServicer:
 
     def DeleteNetwork(self, request, context):
         """Deletes a network. FAILED_PRECONDITION while it has endpoints unless
-        force is set (they are disconnected first).
+        force is set (they are disconnected first). A network that does not
+        exist is NOT_FOUND unless allow_missing is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PruneNetworks(self, request, context):
-        """Deletes every network that has no endpoint.
+        """Deletes every network that has no endpoint; one on a host that does not
+        answer is skipped and named in the response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,7 +253,8 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteHost(self, request, context):
-        """Removes a host: its endpoints are forgotten and peers updated.
+        """Removes a host: its endpoints are forgotten and peers updated. A host
+        that is not registered is NOT_FOUND unless allow_missing is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,93 @@
+"""Host membership: the agent registers with the orchestrator and keeps heartbeating.
+
+Registration carries the host id, the address the orchestrator should dial
+(``--advertise``) and the underlay address; the orchestrator answers with
+the heartbeat interval it expects and brings the host in line (overlay
+networks, peers). A heartbeat answered with ``reregister`` (the
+orchestrator forgot the host) registers again. Failures are retried with a
+capped backoff for as long as the agent runs; they never stop the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from cnm import errors, grpc_client
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+
+log = logging.getLogger("netdriver.membership")
+
+REGISTER_TIMEOUT = 30.0  # the orchestrator brings the host in line before answering
+HEARTBEAT_TIMEOUT = 3.0
+MAX_BACKOFF = 5.0
+
+
+class Membership:
+    def __init__(
+        self, *, orchestrator: str, host_id: str, advertise: str,
+        underlay_ip: Callable[[], str], ready: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.host_id = host_id
+        self.advertise = advertise
+        self.underlay_ip = underlay_ip
+        self.ready = ready
+        self.interval = 5.0
+        self.registered = asyncio.Event()
+
+    async def _register(self, stub) -> None:
+        underlay_ip = self.underlay_ip()
+        if not underlay_ip:
+            log.warning(
+                "registering with no underlay address: no overlay network can reach this "
+                "host; start the agent with --underlay-ip (CNM_UNDERLAY_IP)",
+                extra={"orchestrator": self.orchestrator},
+            )
+        reply = await stub.RegisterHost(
+            pb.RegisterHostRequest(host=pb.Host(
+                host_id=self.host_id, address=self.advertise, underlay_ip=underlay_ip,
+            )),
+            timeout=REGISTER_TIMEOUT,
+        )
+        self.interval = float(reply.heartbeat_interval_seconds or self.interval)
+        self.registered.set()
+        log.info("registered", extra={"orchestrator": self.orchestrator,
+                                      "advertise": self.advertise,
+                                      "heartbeat_interval": self.interval})
+
+    async def run(self) -> None:
+        """Registers, then heartbeats, forever (cancel to stop)."""
+        async with grpc_client.aio_channel(self.orchestrator) as channel:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+            backoff = 0.2
+            while not await self.ready():
+                await asyncio.sleep(0.2)
+            while True:
+                try:
+                    if not self.registered.is_set():
+                        await self._register(stub)
+                    else:
+                        reply = await stub.HeartbeatHost(
+                            pb.HeartbeatHostRequest(host_id=self.host_id),
+                            timeout=HEARTBEAT_TIMEOUT,
+                        )
+                        if reply.reregister:
+                            self.registered.clear()
+                            continue
+                    backoff = 0.2
+                    await asyncio.sleep(self.interval)
+                except grpc.aio.AioRpcError as error:
+                    failure = errors.from_rpc_error(error)
+                    log.warning(
+                        "registration failed" if not self.registered.is_set()
+                        else "heartbeat failed",
+                        extra={"orchestrator": self.orchestrator, "error": failure.message,
+                               "code": error.code().name},
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)

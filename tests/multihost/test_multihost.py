@@ -1,0 +1,227 @@
+"""Overlay networks across simulated hosts, with host membership (registration and
+heartbeats): real agents, IPAM, orchestrator and Redis; real VXLAN, bridges and
+nftables inside namespaces; traffic with the echo tools."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from netdriver_service.names import vxlan_name
+from tests import support
+from tests.multihost.cluster import HEARTBEAT, MultiHost, wait_until
+from tests.netdriver import harness
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def make_cluster(redis_url, netns, tmp_path):
+    made: list[MultiHost] = []
+
+    def make(hosts: int = 3, **options) -> MultiHost:
+        cluster = MultiHost(tmp=tmp_path, redis_url=redis_url,
+                            underlay=support.Underlay(netns), **options).start()
+        made.append(cluster)
+        for _ in range(hosts):
+            cluster.add_host()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+def talks(tmp_path, client, server, port: int = 7000) -> bool:
+    """Whether ``client`` reaches ``server`` over TCP and is seen with its own address."""
+    echo = harness.Server(server.sandbox, port, log_dir=tmp_path)
+    try:
+        return harness.ask(client.sandbox, server.address, port) == client.address
+    finally:
+        echo.stop()
+
+
+def test_containers_on_different_hosts_talk_and_networks_are_isolated(
+    make_cluster, tmp_path
+):
+    cluster = make_cluster(3)
+    h1, h2, h3 = cluster.hosts
+    listed = cluster.cnm("host", "ls", "--format", "json")
+    assert listed.code == 0, listed.err
+    assert sorted((h["host_id"], h["state"]) for h in listed.json()) == [
+        (h.host_id, "HOST_STATE_HEALTHY") for h in (h1, h2, h3)
+    ]
+    app = cluster.create_overlay("appnet", "10.20.0.0/16")
+    other = cluster.create_overlay("othernet", "10.21.0.0/16")
+    assert app["vni"] != other["vni"] and app["vni"] >= 4096
+    assert sorted((h["host_id"], h["ready"]) for h in app["hosts"]) == [
+        (h.host_id, True) for h in (h1, h2, h3)
+    ]
+    a = cluster.container(h1, "a", "appnet")
+    b = cluster.container(h2, "b", "appnet")
+    c = cluster.container(h3, "c", "othernet")
+    # Remote entries are in place before any packet: nothing needs flooding.
+    device = vxlan_name(app["network_id"])
+    assert f"{b.mac} dst {h2.underlay_ip} self permanent" in h1.fdb(device)
+    assert f"{b.address} lladdr {b.mac} PERMANENT" in h1.neighbours(device)
+    assert f"00:00:00:00:00:00 dst {h3.underlay_ip}" in h1.fdb(device)
+    assert talks(tmp_path, a, b) and talks(tmp_path, b, a)
+    # Another overlay network, even routed through the same hosts, is out of reach.
+    assert not talks(tmp_path, a, c) and not talks(tmp_path, c, a)
+
+
+def test_a_host_joining_later_gets_the_network_and_its_containers_reach_the_others(
+    make_cluster, tmp_path
+):
+    cluster = make_cluster(2)
+    h1, _ = cluster.hosts
+    cluster.create_overlay("appnet", "10.20.0.0/16")
+    a = cluster.container(h1, "a", "appnet")
+    h3 = cluster.add_host()
+    network = cluster.inspect("appnet")
+    assert {(h.host_id, h.ready) for h in network.hosts} >= {(h3.host_id, True)}
+    c = cluster.container(h3, "c", "appnet")
+    assert talks(tmp_path, c, a) and talks(tmp_path, a, c)
+
+
+def test_overlay_network_created_with_no_host_reaches_hosts_as_they_join(
+    make_cluster, tmp_path
+):
+    cluster = make_cluster(0)
+    made = cluster.create_overlay("appnet", "10.20.0.0/16")
+    assert made["hosts"] == []
+    h1, h2 = cluster.add_host(), cluster.add_host()
+    a, b = cluster.container(h1, "a", "appnet"), cluster.container(h2, "b", "appnet")
+    assert talks(tmp_path, a, b)
+
+
+def test_a_removed_host_leaves_every_peer_list(make_cluster):
+    cluster = make_cluster(3)
+    h1, h2, h3 = cluster.hosts
+    network = cluster.create_overlay("appnet", "10.20.0.0/16")
+    device = vxlan_name(network["network_id"])
+    cluster.container(h1, "a", "appnet")
+    c = cluster.container(h3, "c", "appnet")
+    assert c.mac in h1.fdb(device) and h3.underlay_ip in h1.fdb(device)
+    h3.stop()
+    removed = cluster.cnm("host", "rm", h3.host_id)
+    assert removed.code == 0, removed.err
+    for host in (h1, h2):
+        fdb = host.fdb(device)
+        assert c.mac not in fdb and h3.underlay_ip not in fdb
+        assert c.address not in host.neighbours(device)
+    assert [e.host_id for e in cluster.inspect("appnet").endpoints] == [h1.host_id]
+
+
+def test_agent_restart_does_not_disturb_traffic_and_brings_the_host_back_in_line(
+    make_cluster, tmp_path
+):
+    cluster = make_cluster(2)
+    h1, h2 = cluster.hosts
+    cluster.create_overlay("appnet", "10.20.0.0/16")
+    a, b = cluster.container(h1, "a", "appnet"), cluster.container(h2, "b", "appnet")
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", a.sandbox, "ping", "-c", "60", "-i", "0.1", "-W", "1",
+         b.address], stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    h2.stop()  # SIGTERM: the agent goes, the kernel state it made stays
+    h2.start()
+    cluster.wait_registered(h2)
+    out, _ = pinger.communicate(timeout=30)
+    received = int(out.split(" received")[0].rsplit(" ", 1)[1])
+    assert received >= 59, out
+    assert talks(tmp_path, b, a)
+    assert all(h.ready for h in cluster.inspect("appnet").hosts)
+
+
+def test_a_host_without_an_underlay_address_is_shown_and_left_out_until_it_has_one(
+    make_cluster,
+):
+    cluster = make_cluster(2)
+    h1, h2 = cluster.hosts
+    network = cluster.create_overlay("appnet", "10.20.0.0/16")
+    device = vxlan_name(network["network_id"])
+    assert h2.underlay_ip in h1.fdb(device)
+    h2.stop()
+    h2.ns.run("ip", "route", "del", "default")  # nothing to take a VTEP address from
+    h2.start()
+
+    def h2_state():
+        return {h.host_id: h for h in cluster.inspect("appnet").hosts}[h2.host_id]
+
+    wait_until(lambda: not h2_state().ready, what="h2's re-registration")
+    assert "--underlay-ip" in h2_state().message
+    wait_until(lambda: h2.underlay_ip not in h1.fdb(device), what="h2 to leave h1's peers")
+    # Its agent kept the device it had rather than make one with no source address.
+    (kept,) = h2.state().networks
+    assert kept.vxlan.local_address == h2.underlay_ip
+    h2.stop()
+    h2.ns.run("ip", "route", "add", "default", "via", "10.99.0.254")
+    h2.start()
+    wait_until(lambda: h2_state().ready, what="h2 to register with an address")
+    wait_until(lambda: h2.underlay_ip in h1.fdb(device), what="h2 back in h1's peers")
+
+
+def test_a_silent_host_is_unhealthy_and_connects_to_it_fail_fast(make_cluster):
+    cluster = make_cluster(2)
+    _, h2 = cluster.hosts
+    cluster.create_overlay("appnet", "10.20.0.0/16")
+    h2.stop(kill=True)
+    wait_until(lambda: cluster.host_state(h2.host_id) == pb.HOST_STATE_UNHEALTHY,
+               6 * HEARTBEAT, "the host to turn unhealthy")
+    listed = cluster.cnm("host", "ls")
+    assert h2.host_id in listed.out and "unhealthy" in listed.out
+    started = time.monotonic()
+    with pytest.raises(errors.Unavailable, match="heartbeat"):
+        cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+            network="appnet", container_id="x", host_id=h2.host_id))
+    assert time.monotonic() - started < 1
+
+
+def test_unreachable_host_during_create_and_delete_is_brought_in_line_later(
+    make_cluster
+):
+    cluster = make_cluster(2)
+    h1, h2 = cluster.hosts
+    h2.stop(kill=True)  # still "healthy" for a few seconds: the create tries it
+    made = cluster.create_overlay("appnet", "10.20.0.0/16")
+    states = {h["host_id"]: h for h in made["hosts"]}
+    assert states[h1.host_id]["ready"] is True
+    assert states[h2.host_id]["ready"] is False and states[h2.host_id]["message"]
+    device = vxlan_name(made["network_id"])
+    h2.start()
+    cluster.wait_registered(h2)
+    wait_until(lambda: all(h.ready for h in cluster.inspect("appnet").hosts), 10,
+               "the host to be brought in line")
+    assert device in harness.link_names(h2.ns.name)
+    # Delete with a host down: done for the others, the missing one cleaned on return.
+    h2.stop(kill=True)
+    assert cluster.cnm("network", "rm", "appnet").code == 0
+    assert device not in harness.link_names(h1.ns.name)
+    assert device in harness.link_names(h2.ns.name)
+    h2.start()
+    wait_until(lambda: device not in harness.link_names(h2.ns.name), 90,
+               "the reconciler to delete the network left on the returning host")
+
+
+def test_vni_exhaustion_and_duplicate_host_registration(make_cluster):
+    cluster = make_cluster(1, vni_range="5000-5001")
+    (h1,) = cluster.hosts
+    cluster.create_overlay("one", "10.20.0.0/16")
+    cluster.create_overlay("two", "10.21.0.0/16")
+    third = cluster.cnm("network", "create", "--driver", "overlay", "--subnet",
+                        "10.22.0.0/16", "three")
+    assert third.code == 7 and "VXLAN id" in third.err
+    listed = cluster.call("ListNetworks", pb.ListNetworksRequest()).networks
+    assert sorted(n.name for n in listed) == ["one", "two"]
+    assert cluster.cnm("network", "rm", "one").code == 0
+    reused = cluster.create_overlay("three", "10.22.0.0/16")
+    assert reused["vni"] in (5000, 5001)
+    with pytest.raises(errors.AlreadyExists, match="already registered"):
+        cluster.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
+            host_id=h1.host_id, address="unix:/tmp/cnmt-elsewhere.sock",
+            underlay_ip="10.99.0.50")))

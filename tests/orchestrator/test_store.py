@@ -1,0 +1,94 @@
+"""The orchestrator's Redis locks, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cnm import errors
+from orchestrator.store import Store, k
+
+
+@pytest.fixture
+async def stores(redis_url):
+    made = []
+    for _ in range(2):
+        store = Store.connect(redis_url, lease_seconds=5)
+        store.LOCK_TTL_MS = 300
+        await store.renew_lease()
+        made.append(store)
+    yield made
+    for store in made:
+        await store.close()
+
+
+async def test_a_held_lock_outlives_its_ttl(stores):
+    ours, theirs = stores
+    async with ours.lock("net:x"):
+        await asyncio.sleep(1.0)  # more than three TTLs
+        assert not await theirs.lock("net:x", wait=0).try_acquire()
+    other = theirs.lock("net:x", wait=0)
+    assert await other.try_acquire()
+    await other.release()
+
+
+async def test_a_flow_that_loses_its_lock_is_stopped_with_unavailable(stores):
+    ours, theirs = stores
+    reached_end = False
+    with pytest.raises(errors.Unavailable, match="lost the lock net:x"):
+        async with ours.lock("net:x"):
+            # Another replica takes it over (as after our lease lapsed).
+            await theirs.r.set(k("lock", "net:x"), b"other:1234")
+            await asyncio.sleep(1.0)
+            reached_end = True
+    assert not reached_end
+    assert await theirs.r.get(k("lock", "net:x")) == b"other:1234"
+
+
+async def test_a_lock_is_stolen_only_from_a_replica_whose_lease_expired(stores):
+    ours, theirs = stores
+    ours.LOCK_TTL_MS = 60_000  # no expiry during the test: only the lease matters
+    held = ours.lock("ep:1", wait=0)
+    assert await held.try_acquire()
+    assert not await theirs.lock("ep:1", wait=0).try_acquire()
+    await ours.drop_lease()
+    stolen = theirs.lock("ep:1", wait=0)
+    assert await stolen.try_acquire()
+    assert await theirs.r.get(k("lock", "ep:1")) == stolen.token.encode()
+    await stolen.release()
+    await held.release()
+
+
+async def test_host_updates_from_two_replicas_lose_nothing(stores, monkeypatch):
+    from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+
+    ours, theirs = stores
+    await ours.put_host(pb.Host(host_id="h1", address="10.0.0.1:50053"))
+    read = ours._host_bytes
+    raced = []
+
+    async def read_then_race(host_id):
+        raw = await read(host_id)
+        if not raced:  # the other replica writes between our read and our write
+            raced.append(True)
+
+            def learn(host):
+                host.underlay_ip = "192.0.2.1"
+                return True
+
+            await theirs.update_host(host_id, learn)
+        return raw
+
+    monkeypatch.setattr(ours, "_host_bytes", read_then_race)
+
+    def beat(host):
+        host.last_heartbeat_time.FromSeconds(1234)
+        return True
+
+    updated = await ours.update_host("h1", beat)
+    assert raced
+    stored = await theirs.get_host("h1")
+    assert stored == updated
+    assert stored.underlay_ip == "192.0.2.1" and stored.last_heartbeat_time.seconds == 1234
+    assert await ours.update_host("nope", beat) is None

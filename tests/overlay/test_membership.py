@@ -1,0 +1,64 @@
+"""The agent's registration loop against an in-process orchestrator servicer (real gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cnm import errors, server
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from netdriver_service.membership import Membership
+
+log = logging.getLogger("tests.membership")
+
+
+class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self) -> None:
+        self.registered: list[pb.Host] = []
+        self.heartbeats = 0
+        self.forget_after = 2  # answer reregister on this heartbeat
+        self.refuse_first = True
+
+    async def RegisterHost(self, request, context):
+        if self.refuse_first:
+            self.refuse_first = False
+            raise errors.Unavailable("orchestrator starting")
+        self.registered.append(request.host)
+        return pb.RegisterHostResponse(host=request.host, heartbeat_interval_seconds=0)
+
+    async def HeartbeatHost(self, request, context):
+        self.heartbeats += 1
+        return pb.HeartbeatHostResponse(reregister=self.heartbeats == self.forget_after)
+
+
+async def _ready() -> bool:
+    return True
+
+
+async def test_registers_retries_heartbeats_and_registers_again_when_forgotten():
+    fake = Orchestrator()
+    name = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+    running = await server.start(
+        listen="127.0.0.1:0",
+        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
+        logger=log, readiness=_ready,
+    )
+    membership = Membership(
+        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
+        underlay_ip=lambda: "10.99.0.9", ready=_ready,
+    )
+    membership.interval = 0.05  # the servicer asks for none: keep this one
+    task = asyncio.create_task(membership.run())
+    try:
+        for _ in range(200):
+            if len(fake.registered) >= 2 and fake.heartbeats >= 3:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await running.stop(0)
+    assert len(fake.registered) >= 2  # the first try failed, and it was forgotten once
+    host = fake.registered[0]
+    assert (host.host_id, host.address, host.underlay_ip) == ("h9", "unix:/tmp/h9.sock",
+                                                              "10.99.0.9")
