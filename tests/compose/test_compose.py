@@ -165,8 +165,8 @@ def deployment(tmp_path_factory):
                 "CNM_HOST_ID": host1.id,
                 "CNM_UNDERLAY_IP": host1.ip,
                 "CNM_ORCHESTRATOR_LISTEN": orchestrator,
+                # No CNM_HOSTS: the agents register themselves.
                 "CNM_ORCHESTRATOR": orchestrator,
-                "CNM_HOSTS": f"{host1.id}=127.0.0.1:50053,{host2.id}={host2.ip}:50053",
             },
         )
         projects.append(central)
