@@ -450,6 +450,7 @@ class Agent:
             firewall_elements=await self.firewall.element_count()
         )
         detached = {link.name for _, link in _detached_veths(links)}
+        aliases = {link.alias for link in links}
         for link in links:
             owner = names.parse_alias(link.alias)
             if owner is None:
@@ -462,7 +463,8 @@ class Agent:
                 if spec is not None:
                     in_kernel = replace(spec, subnet=in_kernel.subnet, gateway=in_kernel.gateway)
                 network = in_kernel.to_proto()
-                await self._report_vxlan(network, link.index)
+                if names.vxlan_alias(object_id) in aliases:
+                    await self._report_vxlan(network, link.index)
                 response.networks.append(network)
                 continue
             record = self.store.endpoints.get(object_id)

@@ -122,10 +122,18 @@ class MultiHost:
         return host
 
     def wait_registered(self, host: Host, timeout: float = 20) -> None:
-        def healthy() -> bool:
-            return self.host_state(host.host_id) == pb.HOST_STATE_HEALTHY
+        """Until the host is healthy and its registration brought it in line: the host
+        record (healthy) is written before every overlay network is put on it."""
+        def in_line() -> bool:
+            if self.host_state(host.host_id) != pb.HOST_STATE_HEALTHY:
+                return False
+            overlays = self.call("ListNetworks", pb.ListNetworksRequest(driver="overlay"))
+            return all(
+                any(state.host_id == host.host_id for state in self.inspect(n.name).hosts)
+                for n in overlays.networks
+            )
 
-        support.wait_for(healthy, timeout, 0.1, f"host {host.host_id} to register")
+        support.wait_for(in_line, timeout, 0.1, f"host {host.host_id} to register")
 
     def host_state(self, host_id: str) -> int | None:
         for host in self.call("ListHosts", pb.ListHostsRequest()).hosts:
