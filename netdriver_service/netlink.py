@@ -309,7 +309,8 @@ class Netlink:
 
     # Links ---------------------------------------------------------------
 
-    async def get_link(self, name: str, ns: str | None = None) -> Link | None:
+    async def _link_message(self, name: str, ns: str | None = None):
+        """The kernel's message for link ``name``; None when there is no such link."""
         handle = await self._handle(ns)
         try:
             messages = await handle.link("get", ifname=name)
@@ -317,7 +318,11 @@ class Netlink:
             if error.code in (errno.ENODEV, errno.ENOENT):
                 return None
             raise _convert(error, f"get link {name!r}") from error
-        return _link(messages[0])
+        return messages[0]
+
+    async def get_link(self, name: str, ns: str | None = None) -> Link | None:
+        message = await self._link_message(name, ns)
+        return None if message is None else _link(message)
 
     async def get_owned_link(self, name: str, mark: str, ns: str | None = None) -> Link | None:
         """Link ``name`` if it carries ownership ``mark``; None if there is no such link.
@@ -552,14 +557,10 @@ class Netlink:
 
     async def vxlan_info(self, name: str) -> VxlanInfo | None:
         """The VXLAN parameters of link ``name``; None when it is missing or no VXLAN."""
-        handle = await self._handle(None)
-        try:
-            messages = await handle.link("get", ifname=name)
-        except NetlinkError as error:
-            if error.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise _convert(error, f"get link {name!r}") from error
-        info = messages[0].get_attr("IFLA_LINKINFO")
+        message = await self._link_message(name)
+        if message is None:
+            return None
+        info = message.get_attr("IFLA_LINKINFO")
         if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
             return None
         data = info.get_attr("IFLA_INFO_DATA")

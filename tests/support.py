@@ -260,3 +260,13 @@ class Underlay:
 
     def plug(self, number: int) -> None:
         self.switch.run("ip", "link", "set", f"p{number}", "up")
+
+
+def connect_namespaces(a: Netns, a_if: str, a_cidr: str,
+                       b: Netns, b_if: str, b_cidr: str) -> None:
+    """A veth between two test namespaces, addressed and up."""
+    subprocess.run(["ip", "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name",
+                    b_if, "netns", b.name], check=True)
+    for ns, name, cidr in ((a, a_if, a_cidr), (b, b_if, b_cidr)):
+        subprocess.run(["ip", "-n", ns.name, "addr", "add", cidr, "dev", name], check=True)
+        subprocess.run(["ip", "-n", ns.name, "link", "set", name, "up"], check=True)

@@ -34,9 +34,9 @@ class Topology:
         self.host = self.make("cnmt-h")
         self.internet = self.make("cnmt-i")
         self.client = self.make("cnmt-k")
-        harness.connect_namespaces(self.host, "up0", f"{HOST_UP}/24",
+        support.connect_namespaces(self.host, "up0", f"{HOST_UP}/24",
                                    self.internet, "eth0", f"{INTERNET}/24")
-        harness.connect_namespaces(self.host, "cl0", f"{HOST_CLIENT_SIDE}/24",
+        support.connect_namespaces(self.host, "cl0", f"{HOST_CLIENT_SIDE}/24",
                                    self.client, "eth0", f"{CLIENT}/24")
         self.host.run("ip", "route", "add", "default", "via", INTERNET)
         self.client.run("ip", "route", "add", "default", "via", HOST_CLIENT_SIDE)

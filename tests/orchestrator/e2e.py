@@ -174,16 +174,6 @@ def remove_sandboxes(host_id: str) -> None:
             subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-def connect_namespaces(a: support.Netns, a_if: str, a_cidr: str,
-                       b: support.Netns, b_if: str, b_cidr: str) -> None:
-    """A veth between two test namespaces, addressed and up."""
-    subprocess.run(["ip", "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name",
-                    b_if, "netns", b.name], check=True)
-    for ns, name, cidr in ((a, a_if, a_cidr), (b, b_if, b_cidr)):
-        subprocess.run(["ip", "-n", ns.name, "addr", "add", cidr, "dev", name], check=True)
-        subprocess.run(["ip", "-n", ns.name, "link", "set", name, "up"], check=True)
-
-
 def ask(ns_path: str, host: str, port: int, timeout: float = 3.0) -> str | None:
     """What the echo server at host:port answered, asked from the namespace; None if nothing."""
     done = subprocess.run(

@@ -19,7 +19,8 @@ import pytest
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
-from tests.orchestrator.e2e import ECHO, Cluster, Host, ask, connect_namespaces
+from tests.orchestrator.e2e import ECHO, Cluster, Host, ask
+from tests.support import connect_namespaces
 
 pytestmark = pytest.mark.root
 
