@@ -172,14 +172,32 @@ def measure_rounds(hosts: list, network, containers: Namespaces,
     return timings
 
 
+def measure_steady(hosts: list, network, containers: Namespaces,
+                   samples: int) -> list[list[float]]:
+    """Times ``samples`` connects on each of ``hosts``, alternating, each disconnected
+    (untimed) before the next: every sample sees exactly the host's endpoints, the
+    way a host at that size takes one more container."""
+    timings: list[list[float]] = [[] for _ in hosts]
+    for offset in range(samples):
+        for index, (agent, present) in enumerate(hosts):
+            endpoint_id = f"q{present}-{offset}"
+            timings[index].append(timed(functools.partial(
+                agent_connect, agent, endpoint_id, containers.make_one(),
+                address_of(8000 + present + offset), 45000 + offset, network)))
+            agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+    return timings
+
+
 def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: int,
                   samples: int) -> None:
     """Connect p50 with 10 vs ``scale`` endpoints on the host, measured two ways.
 
-    Sequentially (all of "10", then all of "scale", as one host grows) and
+    Sequentially (all of "10", then all of "scale", as one host grows),
     interleaved (a second host namespace with its own agent holds ``scale``
-    endpoints while the first holds 10, and their connects alternate), so
-    that a change of machine load during the run weighs on both alike.
+    endpoints while the first holds 10, and their connects alternate, in
+    rounds of 20 kept until the round ends), so that a change of machine load
+    during the run weighs on both alike; and steady (alternating, each connect
+    undone before the next, as the end-to-end bench measures).
     """
     print(f"\n# connect p50 with 10 vs {scale} endpoints on the host")
     second_host = support.Netns("cnmb-host")
@@ -193,6 +211,9 @@ def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: 
         at_small, at_large = measure_rounds([(agent, 10), (big, scale)], network, containers,
                                             samples)
         report_ratio("interleaved", scale, at_small, at_large)
+        at_small, at_large = measure_steady([(agent, 10), (big, scale)], network, containers,
+                                            samples)
+        report_ratio("steady (each connect undone before the next)", scale, at_small, at_large)
     finally:
         big.stop()
         second_host.close()
