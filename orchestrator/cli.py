@@ -50,6 +50,13 @@ class UsageError(Exception):
     """Bad command-line input, found before any call."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line too, pointing at the command's --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"cnm: error: {message} (see '{self.prog} --help')\n")
+
+
 def sandbox_name(host_id: str, name: str) -> str:
     """The namespace name of container ``name`` on ``host_id``.
 
@@ -165,11 +172,17 @@ def network_ls(client: Client, args) -> int:
 
 
 def network_inspect(client: Client, args) -> int:
-    found = []
+    """Like docker: the networks found are printed, each one missing is an error."""
+    found, status = [], 0
     for name in args.networks:
-        found.append(to_dict(client.GetNetwork(pb.GetNetworkRequest(network=name)).network))
+        try:
+            found.append(to_dict(client.GetNetwork(pb.GetNetworkRequest(network=name)).network))
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            status = report(error)
     print_json(found)
-    return 0
+    return status
 
 
 def network_rm(client: Client, args) -> int:
@@ -277,6 +290,13 @@ def run(client: Client, args) -> int:
     sandbox = sandbox_name(args.host, name)
     # Everything that can fail locally is done before the sandbox exists.
     launcher = nsenter()
+    # CreateSandbox returns an existing sandbox as is: a second container would
+    # share the first one's namespace, and remove it when it exits.
+    existing = client.ListSandboxes(pb.ListSandboxesRequest(host_id=args.host)).sandboxes
+    if any(s.name == sandbox for s in existing):
+        raise errors.AlreadyExists(
+            f"container name {name!r} is already in use on host {args.host!r}: "
+            f"remove it with 'cnm rm {name}' or choose another --name")
     with contextlib.ExitStack() as closing:
         log = None
         if args.detach:
@@ -377,7 +397,7 @@ def ps(client: Client, args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnm", description="cnm: container networks")
+    parser = Parser(prog="cnm", description="cnm: container networks")
     config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
                     config.DEFAULT_ORCHESTRATOR_ADDR, "gRPC address of the orchestrator")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -394,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     create = net_commands.add_parser("create", help="create a network")
     create.add_argument("--driver", "-d", default="bridge", help="driver (default bridge)")
-    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24")
+    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24 (required)")
     create.add_argument("--gateway", help="gateway address (default: first of the subnet)")
     create.add_argument("--ip-range", help="allocate addresses from this sub-range (CIDR)")
     create.add_argument("--internal", action="store_true", help="no NAT, no way out")
@@ -492,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
 def report(error: grpc.RpcError) -> int:
     failure = errors.from_rpc_error(error)
     message = failure.message
-    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message:
+    # The orchestrator's own errors carry status details; a channel failure has none.
+    from_server = any(key == "grpc-status-details-bin"
+                      for key, _ in error.trailing_metadata() or ())
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not from_server:
         message = f"cannot reach the orchestrator: {message}"
     print(f"cnm: error: {message}", file=sys.stderr)
     return EXIT_CODES.get(error.code(), 1)
@@ -508,6 +531,9 @@ def main(argv=None) -> None:
     except UsageError as error:
         print(f"cnm: error: {error}", file=sys.stderr)
         code = 2
+    except errors.CnmError as error:  # found by the CLI itself
+        print(f"cnm: error: {error.message}", file=sys.stderr)
+        code = EXIT_CODES.get(error.code, 1)
     except grpc.RpcError as error:
         code = report(error)
     except OSError as error:  # a local failure: no nsenter or ip, a directory not writable

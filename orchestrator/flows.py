@@ -53,6 +53,14 @@ def decode_endpoint(intent: Intent) -> pb.Endpoint:
     return pb.Endpoint.FromString(base64.b64decode(intent.data["endpoint"]))
 
 
+def _port_label(key: str) -> str:
+    """A port reservation key ("tcp/8080/" or "tcp/8080/10.0.0.1") as people write it."""
+    proto, port, host_ip = (key.split("/", 2) + ["", ""])[:3]
+    if ":" in host_ip:
+        host_ip = f"[{host_ip}]"
+    return f"{host_ip}:{port}/{proto}" if host_ip else f"{port}/{proto}"
+
+
 class Undo:
     """The inverse steps of a flow, run in reverse on failure; failures are logged, not raised."""
 
@@ -491,8 +499,9 @@ class Orchestrator:
                 raise errors.FailedPrecondition(f"network {network.name!r} is being deleted")
             if reply[0] == "port":
                 raise errors.AlreadyExists(
-                    f"port {reply[1]} is already published on host {request.host_id} "
-                    f"(by endpoint {reply[2]})", reason="PORT_ALLOCATED", port=reply[1])
+                    f"port {_port_label(reply[1])} is already published on host "
+                    f"{request.host_id} by {await self._describe_holder(reply[2])}",
+                    reason="PORT_ALLOCATED", port=reply[1])
             if reply[0] == "exists":
                 raise errors.Unavailable(f"endpoint {endpoint_id} changed concurrently; retry")
             default_route = reply[1] == "1"
@@ -550,6 +559,16 @@ class Orchestrator:
             # Another push was taken meanwhile, without the endpoint: push again.
             await self.sync_peers(network.network_id, skip_host=request.host_id)
         return endpoint
+
+    async def _describe_holder(self, endpoint_id: str) -> str:
+        """Who holds a published port, for the error: its container and network if known."""
+        if " " in endpoint_id:  # "another endpoint": held through the wildcard count
+            return endpoint_id
+        holder = await self.store.get_endpoint(endpoint_id)
+        if holder is None:  # being connected right now
+            return f"endpoint {endpoint_id}"
+        return (f"container {holder.container_id!r} on network {holder.network_name!r} "
+                f"(endpoint {endpoint_id})")
 
     @staticmethod
     def _repeated_connect(existing: pb.Endpoint, network: pb.Network,

@@ -160,3 +160,64 @@ def test_help_everywhere(args, capsys):
         cli.main([*args, "--help"])
     assert exited.value.code == 0
     assert "usage: cnm" in capsys.readouterr().out
+
+
+async def test_cli_usage_errors_are_one_line(world):
+    for args, words in [
+        ((), "arguments are required: COMMAND (see 'cnm --help')"),
+        (("network", "create"), "required: name (see 'cnm network create --help')"),
+        (("network", "ls", "--format", "xml"), "invalid choice: 'xml'"),
+        (("bogus",), "invalid choice: 'bogus'"),
+    ]:
+        result = await cnm(world, *args)
+        assert result.code == 2 and result.out == ""
+        assert result.err.startswith("cnm: error: ") and words in result.err
+        assert len(result.err.splitlines()) == 1, result.err
+
+
+async def test_cli_inspect_prints_what_it_found_and_fails_on_the_rest(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    partial = await cnm(world, "network", "inspect", "n1", "nope")
+    assert partial.code == 3 and [n["name"] for n in partial.json()] == ["n1"]
+    assert partial.err == "cnm: error: network 'nope' not found\n"
+    missing = await cnm(world, "network", "inspect", "nope")
+    assert (missing.code, missing.json()) == (3, [])
+
+
+async def test_cli_unresolvable_orchestrator_says_so(world):
+    result = await cnm(world, "--orchestrator", "bad::::", "network", "ls")
+    assert result.code == 6
+    assert result.err.startswith("cnm: error: cannot reach the orchestrator: ")
+    # An UNAVAILABLE the orchestrator itself sends is not taken for one.
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    assert (await cnm(world, "network", "connect", "--host", "h2", "n1", "c1")).code == 0
+    await world.servers["h2"].stop(0)
+    refused = await cnm(world, "network", "disconnect", "--host", "h2", "n1", "c1")
+    assert refused.code == 6 and "cannot reach the orchestrator" not in refused.err
+
+
+async def test_cli_port_taken_names_the_port_and_its_holder(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    assert (await cnm(world, "network", "connect", "-p", "8080:80", "n1", "c1")).code == 0
+    taken = await cnm(world, "network", "connect", "-p", "8080:81", "n1", "c2")
+    assert taken.code == 4
+    assert taken.err.startswith("cnm: error: port 8080/tcp is already published on host h1 "
+                                "by container 'c1' on network 'n1' (endpoint ")
+    assert (await cnm(world, "network", "connect", "-p", "127.0.0.1:9090:80", "n1", "c3")).code == 0
+    specific = await cnm(world, "network", "connect", "-p", "127.0.0.1:9090:80", "n1", "c4")
+    assert specific.code == 4 and "port 127.0.0.1:9090/tcp is already" in specific.err
+
+
+async def test_cli_run_refuses_a_name_in_use(world, tmp_path, monkeypatch):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    await world.call("CreateSandbox", pb.CreateSandboxRequest(name="cnm-h1-web", host_id="h1"))
+    monkeypatch.setenv("CNM_RUN_DIR", str(tmp_path))
+    for detach in (["-d"], []):
+        again = await cnm(world, "run", *detach, "--name", "web", "--net", "n1", "--", "true")
+        assert again.code == 4 and again.out == ""
+        assert again.err == ("cnm: error: container name 'web' is already in use on host 'h1': "
+                             "remove it with 'cnm rm web' or choose another --name\n")
+    # The first container's sandbox is untouched: not connected, not removed.
+    assert list(world.agents["h1"].sandboxes) == ["cnm-h1-web"]
+    assert world.agents["h1"].endpoints == {}
+    assert list(tmp_path.iterdir()) == []
