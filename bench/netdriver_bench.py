@@ -33,6 +33,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -214,6 +215,7 @@ def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: 
         at_small, at_large = measure_steady([(agent, 10), (big, scale)], network, containers,
                                             samples)
         report_ratio("steady (each connect undone before the next)", scale, at_small, at_large)
+        report_resync([(agent, 10), (big, scale)], network, containers)
     finally:
         big.stop()
         second_host.close()
@@ -221,6 +223,27 @@ def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: 
     print(f"kernel reference, the bridge-port steps of a connect (veth, hairpin, peer up) "
           f"on a bridge with 10 / {scale} ports: p50 {statistics.median(small):.2f} / "
           f"{statistics.median(large):.2f} ms (netlink layer alone: no gRPC, no firewall)")
+
+
+def report_resync(hosts: list, network, containers: Namespaces, samples: int = 10) -> None:
+    """Resync duration (nothing to repair), and a connect started while one runs: the
+    periodic resync must not make a connect wait for its full read of the kernel."""
+    for agent, present in hosts:
+        durations = [timed(functools.partial(agent.call, "Resync", pb.ResyncRequest()))
+                     for _ in range(samples)]
+        during: list[float] = []
+        for offset in range(samples):
+            resync = threading.Thread(target=agent.call, args=("Resync", pb.ResyncRequest()))
+            resync.start()
+            time.sleep(0.005)
+            endpoint_id = f"r{present}-{offset}"
+            during.append(timed(functools.partial(
+                agent_connect, agent, endpoint_id, containers.make_one(),
+                address_of(9000 + present + offset), 47000 + offset, network)))
+            resync.join()
+            agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        print(f"resync at {present} (nothing to repair): {summary(durations)}")
+        print(f"  connect started during it: {summary(during)}")
 
 
 def report_ratio(label: str, scale: int, at_small: list[float], at_large: list[float]) -> None:

@@ -70,7 +70,8 @@ class Agent:
         if not self.underlay_ip:
             self.underlay_ip = await self._default_route_address()
         await self.firewall.ensure_base()
-        repaired = await self._resync()
+        async with self.lock:
+            repaired = await self._resync_locked()
         self.started = True
         log.info(
             "state rebuilt",
@@ -101,11 +102,12 @@ class Agent:
     async def _repair_lost_firewall(self) -> None:
         """Resynchronizes at once when networks' rules are gone (``nft flush ruleset``):
         their isolation and NAT would stay silently missing until the next resync."""
-        owned = await self._owned_objects()
-        wanted = {
-            spec.network_id for spec in self.store.networks.values()
-            if ("net", spec.network_id) in owned
-        }
+        # One lookup per bridge, not a dump of every link: cheap with many endpoints.
+        wanted = set()
+        for spec in list(self.store.networks.values()):
+            bridge = await self.netlink.get_link(spec.bridge)
+            if bridge is not None and names.parse_alias(bridge.alias) == ("net", spec.network_id, ""):
+                wanted.add(spec.network_id)
         if wanted <= set(await self.firewall.list_networks()):
             return
         repaired = await self._resync()
@@ -508,16 +510,42 @@ class Agent:
         return await self._resync()
 
     async def _resync(self) -> list[str]:
+        """Reads the kernel without the lock (a connect never waits for that read);
+        only when it shows drift, takes the lock and reads and repairs again."""
+        for driver in self.drivers.values():
+            if isinstance(driver, OverlayDriver):
+                driver.forget_applied()
+        if not await self._drift_seen():
+            return []
         async with self.lock:
             return await self._resync_locked()
 
-    async def _owned_objects(self) -> set[tuple[str, str]]:
-        """(kind, id) of every link marked as cnm's."""
-        return {
-            names.parse_alias(link.alias)[:2]
-            for link in await self.netlink.list_links()
-            if names.parse_alias(link.alias)
-        }
+    async def _drift_seen(self) -> bool:
+        """Whether ``_resync_locked`` would find something to repair, from a snapshot
+        read while operations may run: one caught half done shows as drift (then
+        checked again under the lock), never the reverse for long."""
+        # Intents are made and dropped under the lock: seen without it, a crash left them.
+        if self.store.intents and not self.lock.locked():
+            return True
+        links = await self.netlink.list_links()
+        owned = _owned_objects(links)
+        if any(("ep", endpoint_id) not in owned for endpoint_id in list(self.store.endpoints)):
+            return True
+        if any(network_id in self.store.networks for network_id, _ in _detached_veths(links)):
+            return True
+        networks = list(self.store.networks.values())
+        rules = [network_rules(spec) for spec in networks if ("net", spec.network_id) in owned]
+        ports = [rule for e in list(self.store.endpoints.values()) for rule in port_rules(e)]
+        if await self.firewall.drift(rules, ports):
+            return True
+        for spec in networks:
+            driver = self.driver(spec.driver)
+            try:
+                if isinstance(driver, OverlayDriver) and not await driver.network_intact(spec):
+                    return True
+            except errors.CnmError:
+                return True  # the locked pass reports it, as it reports a failed repair
+        return False
 
     async def _resync_locked(self) -> list[str]:
         repaired: list[str] = []
@@ -528,14 +556,13 @@ class Agent:
             line = await self._remove_crash_leftover(key)
             if line:
                 repaired.append(line)
-        owned = await self._owned_objects()
+        links = await self.netlink.list_links()
+        owned = _owned_objects(links)
         for endpoint_id in list(self.store.endpoints):
             if ("ep", endpoint_id) not in owned:
                 await self._forget_endpoint(endpoint_id)
                 repaired.append(f"dropped endpoint {endpoint_id}: its veth is gone")
-        detached = {
-            network_id for network_id, link in _detached_veths(await self.netlink.list_links())
-        }
+        detached = {network_id for network_id, _ in _detached_veths(links)}
         for spec in [self.store.networks[n] for n in detached if n in self.store.networks]:
             attached = await self.driver(spec.driver).attach_endpoints(
                 spec, f"resync network {spec.network_id!r}"
@@ -572,6 +599,13 @@ class Agent:
         repaired = await self._resync_locked()
         log.warning("firewall table was missing; restored", extra={"repaired": repaired})
         return await operation()
+
+
+def _owned_objects(links: list[Link]) -> set[tuple[str, str]]:
+    """(kind, id) of every link marked as cnm's."""
+    return {
+        names.parse_alias(link.alias)[:2] for link in links if names.parse_alias(link.alias)
+    }
 
 
 def _same_file(first: str, second: str) -> bool:

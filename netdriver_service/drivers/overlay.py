@@ -303,9 +303,9 @@ class OverlayDriver(BridgeDriver):
         bridge) is missing or stale, with the device's forwarding and the endpoints
         re-attached (resync: an overlay network is on every host, not made lazily);
         returns what it did."""
-        bridge = await self._owned_bridge(network)
-        if bridge is not None and await self._vxlan_current(network, bridge.index):
+        if await self.network_intact(network):
             return []
+        bridge = await self._owned_bridge(network)
         present = await self._owned_vxlan(network) is not None
         await self._repair_network(network, f"repair overlay network {network.network_id!r}")
         name = names.vxlan_name(network.network_id)
@@ -315,6 +315,11 @@ class OverlayDriver(BridgeDriver):
             lines.append(f"re-created missing bridge {network.bridge} of network "
                          f"{network.network_id}")
         return lines
+
+    async def network_intact(self, network: NetworkSpec) -> bool:
+        """The network's bridge and a current VXLAN device on it are there (read only)."""
+        bridge = await self._owned_bridge(network)
+        return bridge is not None and await self._vxlan_current(network, bridge.index)
 
     async def delete_network(self, network: NetworkSpec) -> list[str]:
         self._applied.pop(network.network_id, None)

@@ -90,6 +90,9 @@ class Firewall(Protocol):
         stale one removed); empty when everything was already in place.
         """
 
+    async def drift(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        """What ``sync`` with the same arguments would repair, changing nothing."""
+
     async def element_count(self) -> int:
         """Number of rules and set/map elements in cnm's tables."""
 

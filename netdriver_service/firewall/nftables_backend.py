@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from cnm import errors
 from netdriver_service.firewall import NetworkRules, PortRule, ruleset, table_missing
-from netdriver_service.firewall.libnft import NftError, NftRunner, open_runner
+from netdriver_service.firewall.libnft import NftError, NftProcess, NftRunner, open_runner
 from netdriver_service.firewall.ports import split_against, validate_network, validate_ports
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class NftablesFirewall:
     def __init__(self, runner: NftRunner | None = None, *, prefer: str = "auto") -> None:
         self._runner = runner or open_runner(prefer)
         self._lock = asyncio.Lock()
+        # ``drift`` reads through an ``nft`` process of its own: a context that is
+        # not shared needs no lock, so a resync's long read of a big table does
+        # not keep the connects' batches waiting.
+        self._reader: NftRunner | None = None
+        if runner is None and shutil.which("nft"):
+            self._reader = NftProcess()
 
     @property
     def runner_name(self) -> str:
@@ -77,10 +84,10 @@ class NftablesFirewall:
             raise errors.Internal(f"{what}: nftables refused the batch: {error.message}",
                                   reason="NFTABLES_FAILED") from error
 
-    def _listing(self) -> dict | None:
+    def _listing(self, runner: NftRunner | None = None) -> dict | None:
         """``list table ip cnm`` as JSON, or None when the table does not exist."""
         try:
-            return self._runner.run(_TABLE_LIST)
+            return (runner or self._runner).run(_TABLE_LIST)
         except NftError as error:
             if error.missing:
                 return None
@@ -305,25 +312,42 @@ class NftablesFirewall:
         return await self._locked(work)
 
     async def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
-        for network in networks:
-            validate_network(network)
-        ports = validate_ports(ports)
-        await self._check_icc_support(networks)
-        wanted = ruleset.desired_elements(networks, ports)
+        wanted = await self._wanted(networks, ports)
 
         def work() -> list[str]:
-            listing = self._listing()
-            commands, lines = self._base_repairs(listing)
-            actual = ruleset.empty_elements() if listing is None else (
-                ruleset.elements_from_listing(listing))
-            changes, change_lines = ruleset.diff_commands(actual, wanted)
-            self._apply(commands + changes, "synchronize cnm's nftables table")
-            return lines + change_lines
+            commands, lines = self._sync_commands(wanted)
+            self._apply(commands, "synchronize cnm's nftables table")
+            return lines
 
         lines = await self._locked(work)
         for line in lines:
             log.info("firewall sync: %s", line)
         return lines
+
+    async def drift(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        wanted = await self._wanted(networks, ports)
+        if self._reader is None:
+            return await self._locked(lambda: self._sync_commands(wanted)[1])
+        reader = self._reader
+        return (await asyncio.to_thread(self._sync_commands, wanted, reader))[1]
+
+    async def _wanted(self, networks: list[NetworkRules], ports: list[PortRule]) -> ruleset.Elements:
+        for network in networks:
+            validate_network(network)
+        ports = validate_ports(ports)
+        await self._check_icc_support(networks)
+        return ruleset.desired_elements(networks, ports)
+
+    def _sync_commands(
+        self, wanted: ruleset.Elements, reader: NftRunner | None = None
+    ) -> tuple[list[dict], list[str]]:
+        """The commands making the kernel's table hold ``wanted``, and a line per change."""
+        listing = self._listing(reader)
+        commands, lines = self._base_repairs(listing)
+        actual = ruleset.empty_elements() if listing is None else (
+            ruleset.elements_from_listing(listing))
+        changes, change_lines = ruleset.diff_commands(actual, wanted)
+        return commands + changes, lines + change_lines
 
     async def element_count(self) -> int:
         def work() -> int:

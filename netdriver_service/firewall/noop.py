@@ -51,6 +51,17 @@ class NoFirewall:
     async def list_networks(self) -> list[str]:
         return sorted(self._networks)
 
+    async def drift(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        for network in networks:
+            validate_network(network)
+        ports = validate_ports(ports)
+        lines = []
+        if set(self._networks) != {network.network_id for network in networks}:
+            lines.append("network bookkeeping differs")
+        if sorted(self._ports, key=port_sort_key) != sorted(ports, key=port_sort_key):
+            lines.append("port bookkeeping differs")
+        return lines
+
     async def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
         for network in networks:
             validate_network(network)

@@ -48,7 +48,16 @@ class FakeFirewall:
     async def list_networks(self) -> list[str]:
         return sorted(self.networks)
 
+    async def drift(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        return self._differences(networks, ports)
+
     async def sync(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
+        repaired = self._differences(networks, ports)
+        self.networks = {network.network_id: network for network in networks}
+        self.ports = {(p.protocol, p.host_ip, p.host_port): p for p in ports}
+        return repaired
+
+    def _differences(self, networks: list[NetworkRules], ports: list[PortRule]) -> list[str]:
         repaired = []
         wanted = {network.network_id: network for network in networks}
         for network_id in set(self.networks) - set(wanted):
@@ -60,7 +69,6 @@ class FakeFirewall:
             repaired.append(f"restored port {key}")
         for key in set(self.ports) - set(wanted_ports):
             repaired.append(f"removed stale port {key}")
-        self.networks, self.ports = wanted, wanted_ports
         return repaired
 
     async def element_count(self) -> int:

@@ -589,3 +589,46 @@ async def test_concurrent_connects_into_one_sandbox_and_a_connect_racing_a_delet
     if isinstance(outcomes[0], Exception):  # the delete came first: connect found no network
         assert isinstance(outcomes[0], errors.FailedPrecondition)
     assert in_kernel == ["e2"]
+
+
+async def test_a_resync_finding_nothing_to_repair_does_not_hold_up_a_connect(
+    world, netns, monkeypatch,
+):
+    agent = await world.agent()
+    await agent.create_endpoint(endpoint("e1", netns("cnmt-c").path, "10.88.0.10"), NET)
+    reading, release = asyncio.Event(), asyncio.Event()
+    compare = world.firewall.drift
+
+    async def slow_drift(networks, ports):
+        reading.set()
+        await release.wait()  # the firewall read of a big host, held open
+        return await compare(networks, ports)
+
+    monkeypatch.setattr(world.firewall, "drift", slow_drift)
+    resync = asyncio.create_task(agent.resync())
+    await reading.wait()
+    # Held by the resync's read, the lock would keep this connect waiting forever.
+    made = await asyncio.wait_for(
+        agent.create_endpoint(endpoint("e2", netns("cnmt-c").path, "10.88.0.11",
+                                       port_mappings=[harness.tcp(8080, 80)]), NET),
+        timeout=10,
+    )
+    release.set()
+    # The snapshot, older than the connect, differs from the kernel: it is read again
+    # under the lock, which finds nothing to repair.
+    assert await resync == []
+    assert sorted(agent.store.endpoints) == ["e1", "e2"]
+    assert made.host_interface in harness.link_names(world.host.name)
+    assert [(p.endpoint_id, p.host_port) for p in await world.firewall.list_ports()] == [
+        ("e2", 8080)
+    ]
+
+
+async def test_a_resync_repairs_drift_found_without_the_lock(world, netns):
+    agent = await world.agent()
+    made = await agent.create_endpoint(endpoint("e1", netns("cnmt-c").path, "10.88.0.10",
+                                                port_mappings=[harness.tcp(8080, 80)]), NET)
+    assert await agent.resync() == []
+    world.host.run("ip", "link", "delete", made.host_interface)
+    assert await agent.resync() == ["dropped endpoint e1: its veth is gone"]
+    assert agent.store.endpoints == {} and await world.firewall.list_ports() == []

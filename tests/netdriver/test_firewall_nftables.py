@@ -344,17 +344,23 @@ def test_sync_restores_after_flush_and_removes_stale(topo, fw):
     subprocess.run(topo.ns("host").exec_args("nft", "-f", "-"), input=FOREIGN, text=True,
                    check=True)
     assert topo.probe("client", (CLIENT_SIDE, 8080)) == [None]
+    drift = fw.drift(networks=NETWORKS, ports=ports)
     repairs = fw.sync(networks=NETWORKS, ports=ports)
+    assert repairs == drift
     assert repairs[0] == "created table ip cnm"
     assert any("ports_any_addr element tcp . 8080" in line for line in repairs)
     assert fw.element_count() == full
     assert topo.probe("client", (CLIENT_SIDE, 8080)) == [f"a1 {CLIENT}"]
     assert topo.probe("a1", (INTERNET, 80)) == [f"x {UPLINK}"]
 
+    assert fw.drift(networks=NETWORKS, ports=ports) == []
     topo.nft("delete", "rule", "ip", "cnm", "forward", "handle",
              _handle_of_first_rule(topo, "forward"))
     topo.nft("add", "element", "ip", "cnm", "ports_any_addr", "{ udp . 7000 : 10.88.1.9 }")
+    drift = fw.drift(networks=NETWORKS, ports=ports)
+    assert fw.drift(networks=NETWORKS, ports=ports) == drift  # it changed nothing
     repairs = fw.sync(networks=NETWORKS, ports=ports)
+    assert repairs == drift
     assert "rewrote chain forward: its rules differed" in repairs
     assert any(line.startswith("removed stale ports_any_addr element udp . 7000") for line in repairs)
     assert fw.element_count() == full

@@ -180,6 +180,18 @@ async def test_none_backend_keeps_port_bookkeeping():
     assert await firewall.list_ports() == [] and await firewall.element_count() == 0
 
 
+async def test_none_backend_drift_is_what_its_sync_would_change():
+    firewall = make_firewall("none")
+    await firewall.add_network(NET_A)
+    await firewall.add_ports([rule("e1", 8080)])
+    assert await firewall.drift([NET_A], [rule("e1", 8080)]) == []
+    assert await firewall.drift([], [rule("e1", 8080)]) == ["network bookkeeping differs"]
+    assert await firewall.drift([NET_A], []) == ["port bookkeeping differs"]
+    assert await firewall.list_ports() == [rule("e1", 8080)]  # drift changed nothing
+    await firewall.sync([NET_A], [])
+    assert await firewall.drift([NET_A], []) == []
+
+
 class FakeRunner:
     """Records batches; answers listings from ``state``; fails creates of held keys."""
 
