@@ -527,7 +527,7 @@ class Agent:
         # Intents are made and dropped under the lock: seen without it, a crash left them.
         if self.store.intents and not self.lock.locked():
             return True
-        links = await self.netlink.list_links()
+        links = await self.netlink.snapshot_links()
         owned = _owned_objects(links)
         if any(("ep", endpoint_id) not in owned for endpoint_id in list(self.store.endpoints)):
             return True

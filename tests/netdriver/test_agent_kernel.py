@@ -541,6 +541,18 @@ async def test_the_netlink_layer_deletes_only_links_carrying_the_mark(world):
     assert harness.link_names(world.host.name) == {"lo", "cnmt-f0"}
 
 
+async def test_the_off_loop_link_snapshot_reads_the_host_namespace(world):
+    """The resync's snapshot is decoded in a worker thread, yet of the host namespace the
+    agent acts on, not of whatever namespace the process itself is in."""
+    agent = await world.agent()
+    world.host.run("ip", "link", "add", "cnmt-s0", "type", "bridge")
+    snapshot = await agent.netlink.snapshot_links()
+    assert {link.name for link in snapshot} == harness.link_names(world.host.name)
+    assert [link.__dict__ for link in snapshot] == [
+        link.__dict__ for link in await agent.netlink.list_links()
+    ]
+
+
 async def test_state_reports_the_bridge_address_and_detached_veths_and_resync_fixes_them(
     world, netns,
 ):
