@@ -207,14 +207,10 @@ class NftablesFirewall:
             actual = self._read_elements(
                 ruleset.NETWORK_SETS + (ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0])
             )
-            mine = ruleset.elements_of_network(actual, network_id)
-            for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
-                mine[port_map] = ruleset.port_partners(mine[address_map])
-            mine["specific_guard"] = ruleset.guards_freed(
-                actual["ports_addr_addr"], mine["ports_addr_addr"]
+            self._delete_with_partners(
+                ruleset.elements_of_network(actual, network_id), actual,
+                f"remove rules of network {network_id!r}",
             )
-            commands, _ = ruleset.diff_commands(mine, ruleset.empty_elements())
-            self._apply(commands, f"remove rules of network {network_id!r}")
 
         await self._locked(work)
 
@@ -263,19 +259,27 @@ class NftablesFirewall:
             # element shares its key, and the guards follow from the keys.
             actual = self._read_elements((ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]))
             doomed = ruleset.empty_elements()
-            for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
+            for address_map in (ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]):
                 doomed[address_map] = {
                     key: element for key, element in actual[address_map].items()
                     if element.comment.partition(" ")[0] == endpoint_id
                 }
-                doomed[port_map] = ruleset.port_partners(doomed[address_map])
-            doomed["specific_guard"] = ruleset.guards_freed(
-                actual["ports_addr_addr"], doomed["ports_addr_addr"]
+            self._delete_with_partners(
+                doomed, actual, f"remove ports of endpoint {endpoint_id!r}"
             )
-            commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
-            self._apply(commands, f"remove ports of endpoint {endpoint_id!r}")
 
         await self._locked(work)
+
+    def _delete_with_partners(self, doomed: dict, actual: dict, what: str) -> None:
+        """Deletes ``doomed``'s address-map elements in one batch, with their port-map
+        partners and the specific-address guards nothing else needs any more."""
+        for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
+            doomed[port_map] = ruleset.port_partners(doomed[address_map])
+        doomed["specific_guard"] = ruleset.guards_freed(
+            actual["ports_addr_addr"], doomed["ports_addr_addr"]
+        )
+        commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
+        self._apply(commands, what)
 
     def _remove_known_ports(self, endpoint_id: str, ports: list[PortRule]) -> bool:
         """Deletes these ports' elements in one batch; False when one was not there."""
