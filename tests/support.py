@@ -18,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# The TCP/UDP echo tools every traffic test runs inside its namespaces.
+TRAFFIC = str(REPO / "tests" / "traffic.py")
 IS_ROOT = os.geteuid() == 0
 
 

@@ -17,7 +17,7 @@ from cnm.netdriver.v1 import netdriver_pb2 as pb
 from cnm.netdriver.v1 import netdriver_pb2_grpc
 from tests import support
 
-TRAFFIC = str(Path(__file__).with_name("traffic.py"))
+TRAFFIC = support.TRAFFIC
 
 
 class AgentProcess:

@@ -20,7 +20,7 @@ from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from tests import support
 
 CNM = str(Path(support.PYTHON).with_name("cnm"))
-ECHO = str(Path(__file__).with_name("echo.py"))
+TRAFFIC = support.TRAFFIC
 
 
 @dataclass
@@ -177,7 +177,7 @@ def remove_sandboxes(host_id: str) -> None:
 def ask(ns_path: str, host: str, port: int, timeout: float = 3.0) -> str | None:
     """What the echo server at host:port answered, asked from the namespace; None if nothing."""
     done = subprocess.run(
-        ["nsenter", f"--net={ns_path}", support.PYTHON, ECHO, "ask", host, str(port),
+        ["nsenter", f"--net={ns_path}", support.PYTHON, TRAFFIC, "ask", "tcp", host, str(port),
          str(timeout)],
         capture_output=True, text=True, timeout=timeout + 15, check=False,
     )

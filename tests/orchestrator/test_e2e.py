@@ -19,7 +19,7 @@ import pytest
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
-from tests.orchestrator.e2e import ECHO, Cluster, Host, ask
+from tests.orchestrator.e2e import TRAFFIC, Cluster, Host, ask
 from tests.support import connect_namespaces
 
 pytestmark = pytest.mark.root
@@ -121,7 +121,7 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client):
                        "json").json() == []
 
     web = cluster.cnm("run", "-d", "--name", "web", "--net", "net1", "-p", "8080:80", "--",
-                      support.PYTHON, ECHO, "serve", "80")
+                      support.PYTHON, TRAFFIC, "serve", "tcp", "80")
     assert (web.code, web.out.strip()) == (0, "web"), web.err
     inspected = cluster.cnm("network", "inspect", "net1").json()[0]
     assert inspected["network_id"] == network_id and inspected["gateway"] == "10.50.0.1"
@@ -134,7 +134,7 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client):
     deadline = time.monotonic() + 10
     while True:
         probe = cluster.cnm("run", "--name", "probe", "--net", "net1", "--",
-                            support.PYTHON, ECHO, "ask", web_ip, "80")
+                            support.PYTHON, TRAFFIC, "ask", "tcp", web_ip, "80")
         if probe.code == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -315,13 +315,10 @@ def test_orchestrator_killed_between_steps_then_restarted_leaks_nothing(cluster,
 
 
 def test_overlay_containers_on_two_hosts_talk(cluster):
-    for host in cluster.hosts.values():
-        if "overlay" not in host.info().drivers:
-            pytest.skip("the host agent has no overlay driver yet (netdriver_service, issue 3)")
     created = cluster.cnm("network", "create", "-d", "overlay", "--subnet", "10.95.0.0/24", "ov")
     assert created.code == 0, created.err
     server = cluster.cnm("run", "-d", "--name", "srv", "--net", "ov", "--",
-                         support.PYTHON, ECHO, "serve", "80")
+                         support.PYTHON, TRAFFIC, "serve", "tcp", "80")
     assert server.code == 0, server.err
     [inspected] = cluster.cnm("network", "inspect", "ov").json()
     assert inspected["vni"] >= 4096
@@ -329,7 +326,7 @@ def test_overlay_containers_on_two_hosts_talk(cluster):
     deadline = time.monotonic() + 10
     while True:
         probe = cluster.cnm("run", "--name", "probe", "--net", "ov", "--",
-                            support.PYTHON, ECHO, "ask", server_ip, "80", host="h2")
+                            support.PYTHON, TRAFFIC, "ask", "tcp", server_ip, "80", host="h2")
         if probe.code == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
