@@ -78,23 +78,50 @@ def overlaps(a: PortRule, b: PortRule) -> bool:
     return not a.host_ip or not b.host_ip or a.host_ip == b.host_ip
 
 
+class _Holders:
+    """Mappings indexed by (protocol, host port), so that finding the one a mapping
+    overlaps costs the same with 1 mapping on the host as with thousands."""
+
+    def __init__(self, ports: Iterable[PortRule] = ()) -> None:
+        self._by_port: dict[tuple[str, int], list[PortRule]] = {}
+        self._all: set[PortRule] = set()
+        for port in ports:
+            self.add(port)
+
+    def __contains__(self, port: PortRule) -> bool:
+        return port in self._all
+
+    def add(self, port: PortRule) -> None:
+        self._by_port.setdefault((port.protocol, port.host_port), []).append(port)
+        self._all.add(port)
+
+    def overlapping(self, port: PortRule) -> PortRule | None:
+        """The first held mapping that claims the same host port as ``port``."""
+        for held in self._by_port.get((port.protocol, port.host_port), ()):
+            if overlaps(port, held):
+                return held
+        return None
+
+
 def validate_ports(ports: Iterable[PortRule]) -> list[PortRule]:
     """Checks every mapping and that the request does not overlap itself.
 
     Returns the mappings without exact repeats.
     """
     unique: list[PortRule] = []
+    seen = _Holders()
     for port in ports:
         validate_port(port)
-        if port in unique:
+        if port in seen:
             continue
-        for other in unique:
-            if overlaps(port, other):
-                raise errors.InvalidArgument(
-                    f"port mappings {describe_binding(other)} of endpoint {other.endpoint_id!r} "
-                    f"and {describe_binding(port)} of endpoint {port.endpoint_id!r} overlap",
-                    reason="PORT_MAPPINGS_OVERLAP",
-                )
+        other = seen.overlapping(port)
+        if other is not None:
+            raise errors.InvalidArgument(
+                f"port mappings {describe_binding(other)} of endpoint {other.endpoint_id!r} "
+                f"and {describe_binding(port)} of endpoint {port.endpoint_id!r} overlap",
+                reason="PORT_MAPPINGS_OVERLAP",
+            )
+        seen.add(port)
         unique.append(port)
     return unique
 
@@ -105,20 +132,20 @@ def split_against(existing: Iterable[PortRule], wanted: list[PortRule]) -> list[
     Raises AlreadyExists naming the endpoint that holds a host port one of
     them needs (the same mapping of the same endpoint is not a conflict).
     """
-    existing = list(existing)
+    holders = _Holders(existing)
     missing = []
     for port in wanted:
-        if port in existing:
+        if port in holders:
             continue
-        for holder in existing:
-            if overlaps(port, holder):
-                raise errors.AlreadyExists(
-                    f"host port {describe_binding(port)} for endpoint {port.endpoint_id!r} is "
-                    f"taken by endpoint {holder.endpoint_id!r} "
-                    f"({describe_binding(holder)} -> {holder.container_ip}:"
-                    f"{holder.container_port})",
-                    reason="PORT_ALLOCATED", endpoint_id=holder.endpoint_id,
-                    protocol=port.protocol, host_ip=holder.host_ip, host_port=port.host_port,
-                )
+        holder = holders.overlapping(port)
+        if holder is not None:
+            raise errors.AlreadyExists(
+                f"host port {describe_binding(port)} for endpoint {port.endpoint_id!r} is "
+                f"taken by endpoint {holder.endpoint_id!r} "
+                f"({describe_binding(holder)} -> {holder.container_ip}:"
+                f"{holder.container_port})",
+                reason="PORT_ALLOCATED", endpoint_id=holder.endpoint_id,
+                protocol=port.protocol, host_ip=holder.host_ip, host_port=port.host_port,
+            )
         missing.append(port)
     return missing

@@ -147,6 +147,27 @@ def test_validate_ports_refuses_overlap_within_one_request():
     validate_ports([rule(), rule(protocol="udp"), rule(host_port=8081)])
 
 
+def test_overlaps_are_found_among_thousands_of_mappings_wherever_they_sit():
+    """The mappings are indexed by (protocol, host port): a host with many published
+    ports checks one more as it checks the first, and still finds a clash at any
+    distance, per address or on every address."""
+    many = [rule(f"e{n}", 10000 + n, host_ip=f"10.0.{n % 200}.{n % 250 + 1}") for n in range(3000)]
+    assert validate_ports(many + many[:10]) == many
+    assert split_against(many, many[::-1]) == []
+    assert split_against(many, [rule("new", 12999, "10.9.9.9")]) == [rule("new", 12999, "10.9.9.9")]
+    with pytest.raises(errors.InvalidArgument, match="e2999"):
+        validate_ports([*many, rule("late", 12999)])
+    with pytest.raises(errors.AlreadyExists) as caught:
+        split_against(many, [rule("late", 12999)])
+    assert caught.value.metadata["endpoint_id"] == "e2999"
+    with pytest.raises(errors.AlreadyExists) as caught:
+        split_against([*many, rule("any", 20000)], [rule("late", 20000, "10.0.0.1")])
+    assert caught.value.metadata["endpoint_id"] == "any"
+    assert split_against(many, [rule("udp", 12999, protocol="udp")]) == [
+        rule("udp", 12999, protocol="udp")
+    ]
+
+
 def test_split_against_names_the_holder():
     held = [rule("holder", 8080), rule("other", 9090, "10.0.0.1")]
     assert split_against(held, [rule("holder", 8080)]) == []
