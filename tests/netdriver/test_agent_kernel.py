@@ -8,6 +8,7 @@ ports (tests/netdriver/test_agent_grpc.py runs the agent process with real nftab
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -541,16 +542,35 @@ async def test_the_netlink_layer_deletes_only_links_carrying_the_mark(world):
     assert harness.link_names(world.host.name) == {"lo", "cnmt-f0"}
 
 
-async def test_the_off_loop_link_snapshot_reads_the_host_namespace(world):
-    """The resync's snapshot is decoded in a worker thread, yet of the host namespace the
-    agent acts on, not of whatever namespace the process itself is in."""
+async def test_the_link_dump_decodes_what_iproute2_reads_of_the_host_namespace(world):
+    """The links are read by cnm's own decoder, in a worker thread, yet of the host
+    namespace the agent acts on; checked field by field against ``ip -j -d link``,
+    over a dump long enough to take many reads (600 links)."""
     agent = await world.agent()
-    world.host.run("ip", "link", "add", "cnmt-s0", "type", "bridge")
-    snapshot = await agent.netlink.snapshot_links()
-    assert {link.name for link in snapshot} == harness.link_names(world.host.name)
-    assert [link.__dict__ for link in snapshot] == [
-        link.__dict__ for link in await agent.netlink.list_links()
+    world.host.run("ip", "link", "add", "cnmt-s0", "mtu", "1400", "address", "02:42:0a:00:00:07",
+                   "type", "bridge")
+    world.host.run("ip", "link", "set", "cnmt-s0", "alias", "cnm:net:n7")
+    batch = "".join(
+        f"link add cnmt-v{n} type veth peer name cnmt-p{n}\n"
+        f"link set cnmt-v{n} master cnmt-s0 alias cnm:ep:e{n}:n7 up\n"
+        for n in range(300)
+    )
+    world.host.run("ip", "-batch", "-", input=batch)
+    shown = json.loads(world.host.run("ip", "-j", "-d", "link", "show").stdout)
+    index_of = {link["ifname"]: link["ifindex"] for link in shown}
+    expected = [
+        {
+            "index": link["ifindex"], "name": link["ifname"],
+            "kind": link.get("linkinfo", {}).get("info_kind", ""),
+            "alias": link.get("ifalias", ""), "master": index_of.get(link.get("master"), 0),
+            "up": "UP" in link["flags"], "mtu": link["mtu"], "mac": link.get("address", ""),
+            "addresses": (),
+        }
+        for link in shown
     ]
+    assert len(expected) == 602
+    assert [link.__dict__ for link in await agent.netlink.snapshot_links()] == expected
+    assert [link.__dict__ for link in await agent.netlink.list_links()] == expected
 
 
 async def test_state_reports_the_bridge_address_and_detached_veths_and_resync_fixes_them(
