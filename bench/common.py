@@ -7,6 +7,7 @@ import json
 import os
 import statistics
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def summary(values: list[float]) -> str:
 
 def verdict(ok: bool) -> str:
     return "OK" if ok else "MISSED"
+
+
+def agent_run_dir() -> Path:
+    """A fresh directory on tmpfs for agents' state, as the agent's default (/run/cnm)
+    puts it; the caller removes it."""
+    return Path(tempfile.mkdtemp(prefix="cnm-bench-", dir="/run"))
 
 
 def enter_namespace(fd: int) -> None:

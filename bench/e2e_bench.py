@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,7 +41,7 @@ os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 import grpc
 
-from bench.common import CniChain, Namespaces, enter_namespace, summary, verdict
+from bench.common import CniChain, Namespaces, agent_run_dir, enter_namespace, summary, verdict
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from tests import support
@@ -51,6 +52,7 @@ class System:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.run_dir = agent_run_dir()
         self.redis = support.RedisServer(workdir / "redis", appendonly=False).start()
         self.host = support.Netns("cnme-host")
         self.host_id = f"b{uuid.uuid4().hex[:6]}"
@@ -64,7 +66,7 @@ class System:
         self.processes.append(support.Process(
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",
-             str(workdir / "agent"), "--log-level", "WARNING"],
+             str(self.run_dir / "agent"), "--log-level", "WARNING"],
             log_path=workdir / "agent.log"))
         self.address = f"127.0.0.1:{support.free_port()}"
         support.wait_serving(ipam)
@@ -84,6 +86,7 @@ class System:
             process.stop()
         self.redis.stop()
         self.host.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 class Client:

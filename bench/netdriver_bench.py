@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import CniChain, Namespaces, enter_namespace, summary
+from bench.common import CniChain, Namespaces, agent_run_dir, enter_namespace, summary
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from netdriver_service.netlink import Netlink
 from tests import support
@@ -81,9 +81,10 @@ def main() -> None:
         sys.exit("needs root (network namespaces)")
     root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     host = support.Netns("cnmb-host")
-    workdir = Path(tempfile.mkdtemp(prefix="cnm-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="cnm-bench-"))  # the CNI chain's files: on disk
+    run_dir = agent_run_dir()
     containers = Namespaces("cnmb")
-    agent = harness.AgentProcess(host, workdir / "state")
+    agent = harness.AgentProcess(host, run_dir / "state")
     network = harness.network("bench", "10.66.0.0/16")
     cni = CniChain(workdir / "host-local", name="benchnet", bridge="cni-bench0",
                    subnet="10.77.0.0/16")
@@ -125,7 +126,7 @@ def main() -> None:
               f"{'OK' if del_ratio >= 3 else 'MISSED'}")
 
         if args.scale:
-            scale_section(agent, network, containers, workdir, args.scale, args.samples)
+            scale_section(agent, network, containers, run_dir, args.scale, args.samples)
     finally:
         with contextlib.suppress(OSError):
             enter_namespace(root_ns)
@@ -133,6 +134,7 @@ def main() -> None:
         containers.remove_all()
         host.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def fill(agent, network, containers: Namespaces, present: int) -> None:
@@ -189,7 +191,7 @@ def measure_steady(hosts: list, network, containers: Namespaces,
     return timings
 
 
-def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: int,
+def scale_section(agent, network, containers: Namespaces, run_dir: Path, scale: int,
                   samples: int) -> None:
     """Connect p50 with 10 vs ``scale`` endpoints on the host, measured two ways.
 
@@ -202,7 +204,7 @@ def scale_section(agent, network, containers: Namespaces, workdir: Path, scale: 
     """
     print(f"\n# connect p50 with 10 vs {scale} endpoints on the host")
     second_host = support.Netns("cnmb-host")
-    big = harness.AgentProcess(second_host, workdir / "state-big")
+    big = harness.AgentProcess(second_host, run_dir / "state-big")
     try:
         fill(agent, network, containers, 10)
         (at_small,) = measure_rounds([(agent, 10)], network, containers, samples)

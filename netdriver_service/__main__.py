@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     config.add_flag(
         parser, "--state-dir", "CNM_NETDRIVER_STATE_DIR", "",
-        "where endpoint and network parameters are kept; default /var/lib/cnm/netdriver/HOST_ID",
+        "where endpoint and network parameters are kept; default "
+        "$CNM_RUN_DIR/netdriver/HOST_ID, CNM_RUN_DIR defaulting to /run/cnm: on tmpfs, "
+        "the store lives exactly as long as the links and namespaces it describes",
     )
     config.add_flag(
         parser, "--resync-interval", "CNM_NETDRIVER_RESYNC_INTERVAL", "30",
@@ -69,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.faults = Faults(args.fault)
     except ValueError as error:
         parser.error(f"--fault: {error}")
-    args.state_dir = args.state_dir or os.path.join("/var/lib/cnm/netdriver", args.host_id)
+    args.state_dir = args.state_dir or os.path.join(
+        config.env("CNM_RUN_DIR", "/run/cnm"), "netdriver", args.host_id
+    )
     args.advertise = args.advertise or args.listen
     return args
 

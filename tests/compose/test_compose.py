@@ -163,6 +163,7 @@ def deployment(tmp_path_factory):
             {
                 "CNM_HEALTH_INTERVAL": "1s",
                 "CNM_HOST_ID": host1.id,
+                "CNM_RUN_DIR": str(host1.workdir / "run"),
                 "CNM_UNDERLAY_IP": host1.ip,
                 "CNM_ORCHESTRATOR_LISTEN": orchestrator,
                 # No CNM_HOSTS: the agents register themselves.
@@ -193,6 +194,7 @@ def deployment(tmp_path_factory):
                 {
                     "CNM_HEALTH_INTERVAL": "1s",
                     "CNM_HOST_ID": host2.id,
+                    "CNM_RUN_DIR": str(host2.workdir / "run"),
                     "CNM_UNDERLAY_IP": host2.ip,
                     "CNM_ORCHESTRATOR": orchestrator,
                     "CNM_NETDRIVER_LISTEN": f"{host2.ip}:50053",

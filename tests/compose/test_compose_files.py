@@ -74,6 +74,8 @@ def test_first_host_file_runs_everything_on_the_host_network(config):
     assert agent["pid"] == "host"
     assert sorted(agent["cap_add"]) == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
     assert "/var/run/netns:/var/run/netns:rshared" in agent["volumes"]
+    # The agent's state is on the host's tmpfs: it lives as long as the kernel objects.
+    assert "/run/cnm:/run/cnm:rw" in agent["volumes"]
     for name in ("ipam", "orchestrator"):
         assert services[name]["build"]["target"] == "service"
     assert agent["build"]["target"] == "agent"
