@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cnm import errors
 
-CONNECT_STEPS = ("network", "veth", "port", "address", "route", "ports", "record")
+CONNECT_STEPS = ("network", "veth", "address", "route", "port", "ports", "record")
 NETWORK_STEPS = ("bridge", "gateway", "network_rules", "vxlan")
 
 

@@ -23,6 +23,8 @@ OPTION_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPTION_MTU = "com.docker.network.driver.mtu"
 OPTION_ICC = "com.docker.network.bridge.enable_icc"
 OPTION_INTERNAL = "com.docker.network.internal"
+# IGMP/MLD snooping on the network's bridge; off unless set to true (see create_bridge).
+OPTION_MCAST_SNOOPING = "cnm.bridge.mcast_snooping"
 
 _PROTOCOLS = {
     netdriver_pb2.PROTOCOL_UNSPECIFIED: "tcp",
@@ -51,6 +53,7 @@ class NetworkSpec:
     allowed_networks: tuple[str, ...] = ()
     vni: int = 0
     options: tuple[tuple[str, str], ...] = ()
+    mcast_snooping: bool = False
 
     @property
     def prefixlen(self) -> int:
@@ -211,6 +214,9 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
         network_id=network_id, name=message.name, driver=driver, subnet=str(subnet),
         gateway=gateway, bridge=bridge, mtu=mtu, internal=internal, enable_icc=enable_icc,
         allowed_networks=allowed, vni=message.vni, options=tuple(sorted(options.items())),
+        mcast_snooping=_bool_option(
+            OPTION_MCAST_SNOOPING, options.get(OPTION_MCAST_SNOOPING, "false")
+        ),
     )
 
 

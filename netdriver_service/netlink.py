@@ -491,21 +491,37 @@ class Netlink:
         return await asyncio.to_thread(read)
 
     async def create_bridge(
-        self, name: str, *, mtu: int, alias: str, mac: str | None = None
+        self, name: str, *, mtu: int, alias: str, mac: str | None = None,
+        mcast_snooping: bool = False,
     ) -> None:
         """Creates bridge ``name``, up, with ``mtu``, marked with ``alias``.
 
         With ``mac`` the bridge keeps that address; without, the kernel gives
         it the lowest of its ports' and changes it as ports come and go.
+
+        IGMP/MLD snooping is off unless asked for. Until some host on the bridge
+        sends multicast queries (cnm runs no querier, nor does Docker), the kernel
+        floods every multicast frame to every port whether snooping is on or not;
+        but with it on, every port that comes or goes re-arms two query timers on
+        every port. At 1,000 ports that is 2,000 timer runs in softirq per connect
+        and per disconnect: a connect there took 1.33x its time at 10 ports with
+        snooping on, 1.03x with it off. A network whose containers run a querier
+        can ask for snooping (``cnm.bridge.mcast_snooping=true``).
         """
         handle = await self._handle(None)
         extra = {"address": mac} if mac else {}
         with _errors(f"create bridge {name!r}"):
-            await handle.link("add", ifname=name, kind="bridge", mtu=mtu, state="up", **extra)
+            await handle.link(
+                "add", ifname=name, kind="bridge", mtu=mtu, state="up",
+                br_mcast_snooping=int(mcast_snooping), **extra,
+            )
         await self._mark_new_link(handle, name, alias)
 
-    async def _mark_new_link(self, handle: AsyncIPRoute, name: str, alias: str) -> None:
-        """Sets the ownership mark of link ``name``, just created; deletes the link if that fails.
+    async def _mark_new_link(
+        self, handle: AsyncIPRoute, name: str, alias: str, then=None, **settings
+    ) -> None:
+        """Sets the ownership mark of link ``name``, just created, with ``settings`` in the
+        same request, then awaits ``then()`` if given; deletes the link if any of it fails.
 
         The kernel takes IFLA_IFALIAS only in a change, never with the add, so
         a link is briefly unmarked: never leave one so, or its name would be
@@ -513,7 +529,9 @@ class Netlink:
         """
         try:
             with _errors(f"mark link {name!r}"):
-                await handle.link("set", ifname=name, ifalias=alias)
+                await handle.link("set", ifname=name, ifalias=alias, **settings)
+            if then is not None:
+                await then()
         except BaseException:
             with contextlib.suppress(NetlinkError, OSError):
                 await handle.link("del", ifname=name)
@@ -521,11 +539,20 @@ class Netlink:
 
     async def create_veth(
         self, name: str, *, mtu: int, master: int, peer_name: str, peer_ns: str, peer_mac: str,
-        alias: str,
+        alias: str, hairpin: bool,
     ) -> None:
-        """Creates a veth pair: ``name`` here, up, a port of bridge ``master`` and marked
-        with ``alias``; ``peer_name`` created directly inside namespace ``peer_ns`` (down,
-        with ``peer_mac``)."""
+        """Creates a veth pair: ``name`` here, a port of bridge ``master`` (in hairpin mode
+        if asked), marked with ``alias``, without IPv6, and left **down**; ``peer_name``
+        created directly inside namespace ``peer_ns`` (down, with ``peer_mac``).
+
+        The caller sets ``name`` up last, once the container's end is ready, and the
+        bridge enables the port once. A port made up at once is enabled before its
+        peer has carrier: the bridge walks all its ports for that, again when the
+        carrier comes, and every change to a port that is up without carrier walks
+        the host's IPv6 routes, one per port. At 1,000 ports on the bridge those
+        walks cost about 1 ms per connect. A bridge port needs no IPv6 of its own:
+        the containers' IPv6 crosses the bridge at layer 2 all the same.
+        """
         handle = await self._handle(None)
         what = f"create veth {name!r} with peer {peer_name!r} in {peer_ns!r}"
         with _errors(what):
@@ -533,12 +560,24 @@ class Netlink:
         try:
             with _errors(what):
                 await handle.link(
-                    "add", ifname=name, kind="veth", mtu=mtu, master=master, state="up",
+                    "add", ifname=name, kind="veth", mtu=mtu, master=master,
                     peer={"ifname": peer_name, "net_ns_fd": fd, "mtu": mtu, "address": peer_mac},
                 )
         finally:
             os.close(fd)
-        await self._mark_new_link(handle, name, alias)
+        await self._mark_new_link(
+            handle, name, alias, then=lambda: self._disable_ipv6(name),
+            kind="bridge_slave", mode=int(hairpin),
+        )
+
+    async def _disable_ipv6(self, name: str) -> None:
+        """Turns IPv6 off on link ``name`` of the agent's namespace (its own sysctl only)."""
+        try:
+            await self.set_sysctl("net", "ipv6", "conf", name, "disable_ipv6", value="1")
+        except errors.NotFound:
+            if os.path.isdir("/proc/sys/net/ipv6"):
+                raise
+            # Booted with ipv6.disable=1: no IPv6 to turn off.
 
     async def set_bridge_port(self, name: str, *, alias: str, hairpin: bool) -> None:
         """Marks bridge port ``name`` with ``alias``, sets its hairpin mode and turns off its

@@ -15,6 +15,7 @@ DRIVERS = ("bridge", "overlay")
 MTU_OPTION = "com.docker.network.driver.mtu"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+MCAST_SNOOPING_OPTION = "cnm.bridge.mcast_snooping"
 
 
 def endpoint_id(network_id: str, container_id: str) -> str:
@@ -57,10 +58,11 @@ def network(spec: pb.Network) -> pb.Network:
     if mtu is not None and not (mtu.isdigit() and 68 <= int(mtu) <= 65535):
         raise errors.InvalidArgument(f"invalid {MTU_OPTION} {mtu!r}: want 68-65535",
                                      field="options")
-    icc = spec.options.get(ICC_OPTION)
-    if icc is not None and icc not in ("true", "false"):
-        raise errors.InvalidArgument(f"invalid {ICC_OPTION} {icc!r}: want true or false",
-                                     field="options")
+    for option in (ICC_OPTION, MCAST_SNOOPING_OPTION):
+        value = spec.options.get(option)
+        if value is not None and value not in ("true", "false"):
+            raise errors.InvalidArgument(f"invalid {option} {value!r}: want true or false",
+                                         field="options")
     bridge = spec.options.get(BRIDGE_NAME_OPTION)
     if bridge is not None and not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", bridge):
         raise errors.InvalidArgument(f"invalid {BRIDGE_NAME_OPTION} {bridge!r}: 1-15 characters",

@@ -81,6 +81,7 @@ class BridgeDriver:
                 self.netlink.create_bridge(
                     network.bridge, mtu=network.mtu, alias=names.network_alias(network.network_id),
                     mac=names.mac_from_address(network.gateway),
+                    mcast_snooping=network.mcast_snooping,
                 ),
             )
             stack.push_async_callback(
@@ -206,7 +207,7 @@ class BridgeDriver:
         try:
             await self.netlink.create_veth(
                 host, mtu=network.mtu, master=bridge.index, peer_name=peer, peer_ns=ns,
-                peer_mac=endpoint.mac,
+                peer_mac=endpoint.mac, hairpin=True,
                 alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
             )
         except LinkExists as error:
@@ -218,14 +219,6 @@ class BridgeDriver:
             raise errors.with_context(error, what) from error
         stack.push_async_callback(self.netlink.delete_owned_link, host, mine)
         self.faults.check("veth")
-        await _in_context(
-            f"{what}: set up bridge port {host!r}",
-            self.netlink.set_bridge_port(
-                host, alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
-                hairpin=True,
-            ),
-        )
-        self.faults.check("port")
         peer_link = await self.netlink.get_link(peer, ns)
         if peer_link is None:
             raise errors.Internal(f"{what}: {peer!r} vanished from the sandbox")
@@ -248,6 +241,9 @@ class BridgeDriver:
                 self.netlink.add_default_route(network.gateway, peer_link.index, ns),
             )
         self.faults.check("route")
+        # Last, so that the bridge enables the port once, with carrier (see create_veth).
+        await _in_context(f"{what}: set bridge port {host!r} up", self.netlink.set_up(host))
+        self.faults.check("port")
         if endpoint.ports:
             await _in_context(
                 f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))

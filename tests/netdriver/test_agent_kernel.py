@@ -93,6 +93,9 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
     assert veth["ifalias"] == "cnm:ep:e1:n1"
     assert veth["master"] == "cnm-n1" and "UP" in veth["flags"]
     assert veth["linkinfo"]["info_slave_data"]["hairpin"] is True
+    # Set up last, with carrier: the port forwards as soon as the connect returns.
+    assert veth["linkinfo"]["info_slave_data"]["state"] == "forwarding"
+    assert "LOWER_UP" in veth["flags"]
     inside = {link["ifname"]: link for link in harness.links(container.name)}
     assert inside["eth0"]["address"] == "02:42:0a:58:00:0a"
     assert "UP" in inside["lo"]["flags"]
@@ -102,8 +105,11 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
     ]
     assert {"dst": "default", "gateway": "10.88.0.1"}.items() <= harness.routes(
         container.name)[0].items()
-    # IPv4 networks: no IPv6 link-local chatter flooded to every port of the bridge.
-    assert veth["inet6_addr_gen_mode"] == "none"
+    # IPv4 networks: no IPv6 link-local chatter flooded to every port of the bridge; a
+    # bridge port has no IPv6 of its own at all.
+    assert world.host.run(
+        "sysctl", "-n", f"net.ipv6.conf.{made.host_interface}.disable_ipv6"
+    ).stdout.strip() == "1"
     assert inside["eth0"]["inet6_addr_gen_mode"] == "none"
     assert not [a for a in harness.addresses(container.name) + harness.addresses(world.host.name)
                 if a["ifname"] in ("eth0", made.host_interface)
@@ -122,6 +128,9 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
     assert (inside["eth1"]["mtu"], inside["eth1"]["address"]) == (1400, "02:00:00:00:00:aa")
     host_links = {link["ifname"]: link for link in harness.links(world.host.name)}
     assert host_links["br-second"]["mtu"] == 1400
+    # No IGMP/MLD snooping unless asked for (netlink.create_bridge says why).
+    assert bridge["linkinfo"]["info_data"]["mcast_snooping"] == 0
+    assert host_links["br-second"]["linkinfo"]["info_data"]["mcast_snooping"] == 0
     assert host_links[second.host_interface]["master"] == "br-second"
     assert len([r for r in harness.routes(container.name) if r["dst"] == "default"]) == 1
 
@@ -177,6 +186,17 @@ async def test_repeats_are_idempotent_and_conflicts_are_already_exists(world, ne
     assert await world.firewall.list_networks() == []
 
 
+async def test_multicast_snooping_is_on_only_when_the_network_asks(world, netns):
+    agent = await world.agent()
+    await agent.create_network(
+        harness.network("n1", "10.88.0.0/24", options={"cnm.bridge.mcast_snooping": "true"})
+    )
+    await agent.create_network(harness.network("n2", "10.89.0.0/24"))
+    bridges = {link["ifname"]: link["linkinfo"]["info_data"]["mcast_snooping"]
+               for link in harness.links(world.host.name) if link["ifname"] != "lo"}
+    assert bridges == {"cnm-n1": 1, "cnm-n2": 0}
+
+
 async def test_bad_input_changes_nothing(world, netns):
     agent = await world.agent()
     container = netns("cnmt-c")
@@ -219,6 +239,10 @@ async def test_bad_input_changes_nothing(world, netns):
          harness.network("n6", "10.88.0.0/16"), errors.FailedPrecondition),
         # A network here already, but the request describes another one.
         (endpoint("e1", container.path, "10.88.0.10"), harness.network("n7", "10.92.0.0/24"),
+         errors.InvalidArgument),
+        (pb.Endpoint(endpoint_id="e1", network_id="n8", sandbox=container.path,
+                     address="10.93.0.10"),
+         harness.network("n8", "10.93.0.0/24", options={"cnm.bridge.mcast_snooping": "maybe"}),
          errors.InvalidArgument),
     ]
     for request, network, code in cases:
@@ -406,6 +430,7 @@ async def test_a_link_whose_marking_fails_is_deleted_at_once(world, netns):
         await agent.netlink.create_veth(
             "cnmt-v0", mtu=1500, master=bridge["ifindex"], peer_name="eth0",
             peer_ns=container.path, peer_mac="02:00:00:00:00:01", alias="x" * 300,
+            hairpin=True,
         )
     await agent.delete_network("n1")
     assert await world.snapshot(container) == before
@@ -417,7 +442,7 @@ async def test_a_crash_between_making_a_veth_and_marking_it_is_cleaned_up(world,
     await crashed.create_network(NET)
     frozen = asyncio.Event()
 
-    async def die_here(handle, name, alias):
+    async def die_here(handle, name, alias, then=None, **settings):
         frozen.set()
         await asyncio.Event().wait()  # the process is killed at this point
 
@@ -521,6 +546,7 @@ async def test_a_sandbox_gone_before_the_veth_is_made_is_a_named_error(world, ne
         await agent.netlink.create_veth(
             "cnmt-v0", mtu=1500, master=bridge["ifindex"], peer_name="eth0",
             peer_ns="/var/run/netns/cnmt-vanished", peer_mac="02:00:00:00:00:01", alias="x",
+            hairpin=True,
         )
     assert "cnmt-v0" not in harness.link_names(world.host.name)
 

@@ -66,6 +66,7 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"ip_range": "10.30.0.0/25"}, "is outside subnet"),
     ({"driver": "macvlan"}, "unsupported driver"),
     ({"options": {"com.docker.network.bridge.enable_icc": "maybe"}}, "enable_icc"),
+    ({"options": {"cnm.bridge.mcast_snooping": "on"}}, "mcast_snooping"),
     ({"options": {"com.docker.network.driver.mtu": "big"}}, "mtu"),
 ])
 async def test_create_network_rejects_bad_input_and_changes_nothing(world, fields, message):
