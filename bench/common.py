@@ -58,12 +58,17 @@ class Namespaces:
     def make_one(self) -> str:
         return self.make(1)[0]
 
-    def remove_all(self) -> None:
-        if self.names:
+    def remove(self, names: list[str]) -> None:
+        """Deletes ``names`` (as a runtime does once their containers are gone)."""
+        if names:
             subprocess.run(["ip", "-force", "-batch", "-"], text=True, check=False,
-                           input="".join(f"netns delete {n}\n" for n in self.names),
+                           input="".join(f"netns delete {n}\n" for n in names),
                            capture_output=True)
-        self.names.clear()
+        gone = set(names)
+        self.names = [name for name in self.names if name not in gone]
+
+    def remove_all(self) -> None:
+        self.remove(self.names)
 
 
 class CniChain:

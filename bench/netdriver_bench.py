@@ -150,10 +150,11 @@ def measure_rounds(hosts: list, network, containers: Namespaces,
     """Times ``samples`` connects on each of ``hosts`` ((agent, endpoints present) pairs).
 
     Rounds of up to 20 connects per host (one new namespace each), taken
-    in turn across the hosts, removed again untimed after each round, with
-    a pause for the kernel's deferred work; so every sample sees the
-    host's endpoints plus at most 19. (One bridge takes at most 1,024
-    ports, the kernel's BR_MAX_PORTS.)
+    in turn across the hosts, removed again untimed after each round with
+    their namespaces (their containers are gone), with a pause for the
+    kernel's deferred work; so every sample sees the host's endpoints plus
+    at most 19. (One bridge takes at most 1,024 ports, the kernel's
+    BR_MAX_PORTS.)
     """
     timings: list[list[float]] = [[] for _ in hosts]
     round_number = 0
@@ -161,16 +162,18 @@ def measure_rounds(hosts: list, network, containers: Namespaces,
         time.sleep(1.0)
         size = min(20, samples - len(timings[0]))
         made = [[] for _ in hosts]
+        sandboxes = containers.make(size * len(hosts))
         for offset in range(size):
             for index, (agent, present) in enumerate(hosts):
                 endpoint_id = f"m{present}-{round_number}-{offset}"
                 timings[index].append(timed(functools.partial(
-                    agent_connect, agent, endpoint_id, containers.make_one(),
+                    agent_connect, agent, endpoint_id, sandboxes.pop(),
                     address_of(6000 + present + offset), 40000 + offset, network)))
                 made[index].append(endpoint_id)
         for (agent, _), endpoint_ids in zip(hosts, made, strict=True):
             for endpoint_id in endpoint_ids:
                 agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        containers.remove(containers.names[-size * len(hosts):])
         round_number += 1
     return timings
 
@@ -181,48 +184,62 @@ def measure_steady(hosts: list, network, containers: Namespaces,
     (untimed) before the next: every sample sees exactly the host's endpoints, the
     way a host at that size takes one more container."""
     timings: list[list[float]] = [[] for _ in hosts]
+    sandboxes = containers.make(samples * len(hosts))
     for offset in range(samples):
         for index, (agent, present) in enumerate(hosts):
             endpoint_id = f"q{present}-{offset}"
             timings[index].append(timed(functools.partial(
-                agent_connect, agent, endpoint_id, containers.make_one(),
+                agent_connect, agent, endpoint_id, sandboxes.pop(),
                 address_of(8000 + present + offset), 45000 + offset, network)))
             agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+    containers.remove(containers.names[-samples * len(hosts):])
     return timings
 
 
 def scale_section(agent, network, containers: Namespaces, run_dir: Path, scale: int,
                   samples: int) -> None:
-    """Connect p50 with 10 vs ``scale`` endpoints on the host, measured two ways.
+    """Connect p50 with 10 vs ``scale`` endpoints on the host, measured three ways.
 
-    Sequentially (all of "10", then all of "scale", as one host grows),
-    interleaved (a second host namespace with its own agent holds ``scale``
-    endpoints while the first holds 10, and their connects alternate, in
-    rounds of 20 kept until the round ends), so that a change of machine load
-    during the run weighs on both alike; and steady (alternating, each connect
-    undone before the next, as the end-to-end bench measures).
+    - sequentially, as one host grows and shrinks: at 10, at ``scale`` (on a
+      second host namespace with its own agent), and at 10 again once the
+      ``scale`` endpoints and their namespaces are gone; the ratio is taken
+      against the slower of the two measures at 10, so a drift of the
+      machine's speed during the run does not count as growth, while what
+      1,000 endpoints (and their containers' namespaces) cost the machine does;
+    - interleaved: the two hosts' connects alternate, in rounds of 20, so
+      that a change of machine load weighs on both alike;
+    - steady: alternating, each connect undone before the next, as the
+      end-to-end bench measures.
     """
     print(f"\n# connect p50 with 10 vs {scale} endpoints on the host")
     second_host = support.Netns("cnmb-host")
     big = harness.AgentProcess(second_host, run_dir / "state-big")
     try:
         fill(agent, network, containers, 10)
-        (at_small,) = measure_rounds([(agent, 10)], network, containers, samples)
+        (before,) = measure_rounds([(agent, 10)], network, containers, samples)
+        filled = len(containers.names)
         fill(big, network, containers, scale)
         (at_large,) = measure_rounds([(big, scale)], network, containers, samples)
-        report_ratio("sequential", scale, at_small, at_large)
-        at_small, at_large = measure_rounds([(agent, 10), (big, scale)], network, containers,
-                                            samples)
-        report_ratio("interleaved", scale, at_small, at_large)
-        at_small, at_large = measure_steady([(agent, 10), (big, scale)], network, containers,
-                                            samples)
-        report_ratio("steady (each connect undone before the next)", scale, at_small, at_large)
+        interleaved = measure_rounds([(agent, 10), (big, scale)], network, containers,
+                                     samples)
+        steady = measure_steady([(agent, 10), (big, scale)], network, containers, samples)
         report_resync([(agent, 10), (big, scale)], network, containers)
+        for endpoint_id in [f"s{number}" for number in range(scale)]:
+            big.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        containers.remove(containers.names[filled:])
+        (after,) = measure_rounds([(agent, 10)], network, containers, samples)
+        print(f"sequential (10, then {scale}, then 10 again once they are gone):")
+        print(f"  at 10 before:  {summary(before)}")
+        print(f"  at 10 after:   {summary(after)}")
+        at_small = max((before, after), key=statistics.median)
+        report_ratio("", scale, at_small, at_large)
+        report_ratio("interleaved", scale, *interleaved)
+        report_ratio("steady (each connect undone before the next)", scale, *steady)
     finally:
         big.stop()
         second_host.close()
     small, large = asyncio.run(kernel_reference(containers, scale, samples))
-    print(f"kernel reference, the bridge-port steps of a connect (veth, hairpin, peer up) "
+    print(f"kernel reference, the bridge-port steps of a connect (veth, peer up, port up) "
           f"on a bridge with 10 / {scale} ports: p50 {statistics.median(small):.2f} / "
           f"{statistics.median(large):.2f} ms (netlink layer alone: no gRPC, no firewall)")
 
@@ -250,8 +267,9 @@ def report_resync(hosts: list, network, containers: Namespaces, samples: int = 1
 
 def report_ratio(label: str, scale: int, at_small: list[float], at_large: list[float]) -> None:
     ratio = statistics.median(at_large) / statistics.median(at_small)
-    print(f"{label}:")
-    print(f"  at 10:    {summary(at_small)}")
+    if label:
+        print(f"{label}:")
+        print(f"  at 10:    {summary(at_small)}")
     print(f"  at {scale}:  {summary(at_large)}")
     print(f"  ratio {ratio:.2f} (target <= 1.25) {'OK' if ratio <= 1.25 else 'MISSED'}")
 
@@ -262,9 +280,10 @@ async def kernel_reference(containers: Namespaces, present: int,
 
     In a scratch host namespace, the bridge-touching netlink verbs of a
     connect, as the agent calls them: veth pair with its peer made in a
-    fresh namespace and its host end a port of the bridge, hairpin on,
-    peer up (carrier: the bridge re-runs its port state selection). Timed
-    at 10 and at ``present`` ports.
+    fresh namespace and its host end a port of the bridge (marked, hairpin
+    on, IPv6 off, still down), peer up, then the host end up (the bridge
+    enables the port, walking all its ports). Timed at 10 and at
+    ``present`` ports.
     """
     scratch = support.Netns("cnmb-kref")
     netlink = await Netlink(host_ns=scratch.path).open()
@@ -279,10 +298,10 @@ async def kernel_reference(containers: Namespaces, present: int,
             started = time.perf_counter()
             await netlink.create_veth(name, mtu=1500, master=bridge.index, peer_name="eth0",
                                       peer_ns=netns, peer_mac="02:00:00:00:00:01",
-                                      alias="bench")
-            await netlink.set_bridge_port(name, alias="bench", hairpin=True)
+                                      alias="bench", hairpin=True)
             await netlink.disable_ipv6_link_local("eth0", netns)
             await netlink.set_up("eth0", netns)
+            await netlink.set_up(name)
             live.append(name)
             return (time.perf_counter() - started) * 1000
 
