@@ -203,20 +203,21 @@ class BridgeDriver:
                 reason="INTERFACE_NAME_TAKEN", interface=host,
             ) from error
         peer = await self._container_interface(endpoint, what)
+        for retry in (False, True):
+            try:
+                await self._create_veth(network, endpoint, bridge, peer, what)
+                break
+            except LinkExists as error:
+                # eth0 taken (the container's second network): its first free name, once.
+                chosen = retry or bool(endpoint.container_interface)
+                taken = set() if chosen else await self._interfaces(ns)
+                if peer not in taken:
+                    raise errors.AlreadyExists(
+                        f"{what}: create veth {host!r}: interface {peer!r} appeared in the "
+                        f"sandbox or {host!r} on the host", reason="INTERFACE_NAME_TAKEN",
+                    ) from error
+                peer = _first_free(taken)
         endpoint = _with_interface(endpoint, peer)
-        try:
-            await self.netlink.create_veth(
-                host, mtu=network.mtu, master=bridge.index, peer_name=peer, peer_ns=ns,
-                peer_mac=endpoint.mac, hairpin=True,
-                alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
-            )
-        except LinkExists as error:
-            raise errors.AlreadyExists(
-                f"{what}: create veth {host!r}: interface {peer!r} appeared in the sandbox "
-                f"or {host!r} on the host", reason="INTERFACE_NAME_TAKEN",
-            ) from error
-        except errors.CnmError as error:
-            raise errors.with_context(error, what) from error
         stack.push_async_callback(self.netlink.delete_owned_link, host, mine)
         self.faults.check("veth")
         peer_link = await self.netlink.get_link(peer, ns)
@@ -254,7 +255,25 @@ class BridgeDriver:
         self.faults.check("ports")
         return endpoint
 
+    async def _create_veth(
+        self, network: NetworkSpec, endpoint: EndpointSpec, bridge: Link, peer: str, what: str
+    ) -> None:
+        """The endpoint's veth, its peer named ``peer``; LinkExists when a name is taken."""
+        try:
+            await self.netlink.create_veth(
+                endpoint.host_interface, mtu=network.mtu, master=bridge.index, peer_name=peer,
+                peer_ns=endpoint.netns_path, peer_mac=endpoint.mac, hairpin=True,
+                alias=names.endpoint_alias(endpoint.endpoint_id, network.network_id),
+            )
+        except LinkExists:
+            raise
+        except errors.CnmError as error:
+            raise errors.with_context(error, what) from error
+
     async def _container_interface(self, endpoint: EndpointSpec, what: str) -> str:
+        """The name asked for (refused if the sandbox has it), else the first to try:
+        ``eth0``, which a container's first network finds free. Trying it costs less
+        than listing the sandbox's links first, which the others then do."""
         ns = endpoint.netns_path
         if endpoint.container_interface:
             if await self.netlink.get_link(endpoint.container_interface, ns) is not None:
@@ -264,11 +283,10 @@ class BridgeDriver:
                     interface=endpoint.container_interface,
                 )
             return endpoint.container_interface
-        taken = {link.name for link in await self.netlink.list_links(ns)}
-        number = 0
-        while f"eth{number}" in taken:
-            number += 1
-        return f"eth{number}"
+        return _first_free(set())
+
+    async def _interfaces(self, ns: str) -> set[str]:
+        return {link.name for link in await self.netlink.list_links(ns)}
 
     async def delete_endpoint(
         self, endpoint_id: str, ports: list[PortRule] | None = None
@@ -291,6 +309,14 @@ class BridgeDriver:
                 f"delete veth {host!r}", lambda: self.netlink.delete_owned_link(host, mine)
             )
         teardown.raise_failures()
+
+
+def _first_free(taken: set[str]) -> str:
+    """The first ``ethN`` not in ``taken``."""
+    number = 0
+    while f"eth{number}" in taken:
+        number += 1
+    return f"eth{number}"
 
 
 def _with_interface(endpoint: EndpointSpec, interface: str) -> EndpointSpec:
