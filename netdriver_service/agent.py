@@ -215,13 +215,17 @@ class Agent:
             self.peer_generations.pop(network_id, None)
 
     async def _network_from_kernel(self, network_id: str) -> NetworkSpec | None:
-        """A network cnm marked in the kernel but has no record of (its state dir was lost)."""
+        """A network cnm marked in the kernel but has no record of (its state dir was lost),
+        from its bridge; or, when only its VXLAN device is left, from that."""
         links = await self.netlink.list_links(addresses=True)
         overlay = any(link.alias == names.vxlan_alias(network_id) for link in links)
         for link in links:
             if names.parse_alias(link.alias) == ("net", network_id, ""):
                 spec = _network_of_bridge(network_id, link)
                 return replace(spec, driver="overlay") if overlay else spec
+        if overlay:
+            return NetworkSpec(network_id=network_id, subnet="", gateway="", driver="overlay",
+                               bridge=names.bridge_name(network_id))
         return None
 
     async def set_network_peers(
@@ -484,6 +488,16 @@ class Agent:
                                    rule.container_port).to_proto()
                 )
             response.endpoints.append(endpoint)
+        # A VXLAN device whose bridge is gone (deleted by hand, or a delete that failed
+        # half-way): reported as its network, so that it is seen and can be deleted.
+        reported = {network.network_id for network in response.networks}
+        for link in links:
+            if link.alias.startswith(names.VXLAN_ALIAS_PREFIX):
+                network_id = link.alias[len(names.VXLAN_ALIAS_PREFIX):]
+                if network_id not in reported:
+                    network = netdriver_pb2.Network(network_id=network_id, driver="overlay")
+                    await self._report_vxlan(network, 0)
+                    response.networks.append(network)
         for name, path in self.list_sandboxes():
             response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path))
         return response

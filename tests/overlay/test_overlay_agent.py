@@ -186,6 +186,29 @@ def test_get_state_reports_the_vxlan_device_and_resync_makes_a_missing_one_again
     assert "02:42:0a:14:00:09 dst 10.99.0.2" in fdb
 
 
+def test_a_vxlan_device_left_without_its_bridge_or_record_is_reported_and_deleted(
+    cluster, tmp_path,
+):
+    """What is left of an overlay network after its bridge went and the agent lost its
+    records is still cnm's to see and delete: else nothing would ever collect it."""
+    _, _, agents = cluster
+    agents[0].call("CreateNetwork", pb.CreateNetworkRequest(network=NET))
+    host = agents[0].host
+    agents[0].stop()
+    host.run("ip", "link", "del", names.bridge_name("ovn1"))
+    fresh = harness.AgentProcess(host, tmp_path / "lost-records", host_id="h1")
+    try:
+        (network,) = fresh.call("GetState", pb.GetStateRequest()).networks
+        assert (network.network_id, network.driver) == ("ovn1", "overlay")
+        assert (network.vxlan.name, network.vxlan.vni) == (vxlan_name("ovn1"), 5001)
+        assert not network.vxlan.attached
+        fresh.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="ovn1"))
+        assert vxlan_name("ovn1") not in harness.link_names(host.name)
+        assert not fresh.call("GetState", pb.GetStateRequest()).networks
+    finally:
+        fresh.stop()
+
+
 def test_an_agent_without_an_underlay_address_refuses_overlay_networks(netns, tmp_path):
     host = netns("cnmt-host")  # no default route to take an address from
     agent = harness.AgentProcess(host, tmp_path / "state")
