@@ -46,6 +46,9 @@ class Agent:
     ) -> None:
         self.host_id = host_id
         self.underlay_ip = underlay_ip
+        # Not given: the address of the default route's interface, read again at every
+        # periodic pass, as a host's address may change (DHCP, a moved VM).
+        self.underlay_from_route = not underlay_ip
         self.netlink = netlink
         self.firewall = firewall
         self.store = store
@@ -67,8 +70,7 @@ class Agent:
 
     async def start(self) -> None:
         """Rebuilds the view from the kernel and restores the firewall to match it."""
-        if not self.underlay_ip:
-            self.underlay_ip = await self._default_route_address()
+        await self.refresh_underlay()
         await self.firewall.ensure_base()
         async with self.lock:
             repaired = await self._resync_locked()
@@ -120,12 +122,26 @@ class Agent:
             if not self.started:
                 continue
             try:
-                repaired = await self._resync()
+                repaired = await self.resync()
             except errors.CnmError as error:
                 log.warning("periodic resync failed", extra={"error": error.message})
                 continue
             if repaired:
                 log.warning("periodic resync repaired drift", extra={"repaired": repaired})
+
+    async def refresh_underlay(self) -> bool:
+        """Reads the underlay address from the default route again, unless it was given;
+        True when it changed. A route briefly gone keeps the last address."""
+        if not self.underlay_from_route:
+            return False
+        address = await self._default_route_address()
+        if not address or address == self.underlay_ip:
+            return False
+        if self.underlay_ip:
+            log.warning("underlay address changed",
+                        extra={"old": self.underlay_ip, "new": address})
+        self.underlay_ip = address
+        return True
 
     def _require_started(self) -> None:
         if not self.started:
@@ -519,8 +535,11 @@ class Agent:
         ))
 
     async def resync(self) -> list[str]:
-        """Drops records of what the kernel no longer has; makes the firewall match the rest."""
+        """Reads the underlay address again (unless it was given: a changed one remakes the
+        VXLAN devices, and membership announces it); drops records of what the kernel no
+        longer has; makes the firewall match the rest."""
         self._require_started()
+        await self.refresh_underlay()
         return await self._resync()
 
     async def _resync(self) -> list[str]:

@@ -4,7 +4,8 @@ Registration carries the host id, the address the orchestrator should dial
 (``--advertise``) and the underlay address; the orchestrator answers with
 the heartbeat interval it expects and brings the host in line (overlay
 networks, peers). A heartbeat answered with ``reregister`` (the
-orchestrator forgot the host) registers again. Failures are retried with a
+orchestrator forgot the host) registers again, and so does a changed underlay
+address (the agent reads it again periodically). Failures are retried with a
 capped backoff for as long as the agent runs; they never stop the agent.
 """
 
@@ -39,6 +40,7 @@ class Membership:
         self.ready = ready
         self.interval = 5.0
         self.registered = asyncio.Event()
+        self.announced_underlay = ""  # the underlay address the last registration gave
 
     async def _register(self, stub) -> None:
         underlay_ip = self.underlay_ip()
@@ -55,6 +57,7 @@ class Membership:
             timeout=REGISTER_TIMEOUT,
         )
         self.interval = float(reply.heartbeat_interval_seconds or self.interval)
+        self.announced_underlay = underlay_ip
         self.registered.set()
         log.info("registered", extra={"orchestrator": self.orchestrator,
                                       "advertise": self.advertise,
@@ -69,6 +72,11 @@ class Membership:
                 await asyncio.sleep(0.2)
             while True:
                 try:
+                    if self.registered.is_set() and self.underlay_ip() != self.announced_underlay:
+                        # The orchestrator tells the other hosts' overlay networks.
+                        log.info("underlay address changed; registering again",
+                                 extra={"underlay_ip": self.underlay_ip()})
+                        self.registered.clear()
                     if not self.registered.is_set():
                         await self._register(stub)
                     else:

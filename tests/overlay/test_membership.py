@@ -62,3 +62,37 @@ async def test_registers_retries_heartbeats_and_registers_again_when_forgotten()
     host = fake.registered[0]
     assert (host.host_id, host.address, host.underlay_ip) == ("h9", "unix:/tmp/h9.sock",
                                                               "10.99.0.9")
+
+
+async def test_a_changed_underlay_address_is_registered_again():
+    fake = Orchestrator()
+    fake.refuse_first = False
+    fake.forget_after = 0  # never
+    name = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+    running = await server.start(
+        listen="127.0.0.1:0",
+        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
+        logger=log, readiness=_ready,
+    )
+    underlay = ["10.99.0.9"]
+    membership = Membership(
+        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
+        underlay_ip=lambda: underlay[0], ready=_ready,
+    )
+    membership.interval = 0.05
+    task = asyncio.create_task(membership.run())
+    try:
+        for _ in range(200):
+            if fake.heartbeats >= 2:
+                break
+            await asyncio.sleep(0.02)
+        underlay[0] = "10.99.0.19"
+        for _ in range(200):
+            if len(fake.registered) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # heartbeats go on; no further registration
+    finally:
+        task.cancel()
+        await running.stop(0)
+    assert [host.underlay_ip for host in fake.registered] == ["10.99.0.9", "10.99.0.19"]

@@ -209,6 +209,27 @@ def test_a_vxlan_device_left_without_its_bridge_or_record_is_reported_and_delete
         fresh.stop()
 
 
+def test_a_changed_underlay_address_is_taken_up_by_the_next_resync(cluster):
+    """No --underlay-ip: the agent reads the default route's address again at every
+    resync (periodic, or asked), and remakes its VXLAN devices with a new one."""
+    _, _, agents = cluster
+    agent = agents[0]
+    agent.call("CreateNetwork", pb.CreateNetworkRequest(network=NET))
+
+    def local() -> str:
+        (network,) = agent.call("GetState", pb.GetStateRequest()).networks
+        return network.vxlan.local_address
+
+    assert local() == "10.99.0.1"
+    agent.host.run("ip", "addr", "flush", "dev", "eth0")
+    agent.host.run("ip", "addr", "add", "10.99.0.51/24", "dev", "eth0")
+    agent.host.run("ip", "route", "add", "default", "via", "10.99.0.254")
+    repaired = agent.call("Resync", pb.ResyncRequest()).repaired
+    assert f"re-made stale VXLAN device {vxlan_name('ovn1')} of network ovn1" in repaired
+    assert local() == "10.99.0.51"
+    assert agent.call("Resync", pb.ResyncRequest()).repaired == []
+
+
 def test_an_agent_without_an_underlay_address_refuses_overlay_networks(netns, tmp_path):
     host = netns("cnmt-host")  # no default route to take an address from
     agent = harness.AgentProcess(host, tmp_path / "state")
