@@ -69,6 +69,15 @@ def sandbox_name(host_id: str, name: str) -> str:
     return "cnm-" + hashlib.sha256(f"{host_id}/{name}".encode()).hexdigest()[:20]
 
 
+def container_name(sandbox: pb.Sandbox) -> str:
+    """The name ``cnm run --name`` gave a sandbox (``sandbox_name`` undone); other
+    sandboxes, and hashed names, go by the sandbox's own name."""
+    prefix = f"cnm-{sandbox.host_id}-"
+    if sandbox.name.startswith(prefix) and len(sandbox.name) > len(prefix):
+        return sandbox.name[len(prefix):]
+    return sandbox.name
+
+
 def parse_port(spec: str) -> pb.PortMapping:
     """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]``."""
     match = PORT_SPEC.match(spec)
@@ -388,7 +397,7 @@ def ps(client: Client, args) -> int:
     for sandbox in sandboxes:
         networks = ", ".join(f"{e.network_name}:{e.address}" for e in sandbox.endpoints)
         ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
-        rows.append([sandbox.name, sandbox.host_id, networks, ports])
+        rows.append([container_name(sandbox), sandbox.host_id, networks, ports])
     print_table(["NAME", "HOST", "NETWORKS", "PORTS"], rows)
     return 0
 

@@ -144,7 +144,8 @@ async def test_cli_json_listings(world):
     assert sandbox["name"] == "cnm-h1-web" and sandbox["host_id"] == "h1"
     assert [e["address"] for e in sandbox["endpoints"]] == ["10.20.0.2"]
     table = (await cnm(world, "ps")).out.splitlines()
-    assert table[1].split()[:2] == ["cnm-h1-web", "h1"] and "8080->80/tcp" in table[1]
+    # The table names containers as `cnm run --name` and `cnm rm` do.
+    assert table[1].split()[:2] == ["web", "h1"] and "8080->80/tcp" in table[1]
     hosts = json.loads((await cnm(world, "host", "ls", "--format", "json")).out)
     assert [(h["host_id"], h["state"], h["endpoint_count"]) for h in hosts] == [
         ("h1", "HOST_STATE_HEALTHY", 1), ("h2", "HOST_STATE_HEALTHY", 0)]
