@@ -47,7 +47,7 @@ class Agent:
         self.host_id = host_id
         self.underlay_ip = underlay_ip
         # Not given: the address of the default route's interface, read again at every
-        # periodic pass, as a host's address may change (DHCP, a moved VM).
+        # resync, as a host's address may change (DHCP, a moved VM).
         self.underlay_from_route = not underlay_ip
         self.netlink = netlink
         self.firewall = firewall
@@ -129,19 +129,18 @@ class Agent:
             if repaired:
                 log.warning("periodic resync repaired drift", extra={"repaired": repaired})
 
-    async def refresh_underlay(self) -> bool:
-        """Reads the underlay address from the default route again, unless it was given;
-        True when it changed. A route briefly gone keeps the last address."""
+    async def refresh_underlay(self) -> None:
+        """Reads the underlay address from the default route again, unless it was given.
+        A route briefly gone keeps the last address."""
         if not self.underlay_from_route:
-            return False
+            return
         address = await self._default_route_address()
         if not address or address == self.underlay_ip:
-            return False
+            return
         if self.underlay_ip:
             log.warning("underlay address changed",
                         extra={"old": self.underlay_ip, "new": address})
         self.underlay_ip = address
-        return True
 
     def _require_started(self) -> None:
         if not self.started:
@@ -510,7 +509,7 @@ class Agent:
         for link in links:
             if link.alias.startswith(names.VXLAN_ALIAS_PREFIX):
                 network_id = link.alias[len(names.VXLAN_ALIAS_PREFIX):]
-                if network_id not in reported:
+                if network_id not in reported and names.ID_PATTERN.match(network_id):
                     network = netdriver_pb2.Network(network_id=network_id, driver="overlay")
                     await self._report_vxlan(network, 0)
                     response.networks.append(network)
