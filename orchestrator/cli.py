@@ -273,6 +273,8 @@ def host_ls(client: Client, args) -> int:
 
 
 def host_rm(client: Client, args) -> int:
+    static = {host.host_id for host in client.ListHosts(pb.ListHostsRequest()).hosts
+              if host.static}
     status = 0
     for host_id in args.hosts:
         try:
@@ -280,6 +282,11 @@ def host_rm(client: Client, args) -> int:
             print(host_id)
         except grpc.RpcError as error:
             status = report(error)
+            continue
+        if host_id in static:
+            print(f"cnm: warning: host {host_id!r} is in the orchestrator's static list "
+                  "(CNM_HOSTS): it comes back when the orchestrator restarts unless "
+                  "removed there", file=sys.stderr)
     return status
 
 

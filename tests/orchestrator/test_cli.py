@@ -151,6 +151,17 @@ async def test_cli_json_listings(world):
         ("h1", "HOST_STATE_HEALTHY", 1), ("h2", "HOST_STATE_HEALTHY", 0)]
 
 
+async def test_cli_host_rm_of_a_static_host_says_it_will_come_back(world):
+    removed = await cnm(world, "host", "rm", "h2")
+    assert (removed.code, removed.out) == (0, "h2\n")
+    assert removed.err.startswith("cnm: warning: host 'h2' is in the orchestrator's static list")
+    assert len(removed.err.splitlines()) == 1
+    hosts = json.loads((await cnm(world, "host", "ls", "--format", "json")).out)
+    assert [h["host_id"] for h in hosts] == ["h1"]
+    missing = await cnm(world, "host", "rm", "h2")
+    assert missing.code != 0 and missing.err.startswith("cnm: error: host 'h2' not found")
+
+
 @pytest.mark.parametrize("args", [
     [], ["network"], ["network", "create"], ["network", "ls"], ["network", "inspect"],
     ["network", "rm"], ["network", "prune"], ["network", "connect"], ["network", "disconnect"],
