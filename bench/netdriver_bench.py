@@ -164,7 +164,8 @@ def measure_rounds(hosts: list, network, containers: Namespaces, samples: int,
     while len(timings[0]) < samples:
         time.sleep(1.0)
         size = min(20, samples - len(timings[0]))
-        sandboxes = containers.make(size * len(hosts))
+        made_ns = containers.make(size * len(hosts))
+        sandboxes = list(made_ns)
         turns = [(offset, index) for offset in range(size) for index in range(len(hosts))]
         if alternate == "round":
             turns.sort(key=lambda turn: turn[1])
@@ -179,7 +180,7 @@ def measure_rounds(hosts: list, network, containers: Namespaces, samples: int,
         for (agent, _), endpoint_ids in zip(hosts, made, strict=True):
             for endpoint_id in endpoint_ids:
                 agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
-        containers.remove(containers.names[-size * len(hosts):])
+        containers.remove(made_ns)
         round_number += 1
     return timings
 
@@ -190,7 +191,8 @@ def measure_steady(hosts: list, network, containers: Namespaces,
     (untimed) before the next: every sample sees exactly the host's endpoints, the
     way a host at that size takes one more container."""
     timings: list[list[float]] = [[] for _ in hosts]
-    sandboxes = containers.make(samples * len(hosts))
+    made_ns = containers.make(samples * len(hosts))
+    sandboxes = list(made_ns)
     for offset in range(samples):
         for index, (agent, present) in enumerate(hosts):
             endpoint_id = f"q{present}-{offset}"
@@ -198,7 +200,7 @@ def measure_steady(hosts: list, network, containers: Namespaces,
                 agent_connect, agent, endpoint_id, sandboxes.pop(),
                 address_of(8000 + present + offset), 45000 + offset, network)))
             agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
-    containers.remove(containers.names[-samples * len(hosts):])
+    containers.remove(made_ns)
     return timings
 
 

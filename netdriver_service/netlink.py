@@ -31,8 +31,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netlink import (
+    NETLINK_ROUTE,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from cnm import errors
@@ -125,8 +133,6 @@ _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, por
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
 _RTATTR = struct.Struct("=HH")  # rtattr: length, type
 _U32 = struct.Struct("=I")
-NLMSG_ERROR, NLMSG_DONE, RTM_NEWLINK, RTM_GETLINK = 2, 3, 16, 18
-NLM_F_REQUEST, NLM_F_DUMP_INTR, NLM_F_DUMP = 0x1, 0x10, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 10, 18, 20
 IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS, IFLA_INFO_KIND = 29, 1 << 3, 1
 
