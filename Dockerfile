@@ -23,6 +23,7 @@ COPY cnm /src/cnm
 COPY ipam_service /src/ipam_service
 COPY netdriver_service /src/netdriver_service
 COPY orchestrator /src/orchestrator
+COPY cnm_cli /src/cnm_cli
 RUN /opt/cnm/bin/pip install --quiet --no-cache-dir --no-index --no-deps --no-build-isolation /src \
  && /opt/cnm/bin/pip uninstall --quiet --yes pip setuptools wheel
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator import cli
+from cnm_cli import main as cli
 from tests.orchestrator.e2e import CNM, CliResult
 
 
