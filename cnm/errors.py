@@ -15,6 +15,27 @@ from grpc_status import rpc_status
 
 DOMAIN = "cnm"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# An error echoes what it was given capped to this many characters, and its whole
+# message and details are bounded too: gRPC refuses trailing metadata over 8 KiB, so a
+# long value echoed whole would reach the client as RESOURCE_EXHAUSTED, not as the error.
+MAX_SHOWN = 64
+MAX_MESSAGE_BYTES = 1024
+MAX_METADATA_VALUE = 128
+MAX_METADATA_BYTES = 1024
+
+
+def capped(value: object, limit: int = MAX_SHOWN) -> str:
+    """``value`` as text, cut to ``limit`` characters plus "..." when longer: every value
+    an error echoes goes through this."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bounded_message(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return message
+    return encoded[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "..."
 
 
 class CnmError(Exception):
@@ -96,11 +117,21 @@ _BY_CODE: dict[grpc.StatusCode, type[CnmError]] = {
 
 
 def to_grpc_status(error: CnmError) -> grpc.Status:
-    """The gRPC status for ``error``, with an ErrorInfo detail."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    """The gRPC status for ``error``, with an ErrorInfo detail; message and metadata bounded
+    (see MAX_MESSAGE_BYTES), so that the client can always read it."""
+    metadata, size = {}, 0
+    for key, value in sorted(error.metadata.items()):
+        key, value = capped(key), capped(value, MAX_METADATA_VALUE)
+        size += len(key.encode()) + len(value.encode())
+        if size > MAX_METADATA_BYTES:
+            break
+        metadata[key] = value
+    info = error_details_pb2.ErrorInfo(reason=capped(error.reason), domain=DOMAIN,
+                                       metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    status = status_pb2.Status(code=error.code.value[0], message=_bounded_message(error.message),
+                               details=[detail])
     return rpc_status.to_status(status)
 
 

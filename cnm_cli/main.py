@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from cnm import config, errors, grpc_client
+from cnm import config, errors, grpc_client, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 
@@ -39,7 +38,6 @@ EXIT_CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 7,
 }
 TIMEOUT = 60.0
-CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 PORT_SPEC = re.compile(
     r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<container>\d+)"
     r"(?:/(?P<proto>tcp|udp|sctp))?$"
@@ -64,7 +62,7 @@ def sandbox_name(host_id: str, name: str) -> str:
     a name too long for the API's 64 characters is hashed instead.
     """
     full = f"cnm-{host_id}-{name}"
-    if len(full) <= 64 and re.fullmatch(r"[a-zA-Z0-9_.-]+", full):
+    if validation.OBJECT_ID.fullmatch(full):
         return full
     return "cnm-" + hashlib.sha256(f"{host_id}/{name}".encode()).hexdigest()[:20]
 
@@ -79,26 +77,22 @@ def container_name(sandbox: pb.Sandbox) -> str:
 
 
 def parse_port(spec: str) -> pb.PortMapping:
-    """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]``."""
+    """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]``, checked as the services check it."""
     match = PORT_SPEC.match(spec)
     if not match:
         raise UsageError(
             f"invalid port mapping {spec!r}: want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
-    host_port, container_port = int(match["host"]), int(match["container"])
-    for port in (host_port, container_port):
-        if not 1 <= port <= 65535:
-            raise UsageError(f"invalid port mapping {spec!r}: ports are 1-65535")
-    host_ip = (match["ip"] or "").strip("[]")
-    if host_ip:
-        try:
-            ipaddress.ip_address(host_ip)
-        except ValueError:
-            raise UsageError(
-                f"invalid port mapping {spec!r}: {host_ip!r} is not an IP address") from None
-    protocol = {"udp": pb.PROTOCOL_UDP, "sctp": pb.PROTOCOL_SCTP}.get(match["proto"] or "tcp",
-                                                                     pb.PROTOCOL_TCP)
-    return pb.PortMapping(protocol=protocol, host_ip=host_ip,
-                          host_port=host_port, container_port=container_port)
+    mapping = pb.PortMapping(
+        protocol=validation.PROTOCOL_NUMBERS[match["proto"] or "tcp"],
+        host_ip=(match["ip"] or "").strip("[]"), host_port=int(match["host"]),
+        container_port=int(match["container"]),
+    )
+    try:
+        (checked,) = validation.check_port_mappings([mapping], internal=False)
+    except errors.InvalidArgument as error:
+        raise UsageError(f"invalid port mapping {spec!r}: {error.message}") from None
+    mapping.host_ip = checked.host_ip
+    return mapping
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:
@@ -300,7 +294,7 @@ def run(client: Client, args) -> int:
     if not command:
         raise UsageError("run needs a command after --")
     name = args.name or f"c-{uuid.uuid4().hex[:8]}"
-    if not CONTAINER_NAME.fullmatch(name):
+    if not validation.NETWORK_NAME.fullmatch(name):  # Docker's rule for both
         raise UsageError(f"invalid container name {name!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
     ports = [parse_port(spec) for spec in args.publish or ()]
     sandbox = sandbox_name(args.host, name)

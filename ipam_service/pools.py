@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cnm import errors, subnets
-from cnm.subnets import (  # noqa: F401 - part of this module's interface
+from cnm import errors, validation
+from cnm.validation import (  # noqa: F401 - part of this module's interface
     MAX_RANGE_ADDRESSES,
     Address,
     Network,
@@ -38,38 +37,27 @@ RESERVED_OWNER = "cnm:reserved"
 SYSTEM_OWNER_PREFIX = "cnm:"
 
 MAX_OWNER_LENGTH = 256
-MAX_LABEL_KEY = 128
-MAX_LABEL_VALUE = 1024
 # Lua 5.1 unpacks at most ~8000 values; a batch goes to HMGET in one unpack.
 MAX_BATCH = 4096
 
-_POOL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_pool_id(pool_id: str) -> str:
-    if not _POOL_ID.fullmatch(pool_id or ""):
-        raise errors.InvalidArgument(
-            f"pool id {pool_id!r} is invalid: want 1-64 characters of [a-zA-Z0-9_.-]",
-            reason="INVALID_POOL_ID",
-            pool_id=pool_id,
-        )
-    return pool_id
+    return validation.check_id("pool_id", pool_id, reason="INVALID_POOL_ID")
 
 
 def check_owner(owner: str) -> str:
-    """A caller-supplied owner id: non-empty, bounded, not in cnm's namespace."""
+    """A caller-supplied owner id: non-empty, bounded, no control characters, not in
+    cnm's namespace."""
     if not owner:
         raise errors.InvalidArgument("owner is required", reason="OWNER_REQUIRED")
-    if len(owner) > MAX_OWNER_LENGTH:
-        raise errors.InvalidArgument(
-            f"owner is {len(owner)} characters long; the limit is {MAX_OWNER_LENGTH}",
-            reason="INVALID_OWNER",
-        )
+    validation.check_text("owner", owner, MAX_OWNER_LENGTH, reason="INVALID_OWNER")
     if owner.startswith(SYSTEM_OWNER_PREFIX):
         raise errors.InvalidArgument(
-            f"owner {owner!r} is invalid: ids starting with {SYSTEM_OWNER_PREFIX!r} are reserved",
+            f"owner {errors.capped(owner)!r} is invalid: ids starting with "
+            f"{SYSTEM_OWNER_PREFIX!r} are reserved",
             reason="RESERVED_OWNER",
-            owner=owner,
+            owner=errors.capped(owner),
         )
     return owner
 
@@ -86,7 +74,8 @@ def check_owners(owners: Iterable[str]) -> list[str]:
     for owner in owners:
         if owner in seen:
             raise errors.InvalidArgument(
-                f"owner {owner!r} appears twice in the batch", reason="DUPLICATE_OWNER", owner=owner
+                f"owner {errors.capped(owner)!r} appears twice in the batch",
+                reason="DUPLICATE_OWNER", owner=errors.capped(owner),
             )
         seen.add(owner)
     return owners
@@ -260,16 +249,8 @@ def build_pool(
 ) -> PoolSpec:
     """Validates a create request and returns the pool it describes, gateway resolved."""
     check_pool_id(pool_id)
-    checked = subnets.check(subnet, gateway, ip_range, reserved)
-    label_map = dict(labels or {})
-    for key, value in label_map.items():
-        if not 0 < len(key) <= MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
-            raise errors.InvalidArgument(
-                f"label {key[:40]!r} is invalid: keys take 1-{MAX_LABEL_KEY} characters, values "
-                f"at most {MAX_LABEL_VALUE}",
-                reason="INVALID_LABEL",
-                key=key[:40],
-            )
+    checked = validation.check_subnet(subnet, gateway, ip_range, reserved)
+    label_map = validation.check_labels(labels or {})
 
     return PoolSpec(
         pool_id=pool_id,

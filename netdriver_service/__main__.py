@@ -114,6 +114,7 @@ async def serve(args: argparse.Namespace) -> None:
         membership = asyncio.create_task(Membership(
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
             underlay_ip=lambda: agent.underlay_ip, ready=agent.ready,
+            registering=agent.forget_peer_generations,
         ).run())
     try:
         await server.run_until_signalled(running, logger)

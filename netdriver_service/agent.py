@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from cnm import errors
+from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2
 from netdriver_service import model, names, netns
 from netdriver_service.drivers import DRIVERS, Driver, make_driver
@@ -173,7 +173,6 @@ class Agent:
                 f"network {spec.network_id!r} exists on this host with other parameters",
                 reason="NETWORK_EXISTS", network_id=spec.network_id,
             )
-        subnet = ipaddress.IPv4Network(spec.subnet)
         for other in self.store.networks.values():
             if other.network_id == spec.network_id:
                 continue
@@ -182,11 +181,8 @@ class Agent:
                     f"network {spec.network_id!r}: bridge name {spec.bridge!r} is used by "
                     f"network {other.network_id!r}", reason="BRIDGE_NAME_TAKEN",
                 )
-            if subnet.overlaps(ipaddress.IPv4Network(other.subnet)):
-                raise errors.FailedPrecondition(
-                    f"network {spec.network_id!r}: subnet {spec.subnet} overlaps {other.subnet} "
-                    f"of network {other.network_id!r}", reason="SUBNET_OVERLAP",
-                )
+            validation.subnets_overlap(spec.subnet, other.subnet, f"network {spec.network_id!r}",
+                                       f"network {other.network_id!r}")
 
     async def _ensure_network(
         self, spec: NetworkSpec, stack: contextlib.AsyncExitStack | None = None
@@ -216,7 +212,7 @@ class Agent:
 
     async def delete_network(self, network_id: str) -> None:
         self._require_started()
-        names.check_id("network_id", network_id)
+        validation.check_id("network_id", network_id)
         async with self.lock:
             spec = self.store.networks.get(network_id) or await self._network_from_kernel(
                 network_id
@@ -243,6 +239,11 @@ class Agent:
                                bridge=names.bridge_name(network_id))
         return None
 
+    def forget_peer_generations(self) -> None:
+        """Applies the next push of every network whatever its generation: after a Resync,
+        or when the agent registers (the orchestrator may have started its count again)."""
+        self.peer_generations.clear()
+
     async def set_network_peers(
         self, network_id: str, peers: list[Peer], remotes: list[RemoteEndpoint],
         generation: int = 0,
@@ -253,7 +254,8 @@ class Agent:
         one is ignored (applied False).
         """
         self._require_started()
-        names.check_id("network_id", network_id)
+        validation.check_id("network_id", network_id)
+        validation.check_generation(generation)
         async with self.lock:
             network = self.store.networks.get(network_id)
             if network is None:
@@ -284,8 +286,8 @@ class Agent:
     ) -> EndpointSpec:
         self._require_started()
         network_id = message.network_id or (network_message.network_id if network_message else "")
-        names.check_id("endpoint_id", message.endpoint_id)
-        names.check_id("network_id", network_id)
+        validation.check_id("endpoint_id", message.endpoint_id)
+        validation.check_id("network_id", network_id)
         if network_message is not None and network_message.network_id != network_id:
             raise errors.InvalidArgument(
                 f"endpoint names network {network_id!r} but the request describes "
@@ -378,7 +380,7 @@ class Agent:
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         self._require_started()
-        names.check_id("endpoint_id", endpoint_id)
+        validation.check_id("endpoint_id", endpoint_id)
         async with self.lock:
             await self._delete_endpoint(endpoint_id)
 
@@ -401,7 +403,7 @@ class Agent:
 
     async def create_sandbox(self, name: str) -> str:
         self._require_started()
-        names.check_id("name", name)
+        validation.check_sandbox_name(name)
         path = netns.path_of(name)
         async with self.lock:
             recorded = name in self.store.sandboxes
@@ -430,7 +432,7 @@ class Agent:
 
     async def delete_sandbox(self, name: str) -> None:
         self._require_started()
-        names.check_id("name", name)
+        validation.check_sandbox_name(name)
         path = netns.path_of(name)
         async with self.lock:
             if name not in self.store.sandboxes:
@@ -509,7 +511,7 @@ class Agent:
         for link in links:
             if link.alias.startswith(names.VXLAN_ALIAS_PREFIX):
                 network_id = link.alias[len(names.VXLAN_ALIAS_PREFIX):]
-                if network_id not in reported and names.ID_PATTERN.match(network_id):
+                if network_id not in reported and validation.OBJECT_ID.fullmatch(network_id):
                     network = netdriver_pb2.Network(network_id=network_id, driver="overlay")
                     await self._report_vxlan(network, 0)
                     response.networks.append(network)
@@ -539,6 +541,7 @@ class Agent:
         longer has; makes the firewall match the rest."""
         self._require_started()
         await self.refresh_underlay()
+        self.forget_peer_generations()
         return await self._resync()
 
     async def _resync(self) -> list[str]:

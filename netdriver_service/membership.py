@@ -32,12 +32,14 @@ class Membership:
     def __init__(
         self, *, orchestrator: str, host_id: str, advertise: str,
         underlay_ip: Callable[[], str], ready: Callable[[], Awaitable[bool]],
+        registering: Callable[[], None] = lambda: None,
     ) -> None:
         self.orchestrator = orchestrator
         self.host_id = host_id
         self.advertise = advertise
         self.underlay_ip = underlay_ip
         self.ready = ready
+        self.registering = registering  # called before each registration
         self.interval = 5.0
         self.registered = asyncio.Event()
         self.announced_underlay = ""  # the underlay address the last registration gave
@@ -50,6 +52,7 @@ class Membership:
                 "host; start the agent with --underlay-ip (CNM_UNDERLAY_IP)",
                 extra={"orchestrator": self.orchestrator},
             )
+        self.registering()
         reply = await stub.RegisterHost(
             pb.RegisterHostRequest(host=pb.Host(
                 host_id=self.host_id, address=self.advertise, underlay_ip=underlay_ip,

@@ -12,31 +12,14 @@ import ipaddress
 import os
 from dataclasses import asdict, dataclass, field, replace
 
-from cnm import errors
+from cnm import errors, validation
+from cnm.errors import capped
 from cnm.netdriver.v1 import netdriver_pb2
 from netdriver_service import names, netlink
 
 DEFAULT_MTU = 1500
 OVERLAY_MTU = DEFAULT_MTU - 50  # room for VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers
 MAX_VNI = 0xFFFFFF
-OPTION_BRIDGE_NAME = "com.docker.network.bridge.name"
-OPTION_MTU = "com.docker.network.driver.mtu"
-OPTION_ICC = "com.docker.network.bridge.enable_icc"
-OPTION_INTERNAL = "com.docker.network.internal"
-# IGMP/MLD snooping on the network's bridge; off unless set to true (see create_bridge).
-OPTION_MCAST_SNOOPING = "cnm.bridge.mcast_snooping"
-
-_PROTOCOLS = {
-    netdriver_pb2.PROTOCOL_UNSPECIFIED: "tcp",
-    netdriver_pb2.PROTOCOL_TCP: "tcp",
-    netdriver_pb2.PROTOCOL_UDP: "udp",
-    netdriver_pb2.PROTOCOL_SCTP: "sctp",
-}
-_PROTOCOL_ENUMS = {
-    "tcp": netdriver_pb2.PROTOCOL_TCP,
-    "udp": netdriver_pb2.PROTOCOL_UDP,
-    "sctp": netdriver_pb2.PROTOCOL_SCTP,
-}
 
 
 @dataclass(frozen=True)
@@ -94,7 +77,7 @@ class PortSpec:
 
     def to_proto(self) -> netdriver_pb2.PortMapping:
         return netdriver_pb2.PortMapping(
-            protocol=_PROTOCOL_ENUMS[self.protocol], host_ip=self.host_ip,
+            protocol=validation.PROTOCOL_NUMBERS[self.protocol], host_ip=self.host_ip,
             host_port=self.host_port, container_port=self.container_port,
         )
 
@@ -152,49 +135,28 @@ def _port_key(port: PortSpec) -> tuple:
     return (port.protocol, port.host_ip, port.host_port, port.container_port)
 
 
-def _bool_option(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise errors.InvalidArgument(
-        f"invalid option {key}={value!r}: want true or false", reason="INVALID_OPTION", option=key
-    )
-
-
 def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...]) -> NetworkSpec:
-    network_id = names.check_id("network_id", message.network_id)
+    network_id = validation.check_id("network_id", message.network_id)
     driver = message.driver or "bridge"
     if driver not in drivers:
         raise errors.InvalidArgument(
-            f"network {network_id!r}: unknown driver {driver!r}; this agent has "
-            + ", ".join(drivers), reason="UNKNOWN_DRIVER", driver=driver,
+            f"network {network_id!r}: unknown driver {capped(driver)!r}; this agent has "
+            + ", ".join(drivers), reason="UNKNOWN_DRIVER", driver=capped(driver),
         )
-    subnet = names.parse_subnet(message.subnet)
+    validation.check_text("name", message.name, 128, reason="INVALID_NETWORK_NAME")
+    subnet = validation.check_network_subnet(message.subnet).network
     gateway = (
-        names.parse_host_address("gateway", message.gateway, subnet)
+        validation.check_endpoint_address(subnet, "", message.gateway, "gateway")
         if message.gateway
         else str(next(subnet.hosts()))
     )
-    options = dict(message.options)
-    bridge = message.bridge_name or options.get(OPTION_BRIDGE_NAME, "")
-    if bridge and len(bridge) > names.IFNAMSIZ:
-        raise errors.InvalidArgument(
-            f"network {network_id!r}: bridge name {bridge!r} is {len(bridge)} characters, "
-            f"the kernel allows {names.IFNAMSIZ}", reason="INVALID_INTERFACE_NAME", value=bridge,
-        )
-    bridge = names.check_ifname("bridge name", bridge or names.bridge_name(network_id))
-    mtu = message.mtu
-    if not mtu and OPTION_MTU in options:
-        try:
-            mtu = int(options[OPTION_MTU])
-        except ValueError as error:
-            raise errors.InvalidArgument(
-                f"invalid option {OPTION_MTU}={options[OPTION_MTU]!r}", reason="INVALID_OPTION",
-                option=OPTION_MTU,
-            ) from error
-    mtu = names.check_mtu(mtu or (OVERLAY_MTU if driver == "overlay" else DEFAULT_MTU))
+    options = validation.check_network_options(message.options)
+    bridge = validation.check_ifname(
+        "bridge name", message.bridge_name or options.bridge_name or names.bridge_name(network_id)
+    )
+    mtu = validation.check_mtu(
+        message.mtu or options.mtu or (OVERLAY_MTU if driver == "overlay" else DEFAULT_MTU)
+    )
     if driver == "overlay" and not 1 <= message.vni <= MAX_VNI:
         raise errors.InvalidArgument(
             f"network {network_id!r}: invalid vni {message.vni}: an overlay network needs "
@@ -203,108 +165,58 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
     if message.HasField("enable_icc"):
         enable_icc = message.enable_icc
     else:
-        enable_icc = _bool_option(OPTION_ICC, options.get(OPTION_ICC, "true"))
-    internal = message.internal or _bool_option(
-        OPTION_INTERNAL, options.get(OPTION_INTERNAL, "false")
-    )
-    allowed = tuple(
-        sorted({names.check_id("allowed_networks", value) for value in message.allowed_networks})
-    )
+        enable_icc = True if options.enable_icc is None else options.enable_icc
+    allowed = tuple(sorted(
+        {validation.check_id("allowed_networks", value) for value in message.allowed_networks}
+    ))
     return NetworkSpec(
         network_id=network_id, name=message.name, driver=driver, subnet=str(subnet),
-        gateway=gateway, bridge=bridge, mtu=mtu, internal=internal, enable_icc=enable_icc,
-        allowed_networks=allowed, vni=message.vni, options=tuple(sorted(options.items())),
-        mcast_snooping=_bool_option(
-            OPTION_MCAST_SNOOPING, options.get(OPTION_MCAST_SNOOPING, "false")
-        ),
+        gateway=gateway, bridge=bridge, mtu=mtu, internal=message.internal or options.internal,
+        enable_icc=enable_icc, allowed_networks=allowed, vni=message.vni,
+        options=tuple(sorted(message.options.items())), mcast_snooping=options.mcast_snooping,
     )
 
 
 def resolve_sandbox(sandbox: str, netns_dir: str) -> str:
     """The namespace path a sandbox field names; InvalidArgument unless it is a network namespace."""
     if not sandbox:
-        raise errors.InvalidArgument("endpoint has no sandbox", reason="INVALID_NAMESPACE")
-    if "/" in sandbox:
-        if not os.path.isabs(sandbox):
-            raise errors.InvalidArgument(
-                f"sandbox path {sandbox!r} is not absolute", reason="INVALID_NAMESPACE"
-            )
-        path = os.path.normpath(sandbox)
-    else:
-        path = os.path.join(netns_dir, names.check_id("sandbox", sandbox))
+        raise errors.InvalidArgument("endpoint has no sandbox", reason="INVALID_SANDBOX",
+                                     field="sandbox")
+    checked = validation.check_sandbox(sandbox)
+    path = checked if "/" in sandbox else os.path.join(netns_dir, checked)
     netlink.check_namespace_path(path)
     return path
 
 
-def ports_from_proto(
-    messages, endpoint_id: str, network: NetworkSpec
-) -> tuple[PortSpec, ...]:
-    ports = []
-    seen = set()
-    for message in messages:
-        if message.protocol not in _PROTOCOLS:
-            raise errors.InvalidArgument(
-                f"endpoint {endpoint_id!r}: unknown protocol {message.protocol}",
-                reason="INVALID_PROTOCOL", value=message.protocol,
-            )
-        host_ip = message.host_ip
-        if host_ip:
-            try:
-                host_ip = str(ipaddress.IPv4Address(host_ip))
-            except ValueError as error:
-                raise errors.InvalidArgument(
-                    f"endpoint {endpoint_id!r}: invalid host_ip {message.host_ip!r}",
-                    reason="INVALID_ADDRESS", value=message.host_ip,
-                ) from error
-        port = PortSpec(
-            protocol=_PROTOCOLS[message.protocol], host_ip=host_ip,
-            host_port=names.check_port("host_port", message.host_port),
-            container_port=names.check_port("container_port", message.container_port),
-        )
-        key = (port.protocol, port.host_ip, port.host_port)
-        if key in seen:
-            raise errors.InvalidArgument(
-                f"endpoint {endpoint_id!r}: {port.protocol} port {port.host_port} is "
-                "published twice", reason="DUPLICATE_PORT", port=port.host_port,
-            )
-        seen.add(key)
-        ports.append(port)
-    if ports and network.internal:
-        raise errors.FailedPrecondition(
-            f"endpoint {endpoint_id!r}: network {network.network_id!r} is internal and "
-            "cannot publish ports", reason="INTERNAL_NETWORK_PORTS",
-        )
-    return tuple(ports)
+def ports_from_proto(messages, network: NetworkSpec) -> tuple[PortSpec, ...]:
+    return tuple(
+        PortSpec(port.protocol, port.host_ip, port.host_port, port.container_port)
+        for port in validation.check_port_mappings(messages, network.internal)
+    )
 
 
 def endpoint_from_proto(
     message: netdriver_pb2.Endpoint, network: NetworkSpec, netns_dir: str
 ) -> EndpointSpec:
-    endpoint_id = names.check_id("endpoint_id", message.endpoint_id)
+    endpoint_id = validation.check_id("endpoint_id", message.endpoint_id)
     if message.network_id and message.network_id != network.network_id:
         raise errors.InvalidArgument(
-            f"endpoint {endpoint_id!r} names network {message.network_id!r} but the request "
-            f"describes {network.network_id!r}", reason="NETWORK_MISMATCH",
+            f"endpoint {endpoint_id!r} names network {capped(message.network_id)!r} but the "
+            f"request describes {network.network_id!r}", reason="NETWORK_MISMATCH",
         )
-    address = names.parse_host_address(
-        "address", message.address, ipaddress.IPv4Network(network.subnet)
+    address = validation.check_endpoint_address(
+        ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
     )
-    if address == network.gateway:
-        raise errors.InvalidArgument(
-            f"endpoint {endpoint_id!r}: address {address} is the network's gateway",
-            reason="ADDRESS_IS_GATEWAY",
-        )
     container_interface = message.container_interface
     if container_interface:
-        names.check_ifname("container_interface", container_interface)
-    if message.container_id and len(message.container_id) > 128:
-        raise errors.InvalidArgument("container_id is longer than 128 characters")
+        validation.check_ifname("container_interface", container_interface)
+    validation.check_container_id(message.container_id)
     mac = (
-        names.check_mac(message.mac_address)
+        validation.check_mac(message.mac_address)
         if message.mac_address
-        else names.mac_from_address(address)
+        else validation.mac_from_address(address)
     )
-    ports = ports_from_proto(message.port_mappings, endpoint_id, network)
+    ports = ports_from_proto(message.port_mappings, network)
     netns_path = resolve_sandbox(message.sandbox, netns_dir)
     return EndpointSpec(
         endpoint_id=endpoint_id, network_id=network.network_id, sandbox=message.sandbox,

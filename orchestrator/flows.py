@@ -22,6 +22,7 @@ from typing import Self
 from google.protobuf import timestamp_pb2
 
 from cnm import errors
+from cnm import validation as cnm_validation
 from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -90,15 +91,15 @@ class Undo:
 
 
 def to_agent_network(network: pb.Network) -> nd.Network:
-    options = dict(network.options)
+    options = cnm_validation.check_network_options(network.options)
     agent_network = nd.Network(
         network_id=network.network_id, name=network.name, driver=network.driver,
         subnet=network.subnet, gateway=network.gateway, internal=network.internal,
-        bridge_name=options.get(validation.BRIDGE_NAME_OPTION, ""),
-        mtu=int(options.get(validation.MTU_OPTION, "0")), options=options, vni=network.vni,
+        bridge_name=options.bridge_name, mtu=options.mtu or 0, options=dict(network.options),
+        vni=network.vni,
     )
-    if validation.ICC_OPTION in options:
-        agent_network.enable_icc = options[validation.ICC_OPTION] == "true"
+    if options.enable_icc is not None:
+        agent_network.enable_icc = options.enable_icc
     return agent_network
 
 
@@ -162,12 +163,14 @@ class Orchestrator:
             if not sep or not host_id or not address:
                 raise errors.InvalidArgument(f"invalid host {item!r} in CNM_HOSTS: want id=addr")
             validation.check_id("host_id", host_id)
+            cnm_validation.check_host_address(address)
             await self.store.put_host(pb.Host(host_id=host_id, address=address, static=True))
 
     async def register_host(self, host: pb.Host) -> pb.Host:
         validation.check_id("host_id", host.host_id)
-        if not host.address:
-            raise errors.InvalidArgument("host address is required", field="address")
+        cnm_validation.check_host_address(host.address)
+        # Empty: the agent knows of none yet (it is asked again when an overlay needs it).
+        cnm_validation.check_underlay_ip(host.underlay_ip, allow_empty=True)
         existing = await self.store.get_host(host.host_id)
         if existing is not None and existing.address != host.address and (
             existing.static or self._heartbeat_fresh(existing)
@@ -462,7 +465,7 @@ class Orchestrator:
                     f"address {address} is the gateway of network {network.name!r}",
                     field="address")
         mappings = validation.port_mappings(request.port_mappings, network.internal)
-        sandbox = request.sandbox or request.container_id
+        sandbox = cnm_validation.check_sandbox(request.sandbox or request.container_id)
         endpoint_id = validation.endpoint_id(network.network_id, request.container_id)
         lock_name = f"ep:{endpoint_id}"
         # A repeat of a completed connect succeeds whatever the host's health
@@ -711,12 +714,13 @@ class Orchestrator:
     # --- sandboxes ----------------------------------------------------------
 
     async def create_sandbox(self, name: str, host_id: str) -> pb.Sandbox:
-        validation.check_id("name", name)
+        cnm_validation.check_sandbox_name(name)
         agent = await self.agent(host_id)
         sandbox = await agent.create_sandbox(name)
         return pb.Sandbox(name=sandbox.name, host_id=host_id, path=sandbox.path)
 
     async def delete_sandbox(self, name: str, host_id: str, allow_missing: bool) -> None:
+        cnm_validation.check_sandbox_name(name)
         agent = await self.agent(host_id)
         known = {sandbox.name: sandbox for sandbox in await agent.list_sandboxes()}
         path = known[name].path if name in known else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from cnm import errors
+from cnm import errors, validation
 from netdriver_service import names
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import Firewall, NetworkRules, PortRule
@@ -80,7 +80,7 @@ class BridgeDriver:
                 f"{what}: create bridge {network.bridge!r}",
                 self.netlink.create_bridge(
                     network.bridge, mtu=network.mtu, alias=names.network_alias(network.network_id),
-                    mac=names.mac_from_address(network.gateway),
+                    mac=validation.mac_from_address(network.gateway),
                     mcast_snooping=network.mcast_snooping,
                 ),
             )

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cnm import errors
+from cnm import errors, validation
 from netdriver_service import names
 from netdriver_service.drivers.bridge import BridgeDriver
 from netdriver_service.faults import Faults
@@ -42,7 +42,7 @@ log = logging.getLogger("netdriver.overlay")
 def gateway_mac(network: NetworkSpec) -> str:
     """The gateway's MAC, the same on every host (02:42 and the gateway address, which
     no endpoint has)."""
-    return names.mac_from_address(network.gateway)
+    return validation.mac_from_address(network.gateway)
 
 
 @dataclass(frozen=True)
@@ -74,22 +74,14 @@ class VxlanState:
     neighbours: int
 
 
-def _check_underlay(value: str, what: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError as error:
-        raise errors.InvalidArgument(
-            f"{what}: invalid underlay address {value!r}", reason="INVALID_ADDRESS", value=value,
-        ) from error
-
-
 def check_peers(
     network: NetworkSpec, peers: list[Peer], remotes: list[RemoteEndpoint]
 ) -> tuple[list[Peer], list[RemoteEndpoint]]:
     """Validated, normalised peers and remote endpoints of ``network``."""
     what = f"set peers of network {network.network_id!r}"
     checked_peers = [
-        Peer(names.check_id("host_id", peer.host_id), _check_underlay(peer.underlay_ip, what))
+        Peer(validation.check_id("host_id", peer.host_id),
+             validation.check_underlay_ip(peer.underlay_ip, allow_empty=False))
         for peer in peers
     ]
     subnet = ipaddress.IPv4Network(network.subnet)
@@ -97,12 +89,9 @@ def check_peers(
     addresses: set[str] = set()
     macs: set[str] = set()
     for remote in remotes:
-        address = names.parse_host_address("remote endpoint address", remote.address, subnet)
-        mac = names.check_mac(remote.mac)
-        if address == network.gateway:
-            raise errors.InvalidArgument(
-                f"{what}: remote endpoint {address} is the gateway", reason="ADDRESS_IS_GATEWAY",
-            )
+        address = validation.check_endpoint_address(subnet, network.gateway, remote.address,
+                                                    "remote endpoint address")
+        mac = validation.check_mac(remote.mac)
         if address in addresses or mac in macs:
             raise errors.InvalidArgument(
                 f"{what}: remote endpoint {address} ({mac}) is listed twice",
@@ -110,7 +99,8 @@ def check_peers(
             )
         addresses.add(address)
         macs.add(mac)
-        checked.append(RemoteEndpoint(address, mac, _check_underlay(remote.underlay_ip, what)))
+        checked.append(RemoteEndpoint(
+            address, mac, validation.check_underlay_ip(remote.underlay_ip, allow_empty=False)))
     return checked_peers, checked
 
 

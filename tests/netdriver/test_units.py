@@ -1,10 +1,10 @@
-"""Unit tests of names, MAC derivation, request validation and fault parsing (no root)."""
+"""Unit tests of the agent's names, request validation and fault parsing (no root)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cnm import errors
+from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from netdriver_service import model, names
 from netdriver_service.faults import CONNECT_STEPS, Faults
@@ -26,18 +26,18 @@ def test_host_veth_name_is_deterministic_short_and_distinct_for_shared_prefixes(
     assert first == names.host_veth_name("container-with-a-long-common-prefix-1")
     assert first != second
     assert len(first) == 15 and first.startswith("cv")
-    names.check_ifname("host", first)
+    validation.check_ifname("host", first)
 
 
 def test_mac_from_address_is_locally_administered_like_docker():
-    assert names.mac_from_address("10.88.0.10") == "02:42:0a:58:00:0a"
-    assert int(names.mac_from_address("192.168.1.2")[:2], 16) & 0b10
+    assert validation.mac_from_address("10.88.0.10") == "02:42:0a:58:00:0a"
+    assert int(validation.mac_from_address("192.168.1.2")[:2], 16) & 0b10
 
 
 @pytest.mark.parametrize("bad", ["01:00:5e:00:00:01", "zz:00:00:00:00:00", "00:00:00:00:00:00", "1:2:3"])
 def test_check_mac_refuses_bad_values(bad):
     with pytest.raises(errors.InvalidArgument):
-        names.check_mac(bad)
+        validation.check_mac(bad)
 
 
 def test_aliases_round_trip_and_foreign_aliases_are_not_ours():
@@ -50,13 +50,13 @@ def test_aliases_round_trip_and_foreign_aliases_are_not_ours():
 @pytest.mark.parametrize("bad", ["", "a" * 65, "has space", "slash/", "colon:"])
 def test_check_id_refuses(bad):
     with pytest.raises(errors.InvalidArgument):
-        names.check_id("endpoint_id", bad)
+        validation.check_id("endpoint_id", bad)
 
 
 @pytest.mark.parametrize("bad", ["", "a" * 16, "eth 0", "a/b", ".", ".."])
 def test_check_ifname_refuses(bad):
     with pytest.raises(errors.InvalidArgument):
-        names.check_ifname("container_interface", bad)
+        validation.check_ifname("container_interface", bad)
 
 
 def _network(**fields):
@@ -75,14 +75,14 @@ def test_network_defaults():
 def test_network_docker_options():
     spec = model.network_from_proto(
         _network(options={
-            model.OPTION_BRIDGE_NAME: "br-custom", model.OPTION_MTU: "1400",
-            model.OPTION_ICC: "false",
+            validation.OPTION_BRIDGE_NAME: "br-custom", validation.OPTION_MTU: "1400",
+            validation.OPTION_ICC: "false",
         }),
         DRIVERS,
     )
     assert (spec.bridge, spec.mtu, spec.enable_icc) == ("br-custom", 1400, False)
     explicit = model.network_from_proto(_network(enable_icc=True, options={
-        model.OPTION_ICC: "false"}), DRIVERS)
+        validation.OPTION_ICC: "false"}), DRIVERS)
     assert explicit.enable_icc is True
 
 
@@ -98,8 +98,8 @@ def test_network_docker_options():
         ({"driver": "macvlan"}, errors.InvalidArgument),
         ({"network_id": "bad id"}, errors.InvalidArgument),
         ({"mtu": 10}, errors.InvalidArgument),
-        ({"options": {model.OPTION_ICC: "maybe"}}, errors.InvalidArgument),
-        ({"options": {model.OPTION_MTU: "big"}}, errors.InvalidArgument),
+        ({"options": {validation.OPTION_ICC: "maybe"}}, errors.InvalidArgument),
+        ({"options": {validation.OPTION_MTU: "big"}}, errors.InvalidArgument),
     ],
 )
 def test_network_validation(fields, code):
@@ -121,27 +121,27 @@ def test_network_validation(fields, code):
 def test_port_validation(mapping, code):
     spec = model.network_from_proto(_network(), DRIVERS)
     with pytest.raises(code):
-        model.ports_from_proto([mapping], "e1", spec)
+        model.ports_from_proto([mapping], spec)
 
 
 def test_ports_default_to_tcp_and_duplicates_are_refused():
     spec = model.network_from_proto(_network(), DRIVERS)
-    (port,) = model.ports_from_proto([pb.PortMapping(host_port=1, container_port=2)], "e1", spec)
+    (port,) = model.ports_from_proto([pb.PortMapping(host_port=1, container_port=2)], spec)
     assert port.protocol == "tcp"
     twice = [pb.PortMapping(host_port=1, container_port=2)] * 2
     with pytest.raises(errors.InvalidArgument, match="published twice"):
-        model.ports_from_proto(twice, "e1", spec)
+        model.ports_from_proto(twice, spec)
 
 
 def test_ports_on_an_internal_network_are_refused():
     spec = model.network_from_proto(_network(internal=True), DRIVERS)
     with pytest.raises(errors.FailedPrecondition, match="internal"):
-        model.ports_from_proto([pb.PortMapping(host_port=1, container_port=2)], "e1", spec)
+        model.ports_from_proto([pb.PortMapping(host_port=1, container_port=2)], spec)
 
 
 def test_endpoint_validation_checks_address_before_the_sandbox(tmp_path):
     spec = model.network_from_proto(_network(), DRIVERS)
-    # The sandbox is invalid too (INVALID_NAMESPACE): the address must be what is refused.
+    # The sandbox is invalid too (not a namespace): the address must be what is refused.
     for address, reason in (("10.99.0.5", "ADDRESS_OUTSIDE_SUBNET"),
                             ("10.88.0.0", "INVALID_ADDRESS"), ("10.88.0.1", "ADDRESS_IS_GATEWAY"),
                             ("x", "INVALID_ADDRESS")):

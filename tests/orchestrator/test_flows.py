@@ -60,7 +60,12 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
     ({"subnet": "fd00::/127"}, "too small.*use /126"),
     ({"subnet": "fd00::/64"}, "dynamic range fd00::/64 holds"),
-    ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": "overlay"}, "IPv4 only"),
+    ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": "overlay"},
+     "IPv6 networks come in a later version"),
+    ({"subnet": "fd00::/64", "ip_range": "fd00::/104"}, "IPv6 networks come in a later version"),
+    ({"options": {"com.docker.network.internal": "maybe"}}, "com.docker.network.internal"),
+    ({"labels": {"key": "line\nbreak"}}, "label 'key' is invalid"),
+    ({"options": {"a\x1b[31m": "v"}}, "option .* is invalid"),
     ({"gateway": "10.99.0.1"}, "gateway 10.99.0.1 is outside subnet"),
     ({"gateway": "10.20.0.255"}, "broadcast address"),
     ({"ip_range": "10.30.0.0/25"}, "is outside subnet"),
@@ -232,7 +237,7 @@ async def test_bad_port_mappings(world):
     ):
         with pytest.raises(errors.InvalidArgument):
             await world.call("ConnectContainer", connect_request("c1", port_mappings=mappings))
-    with pytest.raises(errors.InvalidArgument, match="internal"):
+    with pytest.raises(errors.FailedPrecondition, match="internal"):
         await world.call("ConnectContainer", connect_request(
             "c1", network="inner", port_mappings=[pb.PortMapping(host_port=80,
                                                                  container_port=80)]))
@@ -602,3 +607,82 @@ async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world
     assert await world.store.peers_dirty() == []
     inspected = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network
     assert all(h.ready for h in inspected.hosts)
+
+
+# --- issue 9's defects: what the agent would refuse is refused here first ---------------------
+
+
+@pytest.mark.parametrize(("address", "underlay"), [
+    ("; drop table pools; --", ""),
+    ("unix:/etc/../etc/passwd", ""),
+    ("unix:relative.sock", ""),
+    ("127.0.0.1:0", ""),
+    ("127.0.0.1:65536", ""),
+    ("300.1.1.1:50053", ""),
+    ("host name:50053", ""),
+    ("[::1:50053", ""),
+    ("a" * 10_000 + ":1", ""),
+    ("127.0.0.1:50053", "300.1.1.0/24"),
+    ("127.0.0.1:50053", "10.0.0.1/24"),
+    ("127.0.0.1:50053", "fd00::1"),
+    ("127.0.0.1:50053", "0.0.0.0"),
+])
+async def test_register_host_refuses_bad_addresses_and_lists_nothing(world, address, underlay):
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await world.call("RegisterHost", pb.RegisterHostRequest(
+            host=pb.Host(host_id="h9", address=address, underlay_ip=underlay)))
+    assert caught.value.reason in ("INVALID_HOST_ADDRESS", "INVALID_UNDERLAY_IP",
+                                   "IPV6_NOT_SUPPORTED")
+    hosts = (await world.call("ListHosts", pb.ListHostsRequest())).hosts
+    assert "h9" not in {host.host_id for host in hosts}
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:50053", "[::1]:50053", "agent-3.example:443",
+                                     "unix:/run/cnm/agent.sock", "unix:///run/cnm/agent.sock"])
+async def test_register_host_takes_every_form_of_address(world, address):
+    await world.call("RegisterHost", pb.RegisterHostRequest(
+        host=pb.Host(host_id="h9", address=address, underlay_ip="10.99.0.9")))
+
+
+@pytest.mark.parametrize(("fields", "code", "reason"), [
+    ({"port_mappings": [pb.PortMapping(protocol=99, host_port=80, container_port=80)]},
+     errors.InvalidArgument, "INVALID_PROTOCOL"),
+    ({"port_mappings": [pb.PortMapping(protocol=-7, host_port=80, container_port=80)]},
+     errors.InvalidArgument, "INVALID_PROTOCOL"),
+    ({"port_mappings": [pb.PortMapping(host_ip="::1", host_port=80, container_port=80)]},
+     errors.InvalidArgument, "IPV6_NOT_SUPPORTED"),
+    ({"port_mappings": [pb.PortMapping(host_port=80, container_port=80),
+                        pb.PortMapping(host_ip="10.0.0.1", host_port=80, container_port=80)]},
+     errors.InvalidArgument, "PORT_MAPPINGS_OVERLAP"),
+    ({"sandbox": "s" * 10_000}, errors.InvalidArgument, "INVALID_SANDBOX"),
+    ({"sandbox": "."}, errors.InvalidArgument, "INVALID_SANDBOX"),
+    ({"sandbox": "relative/path"}, errors.InvalidArgument, "INVALID_SANDBOX"),
+    ({"sandbox": "/var/run/netns/x\n"}, errors.InvalidArgument, "INVALID_SANDBOX"),
+    ({"container_id": ".."}, errors.InvalidArgument, "INVALID_ID"),
+])
+async def test_connect_refuses_what_the_agent_would_before_allocating(world, fields, code,
+                                                                      reason):
+    await create(world)
+    request = connect_request("c1")
+    for name, value in fields.items():
+        if name == "port_mappings":
+            request.port_mappings.extend(value)
+        else:
+            setattr(request, name, value)
+    with pytest.raises(code) as caught:
+        await world.call("ConnectContainer", request)
+    assert caught.value.reason == reason
+    assert len(caught.value.message.encode()) <= errors.MAX_MESSAGE_BYTES
+    assert world.ipam.faults.calls.count("AllocateAddress") == 0
+    assert world.agents["h1"].endpoints == {}
+
+
+@pytest.mark.parametrize("name", [".", "..", "../etc", "s" * 10_000, "bell\a"])
+async def test_sandbox_names_are_checked_before_the_agent_is_asked(world, name):
+    for method, request in (
+        ("CreateSandbox", pb.CreateSandboxRequest(name=name, host_id="h1")),
+        ("DeleteSandbox", pb.DeleteSandboxRequest(name=name, host_id="h1")),
+    ):
+        with pytest.raises(errors.InvalidArgument) as caught:
+            await world.call(method, request)
+        assert caught.value.reason == "INVALID_SANDBOX"

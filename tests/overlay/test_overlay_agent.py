@@ -111,6 +111,19 @@ async def test_set_peers_is_ordered_idempotent_and_refused_where_meaningless(clu
     assert again.applied and list(again.changes) == []
     stale = pb.SetNetworkPeersRequest(network_id="ovn1", generation=4)
     assert not agent.call("SetNetworkPeers", stale).applied
+    # No generation can wedge the network: the largest is refused, there is always a later
+    # one, and after a Resync the next push is applied whatever its generation.
+    for wedging in (2**64 - 1, 2**63):
+        with pytest.raises(errors.InvalidArgument) as caught:
+            agent.call("SetNetworkPeers", pb.SetNetworkPeersRequest(network_id="ovn1",
+                                                                    generation=wedging))
+        assert caught.value.reason == "INVALID_GENERATION"
+    highest = pb.SetNetworkPeersRequest()
+    highest.CopyFrom(request)
+    highest.generation = 2**63 - 1
+    assert agent.call("SetNetworkPeers", highest).applied
+    agent.call("Resync", pb.ResyncRequest())
+    assert agent.call("SetNetworkPeers", request).applied
     fdb = agent.host.run("bridge", "fdb", "show", "dev", vxlan_name("ovn1")).stdout
     assert "02:42:0a:14:00:09 dst 10.99.0.2" in fdb  # the stale push changed nothing
     bad = pb.SetNetworkPeersRequest(network_id="ovn1")
