@@ -236,7 +236,7 @@ async def test_bad_input_changes_nothing(world, netns):
          errors.InvalidArgument),
         (pb.Endpoint(endpoint_id="e1", network_id="n6", sandbox=container.path,
                      address="10.88.1.10"),
-         harness.network("n6", "10.88.0.0/16"), errors.FailedPrecondition),
+         harness.network("n6", "10.88.0.0/16"), errors.AlreadyExists),  # SUBNET_OVERLAP
         # A network here already, but the request describes another one.
         (endpoint("e1", container.path, "10.88.0.10"), harness.network("n7", "10.92.0.0/24"),
          errors.InvalidArgument),
