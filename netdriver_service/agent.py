@@ -25,7 +25,13 @@ from cnm.netdriver.v1 import netdriver_pb2
 from netdriver_service import model, names, netns
 from netdriver_service.drivers import DRIVERS, Driver, make_driver
 from netdriver_service.drivers.bridge import network_rules, port_rules
-from netdriver_service.drivers.overlay import OverlayDriver, Peer, RemoteEndpoint, check_peers
+from netdriver_service.drivers.overlay import (
+    OverlayDriver,
+    Peer,
+    RemoteEndpoint,
+    check_peer_fields,
+    check_peers,
+)
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import TABLE_MISSING, Firewall, PortRule
 from netdriver_service.model import EndpointSpec, NetworkSpec
@@ -256,6 +262,7 @@ class Agent:
         self._require_started()
         validation.check_id("network_id", network_id)
         validation.check_generation(generation)
+        check_peer_fields(peers, remotes)
         async with self.lock:
             network = self.store.networks.get(network_id)
             if network is None:

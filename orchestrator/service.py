@@ -1,9 +1,11 @@
-"""The gRPC face of the orchestrator: requests in, flows called, responses out."""
+"""The gRPC face of the orchestrator: requests in, their fields checked (cnm.validation),
+flows called, responses out."""
 
 from __future__ import annotations
 
 import functools
 
+from cnm import validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.redis_client import unavailable
@@ -38,13 +40,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.CreateNetworkResponse(network=await self.orch.create_network(request.network))
 
     async def GetNetwork(self, request, context):
+        validation.check_network_name("network", request.network)
         return pb.GetNetworkResponse(network=await self.orch.get_network(request.network))
 
     async def ListNetworks(self, request, context):
+        if request.driver:
+            validation.check_id("driver", request.driver)
+        for label_filter in request.label_filters:
+            validation.check_text("label_filters", label_filter, validation.MAX_LABEL_KEY + 1
+                                  + validation.MAX_LABEL_VALUE, reason="INVALID_LABEL")
         networks = await self.orch.list_networks(request.driver, request.label_filters)
         return pb.ListNetworksResponse(networks=networks)
 
     async def DeleteNetwork(self, request, context):
+        validation.check_network_name("network", request.network)
         await self.orch.delete_network(request.network, request.force, request.allow_missing)
         return pb.DeleteNetworkResponse()
 
@@ -53,30 +62,45 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.PruneNetworksResponse(deleted_networks=deleted, skipped_networks=skipped)
 
     async def ConnectContainer(self, request, context):
+        validation.check_network_name("network", request.network)
+        validation.check_id("container_id", request.container_id)
+        validation.check_id("host_id", request.host_id)
         return pb.ConnectContainerResponse(endpoint=await self.orch.connect(request))
 
     async def DisconnectContainer(self, request, context):
+        validation.check_network_name("network", request.network)
+        validation.check_id("container_id", request.container_id)
         await self.orch.disconnect(request.network, request.container_id, request.force,
                                    request.allow_missing)
         return pb.DisconnectContainerResponse()
 
     async def GetEndpoint(self, request, context):
+        validation.check_id("endpoint_id", request.endpoint_id)
         return pb.GetEndpointResponse(endpoint=await self.orch.get_endpoint(request.endpoint_id))
 
     async def ListEndpoints(self, request, context):
+        if request.network:
+            validation.check_network_name("network", request.network)
+        for field in ("container_id", "host_id"):
+            if getattr(request, field):
+                validation.check_id(field, getattr(request, field))
         endpoints = await self.orch.list_endpoints(request.network, request.container_id,
                                                    request.host_id)
         return pb.ListEndpointsResponse(endpoints=endpoints)
 
     async def CreateSandbox(self, request, context):
+        validation.check_id("host_id", request.host_id)
         sandbox = await self.orch.create_sandbox(request.name, request.host_id)
         return pb.CreateSandboxResponse(sandbox=sandbox)
 
     async def DeleteSandbox(self, request, context):
+        validation.check_id("host_id", request.host_id)
         await self.orch.delete_sandbox(request.name, request.host_id, request.allow_missing)
         return pb.DeleteSandboxResponse()
 
     async def ListSandboxes(self, request, context):
+        if request.host_id:
+            validation.check_id("host_id", request.host_id)
         return pb.ListSandboxesResponse(sandboxes=await self.orch.list_sandboxes(request.host_id))
 
     async def RegisterHost(self, request, context):
@@ -85,6 +109,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                                        heartbeat_interval_seconds=self.orch.heartbeat_interval)
 
     async def HeartbeatHost(self, request, context):
+        validation.check_id("host_id", request.host_id)
         known = await self.orch.heartbeat_host(request.host_id)
         return pb.HeartbeatHostResponse(reregister=not known)
 
@@ -92,5 +117,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.ListHostsResponse(hosts=await self.orch.list_hosts())
 
     async def DeleteHost(self, request, context):
+        validation.check_id("host_id", request.host_id)
         await self.orch.delete_host(request.host_id, request.allow_missing)
         return pb.DeleteHostResponse()

@@ -74,6 +74,17 @@ class VxlanState:
     neighbours: int
 
 
+def check_peer_fields(peers: list[Peer], remotes: list[RemoteEndpoint]) -> None:
+    """What a peers request can get wrong whatever the network: ids, addresses, MACs."""
+    for peer in peers:
+        validation.check_id("host_id", peer.host_id)
+        validation.check_underlay_ip(peer.underlay_ip, allow_empty=False)
+    for remote in remotes:
+        validation.parse_address(remote.address, "remote endpoint address")
+        validation.check_mac(remote.mac)
+        validation.check_underlay_ip(remote.underlay_ip, allow_empty=False)
+
+
 def check_peers(
     network: NetworkSpec, peers: list[Peer], remotes: list[RemoteEndpoint]
 ) -> tuple[list[Peer], list[RemoteEndpoint]]:

@@ -2,60 +2,48 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Iterable
 
-from cnm import errors
+from cnm import errors, validation
 from netdriver_service.firewall import NetworkRules, PortRule
 
-PROTOCOLS = ("tcp", "udp", "sctp")
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_IFNAME = re.compile(r"[^\s/:]{1,15}")
-
-
-def _ipv4(value: str, what: str) -> None:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError as error:
-        raise errors.InvalidArgument(f"{what}: {value!r} is not an IPv4 address") from error
-
-
-def _identifier(value: str, what: str) -> None:
-    if not _ID.fullmatch(value):
-        raise errors.InvalidArgument(f"{what}: {value!r} is not 1-64 chars of [A-Za-z0-9_.-]")
+PROTOCOLS = tuple(validation.PROTOCOL_NUMBERS)
 
 
 def validate_network(network: NetworkRules) -> None:
-    what = f"firewall rules of network {network.network_id!r}"
-    _identifier(network.network_id, what + ": network id")
-    if not _IFNAME.fullmatch(network.bridge):
-        raise errors.InvalidArgument(f"{what}: bridge {network.bridge!r} is not an interface name")
+    """The rules of a network, checked as the agent checked its request (cnm.validation)."""
     try:
-        subnet = ipaddress.IPv4Network(network.subnet)
-    except ValueError as error:
-        raise errors.InvalidArgument(f"{what}: subnet {network.subnet!r}: {error}") from error
-    _ipv4(network.gateway, what + ": gateway")
-    if ipaddress.IPv4Address(network.gateway) not in subnet:
-        raise errors.InvalidArgument(f"{what}: gateway {network.gateway} not in {subnet}")
-    for allowed in network.allowed_networks:
-        _identifier(allowed, what + ": allowed network")
+        validation.check_id("network_id", network.network_id)
+        validation.check_ifname("bridge", network.bridge)
+        subnet = validation.check_network_subnet(network.subnet).network
+        validation.address_inside(subnet, network.gateway, "gateway")
+        for allowed in network.allowed_networks:
+            validation.check_id("allowed_networks", allowed)
+    except errors.CnmError as error:
+        what = f"firewall rules of network {errors.capped(network.network_id)!r}"
+        raise errors.with_context(error, what) from error
 
 
 def validate_port(port: PortRule) -> None:
-    what = f"port mapping of endpoint {port.endpoint_id!r}"
-    _identifier(port.endpoint_id, what + ": endpoint id")
-    _identifier(port.network_id, what + ": network id")
-    if port.protocol not in PROTOCOLS:
-        raise errors.InvalidArgument(f"{what}: protocol {port.protocol!r} not one of {PROTOCOLS}")
-    if port.host_ip:
-        _ipv4(port.host_ip, what + ": host ip")
-        if port.host_ip == "0.0.0.0":
-            raise errors.InvalidArgument(f"{what}: use an empty host ip for every address")
-    _ipv4(port.container_ip, what + ": container ip")
-    for name, value in (("host port", port.host_port), ("container port", port.container_port)):
-        if not 1 <= value <= 65535:
-            raise errors.InvalidArgument(f"{what}: {name} {value} not in 1-65535")
+    """A mapping, checked as the agent checked its request (cnm.validation)."""
+    try:
+        validation.check_id("endpoint_id", port.endpoint_id)
+        validation.check_id("network_id", port.network_id)
+        if port.protocol not in PROTOCOLS:
+            raise errors.InvalidArgument(
+                f"protocol {errors.capped(port.protocol)!r} not one of {PROTOCOLS}",
+                reason="INVALID_PROTOCOL")
+        if port.host_ip and validation.check_host_ip(port.host_ip) != port.host_ip:
+            raise errors.InvalidArgument(
+                f"host ip {port.host_ip!r} is not in normal form (every address is '')",
+                reason="INVALID_ADDRESS")
+        validation.require_ipv4(validation.parse_address(port.container_ip, "container ip"),
+                                "container ip")
+        validation.check_port("host_port", port.host_port)
+        validation.check_port("container_port", port.container_port)
+    except errors.CnmError as error:
+        what = f"port mapping of endpoint {errors.capped(port.endpoint_id)!r}"
+        raise errors.with_context(error, what) from error
 
 
 def binding(port: PortRule) -> tuple[str, str, int]:

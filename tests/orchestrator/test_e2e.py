@@ -206,7 +206,7 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
     cases = [
         (("network", "connect", "nope", "a"), 3, "network 'nope' not found"),
         (("network", "connect", "--host", "h9", "net1", "x"), 3, "host 'h9' not found"),
-        (("network", "connect", "--ip", "10.99.0.5", "net1", "x"), 2, "not a usable address"),
+        (("network", "connect", "--ip", "10.99.0.5", "net1", "x"), 2, "is outside subnet"),
         (("network", "connect", "--ip", "10.70.0.2", "net1", "x"), 4, "already in use"),
         (("network", "connect", "--ip", "10.70.0.40", "net1", "a"), 4, "already connected"),
         (("network", "connect", "-p", "9090:80", "net1", "b"), 4, "already connected"),
