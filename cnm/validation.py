@@ -42,8 +42,6 @@ IFNAMSIZ = 15  # usable characters of a Linux interface name
 IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 1024
-MAX_OPTION_KEY = 128
-MAX_OPTION_VALUE = 1024
 MAX_CONTAINER_ID = 128
 MAX_PATH = 4096
 # Not names of anything: as a path component they mean this or the parent directory.
@@ -134,17 +132,22 @@ def check_container_id(value: str) -> str:
     return check_text("container_id", value, MAX_CONTAINER_ID, reason="INVALID_CONTAINER_ID")
 
 
-def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, str]:
+def _check_pairs(pairs: Mapping[str, str], what: str, field: str, reason: str) -> None:
     """Keys of 1-128 characters, values of at most 1024, no control characters."""
-    for key, value in labels.items():
+    for key, value in pairs.items():
         if not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE or (
             control_character(key) or control_character(value)
         ):
             raise errors.InvalidArgument(
-                f"label {capped(key)!r} is invalid: keys take 1-{MAX_LABEL_KEY} characters, "
+                f"{what} {capped(key)!r} is invalid: keys take 1-{MAX_LABEL_KEY} characters, "
                 f"values at most {MAX_LABEL_VALUE}, neither a control character",
-                reason="INVALID_LABEL", field=field, key=capped(key),
+                reason=reason, field=field, key=capped(key),
             )
+
+
+def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, str]:
+    """Keys of 1-128 characters, values of at most 1024, no control characters."""
+    _check_pairs(labels, "label", field, "INVALID_LABEL")
     return dict(labels)
 
 
@@ -479,17 +482,9 @@ class NetworkOptions:
 
 
 def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
-    """Checks every option (keys 1-128 characters, values at most 1024, no control
-    characters) and reads the ones cnm knows; others are kept as labels are."""
-    for key, value in options.items():
-        if not key or len(key) > MAX_OPTION_KEY or len(value) > MAX_OPTION_VALUE or (
-            control_character(key) or control_character(value)
-        ):
-            raise errors.InvalidArgument(
-                f"option {capped(key)!r} is invalid: keys take 1-{MAX_OPTION_KEY} characters, "
-                f"values at most {MAX_OPTION_VALUE}, neither a control character",
-                reason="INVALID_OPTION", field="options", option=capped(key),
-            )
+    """Checks every option (as labels are checked) and reads the ones cnm knows; the
+    others are kept as they are."""
+    _check_pairs(options, "option", "options", "INVALID_OPTION")
     mtu = None
     if OPTION_MTU in options:
         text = options[OPTION_MTU]

@@ -162,13 +162,13 @@ def _changed(before: dict, after: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(redis_server, netns, tmp_path_factory) -> Iterator[World]:
+def world(redis_server, tmp_path_factory) -> Iterator[World]:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
     tmp = tmp_path_factory.mktemp("contract")
     host_id = f"bi{uuid.uuid4().hex[:6]}"
-    ns = netns("cnmbi")
+    ns = support.Netns("cnmbi")
     host = e2e.Host(host_id, ns, tmp / "state", f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock",
                     tmp / "agent.log")
     cluster = e2e.Cluster(tmp, redis_server.url, {"h1": host})
@@ -180,20 +180,7 @@ def world(redis_server, netns, tmp_path_factory) -> Iterator[World]:
     finally:
         cluster.stop()
         Path(host.socket_path).unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def netns():
-    made: list[support.Netns] = []
-
-    def make(prefix: str) -> support.Netns:
-        namespace = support.Netns(prefix)
-        made.append(namespace)
-        return namespace
-
-    yield make
-    for namespace in reversed(made):
-        namespace.close()
+        ns.close()
 
 
 def _populate(cluster: e2e.Cluster, host: e2e.Host, redis_url: str) -> World:
