@@ -162,12 +162,12 @@ class Orchestrator:
             host_id, sep, address = item.partition("=")
             if not sep or not host_id or not address:
                 raise errors.InvalidArgument(f"invalid host {item!r} in CNM_HOSTS: want id=addr")
-            validation.check_id("host_id", host_id)
+            cnm_validation.check_id("host_id", host_id)
             cnm_validation.check_host_address(address)
             await self.store.put_host(pb.Host(host_id=host_id, address=address, static=True))
 
     async def register_host(self, host: pb.Host) -> pb.Host:
-        validation.check_id("host_id", host.host_id)
+        cnm_validation.check_id("host_id", host.host_id)
         cnm_validation.check_host_address(host.address)
         # Empty: the agent knows of none yet (it is asked again when an overlay needs it).
         cnm_validation.check_underlay_ip(host.underlay_ip, allow_empty=True)
@@ -273,11 +273,16 @@ class Orchestrator:
                 # failed, and deleting a pool that does not exist succeeds.
                 undo.push("delete pool",
                           lambda: self.ipam.delete_pool(network.network_id, force=True))
-                pool = await self.ipam.create_pool(ipam_pb2.Pool(
-                    pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
-                    ip_range=network.ip_range,
-                    labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
-                ))
+                try:
+                    pool = await self.ipam.create_pool(ipam_pb2.Pool(
+                        pool_id=network.network_id, subnet=network.subnet,
+                        gateway=network.gateway, ip_range=network.ip_range,
+                        labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
+                    ))
+                except errors.AlreadyExists as error:
+                    if error.reason != "SUBNET_OVERLAP":
+                        raise
+                    raise await self._overlap(network, error) from error
                 faults.point("create-network-ipam")
                 network.gateway = pool.gateway
                 if network.driver == overlay.DRIVER:
@@ -293,6 +298,22 @@ class Orchestrator:
         log.info("network created", extra={"network": network.name, "id": network.network_id,
                                            "vni": network.vni})
         return network
+
+    async def _overlap(self, network: pb.Network, error: errors.CnmError) -> errors.CnmError:
+        """IPAM's SUBNET_OVERLAP, naming the network that holds the clashing pool (a user
+        knows networks, not pool ids)."""
+        clashing_id = error.metadata.get("clashing_pool_id", "")
+        found = await self.store.get_network(clashing_id) if clashing_id else None
+        if found is None:
+            return errors.AlreadyExists(
+                f"subnet {network.subnet} overlaps IPAM pool {clashing_id!r}, which is not a "
+                "network's", reason="SUBNET_OVERLAP", network=network.name,
+                clashing_pool_id=clashing_id)
+        other = found[0]
+        return errors.AlreadyExists(
+            f"subnet {network.subnet} overlaps subnet {other.subnet} of network {other.name!r} "
+            f"({other.network_id})", reason="SUBNET_OVERLAP", network=network.name,
+            clashing_network=other.name, clashing_network_id=other.network_id)
 
     async def _drop_intent_unless(self, undo: Undo, key: str) -> None:
         if not undo.failed:
@@ -451,7 +472,7 @@ class Orchestrator:
     # --- endpoints ----------------------------------------------------------
 
     async def connect(self, request: pb.ConnectContainerRequest) -> pb.Endpoint:
-        validation.check_id("container_id", request.container_id)
+        cnm_validation.check_id("container_id", request.container_id)
         network, state = await self.store.resolve_network(request.network)
         if state == STATE_DELETING:
             raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
@@ -459,11 +480,8 @@ class Orchestrator:
         subnet = ipaddress.ip_network(network.subnet)
         address = ""
         if request.address:
-            address = str(validation.address_in("address", request.address, subnet))
-            if address == network.gateway:
-                raise errors.InvalidArgument(
-                    f"address {address} is the gateway of network {network.name!r}",
-                    field="address")
+            address = cnm_validation.check_endpoint_address(subnet, network.gateway,
+                                                            request.address, "address")
         mappings = validation.port_mappings(request.port_mappings, network.internal)
         sandbox = cnm_validation.check_sandbox(request.sandbox or request.container_id)
         endpoint_id = validation.endpoint_id(network.network_id, request.container_id)

@@ -10,7 +10,9 @@ that was unhealthy or unreachable is brought in line when it registers
 again or by the reconciler.
 
 A push is a full replacement, so pushes must never go back in time, yet
-they are not serialised: each carries a generation taken (Redis INCR)
+they are not serialised: each carries a generation taken (Redis INCR, and
+never below Redis's clock in microseconds: a count started again after
+Redis lost it still goes past what the agents applied)
 *after* the change it follows was recorded and *before* the records are
 read, and an agent ignores a generation older than the last it applied.
 The highest generation delivered therefore holds everything recorded
@@ -199,13 +201,13 @@ class Overlay:
         the network for the reconciler; so does a host that is not healthy (it
         is brought in line when it registers again).
         """
-        # One round trip; the generation is taken before anything is read.
+        # The generation is taken before anything is read.
+        generation = await self.store.next_peers_generation(network_id)
         pipe = self.store.r.pipeline(transaction=False)
-        pipe.incr(k("net", network_id, "peers-gen"))
         pipe.smembers(k("net", network_id, "hosts"))
         pipe.hgetall(k("hosts"))
         pipe.smembers(k("net", network_id, "eps"))
-        generation, on_network, raw_hosts, endpoint_ids = await pipe.execute()
+        on_network, raw_hosts, endpoint_ids = await pipe.execute()
         on_network = {member.decode() for member in on_network}
         hosts = [host for host in map(pb.Host.FromString, raw_hosts.values())
                  if host.host_id in on_network]

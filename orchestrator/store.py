@@ -11,7 +11,7 @@ Layout (prefix ``{cnm-orch}:``)::
     net:<id>:eps        SET   endpoint ids recorded on the network
     net:<id>:pending    SET   endpoint ids with a connect in flight
     net:<id>:hosts      SET   host ids that may have the network in their kernel
-    net:<id>:peers-gen  STRING generation of the overlay peers last computed
+    net:<id>:peers-gen  STRING generation of the overlay peers last computed (>= clock in us)
     ep:<id>             STRING Endpoint bytes (the record of a connected endpoint)
     ctr:<id>:eps        SET   endpoint ids (recorded or in flight) of a container
     host:<id>:eps       SET   endpoint ids recorded on a host
@@ -185,6 +185,20 @@ end
 return 0
 """
 
+# The next generation of a network's peers push: higher than every earlier one, and at
+# least Redis's clock in microseconds, so that a count started again (Redis flushed or
+# replaced) still goes past what the agents applied; 2^53 microseconds is the year 2255.
+_NEXT_PEERS_GENERATION = """
+local now = redis.call('TIME')
+local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local generation = redis.call('INCR', KEYS[1])
+if generation < clock then
+  redis.call('SET', KEYS[1], clock)
+  generation = clock
+end
+return generation
+"""
+
 _SWAP_HOST = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -242,6 +256,7 @@ class Store:
         self._acquire = client.register_script(_ACQUIRE_LOCK)
         self._extend = client.register_script(_EXTEND_LOCK)
         self._swap_host = client.register_script(_SWAP_HOST)
+        self._next_peers_generation = client.register_script(_NEXT_PEERS_GENERATION)
         self._release = client.register_script(_RELEASE_LOCK)
 
     @classmethod
@@ -340,7 +355,9 @@ class Store:
         return sorted(m.decode() for m in await self.r.smembers(k("net", network_id, "hosts")))
 
     async def next_peers_generation(self, network_id: str) -> int:
-        return int(await self.r.incr(k("net", network_id, "peers-gen")))
+        """Monotonic per network, never going back after a restart of the count (see
+        _NEXT_PEERS_GENERATION), and far below the 2^63-1 the agents take."""
+        return int(await self._next_peers_generation(keys=[k("net", network_id, "peers-gen")]))
 
     async def mark_peers_dirty(self, network_id: str) -> None:
         await self.r.sadd(k("peers-dirty"), network_id)

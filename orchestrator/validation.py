@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 
 from cnm import errors, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -14,10 +13,6 @@ DRIVERS = ("bridge", "overlay")
 def endpoint_id(network_id: str, container_id: str) -> str:
     """Derived, so that a retried connect names the same endpoint (and IPAM owner)."""
     return hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()[:16]
-
-
-def check_id(kind: str, value: str) -> str:
-    return validation.check_id(kind, value)
 
 
 def network(spec: pb.Network) -> pb.Network:
@@ -47,10 +42,6 @@ def network(spec: pb.Network) -> pb.Network:
         ip_range=ip_range,
         internal=spec.internal, options=dict(spec.options), labels=dict(spec.labels),
     )
-
-
-def address_in(what: str, value: str, subnet) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return validation.address_inside(subnet, value, what)
 
 
 def same_network(existing: pb.Network, wanted: pb.Network) -> bool:

@@ -57,7 +57,9 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
             return ipam_pb2.CreatePoolResponse(pool=self.pools[pool.pool_id])
         for other in self.pools.values():
             if ipaddress.ip_network(other.subnet).overlaps(subnet):
-                raise errors.AlreadyExists(f"subnet {subnet} overlaps pool {other.pool_id}")
+                raise errors.AlreadyExists(f"subnet {subnet} overlaps pool {other.pool_id}",
+                                           reason="SUBNET_OVERLAP",
+                                           clashing_pool_id=other.pool_id)
         pool.gateway = pool.gateway or str(next(subnet.hosts()))
         self.pools[pool.pool_id] = pool
         self.allocations[pool.pool_id] = {pool.gateway: "cnm:gateway"}

@@ -218,6 +218,12 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         (("network", "create", "--subnet", "10.71.0.0/24", "--gateway", "10.72.0.1", "n2"), 2,
          "is outside subnet"),
         (("rm", "ghost"), 3, "not found"),
+        (("network", "create", "--subnet", "10.70.0.0/16", "n3"), 4,
+         "overlaps subnet 10.70.0.0/24 of network 'net1'"),
+        (("network", "create", "--subnet", "fd00:70::/64", "--ip-range", "fd00:70::/104", "n4"),
+         2, "IPv6 networks come in a later version"),
+        (("network", "create", "--subnet", "10.73.0.0/24", "-o",
+          "com.docker.network.internal=maybe", "n5"), 2, "com.docker.network.internal"),
     ]
     for args, code, message in cases:
         result = cluster.cnm(*args)

@@ -84,8 +84,12 @@ async def test_create_network_rejects_bad_input_and_changes_nothing(world, field
 
 async def test_ipam_refusal_leaves_no_network(world):
     await create(world, "a", "10.20.0.0/16")
-    with pytest.raises(errors.AlreadyExists, match="overlaps"):
+    with pytest.raises(errors.AlreadyExists) as caught:
         await create(world, "b", "10.20.5.0/24")
+    # The clashing network by name, not IPAM's pool id.
+    assert caught.value.reason == "SUBNET_OVERLAP"
+    assert "overlaps subnet 10.20.0.0/16 of network 'a'" in caught.value.message
+    assert caught.value.metadata["clashing_network"] == "a"
     assert [n.name for n in (await world.call("ListNetworks", pb.ListNetworksRequest())).networks] \
         == ["a"]
     assert await intents(world) == []

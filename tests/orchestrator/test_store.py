@@ -92,3 +92,12 @@ async def test_host_updates_from_two_replicas_lose_nothing(stores, monkeypatch):
     assert stored == updated
     assert stored.underlay_ip == "192.0.2.1" and stored.last_heartbeat_time.seconds == 1234
     assert await ours.update_host("nope", beat) is None
+
+
+async def test_peers_generations_never_go_back_even_when_redis_forgets_them(stores):
+    ours, theirs = stores
+    first = await ours.next_peers_generation("n1")
+    second = await theirs.next_peers_generation("n1")
+    assert first < second < 2**63 - 1  # the agents refuse more (INVALID_GENERATION)
+    await ours.r.delete(k("net", "n1", "peers-gen"))  # Redis flushed, or replaced
+    assert await ours.next_peers_generation("n1") > second

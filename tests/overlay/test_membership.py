@@ -47,7 +47,11 @@ async def test_registers_retries_heartbeats_and_registers_again_when_forgotten()
     membership = Membership(
         orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
         underlay_ip=lambda: "10.99.0.9", ready=_ready,
+        # Before each registration the agent forgets its peers generations: the orchestrator
+        # may have started its count again, and must not find its pushes ignored.
+        registering=lambda: forgotten.append(len(fake.registered)),
     )
+    forgotten: list[int] = []
     membership.interval = 0.05  # the servicer asks for none: keep this one
     task = asyncio.create_task(membership.run())
     try:
@@ -59,6 +63,7 @@ async def test_registers_retries_heartbeats_and_registers_again_when_forgotten()
         task.cancel()
         await running.stop(0)
     assert len(fake.registered) >= 2  # the first try failed, and it was forgotten once
+    assert forgotten[:3] == [0, 0, 1]  # before the refused try, its retry, the second one
     host = fake.registered[0]
     assert (host.host_id, host.address, host.underlay_ip) == ("h9", "unix:/tmp/h9.sock",
                                                               "10.99.0.9")
