@@ -60,7 +60,7 @@ def control_character(value: str) -> str | None:
     return None
 
 
-def check_text(field: str, value: str, max_length: int, *, reason: str = "INVALID_TEXT") -> str:
+def check_text(field: str, value: str, max_length: int, *, reason: str) -> str:
     """A free-form field: at most ``max_length`` characters, no control characters."""
     if len(value) > max_length:
         raise errors.InvalidArgument(

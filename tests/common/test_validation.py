@@ -20,12 +20,12 @@ def test_ids_are_refused(value):
                                    "sep\u2028"])
 def test_free_form_text_refuses_control_characters(value):
     with pytest.raises(errors.InvalidArgument, match="control character"):
-        validation.check_text("owner", value, 256)
+        validation.check_text("owner", value, 256, reason="INVALID_OWNER")
     with pytest.raises(errors.InvalidArgument):
         validation.check_labels({"key": value})
     with pytest.raises(errors.InvalidArgument):
         validation.check_network_options({"key": value})
-    validation.check_text("owner", "ok ünïcode and spaces", 256)
+    validation.check_text("owner", "ok ünïcode and spaces", 256, reason="INVALID_OWNER")
 
 
 @pytest.mark.parametrize(("subnet", "reason"), [
