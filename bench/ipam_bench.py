@@ -108,7 +108,7 @@ def release_owners(client: redis.Redis, pool_id: str, owners: list[str]) -> None
     sha = client.script_load(lua.RELEASE)
     pipe = client.pipeline(transaction=False)
     for owner in owners:
-        pipe.evalsha(sha, 5, *pool_keys(pool_id), "owner", owner)
+        pipe.evalsha(sha, len(pool_keys(pool_id)), *pool_keys(pool_id), "owner", owner)
     pipe.execute()
 
 
@@ -118,7 +118,7 @@ def fill_to_90_percent(client: redis.Redis, pool_id: str, prefix: str, seed: int
     pipe = client.pipeline(transaction=False)
     for base in range(0, SLASH16_CAPACITY, 4096):
         owners = [f"{prefix}{i}" for i in range(base, min(SLASH16_CAPACITY, base + 4096))]
-        pipe.evalsha(sha, 5, *pool_keys(pool_id), *owners)
+        pipe.evalsha(sha, len(pool_keys(pool_id)), *pool_keys(pool_id), *owners)
     pipe.execute()
     freed = random.Random(seed).sample(range(SLASH16_CAPACITY), SLASH16_CAPACITY // 10)
     release_owners(client, pool_id, [f"{prefix}{i}" for i in freed])

@@ -6,7 +6,6 @@ import grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.enable_retries", 1),
 ]
 
 

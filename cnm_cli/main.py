@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from cnm import config, errors, grpc_client, validation
+from cnm import config, errors, grpc_client, pagination, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 
@@ -136,6 +136,10 @@ class Client:
         rpc = getattr(self.stub, method)
         return lambda request: rpc(request, timeout=TIMEOUT)
 
+    def list_all(self, method: str, request, field: str) -> list:
+        """Every item a List RPC selects, through all of its pages."""
+        return pagination.fetch_all(getattr(self, method), request, field)
+
 
 # --- network ---------------------------------------------------------------
 
@@ -161,8 +165,8 @@ def network_ls(client: Client, args) -> int:
             labels.append(value)
         else:
             raise UsageError(f"invalid filter {spec!r}: want driver=NAME or label=KEY[=VALUE]")
-    networks = client.ListNetworks(pb.ListNetworksRequest(driver=driver,
-                                                          label_filters=labels)).networks
+    networks = client.list_all("ListNetworks", pb.ListNetworksRequest(
+        driver=driver, label_filters=labels), "networks")
     if args.quiet:
         for network in networks:
             print(network.network_id)
@@ -215,13 +219,13 @@ def resolve_container(client: Client, host_id: str, container: str) -> str:
     """The container id of ``container``: a sandbox made by ``cnm run`` if there is one."""
     derived = sandbox_name(host_id, container)
     try:
-        sandboxes = {s.name for s in client.ListSandboxes(
-            pb.ListSandboxesRequest(host_id=host_id)).sandboxes}
+        sandboxes = {s.name for s in client.list_all(
+            "ListSandboxes", pb.ListSandboxesRequest(host_id=host_id), "sandboxes")}
     except grpc.RpcError:
         # The host is down or gone (what disconnect --force is for): the
         # orchestrator's records still know the endpoints of a `cnm run` sandbox.
-        recorded = client.ListEndpoints(pb.ListEndpointsRequest(container_id=derived,
-                                                                host_id=host_id)).endpoints
+        recorded = client.ListEndpoints(pb.ListEndpointsRequest(
+            container_id=derived, host_id=host_id, page_size=1)).endpoints
         return derived if recorded else container
     if container in sandboxes:
         return container
@@ -253,7 +257,7 @@ def network_disconnect(client: Client, args) -> int:
 
 
 def host_ls(client: Client, args) -> int:
-    hosts = client.ListHosts(pb.ListHostsRequest()).hosts
+    hosts = client.list_all("ListHosts", pb.ListHostsRequest(), "hosts")
     if args.format == "json":
         print_json([to_dict(host) for host in hosts])
         return 0
@@ -267,7 +271,7 @@ def host_ls(client: Client, args) -> int:
 
 
 def host_rm(client: Client, args) -> int:
-    static = {host.host_id for host in client.ListHosts(pb.ListHostsRequest()).hosts
+    static = {host.host_id for host in client.list_all("ListHosts", pb.ListHostsRequest(), "hosts")
               if host.static}
     status = 0
     for host_id in args.hosts:
@@ -302,7 +306,8 @@ def run(client: Client, args) -> int:
     launcher = nsenter()
     # CreateSandbox returns an existing sandbox as is: a second container would
     # share the first one's namespace, and remove it when it exits.
-    existing = client.ListSandboxes(pb.ListSandboxesRequest(host_id=args.host)).sandboxes
+    existing = client.list_all("ListSandboxes", pb.ListSandboxesRequest(host_id=args.host),
+                               "sandboxes")
     if any(s.name == sandbox for s in existing):
         raise errors.AlreadyExists(
             f"container name {name!r} is already in use on host {args.host!r}: "
@@ -390,7 +395,8 @@ def rm(client: Client, args) -> int:
 
 
 def ps(client: Client, args) -> int:
-    sandboxes = client.ListSandboxes(pb.ListSandboxesRequest(host_id=args.host or "")).sandboxes
+    sandboxes = client.list_all("ListSandboxes", pb.ListSandboxesRequest(host_id=args.host or ""),
+                                "sandboxes")
     if args.format == "json":
         print_json([to_dict(sandbox) for sandbox in sandboxes])
         return 0

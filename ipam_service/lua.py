@@ -8,6 +8,9 @@ id so that they live in one Redis Cluster slot:
     KEYS[3] owners    HASH  owner -> address (the gateway too; reserved addresses have none)
     KEYS[4] holders   HASH  address -> owner (gateway, reserved and endpoint addresses)
     KEYS[5] bitmap    STRING bit i set = address range start + i is not free
+    KEYS[6] order     ZSET  "<address as fixed-width hex> <address>" for each holders
+                            field, all scores 0: address order is lexical order, so a
+                            listing reads one page in O(log n + page)
 
 The overlap index scripts take the one index key (its own hash tag).
 Addresses cross the Lua boundary as text, written exactly as Python's
@@ -117,11 +120,26 @@ local function next_free(bitmap, holders, cursor, range)
   end
 end
 
+-- The order index member of an address: fixed-width hex, a space, the text.
+local function order_member(address)
+  if not string.find(address, ':', 1, true) then
+    return string.format('%08x', ipv4_number(address)) .. ' ' .. address
+  end
+  local hex = {}
+  for i, group in ipairs(ipv6_groups(address)) do hex[i] = string.format('%04x', group) end
+  return table.concat(hex) .. ' ' .. address
+end
+
+local function hold(address, owner)
+  redis.call('SADD', KEYS[2], address)
+  redis.call('HSET', KEYS[4], address, owner)
+  redis.call('ZADD', KEYS[6], 0, order_member(address))
+end
+
 local function take(address, owner, bit)
   if bit then redis.call('SETBIT', KEYS[5], bit, 1) end
-  redis.call('SADD', KEYS[2], address)
+  hold(address, owner)
   redis.call('HSET', KEYS[3], owner, address)
-  redis.call('HSET', KEYS[4], address, owner)
 end
 """
 
@@ -134,7 +152,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'fingerprint') == ARGV[1] then return 'exists' end
   return 'different'
 end
-redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 local i = 2
 local n = tonumber(ARGV[i])
 redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + n))
@@ -148,8 +166,7 @@ for j = i + 1, i + bits do redis.call('SETBIT', KEYS[5], tonumber(ARGV[j]), 1) e
 i = i + bits + 1
 while i < #ARGV do
   local address, owner = ARGV[i], ARGV[i + 1]
-  redis.call('SADD', KEYS[2], address)
-  redis.call('HSET', KEYS[4], address, owner)
+  hold(address, owner)
   if owner == 'cnm:gateway' then redis.call('HSET', KEYS[3], owner, address) end
   i = i + 2
 end
@@ -240,6 +257,7 @@ end
 redis.call('SREM', KEYS[2], address)
 redis.call('HDEL', KEYS[3], owner)
 redis.call('HDEL', KEYS[4], address)
+redis.call('ZREM', KEYS[6], order_member(address))
 local bit = bit_of(range_of(f[1], f[2], f[3]), address)
 if bit then redis.call('SETBIT', KEYS[5], bit, 0) end
 return {'released', address}
@@ -251,7 +269,7 @@ DELETE_POOL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'absent', 0} end
 local held = redis.call('HLEN', KEYS[3]) - redis.call('HEXISTS', KEYS[3], 'cnm:gateway')
 if held > 0 and ARGV[1] ~= '1' then return {'in_use', held} end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return {'deleted', held}
 """
 
@@ -264,11 +282,42 @@ local taken = redis.call('BITCOUNT', KEYS[3], 0, size - 1, 'BIT')
 return {meta, redis.call('SCARD', KEYS[2]), size - taken}
 """
 
-# KEYS: meta, holders. Reply: address -> owner as a flat list, or nil for no pool.
-LIST_ALLOCATIONS = """
+# KEYS: meta, addresses, owners, holders, bitmap, order (the pool's keys).
+# ARGV: the hex of the last address of the previous page ('' for the first), page size.
+# Reply: nil for no pool, else {more (0/1), hex, address, owner, hex, address, owner...}.
+LIST_ALLOCATIONS = (
+    _HELPERS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('HGETALL', KEYS[2])
+-- A pool made before the order index existed gets it on its first listing.
+if redis.call('ZCARD', KEYS[6]) ~= redis.call('HLEN', KEYS[4]) then
+  redis.call('UNLINK', KEYS[6])
+  local held = redis.call('HKEYS', KEYS[4])
+  for i = 1, #held, 1000 do
+    local members = {}
+    for j = i, math.min(i + 999, #held) do
+      members[#members + 1] = 0
+      members[#members + 1] = order_member(held[j])
+    end
+    redis.call('ZADD', KEYS[6], unpack(members))
+  end
+end
+local size = tonumber(ARGV[2])
+local low = '-'
+-- '~' sorts after the space of every member whose hex equals the last one.
+if ARGV[1] ~= '' then low = '(' .. ARGV[1] .. '~' end
+local members = redis.call('ZRANGE', KEYS[6], low, '+', 'BYLEX', 'LIMIT', 0, size + 1)
+local reply = {#members > size and 1 or 0}
+for i = 1, math.min(#members, size) do
+  local space = string.find(members[i], ' ', 1, true)
+  local address = string.sub(members[i], space + 1)
+  reply[#reply + 1] = string.sub(members[i], 1, space - 1)
+  reply[#reply + 1] = address
+  reply[#reply + 1] = redis.call('HGET', KEYS[4], address) or ''
+end
+return reply
 """
+)
 
 _HEX = """
 -- a <= b for equal-width hex strings, compared 8 digits at a time as numbers

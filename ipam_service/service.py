@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
-from cnm import errors, server
+from cnm import errors, pagination, server
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from ipam_service import pools
 from ipam_service.store import RedisStore, StoredPool, Usage
 
 SERVICE_NAME = ipam_pb2.DESCRIPTOR.services_by_name["IpamService"].full_name
+# An allocation listing's page token continues after an address's order key (hex).
+_ORDER_KEY = re.compile(r"[0-9a-f]{8}|[0-9a-f]{32}")
 
 
 def _usage_message(usage: Usage) -> ipam_pb2.PoolUsage:
@@ -54,8 +57,10 @@ class IpamService(ipam_pb2_grpc.IpamServiceServicer):
         return ipam_pb2.GetPoolResponse(pool=pool_message(await self.store.get_pool(pool_id)))
 
     async def ListPools(self, request, context):
-        stored = await self.store.list_pools()
-        return ipam_pb2.ListPoolsResponse(pools=[pool_message(pool) for pool in stored])
+        page = pagination.paginate(await self.store.list_pools(), request,
+                                   key=lambda pool: pool.spec.pool_id)
+        return ipam_pb2.ListPoolsResponse(pools=[pool_message(pool) for pool in page.items],
+                                          next_page_token=page.next_page_token)
 
     async def DeletePool(self, request, context):
         pool_id = pools.check_pool_id(request.pool_id)
@@ -103,17 +108,16 @@ class IpamService(ipam_pb2_grpc.IpamServiceServicer):
 
     async def ListAllocations(self, request, context):
         pool_id = pools.check_pool_id(request.pool_id)
-        allocations = await self.store.list_allocations(pool_id)
+        where = pagination.cursor(request)
+        if where.after is not None and not _ORDER_KEY.fullmatch(str(where.after)):
+            raise errors.InvalidArgument("page_token does not belong to this listing",
+                                         reason="INVALID_PAGE_TOKEN", field="page_token")
+        page = await self.store.allocations_page(pool_id, where.after or "", where.size)
         return ipam_pb2.ListAllocationsResponse(
-            allocations=[
-                ipam_pb2.Allocation(address=address, owner=owner) for address, owner in allocations
-            ]
+            allocations=[ipam_pb2.Allocation(address=address, owner=owner)
+                         for address, owner in page.rows],
+            next_page_token=where.next_token(page.after) if page.after else "",
         )
-
-    async def GetPoolUsage(self, request, context):
-        pool_id = pools.check_pool_id(request.pool_id)
-        usage = await self.store.usage(pool_id)
-        return ipam_pb2.GetPoolUsageResponse(usage=_usage_message(usage))
 
 
 @dataclass

@@ -7,7 +7,7 @@ what makes redis-py's retry after a lost reply safe.
 
 Keys, hash-tagged so that a pool's keys share one Cluster slot::
 
-    cnm:ipam:{<pool-id>}:meta | :addresses | :owners | :holders | :bitmap
+    cnm:ipam:{<pool-id>}:meta | :addresses | :owners | :holders | :bitmap | :order
     cnm:ipam:{pools}:index        HASH pool id -> "family first_hex last_hex fingerprint"
     cnm:ipam:{pools}:index-times  HASH pool id -> when its index entry was made (unix s)
 
@@ -41,12 +41,15 @@ INDEX_KEYS = [INDEX_KEY, INDEX_TIMES_KEY]
 # delete cut short (each takes milliseconds); list_pools removes it.
 STALE_INDEX_SECONDS = 60
 LIST_CONCURRENCY = 64
+# Allocations read per script call when listing a whole pool.
+LIST_PAGE = 1000
 
 
 def pool_keys(pool_id: str) -> list[str]:
-    """meta, addresses, owners, holders, bitmap: the order every per-pool script expects."""
+    """meta, addresses, owners, holders, bitmap, order: as every per-pool script takes them."""
     prefix = f"cnm:ipam:{{{pool_id}}}"
-    return [f"{prefix}:{part}" for part in ("meta", "addresses", "owners", "holders", "bitmap")]
+    return [f"{prefix}:{part}"
+            for part in ("meta", "addresses", "owners", "holders", "bitmap", "order")]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,12 @@ class Usage:
     size: int
     allocated: int
     free: int
+
+
+@dataclass(frozen=True)
+class AllocationsPage:
+    rows: list[tuple[str, str]]  # (address, owner)
+    after: str  # the order key to continue after; "" on the last page
 
 
 @dataclass(frozen=True)
@@ -185,7 +194,7 @@ class RedisStore:
                 await self._index_release(keys=INDEX_KEYS, args=[spec.pool_id, entry])
 
     async def get_pool(self, pool_id: str) -> StoredPool:
-        meta_key, addresses_key, _, _, bitmap_key = pool_keys(pool_id)
+        meta_key, addresses_key, _, _, bitmap_key, _ = pool_keys(pool_id)
         with self._redis(f"get pool {pool_id!r}"):
             reply = await self._get(keys=[meta_key, addresses_key, bitmap_key])
         if not reply:
@@ -330,14 +339,23 @@ class RedisStore:
             )
         return reply[1] if reply[0] == "released" else ""
 
-    async def list_allocations(self, pool_id: str) -> list[tuple[str, str]]:
-        meta_key, _, _, holders_key, _ = pool_keys(pool_id)
+    async def allocations_page(self, pool_id: str, after: str, size: int) -> AllocationsPage:
+        """Up to ``size`` allocations in address order, after the address whose order key
+        is ``after`` ("" for the first page)."""
         with self._redis(f"list allocations of pool {pool_id!r}"):
-            flat = await self._list_allocations(keys=[meta_key, holders_key])
-        if flat is None:
+            reply = await self._list_allocations(keys=pool_keys(pool_id), args=[after, size])
+        if reply is None:
             raise _pool_not_found(pool_id)
-        pairs = zip(flat[::2], flat[1::2], strict=True)
-        return sorted(pairs, key=lambda pair: ipaddress.ip_address(pair[0]))
+        rows = [(address, owner) for address, owner in zip(reply[2::3], reply[3::3], strict=True)]
+        return AllocationsPage(rows, reply[-3] if reply[0] else "")
 
-    async def usage(self, pool_id: str) -> Usage:
-        return (await self.get_pool(pool_id)).usage
+    async def list_allocations(self, pool_id: str) -> list[tuple[str, str]]:
+        """Every allocation of a pool, in address order."""
+        rows, after = [], ""
+        while True:
+            page = await self.allocations_page(pool_id, after, LIST_PAGE)
+            rows += page.rows
+            if not page.after:
+                return rows
+            after = page.after
+

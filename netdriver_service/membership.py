@@ -59,7 +59,7 @@ class Membership:
             )),
             timeout=REGISTER_TIMEOUT,
         )
-        self.interval = float(reply.heartbeat_interval_seconds or self.interval)
+        self.interval = reply.heartbeat_interval.ToTimedelta().total_seconds() or self.interval
         self.announced_underlay = underlay_ip
         self.registered.set()
         log.info("registered", extra={"orchestrator": self.orchestrator,

@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from importlib import metadata
 from typing import TypeVar
 
-from cnm import errors
+from cnm import errors, pagination
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from netdriver_service.agent import Agent
 from netdriver_service.drivers.overlay import Peer, RemoteEndpoint
@@ -95,11 +95,11 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
         return netdriver_pb2.DeleteSandboxResponse()
 
     async def ListSandboxes(self, request, context):
+        page = pagination.paginate(self.agent.list_sandboxes(), request,
+                                   key=lambda sandbox: sandbox[0])
         return netdriver_pb2.ListSandboxesResponse(
-            sandboxes=[
-                netdriver_pb2.Sandbox(name=name, path=path)
-                for name, path in self.agent.list_sandboxes()
-            ]
+            sandboxes=[netdriver_pb2.Sandbox(name=name, path=path) for name, path in page.items],
+            next_page_token=page.next_page_token,
         )
 
     async def GetState(self, request, context):

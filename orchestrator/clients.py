@@ -8,10 +8,11 @@ becomes UNAVAILABLE: for the caller the peer is as good as down.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc
 
-from cnm import errors, grpc_client
+from cnm import errors, grpc_client, pagination
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 
@@ -69,9 +70,10 @@ class Ipam:
                    ipam_pb2.ReleaseAddressRequest(pool_id=pool_id, owner=owner), IPAM_TIMEOUT)
 
     async def list_allocations(self, pool_id: str) -> list[ipam_pb2.Allocation]:
-        reply = await call(f"ipam: list allocations of pool {pool_id}", self.stub.ListAllocations,
-                           ipam_pb2.ListAllocationsRequest(pool_id=pool_id), IPAM_TIMEOUT)
-        return list(reply.allocations)
+        return await pagination.fetch_all_async(
+            functools.partial(call, f"ipam: list allocations of pool {pool_id}",
+                              self.stub.ListAllocations, timeout=IPAM_TIMEOUT),
+            ipam_pb2.ListAllocationsRequest(pool_id=pool_id), "allocations")
 
 
 class Agent:
@@ -140,9 +142,10 @@ class Agent:
                    netdriver_pb2.DeleteSandboxRequest(name=name), AGENT_TIMEOUT)
 
     async def list_sandboxes(self) -> list[netdriver_pb2.Sandbox]:
-        reply = await call(self._what("list sandboxes"), self.stub.ListSandboxes,
-                           netdriver_pb2.ListSandboxesRequest(), AGENT_TIMEOUT)
-        return list(reply.sandboxes)
+        return await pagination.fetch_all_async(
+            functools.partial(call, self._what("list sandboxes"), self.stub.ListSandboxes,
+                              timeout=AGENT_TIMEOUT),
+            netdriver_pb2.ListSandboxesRequest(), "sandboxes")
 
     async def get_state(self) -> netdriver_pb2.GetStateResponse:
         return await call(self._what("get state"), self.stub.GetState,

@@ -4,8 +4,11 @@ flows called, responses out."""
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 
-from cnm import validation
+from google.protobuf import duration_pb2
+
+from cnm import pagination, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.redis_client import unavailable
@@ -49,8 +52,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         for label_filter in request.label_filters:
             validation.check_text("label_filters", label_filter, validation.MAX_LABEL_KEY + 1
                                   + validation.MAX_LABEL_VALUE, reason="INVALID_LABEL")
-        networks = await self.orch.list_networks(request.driver, request.label_filters)
-        return pb.ListNetworksResponse(networks=networks)
+        page = pagination.paginate(
+            await self.orch.list_networks(request.driver, request.label_filters), request,
+            key=lambda network: network.name)
+        return pb.ListNetworksResponse(networks=page.items, next_page_token=page.next_page_token)
 
     async def DeleteNetwork(self, request, context):
         validation.check_network_name("network", request.network)
@@ -84,9 +89,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         for field in ("container_id", "host_id"):
             if getattr(request, field):
                 validation.check_id(field, getattr(request, field))
-        endpoints = await self.orch.list_endpoints(request.network, request.container_id,
-                                                   request.host_id)
-        return pb.ListEndpointsResponse(endpoints=endpoints)
+        page = pagination.paginate(
+            await self.orch.list_endpoints(request.network, request.container_id,
+                                           request.host_id), request,
+            key=lambda endpoint: f"{endpoint.network_name}\0{endpoint.container_id}")
+        return pb.ListEndpointsResponse(endpoints=page.items,
+                                        next_page_token=page.next_page_token)
 
     async def CreateSandbox(self, request, context):
         validation.check_id("host_id", request.host_id)
@@ -101,12 +109,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListSandboxes(self, request, context):
         if request.host_id:
             validation.check_id("host_id", request.host_id)
-        return pb.ListSandboxesResponse(sandboxes=await self.orch.list_sandboxes(request.host_id))
+        page = pagination.paginate(
+            await self.orch.list_sandboxes(request.host_id), request,
+            key=lambda sandbox: f"{sandbox.host_id}\0{sandbox.name}")
+        return pb.ListSandboxesResponse(sandboxes=page.items,
+                                        next_page_token=page.next_page_token)
 
     async def RegisterHost(self, request, context):
         host = await self.orch.register_host(request.host)
-        return pb.RegisterHostResponse(host=host,
-                                       heartbeat_interval_seconds=self.orch.heartbeat_interval)
+        interval = duration_pb2.Duration()
+        interval.FromTimedelta(timedelta(seconds=self.orch.heartbeat_interval))
+        return pb.RegisterHostResponse(host=host, heartbeat_interval=interval)
 
     async def HeartbeatHost(self, request, context):
         validation.check_id("host_id", request.host_id)
@@ -114,7 +127,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.HeartbeatHostResponse(reregister=not known)
 
     async def ListHosts(self, request, context):
-        return pb.ListHostsResponse(hosts=await self.orch.list_hosts())
+        page = pagination.paginate(await self.orch.list_hosts(), request,
+                                   key=lambda host: host.host_id)
+        return pb.ListHostsResponse(hosts=page.items, next_page_token=page.next_page_token)
 
     async def DeleteHost(self, request, context):
         validation.check_id("host_id", request.host_id)

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
+# google.api.field_behavior: the .proto is vendored (so buf lint runs offline) from
+# the googleapis-common-protos package the services import its Python code from;
+# copying it here makes the drift check catch a version that moved.
+vendored=protos/google/api/field_behavior.proto
+mkdir -p "$(dirname "$vendored")"
+cp "$("$PYTHON" -c 'import google.api, pathlib; print(pathlib.Path(google.api.__path__[0]))')/field_behavior.proto" "$vendored"
 for pkg in ipam netdriver orchestrator; do
   out=cnm/$pkg/v1
   rm -f "$out"/*_pb2*.py "$out"/*_pb2*.pyi

@@ -19,7 +19,9 @@ It asserts that no answer is UNKNOWN or INTERNAL, that every error is one
 the client can read (a cnm ErrorInfo with a reason and a bounded message:
 never the RESOURCE_EXHAUSTED of an oversized status), that a value no field
 takes (control characters, 10,000 characters, an undefined enum, a malformed
-subnet) is INVALID_ARGUMENT unless the field is output only, and that the
+subnet), or an empty message or empty field where the proto says REQUIRED
+(google.api.field_behavior), is INVALID_ARGUMENT unless the field is output
+only (read from the same annotations), and that the
 state (Redis keys and values, the agent namespace's links and nftables
 ruleset, its sandboxes) is unchanged. An RPC added later is covered without
 editing this file.
@@ -73,18 +75,6 @@ SUBNET_FIELDS = ("subnet", "ip_range", "address", "gateway", "underlay_ip", "hos
 MALFORMED = "malformed"
 # Some fields take these (an empty optional field, a label value "../.."): any clean answer.
 MAYBE = "maybe"
-
-# Fields that requests carry but servers ignore, until the protos mark them OUTPUT_ONLY.
-OUTPUT_ONLY_FALLBACK = {
-    "cnm.orchestrator.v1.Network.network_id", "cnm.orchestrator.v1.Network.vni",
-    "cnm.orchestrator.v1.Network.create_time", "cnm.orchestrator.v1.Network.endpoints",
-    "cnm.orchestrator.v1.Network.hosts",
-    "cnm.orchestrator.v1.Host.state", "cnm.orchestrator.v1.Host.endpoint_count",
-    "cnm.orchestrator.v1.Host.last_heartbeat_time", "cnm.orchestrator.v1.Host.static",
-    "cnm.ipam.v1.Pool.family", "cnm.ipam.v1.Pool.usage", "cnm.ipam.v1.Pool.create_time",
-    "cnm.netdriver.v1.Endpoint.host_interface", "cnm.netdriver.v1.Endpoint.detached",
-    "cnm.netdriver.v1.Network.vxlan",
-}
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -252,7 +242,6 @@ def _populate(cluster: e2e.Cluster, host: e2e.Host, redis_url: str) -> World:
         ipam + "ReleaseAddress": ipam_pb2.ReleaseAddressRequest(pool_id="bi-full",
                                                                 owner="bi-nobody"),
         ipam + "ListAllocations": ipam_pb2.ListAllocationsRequest(pool_id="bi-full"),
-        ipam + "GetPoolUsage": ipam_pb2.GetPoolUsageRequest(pool_id="bi-full"),
     }
     return World(
         cluster=cluster, host=host, redis_url=redis_url,
@@ -302,12 +291,15 @@ def reflected_rpcs(addresses: dict[str, str]) -> list[Rpc]:
     return rpcs
 
 
-def _output_only(field: FieldDescriptor) -> bool:
-    if field.full_name in OUTPUT_ONLY_FALLBACK:
-        return True
+def _behaviors(field: FieldDescriptor) -> set[int]:
+    """The field's google.api.field_behavior annotations."""
     # Read again as the default pool's FieldOptions, which knows the extension.
     options = descriptor_pb2.FieldOptions.FromString(field.GetOptions().SerializeToString())
-    return field_behavior_pb2.OUTPUT_ONLY in options.Extensions[field_behavior_pb2.field_behavior]
+    return set(options.Extensions[field_behavior_pb2.field_behavior])
+
+
+def _required(descriptor: Descriptor) -> bool:
+    return any(field_behavior_pb2.REQUIRED in _behaviors(field) for field in descriptor.fields)
 
 
 @dataclass(frozen=True)
@@ -318,26 +310,33 @@ class Case:
     output_only: bool
 
 
-def _string_values(field: FieldDescriptor) -> list[tuple[str, str, str]]:
-    values = [("empty", "", MAYBE), ("10,000 characters", LONG, MALFORMED),
+def _string_values(field: FieldDescriptor, required: bool) -> list[tuple[str, str, str]]:
+    values = [("empty", "", MALFORMED if required else MAYBE), ("10,000 characters", LONG, MALFORMED),
               ("control characters", CONTROL, MALFORMED), ("../..", TRAVERSAL, MAYBE)]
     if any(part in field.name for part in SUBNET_FIELDS):
         values += [(repr(subnet), subnet, MALFORMED) for subnet in SUBNETS]
     return values
 
 
-def _mutations(descriptor: Descriptor, depth: int, path: str,
-               output_only: bool) -> Iterator[tuple[str, object, str, bool]]:
-    """(label, a function that applies the mutation to a copy, kind, output only)."""
+def _mutations(descriptor: Descriptor, depth: int, path: str, output_only: bool,
+               enforced: bool) -> Iterator[tuple[str, object, str, bool]]:
+    """(label, a function that applies the mutation to a copy, kind, output only).
+
+    A REQUIRED field left empty is malformed where the message itself must be given
+    (the request, or a REQUIRED message field of it): a field of an optional message
+    may be ignored, as CreateEndpointRequest.network is when the host has the network.
+    """
     for field in descriptor.fields:
         where = f"{path}{field.name}"
-        hidden = output_only or _output_only(field)
+        behaviors = _behaviors(field)
+        hidden = output_only or field_behavior_pb2.OUTPUT_ONLY in behaviors
+        required = enforced and not hidden and field_behavior_pb2.REQUIRED in behaviors
         repeated = field.is_repeated
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             if value_field.type != FieldDescriptor.TYPE_STRING:
                 continue
-            for label, value, kind in _string_values(field):
+            for label, value, kind in _string_values(field, required=False):
                 yield (f"{where}[key={label}]", _set_map(field.name, value or "", "v"),
                        kind if value else MAYBE, hidden)
                 yield (f"{where}[value={label}]", _set_map(field.name, "k", value), kind,
@@ -348,12 +347,12 @@ def _mutations(descriptor: Descriptor, depth: int, path: str,
                 continue
             for label, apply, kind, inner_hidden in _mutations(
                 field.message_type, depth + 1, where + ("[0]." if repeated else "."),
-                hidden,
+                hidden, required,
             ):
                 yield label, _nested(field.name, repeated, apply), kind, inner_hidden
             continue
         if field.type == FieldDescriptor.TYPE_STRING:
-            for label, value, kind in _string_values(field):
+            for label, value, kind in _string_values(field, required):
                 yield f"{where}={label}", _set(field.name, repeated, value), kind, hidden
         elif field.type in _INT_RANGES:
             low, high = _INT_RANGES[field.type]
@@ -395,12 +394,13 @@ def _nested(name: str, repeated: bool, inner):
 def cases(rpc: Rpc, template: bytes | None) -> list[Case]:
     """The empty message, then every mutation of the template (and, exhaustively, of the
     empty message)."""
-    made = [Case("empty message", b"", MAYBE, False)]
+    descriptor = rpc.request.DESCRIPTOR
+    made = [Case("empty message", b"", MALFORMED if _required(descriptor) else MAYBE, False)]
     bases = [("template", template)] if template is not None else [("empty", b"")]
     if EXHAUSTIVE and template is not None:
         bases.append(("empty", b""))
     for base_label, base in bases:
-        for label, apply, kind, hidden in _mutations(rpc.request.DESCRIPTOR, 0, "", False):
+        for label, apply, kind, hidden in _mutations(descriptor, 0, "", False, True):
             message = rpc.request.FromString(base)
             apply(message)
             made.append(Case(f"{base_label}: {label}", message.SerializeToString(), kind, hidden))

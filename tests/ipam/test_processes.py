@@ -9,6 +9,7 @@ import itertools
 import grpc
 import pytest
 
+from cnm import pagination
 from cnm.ipam.v1 import ipam_pb2 as pb
 from cnm.ipam.v1 import ipam_pb2_grpc
 from tests import support
@@ -111,7 +112,7 @@ async def test_two_processes_fill_a_pool_to_exactly_its_capacity(processes, redi
     assert all(ipaddress.ip_address(address) in ip_range for address in granted.values())
     holders = check_pool(redis_url, "big")
     assert holders == {**{a: o for o, a in granted.items()}, "10.60.0.1": "cnm:gateway"}
-    usage = (await second.GetPoolUsage(pb.GetPoolUsageRequest(pool_id="big"))).usage
+    usage = (await second.GetPool(pb.GetPoolRequest(pool_id="big"))).pool.usage
     assert (usage.allocated, usage.free) == (2049, 0)
 
 
@@ -161,8 +162,9 @@ async def test_kill9_mid_load_loses_no_completed_allocation(processes, redis_url
     await asyncio.gather(*clients)
     assert uncertain, "the kill did not interrupt any request"
 
-    listed = await survivor.ListAllocations(pb.ListAllocationsRequest(pool_id="crash"))
-    held = {a.owner: a.address for a in listed.allocations}
+    listed = await pagination.fetch_all_async(
+        survivor.ListAllocations, pb.ListAllocationsRequest(pool_id="crash"), "allocations")
+    held = {a.owner: a.address for a in listed}
     for owner, address in completed.items():
         assert held[owner] == address
     # A retried request gets whatever its first attempt took, never a second address.

@@ -70,7 +70,7 @@ async def exercise(store: RedisStore, pool_ids: list[str]) -> None:
         batch = await store.allocate_batch(pool_id, ["b", "c"])
         assert batch.addresses == [f"10.{n}.0.3", f"10.{n}.0.4"]
         assert await store.release(pool_id, owner="b") == f"10.{n}.0.3"
-        assert (await store.usage(pool_id)).allocated == 3
+        assert (await store.get_pool(pool_id)).usage.allocated == 3
     with pytest.raises(errors.AlreadyExists):
         await store.create_pool(pools.build_pool(pool_id="clash", subnet="10.0.0.0/16"))
     assert [p.spec.pool_id for p in await store.list_pools()] == sorted(pool_ids)

@@ -59,7 +59,7 @@ async def test_allocations_are_next_fit_and_idempotent_per_owner(store, redis_ur
     assert (await store.allocate("p1", "f")).address == "10.1.0.2"
     with pytest.raises(errors.ResourceExhausted):
         await store.allocate("p1", "g")
-    assert (await store.usage("p1")).free == 0
+    assert (await store.get_pool("p1")).usage.free == 0
     check_pool(redis_url, "p1")
 
 
@@ -131,7 +131,7 @@ async def test_batch_is_all_or_nothing(store, redis_url):
     assert snapshot(redis_url) == before
     batch = await store.allocate_batch("p1", [f"x{i}" for i in range(10)])
     assert len(set(batch.addresses)) == 10
-    assert (await store.usage("p1")).free == 0
+    assert (await store.get_pool("p1")).usage.free == 0
     check_pool(redis_url, "p1")
 
 

@@ -3,6 +3,7 @@ the orchestrator as real processes, driven through the ``cnm`` CLI and gRPC."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from cnm import errors
+from cnm import errors, pagination
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -143,10 +144,12 @@ class Cluster:
         """Every pool's allocations, read from the IPAM service: pool -> [(address, owner)]."""
         with grpc.insecure_channel(self.ipam_address) as channel:
             stub = ipam_pb2_grpc.IpamServiceStub(channel)
-            pools = stub.ListPools(ipam_pb2.ListPoolsRequest(), timeout=10).pools
+            pools = pagination.fetch_all(functools.partial(stub.ListPools, timeout=10),
+                                         ipam_pb2.ListPoolsRequest(), "pools")
             return {
-                pool.pool_id: [(a.address, a.owner) for a in stub.ListAllocations(
-                    ipam_pb2.ListAllocationsRequest(pool_id=pool.pool_id), timeout=10).allocations]
+                pool.pool_id: [(a.address, a.owner) for a in pagination.fetch_all(
+                    functools.partial(stub.ListAllocations, timeout=10),
+                    ipam_pb2.ListAllocationsRequest(pool_id=pool.pool_id), "allocations")]
                 for pool in pools
             }
 

@@ -404,7 +404,7 @@ async def test_hosts_register_heartbeat_and_health(world):
     await world.servers["h2"].stop(0)
     reply = await world.call("RegisterHost", pb.RegisterHostRequest(
         host=pb.Host(host_id="h3", address="unix:/nonexistent.sock")))
-    assert reply.heartbeat_interval_seconds == 5
+    assert reply.heartbeat_interval.ToTimedelta().total_seconds() == 5
     beat = await world.call("HeartbeatHost", pb.HeartbeatHostRequest(host_id="h3"))
     assert not beat.reregister
     assert (await world.call("HeartbeatHost",

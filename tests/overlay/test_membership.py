@@ -25,7 +25,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             self.refuse_first = False
             raise errors.Unavailable("orchestrator starting")
         self.registered.append(request.host)
-        return pb.RegisterHostResponse(host=request.host, heartbeat_interval_seconds=0)
+        return pb.RegisterHostResponse(host=request.host, heartbeat_interval={})
 
     async def HeartbeatHost(self, request, context):
         self.heartbeats += 1

@@ -29,19 +29,25 @@ class IpamServiceStub:
     """IpamService manages address pools (one per network) and the allocation of
     addresses in them to owners (endpoint ids).
 
-    Errors use the standard gRPC codes: INVALID_ARGUMENT for malformed input,
-    NOT_FOUND for an unknown pool, ALREADY_EXISTS for a clashing pool or an
-    address held by another owner, FAILED_PRECONDITION for a pool that is
-    still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
-    cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
-    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
-    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
-    (metadata clashing_pool_id),
-    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
-    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
-    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
-    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_OUTSIDE_POOL, ADDRESS_OUTSIDE_SUBNET,
+    BATCH_TOO_LARGE, BROADCAST_ADDRESS, DUPLICATE_OWNER, GATEWAY_ADDRESS,
+    HOST_BITS_SET, INVALID_ADDRESS, INVALID_CIDR, INVALID_ID, INVALID_OWNER,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_POOL_ID, NETWORK_ADDRESS,
+    OWNER_REQUIRED, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET, RANGE_TOO_LARGE,
+    RESERVED_ADDRESS, RESERVED_OWNER, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL,
+    TARGET_REQUIRED.
+    - NOT_FOUND: POOL_NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS, POOL_EXISTS,
+    SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
+    - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
+    - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     def __init__(self, channel):
@@ -90,30 +96,31 @@ class IpamServiceStub:
                 request_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsRequest.SerializeToString,
                 response_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsResponse.FromString,
                 _registered_method=True)
-        self.GetPoolUsage = channel.unary_unary(
-                '/cnm.ipam.v1.IpamService/GetPoolUsage',
-                request_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageRequest.SerializeToString,
-                response_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageResponse.FromString,
-                _registered_method=True)
 
 
 class IpamServiceServicer:
     """IpamService manages address pools (one per network) and the allocation of
     addresses in them to owners (endpoint ids).
 
-    Errors use the standard gRPC codes: INVALID_ARGUMENT for malformed input,
-    NOT_FOUND for an unknown pool, ALREADY_EXISTS for a clashing pool or an
-    address held by another owner, FAILED_PRECONDITION for a pool that is
-    still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
-    cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
-    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
-    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
-    (metadata clashing_pool_id),
-    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
-    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
-    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
-    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_OUTSIDE_POOL, ADDRESS_OUTSIDE_SUBNET,
+    BATCH_TOO_LARGE, BROADCAST_ADDRESS, DUPLICATE_OWNER, GATEWAY_ADDRESS,
+    HOST_BITS_SET, INVALID_ADDRESS, INVALID_CIDR, INVALID_ID, INVALID_OWNER,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_POOL_ID, NETWORK_ADDRESS,
+    OWNER_REQUIRED, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET, RANGE_TOO_LARGE,
+    RESERVED_ADDRESS, RESERVED_OWNER, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL,
+    TARGET_REQUIRED.
+    - NOT_FOUND: POOL_NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS, POOL_EXISTS,
+    SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
+    - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
+    - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     def CreatePool(self, request, context):
@@ -127,7 +134,8 @@ class IpamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPool(self, request, context):
-        """Returns one pool with its usage.
+        """Returns one pool with its usage: how many addresses it has, holds and
+        can still give out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,13 +195,6 @@ class IpamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetPoolUsage(self, request, context):
-        """Returns how many addresses a pool has, holds and can still give out.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_IpamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,11 +238,6 @@ def add_IpamServiceServicer_to_server(servicer, server):
                     request_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsRequest.FromString,
                     response_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsResponse.SerializeToString,
             ),
-            'GetPoolUsage': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetPoolUsage,
-                    request_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageRequest.FromString,
-                    response_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cnm.ipam.v1.IpamService', rpc_method_handlers)
@@ -254,19 +250,25 @@ class IpamService:
     """IpamService manages address pools (one per network) and the allocation of
     addresses in them to owners (endpoint ids).
 
-    Errors use the standard gRPC codes: INVALID_ARGUMENT for malformed input,
-    NOT_FOUND for an unknown pool, ALREADY_EXISTS for a clashing pool or an
-    address held by another owner, FAILED_PRECONDITION for a pool that is
-    still in use, RESOURCE_EXHAUSTED for a full pool, UNAVAILABLE when Redis
-    cannot be reached. Each error carries a google.rpc.ErrorInfo detail with
-    domain "cnm" and a reason a program may switch on: INVALID_CIDR,
-    HOST_BITS_SET, SUBNET_TOO_SMALL, SUBNET_TOO_LARGE, RANGE_TOO_LARGE,
-    RANGE_EMPTY, ADDRESS_OUTSIDE_SUBNET, RANGE_OUTSIDE_SUBNET, SUBNET_OVERLAP
-    (metadata clashing_pool_id),
-    POOL_EXISTS, POOL_NOT_FOUND, POOL_IN_USE, OWNER_REQUIRED, RESERVED_OWNER,
-    ADDRESS_OUTSIDE_POOL, NETWORK_ADDRESS, BROADCAST_ADDRESS, GATEWAY_ADDRESS,
-    RESERVED_ADDRESS, ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS,
-    ADDRESS_PROTECTED, POOL_EXHAUSTED, REDIS_UNAVAILABLE.
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_OUTSIDE_POOL, ADDRESS_OUTSIDE_SUBNET,
+    BATCH_TOO_LARGE, BROADCAST_ADDRESS, DUPLICATE_OWNER, GATEWAY_ADDRESS,
+    HOST_BITS_SET, INVALID_ADDRESS, INVALID_CIDR, INVALID_ID, INVALID_OWNER,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_POOL_ID, NETWORK_ADDRESS,
+    OWNER_REQUIRED, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET, RANGE_TOO_LARGE,
+    RESERVED_ADDRESS, RESERVED_OWNER, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL,
+    TARGET_REQUIRED.
+    - NOT_FOUND: POOL_NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, OWNER_HOLDS_OTHER_ADDRESS, POOL_EXISTS,
+    SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
+    - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
+    - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     @staticmethod
@@ -475,33 +477,6 @@ class IpamService:
             '/cnm.ipam.v1.IpamService/ListAllocations',
             cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsRequest.SerializeToString,
             cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetPoolUsage(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/cnm.ipam.v1.IpamService/GetPoolUsage',
-            cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageRequest.SerializeToString,
-            cnm_dot_ipam_dot_v1_dot_ipam__pb2.GetPoolUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

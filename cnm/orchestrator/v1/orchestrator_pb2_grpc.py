@@ -32,6 +32,32 @@ class OrchestratorServiceStub:
 
     Every mutating call is idempotent: repeating a completed request succeeds
     and changes nothing. A flow that fails undoes its completed steps.
+
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_IS_GATEWAY, ADDRESS_OUTSIDE_SUBNET,
+    DUPLICATE_PORT, HOST_BITS_SET, INVALID_ADDRESS, INVALID_ARGUMENT,
+    INVALID_CIDR, INVALID_HOST_ADDRESS, INVALID_ID, INVALID_INTERFACE_NAME,
+    INVALID_LABEL, INVALID_MTU, INVALID_NETWORK_NAME, INVALID_OPTION,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_PORT, INVALID_PROTOCOL,
+    INVALID_SANDBOX, INVALID_UNDERLAY_IP, IPV6_NOT_SUPPORTED,
+    PORT_MAPPINGS_OVERLAP, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET,
+    RANGE_TOO_LARGE, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL, UNKNOWN_DRIVER.
+    - NOT_FOUND: NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
+    SUBNET_OVERLAP.
+    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
+    NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
+    - UNAVAILABLE: BUSY, HOST_UNHEALTHY, LOCK_LOST, REDIS_UNAVAILABLE,
+    UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    Errors of IPAM and of the host agents reach the caller with their own code
+    and reason (listed in ipam.proto and netdriver.proto), the message saying
+    which step failed.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     def __init__(self, channel):
@@ -129,6 +155,32 @@ class OrchestratorServiceServicer:
 
     Every mutating call is idempotent: repeating a completed request succeeds
     and changes nothing. A flow that fails undoes its completed steps.
+
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_IS_GATEWAY, ADDRESS_OUTSIDE_SUBNET,
+    DUPLICATE_PORT, HOST_BITS_SET, INVALID_ADDRESS, INVALID_ARGUMENT,
+    INVALID_CIDR, INVALID_HOST_ADDRESS, INVALID_ID, INVALID_INTERFACE_NAME,
+    INVALID_LABEL, INVALID_MTU, INVALID_NETWORK_NAME, INVALID_OPTION,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_PORT, INVALID_PROTOCOL,
+    INVALID_SANDBOX, INVALID_UNDERLAY_IP, IPV6_NOT_SUPPORTED,
+    PORT_MAPPINGS_OVERLAP, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET,
+    RANGE_TOO_LARGE, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL, UNKNOWN_DRIVER.
+    - NOT_FOUND: NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
+    SUBNET_OVERLAP.
+    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
+    NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
+    - UNAVAILABLE: BUSY, HOST_UNHEALTHY, LOCK_LOST, REDIS_UNAVAILABLE,
+    UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    Errors of IPAM and of the host agents reach the caller with their own code
+    and reason (listed in ipam.proto and netdriver.proto), the message saying
+    which step failed.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     def CreateNetwork(self, request, context):
@@ -358,6 +410,32 @@ class OrchestratorService:
 
     Every mutating call is idempotent: repeating a completed request succeeds
     and changes nothing. A flow that fails undoes its completed steps.
+
+    Errors carry a google.rpc.ErrorInfo detail with domain "cnm", a reason a
+    program may switch on, and metadata naming the values involved (field,
+    value, ...). The reasons, by status code (a reason equal to its code's
+    name means no more specific reason applies):
+    - INVALID_ARGUMENT: ADDRESS_IS_GATEWAY, ADDRESS_OUTSIDE_SUBNET,
+    DUPLICATE_PORT, HOST_BITS_SET, INVALID_ADDRESS, INVALID_ARGUMENT,
+    INVALID_CIDR, INVALID_HOST_ADDRESS, INVALID_ID, INVALID_INTERFACE_NAME,
+    INVALID_LABEL, INVALID_MTU, INVALID_NETWORK_NAME, INVALID_OPTION,
+    INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_PORT, INVALID_PROTOCOL,
+    INVALID_SANDBOX, INVALID_UNDERLAY_IP, IPV6_NOT_SUPPORTED,
+    PORT_MAPPINGS_OVERLAP, RANGE_EMPTY, RANGE_OUTSIDE_SUBNET,
+    RANGE_TOO_LARGE, SUBNET_TOO_LARGE, SUBNET_TOO_SMALL, UNKNOWN_DRIVER.
+    - NOT_FOUND: NOT_FOUND.
+    - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
+    SUBNET_OVERLAP.
+    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
+    NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
+    - UNAVAILABLE: BUSY, HOST_UNHEALTHY, LOCK_LOST, REDIS_UNAVAILABLE,
+    UNAVAILABLE.
+    - INTERNAL: INTERNAL.
+    Errors of IPAM and of the host agents reach the caller with their own code
+    and reason (listed in ipam.proto and netdriver.proto), the message saying
+    which step failed.
+    tests/contract/test_reasons.py checks this list against the code.
     """
 
     @staticmethod
