@@ -519,7 +519,8 @@ class Agent:
             if link.alias.startswith(names.VXLAN_ALIAS_PREFIX):
                 network_id = link.alias[len(names.VXLAN_ALIAS_PREFIX):]
                 if network_id not in reported and validation.OBJECT_ID.fullmatch(network_id):
-                    network = netdriver_pb2.Network(network_id=network_id, driver="overlay")
+                    network = netdriver_pb2.Network(network_id=network_id,
+                                                    driver=netdriver_pb2.DRIVER_OVERLAY)
                     await self._report_vxlan(network, 0)
                     response.networks.append(network)
         for name, path in self.list_sandboxes():
@@ -534,7 +535,7 @@ class Agent:
         device = await driver.vxlan_state(network.network_id, bridge_index)
         if device is None:
             return
-        network.driver = "overlay"
+        network.driver = netdriver_pb2.DRIVER_OVERLAY
         network.vxlan.CopyFrom(netdriver_pb2.VxlanDevice(
             name=device.name, vni=device.vni, local_address=device.local,
             learning=device.learning, proxy=device.proxy, up=device.up,

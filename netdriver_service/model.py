@@ -61,7 +61,8 @@ class NetworkSpec:
 
     def to_proto(self) -> netdriver_pb2.Network:
         return netdriver_pb2.Network(
-            network_id=self.network_id, name=self.name, driver=self.driver, subnet=self.subnet,
+            network_id=self.network_id, name=self.name, driver=driver_enum(self.driver),
+            subnet=self.subnet,
             gateway=self.gateway, bridge_name=self.bridge, mtu=self.mtu, internal=self.internal,
             enable_icc=self.enable_icc, allowed_networks=list(self.allowed_networks),
             vni=self.vni, options=dict(self.options),
@@ -135,13 +136,26 @@ def _port_key(port: PortSpec) -> tuple:
     return (port.protocol, port.host_ip, port.host_port, port.container_port)
 
 
+def driver_name(driver: int) -> str:
+    """A Driver enum value as the agent's word for it ("bridge", "overlay"); "" if undefined."""
+    if driver == netdriver_pb2.DRIVER_UNSPECIFIED:
+        return "bridge"
+    if driver not in netdriver_pb2.Driver.values():
+        return ""
+    return netdriver_pb2.Driver.Name(driver).removeprefix("DRIVER_").lower()
+
+
+def driver_enum(name: str) -> int:
+    return netdriver_pb2.Driver.Value(f"DRIVER_{name.upper()}")
+
+
 def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...]) -> NetworkSpec:
     network_id = validation.check_id("network_id", message.network_id)
-    driver = message.driver or "bridge"
+    driver = driver_name(message.driver)
     if driver not in drivers:
         raise errors.InvalidArgument(
-            f"network {network_id!r}: unknown driver {capped(driver)!r}; this agent has "
-            + ", ".join(drivers), reason="UNKNOWN_DRIVER", driver=capped(driver),
+            f"network {network_id!r}: unknown driver {driver or message.driver}; this agent has "
+            + ", ".join(drivers), reason="UNKNOWN_DRIVER", driver=driver or message.driver,
         )
     validation.check_text("name", message.name, 128, reason="INVALID_NETWORK_NAME")
     subnet = validation.check_network_subnet(message.subnet).network

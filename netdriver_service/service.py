@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from cnm import errors, pagination
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
+from netdriver_service import model
 from netdriver_service.agent import Agent
 from netdriver_service.drivers.overlay import Peer, RemoteEndpoint
 
@@ -45,7 +46,8 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
     async def GetHostInfo(self, request, context):
         return netdriver_pb2.GetHostInfoResponse(
             host_id=self.agent.host_id, underlay_ip=self.agent.underlay_ip,
-            drivers=sorted(self.agent.drivers), firewall=self.agent.firewall.name,
+            drivers=[model.driver_enum(name) for name in sorted(self.agent.drivers)],
+            firewall=netdriver_pb2.Firewall.Value(f"FIREWALL_{self.agent.firewall.name.upper()}"),
             version=_version(),
         )
 

@@ -93,7 +93,8 @@ class Undo:
 def to_agent_network(network: pb.Network) -> nd.Network:
     options = cnm_validation.check_network_options(network.options)
     agent_network = nd.Network(
-        network_id=network.network_id, name=network.name, driver=network.driver,
+        network_id=network.network_id, name=network.name,
+        driver=nd.Driver.Value(f"DRIVER_{(network.driver or 'bridge').upper()}"),
         subnet=network.subnet, gateway=network.gateway, internal=network.internal,
         bridge_name=options.bridge_name, mtu=options.mtu or 0, options=dict(network.options),
         vni=network.vni,

@@ -88,7 +88,7 @@ def connect(topo, endpoint_id, network, sandbox, address, **fields):
 def test_health_reflection_and_host_info(topo):
     info = topo.agent.call("GetHostInfo", pb.GetHostInfoRequest())
     assert (info.host_id, info.firewall, list(info.drivers)) == (
-        "h1", "nftables", ["bridge", "overlay"])
+        "h1", pb.FIREWALL_NFTABLES, [pb.DRIVER_BRIDGE, pb.DRIVER_OVERLAY])
     assert info.underlay_ip == HOST_UP  # the default-route interface's address
     grpcurl = shutil.which("grpcurl") or str(support.REPO / ".venv/bin/grpcurl")
     listed = subprocess.run(

@@ -95,7 +95,7 @@ def test_network_docker_options():
         ({"gateway": "10.88.0.255"}, errors.InvalidArgument),
         ({"bridge_name": "a-very-long-bridge-name"}, errors.InvalidArgument),
         ({"bridge_name": "bad name"}, errors.InvalidArgument),
-        ({"driver": "macvlan"}, errors.InvalidArgument),
+        ({"driver": 42}, errors.InvalidArgument),  # an undefined driver
         ({"network_id": "bad id"}, errors.InvalidArgument),
         ({"mtu": 10}, errors.InvalidArgument),
         ({"options": {validation.OPTION_ICC: "maybe"}}, errors.InvalidArgument),

@@ -141,8 +141,8 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
 
     async def GetHostInfo(self, request, context):
         self.faults.check("GetHostInfo")
-        return nd.GetHostInfoResponse(host_id=self.host_id, drivers=["bridge", "overlay"],
-                                      firewall="none", underlay_ip=self.underlay_ip)
+        return nd.GetHostInfoResponse(host_id=self.host_id, drivers=[nd.DRIVER_BRIDGE, nd.DRIVER_OVERLAY],
+                                      firewall=nd.FIREWALL_NONE, underlay_ip=self.underlay_ip)
 
     async def SetNetworkPeers(self, request, context):
         self.faults.check("SetNetworkPeers")

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator import validation
 from tests.orchestrator.conftest import connect_request, network_request
@@ -573,7 +574,7 @@ async def test_overlay_network_spans_hosts_with_peers_pushed(world):
     h1, h2 = world.agents["h1"], world.agents["h2"]
     # On every host at once, with its peers, before any endpoint.
     assert h1.networks[network.network_id].vni == 4096
-    assert h2.networks[network.network_id].driver == "overlay"
+    assert h2.networks[network.network_id].driver == nd.DRIVER_OVERLAY
     assert peers_of(h1, network.network_id) == ([("h2", h2.underlay_ip)], [])
     inspected = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network
     assert [(h.host_id, h.ready) for h in inspected.hosts] == [("h1", True), ("h2", True)]

@@ -14,7 +14,7 @@ from tests.netdriver import harness
 
 pytestmark = pytest.mark.root
 
-NET = pb.Network(network_id="ovn1", driver="overlay", subnet="10.20.0.0/16",
+NET = pb.Network(network_id="ovn1", driver=pb.DRIVER_OVERLAY, subnet="10.20.0.0/16",
                  gateway="10.20.0.1", vni=5001)
 
 
@@ -55,7 +55,7 @@ async def test_overlay_spans_hosts_with_egress_and_ports_through_each_own_host(
     _, internet, agents = cluster
     info = agents[0].call("GetHostInfo", pb.GetHostInfoRequest())
     assert info.underlay_ip == "10.99.0.1"  # the default route's interface, found by itself
-    assert "overlay" in info.drivers
+    assert pb.DRIVER_OVERLAY in info.drivers
     created = agents[0].call("CreateNetwork", pb.CreateNetworkRequest(network=NET)).network
     assert created.mtu == 1450  # VXLAN's 50 bytes taken off
     c1, c2 = netns("cnmt-c"), netns("cnmt-c")
@@ -137,7 +137,7 @@ async def test_set_peers_is_ordered_idempotent_and_refused_where_meaningless(clu
         agent.call("SetNetworkPeers", pb.SetNetworkPeersRequest(network_id="br1"))
     with pytest.raises(errors.InvalidArgument, match="vni"):
         agent.call("CreateNetwork", pb.CreateNetworkRequest(network=pb.Network(
-            network_id="ovn2", driver="overlay", subnet="10.21.0.0/16")))
+            network_id="ovn2", driver=pb.DRIVER_OVERLAY, subnet="10.21.0.0/16")))
     agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="ovn1"))
     assert vxlan_name("ovn1") not in harness.link_names(agent.host.name)
 
@@ -177,7 +177,7 @@ def test_get_state_reports_the_vxlan_device_and_resync_makes_a_missing_one_again
 
     def device() -> pb.VxlanDevice | None:
         (network,) = agent.call("GetState", pb.GetStateRequest()).networks
-        assert network.driver == "overlay"
+        assert network.driver == pb.DRIVER_OVERLAY
         return network.vxlan if network.HasField("vxlan") else None
 
     reported = device()
@@ -212,7 +212,7 @@ def test_a_vxlan_device_left_without_its_bridge_or_record_is_reported_and_delete
     fresh = harness.AgentProcess(host, tmp_path / "lost-records", host_id="h1")
     try:
         (network,) = fresh.call("GetState", pb.GetStateRequest()).networks
-        assert (network.network_id, network.driver) == ("ovn1", "overlay")
+        assert (network.network_id, network.driver) == ("ovn1", pb.DRIVER_OVERLAY)
         assert (network.vxlan.name, network.vxlan.vni) == (vxlan_name("ovn1"), 5001)
         assert not network.vxlan.attached
         fresh.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="ovn1"))

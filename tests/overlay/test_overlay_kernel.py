@@ -34,7 +34,7 @@ pytestmark = pytest.mark.root
 
 DRIVERS = ("bridge", "overlay")
 NET = model.network_from_proto(
-    pb.Network(network_id="ov1", driver="overlay", subnet="10.20.0.0/16", gateway="10.20.0.1",
+    pb.Network(network_id="ov1", driver=pb.DRIVER_OVERLAY, subnet="10.20.0.0/16", gateway="10.20.0.1",
                vni=4242, mtu=1450),
     DRIVERS,
 )
@@ -234,10 +234,10 @@ async def test_vni_must_be_valid_and_unique_on_the_host(hosts):
     h1 = hosts[0]
     with pytest.raises(errors.InvalidArgument, match="vni"):
         await h1.create(model.network_from_proto(
-            pb.Network(network_id="ov0", driver="overlay", subnet="10.21.0.0/16"), DRIVERS))
+            pb.Network(network_id="ov0", driver=pb.DRIVER_OVERLAY, subnet="10.21.0.0/16"), DRIVERS))
     await h1.create()
     other = model.network_from_proto(
-        pb.Network(network_id="ov2", driver="overlay", subnet="10.22.0.0/16", vni=4242,
+        pb.Network(network_id="ov2", driver=pb.DRIVER_OVERLAY, subnet="10.22.0.0/16", vni=4242,
                    mtu=1450), DRIVERS)
     with pytest.raises(errors.AlreadyExists, match="vni 4242"):
         await h1.create(other)

@@ -8,12 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Driver(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRIVER_UNSPECIFIED: _ClassVar[Driver]
+    DRIVER_BRIDGE: _ClassVar[Driver]
+    DRIVER_OVERLAY: _ClassVar[Driver]
+
+class Firewall(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIREWALL_UNSPECIFIED: _ClassVar[Firewall]
+    FIREWALL_NFTABLES: _ClassVar[Firewall]
+    FIREWALL_NONE: _ClassVar[Firewall]
+
 class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
     PROTOCOL_TCP: _ClassVar[Protocol]
     PROTOCOL_UDP: _ClassVar[Protocol]
     PROTOCOL_SCTP: _ClassVar[Protocol]
+DRIVER_UNSPECIFIED: Driver
+DRIVER_BRIDGE: Driver
+DRIVER_OVERLAY: Driver
+FIREWALL_UNSPECIFIED: Firewall
+FIREWALL_NFTABLES: Firewall
+FIREWALL_NONE: Firewall
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -43,7 +61,7 @@ class Network(_message.Message):
     VXLAN_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
-    driver: str
+    driver: Driver
     subnet: str
     gateway: str
     bridge_name: str
@@ -54,7 +72,7 @@ class Network(_message.Message):
     vni: int
     options: _containers.ScalarMap[str, str]
     vxlan: VxlanDevice
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., vxlan: _Optional[_Union[VxlanDevice, _Mapping]] = ...) -> None: ...
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., vxlan: _Optional[_Union[VxlanDevice, _Mapping]] = ...) -> None: ...
 
 class VxlanDevice(_message.Message):
     __slots__ = ("name", "vni", "local_address", "learning", "proxy", "up", "attached", "flood_peer_count", "remote_mac_count", "neighbour_count")
@@ -149,10 +167,10 @@ class GetHostInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     underlay_ip: str
-    drivers: _containers.RepeatedScalarFieldContainer[str]
-    firewall: str
+    drivers: _containers.RepeatedScalarFieldContainer[Driver]
+    firewall: Firewall
     version: str
-    def __init__(self, host_id: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., drivers: _Optional[_Iterable[str]] = ..., firewall: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    def __init__(self, host_id: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., drivers: _Optional[_Iterable[_Union[Driver, str]]] = ..., firewall: _Optional[_Union[Firewall, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class CreateNetworkRequest(_message.Message):
     __slots__ = ("network",)
