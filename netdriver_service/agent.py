@@ -494,7 +494,7 @@ class Agent:
                     in_kernel = replace(spec, subnet=in_kernel.subnet, gateway=in_kernel.gateway)
                 network = in_kernel.to_proto()
                 if names.vxlan_alias(object_id) in aliases:
-                    await self._report_vxlan(network, link.index)
+                    await self._report_vxlan(response, network, link.index)
                 response.networks.append(network)
                 continue
             record = self.store.endpoints.get(object_id)
@@ -504,7 +504,8 @@ class Agent:
                 else netdriver_pb2.Endpoint(endpoint_id=object_id, network_id=network_id)
             )
             endpoint.host_interface = link.name
-            endpoint.detached = link.name in detached
+            if link.name in detached:
+                response.detached_endpoints.append(object_id)
             del endpoint.port_mappings[:]
             for rule in sorted(ports.get(object_id, []), key=lambda r: (r.protocol, r.host_port)):
                 endpoint.port_mappings.append(
@@ -521,14 +522,15 @@ class Agent:
                 if network_id not in reported and validation.OBJECT_ID.fullmatch(network_id):
                     network = netdriver_pb2.Network(network_id=network_id,
                                                     driver=netdriver_pb2.DRIVER_OVERLAY)
-                    await self._report_vxlan(network, 0)
+                    await self._report_vxlan(response, network, 0)
                     response.networks.append(network)
         for name, path in self.list_sandboxes():
             response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path))
         return response
 
-    async def _report_vxlan(self, network: netdriver_pb2.Network, bridge_index: int) -> None:
-        """Adds the network's VXLAN device, as the kernel has it, to ``network``."""
+    async def _report_vxlan(self, response: netdriver_pb2.GetStateResponse,
+                            network: netdriver_pb2.Network, bridge_index: int) -> None:
+        """Reports the network's VXLAN device, as the kernel has it, in ``response``."""
         driver = self.drivers.get("overlay")
         if not isinstance(driver, OverlayDriver):
             return
@@ -536,7 +538,7 @@ class Agent:
         if device is None:
             return
         network.driver = netdriver_pb2.DRIVER_OVERLAY
-        network.vxlan.CopyFrom(netdriver_pb2.VxlanDevice(
+        response.vxlan_devices[network.network_id].CopyFrom(netdriver_pb2.VxlanDevice(
             name=device.name, vni=device.vni, local_address=device.local,
             learning=device.learning, proxy=device.proxy, up=device.up,
             attached=device.attached, flood_peer_count=device.flood_peers,

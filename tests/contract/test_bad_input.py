@@ -196,7 +196,6 @@ def _populate(cluster: e2e.Cluster, host: e2e.Host, redis_url: str) -> World:
     agent_endpoint = nd.Endpoint()
     agent_endpoint.CopyFrom(state.endpoints[0])
     agent_endpoint.ClearField("host_interface")
-    agent_endpoint.ClearField("detached")
     own = f"cnm-{host_id}-absent"
     orchestrator = "/cnm.orchestrator.v1.OrchestratorService/"
     agent = "/cnm.netdriver.v1.NetDriverService/"

@@ -157,8 +157,9 @@ def test_a_host_without_an_underlay_address_is_shown_and_left_out_until_it_has_o
     assert "--underlay-ip" in h2_state().message
     wait_until(lambda: h2.underlay_ip not in h1.fdb(device), what="h2 to leave h1's peers")
     # Its agent kept the device it had rather than make one with no source address.
-    (kept,) = h2.state().networks
-    assert kept.vxlan.local_address == h2.underlay_ip
+    state = h2.state()
+    (kept,) = state.networks
+    assert state.vxlan_devices[kept.network_id].local_address == h2.underlay_ip
     h2.stop()
     h2.ns.run("ip", "route", "add", "default", "via", "10.99.0.254")
     h2.start()

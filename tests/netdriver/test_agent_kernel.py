@@ -606,18 +606,18 @@ async def test_state_reports_the_bridge_address_and_detached_veths_and_resync_fi
     made = await agent.create_endpoint(endpoint("e1", netns("cnmt-c").path, "10.88.0.10"), NET)
     state = await agent.get_state()
     assert [(n.gateway, n.subnet) for n in state.networks] == [("10.88.0.1", "10.88.0.0/24")]
-    assert [e.detached for e in state.endpoints] == [False]
+    assert [e.endpoint_id for e in state.endpoints] == ["e1"] and not state.detached_endpoints
     world.host.run("ip", "link", "set", made.host_interface, "nomaster")
     world.host.run("ip", "addr", "flush", "dev", "cnm-n1")
     state = await agent.get_state()
     assert [(n.gateway, n.subnet) for n in state.networks] == [("", "")]
-    assert [e.detached for e in state.endpoints] == [True]
+    assert list(state.detached_endpoints) == ["e1"]
     repaired = await agent.resync()
     assert f"re-attached {made.host_interface} to bridge cnm-n1" in repaired
     veth = {link["ifname"]: link for link in harness.links(world.host.name)}[made.host_interface]
     assert veth["master"] == "cnm-n1"
     assert veth["linkinfo"]["info_slave_data"]["hairpin"] is True
-    assert [e.detached for e in (await agent.get_state()).endpoints] == [False]
+    assert not (await agent.get_state()).detached_endpoints
 
 
 async def test_concurrent_connects_into_one_sandbox_and_a_connect_racing_a_delete(world, netns):

@@ -176,9 +176,10 @@ def test_get_state_reports_the_vxlan_device_and_resync_makes_a_missing_one_again
     agent.call("SetNetworkPeers", request)
 
     def device() -> pb.VxlanDevice | None:
-        (network,) = agent.call("GetState", pb.GetStateRequest()).networks
+        state = agent.call("GetState", pb.GetStateRequest())
+        (network,) = state.networks
         assert network.driver == pb.DRIVER_OVERLAY
-        return network.vxlan if network.HasField("vxlan") else None
+        return state.vxlan_devices.get("ovn1")
 
     reported = device()
     assert reported == pb.VxlanDevice(
@@ -211,10 +212,12 @@ def test_a_vxlan_device_left_without_its_bridge_or_record_is_reported_and_delete
     host.run("ip", "link", "del", names.bridge_name("ovn1"))
     fresh = harness.AgentProcess(host, tmp_path / "lost-records", host_id="h1")
     try:
-        (network,) = fresh.call("GetState", pb.GetStateRequest()).networks
+        state = fresh.call("GetState", pb.GetStateRequest())
+        (network,) = state.networks
         assert (network.network_id, network.driver) == ("ovn1", pb.DRIVER_OVERLAY)
-        assert (network.vxlan.name, network.vxlan.vni) == (vxlan_name("ovn1"), 5001)
-        assert not network.vxlan.attached
+        device = state.vxlan_devices["ovn1"]
+        assert (device.name, device.vni) == (vxlan_name("ovn1"), 5001)
+        assert not device.attached
         fresh.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="ovn1"))
         assert vxlan_name("ovn1") not in harness.link_names(host.name)
         assert not fresh.call("GetState", pb.GetStateRequest()).networks
@@ -230,8 +233,7 @@ def test_a_changed_underlay_address_is_taken_up_by_the_next_resync(cluster):
     agent.call("CreateNetwork", pb.CreateNetworkRequest(network=NET))
 
     def local() -> str:
-        (network,) = agent.call("GetState", pb.GetStateRequest()).networks
-        return network.vxlan.local_address
+        return agent.call("GetState", pb.GetStateRequest()).vxlan_devices["ovn1"].local_address
 
     assert local() == "10.99.0.1"
     agent.host.run("ip", "addr", "flush", "dev", "eth0")

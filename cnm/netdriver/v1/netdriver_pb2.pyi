@@ -38,7 +38,7 @@ PROTOCOL_UDP: Protocol
 PROTOCOL_SCTP: Protocol
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options", "vxlan")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,7 +58,6 @@ class Network(_message.Message):
     ALLOWED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
-    VXLAN_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: Driver
@@ -71,8 +70,7 @@ class Network(_message.Message):
     allowed_networks: _containers.RepeatedScalarFieldContainer[str]
     vni: int
     options: _containers.ScalarMap[str, str]
-    vxlan: VxlanDevice
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., vxlan: _Optional[_Union[VxlanDevice, _Mapping]] = ...) -> None: ...
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class VxlanDevice(_message.Message):
     __slots__ = ("name", "vni", "local_address", "learning", "proxy", "up", "attached", "flood_peer_count", "remote_mac_count", "neighbour_count")
@@ -111,7 +109,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "detached")
+    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -122,7 +120,6 @@ class Endpoint(_message.Message):
     CONTAINER_INTERFACE_FIELD_NUMBER: _ClassVar[int]
     PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_ROUTE_FIELD_NUMBER: _ClassVar[int]
-    DETACHED_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     container_id: str
@@ -133,8 +130,7 @@ class Endpoint(_message.Message):
     container_interface: str
     port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
     default_route: bool
-    detached: bool
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., detached: _Optional[bool] = ...) -> None: ...
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ...) -> None: ...
 
 class RemoteEndpoint(_message.Message):
     __slots__ = ("address", "mac_address", "underlay_ip")
@@ -289,16 +285,27 @@ class GetStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStateResponse(_message.Message):
-    __slots__ = ("networks", "endpoints", "sandboxes", "firewall_elements")
+    __slots__ = ("networks", "endpoints", "sandboxes", "firewall_elements", "vxlan_devices", "detached_endpoints")
+    class VxlanDevicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: VxlanDevice
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[VxlanDevice, _Mapping]] = ...) -> None: ...
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     FIREWALL_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
     firewall_elements: int
-    def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., firewall_elements: _Optional[int] = ...) -> None: ...
+    vxlan_devices: _containers.MessageMap[str, VxlanDevice]
+    detached_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., firewall_elements: _Optional[int] = ..., vxlan_devices: _Optional[_Mapping[str, VxlanDevice]] = ..., detached_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResyncRequest(_message.Message):
     __slots__ = ()
