@@ -15,8 +15,10 @@ set -euo pipefail
 
 TAG=${1:-cnm-base:bookworm}
 SUITE=bookworm
+# netbase: /etc/protocols and /etc/services, which nft reads to print "tcp . 8081"
+# rather than "6 . 8081" (the agent reads both; an operator reading `nft list` wants names).
 PACKAGES=(python3 python3-venv libnftables1 nftables iproute2 redis-server
-          procps iputils-ping ca-certificates)
+          procps iputils-ping ca-certificates netbase)
 CACHE_DIR=${CNM_BASE_CACHE:-/var/cache/cnm}
 read -r -a DOCKER_CMD <<< "${DOCKER:-docker}"
 

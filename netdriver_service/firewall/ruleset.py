@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from netdriver_service.firewall import NetworkRules, PortRule
@@ -184,12 +185,38 @@ def _field_to_json(kind: str, value: object) -> object:
     return value
 
 
+# nft names a protocol or a port from /etc/protocols and /etc/services when the host
+# has them, and prints the number otherwise (an image without netbase): read both.
+_PROTOCOL_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
+                   socket.IPPROTO_SCTP: "sctp"}
+
+
+def _protocol_from_json(value: object) -> str:
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return _PROTOCOL_NAMES.get(int(value), str(value))
+    return str(value)
+
+
+def _service_from_json(value: object) -> int:
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value)
+    try:  # nft printed a name: the host has /etc/services to read it back from
+        return socket.getservbyname(str(value))
+    except OSError:
+        raise ValueError(f"nft printed port {value!r}, which /etc/services does not name") \
+            from None
+
+
 def _field_from_json(kind: str, value: object) -> object:
     if kind == "prefix":
         if isinstance(value, dict):
             return f"{value['prefix']['addr']}/{value['prefix']['len']}"
         return f"{value}/32"
-    if kind in ("inet_service", "mark"):
+    if kind == "inet_proto":
+        return _protocol_from_json(value)
+    if kind == "inet_service":
+        return _service_from_json(value)
+    if kind == "mark":
         return int(value)
     return value
 
@@ -207,7 +234,7 @@ def _value_from_json(kind: str | None, value: object) -> object:
         if "accept" in value:
             return "accept"
         return "goto " + value["goto"]["target"]
-    return int(value) if kind == "inet_service" else value
+    return _service_from_json(value) if kind == "inet_service" else value
 
 
 def element_to_json(set_name: str, element: Element, *, with_value: bool = True) -> object:
@@ -407,7 +434,7 @@ def ports_from_elements(elements: Elements) -> list[PortRule]:
     for address_map, port_map in (ANY_MAPS, ADDR_MAPS):
         for key, address in elements[address_map].items():
             target = elements[port_map].get(key)
-            if target is None:
+            if target is None or key[-2] not in _PROTOCOL_NAMES.values():
                 continue
             endpoint_id, _, network_id = address.comment.partition(" ")
             host_ip, (protocol, host_port) = (key[0], key[1:]) if len(key) == 3 else ("", key)

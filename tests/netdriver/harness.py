@@ -28,14 +28,15 @@ class AgentProcess:
     """
 
     def __init__(self, host: support.Netns, state_dir: Path, *, firewall: str = "nftables",
-                 fault: str = "", host_id: str = "h1", resync_interval: float = 30) -> None:
+                 fault: str = "", host_id: str = "h1", resync_interval: float = 30,
+                 wrap: list[str] = ()) -> None:
         self.host = host
         self.state_dir = state_dir
         self.socket_path = f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock"
         self.address = f"unix:{self.socket_path}"
         self.log_path = state_dir.parent / f"agent-{uuid.uuid4().hex[:6]}.log"
         self.process = support.Process(
-            ["nsenter", f"--net={host.path}", support.PYTHON, "-m", "netdriver_service",
+            [*wrap, "nsenter", f"--net={host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", self.address, "--host-id", host_id, "--state-dir", str(state_dir),
              "--firewall", firewall, "--fault", fault,
              "--resync-interval", str(resync_interval)],
@@ -60,6 +61,16 @@ class AgentProcess:
             self.channel.close()
         self.process.stop()
         Path(self.socket_path).unlink(missing_ok=True)
+
+
+def without_netbase(empty_file: Path) -> list[str]:
+    """A command prefix running the rest in a mount namespace of its own where
+    /etc/protocols and /etc/services are empty, as in an image without netbase.
+    Slave propagation: the machine's mounts still show inside; these do not leak out."""
+    empty_file.write_text("")
+    return ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+            'mount --bind "$0" /etc/protocols && mount --bind "$0" /etc/services && exec "$@"',
+            str(empty_file)]
 
 
 def network(network_id: str, subnet: str, **fields) -> pb.Network:

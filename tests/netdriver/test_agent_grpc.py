@@ -366,6 +366,39 @@ def test_a_flushed_ruleset_is_restored_without_a_resync_call(topo):
             topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id=network_id))
 
 
+def test_published_ports_read_back_where_nft_prints_protocols_as_numbers(netns, tmp_path):
+    """Without /etc/protocols (an image without netbase) nft lists a port element as
+    ``6 . 8081``, not ``tcp . 8081``: GetState and resync must read it all the same."""
+    host = netns("cnmt-h")
+    container = netns("cnmt-c")
+    agent = harness.AgentProcess(host, tmp_path / "state", resync_interval=3600,
+                                 wrap=harness.without_netbase(tmp_path / "empty"))
+    try:
+        agent.call("CreateEndpoint", pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="nb1", network_id="nb", sandbox=container.path,
+                                 address="10.79.0.10", default_route=True,
+                                 port_mappings=[harness.tcp(8081, 80), harness.udp(5353, 53)]),
+            network=harness.network("nb", "10.79.0.0/24"),
+        ))
+        # What the agent's nft sees: numbers (this proves the test's premise).
+        listing = subprocess.run(
+            ["nsenter", f"--mount=/proc/{agent.process.pid}/ns/mnt", f"--net={host.path}",
+             "nft", "list", "map", "ip", "cnm", "ports_any_port"],
+            capture_output=True, text=True, check=True).stdout
+        assert "6 . 8081" in listing and "17 . 5353" in listing, listing
+        state = agent.call("GetState", pb.GetStateRequest())
+        (endpoint,) = state.endpoints
+        assert sorted((p.protocol, p.host_port, p.container_port)
+                      for p in endpoint.port_mappings) == [
+            (pb.PROTOCOL_TCP, 8081, 80), (pb.PROTOCOL_UDP, 5353, 53)]
+        assert list(agent.call("Resync", pb.ResyncRequest()).repaired) == []
+        assert list(agent.call("Resync", pb.ResyncRequest()).repaired) == []
+        agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="nb1"))
+        assert not agent.call("GetState", pb.GetStateRequest()).endpoints
+    finally:
+        agent.stop()
+
+
 def test_a_failed_connect_leaves_nothing_at_any_step(netns, tmp_path):
     host = netns("cnmt-h")
     container = netns("cnmt-c")

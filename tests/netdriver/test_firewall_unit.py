@@ -113,6 +113,29 @@ def test_ports_read_back_from_elements():
     assert ruleset.ports_from_elements(wanted) == [ports[1]]
 
 
+@pytest.mark.parametrize(("listed", "key"), [
+    ({"concat": ["tcp", 8081]}, ("tcp", 8081)),
+    ({"concat": [6, 8081]}, ("tcp", 8081)),          # no /etc/protocols
+    ({"concat": ["17", "5353"]}, ("udp", 5353)),
+    ({"concat": [132, 9]}, ("sctp", 9)),
+    ({"concat": ["tcp", "http"]}, ("tcp", 80)),      # nft named the port
+])
+def test_elements_read_back_whether_nft_prints_names_or_numbers(listed, key):
+    item = [{"elem": {"val": listed, "comment": "e1 net-a"}}, 80]
+    assert ruleset.element_from_json("ports_any_port", item).key == key
+
+
+def test_a_port_of_a_protocol_cnm_does_not_publish_is_not_reported():
+    # Written by hand into cnm's maps: resync removes it; nothing reads it as a port.
+    elements = ruleset.desired_elements([], [rule()])
+    stray = ruleset.element_from_json(
+        "ports_any_addr", [{"elem": {"val": {"concat": [99, 7]}, "comment": "e9 net-a"}},
+                           "10.88.1.9"])
+    elements["ports_any_addr"][stray.key] = stray
+    elements["ports_any_port"][stray.key] = ruleset.Element(stray.key, 7, stray.comment)
+    assert ruleset.ports_from_elements(elements) == [rule()]
+
+
 def test_diff_removes_stale_and_adds_missing():
     actual = ruleset.desired_elements([NET_A], [rule(host_port=7000)])
     wanted = ruleset.desired_elements([NET_A], [rule(host_port=8080)])
