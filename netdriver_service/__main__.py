@@ -8,9 +8,9 @@ import os
 
 from cnm import config, errors, logs, server
 from cnm.netdriver.v1 import netdriver_pb2_grpc
-from netdriver_service import firewall as firewalls
 from netdriver_service.agent import Agent
 from netdriver_service.faults import Faults
+from netdriver_service.firewall import backends as firewalls
 from netdriver_service.membership import Membership
 from netdriver_service.netlink import Netlink
 from netdriver_service.service import SERVICE_NAME, NetDriverServicer

@@ -9,7 +9,8 @@ import contextlib
 from cnm import config, errors, logs, server
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator.clients import Agents, Ipam
-from orchestrator.flows import HEARTBEAT_INTERVAL, Orchestrator
+from orchestrator.flows import Orchestrator
+from orchestrator.hosts import HEARTBEAT_INTERVAL
 from orchestrator.overlay import DEFAULT_VNI_RANGE, parse_vni_range
 from orchestrator.reconciler import Reconciler
 from orchestrator.service import SERVICE_NAME, OrchestratorServicer
@@ -94,7 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
         while True:
             try:
                 await store.renew_lease()
-                await orch.add_static_hosts(args.hosts)
+                await orch.hosts.add_static(args.hosts)
                 break
             except Exception as error:  # noqa: BLE001 - retried until Redis answers
                 logger.warning("waiting for redis", extra={"error": str(error)})

@@ -2,7 +2,7 @@
 
 Each flow validates first, takes a Redis lock on what it changes, writes an
 intent before its first side effect, pushes the inverse of every completed
-step on an AsyncExitStack and drops them only once the outcome is recorded
+step (cnm.undo) and drops them only once the outcome is recorded
 (which clears the intent in the same Redis script). An undo step that fails
 leaves the intent behind, and the reconciler finishes the job.
 """
@@ -11,39 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Self
-
-from google.protobuf import timestamp_pb2
 
 from cnm import errors
 from cnm import validation as cnm_validation
 from cnm.ipam.v1 import ipam_pb2
-from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.undo import Undo
 from orchestrator import faults, overlay, validation
-from orchestrator.clients import Agent, Agents, Ipam
-from orchestrator.overlay import Overlay, Vnis
-from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Store
+from orchestrator.clients import Agents, Ipam
+from orchestrator.hosts import HEARTBEAT_INTERVAL, Hosts
+from orchestrator.overlay import Overlay
+from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Store, Vnis, now
+from orchestrator.translate import agent_endpoint, agent_network
 
 log = logging.getLogger("orchestrator.flows")
 
 MANAGED_LABEL = "cnm.io/managed-by"
 MANAGED_VALUE = "cnm-orchestrator"
 NETWORK_NAME_LABEL = "cnm.io/network-name"
-HEARTBEAT_INTERVAL = 5
 PENDING_WAIT = 10.0
-
-
-def now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def encode(message) -> str:
@@ -62,62 +52,6 @@ def _port_label(key: str) -> str:
     return f"{host_ip}:{port}/{proto}" if host_ip else f"{port}/{proto}"
 
 
-class Undo:
-    """The inverse steps of a flow, run in reverse on failure; failures are logged, not raised."""
-
-    def __init__(self) -> None:
-        self.stack = contextlib.AsyncExitStack()
-        self.failed = False
-
-    async def __aenter__(self) -> Self:
-        await self.stack.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc) -> bool:
-        return await self.stack.__aexit__(*exc)
-
-    def push(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
-        async def run(*exc) -> None:
-            try:
-                await step()
-            except Exception as error:  # noqa: BLE001 - undo keeps going, the intent remains
-                self.failed = True
-                log.warning("undo step failed", extra={"step": what, "error": str(error)})
-
-        self.stack.push_async_exit(run)
-
-    def done(self) -> None:
-        self.stack.pop_all()
-
-
-def to_agent_network(network: pb.Network) -> nd.Network:
-    options = cnm_validation.check_network_options(network.options)
-    agent_network = nd.Network(
-        network_id=network.network_id, name=network.name,
-        driver=nd.Driver.Value(f"DRIVER_{(network.driver or 'bridge').upper()}"),
-        subnet=network.subnet, gateway=network.gateway, internal=network.internal,
-        bridge_name=options.bridge_name, mtu=options.mtu or 0, options=dict(network.options),
-        vni=network.vni,
-    )
-    if options.enable_icc is not None:
-        agent_network.enable_icc = options.enable_icc
-    return agent_network
-
-
-def to_agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
-    return nd.Endpoint(
-        endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
-        container_id=endpoint.container_id, sandbox=endpoint.sandbox, address=endpoint.address,
-        mac_address=endpoint.mac_address,
-        port_mappings=[
-            nd.PortMapping(protocol=mapping.protocol, host_ip=mapping.host_ip,
-                           host_port=mapping.host_port, container_port=mapping.container_port)
-            for mapping in endpoint.port_mappings
-        ],
-        default_route=default_route,
-    )
-
-
 class Orchestrator:
     """The flows, over a Store, the IPAM client and the agents' clients."""
 
@@ -127,103 +61,26 @@ class Orchestrator:
         self.store = store
         self.ipam = ipam
         self.agents = agents
-        self.heartbeat_interval = heartbeat_interval
-        self.vnis = Vnis(store.r, vni_range)
-        self.overlay = Overlay(self, to_agent_network)
+        self.hosts = Hosts(store, agents, heartbeat_interval)
+        self.vnis = Vnis(store, vni_range)
+        self.overlay = Overlay(store, self.hosts, self.vnis)
 
     # --- hosts --------------------------------------------------------------
 
-    async def agent(self, host_id: str) -> Agent:
-        if not host_id:
-            raise errors.InvalidArgument("host_id is required", field="host_id")
-        host = await self.store.get_host(host_id)
-        if host is None:
-            known = ", ".join(h.host_id for h in await self.store.list_hosts()) or "none"
-            raise errors.NotFound(f"host {host_id!r} not found (known hosts: {known})",
-                                  host=host_id)
-        return self.agents.get(host.host_id, host.address)
-
-    async def underlay_ip(self, host: pb.Host) -> str:
-        """The host's VXLAN source address: as registered, else asked of its agent once."""
-        if not host.underlay_ip:
-            info = await self.agents.get(host.host_id, host.address).probe()
-            host.underlay_ip = info.underlay_ip
-
-            def learn(current: pb.Host) -> bool:
-                if current.address != host.address or current.underlay_ip == info.underlay_ip:
-                    return False  # re-registered from elsewhere meanwhile, or known
-                current.underlay_ip = info.underlay_ip
-                return True
-
-            await self.store.update_host(host.host_id, learn)
-        return host.underlay_ip
-
-    async def add_static_hosts(self, spec: str) -> None:
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            host_id, sep, address = item.partition("=")
-            if not sep or not host_id or not address:
-                raise errors.InvalidArgument(f"invalid host {item!r} in CNM_HOSTS: want id=addr")
-            cnm_validation.check_id("host_id", host_id)
-            cnm_validation.check_host_address(address)
-            await self.store.put_host(pb.Host(host_id=host_id, address=address, static=True))
-
     async def register_host(self, host: pb.Host) -> pb.Host:
-        cnm_validation.check_id("host_id", host.host_id)
-        cnm_validation.check_host_address(host.address)
-        # Empty: the agent knows of none yet (it is asked again when an overlay needs it).
-        cnm_validation.check_underlay_ip(host.underlay_ip, allow_empty=True)
-        existing = await self.store.get_host(host.host_id)
-        if existing is not None and existing.address != host.address and (
-            existing.static or self._heartbeat_fresh(existing)
-        ):
-            raise errors.AlreadyExists(
-                f"host {host.host_id!r} is already registered from {existing.address}",
-                host=host.host_id,
-            )
-        record = pb.Host(host_id=host.host_id, address=host.address, underlay_ip=host.underlay_ip,
-                         last_heartbeat_time=now(),
-                         static=existing.static if existing is not None else False)
-        await self.store.put_host(record)
+        record = await self.hosts.register(host)
         # A new host, or an agent that restarted: either way it gets every
         # overlay network with its peers before the registration returns.
         await self.overlay.sync_host(record)
         return record
-
-    async def heartbeat_host(self, host_id: str) -> bool:
-        """Records a heartbeat; False when the host is unknown (it must register)."""
-        def beat(host: pb.Host) -> bool:
-            host.last_heartbeat_time.GetCurrentTime()
-            return True
-
-        return await self.store.update_host(host_id, beat) is not None
-
-    def _heartbeat_fresh(self, host: pb.Host) -> bool:
-        if not host.HasField("last_heartbeat_time"):
-            return False
-        age = time.time() - host.last_heartbeat_time.ToSeconds()
-        return age <= 3 * self.heartbeat_interval
-
-    async def list_hosts(self) -> list[pb.Host]:
-        hosts = await self.store.list_hosts()
-
-        async def fill(host: pb.Host) -> None:
-            healthy = self._heartbeat_fresh(host)
-            if not healthy and host.static:  # a static host need not heartbeat
-                with contextlib.suppress(errors.CnmError):
-                    await self.agents.get(host.host_id, host.address).probe()
-                    healthy = True
-            host.state = pb.HOST_STATE_HEALTHY if healthy else pb.HOST_STATE_UNHEALTHY
-            host.endpoint_count = await self.store.host_endpoint_count(host.host_id)
-
-        await asyncio.gather(*(fill(host) for host in hosts))
-        return hosts
 
     async def delete_host(self, host_id: str, allow_missing: bool = False) -> None:
         """Forgets a host and its endpoints (their addresses are released)."""
         if await self.store.get_host(host_id) is None:
             if allow_missing:
                 return
-            raise errors.NotFound(f"host {host_id!r} not found", host=host_id)
+            raise errors.NotFound(f"host {host_id!r} not found", reason="HOST_NOT_FOUND",
+                                  host=host_id)
         for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
             async with self.store.lock(f"ep:{endpoint_id}"):
                 endpoint = await self.store.get_endpoint(endpoint_id)
@@ -268,7 +125,7 @@ class Orchestrator:
                                            network_id=network.network_id, name=network.name)
             await self.store.put_intent(intent)
             faults.point("create-network-intent")
-            async with Undo() as undo:
+            async with Undo(logger=log) as undo:
                 undo.push("drop intent", lambda: self._drop_intent_unless(undo, intent.key))
                 # Pushed first: IPAM may have reserved the subnet even if the call
                 # failed, and deleting a pool that does not exist succeeds.
@@ -293,7 +150,7 @@ class Orchestrator:
                 network.create_time.CopyFrom(now())
                 if not await self.store.record_network(network, intent.key):
                     raise errors.AlreadyExists(f"network {network.name!r} already exists")
-                undo.done()
+                undo.commit()
             if network.driver == overlay.DRIVER:
                 await self.overlay.spread_network(network)
         log.info("network created", extra={"network": network.name, "id": network.network_id,
@@ -389,7 +246,7 @@ class Orchestrator:
         on_network = set(await self.store.network_hosts(network.network_id))
         hosts = [host for host in await self.store.list_hosts() if host.host_id in on_network]
         results = await asyncio.gather(
-            *(self.agents.get(host.host_id, host.address).probe() for host in hosts),
+            *(self.hosts.agent_of(host).probe() for host in hosts),
             return_exceptions=True)
         failures = [result.message for result in results if isinstance(result, errors.Unavailable)]
         if failures:
@@ -423,7 +280,7 @@ class Orchestrator:
             if host is None:
                 continue
             try:
-                await self.agents.get(host.host_id, host.address).delete_network(
+                await self.hosts.agent_of(host).delete_network(
                     network.network_id)
             except errors.Unavailable as error:
                 if not force:
@@ -492,7 +349,7 @@ class Orchestrator:
         existing = await self.store.get_endpoint(endpoint_id)
         if existing is not None and await self.store.get_intent(lock_name) is None:
             return self._repeated_connect(existing, network, request, sandbox, address, mappings)
-        agent = await self.agent(request.host_id)
+        agent = await self.hosts.agent(request.host_id)
         host = await self.store.get_host(request.host_id)
         if host is not None and not self.overlay.healthy(host):
             raise errors.Unavailable(
@@ -516,7 +373,8 @@ class Orchestrator:
                                            endpoint=encode(endpoint))
             reply = await self.store.begin_connect(endpoint, intent)
             if reply[0] == "gone":
-                raise errors.NotFound(f"network {network.name!r} not found")
+                raise errors.NotFound(f"network {network.name!r} not found",
+                                      reason="NETWORK_NOT_FOUND")
             if reply[0] == "deleting":
                 raise errors.FailedPrecondition(f"network {network.name!r} is being deleted")
             if reply[0] == "port":
@@ -528,7 +386,7 @@ class Orchestrator:
                 raise errors.Unavailable(f"endpoint {endpoint_id} changed concurrently; retry")
             default_route = reply[1] == "1"
             faults.point("connect-intent")
-            async with Undo() as undo:
+            async with Undo(logger=log) as undo:
                 undo.push("forget endpoint",
                           lambda: self._forget_unless(undo, endpoint, intent.key))
                 # Pushed first: IPAM may have allocated even if the call failed.
@@ -555,14 +413,14 @@ class Orchestrator:
                     undo.push("take the endpoint off the other hosts",
                               lambda: self.sync_peers(network.network_id, request.host_id))
                     created, (generation, _) = await asyncio.gather(
-                        agent.create_endpoint(to_agent_endpoint(endpoint, default_route),
-                                              to_agent_network(network)),
+                        agent.create_endpoint(agent_endpoint(endpoint, default_route),
+                                              agent_network(network)),
                         self.overlay.push_peers(network.network_id, skip_host=request.host_id,
                                                 pending=endpoint),
                     )
                 else:
                     created = await agent.create_endpoint(
-                        to_agent_endpoint(endpoint, default_route), to_agent_network(network))
+                        agent_endpoint(endpoint, default_route), agent_network(network))
                 undo.push("delete endpoint on host",
                           lambda: agent.delete_endpoint(endpoint_id))
                 faults.point("connect-agent")
@@ -573,7 +431,7 @@ class Orchestrator:
                 if not await self.store.commit_connect(endpoint, intent.key):
                     raise errors.FailedPrecondition(
                         f"network {network.name!r} was deleted during the connect")
-                undo.done()
+                undo.commit()
         if network.driver == overlay.DRIVER and (
             await self.overlay.generation(network.network_id) != generation
             or endpoint.mac_address != overlay.endpoint_mac(endpoint.address)
@@ -618,7 +476,7 @@ class Orchestrator:
         if not found and not allow_missing:
             raise errors.NotFound(
                 f"container {container_id!r} is not connected to network {network.name!r}",
-                network=network.name, container=container_id,
+                reason="NOT_CONNECTED", network=network.name, container=container_id,
             )
 
     async def disconnect_endpoint(self, endpoint_id: str, force: bool) -> bool:
@@ -646,7 +504,7 @@ class Orchestrator:
         host = await self.store.get_host(endpoint.host_id)
         if host is not None:
             try:
-                await self.agents.get(host.host_id, host.address).delete_endpoint(
+                await self.hosts.agent_of(host).delete_endpoint(
                     endpoint.endpoint_id)
             except errors.Unavailable:
                 if not force:
@@ -715,7 +573,8 @@ class Orchestrator:
     async def get_endpoint(self, endpoint_id: str) -> pb.Endpoint:
         endpoint = await self.store.get_endpoint(endpoint_id)
         if endpoint is None:
-            raise errors.NotFound(f"endpoint {endpoint_id!r} not found", endpoint=endpoint_id)
+            raise errors.NotFound(f"endpoint {endpoint_id!r} not found",
+                                  reason="ENDPOINT_NOT_FOUND", endpoint=endpoint_id)
         return endpoint
 
     async def list_endpoints(self, network: str = "", container_id: str = "",
@@ -734,13 +593,13 @@ class Orchestrator:
 
     async def create_sandbox(self, name: str, host_id: str) -> pb.Sandbox:
         cnm_validation.check_sandbox_name(name)
-        agent = await self.agent(host_id)
+        agent = await self.hosts.agent(host_id)
         sandbox = await agent.create_sandbox(name)
         return pb.Sandbox(name=sandbox.name, host_id=host_id, path=sandbox.path)
 
     async def delete_sandbox(self, name: str, host_id: str, allow_missing: bool) -> None:
         cnm_validation.check_sandbox_name(name)
-        agent = await self.agent(host_id)
+        agent = await self.hosts.agent(host_id)
         known = {sandbox.name: sandbox for sandbox in await agent.list_sandboxes()}
         path = known[name].path if name in known else ""
         endpoints = [
@@ -751,7 +610,7 @@ class Orchestrator:
             if allow_missing:
                 return
             raise errors.NotFound(f"sandbox {name!r} not found on host {host_id!r}",
-                                  sandbox=name, host=host_id)
+                                  reason="SANDBOX_NOT_FOUND", sandbox=name, host=host_id)
         for endpoint in endpoints:
             await self.disconnect_endpoint(endpoint.endpoint_id, force=False)
         await agent.delete_sandbox(name)
@@ -760,7 +619,7 @@ class Orchestrator:
         hosts = [host_id] if host_id else [host.host_id for host in await self.store.list_hosts()]
         result = []
         for one in hosts:
-            agent = await self.agent(one)
+            agent = await self.hosts.agent(one)
             try:
                 sandboxes = await agent.list_sandboxes()
             except errors.Unavailable:

@@ -22,71 +22,28 @@ derived from its address, so it is known in advance); if another push
 was taken meanwhile (it could not see the uncommitted endpoint), the
 connect pushes again once its endpoint is recorded.
 
-Redis layout (prefix ``{cnm-orch}:``, beside store.py's)::
-
-    vni:bits            STRING bitmap, bit N set: VNI N taken
-    vni:owner           HASH   vni -> network id
-    vni:bynet           HASH   network id -> vni
-    vni:cursor          STRING next-fit start
-    net:<id>:hoststate  HASH   host id -> JSON {"ready": bool, "message": str}
-
-and store.py's ``net:<id>:peers-gen``, the generation of the network's last push.
+What it keeps (VXLAN ids, per-host states, peer generations) is in the
+store (orchestrator/store.py); hosts and their health come from
+orchestrator/hosts.py. Nothing here imports the flows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
-from typing import TYPE_CHECKING
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator.store import STATE_READY, k
-
-if TYPE_CHECKING:
-    from orchestrator.flows import Orchestrator
+from orchestrator.hosts import Hosts
+from orchestrator.store import STATE_READY, Store, Vnis
+from orchestrator.translate import agent_network
 
 log = logging.getLogger("orchestrator.overlay")
 
 DRIVER = "overlay"
 DEFAULT_VNI_RANGE = "4096-16777215"
-
-_ALLOCATE_VNI = """
-local bits, owner, bynet, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local network_id, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local held = redis.call('HGET', bynet, network_id)
-if held then return tonumber(held) end
-if redis.call('STRLEN', bits) * 8 <= last then redis.call('SETBIT', bits, last, 0) end
-local cursor = tonumber(redis.call('GET', cursor_key) or first)
-if cursor < first or cursor > last then cursor = first end
-local found = redis.call('BITPOS', bits, 0, cursor, last, 'BIT')
-if found == -1 and cursor > first then
-  found = redis.call('BITPOS', bits, 0, first, cursor - 1, 'BIT')
-end
-if found == -1 then return -1 end
-redis.call('SETBIT', bits, found, 1)
-redis.call('HSET', owner, found, network_id)
-redis.call('HSET', bynet, network_id, found)
-redis.call('SET', cursor_key, found + 1)
-return found
-"""
-
-_RELEASE_VNI = """
-local bits, owner, bynet = KEYS[1], KEYS[2], KEYS[3]
-local network_id = ARGV[1]
-local vni = redis.call('HGET', bynet, network_id)
-if not vni then return 0 end
-if redis.call('HGET', owner, vni) == network_id then
-  redis.call('HDEL', owner, vni)
-  redis.call('SETBIT', bits, tonumber(vni), 0)
-end
-redis.call('HDEL', bynet, network_id)
-return 1
-"""
-
 
 def endpoint_mac(address: str) -> str:
     """The MAC of an overlay endpoint, derived from its address as the agent does
@@ -114,82 +71,33 @@ def parse_vni_range(spec: str) -> tuple[int, int]:
     return low, high
 
 
-class Vnis:
-    """VXLAN ids, unique across the deployment, allocated next-fit from a bitmap.
-
-    One Lua script per change, so two replicas never hand out one id twice;
-    a retry for the same network gets the id it already holds.
-    """
-
-    def __init__(self, redis_client, vni_range: tuple[int, int]):
-        self.r = redis_client
-        self.first, self.last = vni_range
-        self._allocate = redis_client.register_script(_ALLOCATE_VNI)
-        self._release = redis_client.register_script(_RELEASE_VNI)
-
-    @staticmethod
-    def _keys() -> list[str]:
-        return [k("vni", "bits"), k("vni", "owner"), k("vni", "bynet"), k("vni", "cursor")]
-
-    async def allocate(self, network_id: str) -> int:
-        """The network's VNI; RESOURCE_EXHAUSTED when the range is used up."""
-        vni = int(await self._allocate(keys=self._keys(),
-                                       args=[network_id, self.first, self.last]))
-        if vni < 0:
-            raise errors.ResourceExhausted(
-                f"no VXLAN id left in {self.first}-{self.last} for a new overlay network",
-                reason="VNI_EXHAUSTED", first=str(self.first), last=str(self.last),
-            )
-        return vni
-
-    async def release(self, network_id: str) -> None:
-        await self._release(keys=self._keys()[:3], args=[network_id])
-
-    async def holders(self) -> dict[str, int]:
-        """network id -> VNI, for every VNI held."""
-        raw = await self.r.hgetall(k("vni", "bynet"))
-        return {key.decode(): int(value) for key, value in raw.items()}
-
-
 class Overlay:
     """Keeps every overlay network on every registered host."""
 
-    def __init__(self, orch: Orchestrator, to_agent_network):
-        self.orch = orch
-        self.store = orch.store
-        self.to_agent_network = to_agent_network
-
-    # --- per-host state -----------------------------------------------------
-
-    async def set_host_state(self, network_id: str, host_id: str, ready: bool,
-                             message: str = "") -> None:
-        await self.store.r.hset(k("net", network_id, "hoststate"), host_id,
-                                json.dumps({"ready": ready, "message": message}))
+    def __init__(self, store: Store, hosts: Hosts, vnis: Vnis):
+        self.store = store
+        self.hosts = hosts
+        self.vnis = vnis
 
     async def host_states(self, network_id: str) -> dict[str, tuple[bool, str]]:
-        raw = await self.store.r.hgetall(k("net", network_id, "hoststate"))
-        states = {}
-        for key, value in raw.items():
-            data = json.loads(value)
-            states[key.decode()] = (bool(data["ready"]), data.get("message", ""))
-        return states
+        return await self.store.host_states(network_id)
 
     async def forget_network(self, network_id: str) -> None:
-        """Drops what this module keeps of a deleted network: host states and its VNI."""
-        await self.store.r.delete(k("net", network_id, "hoststate"))
-        await self.orch.vnis.release(network_id)
+        """Drops what is kept of a deleted overlay network: host states and its VNI."""
+        await self.store.forget_host_states(network_id)
+        await self.vnis.release(network_id)
 
     async def networks(self) -> list[pb.Network]:
         return [network for network, state in await self.store.list_networks()
                 if network.driver == DRIVER and state == STATE_READY]
 
     def healthy(self, host: pb.Host) -> bool:
-        return host.static or self.orch._heartbeat_fresh(host)
+        return self.hosts.healthy(host)
 
     # --- peers -------------------------------------------------------------------
 
     async def generation(self, network_id: str) -> int:
-        return int(await self.store.r.get(k("net", network_id, "peers-gen")) or 0)
+        return await self.store.peers_generation(network_id)
 
     async def push_peers(self, network_id: str, skip_host: str = "",
                          pending: pb.Endpoint | None = None) -> tuple[int, bool]:
@@ -203,16 +111,7 @@ class Overlay:
         """
         # The generation is taken before anything is read.
         generation = await self.store.next_peers_generation(network_id)
-        pipe = self.store.r.pipeline(transaction=False)
-        pipe.smembers(k("net", network_id, "hosts"))
-        pipe.hgetall(k("hosts"))
-        pipe.smembers(k("net", network_id, "eps"))
-        on_network, raw_hosts, endpoint_ids = await pipe.execute()
-        on_network = {member.decode() for member in on_network}
-        hosts = [host for host in map(pb.Host.FromString, raw_hosts.values())
-                 if host.host_id in on_network]
-        endpoints = await self.store.get_endpoints(
-            sorted(member.decode() for member in endpoint_ids))
+        hosts, endpoints = await self.store.peers_view(network_id)
         if pending is not None and all(e.endpoint_id != pending.endpoint_id for e in endpoints):
             endpoints.append(pending)
         underlays = {host.host_id: host.underlay_ip for host in hosts if host.underlay_ip}
@@ -228,18 +127,18 @@ class Overlay:
                        for endpoint in endpoints
                        if endpoint.host_id != host.host_id and endpoint.host_id in underlays
                        and endpoint.mac_address]
-            agent = self.orch.agents.get(host.host_id, host.address)
+            agent = self.hosts.agent_of(host)
             try:
                 await agent.set_network_peers(network_id, peers, remotes, generation)
             except errors.CnmError as error:
                 failures.append(error.message)
-                await self.set_host_state(network_id, host.host_id, False, error.message)
+                await self.store.set_host_state(network_id, host.host_id, False, error.message)
 
         # On the network, yet with no VTEP address now (an agent restarted without
         # one): no peer can reach it; shown, not silently left out.
         for host in hosts:
             if host.host_id not in underlays:
-                await self.set_host_state(network_id, host.host_id, False,
+                await self.store.set_host_state(network_id, host.host_id, False,
                                           no_underlay(host.host_id))
         targets = [host for host in hosts
                    if host.host_id != skip_host and host.host_id in underlays]
@@ -260,20 +159,20 @@ class Overlay:
 
         The caller pushes the peers (``push_peers``) afterwards.
         """
-        agent = self.orch.agents.get(host.host_id, host.address)
+        agent = self.hosts.agent_of(host)
         try:
-            if not await self.orch.underlay_ip(host):
+            if not await self.hosts.underlay_ip(host):
                 raise errors.FailedPrecondition(no_underlay(host.host_id),
                                                 reason="NO_UNDERLAY_ADDRESS")
-            await agent.create_network(self.to_agent_network(network))
+            await agent.create_network(agent_network(network))
         except errors.CnmError as error:
-            await self.set_host_state(network.network_id, host.host_id, False, error.message)
+            await self.store.set_host_state(network.network_id, host.host_id, False, error.message)
             log.warning("overlay network not in line on host",
                         extra={"network": network.network_id, "host": host.host_id,
                                "error": error.message})
             return False
         await self.store.add_network_host(network.network_id, host.host_id)
-        await self.set_host_state(network.network_id, host.host_id, True)
+        await self.store.set_host_state(network.network_id, host.host_id, True)
         return True
 
     async def spread_network(self, network: pb.Network) -> None:
@@ -285,7 +184,7 @@ class Overlay:
         hosts = await self.store.list_hosts()
         for host in hosts:
             if not self.healthy(host):
-                await self.set_host_state(network.network_id, host.host_id, False,
+                await self.store.set_host_state(network.network_id, host.host_id, False,
                                           "host is not healthy (missed heartbeats)")
         await asyncio.gather(*(self.ensure_on_host(network, host)
                                for host in hosts if self.healthy(host)))
@@ -294,8 +193,7 @@ class Overlay:
     async def ensure_ready(self, network: pb.Network, host: pb.Host) -> None:
         """Before a connect: the network is on the host with its peers (a host that
         missed the create, or a static host that never registered)."""
-        raw = await self.store.r.hget(k("net", network.network_id, "hoststate"), host.host_id)
-        ready = raw is not None and json.loads(raw)["ready"]
+        ready = await self.store.host_ready(network.network_id, host.host_id)
         if not ready and await self.ensure_on_host(network, host):
             await self.push_peers(network.network_id)
 
@@ -310,8 +208,7 @@ class Overlay:
     async def host_left(self, host_id: str) -> None:
         """A removed host leaves every overlay network's peer lists."""
         for network in await self.networks():
-            await self.store.r.srem(k("net", network.network_id, "hosts"), host_id)
-            await self.store.r.hdel(k("net", network.network_id, "hoststate"), host_id)
+            await self.store.remove_network_host(network.network_id, host_id)
             await self.push_peers(network.network_id)
 
     async def delete_from_hosts(self, network: pb.Network) -> None:
@@ -325,7 +222,7 @@ class Overlay:
             if host is None:
                 return
             try:
-                await self.orch.agents.get(host.host_id, host.address).delete_network(
+                await self.hosts.agent_of(host).delete_network(
                     network.network_id)
             except errors.CnmError as error:
                 log.warning("overlay network left on a host",

@@ -118,16 +118,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RegisterHost(self, request, context):
         host = await self.orch.register_host(request.host)
         interval = duration_pb2.Duration()
-        interval.FromTimedelta(timedelta(seconds=self.orch.heartbeat_interval))
+        interval.FromTimedelta(timedelta(seconds=self.orch.hosts.heartbeat_interval))
         return pb.RegisterHostResponse(host=host, heartbeat_interval=interval)
 
     async def HeartbeatHost(self, request, context):
         validation.check_id("host_id", request.host_id)
-        known = await self.orch.heartbeat_host(request.host_id)
+        known = await self.orch.hosts.heartbeat(request.host_id)
         return pb.HeartbeatHostResponse(reregister=not known)
 
     async def ListHosts(self, request, context):
-        page = pagination.paginate(await self.orch.list_hosts(), request,
+        page = pagination.paginate(await self.orch.hosts.list(), request,
                                    key=lambda host: host.host_id)
         return pb.ListHostsResponse(hosts=page.items, next_page_token=page.next_page_token)
 

@@ -22,7 +22,11 @@ Layout (prefix ``{cnm-orch}:``)::
     replica:<id>        STRING with expiry: a live orchestrator replica
     lock:<name>         STRING with expiry: "<replica id>:<nonce>"
 
-(orchestrator/overlay.py keeps the VXLAN ids, ``vni:*``, and per-host states.)
+    net:<id>:hoststate  HASH  host id -> JSON {"ready": bool, "message": str} (overlay)
+    vni:bits            STRING bitmap, bit N set: VNI N taken
+    vni:owner           HASH   vni -> network id
+    vni:bynet           HASH   network id -> vni
+    vni:cursor          STRING next-fit start
 
 An intent is written before the first side effect of a flow and removed in
 the same script that records its outcome, so a crash between steps always
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 from typing import Self
 
 import redis.asyncio as redis
+from google.protobuf import timestamp_pb2
 
 from cnm import errors, redis_client
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -54,6 +59,12 @@ HOST_UPDATE_ATTEMPTS = 20
 
 def k(*parts: str) -> str:
     return PREFIX + ":".join(parts)
+
+
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
 
 
 def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
@@ -300,7 +311,8 @@ class Store:
             network_id = await self.network_id_by_name(name_or_id)
             found = await self.get_network(network_id) if network_id else None
         if found is None:
-            raise errors.NotFound(f"network {name_or_id!r} not found", network=name_or_id)
+            raise errors.NotFound(f"network {name_or_id!r} not found", reason="NETWORK_NOT_FOUND",
+                                  network=name_or_id)
         return found
 
     async def list_networks(self) -> list[tuple[pb.Network, str]]:
@@ -367,6 +379,49 @@ class Store:
 
     async def peers_dirty(self) -> list[str]:
         return sorted(m.decode() for m in await self.r.smembers(k("peers-dirty")))
+
+    async def peers_generation(self, network_id: str) -> int:
+        return int(await self.r.get(k("net", network_id, "peers-gen")) or 0)
+
+    async def peers_view(self, network_id: str) -> tuple[list[pb.Host], list[pb.Endpoint]]:
+        """The hosts that have the network and its recorded endpoints (ids in one round
+        trip, then the records)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(k("net", network_id, "hosts"))
+        pipe.hgetall(k("hosts"))
+        pipe.smembers(k("net", network_id, "eps"))
+        on_network, raw_hosts, endpoint_ids = await pipe.execute()
+        on_network = {member.decode() for member in on_network}
+        hosts = [host for host in map(pb.Host.FromString, raw_hosts.values())
+                 if host.host_id in on_network]
+        endpoints = await self.get_endpoints(sorted(member.decode() for member in endpoint_ids))
+        return hosts, endpoints
+
+    # --- overlay: whether each host has a network in line --------------------
+
+    async def set_host_state(self, network_id: str, host_id: str, ready: bool,
+                             message: str = "") -> None:
+        await self.r.hset(k("net", network_id, "hoststate"), host_id,
+                          json.dumps({"ready": ready, "message": message}))
+
+    async def host_states(self, network_id: str) -> dict[str, tuple[bool, str]]:
+        raw = await self.r.hgetall(k("net", network_id, "hoststate"))
+        states = {}
+        for key, value in raw.items():
+            data = json.loads(value)
+            states[key.decode()] = (bool(data["ready"]), data.get("message", ""))
+        return states
+
+    async def host_ready(self, network_id: str, host_id: str) -> bool:
+        raw = await self.r.hget(k("net", network_id, "hoststate"), host_id)
+        return raw is not None and bool(json.loads(raw)["ready"])
+
+    async def forget_host_states(self, network_id: str) -> None:
+        await self.r.delete(k("net", network_id, "hoststate"))
+
+    async def remove_network_host(self, network_id: str, host_id: str) -> None:
+        await self.r.srem(k("net", network_id, "hosts"), host_id)
+        await self.r.hdel(k("net", network_id, "hoststate"), host_id)
 
     # --- endpoints ----------------------------------------------------------
 
@@ -603,3 +658,76 @@ class Lock:
                 f"lost the lock {self.name} (taken over, or Redis unreachable): retry",
                 reason="LOCK_LOST",
             ) from exc
+
+
+# --- VXLAN ids ------------------------------------------------------------------
+
+_ALLOCATE_VNI = """
+local bits, owner, bynet, cursor_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local network_id, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', bynet, network_id)
+if held then return tonumber(held) end
+if redis.call('STRLEN', bits) * 8 <= last then redis.call('SETBIT', bits, last, 0) end
+local cursor = tonumber(redis.call('GET', cursor_key) or first)
+if cursor < first or cursor > last then cursor = first end
+local found = redis.call('BITPOS', bits, 0, cursor, last, 'BIT')
+if found == -1 and cursor > first then
+  found = redis.call('BITPOS', bits, 0, first, cursor - 1, 'BIT')
+end
+if found == -1 then return -1 end
+redis.call('SETBIT', bits, found, 1)
+redis.call('HSET', owner, found, network_id)
+redis.call('HSET', bynet, network_id, found)
+redis.call('SET', cursor_key, found + 1)
+return found
+"""
+
+_RELEASE_VNI = """
+local bits, owner, bynet = KEYS[1], KEYS[2], KEYS[3]
+local network_id = ARGV[1]
+local vni = redis.call('HGET', bynet, network_id)
+if not vni then return 0 end
+if redis.call('HGET', owner, vni) == network_id then
+  redis.call('HDEL', owner, vni)
+  redis.call('SETBIT', bits, tonumber(vni), 0)
+end
+redis.call('HDEL', bynet, network_id)
+return 1
+"""
+
+
+class Vnis:
+    """VXLAN ids, unique across the deployment, allocated next-fit from a bitmap.
+
+    One Lua script per change, so two replicas never hand out one id twice;
+    a retry for the same network gets the id it already holds.
+    """
+
+    def __init__(self, store: Store, vni_range: tuple[int, int]):
+        self.r = store.r
+        self.first, self.last = vni_range
+        self._allocate = self.r.register_script(_ALLOCATE_VNI)
+        self._release = self.r.register_script(_RELEASE_VNI)
+
+    @staticmethod
+    def _keys() -> list[str]:
+        return [k("vni", "bits"), k("vni", "owner"), k("vni", "bynet"), k("vni", "cursor")]
+
+    async def allocate(self, network_id: str) -> int:
+        """The network's VNI; RESOURCE_EXHAUSTED when the range is used up."""
+        vni = int(await self._allocate(keys=self._keys(),
+                                       args=[network_id, self.first, self.last]))
+        if vni < 0:
+            raise errors.ResourceExhausted(
+                f"no VXLAN id left in {self.first}-{self.last} for a new overlay network",
+                reason="VNI_EXHAUSTED", first=str(self.first), last=str(self.last),
+            )
+        return vni
+
+    async def release(self, network_id: str) -> None:
+        await self._release(keys=self._keys()[:3], args=[network_id])
+
+    async def holders(self) -> dict[str, int]:
+        """network id -> VNI, for every VNI held."""
+        raw = await self.r.hgetall(k("vni", "bynet"))
+        return {key.decode(): int(value) for key, value in raw.items()}

@@ -97,32 +97,9 @@ class Firewall(Protocol):
         """Number of rules and set/map elements in cnm's tables."""
 
 
-BACKENDS = ("nftables", "none")
-
-
 def table_missing(what: str) -> errors.FailedPrecondition:
     """The error of an add that found cnm's ruleset (or part of it) gone."""
     return errors.FailedPrecondition(
         f"{what}: cnm's firewall table or one of its sets is missing (flushed?); "
         "the whole state must be synchronized", reason=TABLE_MISSING,
-    )
-
-
-def make_firewall(name: str, **options: object) -> Firewall:
-    """The backend called ``name``; ``options`` go to its constructor.
-
-    ``nftables`` takes ``prefer`` ("auto", "libnftables" or "nft": how to
-    reach libnftables) or a ready ``runner``.
-    """
-    if name == "nftables":
-        from netdriver_service.firewall.nftables_backend import NftablesFirewall
-
-        return NftablesFirewall(**options)
-    if name == "none":
-        from netdriver_service.firewall.noop import NoFirewall
-
-        return NoFirewall(**options)
-    raise errors.InvalidArgument(
-        f"unknown firewall backend {name!r}; one of {', '.join(BACKENDS)}",
-        reason="UNKNOWN_FIREWALL",
     )

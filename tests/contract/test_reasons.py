@@ -148,4 +148,4 @@ def test_the_reader_finds_what_it_should():
         <= sent_reasons("ipam_service")
     assert {"FIREWALL_TABLE_MISSING", "INVALID_SANDBOX", "INVALID_PAGE_TOKEN"} \
         <= sent_reasons("netdriver_service")
-    assert {"IPV6_NOT_SUPPORTED", "INVALID_ID", "NOT_FOUND"} <= sent_reasons("orchestrator")
+    assert {"IPV6_NOT_SUPPORTED", "INVALID_ID", "HOST_NOT_FOUND"} <= sent_reasons("orchestrator")

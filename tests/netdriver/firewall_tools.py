@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 def _agent(backend: str) -> None:
     from cnm import errors
-    from netdriver_service.firewall import NetworkRules, PortRule, make_firewall
+    from netdriver_service.firewall import NetworkRules, PortRule
+    from netdriver_service.firewall.backends import make_firewall
 
     async def main() -> None:
         name, _, prefer = backend.partition("/")

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from cnm import errors
-from netdriver_service.firewall import BACKENDS, NetworkRules, PortRule, make_firewall, ruleset
+from netdriver_service.firewall import NetworkRules, PortRule, ruleset
+from netdriver_service.firewall.backends import BACKENDS, make_firewall
 from netdriver_service.firewall.libnft import NftError
 from netdriver_service.firewall.nftables_backend import NftablesFirewall
 from netdriver_service.firewall.ports import split_against, validate_ports

@@ -68,7 +68,7 @@ async def world(redis_url):
     ipam_client = Ipam(ipam_address)
     agent_clients = Agents()
     orch = Orchestrator(store, ipam_client, agent_clients)
-    await orch.add_static_hosts(
+    await orch.hosts.add_static(
         ",".join(f"{h}=127.0.0.1:{servers[h].port}" for h in ("h1", "h2")))
     front = await server.start(
         listen="127.0.0.1:0",

@@ -9,7 +9,8 @@ import pytest
 
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator.overlay import Vnis, endpoint_mac, parse_vni_range
+from orchestrator.overlay import endpoint_mac, parse_vni_range
+from orchestrator.store import Vnis
 from tests.orchestrator.conftest import connect_request, network_request
 from tests.orchestrator.fakes import FakeAgent, serve_agent
 
@@ -51,7 +52,7 @@ def test_vni_range_parsing():
 
 
 async def test_vnis_are_unique_reused_after_release_and_run_out(world):
-    vnis = Vnis(world.store.r, (10, 12))
+    vnis = Vnis(world.store, (10, 12))
     got = [await vnis.allocate(f"n{i}") for i in range(3)]
     assert sorted(got) == [10, 11, 12]
     assert await vnis.allocate("n1") == got[1]  # a retry gets the same one
@@ -107,7 +108,7 @@ async def test_a_host_missing_heartbeats_is_unhealthy_and_connects_fail_fast(wor
     await create(world, "ov", "10.30.0.0/24")
     await register(world, "h3", address, agent.underlay_ip)
     host = await world.store.get_host("h3")
-    host.last_heartbeat_time.FromSeconds(int(time.time()) - 10 * world.orch.heartbeat_interval)
+    host.last_heartbeat_time.FromSeconds(int(time.time()) - 10 * world.orch.hosts.heartbeat_interval)
     await world.store.put_host(host)
     listed = {h.host_id: h.state for h in
               (await world.call("ListHosts", pb.ListHostsRequest())).hosts}
