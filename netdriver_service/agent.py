@@ -3,7 +3,7 @@
 Each mutating operation validates its whole request first, then runs
 under one lock (the kernel state of a host is changed by one operation at
 a time), pushes the inverse of every completed step on an
-``AsyncExitStack`` and drops them only on success. What exists is always
+``cnm.undo.Undo`` and drops them only on success. What exists is always
 read from the kernel; the store only adds the parameters the kernel does
 not keep.
 """
@@ -22,19 +22,14 @@ from typing import TypeVar
 
 from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2
+from cnm.undo import Undo
 from netdriver_service import model, names, netns
 from netdriver_service.drivers import DRIVERS, Driver, make_driver
 from netdriver_service.drivers.bridge import network_rules, port_rules
-from netdriver_service.drivers.overlay import (
-    OverlayDriver,
-    Peer,
-    RemoteEndpoint,
-    check_peer_fields,
-    check_peers,
-)
+from netdriver_service.drivers.overlay import check_peer_fields, check_peers
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import TABLE_MISSING, Firewall, PortRule
-from netdriver_service.model import EndpointSpec, NetworkSpec
+from netdriver_service.model import EndpointSpec, NetworkSpec, Peer, RemoteEndpoint
 from netdriver_service.netlink import Link, LinkNotOwned, Netlink
 from netdriver_service.state import Store
 from netdriver_service.teardown import Teardown
@@ -190,9 +185,7 @@ class Agent:
             validation.subnets_overlap(spec.subnet, other.subnet, f"network {spec.network_id!r}",
                                        f"network {other.network_id!r}")
 
-    async def _ensure_network(
-        self, spec: NetworkSpec, stack: contextlib.AsyncExitStack | None = None
-    ) -> NetworkSpec:
+    async def _ensure_network(self, spec: NetworkSpec, outer: Undo | None = None) -> NetworkSpec:
         """Creates the network unless it is already fully there (idempotent)."""
         self._check_new_network(spec)
         driver = self.driver(spec.driver)
@@ -202,18 +195,20 @@ class Agent:
         ):
             return self.store.networks[spec.network_id]
         intent = f"net:{spec.network_id}"
-        async with contextlib.AsyncExitStack() as own_stack:
+        async with Undo(f"create network {spec.network_id!r}", log) as undo:
             if not known:
-                await self._intend(intent, spec.bridge, own_stack)
-            await driver.create_network(spec, own_stack)
+                await self._intend(intent, spec.bridge, undo)
+            await driver.create_network(spec, undo)
             if not known:
                 await self.store.put_network(spec)
-                own_stack.push_async_callback(self.store.delete_network, spec.network_id)
-            undo = own_stack.pop_all()
+                undo.push("forget the network's record",
+                          lambda: self.store.delete_network(spec.network_id))
+            # Made: a connect that made it undoes it should the connect fail later.
+            if outer is not None:
+                outer.adopt(undo)
+            undo.commit()
         if not known:
             await self.store.delete_intent(intent)
-        if stack is not None:
-            stack.push_async_callback(undo.aclose)
         return spec
 
     async def delete_network(self, network_id: str) -> None:
@@ -271,11 +266,6 @@ class Agent:
                     reason="NETWORK_NOT_ON_HOST", network_id=network_id,
                 )
             driver = self.driver(network.driver)
-            if not isinstance(driver, OverlayDriver):
-                raise errors.FailedPrecondition(
-                    f"set peers: network {network_id!r} uses driver {network.driver!r}, "
-                    "which has no peers", reason="DRIVER_HAS_NO_PEERS",
-                )
             peers, remotes = check_peers(network, peers, remotes)
             if generation and generation < self.peer_generations.get(network_id, 0):
                 return False, []
@@ -339,25 +329,27 @@ class Agent:
             )
         driver = self.driver(network.driver)
         intent = f"ep:{endpoint.endpoint_id}"
-        async with contextlib.AsyncExitStack() as stack:
+        async with Undo(f"create endpoint {endpoint.endpoint_id!r}", log) as undo:
             if network.network_id not in self.store.networks:
-                await self._ensure_network(network, stack)
+                await self._ensure_network(network, undo)
             self.faults.check("network")
-            await self._intend(intent, endpoint.host_interface, stack)
-            endpoint = await driver.create_endpoint(network, endpoint, stack)
+            await self._intend(intent, endpoint.host_interface, undo)
+            endpoint = await driver.create_endpoint(network, endpoint, undo)
             await self.store.put_endpoint(endpoint)
-            stack.push_async_callback(self.store.delete_endpoint, endpoint.endpoint_id)
+            endpoint_id = endpoint.endpoint_id
+            undo.push("forget the endpoint's record",
+                      lambda: self.store.delete_endpoint(endpoint_id))
             self.faults.check("record")
-            stack.pop_all()
+            undo.commit()
         await self.store.delete_intent(intent)
         return endpoint
 
-    async def _intend(self, key: str, link: str, stack: contextlib.AsyncExitStack) -> None:
+    async def _intend(self, key: str, link: str, undo: Undo) -> None:
         """Records that ``link`` is about to be made, after removing what a crashed
         attempt of the same operation left."""
         await self._remove_crash_leftover(key)
         await self.store.put_intent(key, link)
-        stack.push_async_callback(self.store.delete_intent, key)
+        undo.push(f"drop intent {key}", lambda: self.store.delete_intent(key))
 
     async def _remove_crash_leftover(self, key: str) -> str | None:
         """Deletes the link an intent names if it is still unmarked (made, then the agent
@@ -531,11 +523,11 @@ class Agent:
     async def _report_vxlan(self, response: netdriver_pb2.GetStateResponse,
                             network: netdriver_pb2.Network, bridge_index: int) -> None:
         """Reports the network's VXLAN device, as the kernel has it, in ``response``."""
-        driver = self.drivers.get("overlay")
-        if not isinstance(driver, OverlayDriver):
-            return
-        device = await driver.vxlan_state(network.network_id, bridge_index)
-        if device is None:
+        for driver in self.drivers.values():
+            device = await driver.vxlan_state(network.network_id, bridge_index)
+            if device is not None:
+                break
+        else:
             return
         network.driver = netdriver_pb2.DRIVER_OVERLAY
         response.vxlan_devices[network.network_id].CopyFrom(netdriver_pb2.VxlanDevice(
@@ -558,8 +550,7 @@ class Agent:
         """Reads the kernel without the lock (a connect never waits for that read);
         only when it shows drift, takes the lock and reads and repairs again."""
         for driver in self.drivers.values():
-            if isinstance(driver, OverlayDriver):
-                driver.forget_applied()
+            driver.forget_applied()
         if not await self._drift_seen():
             return []
         async with self.lock:
@@ -586,7 +577,7 @@ class Agent:
         for spec in networks:
             driver = self.driver(spec.driver)
             try:
-                if isinstance(driver, OverlayDriver) and not await driver.network_intact(spec):
+                if not await driver.network_intact(spec):
                     return True
             except errors.CnmError:
                 return True  # the locked pass reports it, as it reports a failed repair
@@ -595,8 +586,7 @@ class Agent:
     async def _resync_locked(self) -> list[str]:
         repaired: list[str] = []
         for driver in self.drivers.values():
-            if isinstance(driver, OverlayDriver):
-                driver.forget_applied()
+            driver.forget_applied()
         for key in list(self.store.intents):
             line = await self._remove_crash_leftover(key)
             if line:
@@ -623,14 +613,12 @@ class Agent:
         # After the firewall (an overlay network made again brings its own rules):
         # overlay networks are on every host, so a missing one is made again.
         for spec in self.store.networks.values():
-            driver = self.driver(spec.driver)
-            if isinstance(driver, OverlayDriver):
-                try:
-                    repaired += await driver.repair_network(spec)
-                except errors.CnmError as error:
-                    log.warning("could not repair overlay network", extra={
-                        "network_id": spec.network_id, "error": error.message,
-                    })
+            try:
+                repaired += await self.driver(spec.driver).repair_network(spec)
+            except errors.CnmError as error:
+                log.warning("could not repair network", extra={
+                    "network_id": spec.network_id, "error": error.message,
+                })
         return repaired
 
     async def _with_whole_firewall(self, operation: Callable[[], Awaitable[T]]) -> T:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from cnm import errors, validation
 from cnm.errors import capped
 from cnm.netdriver.v1 import netdriver_pb2
-from netdriver_service import names, netlink
+from netdriver_service import names, netns
 
 DEFAULT_MTU = 1500
 OVERLAY_MTU = DEFAULT_MTU - 50  # room for VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers
@@ -198,7 +198,7 @@ def resolve_sandbox(sandbox: str, netns_dir: str) -> str:
                                      field="sandbox")
     checked = validation.check_sandbox(sandbox)
     path = checked if "/" in sandbox else os.path.join(netns_dir, checked)
-    netlink.check_namespace_path(path)
+    netns.check_namespace_path(path)
     return path
 
 
@@ -240,3 +240,34 @@ def endpoint_from_proto(
         ports=ports, default_route=message.default_route,
         mac_requested=bool(message.mac_address),
     )
+
+
+# --- overlay peers, and what GetState reports of a VXLAN device -------------------
+
+@dataclass(frozen=True)
+class Peer:
+    host_id: str
+    underlay_ip: str
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    address: str
+    mac: str
+    underlay_ip: str
+
+
+@dataclass(frozen=True)
+class VxlanState:
+    """An overlay network's VXLAN device as the kernel has it (for GetState)."""
+
+    name: str
+    vni: int
+    local: str
+    learning: bool
+    proxy: bool
+    up: bool
+    attached: bool  # a port of the network's bridge
+    flood_peers: int  # head-end replication entries: one per other host
+    remote_macs: int
+    neighbours: int

@@ -19,35 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
-import fcntl
 import ipaddress
 import os
 import socket
-import struct
-import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import (
     NETLINK_ROUTE,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
 )
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from cnm import errors
-
-CLONE_NEWNET = 0x40000000
-NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
-_libc = ctypes.CDLL(None, use_errno=True)
+from netdriver_service.linkdump import Link, read_links
+from netdriver_service.netns import check_namespace_path, in_namespace
 
 
 class LinkNotFound(errors.NotFound):
@@ -88,26 +76,23 @@ def _convert(error: OSError | NetlinkError, what: str) -> errors.CnmError:
     return cls(f"{what}: {text}", reason=None, errno=code)
 
 
+# What a delete finds when the object is already gone; what an add finds when it is there.
+GONE = frozenset({errno.ENODEV, errno.ENOENT})
+THERE = frozenset({errno.EEXIST})
+NO_IPV6 = frozenset({errno.EAFNOSUPPORT})  # the kernel was booted with ipv6.disable=1
+
+
 @contextlib.contextmanager
-def _errors(what: str):
-    """Turns a kernel error of the block into a cnm error that says ``what`` failed."""
+def _errors(what: str, *, fine: frozenset[int] = frozenset()):
+    """Turns a kernel error of the block into a cnm error that says ``what`` failed; an
+    errno in ``fine`` (:data:`GONE`, :data:`THERE`) ends the block quietly instead."""
     try:
         yield
     except (NetlinkError, OSError) as error:
+        code = error.code if isinstance(error, NetlinkError) else error.errno
+        if code in fine:
+            return
         raise _convert(error, what) from error
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str  # "bridge", "veth", ... ("" when the kernel does not say)
-    alias: str
-    master: int  # index of the bridge the link is a port of; 0 when none
-    up: bool
-    mtu: int
-    mac: str
-    addresses: tuple[str, ...] = field(default=())  # CIDRs, IPv4 only
 
 
 def _link(message) -> Link:
@@ -123,97 +108,6 @@ def _link(message) -> Link:
         mtu=message.get_attr("IFLA_MTU") or 0,
         mac=message.get_attr("IFLA_ADDRESS") or "",
     )
-
-
-# A link dump read and decoded without pyroute2, for namespaces with thousands of
-# links: pyroute2 decodes every attribute of every link (some 0.4 ms a link), this
-# reads the few that make a Link (some 25 us) from messages the kernel sends
-# without their statistics.
-_NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
-_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
-_RTATTR = struct.Struct("=HH")  # rtattr: length, type
-_U32 = struct.Struct("=I")
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 10, 18, 20
-IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS, IFLA_INFO_KIND = 29, 1 << 3, 1
-
-
-def _attributes(data: bytes | memoryview, offset: int, end: int):
-    """(type, payload) of each rtattr in ``data[offset:end]``."""
-    while offset + 4 <= end:
-        length, kind = _RTATTR.unpack_from(data, offset)
-        if length < 4:
-            break
-        yield kind & 0x3FFF, data[offset + 4:offset + length]  # without NLA_F_NESTED and co
-        offset += (length + 3) & ~3
-
-
-def _text(payload) -> str:
-    return bytes(payload).split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _decode_link(data: bytes, offset: int, end: int) -> Link:
-    _, _, index, flags, _ = _IFINFO.unpack_from(data, offset)
-    fields: dict = {"index": index, "up": bool(flags & 1), "name": "", "kind": "", "alias": "",
-                    "master": 0, "mtu": 0, "mac": ""}
-    for kind, payload in _attributes(data, offset + _IFINFO.size, end):
-        if kind == IFLA_IFNAME:
-            fields["name"] = _text(payload)
-        elif kind == IFLA_IFALIAS:
-            fields["alias"] = _text(payload)
-        elif kind == IFLA_MASTER:
-            fields["master"] = _U32.unpack_from(payload)[0]
-        elif kind == IFLA_MTU:
-            fields["mtu"] = _U32.unpack_from(payload)[0]
-        elif kind == IFLA_ADDRESS:
-            fields["mac"] = ":".join(f"{byte:02x}" for byte in bytes(payload))
-        elif kind == IFLA_LINKINFO:
-            for info, value in _attributes(payload, 0, len(payload)):
-                if info == IFLA_INFO_KIND:
-                    fields["kind"] = _text(value)
-    return Link(**fields)
-
-
-def read_links(sock: socket.socket, attempts: int = 3) -> list[Link]:
-    """Every link of ``sock``'s namespace, from one dump (blocking: run in a thread).
-
-    ``sock``: a NETLINK_ROUTE socket of its own, not one pyroute2 reads. A
-    dump the kernel marks as interrupted (links changed while it ran) is
-    taken again, up to ``attempts`` times in all.
-    """
-    sock.bind((0, 0))
-    for sequence in range(1, attempts + 1):
-        links, interrupted = _dump_links(sock, sequence)
-        if not interrupted:
-            break
-    return links
-
-
-def _dump_links(sock: socket.socket, sequence: int) -> tuple[list[Link], bool]:
-    request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _RTATTR.pack(8, IFLA_EXT_MASK) \
-        + _U32.pack(RTEXT_FILTER_SKIP_STATS)
-    sock.send(_NLMSG.pack(_NLMSG.size + len(request), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
-                          sequence, 0) + request)
-    links: list[Link] = []
-    interrupted = False
-    while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + _NLMSG.size <= len(data):
-            length, kind, flags, seq, _ = _NLMSG.unpack_from(data, offset)
-            if length < _NLMSG.size:
-                raise OSError(errno.EPROTO, "malformed netlink message")
-            end = offset + length
-            if seq == sequence:
-                interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                if kind == NLMSG_DONE:
-                    return links, interrupted
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
-                    if code:
-                        raise OSError(code, f"dump links: {os.strerror(code)}")
-                elif kind == RTM_NEWLINK:
-                    links.append(_decode_link(data, offset + _NLMSG.size, end))
-            offset = (end + 3) & ~3
 
 
 # IFLA_AF_SPEC asking for IN6_ADDR_GEN_MODE_NONE.
@@ -260,81 +154,8 @@ def _selector(link: str | int) -> dict:
     return {"index": link} if isinstance(link, int) else {"ifname": link}
 
 
-def check_namespace_path(path: str) -> os.stat_result:
-    """Stat of ``path`` if it is a network namespace; InvalidArgument otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as error:
-        raise errors.InvalidArgument(
-            f"namespace {path!r} does not exist", reason="NAMESPACE_NOT_FOUND", path=path
-        ) from error
-    except OSError as error:
-        raise errors.InvalidArgument(
-            f"cannot open namespace {path!r}: {error.strerror}", reason="INVALID_NAMESPACE",
-            path=path,
-        ) from error
-    try:
-        try:
-            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-        except OSError as error:
-            raise errors.InvalidArgument(
-                f"{path!r} is not a namespace", reason="INVALID_NAMESPACE", path=path
-            ) from error
-        if kind != CLONE_NEWNET:
-            raise errors.InvalidArgument(
-                f"{path!r} is not a network namespace", reason="INVALID_NAMESPACE", path=path
-            )
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
-
-
-def _enter_and_run(path: str, action):
-    """Enters namespace ``path`` and runs ``action()``: only ever in a thread made for it.
-
-    That thread is used once and never returns to a pool, so no other work
-    ever runs in the wrong namespace.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"setns {path}: {os.strerror(code)}")
-    finally:
-        os.close(fd)
-    return action()
-
-
 def _netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-
-
-async def in_namespace(path: str, action):
-    """Awaits ``action()`` run by a new thread that enters namespace ``path`` first, then dies.
-
-    Started directly (no pool hop) and awaited without blocking the loop.
-    """
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def settle(value=None, error=None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def run() -> None:
-        try:
-            value = _enter_and_run(path, action)
-        except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
-            loop.call_soon_threadsafe(settle, None, error)
-        else:
-            loop.call_soon_threadsafe(settle, value)
-
-    threading.Thread(target=run, name="cnm-netns-enter", daemon=True).start()
-    return await future
 
 
 async def _open_handle(path: str | None) -> AsyncIPRoute:
@@ -412,13 +233,9 @@ class Netlink:
     async def _link_message(self, name: str, ns: str | None = None):
         """The kernel's message for link ``name``; None when there is no such link."""
         handle = await self._handle(ns)
-        try:
-            messages = await handle.link("get", ifname=name)
-        except NetlinkError as error:
-            if error.code in (errno.ENODEV, errno.ENOENT):
-                return None
-            raise _convert(error, f"get link {name!r}") from error
-        return messages[0]
+        with _errors(f"get link {name!r}", fine=GONE):
+            return (await handle.link("get", ifname=name))[0]
+        return None
 
     async def get_link(self, name: str, ns: str | None = None) -> Link | None:
         message = await self._link_message(name, ns)
@@ -446,13 +263,10 @@ class Netlink:
         if link is None:
             return False
         handle = await self._handle(ns)
-        try:
+        with _errors(f"delete link {name!r}", fine=GONE):
             await handle.link("del", index=link.index)  # by index: this very link
-        except NetlinkError as error:
-            if error.code in (errno.ENODEV, errno.ENOENT):
-                return False
-            raise _convert(error, f"delete link {name!r}") from error
-        return True
+            return True
+        return False
 
     async def list_links(self, ns: str | None = None, addresses: bool = False) -> list[Link]:
         """Every link of namespace ``ns`` (the host's when None); with ``addresses``, their
@@ -607,12 +421,9 @@ class Netlink:
         that multicast storm tripled the cost of connecting one more.
         """
         handle = await self._handle(ns)
-        with _errors(f"turn off IPv6 link-local address of {link!r}"):
-            try:
-                await handle.link("set", **_selector(link), IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
-            except NetlinkError as error:
-                if error.code != errno.EAFNOSUPPORT:  # booted with ipv6.disable=1
-                    raise
+        # EAFNOSUPPORT: booted with ipv6.disable=1, no IPv6 to turn off.
+        with _errors(f"turn off IPv6 link-local address of {link!r}", fine=NO_IPV6):
+            await handle.link("set", **_selector(link), IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
 
     async def set_up(self, link: str | int, ns: str | None = None) -> None:
         """Sets ``link`` (a name or an index) up."""
@@ -629,13 +440,10 @@ class Netlink:
     async def delete_link(self, name: str, ns: str | None = None) -> bool:
         """Deletes link ``name``; returns False (quietly) if it was not there."""
         handle = await self._handle(ns)
-        try:
+        with _errors(f"delete link {name!r}", fine=GONE):
             await handle.link("del", ifname=name)
-        except NetlinkError as error:
-            if error.code in (errno.ENODEV, errno.ENOENT):
-                return False
-            raise _convert(error, f"delete link {name!r}") from error
-        return True
+            return True
+        return False
 
     # Addresses and routes ---------------------------------------------------
 
@@ -643,14 +451,10 @@ class Netlink:
         """Adds ``cidr`` to link ``name`` (or index); already having it is fine."""
         handle = await self._handle(ns)
         interface = ipaddress.IPv4Interface(cidr)
-        try:
-            await handle.addr(
-                "add", index=await self._index(handle, name, ns),
-                address=str(interface.ip), prefixlen=interface.network.prefixlen,
-            )
-        except NetlinkError as error:
-            if error.code != errno.EEXIST:
-                raise _convert(error, f"add address {cidr} to {name!r}") from error
+        index = await self._index(handle, name, ns)
+        with _errors(f"add address {cidr} to {name!r}", fine=THERE):
+            await handle.addr("add", index=index, address=str(interface.ip),
+                              prefixlen=interface.network.prefixlen)
 
     async def add_default_route(
         self, gateway: str, name: str | int, ns: str | None = None
@@ -658,16 +462,14 @@ class Netlink:
         """Adds a default route via ``gateway`` out of ``name``; the same route existing is fine."""
         handle = await self._handle(ns)
         index = await self._index(handle, name, ns)
-        try:
+        with _errors(f"add default route via {gateway}", fine=THERE):
             await handle.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
-        except NetlinkError as error:
-            if error.code != errno.EEXIST:
-                raise _convert(error, f"add default route via {gateway}") from error
-            if await self.default_route(ns) != (gateway, index):
-                raise errors.FailedPrecondition(
-                    f"add default route via {gateway}: the namespace has another default route",
-                    reason="DEFAULT_ROUTE_EXISTS",
-                ) from error
+            return
+        if await self.default_route(ns) != (gateway, index):
+            raise errors.FailedPrecondition(
+                f"add default route via {gateway}: the namespace has another default route",
+                reason="DEFAULT_ROUTE_EXISTS",
+            )
 
     async def default_route(self, ns: str | None = None) -> tuple[str, int] | None:
         """(gateway, interface index) of the main table's IPv4 default route, if any."""
@@ -767,14 +569,9 @@ class Netlink:
 
     async def _neigh(self, command: str, what: str, **fields) -> None:
         handle = await self._handle(None)
-        try:
+        fine = {"del": GONE, "append": THERE}.get(command, frozenset())
+        with _errors(what, fine=fine):
             await handle.neigh(command, **fields)
-        except NetlinkError as error:
-            if command == "del" and error.code in (errno.ENOENT, errno.ENODEV):
-                return
-            if command == "append" and error.code == errno.EEXIST:
-                return
-            raise _convert(error, what) from error
 
     async def add_flood(self, index: int, underlay: str) -> None:
         """Adds ``underlay`` to VXLAN device ``index``'s head-end replication list."""

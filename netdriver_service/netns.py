@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import os
 import threading
 
@@ -18,6 +19,7 @@ from cnm import errors
 
 NETNS_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
@@ -105,3 +107,78 @@ async def delete(name: str) -> bool:
         return await asyncio.to_thread(_delete, path_of(name))
     except OSError as error:
         raise errors.Internal(f"delete sandbox {name!r}: {error}") from error
+
+
+# --- entering namespaces ------------------------------------------------------------
+
+def check_namespace_path(path: str) -> os.stat_result:
+    """Stat of ``path`` if it is a network namespace; InvalidArgument otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as error:
+        raise errors.InvalidArgument(
+            f"namespace {path!r} does not exist", reason="NAMESPACE_NOT_FOUND", path=path
+        ) from error
+    except OSError as error:
+        raise errors.InvalidArgument(
+            f"cannot open namespace {path!r}: {error.strerror}", reason="INVALID_NAMESPACE",
+            path=path,
+        ) from error
+    try:
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as error:
+            raise errors.InvalidArgument(
+                f"{path!r} is not a namespace", reason="INVALID_NAMESPACE", path=path
+            ) from error
+        if kind != CLONE_NEWNET:
+            raise errors.InvalidArgument(
+                f"{path!r} is not a network namespace", reason="INVALID_NAMESPACE", path=path
+            )
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _enter_and_run(path: str, action):
+    """Enters namespace ``path`` and runs ``action()``: only ever in a thread made for it.
+
+    That thread is used once and never returns to a pool, so no other work
+    ever runs in the wrong namespace.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+    return action()
+
+
+async def in_namespace(path: str, action):
+    """Awaits ``action()`` run by a new thread that enters namespace ``path`` first, then dies.
+
+    Started directly (no pool hop) and awaited without blocking the loop.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(value=None, error=None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        try:
+            value = _enter_and_run(path, action)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, value)
+
+    threading.Thread(target=run, name="cnm-netns-enter", daemon=True).start()
+    return await future

@@ -11,7 +11,7 @@ from cnm import errors, pagination
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from netdriver_service import model
 from netdriver_service.agent import Agent
-from netdriver_service.drivers.overlay import Peer, RemoteEndpoint
+from netdriver_service.model import Peer, RemoteEndpoint
 
 SERVICE_NAME = netdriver_pb2.DESCRIPTOR.services_by_name["NetDriverService"].full_name
 T = TypeVar("T")

@@ -8,14 +8,14 @@ isolation and published ports are the firewall backend's.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 
 from cnm import errors, validation
+from cnm.undo import Undo
 from netdriver_service import names
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import Firewall, NetworkRules, PortRule
-from netdriver_service.model import EndpointSpec, NetworkSpec
+from netdriver_service.model import EndpointSpec, NetworkSpec, Peer, RemoteEndpoint, VxlanState
 from netdriver_service.netlink import Link, LinkExists, LinkNotOwned, Netlink
 from netdriver_service.teardown import Teardown
 
@@ -70,9 +70,7 @@ class BridgeDriver:
         link = await self._owned_bridge(network)
         return link is not None and link.up
 
-    async def create_network(
-        self, network: NetworkSpec, stack: contextlib.AsyncExitStack
-    ) -> None:
+    async def create_network(self, network: NetworkSpec, undo: Undo) -> None:
         what = f"create network {network.network_id!r}"
         bridge = await self._owned_bridge(network)
         if bridge is None:
@@ -84,10 +82,8 @@ class BridgeDriver:
                     mcast_snooping=network.mcast_snooping,
                 ),
             )
-            stack.push_async_callback(
-                self.netlink.delete_owned_link, network.bridge,
-                names.network_alias(network.network_id),
-            )
+            undo.push(f"delete bridge {network.bridge!r}", lambda: self.netlink.delete_owned_link(
+                network.bridge, names.network_alias(network.network_id)))
         elif not bridge.up:
             await self.netlink.set_up(network.bridge)
         self.faults.check("bridge")
@@ -110,7 +106,8 @@ class BridgeDriver:
             f"{what}: install firewall rules", self.firewall.add_network(network_rules(network))
         )
         if not had_rules:
-            stack.push_async_callback(self.firewall.remove_network, network.network_id)
+            undo.push("remove the network's firewall rules",
+                      lambda: self.firewall.remove_network(network.network_id))
         self.faults.check("network_rules")
 
     async def _repair_network(self, network: NetworkSpec, what: str) -> Link:
@@ -120,9 +117,9 @@ class BridgeDriver:
         Not part of the connect that found it broken: a later failure of that
         connect leaves the repair in place rather than break the network again.
         """
-        async with contextlib.AsyncExitStack() as repair:
+        async with Undo(f"{what}: remake the network") as repair:
             await self.create_network(network, repair)
-            repair.pop_all()
+            repair.commit()
         bridge = await self._owned_bridge(network)
         if bridge is None:
             raise errors.Internal(f"{what}: bridge {network.bridge!r} vanished")
@@ -184,7 +181,7 @@ class BridgeDriver:
     # Endpoints ------------------------------------------------------------------
 
     async def create_endpoint(
-        self, network: NetworkSpec, endpoint: EndpointSpec, stack: contextlib.AsyncExitStack
+        self, network: NetworkSpec, endpoint: EndpointSpec, undo: Undo
     ) -> EndpointSpec:
         what = f"connect endpoint {endpoint.endpoint_id!r}"
         ns = endpoint.netns_path
@@ -218,7 +215,7 @@ class BridgeDriver:
                     ) from error
                 peer = _first_free(taken)
         endpoint = _with_interface(endpoint, peer)
-        stack.push_async_callback(self.netlink.delete_owned_link, host, mine)
+        undo.push(f"delete veth {host!r}", lambda: self.netlink.delete_owned_link(host, mine))
         self.faults.check("veth")
         peer_link = await self.netlink.get_link(peer, ns)
         if peer_link is None:
@@ -249,9 +246,9 @@ class BridgeDriver:
             await _in_context(
                 f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))
             )
-            stack.push_async_callback(
-                self.firewall.remove_ports, endpoint.endpoint_id, port_rules(endpoint)
-            )
+            published = endpoint
+            undo.push("unpublish its ports", lambda: self.firewall.remove_ports(
+                published.endpoint_id, port_rules(published)))
         self.faults.check("ports")
         return endpoint
 
@@ -287,6 +284,33 @@ class BridgeDriver:
 
     async def _interfaces(self, ns: str) -> set[str]:
         return {link.name for link in await self.netlink.list_links(ns)}
+
+    # What only some drivers have: neutral answers here, overridden where it applies.
+
+    async def set_peers(
+        self, network: NetworkSpec, peers: list[Peer], remotes: list[RemoteEndpoint]
+    ) -> list[str]:
+        """Makes the network's remote peers these (overlay); a bridge has none."""
+        raise errors.FailedPrecondition(
+            f"set peers: network {network.network_id!r} uses driver {network.driver!r}, "
+            "which has no peers", reason="DRIVER_HAS_NO_PEERS",
+        )
+
+    def forget_applied(self) -> None:
+        """Makes the next set_peers read the kernel again (after a resync)."""
+
+    async def vxlan_state(self, network_id: str, bridge_index: int) -> VxlanState | None:
+        """The network's VXLAN device as the kernel has it; a bridge network has none."""
+        return None
+
+    async def network_intact(self, network: NetworkSpec) -> bool:
+        """Whether resync must remake the network (overlay networks live on every host;
+        a bridge network is made when an endpoint needs it)."""
+        return True
+
+    async def repair_network(self, network: NetworkSpec) -> list[str]:
+        """Remakes what ``network_intact`` found missing; returns what it did."""
+        return []
 
     async def delete_endpoint(
         self, endpoint_id: str, ports: list[PortRule] | None = None

@@ -21,18 +21,17 @@ forwarding back at once; should the re-make fail, the old device is put back.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cnm import errors, validation
+from cnm.undo import Undo
 from netdriver_service import names
 from netdriver_service.drivers.bridge import BridgeDriver
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import Firewall
-from netdriver_service.model import NetworkSpec
+from netdriver_service.model import NetworkSpec, Peer, RemoteEndpoint, VxlanState
 from netdriver_service.netlink import VXLAN_PORT, Forwarding, Link, Netlink, VxlanInfo
 from netdriver_service.teardown import Teardown
 
@@ -43,35 +42,6 @@ def gateway_mac(network: NetworkSpec) -> str:
     """The gateway's MAC, the same on every host (02:42 and the gateway address, which
     no endpoint has)."""
     return validation.mac_from_address(network.gateway)
-
-
-@dataclass(frozen=True)
-class Peer:
-    host_id: str
-    underlay_ip: str
-
-
-@dataclass(frozen=True)
-class RemoteEndpoint:
-    address: str
-    mac: str
-    underlay_ip: str
-
-
-@dataclass(frozen=True)
-class VxlanState:
-    """An overlay network's VXLAN device as the kernel has it (for GetState)."""
-
-    name: str
-    vni: int
-    local: str
-    learning: bool
-    proxy: bool
-    up: bool
-    attached: bool  # a port of the network's bridge
-    flood_peers: int  # head-end replication entries: one per other host
-    remote_macs: int
-    neighbours: int
 
 
 def check_peer_fields(peers: list[Peer], remotes: list[RemoteEndpoint]) -> None:
@@ -198,12 +168,10 @@ class OverlayDriver(BridgeDriver):
                     "host", reason="VNI_IN_USE", vni=network.vni, interface=link.name,
                 )
 
-    async def create_network(
-        self, network: NetworkSpec, stack: contextlib.AsyncExitStack
-    ) -> None:
+    async def create_network(self, network: NetworkSpec, undo: Undo) -> None:
         what = f"create overlay network {network.network_id!r}"
         local = self._local_address(what)
-        await super().create_network(network, stack)
+        await super().create_network(network, undo)
         bridge = await self.netlink.get_link(network.bridge)
         if bridge is None:
             raise errors.Internal(f"{what}: bridge {network.bridge!r} vanished")
@@ -226,9 +194,8 @@ class OverlayDriver(BridgeDriver):
             kept = kept or old_forwarding
             await self.netlink.delete_link(name)
             if old is not None:
-                stack.push_async_callback(
-                    self._restore, network, stale, old, old_forwarding, bridge.index,
-                )
+                undo.push(f"restore the old VXLAN device {name!r}", lambda: self._restore(
+                    network, stale, old, old_forwarding, bridge.index))
         try:
             await self.netlink.create_vxlan(
                 name, vni=network.vni, local=local, mtu=network.mtu,
@@ -241,7 +208,7 @@ class OverlayDriver(BridgeDriver):
             ) from error
         except errors.CnmError as error:
             raise type(error)(f"{what}: {error.message}", reason=error.reason) from error
-        stack.push_async_callback(self.netlink.delete_link, name)
+        undo.push(f"delete VXLAN device {name!r}", lambda: self.netlink.delete_link(name))
         if kept is not None:
             created = await self.netlink.get_link(name)
             if created is None:

@@ -7,7 +7,6 @@ agents with nftables).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import replace
 
@@ -15,15 +14,11 @@ import pytest
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as pb
+from cnm.undo import Undo
 from netdriver_service import model
-from netdriver_service.drivers.overlay import (
-    OverlayDriver,
-    Peer,
-    RemoteEndpoint,
-    check_peers,
-    gateway_mac,
-)
+from netdriver_service.drivers.overlay import OverlayDriver, check_peers, gateway_mac
 from netdriver_service.faults import Faults
+from netdriver_service.model import Peer, RemoteEndpoint
 from netdriver_service.names import vxlan_name
 from netdriver_service.netlink import Netlink
 from tests import support
@@ -56,9 +51,9 @@ class Host:
         return self
 
     async def create(self, network=NET) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            await self.driver.create_network(network, stack)
-            stack.pop_all()
+        async with Undo("create network") as undo:
+            await self.driver.create_network(network, undo)
+            undo.commit()
 
     async def connect(self, container: support.Netns, endpoint_id: str, address: str,
                       network=NET) -> model.EndpointSpec:
@@ -67,9 +62,9 @@ class Host:
                         sandbox=container.path, address=address, default_route=True),
             network, "/var/run/netns",
         )
-        async with contextlib.AsyncExitStack() as stack:
-            made = await self.driver.create_endpoint(network, spec, stack)
-            stack.pop_all()
+        async with Undo("create endpoint") as undo:
+            made = await self.driver.create_endpoint(network, spec, undo)
+            undo.commit()
         return made
 
     def count_ipv4_from_underlay(self, network=NET) -> None:
