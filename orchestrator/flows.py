@@ -25,7 +25,7 @@ from orchestrator import faults, overlay, validation
 from orchestrator.clients import Agents, Ipam
 from orchestrator.hosts import HEARTBEAT_INTERVAL, Hosts
 from orchestrator.overlay import Overlay
-from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Store, Vnis, now
+from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Op, Store, Vnis, now
 from orchestrator.translate import agent_endpoint, agent_network
 
 log = logging.getLogger("orchestrator.flows")
@@ -42,14 +42,6 @@ def encode(message) -> str:
 
 def decode_endpoint(intent: Intent) -> pb.Endpoint:
     return pb.Endpoint.FromString(base64.b64decode(intent.data["endpoint"]))
-
-
-def _port_label(key: str) -> str:
-    """A port reservation key ("tcp/8080/" or "tcp/8080/10.0.0.1") as people write it."""
-    proto, port, host_ip = (key.split("/", 2) + ["", ""])[:3]
-    if ":" in host_ip:
-        host_ip = f"[{host_ip}]"
-    return f"{host_ip}:{port}/{proto}" if host_ip else f"{port}/{proto}"
 
 
 class Orchestrator:
@@ -121,7 +113,7 @@ class Orchestrator:
             abandoned = await self.store.get_intent(lock_name)
             if abandoned is not None:
                 await self.settle_network_intent(abandoned)
-            intent = self.store.new_intent(lock_name, "create-network", lock=lock_name,
+            intent = self.store.new_intent(lock_name, Op.CREATE_NETWORK, lock=lock_name,
                                            network_id=network.network_id, name=network.name)
             await self.store.put_intent(intent)
             faults.point("create-network-intent")
@@ -223,18 +215,11 @@ class Orchestrator:
             await self._probe_network_hosts(network)
         lock_name = f"net:{network.network_id}"
         async with self.store.lock(lock_name):
-            intent = self.store.new_intent(lock_name, "delete-network", lock=lock_name,
+            intent = self.store.new_intent(lock_name, Op.DELETE_NETWORK, lock=lock_name,
                                            network_id=network.network_id, name=network.name,
                                            force=force)
-            reply = await self.store.begin_delete_network(network.network_id, force, intent)
-            if reply[0] == "gone":
+            if not await self.store.begin_delete_network(network, force, intent):
                 return
-            if reply[0] == "busy":
-                raise errors.FailedPrecondition(
-                    f"network {network.name!r} has {reply[1]} endpoint(s): disconnect them "
-                    "or delete with force",
-                    reason="NETWORK_IN_USE", network=network.name,
-                )
             faults.point("delete-network-intent")
             await self.finish_network_delete(network, intent, force)
         log.info("network deleted", extra={"network": network.name, "id": network.network_id})
@@ -330,103 +315,41 @@ class Orchestrator:
     # --- endpoints ----------------------------------------------------------
 
     async def connect(self, request: pb.ConnectContainerRequest) -> pb.Endpoint:
-        cnm_validation.check_id("container_id", request.container_id)
-        network, state = await self.store.resolve_network(request.network)
-        if state == STATE_DELETING:
-            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
-                                            network=network.name)
-        subnet = ipaddress.ip_network(network.subnet)
-        address = ""
-        if request.address:
-            address = cnm_validation.check_endpoint_address(subnet, network.gateway,
-                                                            request.address, "address")
-        mappings = validation.port_mappings(request.port_mappings, network.internal)
-        sandbox = cnm_validation.check_sandbox(request.sandbox or request.container_id)
-        endpoint_id = validation.endpoint_id(network.network_id, request.container_id)
-        lock_name = f"ep:{endpoint_id}"
+        """The connect saga: check everything, then under the endpoint's lock write the
+        intent (ports reserved), allocate the address, make the endpoint on its host and
+        record it. Each step pushes its inverse; a failure undoes them in reverse."""
+        network, wanted = await self._connect_request(request)
         # A repeat of a completed connect succeeds whatever the host's health
         # since; an endpoint with an intent (a disconnect cut short) is settled first.
-        existing = await self.store.get_endpoint(endpoint_id)
+        existing = await self.store.get_endpoint(wanted.endpoint_id)
+        lock_name = f"ep:{wanted.endpoint_id}"
         if existing is not None and await self.store.get_intent(lock_name) is None:
-            return self._repeated_connect(existing, network, request, sandbox, address, mappings)
+            return self._repeated_connect(existing, network, wanted)
         agent = await self.hosts.agent(request.host_id)
         host = await self.store.get_host(request.host_id)
-        if host is not None and not self.overlay.healthy(host):
+        if host is not None and not self.hosts.healthy(host):
             raise errors.Unavailable(
                 f"host {request.host_id!r} has missed its heartbeats; not connecting to it",
                 reason="HOST_UNHEALTHY", host=request.host_id,
             )
         async with self.store.lock(lock_name):
-            await self.settle_locked(endpoint_id)
-            existing = await self.store.get_endpoint(endpoint_id)
+            await self.settle_locked(wanted.endpoint_id)
+            existing = await self.store.get_endpoint(wanted.endpoint_id)
             if existing is not None:
-                return self._repeated_connect(existing, network, request, sandbox, address,
-                                              mappings)
+                return self._repeated_connect(existing, network, wanted)
             await agent.ensure_reachable()
-            endpoint = pb.Endpoint(
-                endpoint_id=endpoint_id, network_id=network.network_id,
-                network_name=network.name, container_id=request.container_id,
-                host_id=request.host_id, sandbox=sandbox, address=address,
-                prefix_length=subnet.prefixlen, port_mappings=mappings,
-            )
-            intent = self.store.new_intent(lock_name, "connect", lock=lock_name,
+            endpoint = pb.Endpoint()
+            endpoint.CopyFrom(wanted)
+            intent = self.store.new_intent(lock_name, Op.CONNECT, lock=lock_name,
                                            endpoint=encode(endpoint))
-            reply = await self.store.begin_connect(endpoint, intent)
-            if reply[0] == "gone":
-                raise errors.NotFound(f"network {network.name!r} not found",
-                                      reason="NETWORK_NOT_FOUND")
-            if reply[0] == "deleting":
-                raise errors.FailedPrecondition(f"network {network.name!r} is being deleted")
-            if reply[0] == "port":
-                raise errors.AlreadyExists(
-                    f"port {_port_label(reply[1])} is already published on host "
-                    f"{request.host_id} by {await self._describe_holder(reply[2])}",
-                    reason="PORT_ALLOCATED", port=reply[1])
-            if reply[0] == "exists":
-                raise errors.Unavailable(f"endpoint {endpoint_id} changed concurrently; retry")
-            default_route = reply[1] == "1"
+            default_route = await self.store.begin_connect(endpoint, intent)
             faults.point("connect-intent")
-            async with Undo(logger=log) as undo:
+            async with Undo(f"connect {endpoint.endpoint_id}", log) as undo:
                 undo.push("forget endpoint",
                           lambda: self._forget_unless(undo, endpoint, intent.key))
-                # Pushed first: IPAM may have allocated even if the call failed.
-                undo.push("release address",
-                          lambda: self.ipam.release_owner(network.network_id, endpoint_id))
-                try:
-                    allocation = await self.ipam.allocate(network.network_id, endpoint_id,
-                                                          address)
-                except errors.AlreadyExists as error:
-                    raise errors.AlreadyExists(
-                        f"address {address} is already in use on network {network.name!r}",
-                        reason="ADDRESS_IN_USE", network=network.name, address=address,
-                    ) from error
-                faults.point("connect-ipam")
-                endpoint.address = allocation.address
-                endpoint.prefix_length = allocation.prefix_length
-                if network.driver == overlay.DRIVER and host is not None:
-                    await self.overlay.ensure_ready(network, host)
-                await self.store.add_network_host(network.network_id, request.host_id)
-                generation = 0
-                if network.driver == overlay.DRIVER:
-                    # The other hosts learn the endpoint while its host makes it.
-                    endpoint.mac_address = overlay.endpoint_mac(endpoint.address)
-                    undo.push("take the endpoint off the other hosts",
-                              lambda: self.sync_peers(network.network_id, request.host_id))
-                    created, (generation, _) = await asyncio.gather(
-                        agent.create_endpoint(agent_endpoint(endpoint, default_route),
-                                              agent_network(network)),
-                        self.overlay.push_peers(network.network_id, skip_host=request.host_id,
-                                                pending=endpoint),
-                    )
-                else:
-                    created = await agent.create_endpoint(
-                        agent_endpoint(endpoint, default_route), agent_network(network))
-                undo.push("delete endpoint on host",
-                          lambda: agent.delete_endpoint(endpoint_id))
-                faults.point("connect-agent")
-                endpoint.mac_address = created.mac_address
-                endpoint.host_interface = created.host_interface
-                endpoint.container_interface = created.container_interface
+                await self._allocate(undo, network, endpoint)
+                generation = await self._create_on_host(undo, network, endpoint, host, agent,
+                                                        default_route)
                 endpoint.create_time.CopyFrom(now())
                 if not await self.store.commit_connect(endpoint, intent.key):
                     raise errors.FailedPrecondition(
@@ -440,28 +363,86 @@ class Orchestrator:
             await self.sync_peers(network.network_id, skip_host=request.host_id)
         return endpoint
 
-    async def _describe_holder(self, endpoint_id: str) -> str:
-        """Who holds a published port, for the error: its container and network if known."""
-        if " " in endpoint_id:  # "another endpoint": held through the wildcard count
-            return endpoint_id
-        holder = await self.store.get_endpoint(endpoint_id)
-        if holder is None:  # being connected right now
-            return f"endpoint {endpoint_id}"
-        return (f"container {holder.container_id!r} on network {holder.network_name!r} "
-                f"(endpoint {endpoint_id})")
+    async def _connect_request(
+        self, request: pb.ConnectContainerRequest
+    ) -> tuple[pb.Network, pb.Endpoint]:
+        """Every check a connect makes before its first side effect: the network and the
+        endpoint it asks for (address empty when dynamic)."""
+        cnm_validation.check_id("container_id", request.container_id)
+        network, state = await self.store.resolve_network(request.network)
+        if state == STATE_DELETING:
+            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
+                                            network=network.name)
+        subnet = ipaddress.ip_network(network.subnet)
+        address = ""
+        if request.address:
+            address = cnm_validation.check_endpoint_address(subnet, network.gateway,
+                                                            request.address, "address")
+        return network, pb.Endpoint(
+            endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
+            network_id=network.network_id, network_name=network.name,
+            container_id=request.container_id, host_id=request.host_id,
+            sandbox=cnm_validation.check_sandbox(request.sandbox or request.container_id),
+            address=address, prefix_length=subnet.prefixlen,
+            port_mappings=validation.port_mappings(request.port_mappings, network.internal),
+        )
+
+    async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:
+        """Saga step: the endpoint's address from IPAM (the one asked for, if any)."""
+        # Pushed first: IPAM may have allocated even if the call failed.
+        undo.push("release address",
+                  lambda: self.ipam.release_owner(network.network_id, endpoint.endpoint_id))
+        try:
+            allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
+                                                  endpoint.address)
+        except errors.AlreadyExists as error:
+            raise errors.AlreadyExists(
+                f"address {endpoint.address} is already in use on network {network.name!r}",
+                reason="ADDRESS_IN_USE", network=network.name, address=endpoint.address,
+            ) from error
+        faults.point("connect-ipam")
+        endpoint.address = allocation.address
+        endpoint.prefix_length = allocation.prefix_length
+
+    async def _create_on_host(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint,
+                              host: pb.Host | None, agent, default_route: bool) -> int:
+        """Saga step: the endpoint on its host (and, overlay, on the other hosts' peer lists,
+        pushed while the host makes it). Returns the generation of that push (0: none)."""
+        if network.driver == overlay.DRIVER and host is not None:
+            await self.overlay.ensure_ready(network, host)
+        await self.store.add_network_host(network.network_id, endpoint.host_id)
+        generation = 0
+        request = agent.create_endpoint(agent_endpoint(endpoint, default_route),
+                                        agent_network(network))
+        if network.driver == overlay.DRIVER:
+            # The other hosts learn the endpoint while its host makes it.
+            endpoint.mac_address = overlay.endpoint_mac(endpoint.address)
+            undo.push("take the endpoint off the other hosts",
+                      lambda: self.sync_peers(network.network_id, endpoint.host_id))
+            created, (generation, _) = await asyncio.gather(
+                request, self.overlay.push_peers(network.network_id, skip_host=endpoint.host_id,
+                                                 pending=endpoint))
+        else:
+            created = await request
+        undo.push("delete endpoint on host", lambda: agent.delete_endpoint(endpoint.endpoint_id))
+        faults.point("connect-agent")
+        endpoint.mac_address = created.mac_address
+        endpoint.host_interface = created.host_interface
+        endpoint.container_interface = created.container_interface
+        return generation
 
     @staticmethod
     def _repeated_connect(existing: pb.Endpoint, network: pb.Network,
-                          request: pb.ConnectContainerRequest, sandbox: str, address: str,
-                          mappings: list[pb.PortMapping]) -> pb.Endpoint:
+                          wanted: pb.Endpoint) -> pb.Endpoint:
         """The endpoint of a repeated connect; AlreadyExists when the parameters differ."""
-        if validation.same_endpoint(existing, request.host_id, sandbox, address, mappings):
+        if validation.same_endpoint(existing, wanted.host_id, wanted.sandbox, wanted.address,
+                                    list(wanted.port_mappings)):
             return existing
         raise errors.AlreadyExists(
-            f"container {request.container_id!r} is already connected to network "
+            f"container {wanted.container_id!r} is already connected to network "
             f"{network.name!r} with different parameters (host {existing.host_id}, "
             f"address {existing.address})",
-            network=network.name, container=request.container_id,
+            network=network.name, container=wanted.container_id,
         )
 
     async def _forget_unless(self, undo: Undo, endpoint: pb.Endpoint, intent_key: str) -> None:
@@ -486,7 +467,7 @@ class Orchestrator:
             endpoint = await self.store.get_endpoint(endpoint_id)
             if endpoint is None:
                 return await self.settle_locked(endpoint_id)
-            intent = self.store.new_intent(lock_name, "disconnect", lock=lock_name,
+            intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
                                            endpoint=encode(endpoint))
             await self.store.put_intent(intent)
             faults.point("disconnect-intent")
@@ -518,13 +499,8 @@ class Orchestrator:
 
     async def settle_if_abandoned(self, endpoint_id: str) -> bool:
         """Finishes or undoes an endpoint's connect/disconnect if nobody is running it."""
-        lock = self.store.lock(f"ep:{endpoint_id}")
-        if not await lock.try_acquire():
-            return False
-        try:
-            return await self.settle_locked(endpoint_id)
-        finally:
-            await lock.release()
+        async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
+            return taken and await self.settle_locked(endpoint_id)
 
     async def settle_locked(self, endpoint_id: str) -> bool:
         """With the endpoint's lock held, nobody runs its intent: undo/finish it."""
@@ -542,13 +518,13 @@ class Orchestrator:
     async def settle_network_intent(self, intent: Intent) -> None:
         """With the intent's lock held: undo a create, finish a delete."""
         network_id = intent.data["network_id"]
-        if intent.op == "create-network":
+        if intent.op == Op.CREATE_NETWORK:
             found = await self.store.get_network(network_id)
             if found is None:
                 await self.ipam.delete_pool(network_id, force=True)
                 await self.vnis.release(network_id)
             await self.store.drop_intent(intent.key)
-        elif intent.op == "delete-network":
+        elif intent.op == Op.DELETE_NETWORK:
             found = await self.store.get_network(network_id)
             if found is None:
                 await self.ipam.delete_pool(network_id, force=True)

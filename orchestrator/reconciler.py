@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from cnm import errors
 from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decode_endpoint
+from orchestrator.store import Op
 
 log = logging.getLogger("orchestrator.reconciler")
 
@@ -63,19 +64,16 @@ class Reconciler:
         ``collect_hosts`` includes step 3, which reads every agent's whole
         kernel state and so is run less often than the rest.
         """
-        lock = self.store.lock("reconciler", wait=0)
-        if not await lock.try_acquire():
-            return None
         report = Report()
-        try:
+        async with self.store.try_lock("reconciler") as taken:
+            if not taken:
+                return None
             await self._settle_intents(report)
             await self._collect_addresses(report)
             await self._collect_vnis(report)
             report.synced_peers += await self.orch.overlay.reconcile()
             if collect_hosts:
                 await self._collect_host_objects(report)
-        finally:
-            await lock.release()
         if report.changed() or report.errors:
             log.info("reconciled", extra=vars(report))
         return report
@@ -101,22 +99,20 @@ class Reconciler:
 
     async def _settle_intents(self, report: Report) -> None:
         for intent in await self.store.intents():
-            lock = self.store.lock(intent.data["lock"], wait=0)
-            if not await lock.try_acquire():
-                continue
-            try:
-                current = await self.store.get_intent(intent.key)
-                if current is None:
+            async with self.store.try_lock(intent.data["lock"]) as taken:
+                if not taken:
                     continue
-                if current.op in ("connect", "disconnect"):
-                    await self.orch.settle_locked(decode_endpoint(current).endpoint_id)
-                else:
-                    await self.orch.settle_network_intent(current)
-                report.settled_intents.append(f"{current.op} {current.key}")
-            except errors.CnmError as error:
-                report.errors.append(f"{intent.op} {intent.key}: {error.message}")
-            finally:
-                await lock.release()
+                try:
+                    current = await self.store.get_intent(intent.key)
+                    if current is None:
+                        continue
+                    if current.op in (Op.CONNECT, Op.DISCONNECT):
+                        await self.orch.settle_locked(decode_endpoint(current).endpoint_id)
+                    else:
+                        await self.orch.settle_network_intent(current)
+                    report.settled_intents.append(f"{current.op} {current.key}")
+                except errors.CnmError as error:
+                    report.errors.append(f"{intent.op} {intent.key}: {error.message}")
 
     async def _known_owner(self, endpoint_id: str) -> bool:
         return (await self.store.get_endpoint(endpoint_id) is not None
@@ -124,7 +120,7 @@ class Reconciler:
 
     async def _creating_network_ids(self) -> set[str]:
         return {intent.data["network_id"] for intent in await self.store.intents()
-                if intent.op in ("create-network", "delete-network")}
+                if intent.op in (Op.CREATE_NETWORK, Op.DELETE_NETWORK)}
 
     async def _collect_addresses(self, report: Report) -> None:
         try:
@@ -152,15 +148,10 @@ class Reconciler:
                 owner = allocation.owner
                 if owner.startswith("cnm:") or owner in known:
                     continue
-                lock = self.store.lock(f"ep:{owner}", wait=0)
-                if not await lock.try_acquire():
-                    continue
-                try:
-                    if not await self._known_owner(owner):
+                async with self.store.try_lock(f"ep:{owner}") as taken:
+                    if taken and not await self._known_owner(owner):
                         await self.orch.ipam.release_owner(pool.pool_id, owner)
                         report.released_addresses.append(f"{pool.pool_id}/{allocation.address}")
-                finally:
-                    await lock.release()
 
     async def _collect_vnis(self, report: Report) -> None:
         """Releases VXLAN ids held for networks that are neither recorded nor being made.
@@ -182,7 +173,7 @@ class Reconciler:
 
     async def _collect_host_objects(self, report: Report) -> None:
         for host in await self.store.list_hosts():
-            agent = self.orch.agents.get(host.host_id, host.address)
+            agent = self.orch.hosts.agent_of(host)
             try:
                 state = await agent.get_state()
             except errors.CnmError as error:
@@ -193,17 +184,14 @@ class Reconciler:
                 endpoint_id = endpoint.endpoint_id
                 if endpoint_id in known:
                     continue
-                lock = self.store.lock(f"ep:{endpoint_id}", wait=0)
-                if not await lock.try_acquire():
-                    continue
-                try:
-                    if not await self._known_owner(endpoint_id):
-                        await agent.delete_endpoint(endpoint_id)
-                        report.deleted_host_endpoints.append(f"{host.host_id}/{endpoint_id}")
-                except errors.CnmError as error:
-                    report.errors.append(error.message)
-                finally:
-                    await lock.release()
+                async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
+                    try:
+                        if taken and not await self._known_owner(endpoint_id):
+                            await agent.delete_endpoint(endpoint_id)
+                            report.deleted_host_endpoints.append(
+                                f"{host.host_id}/{endpoint_id}")
+                    except errors.CnmError as error:
+                        report.errors.append(error.message)
             network_ids = await self.store.network_ids()
             busy_network_ids = await self._creating_network_ids()
             for network in state.networks:

@@ -41,8 +41,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Self
 
 import redis.asyncio as redis
@@ -65,6 +66,14 @@ def now() -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
+
+
+def _port_label(key: str) -> str:
+    """A port reservation key ("tcp/8080/" or "tcp/8080/10.0.0.1") as people write it."""
+    proto, port, host_ip = (key.split("/", 2) + ["", ""])[:3]
+    if ":" in host_ip:
+        host_ip = f"[{host_ip}]"
+    return f"{host_ip}:{port}/{proto}" if host_ip else f"{port}/{proto}"
 
 
 def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
@@ -227,10 +236,19 @@ return 0
 """
 
 
+class Op(StrEnum):
+    """What an intent is the start of."""
+
+    CREATE_NETWORK = "create-network"
+    DELETE_NETWORK = "delete-network"
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+
+
 @dataclass
 class Intent:
     key: str
-    op: str
+    op: Op
     replica: str
     started: float
     data: dict
@@ -244,7 +262,7 @@ class Intent:
     def from_json(cls, key: str, raw: bytes | str) -> Intent:
         data = json.loads(raw)
         return cls(
-            key=key, op=data.pop("op"), replica=data.pop("replica"),
+            key=key, op=Op(data.pop("op")), replica=data.pop("replica"),
             started=data.pop("started"), data=data,
         )
 
@@ -288,6 +306,21 @@ class Store:
 
     async def drop_lease(self) -> None:
         await self.r.delete(k("replica", self.replica_id))
+
+    @contextlib.asynccontextmanager
+    async def try_lock(self, name: str) -> AsyncIterator[bool]:
+        """Lock ``name`` if it is free, with no wait: yields whether it was taken (and then
+        holds it for the block, as ``async with lock(...)`` does)."""
+        lock = self.lock(name, wait=0)
+        if not await lock.try_acquire():
+            yield False
+            return
+        try:
+            yield True
+        except BaseException as error:
+            await lock.__aexit__(type(error), error, error.__traceback__)
+            raise
+        await lock.__aexit__(None, None, None)
 
     def lock(self, name: str, wait: float = 10.0) -> Lock:
         return Lock(self, name, wait)
@@ -338,13 +371,23 @@ class Store:
         )
         return bool(done)
 
-    async def begin_delete_network(self, network_id: str, force: bool, intent: Intent) -> tuple:
+    async def begin_delete_network(self, network: pb.Network, force: bool,
+                                   intent: Intent) -> bool:
+        """Marks the network deleting and writes the intent; False when it is already gone.
+        FAILED_PRECONDITION / NETWORK_IN_USE while it has endpoints, unless ``force``."""
+        network_id = network.network_id
         reply = await self._begin_delete_network(
             keys=[k("net", network_id), k("net", network_id, "eps"),
                   k("net", network_id, "pending"), k("intents")],
             args=["1" if force else "0", intent.key, intent.to_json()],
         )
-        return tuple(part.decode() for part in reply)
+        outcome = [part.decode() for part in reply]
+        if outcome[0] == "busy":
+            raise errors.FailedPrecondition(
+                f"network {network.name!r} has {outcome[1]} endpoint(s): disconnect them "
+                "or delete with force", reason="NETWORK_IN_USE", network=network.name,
+            )
+        return outcome[0] != "gone"
 
     async def finish_delete_network(self, network_id: str, name: str, intent_key: str) -> None:
         await self._finish_delete_network(
@@ -467,8 +510,10 @@ class Store:
             ids.add(key.decode().rsplit(":", 1)[1])
         return ids
 
-    async def begin_connect(self, endpoint: pb.Endpoint, intent: Intent) -> tuple:
-        """Reserves ports and writes the intent. Returns ('ok', first_network) or a refusal."""
+    async def begin_connect(self, endpoint: pb.Endpoint, intent: Intent) -> bool:
+        """Reserves the endpoint's ports, marks it pending on its network and writes the
+        intent, all or nothing. Returns whether it is the container's first network (which
+        gets the default route); refuses with the error to report otherwise."""
         args: list = [endpoint.endpoint_id, intent.key, intent.to_json(),
                       len(endpoint.port_mappings)]
         for mapping in endpoint.port_mappings:
@@ -480,7 +525,31 @@ class Store:
                   k("host", endpoint.host_id, "ports"), k("ep", endpoint.endpoint_id)],
             args=args,
         )
-        return tuple(part.decode() for part in reply)
+        outcome = [part.decode() for part in reply]
+        network = repr(endpoint.network_name)
+        if outcome[0] == "gone":
+            raise errors.NotFound(f"network {network} not found", reason="NETWORK_NOT_FOUND")
+        if outcome[0] == "deleting":
+            raise errors.FailedPrecondition(f"network {network} is being deleted")
+        if outcome[0] == "port":
+            raise errors.AlreadyExists(
+                f"port {_port_label(outcome[1])} is already published on host "
+                f"{endpoint.host_id} by {await self._describe_holder(outcome[2])}",
+                reason="PORT_ALLOCATED", port=outcome[1])
+        if outcome[0] == "exists":
+            raise errors.Unavailable(
+                f"endpoint {endpoint.endpoint_id} changed concurrently; retry")
+        return outcome[1] == "1"
+
+    async def _describe_holder(self, endpoint_id: str) -> str:
+        """Who holds a published port, for the error: its container and network if known."""
+        if " " in endpoint_id:  # "another endpoint": held through the wildcard count
+            return endpoint_id
+        holder = await self.get_endpoint(endpoint_id)
+        if holder is None:  # being connected right now
+            return f"endpoint {endpoint_id}"
+        return (f"container {holder.container_id!r} on network {holder.network_name!r} "
+                f"(endpoint {endpoint_id})")
 
     async def commit_connect(self, endpoint: pb.Endpoint, intent_key: str) -> bool:
         done = await self._commit_connect(
