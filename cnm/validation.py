@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -586,10 +585,3 @@ def check_generation(value: int) -> int:
             field="generation", value=value,
         )
     return value
-
-
-def address_order(address: str) -> int:
-    """An address as a number, to sort addresses of one family fast (``ipaddress`` objects
-    cost ten times more, which a 65k-address listing feels)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    return int.from_bytes(socket.inet_pton(family, address))

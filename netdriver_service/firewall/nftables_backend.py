@@ -51,10 +51,6 @@ class NftablesFirewall:
         if runner is None and shutil.which("nft"):
             self._reader = NftProcess()
 
-    @property
-    def runner_name(self) -> str:
-        return self._runner.name
-
     # --- plumbing -----------------------------------------------------------------
 
     async def _locked(self, work: Callable[[], T]) -> T:

@@ -46,11 +46,6 @@ def validate_port(port: PortRule) -> None:
         raise errors.with_context(error, what) from error
 
 
-def binding(port: PortRule) -> tuple[str, str, int]:
-    """What a mapping holds on the host: (protocol, host_ip, host_port)."""
-    return (port.protocol, port.host_ip, port.host_port)
-
-
 def describe_binding(port: PortRule) -> str:
     return f"{port.host_ip or '*'}:{port.host_port}/{port.protocol}"
 
