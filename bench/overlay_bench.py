@@ -113,13 +113,13 @@ def run(cluster: MultiHost, h1, h2, h3, iterations: int, workdir: Path) -> None:
     for number in range(5):
         started = time.perf_counter()
         cluster.call("CreateNetwork", pb.CreateNetworkRequest(network=pb.Network(
-            name=f"warm{number}", driver="overlay", subnet=f"10.{100 + number}.0.0/16")))
+            name=f"warm{number}", driver=pb.DRIVER_OVERLAY, subnet=f"10.{100 + number}.0.0/16")))
         creates.append((time.perf_counter() - started) * 1000)
     print(f"CreateNetwork (on all 3 hosts, peers pushed)  {summary(creates)}")
     a_ns, b_ns = sandbox(cluster, h1, "first-a"), sandbox(cluster, h2, "first-b")
     started = time.perf_counter()
     made = cluster.call("CreateNetwork", pb.CreateNetworkRequest(network=pb.Network(
-        name="appnet", driver="overlay", subnet="10.20.0.0/16"))).network
+        name="appnet", driver=pb.DRIVER_OVERLAY, subnet="10.20.0.0/16"))).network
     created = time.perf_counter()
     ready = [h.host_id for h in cluster.inspect("appnet").hosts if h.ready]
     connect_ms(cluster, "appnet", h1, a_ns)
@@ -136,7 +136,7 @@ def run(cluster: MultiHost, h1, h2, h3, iterations: int, workdir: Path) -> None:
 
     print(f"\n# connect p50, {iterations} sequential, overlay (3 hosts) vs bridge")
     cluster.call("CreateNetwork", pb.CreateNetworkRequest(network=pb.Network(
-        name="bridgenet", driver="bridge", subnet="10.30.0.0/16")))
+        name="bridgenet", driver=pb.DRIVER_BRIDGE, subnet="10.30.0.0/16")))
     containers = [sandbox(cluster, h1, f"c{index}") for index in range(2 * iterations + 4)]
     for warm in containers[:2]:
         connect_ms(cluster, "bridgenet", h1, warm)

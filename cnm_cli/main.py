@@ -144,9 +144,31 @@ class Client:
 # --- network ---------------------------------------------------------------
 
 
+DRIVERS = {"bridge": pb.DRIVER_BRIDGE, "overlay": pb.DRIVER_OVERLAY}
+
+
+def parse_driver(name: str) -> int:
+    if name not in DRIVERS:
+        raise UsageError(f"unknown driver {name!r}: want {' or '.join(DRIVERS)}")
+    return DRIVERS[name]
+
+
+def driver_word(driver: int) -> str:
+    return pb.Driver.Name(driver or pb.DRIVER_BRIDGE).removeprefix("DRIVER_").lower()
+
+
+def network_dict(network: pb.Network, endpoints=None) -> dict:
+    """A network as JSON, with its driver as people write it (as `docker network` prints)."""
+    shown = to_dict(network)
+    shown["driver"] = driver_word(network.driver)
+    if endpoints is not None:
+        shown["endpoints"] = [to_dict(endpoint) for endpoint in endpoints]
+    return shown
+
+
 def network_create(client: Client, args) -> int:
     network = pb.Network(
-        name=args.name, driver=args.driver, subnet=args.subnet or "", gateway=args.gateway or "",
+        name=args.name, driver=parse_driver(args.driver), subnet=args.subnet or "", gateway=args.gateway or "",
         ip_range=args.ip_range or "", internal=args.internal,
         options=parse_pairs(args.opt, "option"), labels=parse_pairs(args.label, "label"),
     )
@@ -156,11 +178,11 @@ def network_create(client: Client, args) -> int:
 
 
 def network_ls(client: Client, args) -> int:
-    driver, labels = "", []
+    driver, labels = pb.DRIVER_UNSPECIFIED, []
     for spec in args.filter or ():
         key, sep, value = spec.partition("=")
         if key == "driver" and sep:
-            driver = value
+            driver = parse_driver(value)
         elif key == "label" and sep:
             labels.append(value)
         else:
@@ -171,10 +193,11 @@ def network_ls(client: Client, args) -> int:
         for network in networks:
             print(network.network_id)
     elif args.format == "json":
-        print_json([to_dict(network) for network in networks])
+        print_json([network_dict(network) for network in networks])
     else:
         print_table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY"],
-                    [[n.network_id, n.name, n.driver, n.subnet, n.gateway] for n in networks])
+                    [[n.network_id, n.name, driver_word(n.driver), n.subnet, n.gateway]
+                     for n in networks])
     return 0
 
 
@@ -183,7 +206,8 @@ def network_inspect(client: Client, args) -> int:
     found, status = [], 0
     for name in args.networks:
         try:
-            found.append(to_dict(client.GetNetwork(pb.GetNetworkRequest(network=name)).network))
+            reply = client.GetNetwork(pb.GetNetworkRequest(network=name))
+            found.append(network_dict(reply.network, reply.endpoints))
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise

@@ -102,7 +102,8 @@ class Orchestrator:
                         return existing
                     raise errors.AlreadyExists(
                         f"network {wanted.name!r} already exists with different parameters "
-                        f"(subnet {existing.subnet}, driver {existing.driver})",
+                        f"(subnet {existing.subnet}, "
+                        f"driver {validation.driver_word(existing.driver)})",
                         network=wanted.name,
                     )
             network = pb.Network()
@@ -169,20 +170,22 @@ class Orchestrator:
         if not undo.failed:
             await self.store.drop_intent(key)
 
-    async def get_network(self, name_or_id: str) -> pb.Network:
+    async def get_network(self, name_or_id: str) -> tuple[pb.Network, list[pb.Endpoint]]:
+        """A network with its per-host state, and its endpoints."""
         network, _ = await self.store.resolve_network(name_or_id)
         endpoint_ids = await self.store.network_endpoint_ids(network.network_id)
-        network.endpoints.extend(await self.store.get_endpoints(endpoint_ids))
+        endpoints = sorted(await self.store.get_endpoints(endpoint_ids),
+                           key=lambda endpoint: endpoint.container_id)
         if network.driver == overlay.DRIVER:
             states = await self.overlay.host_states(network.network_id)
             for host_id, (ready, message) in sorted(states.items()):
                 network.hosts.add(host_id=host_id, ready=ready, message=message)
-            return network
+            return network, endpoints
         for host_id in await self.store.network_hosts(network.network_id):
             network.hosts.add(host_id=host_id, ready=True)
-        return network
+        return network, endpoints
 
-    async def list_networks(self, driver: str = "", label_filters=()) -> list[pb.Network]:
+    async def list_networks(self, driver: int = 0, label_filters=()) -> list[pb.Network]:
         wanted = []
         for spec in label_filters:
             key, sep, value = spec.partition("=")

@@ -42,7 +42,7 @@ from orchestrator.translate import agent_network
 
 log = logging.getLogger("orchestrator.overlay")
 
-DRIVER = "overlay"
+DRIVER = pb.DRIVER_OVERLAY
 DEFAULT_VNI_RANGE = "4096-16777215"
 
 def endpoint_mac(address: str) -> str:

@@ -12,6 +12,7 @@ from cnm import pagination, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.redis_client import unavailable
+from orchestrator import validation as orchestrator_validation
 from orchestrator.flows import Orchestrator
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -44,11 +45,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def GetNetwork(self, request, context):
         validation.check_network_name("network", request.network)
-        return pb.GetNetworkResponse(network=await self.orch.get_network(request.network))
+        network, endpoints = await self.orch.get_network(request.network)
+        return pb.GetNetworkResponse(network=network, endpoints=endpoints)
 
     async def ListNetworks(self, request, context):
-        if request.driver:
-            validation.check_id("driver", request.driver)
+        orchestrator_validation.check_driver(request.driver)
         for label_filter in request.label_filters:
             validation.check_text("label_filters", label_filter, validation.MAX_LABEL_KEY + 1
                                   + validation.MAX_LABEL_VALUE, reason="INVALID_LABEL")

@@ -47,7 +47,7 @@ from enum import StrEnum
 from typing import Self
 
 import redis.asyncio as redis
-from google.protobuf import timestamp_pb2
+from google.protobuf import timestamp_pb2, unknown_fields
 
 from cnm import errors, redis_client
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -74,6 +74,19 @@ def _port_label(key: str) -> str:
     if ":" in host_ip:
         host_ip = f"[{host_ip}]"
     return f"{host_ip}:{port}/{proto}" if host_ip else f"{port}/{proto}"
+
+
+def _network_record(raw: bytes) -> pb.Network:
+    """A stored network. A record written before Network.driver became an enum carries
+    the driver as text in field 3, which the enum field leaves among unknown fields."""
+    network = pb.Network.FromString(raw)
+    if network.driver == pb.DRIVER_UNSPECIFIED:
+        for field in unknown_fields.UnknownFieldSet(network):
+            if field.field_number == 3 and field.wire_type == 2:  # length-delimited: text
+                word = bytes(field.data).decode()
+                network.driver = pb.Driver.Value(f"DRIVER_{(word or 'bridge').upper()}")
+        network.DiscardUnknownFields()
+    return network
 
 
 def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
@@ -335,7 +348,7 @@ class Store:
         raw, state = await self.r.hmget(k("net", network_id), ["pb", "state"])
         if raw is None:
             return None
-        return pb.Network.FromString(raw), state.decode()
+        return _network_record(raw), state.decode()
 
     async def resolve_network(self, name_or_id: str) -> tuple[pb.Network, str]:
         """A network by id, else by name (as Docker: an id wins); NotFound otherwise."""
@@ -358,7 +371,7 @@ class Store:
         found = []
         for raw, state in await pipe.execute():
             if raw is not None:
-                found.append((pb.Network.FromString(raw), state.decode()))
+                found.append((_network_record(raw), state.decode()))
         return found
 
     async def network_ids(self) -> set[str]:

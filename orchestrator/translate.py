@@ -11,7 +11,7 @@ def agent_network(network: pb.Network) -> nd.Network:
     options = cnm_validation.check_network_options(network.options)
     made = nd.Network(
         network_id=network.network_id, name=network.name,
-        driver=nd.Driver.Value(f"DRIVER_{(network.driver or 'bridge').upper()}"),
+        driver=nd.Driver.Value(pb.Driver.Name(network.driver or pb.DRIVER_BRIDGE)),
         subnet=network.subnet, gateway=network.gateway, internal=network.internal,
         bridge_name=options.bridge_name, mtu=options.mtu or 0, options=dict(network.options),
         vni=network.vni,

@@ -15,6 +15,21 @@ def endpoint_id(network_id: str, container_id: str) -> str:
     return hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()[:16]
 
 
+def check_driver(driver: int) -> int:
+    """A Driver enum value as given; INVALID_ARGUMENT / UNKNOWN_DRIVER for an undefined one."""
+    if driver not in pb.Driver.values():
+        raise errors.InvalidArgument(
+            f"unsupported driver {driver}: supported are {', '.join(DRIVERS)}",
+            reason="UNKNOWN_DRIVER", field="driver",
+        )
+    return driver
+
+
+def driver_word(driver: int) -> str:
+    """A driver as people say it: "bridge", "overlay"."""
+    return pb.Driver.Name(driver or pb.DRIVER_BRIDGE).removeprefix("DRIVER_").lower()
+
+
 def network(spec: pb.Network) -> pb.Network:
     """The network to create, normalised; InvalidArgument when it cannot be.
 
@@ -22,12 +37,7 @@ def network(spec: pb.Network) -> pb.Network:
     written: the subnet (IPv4 only for now), the options, the labels.
     """
     validation.check_network_name("name", spec.name)
-    driver = spec.driver or "bridge"
-    if driver not in DRIVERS:
-        raise errors.InvalidArgument(
-            f"unsupported driver {errors.capped(driver)!r}: supported are {', '.join(DRIVERS)}",
-            reason="UNKNOWN_DRIVER", field="driver",
-        )
+    driver = check_driver(spec.driver) or pb.DRIVER_BRIDGE
     if not spec.subnet:
         raise errors.InvalidArgument("subnet is required (e.g. 10.10.0.0/24)",
                                      reason="INVALID_CIDR", field="subnet")

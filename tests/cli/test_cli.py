@@ -63,6 +63,10 @@ async def test_cli_network_commands_and_exit_codes(world):
     assert table.out.splitlines()[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SUBNET",
                                                  "GATEWAY"]
     assert "n1" in table.out and "10.20.0.1" in table.out
+    assert table.out.splitlines()[1].split()[2] == "bridge"
+    unknown = await cnm(world, "network", "create", "--driver", "macvlan", "--subnet",
+                        "10.41.0.0/24", "n3")
+    assert unknown.code == 2 and "unknown driver 'macvlan'" in unknown.err
     quiet = await cnm(world, "network", "ls", "-q")
     assert quiet.out.strip() == created.out.strip()
     assert json.loads((await cnm(world, "network", "ls", "--filter", "driver=overlay",
@@ -78,6 +82,7 @@ async def test_cli_network_commands_and_exit_codes(world):
     [inspected] = json.loads((await cnm(world, "network", "inspect", "n1")).out)
     assert inspected["options"] == {"com.docker.network.driver.mtu": "1400"}
     assert [e["container_id"] for e in inspected["endpoints"]] == ["c1"]
+    assert inspected["driver"] == "bridge"
     hosts = await cnm(world, "host", "ls")
     row = hosts.out.splitlines()[1].split()
     assert row[0] == "h1" and row[2:] == ["healthy", "1", "static"]

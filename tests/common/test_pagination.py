@@ -67,14 +67,14 @@ def test_a_token_not_made_here_is_invalid_argument(token):
 
 
 def test_a_token_reused_with_other_filters_is_refused():
-    first = pagination.paginate(names(5), pb.ListNetworksRequest(driver="bridge", page_size=2), str)
-    for other in (pb.ListNetworksRequest(driver="overlay"),
-                  pb.ListNetworksRequest(driver="bridge", label_filters=["a"])):
+    first = pagination.paginate(names(5), pb.ListNetworksRequest(driver=pb.DRIVER_BRIDGE, page_size=2), str)
+    for other in (pb.ListNetworksRequest(driver=pb.DRIVER_OVERLAY),
+                  pb.ListNetworksRequest(driver=pb.DRIVER_BRIDGE, label_filters=["a"])):
         other.page_token = first.next_page_token
         with pytest.raises(errors.InvalidArgument, match="other filters"):
             pagination.paginate(names(5), other, str)
     # The page size may change between pages.
-    same = pb.ListNetworksRequest(driver="bridge", page_size=3, page_token=first.next_page_token)
+    same = pb.ListNetworksRequest(driver=pb.DRIVER_BRIDGE, page_size=3, page_token=first.next_page_token)
     assert pagination.paginate(names(5), same, str).items == ["n0002", "n0003", "n0004"]
 
 

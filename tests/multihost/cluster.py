@@ -127,7 +127,7 @@ class MultiHost:
         def in_line() -> bool:
             if self.host_state(host.host_id) != pb.HOST_STATE_HEALTHY:
                 return False
-            overlays = self.call("ListNetworks", pb.ListNetworksRequest(driver="overlay"))
+            overlays = self.call("ListNetworks", pb.ListNetworksRequest(driver=pb.DRIVER_OVERLAY))
             return all(
                 any(state.host_id == host.host_id for state in self.inspect(n.name).hosts)
                 for n in overlays.networks

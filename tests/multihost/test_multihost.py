@@ -114,7 +114,8 @@ def test_a_removed_host_leaves_every_peer_list(make_cluster):
         fdb = host.fdb(device)
         assert c.mac not in fdb and h3.underlay_ip not in fdb
         assert c.address not in host.neighbours(device)
-    assert [e.host_id for e in cluster.inspect("appnet").endpoints] == [h1.host_id]
+    endpoints = cluster.call("GetNetwork", pb.GetNetworkRequest(network="appnet")).endpoints
+    assert [e.host_id for e in endpoints] == [h1.host_id]
 
 
 def test_agent_restart_does_not_disturb_traffic_and_brings_the_host_back_in_line(

@@ -61,7 +61,7 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
     ({"subnet": "fd00::/127"}, "too small.*use /126"),
     ({"subnet": "fd00::/64"}, "dynamic range fd00::/64 holds"),
-    ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": "overlay"},
+    ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": pb.DRIVER_OVERLAY},
      "IPv6 networks come in a later version"),
     ({"subnet": "fd00::/64", "ip_range": "fd00::/104"}, "IPv6 networks come in a later version"),
     ({"options": {"com.docker.network.internal": "maybe"}}, "com.docker.network.internal"),
@@ -70,7 +70,7 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"gateway": "10.99.0.1"}, "gateway 10.99.0.1 is outside subnet"),
     ({"gateway": "10.20.0.255"}, "broadcast address"),
     ({"ip_range": "10.30.0.0/25"}, "is outside subnet"),
-    ({"driver": "macvlan"}, "unsupported driver"),
+    ({"driver": 9}, "unsupported driver 9"),
     ({"options": {"com.docker.network.bridge.enable_icc": "maybe"}}, "enable_icc"),
     ({"options": {"cnm.bridge.mcast_snooping": "on"}}, "mcast_snooping"),
     ({"options": {"com.docker.network.driver.mtu": "big"}}, "mtu"),
@@ -119,10 +119,10 @@ async def test_list_networks_filters_by_driver_and_label(world):
     assert await names(label_filters=["env"]) == ["a", "b"]
     assert await names(label_filters=["env=prod"]) == ["a"]
     assert await names(label_filters=["env=prod", "team=y"]) == []
-    assert await names(driver="bridge") == ["a", "b", "c"]
-    assert await names(driver="overlay") == []
-    await create(world, "o", "10.4.0.0/24", driver="overlay")
-    assert await names(driver="overlay") == ["o"]
+    assert await names(driver=pb.DRIVER_BRIDGE) == ["a", "b", "c"]
+    assert await names(driver=pb.DRIVER_OVERLAY) == []
+    await create(world, "o", "10.4.0.0/24", driver=pb.DRIVER_OVERLAY)
+    assert await names(driver=pb.DRIVER_OVERLAY) == ["o"]
 
 
 async def test_unknown_network_is_not_found(world):
@@ -155,9 +155,9 @@ async def test_connect_allocates_creates_and_records(world):
     assert on_host.port_mappings[0].protocol == pb.PROTOCOL_TCP
     assert agent.networks[network.network_id].gateway == "10.20.0.1"
     assert world.agents["h2"].endpoints == {}
-    got = (await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))).network
-    assert [e.container_id for e in got.endpoints] == ["c1"]
-    assert [h.host_id for h in got.hosts] == ["h1"]
+    reply = await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))
+    assert [e.container_id for e in reply.endpoints] == ["c1"]
+    assert [h.host_id for h in reply.network.hosts] == ["h1"]
     assert await intents(world) == []
 
 
@@ -568,8 +568,8 @@ def peers_of(agent, network_id):
 
 
 async def test_overlay_network_spans_hosts_with_peers_pushed(world):
-    network = await create(world, "ov", "10.30.0.0/24", driver="overlay")
-    second = await create(world, "ov2", "10.31.0.0/24", driver="overlay")
+    network = await create(world, "ov", "10.30.0.0/24", driver=pb.DRIVER_OVERLAY)
+    second = await create(world, "ov2", "10.31.0.0/24", driver=pb.DRIVER_OVERLAY)
     assert (network.vni, second.vni) == (4096, 4097)
     h1, h2 = world.agents["h1"], world.agents["h2"]
     # On every host at once, with its peers, before any endpoint.
@@ -595,7 +595,7 @@ async def test_overlay_network_spans_hosts_with_peers_pushed(world):
 
 
 async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world):
-    network = await create(world, "ov", "10.30.0.0/24", driver="overlay")
+    network = await create(world, "ov", "10.30.0.0/24", driver=pb.DRIVER_OVERLAY)
     await world.call("ConnectContainer", connect_request("b", network="ov", host="h2"))
     world.agents["h2"].faults.fail["SetNetworkPeers"] = errors.Unavailable("agent restarting")
     a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint

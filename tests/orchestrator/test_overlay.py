@@ -17,7 +17,7 @@ from tests.orchestrator.fakes import FakeAgent, serve_agent
 
 async def create(world, name: str, subnet: str) -> pb.Network:
     return (await world.call("CreateNetwork",
-                             network_request(name, subnet, driver="overlay"))).network
+                             network_request(name, subnet, driver=pb.DRIVER_OVERLAY))).network
 
 
 def peers_of(agent, network_id):

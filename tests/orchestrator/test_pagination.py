@@ -49,7 +49,7 @@ async def test_networks_come_in_pages_and_the_cli_reads_them_all(world, many):
 async def test_a_token_with_other_filters_or_garbage_is_invalid_argument(world, many):
     first = await world.call("ListNetworks", pb.ListNetworksRequest(page_size=10))
     for request in (
-        pb.ListNetworksRequest(page_token=first.next_page_token, driver="overlay"),
+        pb.ListNetworksRequest(page_token=first.next_page_token, driver=pb.DRIVER_OVERLAY),
         pb.ListNetworksRequest(page_token="not-a-token"),
         pb.ListNetworksRequest(page_size=-5),
     ):

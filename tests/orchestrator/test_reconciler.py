@@ -69,7 +69,7 @@ async def test_reconciler_leaves_flows_in_progress_alone(world):
 
 
 async def test_reconciler_releases_vnis_of_networks_that_do_not_exist(world):
-    kept = (await world.call("CreateNetwork", network_request(driver="overlay"))).network
+    kept = (await world.call("CreateNetwork", network_request(driver=pb.DRIVER_OVERLAY))).network
     orphan = await world.orch.vnis.allocate("0badc0ffee00")
     creating = await world.orch.vnis.allocate("c0ffee000001")
     await world.store.put_intent(world.store.new_intent(
@@ -159,7 +159,7 @@ async def test_crash_between_steps_is_repaired_after_restart(world, tmp_path, st
             if flow == "create":
                 await crashing.call("CreateNetwork", network_request())
             elif flow == "create-overlay":
-                await crashing.call("CreateNetwork", network_request(driver="overlay"))
+                await crashing.call("CreateNetwork", network_request(driver=pb.DRIVER_OVERLAY))
             else:
                 await crashing.call("CreateNetwork", network_request())
                 await crashing.call("ConnectContainer", connect_request("c1", port_mappings=ports))

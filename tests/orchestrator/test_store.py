@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from cnm import errors
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator.store import Store, k
 
 
@@ -101,3 +102,22 @@ async def test_peers_generations_never_go_back_even_when_redis_forgets_them(stor
     assert first < second < 2**63 - 1  # the agents refuse more (INVALID_GENERATION)
     await ours.r.delete(k("net", "n1", "peers-gen"))  # Redis flushed, or replaced
     assert await ours.next_peers_generation("n1") > second
+
+
+@pytest.mark.parametrize(("text", "driver"), [(b"overlay", pb.DRIVER_OVERLAY),
+                                              (b"bridge", pb.DRIVER_BRIDGE)])
+async def test_a_network_stored_when_its_driver_was_text_reads_back_with_its_driver(
+    stores, text, driver,
+):
+    """Network.driver was a string (field 3); records written then must keep their driver."""
+    store = stores[0]
+    current = pb.Network(network_id="0ld0ld0ld0ld", name="old", subnet="10.9.0.0/24",
+                         vni=4100).SerializeToString()
+    legacy = current + b"\x1a" + bytes([len(text)]) + text  # field 3, length-delimited
+    assert await store.record_network(pb.Network.FromString(current), "no-intent")
+    await store.r.hset(k("net", "0ld0ld0ld0ld"), "pb", legacy)
+    network, _ = await store.resolve_network("old")
+    assert (network.driver, network.vni, network.subnet) == (driver, 4100, "10.9.0.0/24")
+    assert [n.driver for n, _ in await store.list_networks()] == [driver]
+    # Written back, it is a record of today's form.
+    assert pb.Network.FromString(network.SerializeToString()) == network

@@ -12,6 +12,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Driver(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRIVER_UNSPECIFIED: _ClassVar[Driver]
+    DRIVER_BRIDGE: _ClassVar[Driver]
+    DRIVER_OVERLAY: _ClassVar[Driver]
+
 class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
@@ -24,6 +30,9 @@ class HostState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOST_STATE_UNSPECIFIED: _ClassVar[HostState]
     HOST_STATE_HEALTHY: _ClassVar[HostState]
     HOST_STATE_UNHEALTHY: _ClassVar[HostState]
+DRIVER_UNSPECIFIED: Driver
+DRIVER_BRIDGE: Driver
+DRIVER_OVERLAY: Driver
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -33,7 +42,7 @@ HOST_STATE_HEALTHY: HostState
 HOST_STATE_UNHEALTHY: HostState
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "endpoints", "hosts")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,11 +68,10 @@ class Network(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
-    driver: str
+    driver: Driver
     subnet: str
     gateway: str
     ip_range: str
@@ -72,9 +80,8 @@ class Network(_message.Message):
     labels: _containers.ScalarMap[str, str]
     vni: int
     create_time: _timestamp_pb2.Timestamp
-    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     hosts: _containers.RepeatedCompositeFieldContainer[NetworkHostState]
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ...) -> None: ...
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ...) -> None: ...
 
 class NetworkHostState(_message.Message):
     __slots__ = ("host_id", "ready", "message")
@@ -177,10 +184,12 @@ class GetNetworkRequest(_message.Message):
     def __init__(self, network: _Optional[str] = ...) -> None: ...
 
 class GetNetworkResponse(_message.Message):
-    __slots__ = ("network",)
+    __slots__ = ("network", "endpoints")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     network: Network
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class ListNetworksRequest(_message.Message):
     __slots__ = ("driver", "label_filters", "page_size", "page_token")
@@ -188,11 +197,11 @@ class ListNetworksRequest(_message.Message):
     LABEL_FILTERS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    driver: str
+    driver: Driver
     label_filters: _containers.RepeatedScalarFieldContainer[str]
     page_size: int
     page_token: str
-    def __init__(self, driver: _Optional[str] = ..., label_filters: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, driver: _Optional[_Union[Driver, str]] = ..., label_filters: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListNetworksResponse(_message.Message):
     __slots__ = ("networks", "next_page_token")
