@@ -360,7 +360,7 @@ class Orchestrator:
                 undo.commit()
         if network.driver == overlay.DRIVER and (
             await self.overlay.generation(network.network_id) != generation
-            or endpoint.mac_address != overlay.endpoint_mac(endpoint.address)
+            or endpoint.mac_address != cnm_validation.mac_from_address(endpoint.address)
         ):
             # Another push was taken meanwhile, without the endpoint: push again.
             await self.sync_peers(network.network_id, skip_host=request.host_id)
@@ -419,7 +419,7 @@ class Orchestrator:
                                         agent_network(network))
         if network.driver == overlay.DRIVER:
             # The other hosts learn the endpoint while its host makes it.
-            endpoint.mac_address = overlay.endpoint_mac(endpoint.address)
+            endpoint.mac_address = cnm_validation.mac_from_address(endpoint.address)
             undo.push("take the endpoint off the other hosts",
                       lambda: self.sync_peers(network.network_id, endpoint.host_id))
             created, (generation, _) = await asyncio.gather(

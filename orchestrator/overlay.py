@@ -30,7 +30,6 @@ orchestrator/hosts.py. Nothing here imports the flows.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 
 from cnm import errors
@@ -44,13 +43,6 @@ log = logging.getLogger("orchestrator.overlay")
 
 DRIVER = pb.DRIVER_OVERLAY
 DEFAULT_VNI_RANGE = "4096-16777215"
-
-def endpoint_mac(address: str) -> str:
-    """The MAC of an overlay endpoint, derived from its address as the agent does
-    (02:42:a:b:c:d), so that it is known before the agent has made the endpoint."""
-    octets = ipaddress.IPv4Address(address).packed
-    return "02:42:" + ":".join(f"{octet:02x}" for octet in octets)
-
 
 def no_underlay(host_id: str) -> str:
     """Why a host cannot take part in overlay networks, for its per-host state."""

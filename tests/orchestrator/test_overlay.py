@@ -9,7 +9,8 @@ import pytest
 
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator.overlay import endpoint_mac, parse_vni_range
+from cnm.validation import mac_from_address
+from orchestrator.overlay import parse_vni_range
 from orchestrator.store import Vnis
 from tests.orchestrator.conftest import connect_request, network_request
 from tests.orchestrator.fakes import FakeAgent, serve_agent
@@ -48,7 +49,7 @@ def test_vni_range_parsing():
     for bad in ("0-5", "5-4", "x", "1-16777216"):
         with pytest.raises(ValueError):
             parse_vni_range(bad)
-    assert endpoint_mac("10.20.0.3") == "02:42:0a:14:00:03"
+    assert mac_from_address("10.20.0.3") == "02:42:0a:14:00:03"
 
 
 async def test_vnis_are_unique_reused_after_release_and_run_out(world):
