@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from cnm import config, errors, grpc_client, pagination, validation
+from cnm import config, errors, grpc_client, pagination, pki, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 
@@ -436,6 +436,17 @@ def ps(client: Client, args) -> int:
 # --- parser --------------------------------------------------------------------
 
 
+def pki_init(client: Client, args) -> int:
+    print(pki.init_ca(args.dir, days=args.days, force=args.force))
+    return 0
+
+
+def pki_issue(client: Client, args) -> int:
+    print(pki.issue(args.dir, args.name, args.role, host_id=args.host_id,
+                    sans=tuple(args.san), days=args.days, force=args.force))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cnm", description="cnm: container networks")
     config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
@@ -506,6 +517,31 @@ def build_parser() -> argparse.ArgumentParser:
     disconnect.add_argument("network", metavar="NETWORK")
     disconnect.add_argument("container", metavar="CONTAINER")
     disconnect.set_defaults(handler=network_disconnect)
+
+    pki_parser = commands.add_parser(
+        "pki", help="certificates for mutual TLS between cnm's parts",
+        description="A CA per deployment and a certificate per identity (ECDSA P-256), "
+                    "each carrying its role as a SPIFFE URI (spiffe://cnm/ROLE, "
+                    "spiffe://cnm/agent/HOST_ID for an agent).")
+    pki_commands = pki_parser.add_subparsers(dest="subcommand", required=True,
+                                             metavar="COMMAND")
+    init = pki_commands.add_parser("init", help="make a CA: DIR/ca.crt, DIR/ca.key")
+    init.add_argument("--dir", required=True, type=Path, help="where the CA lives")
+    init.add_argument("--days", type=int, default=pki.CA_DAYS,
+                      help=f"lifetime (default {pki.CA_DAYS})")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(handler=pki_init)
+    issue = pki_commands.add_parser("issue", help="issue DIR/NAME.crt and DIR/NAME.key")
+    issue.add_argument("--dir", required=True, type=Path, help="the CA's directory")
+    issue.add_argument("--role", required=True, choices=pki.ROLES, help="who the holder is")
+    issue.add_argument("--host-id", default="", help="the agent's host id (agents only)")
+    issue.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                       help="a DNS name or address the holder is reached by (repeatable)")
+    issue.add_argument("--days", type=int, default=pki.LEAF_DAYS,
+                       help=f"lifetime (default {pki.LEAF_DAYS})")
+    issue.add_argument("--force", action="store_true", help="replace existing files")
+    issue.add_argument("name", metavar="NAME", help="file name: NAME.crt, NAME.key")
+    issue.set_defaults(handler=pki_issue)
 
     host = commands.add_parser("host", help="host agents")
     host_commands = host.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
