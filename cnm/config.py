@@ -34,3 +34,11 @@ def add_flag(
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--log-level", "CNM_LOG_LEVEL", "INFO", "log level")
+    add_tls_flags(parser)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """The three files of mutual TLS (see cnm.tls): all three, or none for plaintext."""
+    add_flag(parser, "--tls-ca", "CNM_TLS_CA", "", "CA certificate (PEM) for mutual TLS")
+    add_flag(parser, "--tls-cert", "CNM_TLS_CERT", "", "this process's certificate (PEM)")
+    add_flag(parser, "--tls-key", "CNM_TLS_KEY", "", "its private key (PEM)")

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cnm import errors
+from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
 
@@ -125,6 +126,7 @@ async def start(
     logger: logging.Logger,
     readiness: ReadinessProbe,
     readiness_interval: float = 1.0,
+    tls: Tls | None = None,
 ) -> Server:
     """Starts a server on ``listen`` with ``services`` (add function, servicer, full name).
 
@@ -146,7 +148,8 @@ async def start(
         server,
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_insecure_port(listen) if tls is None
+                else server.add_secure_port(listen, tls.server_credentials()))
     except RuntimeError as error:
         await server.stop(None)
         raise errors.Unavailable(

@@ -24,9 +24,10 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from cnm import config, errors, grpc_client, pagination, pki, validation
+from cnm import config, errors, grpc_client, pagination, pki, tls, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from cnm.tls import Tls
 
 EXIT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 2,
@@ -128,8 +129,8 @@ def print_json(value) -> None:
 
 
 class Client:
-    def __init__(self, address: str):
-        self.channel = grpc_client.channel(address)
+    def __init__(self, address: str, tls: Tls | None = None):
+        self.channel = grpc_client.channel(address, tls)
         self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
 
     def __getattr__(self, method: str):
@@ -451,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cnm", description="cnm: container networks")
     config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
                     config.DEFAULT_ORCHESTRATOR_ADDR, "gRPC address of the orchestrator")
+    config.add_tls_flags(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def host_flag(p, help_text="the host (agent) to act on"):
@@ -601,7 +603,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
-    client = Client(args.orchestrator)
+    client = Client(args.orchestrator, tls.from_parsed(parser, args))
     try:
         code = args.handler(client, args)
     except UsageError as error:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from cnm import config, errors, logs, server
+from cnm import config, errors, logs, server, tls
 from cnm.redis_client import connect
 from ipam_service.service import serve
 
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL, "Redis URL")
     config.add_common_flags(parser)
     args = parser.parse_args(argv)
+    args.tls = tls.from_parsed(parser, args)
     try:
         connect(args.redis_url)
     except ValueError as error:
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> None:
     logger = logs.setup("ipam", args.log_level)
     try:
-        ipam = await serve(args.listen, args.redis_url, logger)
+        ipam = await serve(args.listen, args.redis_url, logger, args.tls)
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
         raise SystemExit(1) from None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cnm import errors, pagination, server
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from cnm.tls import Tls
 from ipam_service import pools
 from ipam_service.store import RedisStore, StoredPool, Usage
 
@@ -136,7 +137,8 @@ class IpamServer:
         await self.store.close()
 
 
-async def serve(listen: str, redis_url: str, logger: logging.Logger) -> IpamServer:
+async def serve(listen: str, redis_url: str, logger: logging.Logger,
+                tls: Tls | None = None) -> IpamServer:
     """Starts the IPAM server on ``listen`` against ``redis_url``; the caller stops it."""
     store = RedisStore.from_url(redis_url)
 
@@ -150,5 +152,6 @@ async def serve(listen: str, redis_url: str, logger: logging.Logger) -> IpamServ
         ],
         logger=logger,
         readiness=redis_answers,
+        tls=tls,
     )
     return IpamServer(running, store)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 
-from cnm import config, errors, logs, server
+from cnm import config, errors, logs, server, tls
 from cnm.netdriver.v1 import netdriver_pb2_grpc
 from netdriver_service.agent import Agent
 from netdriver_service.faults import Faults
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     config.add_common_flags(parser)
     args = parser.parse_args(argv)
+    args.tls = tls.from_parsed(parser, args)
     if args.firewall not in firewalls.BACKENDS:
         parser.error(f"--firewall: unknown backend {args.firewall!r}")
     try:
@@ -95,6 +96,7 @@ async def serve(args: argparse.Namespace) -> None:
             ],
             logger=logger,
             readiness=agent.ready,
+            tls=args.tls,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
@@ -114,7 +116,7 @@ async def serve(args: argparse.Namespace) -> None:
         membership = asyncio.create_task(Membership(
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
             underlay_ip=lambda: agent.underlay_ip, ready=agent.ready,
-            registering=agent.forget_peer_generations,
+            registering=agent.forget_peer_generations, tls=args.tls,
         ).run())
     try:
         await server.run_until_signalled(running, logger)

@@ -20,6 +20,7 @@ import grpc
 from cnm import errors, grpc_client
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from cnm.tls import Tls
 
 log = logging.getLogger("netdriver.membership")
 
@@ -33,6 +34,7 @@ class Membership:
         self, *, orchestrator: str, host_id: str, advertise: str,
         underlay_ip: Callable[[], str], ready: Callable[[], Awaitable[bool]],
         registering: Callable[[], None] = lambda: None,
+        tls: Tls | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.host_id = host_id
@@ -40,6 +42,7 @@ class Membership:
         self.underlay_ip = underlay_ip
         self.ready = ready
         self.registering = registering  # called before each registration
+        self.tls = tls
         self.interval = 5.0
         self.registered = asyncio.Event()
         self.announced_underlay = ""  # the underlay address the last registration gave
@@ -68,7 +71,7 @@ class Membership:
 
     async def run(self) -> None:
         """Registers, then heartbeats, forever (cancel to stop)."""
-        async with grpc_client.aio_channel(self.orchestrator) as channel:
+        async with grpc_client.aio_channel(self.orchestrator, self.tls) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             backoff = 0.2
             while not await self.ready():

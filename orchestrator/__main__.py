@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
-from cnm import config, errors, logs, server
+from cnm import config, errors, logs, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator.clients import Agents, Ipam
 from orchestrator.flows import Orchestrator
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "VXLAN ids given to overlay networks, FIRST-LAST")
     config.add_common_flags(parser)
     args = parser.parse_args(argv)
+    args.tls = tls.from_parsed(parser, args)
     try:
         args.vni_range = parse_vni_range(args.vni_range)
     except ValueError as error:
@@ -67,8 +68,8 @@ async def renew_lease(store: Store, logger) -> None:
 async def serve(args: argparse.Namespace) -> None:
     logger = logs.setup("orchestrator", args.log_level)
     store = Store.connect(args.redis_url, float(args.replica_lease))
-    ipam = Ipam(args.ipam)
-    agents = Agents()
+    ipam = Ipam(args.ipam, args.tls)
+    agents = Agents(args.tls)
     orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range)
     reconciler = Reconciler(orch)
 
@@ -80,7 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
             listen=args.listen,
             services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
                        OrchestratorServicer(orch), SERVICE_NAME)],
-            logger=logger, readiness=ready,
+            logger=logger, readiness=ready, tls=args.tls,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

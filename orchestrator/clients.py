@@ -15,6 +15,7 @@ import grpc
 from cnm import errors, grpc_client, pagination
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
+from cnm.tls import Tls
 
 IPAM_TIMEOUT = 5.0
 AGENT_TIMEOUT = 10.0
@@ -34,9 +35,9 @@ async def call(what: str, rpc, request, timeout: float):
 
 
 class Ipam:
-    def __init__(self, address: str):
+    def __init__(self, address: str, tls: Tls | None = None):
         self.address = address
-        self.channel = grpc_client.aio_channel(address)
+        self.channel = grpc_client.aio_channel(address, tls)
         self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -79,10 +80,10 @@ class Ipam:
 class Agent:
     """One host agent, by host id and gRPC address."""
 
-    def __init__(self, host_id: str, address: str):
+    def __init__(self, host_id: str, address: str, tls: Tls | None = None):
         self.host_id = host_id
         self.address = address
-        self.channel = grpc_client.aio_channel(address)
+        self.channel = grpc_client.aio_channel(address, tls)
         self.stub = netdriver_pb2_grpc.NetDriverServiceStub(self.channel)
 
     async def close(self) -> None:
@@ -155,7 +156,8 @@ class Agent:
 class Agents:
     """Channels to the agents, one per (host id, address), reused across requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Tls | None = None) -> None:
+        self.tls = tls
         self._agents: dict[str, Agent] = {}
         self._closing: set[asyncio.Future] = set()
 
@@ -165,7 +167,7 @@ class Agents:
             if agent is not None:  # the host re-registered from elsewhere
                 self._closing.add(asyncio.ensure_future(agent.close()))
                 self._closing = {task for task in self._closing if not task.done()}
-            agent = Agent(host_id, address)
+            agent = Agent(host_id, address, self.tls)
             self._agents[host_id] = agent
         return agent
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cnm import grpc_client
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # The TCP/UDP echo tools every traffic test runs inside its namespaces.
@@ -40,11 +42,15 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
-def wait_serving(address: str, timeout: float = 15.0, service: str = "") -> None:
-    """Waits until the gRPC health service at ``address`` reports SERVING."""
+def wait_serving(address: str, timeout: float = 15.0, service: str = "",
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Waits until the gRPC health service at ``address`` reports SERVING (over TLS with
+    ``credentials``)."""
 
     def serving() -> bool:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.insecure_channel(address) if credentials is None
+              else grpc.secure_channel(address, credentials,
+                                       options=grpc_client.tls_options(address))) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=1

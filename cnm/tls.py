@@ -1,0 +1,105 @@
+"""Mutual TLS for every gRPC link, from three files: the CA, a certificate, its key.
+
+Every process takes ``--tls-ca``, ``--tls-cert`` and ``--tls-key`` (env
+``CNM_TLS_CA``, ``CNM_TLS_CERT``, ``CNM_TLS_KEY``); all three or none. With
+them a server requires a client certificate signed by the CA, and a client
+verifies the server's certificate against the CA and the name it dials
+(an address, or ``localhost`` for a unix socket). Certificates come from
+``cnm pki``.
+
+Rotation needs no restart: a server reads the files again at the next
+handshake after they change (gRPC's dynamic server credentials), and a
+client at its next connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from cnm import errors
+
+log = logging.getLogger("cnm.tls")
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Tls | None:
+        """The files the flags name; None without TLS; INVALID_ARGUMENT for one or two of
+        the three, or a file that cannot be read."""
+        given = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+        if not any(given.values()):
+            return None
+        missing = [flag for flag, value in given.items() if not value]
+        if missing:
+            raise errors.InvalidArgument(
+                f"TLS needs --tls-ca, --tls-cert and --tls-key together: {', '.join(missing)} "
+                "missing", reason="INVALID_TLS")
+        tls = cls(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key))
+        tls.read()
+        mode = stat.S_IMODE(os.stat(tls.key).st_mode)
+        if mode & 0o077:
+            log.warning("TLS key readable by others: chmod 600 it",
+                        extra={"key": str(tls.key), "mode": oct(mode)})
+        return tls
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(CA, certificate chain, key) as PEM."""
+        try:
+            return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
+        except OSError as error:
+            raise errors.InvalidArgument(f"cannot read {error.filename}: {error.strerror}",
+                                         reason="INVALID_TLS") from None
+
+    def _stamp(self) -> tuple:
+        return tuple(os.stat(path).st_mtime_ns for path in (self.ca, self.cert, self.key))
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Requires and verifies client certificates; re-reads the files when they change."""
+        ca, chain, key = self.read()
+        seen = [self._stamp()]
+
+        def configuration(ca: bytes, chain: bytes, key: bytes):
+            return grpc.ssl_server_certificate_configuration([(key, chain)],
+                                                             root_certificates=ca)
+
+        def fetch():
+            try:
+                stamp = self._stamp()
+                if stamp == seen[0]:
+                    return None
+                fresh = configuration(*self.read())
+            except (OSError, errors.CnmError) as error:  # mid-rotation: keep the old ones
+                log.warning("TLS files not reloaded", extra={"error": str(error)})
+                return None
+            seen[0] = stamp
+            log.info("TLS certificate reloaded", extra={"cert": str(self.cert)})
+            return fresh
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(ca, chain, key), fetch, require_client_authentication=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        ca, chain, key = self.read()
+        return grpc.ssl_channel_credentials(ca, key, chain)
+
+
+
+def from_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tls | None:
+    """The TLS files of parsed flags (config.add_tls_flags); a usage error, in one line,
+    when they are incomplete or unreadable."""
+    try:
+        return Tls.from_args(args)
+    except errors.CnmError as error:
+        parser.error(error.message)
