@@ -23,8 +23,6 @@ from pathlib import Path
 
 import grpc
 
-from cnm import errors
-
 log = logging.getLogger("cnm.tls")
 
 
@@ -36,16 +34,15 @@ class Tls:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Tls | None:
-        """The files the flags name; None without TLS; INVALID_ARGUMENT for one or two of
-        the three, or a file that cannot be read."""
+        """The files the flags name; None without TLS; ValueError (a configuration error,
+        not an RPC's) for one or two of the three, or a file that cannot be read."""
         given = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
         if not any(given.values()):
             return None
         missing = [flag for flag, value in given.items() if not value]
         if missing:
-            raise errors.InvalidArgument(
-                f"TLS needs --tls-ca, --tls-cert and --tls-key together: {', '.join(missing)} "
-                "missing", reason="INVALID_TLS")
+            raise ValueError(f"TLS needs --tls-ca, --tls-cert and --tls-key together: "
+                             f"{', '.join(missing)} missing")
         tls = cls(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key))
         tls.read()
         mode = stat.S_IMODE(os.stat(tls.key).st_mode)
@@ -59,8 +56,7 @@ class Tls:
         try:
             return self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
         except OSError as error:
-            raise errors.InvalidArgument(f"cannot read {error.filename}: {error.strerror}",
-                                         reason="INVALID_TLS") from None
+            raise ValueError(f"cannot read {error.filename}: {error.strerror}") from None
 
     def _stamp(self) -> tuple:
         return tuple(os.stat(path).st_mtime_ns for path in (self.ca, self.cert, self.key))
@@ -80,7 +76,7 @@ class Tls:
                 if stamp == seen[0]:
                     return None
                 fresh = configuration(*self.read())
-            except (OSError, errors.CnmError) as error:  # mid-rotation: keep the old ones
+            except (OSError, ValueError) as error:  # mid-rotation: keep the old ones
                 log.warning("TLS files not reloaded", extra={"error": str(error)})
                 return None
             seen[0] = stamp
@@ -101,5 +97,5 @@ def from_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tl
     when they are incomplete or unreadable."""
     try:
         return Tls.from_args(args)
-    except errors.CnmError as error:
-        parser.error(error.message)
+    except ValueError as error:
+        parser.error(str(error))
