@@ -50,8 +50,11 @@ from tests import support
 class System:
     """redis, IPAM, one agent in a host namespace and the orchestrator, as processes."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls_dir: Path | None = None) -> None:
+        """``tls_dir``: a `cnm pki` directory with ca, ipam, orchestrator, agent and admin
+        certificates: every link is then mutual TLS (plaintext without it)."""
         self.workdir = workdir
+        self.tls_dir = tls_dir
         self.run_dir = agent_run_dir()
         self.redis = support.RedisServer(workdir / "redis", appendonly=False).start()
         self.host = support.Netns("cnme-host")
@@ -60,26 +63,43 @@ class System:
         ipam = f"127.0.0.1:{support.free_port()}"
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "ipam_service", "--listen", ipam,
-             "--redis-url", self.redis.url, "--log-level", "WARNING"],
+             "--redis-url", self.redis.url, "--log-level", "WARNING", *self._tls("ipam")],
             log_path=workdir / "ipam.log"))
         agent = f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock"
         self.processes.append(support.Process(
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",
-             str(self.run_dir / "agent"), "--log-level", "WARNING"],
+             str(self.run_dir / "agent"), "--log-level", "WARNING", *self._tls("agent")],
             log_path=workdir / "agent.log"))
         self.address = f"127.0.0.1:{support.free_port()}"
-        support.wait_serving(ipam)
-        support.wait_serving(agent, timeout=20)
+        support.wait_serving(ipam, credentials=self._credentials())
+        support.wait_serving(agent, timeout=20, credentials=self._credentials())
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
              "--redis-url", self.redis.url, "--ipam", ipam,
-             "--hosts", f"{self.host_id}={agent}", "--log-level", "WARNING"],
+             "--hosts", f"{self.host_id}={agent}", "--log-level", "WARNING",
+             *self._tls("orchestrator")],
             log_path=workdir / "orchestrator.log"))
-        support.wait_serving(self.address)
+        support.wait_serving(self.address, credentials=self._credentials())
+
+    def _tls(self, name: str) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        return ["--tls-ca", str(self.tls_dir / "ca.crt"),
+                "--tls-cert", str(self.tls_dir / f"{name}.crt"),
+                "--tls-key", str(self.tls_dir / f"{name}.key")]
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if self.tls_dir is None:
+            return None
+        return grpc.ssl_channel_credentials(*(
+            (self.tls_dir / name).read_bytes() for name in ("ca.crt", "admin.key", "admin.crt")))
 
     def client(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
-        return orchestrator_pb2_grpc.OrchestratorServiceStub(grpc.insecure_channel(self.address))
+        credentials = self._credentials()
+        channel = (grpc.insecure_channel(self.address) if credentials is None
+                   else grpc.secure_channel(self.address, credentials))
+        return orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
