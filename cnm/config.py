@@ -37,6 +37,15 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_tls_flags(parser)
 
 
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """What a server adds to the common flags: its safe-default overrides."""
+    parser.add_argument(
+        "--insecure", action="store_true", default=env("CNM_INSECURE", "") not in ("", "0"),
+        help="allow listening beyond loopback without TLS (env CNM_INSECURE=1)")
+    add_flag(parser, "--socket-group", "CNM_SOCKET_GROUP", "",
+             "group given access (mode 0660) to a unix listen socket; 0600 without")
+
+
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:
     """The three files of mutual TLS (see cnm.tls): all three, or none for plaintext."""
     add_flag(parser, "--tls-ca", "CNM_TLS_CA", "", "CA certificate (PEM) for mutual TLS")

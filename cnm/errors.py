@@ -90,6 +90,11 @@ class PermissionDenied(CnmError):
     default_reason = "PERMISSION_DENIED"
 
 
+class Unauthenticated(CnmError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
 class Internal(CnmError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -110,6 +115,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CnmError]] = {
         ResourceExhausted,
         Unavailable,
         PermissionDenied,
+        Unauthenticated,
         Internal,
         DeadlineExceeded,
     )

@@ -1,15 +1,24 @@
 """Server bootstrap shared by the three services.
 
 Every cnm server is a ``grpc.aio`` server with the same furniture: the
-error-mapping and logging interceptor, the standard health service (driven
-by a readiness probe the service supplies), server reflection, and a
-graceful shutdown on SIGTERM/SIGINT.
+interceptor that authorizes each call (with TLS, against the service's
+cnm.authz policy), maps errors and logs one line per request with the
+caller's identity; the standard health service (driven by a readiness probe
+the service supplies); server reflection; and a graceful shutdown on
+SIGTERM/SIGINT.
+
+Safe defaults: without TLS a server listens only on loopback or a unix
+socket unless told ``--insecure``; unix sockets are created mode 0600 (0660
+with ``--socket-group``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import grp
+import ipaddress
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cnm import errors
+from cnm import authz, errors
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
@@ -28,10 +37,12 @@ ReadinessProbe = Callable[[], Awaitable[bool]]
 
 
 class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
-    """Maps CnmError to a gRPC status and logs one line per unary request."""
+    """Authorizes each unary request against ``policy`` (None: no TLS, no identities),
+    maps CnmError to a gRPC status and logs one line per request, naming its caller."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, policy: authz.Policy | None = None) -> None:
         self.logger = logger
+        self.policy = policy
         # grpc.aio asks for the handler on every call; wrapping is done once per method.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -49,7 +60,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
-        logger = self.logger
+        logger, policy = self.logger, self.policy
         # Probes call Health/Check every few seconds; their lines would drown the rest.
         level = logging.DEBUG if method.startswith("/grpc.health.") else logging.INFO
 
@@ -57,7 +68,12 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             failure: errors.CnmError | None = None
+            caller = None
             try:
+                if policy is not None:
+                    caller = authz.identity_of(context)
+                    authz.set_caller(caller)
+                    policy.check(method, request, caller)
                 return await inner(request, context)
             except errors.CnmError as error:
                 code, failure = error.code, error
@@ -78,6 +94,8 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                     "ms": round((time.perf_counter() - started) * 1000, 3),
                     "peer": context.peer(),
                 }
+                if caller is not None:
+                    fields["caller"] = str(caller)
                 if failure is not None:
                     fields["error"] = failure.message
                     fields["reason"] = failure.reason
@@ -127,14 +145,24 @@ async def start(
     readiness: ReadinessProbe,
     readiness_interval: float = 1.0,
     tls: Tls | None = None,
+    policy: authz.Policy | None = None,
+    insecure: bool = False,
+    socket_group: str = "",
 ) -> Server:
     """Starts a server on ``listen`` with ``services`` (add function, servicer, full name).
 
-    Health reports NOT_SERVING until ``readiness`` first returns True, and is
-    re-evaluated every ``readiness_interval`` seconds afterwards.
+    With ``tls`` every call is authorized against ``policy``. Without it,
+    ``listen`` must be loopback or a unix socket unless ``insecure`` (then a
+    warning is logged). Health reports NOT_SERVING until ``readiness`` first
+    returns True, and is re-evaluated every ``readiness_interval`` seconds
+    afterwards.
     """
+    check_listen(listen, tls, insecure)
+    if tls is None and insecure and not is_local(listen):
+        logger.warning("listening without TLS beyond this machine: anyone who reaches "
+                       "the port may call every RPC", extra={"address": listen})
     server = grpc.aio.server(
-        interceptors=[ErrorAndLogInterceptor(logger)],
+        interceptors=[ErrorAndLogInterceptor(logger, policy if tls is not None else None)],
         options=[("grpc.so_reuseport", 0)],
     )
     names = []
@@ -147,17 +175,26 @@ async def start(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
+    # A unix socket is born 0600: no window in which another user could connect.
+    umask = os.umask(0o177) if listen.startswith("unix:") else None
     try:
         port = (server.add_insecure_port(listen) if tls is None
                 else server.add_secure_port(listen, tls.server_credentials()))
+        running = Server(server=server, port=port, health=health_servicer, service_names=names)
+        await running.set_serving(False)
+        await server.start()
     except RuntimeError as error:
         await server.stop(None)
         raise errors.Unavailable(
             f"cannot listen on {listen}: address in use or not valid", listen=listen
         ) from error
-    running = Server(server=server, port=port, health=health_servicer, service_names=names)
-    await running.set_serving(False)
-    await server.start()
+    finally:
+        if umask is not None:
+            os.umask(umask)
+    if listen.startswith("unix:") and socket_group:
+        path = listen.removeprefix("unix:").removeprefix("//")
+        os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)
+        os.chmod(path, 0o660)
     bound = listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
     logger.info("listening", extra={"address": bound})
 
@@ -176,6 +213,42 @@ async def start(
 
     running._tasks.append(asyncio.create_task(watch_readiness()))
     return running
+
+
+def is_local(listen: str) -> bool:
+    """Whether ``listen`` (host:port or unix:path) is reachable from this machine only."""
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(listen: str, tls: Tls | None, insecure: bool) -> None:
+    """ValueError (a configuration error) for plaintext beyond loopback without --insecure."""
+    if tls is None and not insecure and not is_local(listen):
+        raise ValueError(
+            f"refusing to listen on {listen} without TLS: give --tls-ca/--tls-cert/--tls-key "
+            f"(see `cnm pki`), listen on loopback or a unix socket, or accept the risk with "
+            f"--insecure (env CNM_INSECURE=1)")
+
+
+def check_args(parser, args) -> None:
+    """The listen flags of parsed args (config.add_server_flags, args.tls set) checked at
+    start-up: a usage error, in one line, for plaintext beyond loopback or an unknown group."""
+    try:
+        check_listen(args.listen, args.tls, args.insecure)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.socket_group:
+        try:
+            grp.getgrnam(args.socket_group)
+        except KeyError:
+            parser.error(f"--socket-group: no group {args.socket_group!r}")
 
 
 async def run_until_signalled(running: Server, logger: logging.Logger, grace: float = 5.0) -> None:

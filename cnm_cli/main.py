@@ -37,6 +37,8 @@ EXIT_CODES = {
     grpc.StatusCode.UNAVAILABLE: 6,
     grpc.StatusCode.DEADLINE_EXCEEDED: 6,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 7,
+    grpc.StatusCode.PERMISSION_DENIED: 8,
+    grpc.StatusCode.UNAUTHENTICATED: 8,
 }
 TIMEOUT = 60.0
 PORT_SPEC = re.compile(

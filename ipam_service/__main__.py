@@ -30,8 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL, "Redis URL")
     config.add_common_flags(parser)
+    config.add_server_flags(parser)
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
+    server.check_args(parser, args)
     try:
         connect(args.redis_url)
     except ValueError as error:
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> None:
     logger = logs.setup("ipam", args.log_level)
     try:
-        ipam = await serve(args.listen, args.redis_url, logger, args.tls)
+        ipam = await serve(args.listen, args.redis_url, logger, args.tls,
+                           args.insecure, args.socket_group)
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
         raise SystemExit(1) from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from cnm import errors, pagination, server
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.tls import Tls
-from ipam_service import pools
+from ipam_service import access, pools
 from ipam_service.store import RedisStore, StoredPool, Usage
 
 SERVICE_NAME = ipam_pb2.DESCRIPTOR.services_by_name["IpamService"].full_name
@@ -138,7 +138,8 @@ class IpamServer:
 
 
 async def serve(listen: str, redis_url: str, logger: logging.Logger,
-                tls: Tls | None = None) -> IpamServer:
+                tls: Tls | None = None, insecure: bool = False,
+                socket_group: str = "") -> IpamServer:
     """Starts the IPAM server on ``listen`` against ``redis_url``; the caller stops it."""
     store = RedisStore.from_url(redis_url)
 
@@ -153,5 +154,8 @@ async def serve(listen: str, redis_url: str, logger: logging.Logger,
         logger=logger,
         readiness=redis_answers,
         tls=tls,
+        policy=access.POLICY,
+        insecure=insecure,
+        socket_group=socket_group,
     )
     return IpamServer(running, store)

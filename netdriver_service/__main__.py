@@ -8,6 +8,7 @@ import os
 
 from cnm import config, errors, logs, server, tls
 from cnm.netdriver.v1 import netdriver_pb2_grpc
+from netdriver_service import access
 from netdriver_service.agent import Agent
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import backends as firewalls
@@ -58,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "testing only: fail after a step, e.g. after:veth",
     )
     config.add_common_flags(parser)
+    config.add_server_flags(parser)
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
+    server.check_args(parser, args)
     if args.firewall not in firewalls.BACKENDS:
         parser.error(f"--firewall: unknown backend {args.firewall!r}")
     try:
@@ -96,7 +99,8 @@ async def serve(args: argparse.Namespace) -> None:
             ],
             logger=logger,
             readiness=agent.ready,
-            tls=args.tls,
+            tls=args.tls, policy=access.POLICY,
+            insecure=args.insecure, socket_group=args.socket_group,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

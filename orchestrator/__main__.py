@@ -8,6 +8,7 @@ import contextlib
 
 from cnm import config, errors, logs, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from orchestrator import access
 from orchestrator.clients import Agents, Ipam
 from orchestrator.flows import Orchestrator
 from orchestrator.hosts import HEARTBEAT_INTERVAL
@@ -41,8 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     config.add_flag(parser, "--vni-range", "CNM_VNI_RANGE", DEFAULT_VNI_RANGE,
                     "VXLAN ids given to overlay networks, FIRST-LAST")
     config.add_common_flags(parser)
+    config.add_server_flags(parser)
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
+    server.check_args(parser, args)
     try:
         args.vni_range = parse_vni_range(args.vni_range)
     except ValueError as error:
@@ -81,7 +84,8 @@ async def serve(args: argparse.Namespace) -> None:
             listen=args.listen,
             services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
                        OrchestratorServicer(orch), SERVICE_NAME)],
-            logger=logger, readiness=ready, tls=args.tls,
+            logger=logger, readiness=ready, tls=args.tls, policy=access.POLICY,
+            insecure=args.insecure, socket_group=args.socket_group,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

@@ -453,23 +453,30 @@ class Orchestrator:
             await self.store.forget_endpoint(endpoint, intent_key)
 
     async def disconnect(self, network_name: str, container_id: str, force: bool,
-                         allow_missing: bool) -> None:
+                         allow_missing: bool, only_host: str | None = None) -> None:
+        """Disconnects a container; with ``only_host`` (an agent caller, bound to its
+        host) PERMISSION_DENIED for an endpoint on any other host."""
         network, _ = await self.store.resolve_network(network_name)
         endpoint_id = validation.endpoint_id(network.network_id, container_id)
-        found = await self.disconnect_endpoint(endpoint_id, force)
+        found = await self.disconnect_endpoint(endpoint_id, force, only_host)
         if not found and not allow_missing:
             raise errors.NotFound(
                 f"container {container_id!r} is not connected to network {network.name!r}",
                 reason="NOT_CONNECTED", network=network.name, container=container_id,
             )
 
-    async def disconnect_endpoint(self, endpoint_id: str, force: bool) -> bool:
+    async def disconnect_endpoint(self, endpoint_id: str, force: bool,
+                                  only_host: str | None = None) -> bool:
         """Disconnects a recorded endpoint; False when there was none."""
         lock_name = f"ep:{endpoint_id}"
         async with self.store.lock(lock_name):
             endpoint = await self.store.get_endpoint(endpoint_id)
             if endpoint is None:
                 return await self.settle_locked(endpoint_id)
+            if only_host is not None and endpoint.host_id != only_host:
+                raise errors.PermissionDenied(
+                    f"the endpoint is on host {endpoint.host_id!r}: an agent acts on its own "
+                    f"host ({only_host!r}) only", reason="OTHER_HOST", host_id=endpoint.host_id)
             intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
                                            endpoint=encode(endpoint))
             await self.store.put_intent(intent)

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from google.protobuf import duration_pb2
 
-from cnm import pagination, validation
+from cnm import authz, pagination, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.redis_client import unavailable
@@ -77,7 +77,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         validation.check_network_name("network", request.network)
         validation.check_id("container_id", request.container_id)
         await self.orch.disconnect(request.network, request.container_id, request.force,
-                                   request.allow_missing)
+                                   request.allow_missing, only_host=authz.bound_host())
         return pb.DisconnectContainerResponse()
 
     async def GetEndpoint(self, request, context):

@@ -166,6 +166,7 @@ def deployment(tmp_path_factory):
                 "CNM_RUN_DIR": str(host1.workdir / "run"),
                 "CNM_UNDERLAY_IP": host1.ip,
                 "CNM_ORCHESTRATOR_LISTEN": orchestrator,
+                "CNM_INSECURE": "1",
                 # No CNM_HOSTS: the agents register themselves.
                 "CNM_ORCHESTRATOR": orchestrator,
             },
@@ -198,6 +199,7 @@ def deployment(tmp_path_factory):
                     "CNM_UNDERLAY_IP": host2.ip,
                     "CNM_ORCHESTRATOR": orchestrator,
                     "CNM_NETDRIVER_LISTEN": f"{host2.ip}:50053",
+                    "CNM_INSECURE": "1",
                 },
             )
             projects.append(agent)
