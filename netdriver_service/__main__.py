@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "seconds between two reconciliations of the kernel state and the firewall; 0: never",
     )
     config.add_flag(
+        parser, "--sandbox-dirs", "CNM_SANDBOX_DIRS", "",
+        "directories, comma-separated, whose namespaces the agent may connect besides its "
+        "own sandboxes, /var/run/netns and /proc/PID/ns/net",
+    )
+    config.add_flag(
         parser, "--fault", "CNM_NETDRIVER_FAULT", "",
         "testing only: fail after a step, e.g. after:veth",
     )
@@ -75,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.faults = Faults(args.fault)
     except ValueError as error:
         parser.error(f"--fault: {error}")
+    args.sandbox_dirs = tuple(d for d in args.sandbox_dirs.split(",") if d)
+    for directory in args.sandbox_dirs:
+        if not os.path.isabs(directory):
+            parser.error(f"--sandbox-dirs: {directory!r} is not an absolute path")
     args.state_dir = args.state_dir or os.path.join(
         config.env("CNM_RUN_DIR", "/run/cnm"), "netdriver", args.host_id
     )
@@ -88,7 +97,7 @@ async def serve(args: argparse.Namespace) -> None:
     agent = Agent(
         host_id=args.host_id, underlay_ip=args.underlay_ip, netlink=netlink,
         firewall=firewalls.make_firewall(args.firewall), store=Store(args.state_dir).load(),
-        faults=args.faults,
+        faults=args.faults, sandbox_dirs=args.sandbox_dirs,
     )
     try:
         running = await server.start(

@@ -44,6 +44,7 @@ class Agent:
     def __init__(
         self, *, host_id: str, underlay_ip: str, netlink: Netlink, firewall: Firewall,
         store: Store, faults: Faults | None = None, netns_dir: str = netns.NETNS_DIR,
+        sandbox_dirs: tuple[str, ...] = (),
     ) -> None:
         self.host_id = host_id
         self.underlay_ip = underlay_ip
@@ -55,6 +56,10 @@ class Agent:
         self.store = store
         self.faults = faults or Faults()
         self.netns_dir = netns_dir
+        # What the agent may plumb (see netns.Confinement), fixed at start-up.
+        self.confinement = netns.Confinement.at_start(
+            (netns_dir, netns.NETNS_DIR, *sandbox_dirs),
+            (netlink.host_ns,) if netlink.host_ns else ())
         self.lock = asyncio.Lock()
         self.started = False
         self.start_error = "not started yet"
@@ -301,12 +306,8 @@ class Agent:
                     )
                 network = model.network_from_proto(network_message, tuple(self.drivers))
                 self._check_new_network(network)
-            endpoint = model.endpoint_from_proto(message, network, self.netns_dir)
-            if _same_file(endpoint.netns_path, self.netlink.host_ns or "/proc/self/ns/net"):
-                raise errors.InvalidArgument(
-                    f"connect endpoint {endpoint.endpoint_id!r}: sandbox {endpoint.sandbox!r} "
-                    "is the host's own network namespace", reason="SANDBOX_IS_HOST",
-                )
+            endpoint = model.endpoint_from_proto(message, network, self.netns_dir,
+                                                 self.confinement)
             try:
                 return await self._with_whole_firewall(lambda: self._connect(network, endpoint))
             finally:
@@ -639,11 +640,6 @@ def _owned_objects(links: list[Link]) -> set[tuple[str, str]]:
     return {
         names.parse_alias(link.alias)[:2] for link in links if names.parse_alias(link.alias)
     }
-
-
-def _same_file(first: str, second: str) -> bool:
-    one, other = os.stat(first), os.stat(second)
-    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _detached_veths(links: list[Link]) -> list[tuple[str, Link]]:

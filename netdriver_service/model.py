@@ -191,14 +191,15 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
     )
 
 
-def resolve_sandbox(sandbox: str, netns_dir: str) -> str:
-    """The namespace path a sandbox field names; InvalidArgument unless it is a network namespace."""
+def resolve_sandbox(sandbox: str, netns_dir: str, confinement: netns.Confinement) -> str:
+    """The namespace path a sandbox field names (a name in ``netns_dir``, or a path), once
+    ``confinement`` lets the agent use it."""
     if not sandbox:
         raise errors.InvalidArgument("endpoint has no sandbox", reason="INVALID_SANDBOX",
                                      field="sandbox")
     checked = validation.check_sandbox(sandbox)
     path = checked if "/" in sandbox else os.path.join(netns_dir, checked)
-    netns.check_namespace_path(path)
+    confinement.resolve(path)
     return path
 
 
@@ -210,7 +211,8 @@ def ports_from_proto(messages, network: NetworkSpec) -> tuple[PortSpec, ...]:
 
 
 def endpoint_from_proto(
-    message: netdriver_pb2.Endpoint, network: NetworkSpec, netns_dir: str
+    message: netdriver_pb2.Endpoint, network: NetworkSpec, netns_dir: str,
+    confinement: netns.Confinement,
 ) -> EndpointSpec:
     endpoint_id = validation.check_id("endpoint_id", message.endpoint_id)
     if message.network_id and message.network_id != network.network_id:
@@ -231,7 +233,7 @@ def endpoint_from_proto(
         else validation.mac_from_address(address)
     )
     ports = ports_from_proto(message.port_mappings, network)
-    netns_path = resolve_sandbox(message.sandbox, netns_dir)
+    netns_path = resolve_sandbox(message.sandbox, netns_dir, confinement)
     return EndpointSpec(
         endpoint_id=endpoint_id, network_id=network.network_id, sandbox=message.sandbox,
         netns_path=netns_path, address=address, mac=mac,

@@ -4,6 +4,13 @@ A sandbox NAME is a network namespace bind-mounted on /var/run/netns/NAME,
 so ``ip netns exec NAME`` and every runtime see it. It is made by a
 short-lived thread that unshares its network namespace, bind-mounts it and
 exits; the agent's other threads never change namespace.
+
+The agent runs as root, so it confines itself (:class:`Confinement`): it
+plumbs only namespaces in the sandbox directories (its own, /var/run/netns,
+any the operator adds) or a process's ``/proc/PID/ns/net``, judged on the
+real path (no ``..`` or symlink leads elsewhere), and never the host's own
+namespace. A caller's path is inspected without being opened for reading
+first: a FIFO or a device never blocks the agent.
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
+import stat
 import threading
+from dataclasses import dataclass
 
 from cnm import errors
 
@@ -111,10 +121,67 @@ async def delete(name: str) -> bool:
 
 # --- entering namespaces ------------------------------------------------------------
 
+# A process's (or thread's) network namespace, as the kernel names it.
+PROC_NETNS = re.compile(r"/proc/[1-9][0-9]*/(task/[1-9][0-9]*/)?ns/net")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """The namespaces the agent may plumb: see the module's docstring."""
+
+    directories: tuple[str, ...]  # real paths
+    host: frozenset[tuple[int, int]]  # (device, inode) of the host's namespaces
+
+    @classmethod
+    def at_start(cls, directories: tuple[str, ...] = (NETNS_DIR,),
+                 host_namespaces: tuple[str, ...] = ()) -> Confinement:
+        """Read once at start-up: the host's namespace is the agent's own, init's (the
+        machine's, with the host's pid namespace), and any the agent acts on as its host."""
+        host = set()
+        for path in ("/proc/self/ns/net", "/proc/1/ns/net", *host_namespaces):
+            try:
+                found = os.stat(path)
+            except OSError:  # /proc/1 of another pid namespace may be hidden
+                continue
+            host.add((found.st_dev, found.st_ino))
+        return cls(tuple(dict.fromkeys(os.path.realpath(d) for d in directories)),
+                   frozenset(host))
+
+    def resolve(self, path: str) -> str:
+        """The real path of namespace ``path`` if the agent may plumb it; else
+        FAILED_PRECONDITION (SANDBOX_NOT_ALLOWED, SANDBOX_IS_HOST) or INVALID_ARGUMENT
+        (not a network namespace)."""
+        real = real_path(path)
+        if not (PROC_NETNS.fullmatch(real) or os.path.dirname(real) in self.directories):
+            raise errors.FailedPrecondition(
+                f"sandbox {path!r} is not a namespace the agent may use: give a sandbox "
+                f"name, /proc/PID/ns/net, or a path in {', '.join(self.directories)}",
+                reason="SANDBOX_NOT_ALLOWED", path=path)
+        found = check_namespace_path(real)
+        if (found.st_dev, found.st_ino) in self.host:
+            raise errors.FailedPrecondition(
+                f"sandbox {path!r} is the host's own network namespace",
+                reason="SANDBOX_IS_HOST", path=path)
+        return real
+
+
+def real_path(path: str) -> str:
+    """``path`` with every ``..`` and symlink resolved, except /proc/PID/ns/net's own
+    last link (a kernel "magic" link naming the namespace, not a path)."""
+    parent = os.path.realpath(os.path.dirname(path))
+    candidate = os.path.join(parent, os.path.basename(path))
+    return candidate if PROC_NETNS.fullmatch(candidate) else os.path.realpath(path)
+
+
 def check_namespace_path(path: str) -> os.stat_result:
-    """Stat of ``path`` if it is a network namespace; InvalidArgument otherwise."""
+    """Stat of ``path`` if it is a network namespace; InvalidArgument otherwise. Only a
+    regular file is opened, and without blocking (a FIFO would wait for a writer)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        found = os.stat(path)
+        if not stat.S_ISREG(found.st_mode):
+            raise errors.InvalidArgument(f"{path!r} is not a namespace",
+                                         reason="INVALID_NAMESPACE", path=path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as error:
         raise errors.InvalidArgument(
             f"namespace {path!r} does not exist", reason="NAMESPACE_NOT_FOUND", path=path

@@ -37,7 +37,7 @@ async def test_exit_status_follows_the_health_service():
         return ready.is_set()
 
     running = await server.start(
-        listen="0.0.0.0:0", services=[], logger=logging.getLogger("test"),
+        listen="0.0.0.0:0", services=[], logger=logging.getLogger("test"), insecure=True,
         readiness=readiness, readiness_interval=0.05,
     )
     try:

@@ -184,11 +184,11 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
     cases = {
         "missing namespace": (endpoint(sandbox="/var/run/netns/cnmt-nope"),
                               errors.InvalidArgument),
-        "not a namespace": (endpoint(sandbox=str(regular_file)), errors.InvalidArgument),
+        "a file elsewhere": (endpoint(sandbox=str(regular_file)), errors.FailedPrecondition),
         "not a network namespace": (endpoint(sandbox="/proc/self/ns/uts"),
-                                    errors.InvalidArgument),
+                                    errors.FailedPrecondition),
         "the host's own namespace": (endpoint(sandbox=f"/var/run/netns/{topo.host.name}"),
-                                     errors.InvalidArgument),
+                                     errors.FailedPrecondition),
         "invalid interface name": (endpoint(container_interface="eth0; rm"),
                                    errors.InvalidArgument),
         "taken interface name": (endpoint(container_interface="eth0"), errors.AlreadyExists),
@@ -265,6 +265,71 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
         topo.host.run("ip", "link", "del", "foreign0")
         topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=good.endpoint_id))
         topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="bad"))
+
+
+def test_the_agent_plumbs_only_namespaces_it_may(topo, tmp_path):
+    """Confinement: never the host's namespace however it is named, nothing outside the
+    sandbox directories and /proc/PID/ns/net, real paths judged, and a FIFO never blocks."""
+    net = harness.network("conf", "10.86.0.0/24")
+    # A process in the agent's host namespace, one in the machine's own (this test's).
+    in_host = support.Process(topo.host.exec_args("sleep", "600"))
+    in_machine = support.Process(["sleep", "600"])
+    # Where init's namespace cannot be read (a confined VM), neither the agent nor anyone
+    # can open it: the machine's namespace is then refused only by being unreachable, and
+    # this test must not try it (a namespace the agent knows as the host's is the point).
+    init_readable = os.access("/proc/1/ns/net", os.R_OK)
+    foreign = topo.make("cnmt-f")  # a namespace the agent did not make
+    bound = tmp_path / "bound-ns"
+    bound.write_text("")
+    subprocess.run(["mount", "--bind", foreign.path, str(bound)], check=True)
+    link = tmp_path / "link-to-host"
+    link.symlink_to(f"/var/run/netns/{topo.host.name}")
+    # A link in a sandbox directory leading out of it.
+    escape = f"/var/run/netns/cnmt-link-{uuid.uuid4().hex[:6]}"
+    os.symlink(bound, escape)
+    fifo = f"/var/run/netns/cnmt-fifo-{uuid.uuid4().hex[:6]}"
+    os.mkfifo(fifo)
+    support.wait_for(lambda: os.stat(f"/proc/{in_host.pid}/ns/net").st_ino
+                     == os.stat(topo.host.path).st_ino, 10, 0.01, "the process to enter")
+    before = harness.link_summary(topo.host.name), harness.ruleset(topo.host.name)
+    try:
+        cases = {
+            f"/proc/{in_host.pid}/ns/net": "SANDBOX_IS_HOST",
+            "/proc/1/ns/net": "SANDBOX_IS_HOST" if init_readable else "INVALID_NAMESPACE",
+            f"/proc/{in_host.pid}/task/{in_host.pid}/ns/net": "SANDBOX_IS_HOST",
+            f"/var/run/netns/../netns/{topo.host.name}": "SANDBOX_IS_HOST",
+            f"/var/run/netns/../../../proc/{in_host.pid}/ns/net": "SANDBOX_IS_HOST",
+            str(bound): "SANDBOX_NOT_ALLOWED",
+            f"/var/run/netns/../../{bound}": "SANDBOX_NOT_ALLOWED",
+            str(link): "SANDBOX_IS_HOST",
+            escape: "SANDBOX_NOT_ALLOWED",
+            fifo: "INVALID_NAMESPACE",
+        }
+        if init_readable:
+            cases[f"/proc/{in_machine.pid}/ns/net"] = "SANDBOX_IS_HOST"
+        for number, (sandbox, reason) in enumerate(cases.items()):
+            with pytest.raises(errors.CnmError) as caught:
+                connect(topo, f"x{number}", net, sandbox, f"10.86.0.{10 + number}")
+            assert caught.value.reason == reason, (sandbox, caught.value.message)
+        # Still answering at once, nothing built.
+        topo.agent.call("GetHostInfo", pb.GetHostInfoRequest(), timeout=2)
+        assert (harness.link_summary(topo.host.name), harness.ruleset(topo.host.name)) == before
+        # A foreign namespace given as a process's /proc/PID/ns/net is a runtime's: allowed.
+        holder = support.Process(foreign.exec_args("sleep", "600"))
+        support.wait_for(lambda: os.stat(f"/proc/{holder.pid}/ns/net").st_ino
+                         == os.stat(foreign.path).st_ino, 10, 0.01, "the holder to enter")
+        try:
+            connect(topo, "x-ok", net, f"/proc/{holder.pid}/ns/net", "10.86.0.50")
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="x-ok"))
+        finally:
+            holder.stop()
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="conf"))
+    finally:
+        in_host.stop()
+        in_machine.stop()
+        os.unlink(fifo)
+        os.unlink(escape)
+        subprocess.run(["umount", str(bound)], check=False)
 
 
 def test_idempotent_repeats_change_nothing(topo):
