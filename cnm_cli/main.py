@@ -227,6 +227,9 @@ def network_rm(client: Client, args) -> int:
             print(name)
         except grpc.RpcError as error:
             status = report(error)
+        except errors.NotFound as error:
+            print(f"cnm: error: {error.message}", file=sys.stderr)
+            status = EXIT_CODES[error.code]
     return status
 
 
@@ -408,16 +411,32 @@ def remove_sandbox(client: Client, host_id: str, sandbox: str, allow_missing: bo
                                                  allow_missing=allow_missing))
 
 
+def own_sandbox(client: Client, host_id: str, name: str) -> str:
+    """The sandbox of ``cnm run`` container ``name`` (its name or its sandbox's) on the host,
+    as the orchestrator knows it; NOT_FOUND for any other namespace, which cnm never made
+    and so never touches."""
+    sandboxes = {s.name for s in client.list_all(
+        "ListSandboxes", pb.ListSandboxesRequest(host_id=host_id), "sandboxes")}
+    for candidate in (name, sandbox_name(host_id, name)):
+        if candidate in sandboxes:
+            return candidate
+    raise errors.NotFound(f"container {name!r} not found on host {host_id!r} (cnm rm removes "
+                          f"only what cnm run made)", reason="SANDBOX_NOT_FOUND")
+
+
 def rm(client: Client, args) -> int:
     status = 0
     for name in args.names:
         try:
-            sandbox = resolve_container(client, args.host, name)
+            sandbox = own_sandbox(client, args.host, name)
             stop_processes(sandbox)
             remove_sandbox(client, args.host, sandbox, allow_missing=False)
             print(name)
         except grpc.RpcError as error:
             status = report(error)
+        except errors.NotFound as error:
+            print(f"cnm: error: {error.message}", file=sys.stderr)
+            status = EXIT_CODES[error.code]
     return status
 
 

@@ -29,6 +29,7 @@ from netdriver_service.drivers.bridge import network_rules, port_rules
 from netdriver_service.drivers.overlay import check_peer_fields, check_peers
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import TABLE_MISSING, Firewall, PortRule
+from netdriver_service.hostports import HostPorts
 from netdriver_service.model import EndpointSpec, NetworkSpec, Peer, RemoteEndpoint
 from netdriver_service.netlink import Link, LinkNotOwned, Netlink
 from netdriver_service.state import Store
@@ -56,6 +57,8 @@ class Agent:
         self.store = store
         self.faults = faults or Faults()
         self.netns_dir = netns_dir
+        # A bound socket per published port, in the host's namespace (see hostports).
+        self.host_ports = HostPorts(netlink.host_ns)
         # What the agent may plumb (see netns.Confinement), fixed at start-up.
         self.confinement = netns.Confinement.at_start(
             (netns_dir, netns.NETNS_DIR, *sandbox_dirs),
@@ -80,6 +83,8 @@ class Agent:
         await self.firewall.ensure_base()
         async with self.lock:
             repaired = await self._resync_locked()
+            await self.host_ports.restore(
+                (e.endpoint_id, e.ports) for e in self.store.endpoints.values())
         self.started = True
         log.info(
             "state rebuilt",
@@ -336,8 +341,11 @@ class Agent:
             self.faults.check("network")
             await self._intend(intent, endpoint.host_interface, undo)
             endpoint = await driver.create_endpoint(network, endpoint, undo)
-            await self.store.put_endpoint(endpoint)
             endpoint_id = endpoint.endpoint_id
+            # After the firewall refused ports other endpoints hold: what is left is the host's.
+            await self.host_ports.reserve(endpoint_id, endpoint.ports)
+            undo.push("release the host ports", lambda: self.host_ports.release(endpoint_id))
+            await self.store.put_endpoint(endpoint)
             undo.push("forget the endpoint's record",
                       lambda: self.store.delete_endpoint(endpoint_id))
             self.faults.check("record")
@@ -375,6 +383,7 @@ class Agent:
             if await self.netlink.get_owned_link(record.host_interface, mark) is not None:
                 return record
         await self.firewall.remove_ports(endpoint_id, port_rules(record))
+        await self.host_ports.release(endpoint_id)
         await self.store.delete_endpoint(endpoint_id)
         return None
 
@@ -392,6 +401,7 @@ class Agent:
         await self._forget_endpoint(endpoint_id)
 
     async def _forget_endpoint(self, endpoint_id: str) -> None:
+        await self.host_ports.release(endpoint_id)
         record = self.store.endpoints.get(endpoint_id)
         await self.store.delete_endpoint(endpoint_id)
         if record and not any(

@@ -121,8 +121,9 @@ async def delete(name: str) -> bool:
 
 # --- entering namespaces ------------------------------------------------------------
 
-# A process's (or thread's) network namespace, as the kernel names it.
-PROC_NETNS = re.compile(r"/proc/[1-9][0-9]*/(task/[1-9][0-9]*/)?ns/net")
+# A process's (or thread's) namespace, as the kernel names it (of any type here: one not
+# of the network type is then refused for what it is).
+PROC_NS = re.compile(r"/proc/[1-9][0-9]*/(task/[1-9][0-9]*/)?ns/[a-z_]+")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Confinement:
         FAILED_PRECONDITION (SANDBOX_NOT_ALLOWED, SANDBOX_IS_HOST) or INVALID_ARGUMENT
         (not a network namespace)."""
         real = real_path(path)
-        if not (PROC_NETNS.fullmatch(real) or os.path.dirname(real) in self.directories):
+        if not (PROC_NS.fullmatch(real) or os.path.dirname(real) in self.directories):
             raise errors.FailedPrecondition(
                 f"sandbox {path!r} is not a namespace the agent may use: give a sandbox "
                 f"name, /proc/PID/ns/net, or a path in {', '.join(self.directories)}",
@@ -166,11 +167,11 @@ class Confinement:
 
 
 def real_path(path: str) -> str:
-    """``path`` with every ``..`` and symlink resolved, except /proc/PID/ns/net's own
+    """``path`` with every ``..`` and symlink resolved, except /proc/PID/ns/TYPE's own
     last link (a kernel "magic" link naming the namespace, not a path)."""
     parent = os.path.realpath(os.path.dirname(path))
     candidate = os.path.join(parent, os.path.basename(path))
-    return candidate if PROC_NETNS.fullmatch(candidate) else os.path.realpath(path)
+    return candidate if PROC_NS.fullmatch(candidate) else os.path.realpath(path)
 
 
 def check_namespace_path(path: str) -> os.stat_result:

@@ -186,7 +186,7 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
                               errors.InvalidArgument),
         "a file elsewhere": (endpoint(sandbox=str(regular_file)), errors.FailedPrecondition),
         "not a network namespace": (endpoint(sandbox="/proc/self/ns/uts"),
-                                    errors.FailedPrecondition),
+                                    errors.InvalidArgument),
         "the host's own namespace": (endpoint(sandbox=f"/var/run/netns/{topo.host.name}"),
                                      errors.FailedPrecondition),
         "invalid interface name": (endpoint(container_interface="eth0; rm"),
@@ -330,6 +330,53 @@ def test_the_agent_plumbs_only_namespaces_it_may(topo, tmp_path):
         os.unlink(fifo)
         os.unlink(escape)
         subprocess.run(["umount", str(bound)], check=False)
+
+
+def bind_in(namespace: support.Netns, port: int, listen: bool = False) -> support.Process:
+    """A process of the host binding 0.0.0.0:``port``/tcp, or failing to (exit 98)."""
+    script = ("import socket, sys, time\n"
+              "s = socket.socket()\n"
+              "try:\n    s.bind(('0.0.0.0', int(sys.argv[1])))\n"
+              "except OSError:\n    sys.exit(98)\n"
+              "if sys.argv[2] == '1':\n    s.listen()\n"
+              "print('bound', flush=True)\ntime.sleep(600)\n")
+    return support.Process(namespace.exec_args(support.PYTHON, "-c", script, str(port),
+                                               "1" if listen else "0"))
+
+
+def test_a_published_port_neither_shadows_nor_yields_to_a_host_service(topo, tmp_path):
+    net = harness.network("hp", "10.85.0.0/24")
+    sandbox = topo.sandbox()
+    service = bind_in(topo.host, 28999, listen=True)
+    support.wait_for(lambda: "28999" in topo.host.run("ss", "-Hltn").stdout, 10, 0.05,
+                     "the host service to listen")
+    before = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
+    try:
+        with pytest.raises(errors.AlreadyExists) as caught:
+            connect(topo, "h1", net, sandbox, "10.85.0.10",
+                    port_mappings=[harness.tcp(28998, 80), harness.tcp(28999, 80)])
+        assert caught.value.reason == "PORT_IN_USE"
+        assert "*:28999/tcp is in use on the host" in caught.value.message
+        assert (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)) == before
+        assert service.alive()
+        # Published, the port is the endpoint's: no host process may take it, even after an
+        # agent restart; once unpublished, it may.
+        connect(topo, "h1", net, sandbox, "10.85.0.10", port_mappings=[harness.tcp(28998, 80)])
+        intruder = bind_in(topo.host, 28998)
+        assert intruder.popen.wait(10) == 98
+        topo.agent.process.kill9()
+        topo.agent.stop()
+        topo.agent = harness.AgentProcess(topo.host, topo.state_dir)
+        intruder = bind_in(topo.host, 28998)
+        assert intruder.popen.wait(10) == 98
+        topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="h1"))
+        later = bind_in(topo.host, 28998, listen=True)
+        support.wait_for(lambda: "28998" in topo.host.run("ss", "-Hltn").stdout, 10, 0.05,
+                         "the port to be free for the host")
+        later.stop()
+    finally:
+        service.stop()
+        topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="hp"))
 
 
 def test_idempotent_repeats_change_nothing(topo):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2 as pb
-from netdriver_service import model, names
+from netdriver_service import model, names, netns
 from netdriver_service.faults import CONNECT_STEPS, Faults
 from netdriver_service.teardown import Teardown
 
@@ -148,21 +150,32 @@ def test_endpoint_validation_checks_address_before_the_sandbox(tmp_path):
         with pytest.raises(errors.InvalidArgument) as caught:
             model.endpoint_from_proto(
                 pb.Endpoint(endpoint_id="e1", address=address, sandbox="/nonexistent"), spec,
-                str(tmp_path),
+                str(tmp_path), netns.Confinement.at_start((str(tmp_path),)),
             )
         assert caught.value.reason == reason, address
 
 
-def test_endpoint_sandbox_must_be_a_network_namespace(tmp_path):
+def test_endpoint_sandbox_must_be_a_network_namespace_the_agent_may_use(tmp_path):
     spec = model.network_from_proto(_network(), DRIVERS)
     regular = tmp_path / "file"
     regular.write_text("")
-    for sandbox in ("/nonexistent/ns", str(regular), "relative/path", "/proc/self/ns/uts"):
-        with pytest.raises(errors.InvalidArgument):
+    os.mkfifo(tmp_path / "fifo")  # never opened for reading: it would block
+    confinement = netns.Confinement.at_start((str(tmp_path),))
+    for sandbox, reason in (("relative/path", "INVALID_SANDBOX"),
+                            (str(tmp_path / "missing"), "NAMESPACE_NOT_FOUND"),
+                            (str(regular), "INVALID_NAMESPACE"),
+                            (str(tmp_path / "fifo"), "INVALID_NAMESPACE"),
+                            ("/proc/self/ns/uts", "INVALID_NAMESPACE"),
+                            ("/nonexistent/ns", "SANDBOX_NOT_ALLOWED"),
+                            (f"{tmp_path}/../{tmp_path.name}/../x", "SANDBOX_NOT_ALLOWED"),
+                            ("/proc/self/ns/net", "SANDBOX_IS_HOST"),
+                            ("/proc/self/task/../ns/net", "SANDBOX_IS_HOST")):
+        with pytest.raises(errors.CnmError) as caught:
             model.endpoint_from_proto(
                 pb.Endpoint(endpoint_id="e1", address="10.88.0.5", sandbox=sandbox), spec,
-                str(tmp_path),
+                str(tmp_path), confinement,
             )
+        assert caught.value.reason == reason, sandbox
 
 
 def test_endpoint_matches_for_idempotency():

@@ -99,7 +99,7 @@ def container_addresses(path: str) -> dict[str, str]:
             for info in link.get("addr_info", []) if link["ifname"] != "lo"}
 
 
-def test_create_connect_list_remove_story_through_the_cli(cluster, client):
+def test_create_connect_list_remove_story_through_the_cli(cluster, client, netns):
     created = cluster.cnm("network", "create", "--subnet", "10.50.0.0/24", "--label", "team=a",
                           "net1")
     assert created.code == 0, created.err
@@ -153,6 +153,16 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client):
     assert cluster.cnm("rm", "web").code == 0
     gone = cluster.cnm("rm", "web")
     assert gone.code == 3 and "not found" in gone.err
+    # A namespace cnm never made, whatever its name, is not cnm's to stop.
+    bystander = netns("cnmt-by")
+    sleeper = support.Process(bystander.exec_args("sleep", "600"))
+    try:
+        refused = cluster.cnm("rm", bystander.name)
+        assert refused.code == 3 and refused.err.count("\n") == 1, refused.err
+        time.sleep(0.2)
+        assert sleeper.alive()
+    finally:
+        sleeper.stop()
     assert ask(client.path, HOST_ADDRESS, 8080, timeout=1) is None
     assert_clean(cluster, pools=1)
     assert cluster.cnm("network", "rm", "net1").code == 0

@@ -15,7 +15,7 @@ import pytest
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from cnm.undo import Undo
-from netdriver_service import model
+from netdriver_service import model, netns
 from netdriver_service.drivers.overlay import OverlayDriver, check_peers, gateway_mac
 from netdriver_service.faults import Faults
 from netdriver_service.model import Peer, RemoteEndpoint
@@ -60,7 +60,7 @@ class Host:
         spec = model.endpoint_from_proto(
             pb.Endpoint(endpoint_id=endpoint_id, network_id=network.network_id,
                         sandbox=container.path, address=address, default_route=True),
-            network, "/var/run/netns",
+            network, "/var/run/netns", netns.Confinement.at_start(),
         )
         async with Undo("create endpoint") as undo:
             made = await self.driver.create_endpoint(network, spec, undo)
