@@ -17,9 +17,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cnm import grpc_client
+from cnm import grpc_client, pki
+from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from tests import support
-from tests.security.conftest import cnm
+from tests.security.conftest import cnm, credentials
 
 pytestmark = pytest.mark.root
 
@@ -62,3 +63,26 @@ def test_incomplete_tls_flags_stop_a_service_with_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--tls-cert, --tls-key missing" in done.stderr.splitlines()[-1]
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(deployment):
+    """IPAM's certificate names 127.0.0.1 only; re-issued with another name, the running
+    server presents it at the next handshake."""
+    ca = deployment["ca"]
+    admin = credentials(ca, "admin")
+
+    def pools(name: str) -> grpc.StatusCode:
+        options = [("grpc.ssl_target_name_override", name)]
+        with grpc.secure_channel(deployment["ipam"], admin, options) as channel:
+            try:
+                ipam_pb2_grpc.IpamServiceStub(channel).ListPools(ipam_pb2.ListPoolsRequest(),
+                                                                 timeout=5)
+            except grpc.RpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+    assert pools("ipam.example") == grpc.StatusCode.UNAVAILABLE
+    pki.issue(ca, "ipam", "ipam", sans=("127.0.0.1", "ipam.example"), force=True)
+    support.wait_for(lambda: pools("ipam.example") == grpc.StatusCode.OK, 10,
+                     what="the renewed certificate")
+    assert pools("127.0.0.1") == grpc.StatusCode.OK
