@@ -10,6 +10,10 @@ URLs (``--redis-url`` / ``CNM_REDIS_URL``):
 - ``redis+cluster://[:password@]host:port[,host:port...]`` (``rediss+cluster://``):
   Redis Cluster; the nodes listed are only the starting points.
 
+Credentials: in the URL, or (better: an URL is easily logged) the password in
+``CNM_REDIS_PASSWORD``, used when the URL carries none (:func:`with_password`);
+a username (Redis ACL user) goes in the URL, ``redis://cnm@host:6379/0``.
+
 Every client retries a command twice on a dropped connection (so a Redis
 restart costs no request a stale pooled connection), with short timeouts so
 that a dead Redis turns into UNAVAILABLE within seconds.
@@ -28,7 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
-from cnm import errors
+from cnm import config, errors
 
 MAX_CONNECTIONS = 1024
 
@@ -50,6 +54,12 @@ def unavailable(doing: str, where: str = "") -> Iterator[None]:
     """
     try:
         yield
+    except redis.exceptions.AuthenticationError as error:
+        at = f" at {where}" if where else ""
+        raise errors.Unavailable(
+            f"{doing}: redis{at} refused cnm's credentials ({error}): the password comes from "
+            f"CNM_REDIS_PASSWORD or the URL, the ACL user from the URL",
+            reason="REDIS_UNAVAILABLE") from error
     except UNREACHABLE as error:
         at = f" at {where}" if where else ""
         raise errors.Unavailable(f"{doing}: redis{at} is unavailable: {error}",
@@ -64,6 +74,21 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` when it has none of its own (an empty one: unchanged)."""
+    parts = urllib.parse.urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    user, _, hosts = parts.netloc.rpartition("@")
+    quoted = urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{quoted}@{hosts}"))
+
+
+def with_env_password(url: str) -> str:
+    """``url`` with the password of ``CNM_REDIS_PASSWORD`` when it has none."""
+    return with_password(url, config.env("CNM_REDIS_PASSWORD", ""))
 
 
 def _host_ports(netloc: str) -> list[tuple[str, int]]:

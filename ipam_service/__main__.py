@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from cnm import config, errors, logs, server, tls
-from cnm.redis_client import connect
+from cnm import config, errors, logs, redis_client, server, tls
 from ipam_service.service import serve
 
 
@@ -34,8 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
     server.check_args(parser, args)
+    args.redis_url = redis_client.with_env_password(args.redis_url)
     try:
-        connect(args.redis_url)
+        redis_client.connect(args.redis_url)
     except ValueError as error:
         parser.error(f"--redis-url: {error}")
     return args

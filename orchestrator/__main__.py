@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
-from cnm import config, errors, logs, server, tls
+from cnm import config, errors, logs, redis_client, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator import access
 from orchestrator.clients import Agents, Ipam
@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
     server.check_args(parser, args)
+    args.redis_url = redis_client.with_env_password(args.redis_url)
     try:
         args.vni_range = parse_vni_range(args.vni_range)
     except ValueError as error:

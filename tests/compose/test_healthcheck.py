@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 
-from cnm import healthcheck, server
+from cnm import healthcheck, pki, server
+from cnm.tls import Tls
 from tests import support
 
 
-async def run_healthcheck(*args: str) -> tuple[int, str]:
+async def run_healthcheck(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CNM_TLS_")}
     process = await asyncio.create_subprocess_exec(
         support.PYTHON, "-m", "cnm.healthcheck", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=support.REPO,
+        env={**clean, **(env or {})},
     )
     output, _ = await process.communicate()
     return process.returncode, output.decode()
@@ -96,5 +100,31 @@ async def test_unix_socket_listen_address(tmp_path):
     try:
         code, output = await healthy_soon(f"unix:{socket_path}")
         assert code == 0, output
+    finally:
+        await running.stop(0)
+
+
+async def test_over_mutual_tls_with_the_services_own_certificate(tmp_path):
+    async def readiness() -> bool:
+        return True
+
+    pki.init_ca(tmp_path)
+    pki.issue(tmp_path, "ipam", "ipam", sans=("127.0.0.1",))
+    files = Tls(tmp_path / "ca.crt", tmp_path / "ipam.crt", tmp_path / "ipam.key")
+    running = await server.start(
+        listen="127.0.0.1:0", services=[], logger=logging.getLogger("test"),
+        readiness=readiness, readiness_interval=0.05, tls=files,
+    )
+    address = f"127.0.0.1:{running.port}"
+    try:
+        code, output = await run_healthcheck(address)  # plaintext: refused
+        assert code == 1 and "UNAVAILABLE" in output
+        env = {"CNM_TLS_CA": str(files.ca), "CNM_TLS_CERT": str(files.cert),
+               "CNM_TLS_KEY": str(files.key)}
+        deadline = asyncio.get_running_loop().time() + 10
+        while (code := (await run_healthcheck(address, env=env))[0]) != 0 \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert code == 0
     finally:
         await running.stop(0)
