@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.root, pytest.mark.compose, pytest.mark.timeout(1200)]
 REPO = support.REPO
 CNM = str(Path(sys.executable).parent / "cnm")
 UNDERLAY = "10.213.7"  # /24, only inside this test's namespaces
+SERVICE_UID = 10001  # the image's user of ipam and the orchestrator
+REDIS_PASSWORD = uuid.uuid4().hex
 SWITCH_IP = f"{UNDERLAY}.254"
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 13, 16, 19, 21
 
@@ -61,6 +63,7 @@ class Host:
             raise
         self.workdir = workdir / f"host{number}"
         self.workdir.mkdir(parents=True)
+        self.pki = self.workdir / "pki"  # this host's CNM_PKI_DIR
         self.daemon = DockerDaemon(self.netns, self.workdir)
 
     def _plug_into(self, switch: support.Netns) -> None:
@@ -82,7 +85,9 @@ class Host:
             ["nsenter", f"--net={self.netns.path}", "--", CNM, "--orchestrator", orchestrator,
              *args],
             check=False, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "CNM_HOST_ID": self.id, "CNM_RUN_DIR": str(self.workdir / "run")},
+            env={**os.environ, "CNM_HOST_ID": self.id, "CNM_RUN_DIR": str(self.workdir / "run"),
+                 "CNM_TLS_CA": str(self.pki / "ca.crt"), "CNM_TLS_CERT": str(self.pki / "admin.crt"),
+                 "CNM_TLS_KEY": str(self.pki / "admin.key")},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"cnm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -157,6 +162,8 @@ def deployment(tmp_path_factory):
                 shutil.rmtree(REPO / wheelhouse, ignore_errors=True)
             assert build.returncode == 0, f"image build failed:\n{build.stdout}\n{build.stderr}"
 
+        with timed(timings, "certificates"):
+            make_certificates(host1, host2)
         orchestrator = f"{host1.ip}:50051"
         central = Compose(
             host1.daemon, f"cnmt{uuid.uuid4().hex[:8]}", [REPO / "docker-compose.yml"],
@@ -166,7 +173,8 @@ def deployment(tmp_path_factory):
                 "CNM_RUN_DIR": str(host1.workdir / "run"),
                 "CNM_UNDERLAY_IP": host1.ip,
                 "CNM_ORCHESTRATOR_LISTEN": orchestrator,
-                "CNM_INSECURE": "1",
+                "CNM_PKI_DIR": str(host1.pki),
+                "CNM_REDIS_PASSWORD": REDIS_PASSWORD,
                 # No CNM_HOSTS: the agents register themselves.
                 "CNM_ORCHESTRATOR": orchestrator,
             },
@@ -199,7 +207,7 @@ def deployment(tmp_path_factory):
                     "CNM_UNDERLAY_IP": host2.ip,
                     "CNM_ORCHESTRATOR": orchestrator,
                     "CNM_NETDRIVER_LISTEN": f"{host2.ip}:50053",
-                    "CNM_INSECURE": "1",
+                    "CNM_PKI_DIR": str(host2.pki),
                 },
             )
             projects.append(agent)
@@ -215,6 +223,32 @@ def deployment(tmp_path_factory):
                 host.close()
             switch.close()
         sys.stderr.write(f"\ncompose test timings (s): {json.dumps(timings)}\n")
+
+
+def make_certificates(host1: Host, host2: Host) -> None:
+    """What deploy/README.md, "Certificates", tells an operator to do: a CA and the
+    central services' certificates on host 1, an agent certificate per host, keys of the
+    unprivileged services owned by their user; host 2 gets its own and the CA's."""
+    def pki(*args: str) -> None:
+        subprocess.run([CNM, "pki", *args], check=True, capture_output=True, timeout=60)
+
+    directory = str(host1.pki)
+    pki("init", "--dir", directory)
+    pki("issue", "--dir", directory, "--role", "ipam", "--san", "127.0.0.1", "ipam")
+    pki("issue", "--dir", directory, "--role", "orchestrator", "--san", host1.ip, "--san",
+        "127.0.0.1", "orchestrator")
+    pki("issue", "--dir", directory, "--role", "agent", "--host-id", host1.id, "--san",
+        "127.0.0.1", "agent")
+    pki("issue", "--dir", directory, "--role", "admin", "admin")
+    for key in ("ipam.key", "orchestrator.key"):
+        os.chown(host1.pki / key, SERVICE_UID, SERVICE_UID)
+    pki("issue", "--dir", directory, "--role", "agent", "--host-id", host2.id, "--san",
+        host2.ip, f"agent-{host2.id}")
+    host2.pki.mkdir(mode=0o700)
+    for source, target in (("ca.crt", "ca.crt"), (f"agent-{host2.id}.crt", "agent.crt"),
+                           (f"agent-{host2.id}.key", "agent.key"), ("admin.crt", "admin.crt"),
+                           ("admin.key", "admin.key")):
+        shutil.copy2(host1.pki / source, host2.pki / target)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -297,8 +331,11 @@ def test_services_run_as_configured(deployment: Deployment):
         tables = host.netns.run("nft", "list", "tables").stdout
         assert "cnm" in tables, f"no cnm table in {host.netns.name}: {tables!r}"
 
-    # Redis: AOF on, in the named volume.
-    appendonly = central.exec("redis", "redis-cli", "config", "get", "appendonly").stdout.split()
+    # Redis: a password, and AOF on, in the named volume.
+    anonymous = central.exec("redis", "redis-cli", "ping", check=False)
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr, anonymous
+    appendonly = central.exec("redis", "sh", "-c", 'REDISCLI_AUTH="$CNM_REDIS_PASSWORD" '
+                              'redis-cli config get appendonly').stdout.split()
     assert appendonly == ["appendonly", "yes"]
     mounts = host1.daemon.inspect(central.container("redis"))["Mounts"]
     assert [(m["Type"], m["Destination"]) for m in mounts] == [("volume", "/data")]
@@ -306,17 +343,21 @@ def test_services_run_as_configured(deployment: Deployment):
 
 def test_story_on_one_host(deployment: Deployment):
     host1, central, orchestrator = deployment.host1, deployment.central, deployment.orchestrator
-    # The CLI of the image, inside the orchestrator container...
-    central.exec("orchestrator", "cnm", "network", "create", "--subnet", "192.168.0.0/24",
-                 "testbr")
+    # The host's CLI, with an admin certificate; it runs commands in sandboxes with nsenter.
+    host1.cli("network", "create", "--subnet", "192.168.0.0/24", "testbr",
+              orchestrator=orchestrator)
     try:
-        listed = central.exec("orchestrator", "cnm", "network", "ls").stdout
+        listed = host1.cli("network", "ls", orchestrator=orchestrator)
         assert "testbr" in listed and "192.168.0.0/24" in listed
         hosts = {h["host_id"]: h for h in json.loads(
-            central.exec("orchestrator", "cnm", "host", "ls", "--format", "json").stdout)}
+            host1.cli("host", "ls", "--format", "json", orchestrator=orchestrator))}
         assert hosts[host1.id]["address"] == "127.0.0.1:50053"
+        # The services' own identities are not an operator's: the orchestrator's
+        # certificate cannot drive the orchestrator.
+        denied = central.exec("orchestrator", "cnm", "network", "ls", check=False)
+        assert denied.returncode == 8 and "spiffe://cnm/orchestrator may not call" in \
+            denied.stderr, denied.stderr
 
-        # ...and the host's CLI, which runs commands in sandboxes with nsenter.
         host1.cli("run", "-d", "--net", "testbr", "--name", "web", "-p", "8080:80", "--",
                   *web_server(host1, "web"), orchestrator=orchestrator)
         host1.cli("run", "-d", "--net", "testbr", "--name", "peer", "--", "sleep", "600",
@@ -344,7 +385,7 @@ def test_story_on_one_host(deployment: Deployment):
     finally:
         host1.cli("rm", "web", "peer", orchestrator=orchestrator, check=False)
         host1.cli("network", "rm", "testbr", orchestrator=orchestrator, check=False)
-    assert "testbr" not in central.exec("orchestrator", "cnm", "network", "ls").stdout
+    assert "testbr" not in host1.cli("network", "ls", orchestrator=orchestrator)
 
 
 def test_second_host_runs_the_agent_compose_file(deployment: Deployment):

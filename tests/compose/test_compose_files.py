@@ -54,8 +54,11 @@ def config(tmp_path_factory) -> ComposeConfig:
     return ComposeConfig(tmp_path_factory.mktemp("compose-files") / "empty.env")
 
 
+PASSWORD = {"CNM_REDIS_PASSWORD": "0123abcd"}
+
+
 def test_first_host_file_runs_everything_on_the_host_network(config):
-    services = config.resolved("docker-compose.yml")["services"]
+    services = config.resolved("docker-compose.yml", **PASSWORD)["services"]
     assert set(services) == {"redis", "ipam", "orchestrator", "agent"}
     for name, service in services.items():
         assert service["network_mode"] == "host", name
@@ -67,6 +70,21 @@ def test_first_host_file_runs_everything_on_the_host_network(config):
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] \
         == "yes"
     assert services["redis"]["volumes"] == ["redis-data:/data:rw"]
+    # Mutual TLS on every link, each service with its own certificate and only that.
+    for name in ("ipam", "orchestrator", "agent"):
+        environment = services[name]["environment"]
+        assert (environment["CNM_TLS_CA"], environment["CNM_TLS_CERT"],
+                environment["CNM_TLS_KEY"]) == ("/etc/cnm/pki/ca.crt",
+                                                f"/etc/cnm/pki/{name}.crt",
+                                                f"/etc/cnm/pki/{name}.key")
+        mounted = sorted(v for v in services[name]["volumes"] if "/etc/cnm/pki" in v)
+        assert mounted == sorted(f"{support.REPO}/pki/{f}:/etc/cnm/pki/{f}:ro"
+                                 for f in ("ca.crt", f"{name}.crt", f"{name}.key")), mounted
+        assert "CNM_INSECURE" not in environment
+    for name in ("ipam", "orchestrator", "redis"):
+        assert services[name]["environment"]["CNM_REDIS_PASSWORD"] == "0123abcd"
+    # Never on a command line.
+    assert "0123abcd" not in json.dumps(services["redis"]["command"])
     assert {dep: spec["condition"] for dep, spec in services["agent"]["depends_on"].items()} \
         == {"orchestrator": "service_healthy"}
 
@@ -85,12 +103,17 @@ def test_first_host_file_runs_everything_on_the_host_network(config):
 def test_settings_come_from_the_environment(config):
     services = config.resolved(
         "docker-compose.yml", CNM_IPAM_LISTEN="0.0.0.0:6052", CNM_HOSTS="a=10.0.0.1:50053",
-        CNM_BASE_IMAGE="example/base:1", CNM_IMAGE_TAG="v9",
+        CNM_BASE_IMAGE="example/base:1", CNM_IMAGE_TAG="v9", **PASSWORD,
     )["services"]
     assert services["ipam"]["environment"]["CNM_IPAM_LISTEN"] == "0.0.0.0:6052"
     assert services["orchestrator"]["environment"]["CNM_HOSTS"] == "a=10.0.0.1:50053"
     assert services["agent"]["build"]["args"]["BASE_IMAGE"] == "example/base:1"
     assert services["agent"]["image"] == "cnm-agent:v9"
+
+
+def test_first_host_file_requires_a_redis_password(config):
+    missing = config.run("docker-compose.yml")
+    assert missing.returncode != 0 and "set CNM_REDIS_PASSWORD" in missing.stderr
 
 
 def test_agent_file_requires_the_central_addresses(config):
@@ -113,6 +136,6 @@ def test_agent_file_is_the_first_hosts_agent_alone(config):
     assert agent["environment"]["CNM_NETDRIVER_LISTEN"] == "10.0.0.2:50053"
     assert "depends_on" not in agent
 
-    first = config.resolved("docker-compose.yml")["services"]["agent"]
+    first = config.resolved("docker-compose.yml", **PASSWORD)["services"]["agent"]
     same = {key: value for key, value in first.items() if key not in ("depends_on", "environment")}
     assert {key: value for key, value in agent.items() if key != "environment"} == same
