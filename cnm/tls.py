@@ -45,11 +45,15 @@ class Tls:
                              f"{', '.join(missing)} missing")
         tls = cls(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key))
         tls.read()
-        mode = stat.S_IMODE(os.stat(tls.key).st_mode)
+        return tls
+
+    def _warn_if_exposed(self) -> None:
+        """A key others may read is used (refusing would break a running deployment on a
+        chmod), but said at every start, once logging is set up."""
+        mode = stat.S_IMODE(os.stat(self.key).st_mode)
         if mode & 0o077:
             log.warning("TLS key readable by others: chmod 600 it",
-                        extra={"key": str(tls.key), "mode": oct(mode)})
-        return tls
+                        extra={"key": str(self.key), "mode": oct(mode)})
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(CA, certificate chain, key) as PEM."""
@@ -63,6 +67,7 @@ class Tls:
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Requires and verifies client certificates; re-reads the files when they change."""
+        self._warn_if_exposed()
         ca, chain, key = self.read()
         seen = [self._stamp()]
 
@@ -87,6 +92,7 @@ class Tls:
             configuration(ca, chain, key), fetch, require_client_authentication=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
+        self._warn_if_exposed()
         ca, chain, key = self.read()
         return grpc.ssl_channel_credentials(ca, key, chain)
 

@@ -109,6 +109,7 @@ class Process:
 def start_agent(
     ns_path: str, address: str, *, host_id: str, state_dir: Path, log_path: Path,
     args: tuple[str, ...] = (),
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Process:
     """``python -m netdriver_service`` inside network namespace ``ns_path``, serving on
     ``address``, returned once SERVING (RuntimeError with its log tail, and stopped, if not).
@@ -122,7 +123,7 @@ def start_agent(
         log_path=log_path,
     )
     try:
-        wait_serving(address, timeout=20)
+        wait_serving(address, timeout=20, credentials=credentials)
     except TimeoutError:
         process.stop()
         raise RuntimeError("agent did not start:\n" + process.log_tail()) from None

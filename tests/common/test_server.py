@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
+import os
+import stat
 
 import grpc
 import pytest
@@ -178,3 +181,32 @@ def test_a_busy_listen_address_is_one_log_line_and_exit_1(module):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     assert "cannot listen on 127.0.0.1:" in done.stderr + done.stdout
+
+
+async def _ready() -> bool:
+    return True
+
+
+async def test_a_unix_socket_is_for_its_owner_alone_unless_a_group_is_given(tmp_path):
+    for group, mode in (("", 0o600), (grp.getgrgid(os.getgid()).gr_name, 0o660)):
+        path = tmp_path / f"server-{mode:o}.sock"
+        running = await server.start(listen=f"unix:{path}", services=[],
+                                     logger=logging.getLogger("test"), readiness=_ready,
+                                     socket_group=group)
+        try:
+            assert stat.S_IMODE(os.stat(path).st_mode) == mode
+        finally:
+            await running.stop(0)
+
+
+@pytest.mark.parametrize(("listen", "refused"), [
+    ("127.0.0.1:0", False), ("[::1]:0", False), ("localhost:0", False), ("unix:/x.sock", False),
+    ("0.0.0.0:0", True), ("[::]:0", True), ("10.1.2.3:50051", True), ("example.org:1", True),
+])
+def test_plaintext_listens_beyond_loopback_only_when_told_insecure(listen, refused):
+    if refused:
+        with pytest.raises(ValueError, match="--insecure"):
+            server.check_listen(listen, None, insecure=False)
+    else:
+        server.check_listen(listen, None, insecure=False)
+    server.check_listen(listen, None, insecure=True)

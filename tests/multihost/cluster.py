@@ -4,7 +4,9 @@ real orchestrator and heartbeats; IPAM and the orchestrator as processes over th
 session's Redis.
 
 Simulated hosts share /var/run/netns, so host ids are unique per test and sandbox
-names carry them.
+names carry them. Every link is mutual TLS, as a real deployment's: a CA per
+cluster, a certificate per service and per host's agent, and the tests drive
+it with an admin certificate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from cnm import errors
+from cnm import errors, grpc_client, pki
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
@@ -36,6 +38,7 @@ class Host:
     underlay_ip: str
     tmp: Path
     orchestrator: str
+    pki: Path
     socket_path: str = field(default_factory=lambda: f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock")
     process: support.Process | None = None
 
@@ -48,7 +51,9 @@ class Host:
             self.ns.path, self.address, host_id=self.host_id,
             state_dir=self.tmp / f"state-{self.host_id}",
             log_path=self.tmp / f"agent-{self.host_id}.log",
-            args=("--orchestrator", self.orchestrator),
+            args=("--orchestrator", self.orchestrator,
+                  *tls_args(self.pki, f"agent-{self.host_id}")),
+            credentials=admin_credentials(self.pki),
         )
 
     def stop(self, kill: bool = False) -> None:
@@ -60,7 +65,7 @@ class Host:
         Path(self.socket_path).unlink(missing_ok=True)
 
     def agent(self, method: str, request):
-        with grpc.insecure_channel(self.address) as channel:
+        with admin_channel(self.pki, self.address) as channel:
             stub = netdriver_pb2_grpc.NetDriverServiceStub(channel)
             try:
                 return getattr(stub, method)(request, timeout=10)
@@ -75,6 +80,23 @@ class Host:
 
     def neighbours(self, device: str) -> str:
         return self.ns.run("ip", "neigh", "show", "dev", device).stdout
+
+
+def tls_args(directory: Path, name: str) -> tuple[str, ...]:
+    return ("--tls-ca", str(directory / "ca.crt"), "--tls-cert", str(directory / f"{name}.crt"),
+            "--tls-key", str(directory / f"{name}.key"))
+
+
+def admin_credentials(directory: Path, name: str = "admin") -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials((directory / "ca.crt").read_bytes(),
+                                        (directory / f"{name}.key").read_bytes(),
+                                        (directory / f"{name}.crt").read_bytes())
+
+
+def admin_channel(directory: Path, address: str, name: str = "admin") -> grpc.Channel:
+    """A channel holding certificate ``name`` (the admin's unless told)."""
+    return grpc.secure_channel(address, admin_credentials(directory, name),
+                               grpc_client.tls_options(address))
 
 
 @dataclass
@@ -94,27 +116,41 @@ class MultiHost:
     processes: list[support.Process] = field(default_factory=list)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:4])
 
+    @property
+    def pki(self) -> Path:
+        return self.tmp / f"pki-{self.tag}"
+
     def start(self) -> MultiHost:
+        pki.init_ca(self.pki)
+        pki.issue(self.pki, "ipam", "ipam", sans=("127.0.0.1",))
+        pki.issue(self.pki, "orchestrator", "orchestrator", sans=("localhost",))
+        pki.issue(self.pki, "admin", "admin")
         self.ipam_address = f"127.0.0.1:{support.free_port()}"
-        self.processes.append(
-            support.start_ipam(self.ipam_address, self.redis_url, self.tmp / "ipam.log"))
+        self.processes.append(support.Process(
+            [support.PYTHON, "-m", "ipam_service", "--listen", self.ipam_address,
+             "--redis-url", self.redis_url, *tls_args(self.pki, "ipam")],
+            log_path=self.tmp / "ipam.log"))
+        support.wait_serving(self.ipam_address, credentials=admin_credentials(self.pki))
         # A unix socket: the agents, inside their host namespaces, reach it there.
         self.address = f"unix:/tmp/cnmt-orch-{uuid.uuid4().hex[:8]}.sock"
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
              "--redis-url", self.redis_url, "--ipam", self.ipam_address,
-             "--vni-range", self.vni_range, *self.orchestrator_args],
+             "--vni-range", self.vni_range, *self.orchestrator_args,
+             *tls_args(self.pki, "orchestrator")],
             log_path=self.tmp / "orchestrator.log",
         ))
-        support.wait_serving(self.address)
+        support.wait_serving(self.address, credentials=admin_credentials(self.pki))
         return self
 
     def add_host(self, start: bool = True) -> Host:
         ns = self.underlay.add_host()
         number = len(self.underlay.hosts)
-        host = Host(number=number, host_id=f"mh{self.tag}-{number}", ns=ns,
+        host_id = f"mh{self.tag}-{number}"
+        pki.issue(self.pki, f"agent-{host_id}", "agent", host_id=host_id, sans=("localhost",))
+        host = Host(number=number, host_id=host_id, ns=ns,
                     underlay_ip=self.underlay.address(number), tmp=self.tmp,
-                    orchestrator=self.address)
+                    orchestrator=self.address, pki=self.pki)
         self.hosts.append(host)
         if start:
             host.start()
@@ -151,8 +187,8 @@ class MultiHost:
 
     # --- clients -----------------------------------------------------------
 
-    def call(self, method: str, request, timeout: float = 30):
-        with grpc.insecure_channel(self.address) as channel:
+    def call(self, method: str, request, timeout: float = 30, identity: str = "admin"):
+        with admin_channel(self.pki, self.address, identity) as channel:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
             try:
                 return getattr(stub, method)(request, timeout=timeout)
@@ -161,7 +197,9 @@ class MultiHost:
 
     def cnm(self, *args: str, timeout: float = 60) -> CliResult:
         env = {"CNM_ORCHESTRATOR": self.address, "GRPC_ENABLE_FORK_SUPPORT": "0",
-               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNM_TLS_CA": str(self.pki / "ca.crt"),
+               "CNM_TLS_CERT": str(self.pki / "admin.crt"),
+               "CNM_TLS_KEY": str(self.pki / "admin.key")}
         done = subprocess.run([CNM, *args], env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
         return CliResult(done.returncode, done.stdout, done.stderr)

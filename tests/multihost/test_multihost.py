@@ -223,7 +223,8 @@ def test_vni_exhaustion_and_duplicate_host_registration(make_cluster):
     assert cluster.cnm("network", "rm", "one").code == 0
     reused = cluster.create_overlay("three", "10.22.0.0/16")
     assert reused["vni"] in (5000, 5001)
+    # Even with h1's own certificate, a second agent cannot take over h1's registration.
     with pytest.raises(errors.AlreadyExists, match="already registered"):
         cluster.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
             host_id=h1.host_id, address="unix:/tmp/cnmt-elsewhere.sock",
-            underlay_ip="10.99.0.50")))
+            underlay_ip="10.99.0.50")), identity=f"agent-{h1.host_id}")

@@ -86,3 +86,23 @@ def test_a_renewed_certificate_is_served_without_a_restart(deployment):
     support.wait_for(lambda: pools("ipam.example") == grpc.StatusCode.OK, 10,
                      what="the renewed certificate")
     assert pools("127.0.0.1") == grpc.StatusCode.OK
+
+
+def test_a_key_readable_by_others_is_used_with_a_warning(tmp_path):
+    pki.init_ca(tmp_path)
+    pki.issue(tmp_path, "ipam", "ipam", sans=("127.0.0.1",))
+    (tmp_path / "ipam.key").chmod(0o644)
+    address = f"127.0.0.1:{support.free_port()}"
+    process = support.Process(
+        [support.PYTHON, "-m", "ipam_service", "--listen", address, "--redis-url",
+         "redis://127.0.0.1:1/0", "--tls-ca", str(tmp_path / "ca.crt"), "--tls-cert",
+         str(tmp_path / "ipam.crt"), "--tls-key", str(tmp_path / "ipam.key")],
+        log_path=tmp_path / "ipam.log")
+    try:
+        support.wait_for(lambda: "listening" in (tmp_path / "ipam.log").read_text(), 20,
+                         what="IPAM to listen")
+    finally:
+        process.stop()
+    warnings = [json.loads(line) for line in (tmp_path / "ipam.log").read_text().splitlines()
+                if "readable by others" in line]
+    assert warnings and warnings[0]["level"] == "warning" and warnings[0]["mode"] == "0o644"
