@@ -45,6 +45,9 @@ class IpamServiceStub:
     SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
     - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
     - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
+    - PERMISSION_DENIED (with TLS, see access.py): ROLE_NOT_ALLOWED (OTHER_HOST,
+    cnm.authz binding an agent to its host, is not used by any rule here).
     - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
     - INTERNAL: INTERNAL.
     tests/contract/test_reasons.py checks this list against the code.
@@ -118,6 +121,9 @@ class IpamServiceServicer:
     SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
     - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
     - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
+    - PERMISSION_DENIED (with TLS, see access.py): ROLE_NOT_ALLOWED (OTHER_HOST,
+    cnm.authz binding an agent to its host, is not used by any rule here).
     - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
     - INTERNAL: INTERNAL.
     tests/contract/test_reasons.py checks this list against the code.
@@ -266,6 +272,9 @@ class IpamService:
     SUBNET_OVERLAP (metadata clashing_pool_id names the other pool).
     - FAILED_PRECONDITION: ADDRESS_PROTECTED, POOL_IN_USE.
     - RESOURCE_EXHAUSTED: POOL_EXHAUSTED.
+    - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
+    - PERMISSION_DENIED (with TLS, see access.py): ROLE_NOT_ALLOWED (OTHER_HOST,
+    cnm.authz binding an agent to its host, is not used by any rule here).
     - UNAVAILABLE: REDIS_UNAVAILABLE, UNAVAILABLE.
     - INTERNAL: INTERNAL.
     tests/contract/test_reasons.py checks this list against the code.
