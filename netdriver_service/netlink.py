@@ -176,6 +176,16 @@ class Netlink:
         self._namespaces: OrderedDict[tuple[int, int], AsyncIPRoute] = OrderedDict()
         self._paths: dict[str, tuple[int, int]] = {}
         self._max_namespaces = max_namespaces
+        # One dump at a time per socket: the kernel refuses a second (EBUSY) while one
+        # runs, and a dump runs until every message of it is read.
+        self._dumping: dict[int, asyncio.Lock] = {}
+
+    async def _dump(self, handle: AsyncIPRoute, request) -> list:
+        """Every message of the dump ``request()`` starts on ``handle``, read to the end
+        (a dump left half read keeps the socket busy), one dump at a time per socket."""
+        lock = self._dumping.setdefault(id(handle), asyncio.Lock())
+        async with lock:
+            return [message async for message in await request()]
 
     async def open(self) -> Netlink:
         with _errors("open netlink socket"):
@@ -211,6 +221,8 @@ class Netlink:
 
     def _drop(self, key: tuple[int, int]) -> None:
         handle = self._namespaces.pop(key, None)
+        if handle is not None:
+            self._dumping.pop(id(handle), None)
         for path in [path for path, known in self._paths.items() if known == key]:
             del self._paths[path]
         if handle is not None:
@@ -276,13 +288,14 @@ class Netlink:
         else:
             handle = await self._handle(ns)
             with _errors("list links"):
-                links = [_link(message) async for message in await handle.link("dump")]
+                links = [_link(m) for m in await self._dump(handle, lambda: handle.link("dump"))]
         if not addresses:
             return links
         handle = await self._handle(ns)
         by_index: dict[int, list[str]] = {}
         with _errors("list addresses"):
-            async for message in await handle.addr("dump", family=socket.AF_INET):
+            for message in await self._dump(
+                    handle, lambda: handle.addr("dump", family=socket.AF_INET)):
                 cidr = f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
                 by_index.setdefault(message["index"], []).append(cidr)
         return [
@@ -475,7 +488,8 @@ class Netlink:
         """(gateway, interface index) of the main table's IPv4 default route, if any."""
         handle = await self._handle(ns)
         with _errors("list routes"):
-            async for message in await handle.route("dump", family=socket.AF_INET):
+            for message in await self._dump(
+                    handle, lambda: handle.route("dump", family=socket.AF_INET)):
                 if message["dst_len"] == 0 and message.get_attr("RTA_TABLE") == 254:
                     return message.get_attr("RTA_GATEWAY") or "", message.get_attr("RTA_OIF") or 0
         return None
@@ -485,7 +499,8 @@ class Netlink:
         with _errors("list addresses"):
             return [
                 f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
-                async for message in await handle.addr("dump", family=socket.AF_INET)
+                for message in await self._dump(
+                    handle, lambda: handle.addr("dump", family=socket.AF_INET))
                 if message["index"] == index
             ]
 
@@ -547,7 +562,8 @@ class Netlink:
         unicast: dict[str, str] = {}
         bridge_static: set[str] = set()
         with _errors("list forwarding entries"):
-            async for message in await handle.fdb("dump", ifindex=index):
+            for message in await self._dump(handle,
+                                             lambda: handle.fdb("dump", ifindex=index)):
                 if message["ifindex"] != index:
                     continue
                 mac = message.get_attr("NDA_LLADDR") or ""
@@ -562,7 +578,8 @@ class Netlink:
                     unicast[mac] = dst
             neighbours = {
                 message.get_attr("NDA_DST"): message.get_attr("NDA_LLADDR") or ""
-                async for message in await handle.neigh("dump", family=socket.AF_INET)
+                for message in await self._dump(
+                    handle, lambda: handle.neigh("dump", family=socket.AF_INET))
                 if message["ifindex"] == index
             }
         return Forwarding(frozenset(flood), unicast, frozenset(bridge_static), neighbours)

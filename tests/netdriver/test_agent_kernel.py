@@ -690,3 +690,32 @@ async def test_a_resync_repairs_drift_found_without_the_lock(world, netns):
     world.host.run("ip", "link", "delete", made.host_interface)
     assert await agent.resync() == ["dropped endpoint e1: its veth is gone"]
     assert agent.store.endpoints == {} and await world.firewall.list_ports() == []
+
+
+async def test_concurrent_dumps_on_one_socket_neither_fail_nor_mix(netns):
+    """Agent start-up, resync and connects read routes, links and addresses at once on one
+    cached socket: the kernel refuses a second dump while one runs (EBUSY), and a dump
+    left half read keeps the socket busy."""
+    container = netns("cnmt-d")
+    for number in range(20):
+        container.run("ip", "link", "add", f"br{number}", "type", "bridge")
+    container.run("ip", "link", "set", "lo", "up")
+    container.run("ip", "addr", "add", "10.0.9.1/24", "dev", "br0")
+    container.run("ip", "link", "set", "br0", "up")
+    container.run("ip", "route", "add", "default", "via", "10.0.9.254", "dev", "br0")
+    for number in range(200):  # the default route comes first: a long dump after it
+        container.run("ip", "route", "add", f"10.1.{number}.0/24", "via", "10.0.9.254")
+    netlink = await Netlink().open()
+    try:
+        for _ in range(3):  # one after the other
+            assert (await netlink.default_route(container.path))[0] == "10.0.9.254"
+            assert len(await netlink.list_links(container.path)) == 21
+        results = await asyncio.gather(*(
+            call for _ in range(30) for call in (
+                netlink.default_route(container.path), netlink.list_links(container.path),
+                netlink.addresses(1, container.path))))
+    finally:
+        await netlink.close()
+    routes, links = results[0::3], results[1::3]
+    assert all(route is not None and route[0] == "10.0.9.254" for route in routes)
+    assert all(len(found) == 21 for found in links)
