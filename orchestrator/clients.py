@@ -1,7 +1,13 @@
 """gRPC clients of the IPAM service and of the host agents.
 
-Every call has a deadline and turns a failed RPC into cnm's error vocabulary,
-with what was being done prefixed to the message. A deadline that expires
+Every call has a deadline, its own timeout cut to what is left of the deadline
+of the request being served (cnm.grpc_client.budget), and turns a failed RPC
+into cnm's error vocabulary, with what was being done prefixed to the message.
+A call to IPAM waits for it to be reachable within that time (IPAM coming back
+is used at once; nothing mutates without it); a call to an agent fails fast
+when its channel is down (the host's heartbeats say whether it is alive, and
+its channel is renewed when it registers again). A call cut by the transport
+is tried again with jitter while time is left: every call here is idempotent. A deadline that expires
 becomes UNAVAILABLE: for the caller the peer is as good as down.
 """
 
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 
 import grpc
 
@@ -20,18 +27,34 @@ from cnm.tls import Tls
 IPAM_TIMEOUT = 5.0
 AGENT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 1.0
+RETRY_PAUSE = 0.1  # seconds, at most, between two tries of a call cut by the transport
 
 
-async def call(what: str, rpc, request, timeout: float):
+async def call(what: str, rpc, request, timeout: float, wait_for_ready: bool = False):
     """Runs one unary RPC; failures come back as CnmError saying ``what`` failed."""
-    try:
-        return await rpc(request, timeout=timeout)
-    except grpc.aio.AioRpcError as error:
-        cause = errors.from_rpc_error(error)
-        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise errors.Unavailable(f"{what}: no answer within {timeout:g}s") from error
-        cls = type(cause) if type(cause) is not errors.CnmError else errors.Internal
-        raise cls(f"{what}: {cause.message}", reason=cause.reason, **cause.metadata) from error
+    budget = grpc_client.budget(timeout)
+    deadline = asyncio.get_running_loop().time() + budget
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise errors.Unavailable(f"{what}: no answer within {budget:g}s (the request's "
+                                     f"deadline)")
+        try:
+            return await rpc(request, timeout=left, wait_for_ready=wait_for_ready)
+        except grpc.aio.AioRpcError as error:
+            if grpc_client.transport_failure(error) and \
+                    deadline - asyncio.get_running_loop().time() > RETRY_PAUSE:
+                await asyncio.sleep(RETRY_PAUSE * random.uniform(0.5, 1.0))
+                continue
+            raise _converted(what, error, budget) from error
+
+
+def _converted(what: str, error: grpc.aio.AioRpcError, budget: float) -> errors.CnmError:
+    cause = errors.from_rpc_error(error)
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.Unavailable(f"{what}: no answer within {budget:g}s")
+    cls = type(cause) if type(cause) is not errors.CnmError else errors.Internal
+    return cls(f"{what}: {cause.message}", reason=cause.reason, **cause.metadata)
 
 
 class Ipam:
@@ -43,37 +66,38 @@ class Ipam:
     async def close(self) -> None:
         await self.channel.close()
 
+    @staticmethod
+    async def _call(what: str, rpc, request):
+        return await call(f"ipam: {what}", rpc, request, IPAM_TIMEOUT, wait_for_ready=True)
+
     async def create_pool(self, pool: ipam_pb2.Pool) -> ipam_pb2.Pool:
-        reply = await call(f"ipam: create pool {pool.pool_id} ({pool.subnet})",
-                           self.stub.CreatePool, ipam_pb2.CreatePoolRequest(pool=pool),
-                           IPAM_TIMEOUT)
+        reply = await self._call(f"create pool {pool.pool_id} ({pool.subnet})",
+                                 self.stub.CreatePool, ipam_pb2.CreatePoolRequest(pool=pool))
         return reply.pool
 
     async def delete_pool(self, pool_id: str, force: bool = True) -> None:
-        await call(f"ipam: delete pool {pool_id}", self.stub.DeletePool,
-                   ipam_pb2.DeletePoolRequest(pool_id=pool_id, force=force), IPAM_TIMEOUT)
+        await self._call(f"delete pool {pool_id}", self.stub.DeletePool,
+                         ipam_pb2.DeletePoolRequest(pool_id=pool_id, force=force))
 
     async def list_pools(self) -> list[ipam_pb2.Pool]:
-        reply = await call("ipam: list pools", self.stub.ListPools, ipam_pb2.ListPoolsRequest(),
-                           IPAM_TIMEOUT)
+        reply = await self._call("list pools", self.stub.ListPools, ipam_pb2.ListPoolsRequest())
         return list(reply.pools)
 
     async def allocate(self, pool_id: str, owner: str, preferred: str = ""):
-        return await call(
-            f"ipam: allocate address in pool {pool_id} for {owner}", self.stub.AllocateAddress,
+        return await self._call(
+            f"allocate address in pool {pool_id} for {owner}", self.stub.AllocateAddress,
             ipam_pb2.AllocateAddressRequest(pool_id=pool_id, owner=owner,
-                                            preferred_address=preferred),
-            IPAM_TIMEOUT,
-        )
+                                            preferred_address=preferred))
 
     async def release_owner(self, pool_id: str, owner: str) -> None:
-        await call(f"ipam: release address of {owner} in pool {pool_id}", self.stub.ReleaseAddress,
-                   ipam_pb2.ReleaseAddressRequest(pool_id=pool_id, owner=owner), IPAM_TIMEOUT)
+        await self._call(f"release address of {owner} in pool {pool_id}",
+                         self.stub.ReleaseAddress,
+                         ipam_pb2.ReleaseAddressRequest(pool_id=pool_id, owner=owner))
 
     async def list_allocations(self, pool_id: str) -> list[ipam_pb2.Allocation]:
         return await pagination.fetch_all_async(
-            functools.partial(call, f"ipam: list allocations of pool {pool_id}",
-                              self.stub.ListAllocations, timeout=IPAM_TIMEOUT),
+            functools.partial(self._call, f"list allocations of pool {pool_id}",
+                              self.stub.ListAllocations),
             ipam_pb2.ListAllocationsRequest(pool_id=pool_id), "allocations")
 
 
@@ -170,6 +194,16 @@ class Agents:
             agent = Agent(host_id, address, self.tls)
             self._agents[host_id] = agent
         return agent
+
+    def renew(self, host_id: str) -> None:
+        """A host (re-)registered: a channel of its that is not connected is made anew, so
+        that the next call dials at once instead of waiting out a reconnect backoff."""
+        agent = self._agents.get(host_id)
+        if agent is not None and \
+                agent.channel.get_state() != grpc.ChannelConnectivity.READY:
+            del self._agents[host_id]
+            self._closing.add(asyncio.ensure_future(agent.close()))
+            self._closing = {task for task in self._closing if not task.done()}
 
     async def forget(self, host_id: str) -> None:
         """Closes the channel of a host that was removed."""

@@ -96,6 +96,7 @@ class Hosts:
                          last_heartbeat_time=now(),
                          static=existing.static if existing is not None else False)
         await self.store.put_host(record)
+        self.agents.renew(host.host_id)
         return record
 
     async def heartbeat(self, host_id: str) -> bool:
