@@ -441,18 +441,31 @@ def rm(client: Client, args) -> int:
 
 
 def ps(client: Client, args) -> int:
-    sandboxes = client.list_all("ListSandboxes", pb.ListSandboxesRequest(host_id=args.host or ""),
-                                "sandboxes")
+    """The sandboxes; a host that did not answer is named on stderr, one line each, and
+    the exit status is UNAVAILABLE's (6): the list printed is partial."""
+    unreachable: set[str] = set()
+
+    def page(request):
+        response = client.ListSandboxes(request)
+        unreachable.update(response.unreachable)
+        return response
+
+    sandboxes = pagination.fetch_all(
+        page, pb.ListSandboxesRequest(host_id=args.host or ""), "sandboxes")
+    code = EXIT_CODES[grpc.StatusCode.UNAVAILABLE] if unreachable else 0
     if args.format == "json":
         print_json([to_dict(sandbox) for sandbox in sandboxes])
-        return 0
-    rows = []
-    for sandbox in sandboxes:
-        networks = ", ".join(f"{e.network_name}:{e.address}" for e in sandbox.endpoints)
-        ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
-        rows.append([container_name(sandbox), sandbox.host_id, networks, ports])
-    print_table(["NAME", "HOST", "NETWORKS", "PORTS"], rows)
-    return 0
+    else:
+        rows = []
+        for sandbox in sandboxes:
+            networks = ", ".join(f"{e.network_name}:{e.address}" for e in sandbox.endpoints)
+            ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
+            rows.append([container_name(sandbox), sandbox.host_id, networks, ports])
+        print_table(["NAME", "HOST", "NETWORKS", "PORTS"], rows)
+    for host_id in sorted(unreachable):
+        print(f"cnm: error: host {host_id!r} did not answer: its containers are not listed",
+              file=sys.stderr)
+    return code
 
 
 # --- parser --------------------------------------------------------------------

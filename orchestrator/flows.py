@@ -601,23 +601,28 @@ class Orchestrator:
             await self.disconnect_endpoint(endpoint.endpoint_id, force=False)
         await agent.delete_sandbox(name)
 
-    async def list_sandboxes(self, host_id: str = "") -> list[pb.Sandbox]:
+    async def list_sandboxes(self, host_id: str = "") -> tuple[list[pb.Sandbox], list[str]]:
+        """The sandboxes of one host, or of every host asked at once; and the hosts that
+        did not answer (only when listing all: one host's failure is the error)."""
         hosts = [host_id] if host_id else [host.host_id for host in await self.store.list_hosts()]
-        result = []
-        for one in hosts:
+
+        async def of_host(one: str) -> list[pb.Sandbox] | None:
             agent = await self.hosts.agent(one)
             try:
                 sandboxes = await agent.list_sandboxes()
             except errors.Unavailable:
                 if host_id:
                     raise
-                continue
+                return None
             endpoints = await self.list_endpoints(host_id=one)
-            for sandbox in sandboxes:
-                result.append(pb.Sandbox(
-                    name=sandbox.name, host_id=one, path=sandbox.path,
-                    endpoints=[e for e in endpoints
-                               if e.sandbox in (sandbox.name, sandbox.path)
-                               or e.container_id == sandbox.name],
-                ))
-        return sorted(result, key=lambda s: (s.host_id, s.name))
+            return [pb.Sandbox(name=sandbox.name, host_id=one, path=sandbox.path,
+                               endpoints=[e for e in endpoints
+                                          if e.sandbox in (sandbox.name, sandbox.path)
+                                          or e.container_id == sandbox.name])
+                    for sandbox in sandboxes]
+
+        answers = await asyncio.gather(*(of_host(one) for one in hosts))
+        result = [sandbox for answer in answers if answer for sandbox in answer]
+        unreachable = sorted(one for one, answer in zip(hosts, answers, strict=True)
+                             if answer is None)
+        return sorted(result, key=lambda s: (s.host_id, s.name)), unreachable

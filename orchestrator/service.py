@@ -110,11 +110,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListSandboxes(self, request, context):
         if request.host_id:
             validation.check_id("host_id", request.host_id)
-        page = pagination.paginate(
-            await self.orch.list_sandboxes(request.host_id), request,
-            key=lambda sandbox: f"{sandbox.host_id}\0{sandbox.name}")
+        sandboxes, unreachable = await self.orch.list_sandboxes(request.host_id)
+        page = pagination.paginate(sandboxes, request,
+                                   key=lambda sandbox: f"{sandbox.host_id}\0{sandbox.name}")
         return pb.ListSandboxesResponse(sandboxes=page.items,
-                                        next_page_token=page.next_page_token)
+                                        next_page_token=page.next_page_token,
+                                        unreachable=unreachable)
 
     async def RegisterHost(self, request, context):
         host = await self.orch.register_host(request.host)

@@ -177,6 +177,13 @@ def test_a_silent_host_is_unhealthy_and_connects_to_it_fail_fast(make_cluster):
                6 * HEARTBEAT, "the host to turn unhealthy")
     listed = cluster.cnm("host", "ls")
     assert h2.host_id in listed.out and "unhealthy" in listed.out
+    # A list that fans out to the agents says which did not answer, and is not a success.
+    h1 = cluster.hosts[0]
+    cluster.container(h1, "seen", "appnet")
+    ps = cluster.cnm("ps")
+    assert ps.code == 6 and "seen" in ps.out and h1.host_id in ps.out
+    assert ps.err == (f"cnm: error: host {h2.host_id!r} did not answer: its containers are "
+                      f"not listed\n")
     started = time.monotonic()
     with pytest.raises(errors.Unavailable, match="heartbeat"):
         cluster.call("ConnectContainer", pb.ConnectContainerRequest(
