@@ -283,9 +283,11 @@ class Intent:
 class Store:
     """Typed access to the orchestrator's Redis records."""
 
-    LOCK_TTL_MS = 60_000
+    LOCK_TTL_MS = 6_000
+    RELEASE_RETRY = 0.1  # seconds between two tries of a release Redis did not answer
 
     def __init__(self, client: redis.Redis, replica_id: str, lease_seconds: float = 10.0):
+        self._releasing: set[asyncio.Task] = set()
         self.r = client
         self.replica_id = replica_id
         self.lease_seconds = lease_seconds
@@ -307,6 +309,8 @@ class Store:
         return cls(client, uuid.uuid4().hex[:12], lease_seconds)
 
     async def close(self) -> None:
+        for task in list(self._releasing):
+            task.cancel()
         await self.r.aclose()
 
     async def ping(self) -> bool:
@@ -337,6 +341,21 @@ class Store:
 
     def lock(self, name: str, wait: float = 10.0) -> Lock:
         return Lock(self, name, wait)
+
+    def release_later(self, key: str, token: str) -> None:
+        """Gives lock ``key`` back once Redis answers again (within its TTL: after it,
+        the lock has expired by itself)."""
+        async def retry() -> None:
+            until = time.monotonic() + self.LOCK_TTL_MS / 1000
+            while time.monotonic() < until:
+                await asyncio.sleep(self.RELEASE_RETRY)
+                with contextlib.suppress(*redis_client.UNREACHABLE):
+                    await self._release(keys=[key], args=[token])
+                    return
+
+        task = asyncio.create_task(retry())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     # --- networks -----------------------------------------------------------
 
@@ -653,11 +672,13 @@ class Store:
 class Lock:
     """A Redis lock with expiry, stolen only from replicas whose lease expired.
 
-    While held, it is extended every third of its TTL, and only if it still
-    holds our token. If that fails (the lock was taken over, or Redis could
-    not be reached for a whole TTL), the task that took the lock is cancelled
-    and, if it used ``async with``, ends with UNAVAILABLE: a flow never runs
-    on unprotected.
+    While held, it is extended every third of its TTL (seconds), and only if it
+    still holds our token. If that fails (the lock was taken over, or Redis
+    could not be reached for a whole TTL), the task that took the lock is
+    cancelled and, if it used ``async with``, ends with UNAVAILABLE: a flow
+    never runs on unprotected. A release that cannot reach Redis is tried again
+    in the background until Redis answers (or the lock expires): a holder cut
+    short by a Redis blip gives its lock back as soon as Redis is back.
     """
 
     def __init__(self, store: Store, name: str, wait: float):
@@ -728,7 +749,10 @@ class Lock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
-        await self.store._release(keys=[self.key], args=[self.token])
+        try:
+            await self.store._release(keys=[self.key], args=[self.token])
+        except redis_client.UNREACHABLE:
+            self.store.release_later(self.key, self.token)
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self.release()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator.store import Store, k
+from tests import support
 
 
 @pytest.fixture
@@ -121,3 +125,33 @@ async def test_a_network_stored_when_its_driver_was_text_reads_back_with_its_dri
     assert [n.driver for n, _ in await store.list_networks()] == [driver]
     # Written back, it is a record of today's form.
     assert pb.Network.FromString(network.SerializeToString()) == network
+
+
+async def test_a_holder_cut_short_by_a_redis_blip_gives_its_lock_back_at_once(tmp_path):
+    """Redis stops answering (SIGSTOP) while a flow holds a lock; the flow fails and its
+    release cannot reach Redis. Once Redis answers again the lock is free within moments,
+    not a TTL (which was a minute) later."""
+    server = support.RedisServer(tmp_path, appendonly=False).start()
+    ours, theirs = Store.connect(server.url), Store.connect(server.url)
+    try:
+        await ours.renew_lease()
+        await theirs.renew_lease()
+        lock = ours.lock("ep:blip")
+        assert await lock.try_acquire()
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.2)
+            await lock.release()  # fails to reach Redis: tried again in the background
+        finally:
+            await asyncio.sleep(1.3)
+            os.kill(server.process.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        other = theirs.lock("ep:blip", wait=3)
+        async with other:
+            waited = time.monotonic() - resumed
+        assert waited < 1.0, waited
+        assert ours.LOCK_TTL_MS <= 10_000  # a renewed lock lives seconds, not a minute
+    finally:
+        await ours.close()
+        await theirs.close()
+        server.stop()
