@@ -3,12 +3,16 @@ deadline a server hands down to the calls it makes for a request."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import time
 
 import grpc
 
 from cnm.tls import Tls
+
+log = logging.getLogger("cnm.grpc_client")
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -40,6 +44,59 @@ def channel(address: str, tls: Tls | None = None) -> grpc.Channel:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     return grpc.secure_channel(address, tls.channel_credentials(),
                                options=CHANNEL_OPTIONS + tls_options(address))
+
+
+class RenewingChannel:
+    """A long-lived aio channel and its stub that follow their TLS files: at the first use
+    after the certificate, key or CA changed on disk (looked at once a second at most), a
+    new channel is opened with them; the old one is closed after a grace period, so calls
+    under way finish. Certificate rotation thus needs no restart of a client either."""
+
+    CHECK_EVERY = 1.0
+    GRACE = 30.0
+
+    def __init__(self, address: str, tls: Tls | None, stub_class) -> None:
+        self.address, self.tls, self.stub_class = address, tls, stub_class
+        self._retired: set[asyncio.Task] = set()
+        self._open()
+
+    def _open(self) -> None:
+        self.channel = aio_channel(self.address, self.tls)
+        self._stub = self.stub_class(self.channel)
+        self._stamp = self.tls.stamp() if self.tls is not None else None
+        self._checked = time.monotonic()
+
+    @property
+    def stub(self):
+        if self.tls is not None and time.monotonic() - self._checked >= self.CHECK_EVERY:
+            self._checked = time.monotonic()
+            try:
+                changed = self.tls.stamp() != self._stamp
+                if changed:
+                    old = self.channel
+                    self._open()
+                    self._retire(old)
+                    log.info("TLS files changed: new channel", extra={"address": self.address})
+            except (OSError, ValueError) as error:  # mid-rotation: keep the old channel
+                log.warning("TLS files not reloaded", extra={"error": str(error)})
+        return self._stub
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self.GRACE)
+            finally:
+                await channel.close()
+
+        task = asyncio.ensure_future(close_later())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        await self.channel.close()
 
 
 # When the request being served must be answered by (time.monotonic()), set by the

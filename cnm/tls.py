@@ -9,7 +9,8 @@ verifies the server's certificate against the CA and the name it dials
 
 Rotation needs no restart: a server reads the files again at the next
 handshake after they change (gRPC's dynamic server credentials), and a
-client at its next connection.
+long-lived client channel (cnm.grpc_client.RenewingChannel) is opened anew with
+them at its next use after they change.
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ class Tls:
         except OSError as error:
             raise ValueError(f"cannot read {error.filename}: {error.strerror}") from None
 
-    def _stamp(self) -> tuple:
+    def stamp(self) -> tuple:
+        """What changes when any of the three files does (their modification times)."""
         return tuple(os.stat(path).st_mtime_ns for path in (self.ca, self.cert, self.key))
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Requires and verifies client certificates; re-reads the files when they change."""
         self._warn_if_exposed()
         ca, chain, key = self.read()
-        seen = [self._stamp()]
+        seen = [self.stamp()]
 
         def configuration(ca: bytes, chain: bytes, key: bytes):
             return grpc.ssl_server_certificate_configuration([(key, chain)],
@@ -77,7 +79,7 @@ class Tls:
 
         def fetch():
             try:
-                stamp = self._stamp()
+                stamp = self.stamp()
                 if stamp == seen[0]:
                     return None
                 fresh = configuration(*self.read())

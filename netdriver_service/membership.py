@@ -71,8 +71,9 @@ class Membership:
 
     async def run(self) -> None:
         """Registers, then heartbeats, forever (cancel to stop)."""
-        async with grpc_client.aio_channel(self.orchestrator, self.tls) as channel:
-            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        channel = grpc_client.RenewingChannel(self.orchestrator, self.tls,
+                                              orchestrator_pb2_grpc.OrchestratorServiceStub)
+        try:
             backoff = 0.2
             while not await self.ready():
                 await asyncio.sleep(0.2)
@@ -84,9 +85,9 @@ class Membership:
                                  extra={"underlay_ip": self.underlay_ip()})
                         self.registered.clear()
                     if not self.registered.is_set():
-                        await self._register(stub)
+                        await self._register(channel.stub)
                     else:
-                        reply = await stub.HeartbeatHost(
+                        reply = await channel.stub.HeartbeatHost(
                             pb.HeartbeatHostRequest(host_id=self.host_id),
                             timeout=HEARTBEAT_TIMEOUT,
                         )
@@ -105,3 +106,5 @@ class Membership:
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            await channel.close()

@@ -60,11 +60,14 @@ def _converted(what: str, error: grpc.aio.AioRpcError, budget: float) -> errors.
 class Ipam:
     def __init__(self, address: str, tls: Tls | None = None):
         self.address = address
-        self.channel = grpc_client.aio_channel(address, tls)
-        self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
+        self._channel = grpc_client.RenewingChannel(address, tls, ipam_pb2_grpc.IpamServiceStub)
+
+    @property
+    def stub(self) -> ipam_pb2_grpc.IpamServiceStub:
+        return self._channel.stub
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channel.close()
 
     @staticmethod
     async def _call(what: str, rpc, request):
@@ -107,11 +110,19 @@ class Agent:
     def __init__(self, host_id: str, address: str, tls: Tls | None = None):
         self.host_id = host_id
         self.address = address
-        self.channel = grpc_client.aio_channel(address, tls)
-        self.stub = netdriver_pb2_grpc.NetDriverServiceStub(self.channel)
+        self._channel = grpc_client.RenewingChannel(address, tls,
+                                                    netdriver_pb2_grpc.NetDriverServiceStub)
+
+    @property
+    def stub(self) -> netdriver_pb2_grpc.NetDriverServiceStub:
+        return self._channel.stub
+
+    @property
+    def connected(self) -> bool:
+        return self._channel.channel.get_state() == grpc.ChannelConnectivity.READY
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self._channel.close()
 
     def _what(self, action: str) -> str:
         return f"agent {self.host_id} ({self.address}): {action}"
@@ -122,7 +133,8 @@ class Agent:
                           netdriver_pb2.GetHostInfoRequest(), PROBE_TIMEOUT)
 
     async def ensure_reachable(self) -> None:
-        if self.channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+        if self._channel.channel.get_state(try_to_connect=True) \
+                != grpc.ChannelConnectivity.READY:
             await self.probe()
 
     async def create_endpoint(self, endpoint: netdriver_pb2.Endpoint,
@@ -199,8 +211,7 @@ class Agents:
         """A host (re-)registered: a channel of its that is not connected is made anew, so
         that the next call dials at once instead of waiting out a reconnect backoff."""
         agent = self._agents.get(host_id)
-        if agent is not None and \
-                agent.channel.get_state() != grpc.ChannelConnectivity.READY:
+        if agent is not None and not agent.connected:
             del self._agents[host_id]
             self._closing.add(asyncio.ensure_future(agent.close()))
             self._closing = {task for task in self._closing if not task.done()}

@@ -67,7 +67,8 @@ def deployment(tmp_path, redis_url, netns):
             log_path=tmp_path / "agent.log"))
         support.wait_serving(agent_address, credentials=credentials(ca, "admin"))
         yield {"ca": ca, "other": other, "orchestrator": orchestrator_address,
-               "ipam": ipam_address, "agent": agent_address, "tmp": tmp_path}
+               "ipam": ipam_address, "agent": agent_address, "tmp": tmp_path,
+               "processes": processes, "redis_url": redis_url}
     finally:
         for process in reversed(processes):
             process.stop()

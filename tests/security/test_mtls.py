@@ -11,6 +11,7 @@ certificate comes from another CA.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import grpc
@@ -106,3 +107,29 @@ def test_a_key_readable_by_others_is_used_with_a_warning(tmp_path):
     warnings = [json.loads(line) for line in (tmp_path / "ipam.log").read_text().splitlines()
                 if "readable by others" in line]
     assert warnings and warnings[0]["level"] == "warning" and warnings[0]["mode"] == "0o644"
+
+
+def test_a_new_ca_rolls_out_to_servers_and_long_lived_clients_without_restarts(deployment):
+    """Every file replaced by ones of a new CA: the orchestrator's server presents and
+    accepts the new ones, and its long-lived channel to IPAM dials with its new
+    certificate once IPAM (restarted here, so that a new handshake is needed) has them."""
+    ca, fresh = deployment["ca"], deployment["tmp"] / "new-pki"
+    pki.init_ca(fresh)
+    pki.issue(fresh, "ipam", "ipam", sans=("127.0.0.1",))
+    pki.issue(fresh, "orchestrator", "orchestrator", sans=("localhost",))
+    pki.issue(fresh, "admin", "admin")
+    assert cnm(deployment, "network", "ls").returncode == 0  # the channel to IPAM is up
+    for name in ("ca.crt", "ipam.crt", "ipam.key", "orchestrator.crt", "orchestrator.key",
+                 "admin.crt", "admin.key"):
+        shutil.copy2(fresh / name, ca / name)
+    ipam = next(p for p in deployment["processes"] if "ipam_service" in p.args)
+    ipam.stop()
+    deployment["processes"].append(support.Process(
+        [support.PYTHON, "-m", "ipam_service", "--listen", deployment["ipam"], "--redis-url",
+         deployment["redis_url"], "--tls-ca", str(ca / "ca.crt"), "--tls-cert",
+         str(ca / "ipam.crt"), "--tls-key", str(ca / "ipam.key")],
+        log_path=deployment["tmp"] / "ipam-2.log"))
+    support.wait_serving(deployment["ipam"], credentials=credentials(ca, "admin"))
+    created = cnm(deployment, "network", "create", "--subnet", "10.132.0.0/24", "rolled")
+    assert created.returncode == 0, created.stderr
+    assert cnm(deployment, "network", "rm", "rolled").returncode == 0
