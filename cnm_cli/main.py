@@ -306,7 +306,7 @@ def host_rm(client: Client, args) -> int:
     status = 0
     for host_id in args.hosts:
         try:
-            client.DeleteHost(pb.DeleteHostRequest(host_id=host_id))
+            client.DeleteHost(pb.DeleteHostRequest(host_id=host_id, force=args.force))
             print(host_id)
         except grpc.RpcError as error:
             status = report(error)
@@ -588,7 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rm", aliases=["remove"], help="forget hosts that left (their endpoints too)",
         description="Forgets each host and its endpoints (their addresses are released) and "
                     "takes it off every overlay network's peer lists. A host whose agent "
-                    "still runs registers again at its next heartbeat.")
+                    "still runs registers again at its next heartbeat; one that still "
+                    "heartbeats is refused unless --force.")
+    hrm.add_argument("--force", "-f", action="store_true",
+                     help="remove even a host whose agent still heartbeats")
     hrm.add_argument("hosts", nargs="+", metavar="HOST")
     hrm.set_defaults(handler=host_rm)
 

@@ -66,13 +66,22 @@ class Orchestrator:
         await self.overlay.sync_host(record)
         return record
 
-    async def delete_host(self, host_id: str, allow_missing: bool = False) -> None:
-        """Forgets a host and its endpoints (their addresses are released)."""
-        if await self.store.get_host(host_id) is None:
+    async def delete_host(self, host_id: str, allow_missing: bool = False,
+                          force: bool = False) -> None:
+        """Forgets a host and its endpoints (their addresses are released). A host that
+        still heartbeats is refused unless ``force``: its containers would keep using
+        addresses handed out again."""
+        host = await self.store.get_host(host_id)
+        if host is None:
             if allow_missing:
                 return
             raise errors.NotFound(f"host {host_id!r} not found", reason="HOST_NOT_FOUND",
                                   host=host_id)
+        if not force and self.hosts.fresh(host):
+            raise errors.FailedPrecondition(
+                f"host {host_id!r} is alive (its agent heartbeats): its endpoints' addresses "
+                f"would be handed out while its containers use them; stop its agent first, "
+                f"or force", reason="HOST_ALIVE", host=host_id)
         for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
             async with self.store.lock(f"ep:{endpoint_id}"):
                 endpoint = await self.store.get_endpoint(endpoint_id)

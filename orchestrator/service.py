@@ -135,5 +135,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def DeleteHost(self, request, context):
         validation.check_id("host_id", request.host_id)
-        await self.orch.delete_host(request.host_id, request.allow_missing)
+        await self.orch.delete_host(request.host_id, request.allow_missing, request.force)
         return pb.DeleteHostResponse()

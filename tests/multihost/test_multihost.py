@@ -108,7 +108,11 @@ def test_a_removed_host_leaves_every_peer_list(make_cluster):
     c = cluster.container(h3, "c", "appnet")
     assert c.mac in h1.fdb(device) and h3.underlay_ip in h1.fdb(device)
     h3.stop()
-    removed = cluster.cnm("host", "rm", h3.host_id)
+    # Still heartbeating as far as the orchestrator knows: refused, unless forced.
+    refused = cluster.cnm("host", "rm", h3.host_id)
+    assert refused.code == 5 and "is alive" in refused.err, refused.err
+    assert h3.host_id in cluster.cnm("host", "ls").out
+    removed = cluster.cnm("host", "rm", "--force", h3.host_id)
     assert removed.code == 0, removed.err
     for host in (h1, h2):
         fdb = host.fdb(device)

@@ -433,7 +433,12 @@ async def test_registered_host_is_usable(world):
     assert endpoint.endpoint_id in world.agents["h2"].endpoints
     hosts = {h.host_id: h for h in (await world.call("ListHosts", pb.ListHostsRequest())).hosts}
     assert hosts["h2b"].endpoint_count == 1 and not hosts["h2b"].static
-    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2b"))
+    # Registered a moment ago, so alive: its endpoints stay unless forced.
+    with pytest.raises(errors.FailedPrecondition) as alive:
+        await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2b"))
+    assert alive.value.reason == "HOST_ALIVE"
+    assert len((await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints) == 1
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2b", force=True))
     assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
 
 

@@ -400,12 +400,14 @@ class ListHostsResponse(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteHostRequest(_message.Message):
-    __slots__ = ("host_id", "allow_missing")
+    __slots__ = ("host_id", "allow_missing", "force")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     allow_missing: bool
-    def __init__(self, host_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+    force: bool
+    def __init__(self, host_id: _Optional[str] = ..., allow_missing: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteHostResponse(_message.Message):
     __slots__ = ()
