@@ -143,7 +143,8 @@ def start_ipam(address: str, redis_url: str, log_path: Path) -> Process:
 class RedisServer:
     """A real redis-server on a free loopback port, with its data in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True,
+                 appendfsync: str = "everysec"):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
@@ -151,6 +152,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: Process | None = None
 
     @property
@@ -163,6 +165,7 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no", "--protected-mode", "no",
         ]
         self.process = Process(args, log_path=self.workdir / "redis.log")
