@@ -184,8 +184,9 @@ def check_namespace_path(path: str) -> os.stat_result:
                                          reason="INVALID_NAMESPACE", path=path)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as error:
-        raise errors.InvalidArgument(
-            f"namespace {path!r} does not exist", reason="NAMESPACE_NOT_FOUND", path=path
+        raise errors.NotFound(
+            f"namespace {path!r} does not exist (no such container on this host)",
+            reason="NAMESPACE_NOT_FOUND", path=path
         ) from error
     except OSError as error:
         raise errors.InvalidArgument(

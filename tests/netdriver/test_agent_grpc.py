@@ -183,7 +183,7 @@ def test_bad_input_gets_the_right_code_and_changes_nothing(topo):
 
     cases = {
         "missing namespace": (endpoint(sandbox="/var/run/netns/cnmt-nope"),
-                              errors.InvalidArgument),
+                              errors.NotFound),
         "a file elsewhere": (endpoint(sandbox=str(regular_file)), errors.FailedPrecondition),
         "not a network namespace": (endpoint(sandbox="/proc/self/ns/uts"),
                                     errors.InvalidArgument),

@@ -206,7 +206,7 @@ async def test_bad_input_changes_nothing(world, netns):
     foreign_before = await world.snapshot(container)
     cases = [
         (endpoint("e1", "/var/run/netns/does-not-exist", "10.88.0.10"), None,
-         errors.InvalidArgument),
+         errors.NotFound),
         (endpoint("e1", "/proc/self/ns/uts", "10.88.0.10"), None, errors.InvalidArgument),
         (endpoint("e1", container.path, "10.99.0.10"), None, errors.InvalidArgument),
         (endpoint("e1", container.path, "10.88.0.10", container_interface="bad name!"), None,

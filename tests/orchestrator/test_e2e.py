@@ -270,7 +270,10 @@ def test_agent_refusing_or_down_and_ipam_down_leak_nothing(cluster):
     # the agent refuses: the sandbox does not exist on the host
     with pytest.raises(errors.CnmError) as refused:
         cluster.connect("net1", "ghost", sandbox="/var/run/netns/cnmt-does-not-exist")
-    assert refused.value.code.name in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+    assert refused.value.code.name == "NOT_FOUND"
+    assert_clean(cluster, pools=1)
+    ghost = cluster.cnm("network", "connect", "net1", "ghost")  # no such container at all
+    assert ghost.code == 3 and ghost.err.count("\n") == 1, ghost.err
     assert_clean(cluster, pools=1)
 
     # the agent is down
