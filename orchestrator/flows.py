@@ -516,6 +516,37 @@ class Orchestrator:
         await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
         await self.store.forget_endpoint(endpoint, intent_key)
 
+    async def repair_lost_endpoint(self, endpoint: pb.Endpoint) -> str:
+        """An endpoint recorded on a healthy host whose kernel no longer has it (deleted
+        behind cnm's back, or lost with its sandbox): made again if its container's
+        namespace is still there, else disconnected (its address released). The caller
+        holds the endpoint's lock. Returns what was done."""
+        host = await self.store.get_host(endpoint.host_id)
+        found = await self.store.get_network(endpoint.network_id)
+        if host is None or found is None:
+            return "left"
+        network, _ = found
+        agent = self.hosts.agent_of(host)
+        siblings = await self.list_endpoints(container_id=endpoint.container_id,
+                                             host_id=endpoint.host_id)
+        # The container's first network has its default route.
+        first = min(siblings or [endpoint], key=lambda e: (e.create_time.ToNanoseconds(),
+                                                            e.endpoint_id))
+        try:
+            created = await agent.create_endpoint(
+                agent_endpoint(endpoint, first.endpoint_id == endpoint.endpoint_id),
+                agent_network(network))
+        except errors.NotFound:  # the container is gone: give back what it held
+            await self._release_and_forget(endpoint, f"ep:{endpoint.endpoint_id}")
+            await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
+            return "released"
+        if (created.host_interface, created.mac_address) != (endpoint.host_interface,
+                                                             endpoint.mac_address):
+            endpoint.host_interface = created.host_interface
+            endpoint.mac_address = created.mac_address
+            await self.store.update_endpoint(endpoint)
+        return "recreated"
+
     async def settle_if_abandoned(self, endpoint_id: str) -> bool:
         """Finishes or undoes an endpoint's connect/disconnect if nobody is running it."""
         async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
@@ -609,6 +640,22 @@ class Orchestrator:
         for endpoint in endpoints:
             await self.disconnect_endpoint(endpoint.endpoint_id, force=False)
         await agent.delete_sandbox(name)
+        # A connect that raced the removal made its endpoint in the namespace just
+        # deleted: its record (or, still running, its intent) would be a ghost holding an
+        # address. Each is disconnected, after the connect finishes (the endpoint's lock).
+        for endpoint_id in await self._endpoints_in_sandbox(name, path, host_id):
+            await self.disconnect_endpoint(endpoint_id, force=False)
+
+    async def _endpoints_in_sandbox(self, name: str, path: str, host_id: str) -> list[str]:
+        def inside(endpoint: pb.Endpoint) -> bool:
+            return endpoint.host_id == host_id and (
+                endpoint.sandbox in (name, path) or endpoint.container_id == name)
+
+        found = {endpoint.endpoint_id for endpoint in await self.list_endpoints(host_id=host_id)
+                 if inside(endpoint)}
+        found |= {decode_endpoint(intent).endpoint_id for intent in await self.store.intents()
+                  if intent.op == Op.CONNECT and inside(decode_endpoint(intent))}
+        return sorted(found)
 
     async def list_sandboxes(self, host_id: str = "") -> tuple[list[pb.Sandbox], list[str]]:
         """The sandboxes of one host, or of every host asked at once; and the hosts that

@@ -14,8 +14,12 @@ One pass, run at start-up and then periodically by one replica at a time:
    are VXLAN ids held for such networks;
 4. agents: endpoints and networks in a host's kernel that no record or
    intent knows are deleted (left by a forced delete while the host was
-   unreachable, or by lost records). This reads each agent's whole kernel
-   state, so it runs every ``--host-gc-interval`` rather than every pass.
+   unreachable, or by lost records); and the other way round, endpoints
+   recorded on a host that answered but whose kernel no longer has them
+   (deleted behind cnm's back, or gone with their sandbox) are made again if
+   their container's namespace is still there, else disconnected and their
+   address released. This reads each agent's whole kernel state, so it runs
+   every ``--host-gc-interval`` rather than every pass.
 
 Each release re-checks the records under the endpoint's lock, so a connect
 starting at the same moment is never robbed of its address.
@@ -33,6 +37,9 @@ from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decod
 from orchestrator.store import Op
 
 log = logging.getLogger("orchestrator.reconciler")
+# Seconds: an endpoint recorded this close to the moment its host's state was read may
+# not be in that state yet; it is judged at the next pass.
+LOST_MARGIN = 2.0
 
 
 @dataclass
@@ -43,6 +50,8 @@ class Report:
     released_vnis: list[str] = field(default_factory=list)
     deleted_host_endpoints: list[str] = field(default_factory=list)
     deleted_host_networks: list[str] = field(default_factory=list)
+    recreated_endpoints: list[str] = field(default_factory=list)
+    released_lost_endpoints: list[str] = field(default_factory=list)
     synced_peers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -50,6 +59,7 @@ class Report:
         return any((self.settled_intents, self.released_addresses, self.deleted_pools,
                     self.released_vnis,
                     self.deleted_host_endpoints, self.deleted_host_networks,
+                    self.recreated_endpoints, self.released_lost_endpoints,
                     self.synced_peers))
 
 
@@ -75,7 +85,10 @@ class Reconciler:
             if collect_hosts:
                 await self._collect_host_objects(report)
         if report.changed() or report.errors:
-            log.info("reconciled", extra=vars(report))
+            # Errors are what an operator must see: a host that could not be checked, a
+            # repair that failed.
+            log.log(logging.WARNING if report.errors else logging.INFO, "reconciled",
+                    extra=vars(report))
         return report
 
     async def run_forever(self, interval: float, host_interval: float) -> None:
@@ -113,6 +126,33 @@ class Reconciler:
                     report.settled_intents.append(f"{current.op} {current.key}")
                 except errors.CnmError as error:
                     report.errors.append(f"{intent.op} {intent.key}: {error.message}")
+
+    async def _repair_lost_endpoints(self, host_id: str, state, asked: float,
+                                     report: Report) -> None:
+        """Records of ``host_id`` the agent's ``state`` (read at ``asked``) lacks. An
+        endpoint committed after the state was read is not judged on it."""
+        reported = {endpoint.endpoint_id for endpoint in state.endpoints}
+        for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
+            if endpoint_id in reported:
+                continue
+            async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
+                if not taken:
+                    continue  # a flow is at work on it
+                try:
+                    endpoint = await self.store.get_endpoint(endpoint_id)
+                    if endpoint is None or endpoint.create_time.ToNanoseconds() / 1e9 \
+                            >= asked - LOST_MARGIN or \
+                            await self.store.get_intent(f"ep:{endpoint_id}") is not None:
+                        continue
+                    done = await self.orch.repair_lost_endpoint(endpoint)
+                    what = f"{host_id}/{endpoint_id} ({endpoint.container_id} on " \
+                           f"{endpoint.network_name})"
+                    if done == "recreated":
+                        report.recreated_endpoints.append(what)
+                    elif done == "released":
+                        report.released_lost_endpoints.append(what)
+                except errors.CnmError as error:
+                    report.errors.append(f"repair {endpoint_id}: {error.message}")
 
     async def _known_owner(self, endpoint_id: str) -> bool:
         return (await self.store.get_endpoint(endpoint_id) is not None
@@ -174,11 +214,13 @@ class Reconciler:
     async def _collect_host_objects(self, report: Report) -> None:
         for host in await self.store.list_hosts():
             agent = self.orch.hosts.agent_of(host)
+            asked = time.time()
             try:
                 state = await agent.get_state()
             except errors.CnmError as error:
                 report.errors.append(error.message)
                 continue
+            await self._repair_lost_endpoints(host.host_id, state, asked, report)
             known = await self.store.known_endpoint_ids([e.endpoint_id for e in state.endpoints])
             for endpoint in state.endpoints:
                 endpoint_id = endpoint.endpoint_id

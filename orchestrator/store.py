@@ -592,6 +592,10 @@ class Store:
         )
         return bool(done)
 
+    async def update_endpoint(self, endpoint: pb.Endpoint) -> None:
+        """Rewrites a recorded endpoint (its indexes stay); nothing when it is gone."""
+        await self.r.set(k("ep", endpoint.endpoint_id), endpoint.SerializeToString(), xx=True)
+
     async def forget_endpoint(self, endpoint: pb.Endpoint, intent_key: str) -> None:
         """Removes an endpoint's record, indexes, port reservations and intent."""
         args: list = [endpoint.endpoint_id, intent_key, len(endpoint.port_mappings)]

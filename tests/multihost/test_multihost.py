@@ -239,3 +239,37 @@ def test_vni_exhaustion_and_duplicate_host_registration(make_cluster):
         cluster.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
             host_id=h1.host_id, address="unix:/tmp/cnmt-elsewhere.sock",
             underlay_ip="10.99.0.50")), identity=f"agent-{h1.host_id}")
+
+
+def test_records_whose_kernel_objects_are_gone_are_repaired(make_cluster):
+    """Behind cnm's back, one container's veth is deleted, and another's veth and
+    namespace: the reconciler makes the first endpoint again, and releases the second's
+    address."""
+    cluster = make_cluster(1)
+    (h1,) = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.41.0.0/24", "plain").code == 0
+    a = cluster.container(h1, "a", "plain")
+    b = cluster.container(h1, "b", "plain")
+    endpoints = {e.container_id: e for e in
+                 cluster.call("GetNetwork", pb.GetNetworkRequest(network="plain")).endpoints}
+    h1.ns.run("ip", "link", "del", endpoints[a.sandbox].host_interface)
+    h1.ns.run("ip", "link", "del", endpoints[b.sandbox].host_interface)
+    subprocess.run(["ip", "netns", "delete", b.sandbox], check=True)
+
+    def addresses(sandbox: str) -> str:
+        return subprocess.run(["ip", "-n", sandbox, "-4", "addr", "show"], capture_output=True,
+                              text=True, check=False).stdout
+
+    wait_until(lambda: a.address in addresses(a.sandbox), 20, "a's endpoint made again")
+    wait_until(lambda: [e.container_id for e in cluster.call(
+        "GetNetwork", pb.GetNetworkRequest(network="plain")).endpoints] == [a.sandbox], 20,
+               "b's endpoint released")
+    # b's address is free again: another container may have it.
+    sandbox = f"cnm-{h1.host_id}-c"
+    cluster.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox, host_id=h1.host_id))
+    c = cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+        network="plain", container_id=sandbox, host_id=h1.host_id, sandbox=sandbox,
+        address=b.address)).endpoint
+    assert c.address == b.address
+    log = (cluster.tmp / "orchestrator.log").read_text()
+    assert "recreated_endpoints" in log and "released_lost_endpoints" in log

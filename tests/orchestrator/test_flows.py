@@ -466,6 +466,29 @@ async def test_sandboxes(world):
         await world.call("CreateSandbox", pb.CreateSandboxRequest(name="x", host_id="h9"))
 
 
+async def test_a_connect_racing_the_removal_of_its_sandbox_leaves_no_ghost(world):
+    """cnm rm while a network connect of the same container is half done (issue 11): the
+    connect's endpoint dies with the namespace, so its record must not outlive it."""
+    await create(world, "a", "10.1.0.0/24")
+    await world.call("CreateSandbox", pb.CreateSandboxRequest(name="cnm-h1-race", host_id="h1"))
+    agent = world.agents["h1"]
+    agent.hold = asyncio.Event()
+    connecting = asyncio.create_task(world.call("ConnectContainer",
+                                                connect_request("cnm-h1-race", network="a")))
+    while agent.held == 0:  # the connect is at the agent: intent written, not committed
+        await asyncio.sleep(0.01)
+    removing = asyncio.create_task(world.call(
+        "DeleteSandbox", pb.DeleteSandboxRequest(name="cnm-h1-race", host_id="h1")))
+    while "cnm-h1-race" in agent.sandboxes:
+        await asyncio.sleep(0.01)
+    agent.hold.set()
+    agent.hold = None
+    await asyncio.gather(connecting, removing, return_exceptions=True)
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+    assert agent.endpoints == {}
+    assert world.ipam.owners(next(iter(world.ipam.pools))) == {}
+
+
 # --- concurrency ----------------------------------------------------------------------
 
 
