@@ -160,12 +160,14 @@ def driver_word(driver: int) -> str:
     return pb.Driver.Name(driver or pb.DRIVER_BRIDGE).removeprefix("DRIVER_").lower()
 
 
-def network_dict(network: pb.Network, endpoints=None) -> dict:
+def network_dict(network: pb.Network, endpoints=None, quarantined=()) -> dict:
     """A network as JSON, with its driver as people write it (as `docker network` prints)."""
     shown = to_dict(network)
     shown["driver"] = driver_word(network.driver)
     if endpoints is not None:
         shown["endpoints"] = [to_dict(endpoint) for endpoint in endpoints]
+    if quarantined:
+        shown["quarantined_endpoints"] = [to_dict(endpoint) for endpoint in quarantined]
     return shown
 
 
@@ -210,7 +212,8 @@ def network_inspect(client: Client, args) -> int:
     for name in args.networks:
         try:
             reply = client.GetNetwork(pb.GetNetworkRequest(network=name))
-            found.append(network_dict(reply.network, reply.endpoints))
+            found.append(network_dict(reply.network, reply.endpoints,
+                                      reply.quarantined_endpoints))
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise

@@ -4,10 +4,11 @@ Every call has a deadline, its own timeout cut to what is left of the deadline
 of the request being served (cnm.grpc_client.budget), and turns a failed RPC
 into cnm's error vocabulary, with what was being done prefixed to the message.
 A call to IPAM waits for it to be reachable within that time (IPAM coming back
-is used at once; nothing mutates without it); a call to an agent fails fast
-when its channel is down (the host's heartbeats say whether it is alive, and
-its channel is renewed when it registers again). A call cut by the transport
-is tried again with jitter while time is left: every call here is idempotent. A deadline that expires
+is used at once; nothing mutates without it), and one cut by the transport is
+tried again with jitter while time is left (every IPAM call is idempotent). A
+call to an agent fails fast when its agent cannot be reached: the host's
+heartbeats say whether it is alive, and its channel is renewed when it
+registers again. A deadline that expires
 becomes UNAVAILABLE: for the caller the peer is as good as down.
 """
 
@@ -42,7 +43,7 @@ async def call(what: str, rpc, request, timeout: float, wait_for_ready: bool = F
         try:
             return await rpc(request, timeout=left, wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as error:
-            if grpc_client.transport_failure(error) and \
+            if wait_for_ready and grpc_client.transport_failure(error) and \
                     deadline - asyncio.get_running_loop().time() > RETRY_PAUSE:
                 await asyncio.sleep(RETRY_PAUSE * random.uniform(0.5, 1.0))
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import logging
 import time
@@ -56,6 +57,7 @@ class Orchestrator:
         self.hosts = Hosts(store, agents, heartbeat_interval)
         self.vnis = Vnis(store, vni_range)
         self.overlay = Overlay(store, self.hosts, self.vnis)
+        self._background: set[asyncio.Task] = set()
 
     # --- hosts --------------------------------------------------------------
 
@@ -64,6 +66,10 @@ class Orchestrator:
         # A new host, or an agent that restarted: either way it gets every
         # overlay network with its peers before the registration returns.
         await self.overlay.sync_host(record)
+        # What was forgotten while it was unreachable goes now, not at the next pass.
+        task = asyncio.create_task(self.release_quarantined(record.host_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return record
 
     async def delete_host(self, host_id: str, allow_missing: bool = False,
@@ -92,6 +98,7 @@ class Orchestrator:
         await self.store.delete_host(host_id)
         await self.agents.forget(host_id)
         await self.overlay.host_left(host_id)
+        await self.release_quarantined(host_id)  # declared gone: nothing holds them now
 
     # --- networks -----------------------------------------------------------
 
@@ -178,6 +185,10 @@ class Orchestrator:
     async def _drop_intent_unless(self, undo: Undo, key: str) -> None:
         if not undo.failed:
             await self.store.drop_intent(key)
+
+    async def quarantined_endpoints(self, network_id: str) -> list[pb.Endpoint]:
+        return sorted((e for e in await self.store.quarantined() if e.network_id == network_id),
+                      key=lambda endpoint: endpoint.container_id)
 
     async def get_network(self, name_or_id: str) -> tuple[pb.Network, list[pb.Endpoint]]:
         """A network with its per-host state, and its endpoints."""
@@ -267,7 +278,7 @@ class Orchestrator:
             # reconciler finds it there with no record left.
             await self.overlay.delete_from_hosts(network)
             faults.point("delete-network-hosts")
-            await self.ipam.delete_pool(network.network_id, force=True)
+            await self._delete_pool_unless_quarantined(network.network_id)
             await self.overlay.forget_network(network.network_id)
             await self.store.finish_delete_network(network.network_id, network.name, intent.key)
             return
@@ -292,8 +303,17 @@ class Orchestrator:
                 + ": retry, or delete with force",
             )
         faults.point("delete-network-hosts")
-        await self.ipam.delete_pool(network.network_id, force=True)
+        await self._delete_pool_unless_quarantined(network.network_id)
         await self.store.finish_delete_network(network.network_id, network.name, intent.key)
+
+    async def _delete_pool_unless_quarantined(self, network_id: str) -> None:
+        """The pool of a deleted network goes, unless an endpoint of it is quarantined (its
+        address may still be in a host's kernel): the reconciler deletes it after that."""
+        if any(e.network_id == network_id for e in await self.store.quarantined()):
+            log.warning("pool kept while endpoints of the deleted network are quarantined",
+                        extra={"network": network_id})
+            return
+        await self.ipam.delete_pool(network_id, force=True)
 
     async def _wait_pending(self, network_id: str) -> None:
         """Lets connects in flight on a deleting network fail and undo themselves."""
@@ -491,26 +511,61 @@ class Orchestrator:
             await self.store.put_intent(intent)
             faults.point("disconnect-intent")
             try:
-                await self._delete_on_host(endpoint, force)
+                confirmed = await self._delete_on_host(endpoint, force)
             except errors.CnmError:
                 await self.store.drop_intent(intent.key)  # nothing changed yet
                 raise
             faults.point("disconnect-agent")
-            await self._release_and_forget(endpoint, intent.key)
+            if confirmed:
+                await self._release_and_forget(endpoint, intent.key)
+            else:  # its kernel may still use address and ports: held until it says not
+                await self.store.forget_endpoint(endpoint, intent.key, quarantine=True)
         await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True
 
-    async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> None:
+    async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> bool:
+        """Deletes the endpoint on its host; True once the host confirmed it (or is gone
+        from the records), False when ``force`` went past an unreachable host."""
         host = await self.store.get_host(endpoint.host_id)
-        if host is not None:
-            try:
-                await self.hosts.agent_of(host).delete_endpoint(
-                    endpoint.endpoint_id)
-            except errors.Unavailable:
-                if not force:
-                    raise
-                log.warning("endpoint forgotten on unreachable host",
-                            extra={"endpoint": endpoint.endpoint_id, "host": host.host_id})
+        if host is None:
+            return True
+        try:
+            await self.hosts.agent_of(host).delete_endpoint(endpoint.endpoint_id)
+        except errors.Unavailable:
+            if not force:
+                raise
+            log.warning("endpoint forgotten on unreachable host: its address and ports are "
+                        "held until the host confirms or is removed",
+                        extra={"endpoint": endpoint.endpoint_id, "host": host.host_id})
+            return False
+        return True
+
+    async def release_quarantined(self, host_id: str = "") -> list[str]:
+        """Gives back what endpoints disconnected past their unreachable host hold, for
+        each whose host now confirms the teardown or is gone. Returns their ids."""
+        released = []
+        for endpoint in await self.store.quarantined():
+            if host_id and endpoint.host_id != host_id:
+                continue
+            async with self.store.try_lock(f"ep:{endpoint.endpoint_id}") as taken:
+                if not taken:
+                    continue
+                if await self.store.get_endpoint(endpoint.endpoint_id) is not None:
+                    # Connected again since (same id: same IPAM owner and ports).
+                    await self.store.drop_quarantine(endpoint.endpoint_id)
+                    continue
+                try:
+                    if not await self._delete_on_host(endpoint, force=True):
+                        continue
+                except errors.CnmError as error:
+                    log.warning("quarantined endpoint not released",
+                                extra={"endpoint": endpoint.endpoint_id, "error": error.message})
+                    continue
+                with contextlib.suppress(errors.NotFound):  # its network's pool is gone
+                    await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+                await self.store.forget_endpoint(endpoint, f"ep:{endpoint.endpoint_id}")
+                released.append(endpoint.endpoint_id)
+        return released
 
     async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str) -> None:
         await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)

@@ -8,8 +8,10 @@ One pass, run at start-up and then periodically by one replica at a time:
    undone;
 2. overlay networks whose peers could not be pushed to every host are
    pushed again;
-3. IPAM: addresses whose owner is neither a recorded endpoint nor an
-   endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
+3. endpoints disconnected past an unreachable host (quarantined: their
+   address and ports held) are released once their host confirms the
+   teardown or is removed; IPAM: addresses whose owner is neither a recorded,
+   a quarantined endpoint nor an endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
    and pools cnm made for networks that no longer exist are deleted; so
    are VXLAN ids held for such networks;
 4. agents: endpoints and networks in a host's kernel that no record or
@@ -51,6 +53,7 @@ class Report:
     deleted_host_endpoints: list[str] = field(default_factory=list)
     deleted_host_networks: list[str] = field(default_factory=list)
     recreated_endpoints: list[str] = field(default_factory=list)
+    released_quarantined: list[str] = field(default_factory=list)
     released_lost_endpoints: list[str] = field(default_factory=list)
     synced_peers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -60,6 +63,7 @@ class Report:
                     self.released_vnis,
                     self.deleted_host_endpoints, self.deleted_host_networks,
                     self.recreated_endpoints, self.released_lost_endpoints,
+                    self.released_quarantined,
                     self.synced_peers))
 
 
@@ -79,6 +83,7 @@ class Reconciler:
             if not taken:
                 return None
             await self._settle_intents(report)
+            report.released_quarantined += await self.orch.release_quarantined()
             await self._collect_addresses(report)
             await self._collect_vnis(report)
             report.synced_peers += await self.orch.overlay.reconcile()
@@ -155,8 +160,7 @@ class Reconciler:
                     report.errors.append(f"repair {endpoint_id}: {error.message}")
 
     async def _known_owner(self, endpoint_id: str) -> bool:
-        return (await self.store.get_endpoint(endpoint_id) is not None
-                or await self.store.get_intent(f"ep:{endpoint_id}") is not None)
+        return bool(await self.store.known_endpoint_ids([endpoint_id]))
 
     async def _creating_network_ids(self) -> set[str]:
         return {intent.data["network_id"] for intent in await self.store.intents()
@@ -170,6 +174,8 @@ class Reconciler:
             return
         network_ids = await self.store.network_ids()
         busy_network_ids = await self._creating_network_ids()
+        # A deleted network's pool stays while an endpoint of it is quarantined.
+        busy_network_ids |= {e.network_id for e in await self.store.quarantined()}
         for pool in pools:
             if pool.pool_id not in network_ids:
                 if (pool.labels.get(MANAGED_LABEL) == MANAGED_VALUE

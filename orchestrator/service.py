@@ -46,7 +46,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetNetwork(self, request, context):
         validation.check_network_name("network", request.network)
         network, endpoints = await self.orch.get_network(request.network)
-        return pb.GetNetworkResponse(network=network, endpoints=endpoints)
+        return pb.GetNetworkResponse(
+            network=network, endpoints=endpoints,
+            quarantined_endpoints=await self.orch.quarantined_endpoints(network.network_id))
 
     async def ListNetworks(self, request, context):
         orchestrator_validation.check_driver(request.driver)

@@ -147,21 +147,29 @@ return 1
 
 # Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent.
 _FORGET_ENDPOINT = """
-local ep, net_eps, pending, ctr_eps, host_eps, ports, intents =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ep, net_eps, pending, ctr_eps, host_eps, ports, intents, quarantine =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local epid, intent_key = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local quarantined = ARGV[4 + n * 2]
 redis.call('DEL', ep)
 redis.call('SREM', net_eps, epid)
 redis.call('SREM', pending, epid)
 redis.call('SREM', ctr_eps, epid)
 redis.call('SREM', host_eps, epid)
-local n = tonumber(ARGV[3])
-for i = 0, n - 1 do
-  local exact, wild = ARGV[4 + i * 2], ARGV[5 + i * 2]
-  if redis.call('HGET', ports, exact) == epid then
-    redis.call('HDEL', ports, exact)
-    if redis.call('HINCRBY', ports, wild, -1) <= 0 then redis.call('HDEL', ports, wild) end
+if quarantined ~= '' then
+  -- Its host did not confirm the teardown: its ports stay reserved (and its address
+  -- allocated) until it does.
+  redis.call('HSET', quarantine, epid, quarantined)
+else
+  for i = 0, n - 1 do
+    local exact, wild = ARGV[4 + i * 2], ARGV[5 + i * 2]
+    if redis.call('HGET', ports, exact) == epid then
+      redis.call('HDEL', ports, exact)
+      if redis.call('HINCRBY', ports, wild, -1) <= 0 then redis.call('HDEL', ports, wild) end
+    end
   end
+  redis.call('HDEL', quarantine, epid)
 end
 redis.call('HDEL', intents, intent_key)
 return 1
@@ -525,16 +533,18 @@ class Store:
         return {member.decode() for member in await self.r.sinter(keys)}
 
     async def known_endpoint_ids(self, endpoint_ids: list[str]) -> set[str]:
-        """Those of ``endpoint_ids`` that are recorded or have an intent, in one round trip."""
+        """Those of ``endpoint_ids`` that are recorded, have an intent or are quarantined, in
+        one round trip."""
         if not endpoint_ids:
             return set()
         pipe = self.r.pipeline(transaction=False)
         for endpoint_id in endpoint_ids:
             pipe.exists(k("ep", endpoint_id))
             pipe.hexists(k("intents"), f"ep:{endpoint_id}")
+            pipe.hexists(k("quarantine"), endpoint_id)
         replies = await pipe.execute()
         return {endpoint_id for index, endpoint_id in enumerate(endpoint_ids)
-                if replies[2 * index] or replies[2 * index + 1]}
+                if any(replies[3 * index:3 * index + 3])}
 
     async def all_endpoint_ids(self) -> set[str]:
         ids = set()
@@ -596,18 +606,32 @@ class Store:
         """Rewrites a recorded endpoint (its indexes stay); nothing when it is gone."""
         await self.r.set(k("ep", endpoint.endpoint_id), endpoint.SerializeToString(), xx=True)
 
-    async def forget_endpoint(self, endpoint: pb.Endpoint, intent_key: str) -> None:
-        """Removes an endpoint's record, indexes, port reservations and intent."""
+    async def forget_endpoint(self, endpoint: pb.Endpoint, intent_key: str,
+                              quarantine: bool = False) -> None:
+        """Removes an endpoint's record, indexes, port reservations and intent (and its
+        quarantine entry). With ``quarantine`` (its host did not confirm the teardown) the
+        port reservations stay, and the endpoint is kept in the quarantine until
+        :meth:`forget_endpoint` is called again for it."""
         args: list = [endpoint.endpoint_id, intent_key, len(endpoint.port_mappings)]
         for mapping in endpoint.port_mappings:
             args += list(port_keys(mapping))
+        args.append(endpoint.SerializeToString() if quarantine else b"")
         await self._forget_endpoint(
             keys=[k("ep", endpoint.endpoint_id), k("net", endpoint.network_id, "eps"),
                   k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("host", endpoint.host_id, "eps"),
-                  k("host", endpoint.host_id, "ports"), k("intents")],
+                  k("host", endpoint.host_id, "ports"), k("intents"), k("quarantine")],
             args=args,
         )
+
+    async def drop_quarantine(self, endpoint_id: str) -> None:
+        await self.r.hdel(k("quarantine"), endpoint_id)
+
+    async def quarantined(self) -> list[pb.Endpoint]:
+        """Endpoints disconnected while their host was unreachable: their address and ports
+        are held until the host confirms the teardown or is removed."""
+        return [pb.Endpoint.FromString(raw)
+                for raw in (await self.r.hgetall(k("quarantine"))).values()]
 
     # --- intents ------------------------------------------------------------
 

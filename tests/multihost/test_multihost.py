@@ -4,6 +4,7 @@ nftables inside namespaces; traffic with the echo tools."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -273,3 +274,39 @@ def test_records_whose_kernel_objects_are_gone_are_repaired(make_cluster):
     assert c.address == b.address
     log = (cluster.tmp / "orchestrator.log").read_text()
     assert "recreated_endpoints" in log and "released_lost_endpoints" in log
+
+
+def test_an_address_forced_off_an_unreachable_host_is_held_until_it_comes_back(make_cluster):
+    """disconnect -f while the host's agent is down: the veth may still hold the address,
+    so it is quarantined (inspect says so) and handed out again only once the agent, back,
+    has removed the endpoint: at its registration, not a clean-up interval later."""
+    cluster = make_cluster(2)
+    _, h2 = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.42.0.0/24", "held").code == 0
+    c = cluster.container(h2, "c", "held")
+    endpoint = cluster.call("GetNetwork", pb.GetNetworkRequest(network="held")).endpoints[0]
+    h2.stop(kill=True)
+    forced = cluster.cnm("network", "disconnect", "--force", "held", c.sandbox)
+    assert forced.code == 0, forced.err
+    shown = cluster.call("GetNetwork", pb.GetNetworkRequest(network="held"))
+    assert list(shown.endpoints) == [] and \
+        [e.address for e in shown.quarantined_endpoints] == [c.address]
+    inspected = json.loads(cluster.cnm("network", "inspect", "held").out)[0]
+    assert [e["address"] for e in inspected["quarantined_endpoints"]] == [c.address]
+    # The address cannot be had meanwhile.
+    sandbox = f"cnm-{cluster.hosts[0].host_id}-d"
+    cluster.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox,
+                                                          host_id=cluster.hosts[0].host_id))
+    with pytest.raises(errors.AlreadyExists):
+        cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+            network="held", container_id=sandbox, host_id=cluster.hosts[0].host_id,
+            sandbox=sandbox, address=c.address))
+    assert endpoint.host_interface in h2.ns.run("ip", "-br", "link").stdout
+    h2.start()
+    wait_until(lambda: not cluster.call("GetNetwork", pb.GetNetworkRequest(
+        network="held")).quarantined_endpoints, 10, "the quarantine to be lifted")
+    assert endpoint.host_interface not in h2.ns.run("ip", "-br", "link").stdout
+    got = cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+        network="held", container_id=sandbox, host_id=cluster.hosts[0].host_id,
+        sandbox=sandbox, address=c.address)).endpoint
+    assert got.address == c.address

@@ -11,6 +11,7 @@ from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator import validation
+from orchestrator.reconciler import Reconciler
 from tests.orchestrator.conftest import connect_request, network_request
 
 
@@ -354,7 +355,36 @@ async def test_disconnect_from_unreachable_host_needs_force(world):
     assert await intents(world) == []
     request.force = True
     await world.call("DisconnectContainer", request)
+    # The host never confirmed: its kernel may still use the address and ports, so they
+    # stay held (quarantined, shown by inspect), until the host is declared gone.
+    assert len(world.ipam.owners(network.network_id)) == 1
+    shown = await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))
+    assert list(shown.endpoints) == []
+    assert [e.container_id for e in shown.quarantined_endpoints] == ["c1"]
+    assert await world.orch.release_quarantined() == []  # h2 still unreachable
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2", force=True))
     assert world.ipam.owners(network.network_id) == {}
+    shown = await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))
+    assert list(shown.quarantined_endpoints) == []
+
+
+async def test_a_network_forced_off_an_unreachable_host_keeps_its_pool_until_released(world):
+    network = await create(world)
+    await world.call("ConnectContainer", connect_request("c1", host="h2"))
+    await world.servers["h2"].stop(0)
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="net1", force=True))
+    with pytest.raises(errors.NotFound):
+        await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))
+    # The subnet's addresses may still be in h2's kernel: the pool is not given back.
+    assert network.network_id in world.ipam.pools
+    assert len(world.ipam.owners(network.network_id)) == 1
+    reconciler = Reconciler(world.orch)
+    await reconciler.run_once(collect_hosts=False)
+    assert network.network_id in world.ipam.pools
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2", force=True))
+    await reconciler.run_once(collect_hosts=False)
+    assert network.network_id not in world.ipam.pools
+    assert await world.store.quarantined() == []
 
 
 async def test_delete_network_with_endpoints_needs_force(world):

@@ -184,12 +184,14 @@ class GetNetworkRequest(_message.Message):
     def __init__(self, network: _Optional[str] = ...) -> None: ...
 
 class GetNetworkResponse(_message.Message):
-    __slots__ = ("network", "endpoints")
+    __slots__ = ("network", "endpoints", "quarantined_endpoints")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     network: Network
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    quarantined_endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., quarantined_endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class ListNetworksRequest(_message.Message):
     __slots__ = ("driver", "label_filters", "page_size", "page_token")
