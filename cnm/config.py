@@ -12,9 +12,22 @@ DEFAULT_NETDRIVER_ADDR = "127.0.0.1:50053"
 DEFAULT_ORCHESTRATOR_ADDR = "127.0.0.1:50051"
 
 
+# Settings of a configuration file (the CLI's: cnm_cli.settings), by environment variable
+# name; between the environment and the defaults. Services never load one.
+_from_file: dict[str, str] = {}
+
+
+def use_file_settings(settings: dict[str, str]) -> None:
+    """Makes ``settings`` (environment variable name -> value) the layer :func:`env` reads
+    between the environment and the defaults."""
+    _from_file.clear()
+    _from_file.update(settings)
+
+
 def env(name: str, default: str) -> str:
-    """The value of environment variable ``name``, or ``default`` when unset or empty."""
-    return os.environ.get(name) or default
+    """The value of environment variable ``name``, else of the configuration file (when one
+    was loaded), else ``default``."""
+    return os.environ.get(name) or _from_file.get(name) or default
 
 
 def default_host_id() -> str:

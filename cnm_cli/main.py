@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from cnm import config, errors, grpc_client, pagination, pki, tls, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
+from cnm_cli import settings
 
 EXIT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 2,
@@ -485,6 +487,46 @@ def pki_issue(client: Client, args) -> int:
     return 0
 
 
+def config_show(client: Client, args) -> int:
+    """Every setting: its value and where it comes from (environment, file, default)."""
+    stored = settings.load()
+    defaults = {"orchestrator": config.DEFAULT_ORCHESTRATOR_ADDR,
+                "host_id": socket.gethostname(), "run_dir": "/run/cnm"}
+    rows = []
+    for key, variable in settings.SETTINGS.items():
+        if os.environ.get(variable):
+            value, source = os.environ[variable], f"environment {variable}"
+        elif stored.get(key):
+            value, source = stored[key], str(settings.path())
+        else:
+            value, source = defaults.get(key, ""), "default"
+        rows.append((key, value, source))
+    if args.format == "json":
+        print_json({key: {"value": value, "source": source} for key, value, source in rows})
+    else:
+        print_table(["SETTING", "VALUE", "FROM"], [list(row) for row in rows])
+    return 0
+
+
+def config_set(client: Client, args) -> int:
+    stored = settings.load()
+    for assignment in args.assignments:
+        key, value = settings.parse_assignment(assignment)
+        stored[key] = value
+    print(settings.save({key: value for key, value in stored.items() if value}))
+    return 0
+
+
+def config_unset(client: Client, args) -> int:
+    stored = settings.load()
+    for key in args.keys:
+        if key not in settings.SETTINGS:
+            raise UsageError(f"unknown setting {key!r}: one of {', '.join(settings.SETTINGS)}")
+        stored.pop(key, None)
+    print(settings.save(stored))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cnm", description="cnm: container networks")
     config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
@@ -556,6 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
     disconnect.add_argument("network", metavar="NETWORK")
     disconnect.add_argument("container", metavar="CONTAINER")
     disconnect.set_defaults(handler=network_disconnect)
+
+    config_parser = commands.add_parser(
+        "config", help="this host's settings: orchestrator, host id, TLS files",
+        description="Settings every cnm command reads (like docker context), so that they "
+                    "need no flags: " + ", ".join(settings.SETTINGS) + ". Kept in "
+                    "$CNM_CONFIG, else ~/.config/cnm/config.json, else /etc/cnm/cli.json. "
+                    "Flags and CNM_* variables still win.")
+    config_commands = config_parser.add_subparsers(dest="subcommand", required=True,
+                                                   metavar="COMMAND")
+    show = config_commands.add_parser("show", help="each setting, its value and origin")
+    format_flag(show)
+    show.set_defaults(handler=config_show)
+    setter = config_commands.add_parser("set", help="store settings: KEY=VALUE ...")
+    setter.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    setter.set_defaults(handler=config_set)
+    unsetter = config_commands.add_parser("unset", help="forget settings: KEY ...")
+    unsetter.add_argument("keys", nargs="+", metavar="KEY")
+    unsetter.set_defaults(handler=config_unset)
 
     pki_parser = commands.add_parser(
         "pki", help="certificates for mutual TLS between cnm's parts",
@@ -641,9 +701,17 @@ def report(error: grpc.RpcError) -> int:
 
 def main(argv=None) -> None:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    try:
+        config.use_file_settings(settings.as_environment(settings.load()))
+    except errors.CnmError as error:
+        if (argv if argv is not None else sys.argv[1:])[:1] != ["config"]:
+            print(f"cnm: error: {error.message}", file=sys.stderr)
+            sys.exit(2)
     parser = build_parser()
     args = parser.parse_args(argv)
-    client = Client(args.orchestrator, tls.from_parsed(parser, args))
+    # Local commands need no orchestrator, nor readable TLS files.
+    local = args.command in ("config", "pki")
+    client = Client(args.orchestrator, None if local else tls.from_parsed(parser, args))
     try:
         code = args.handler(client, args)
     except UsageError as error:

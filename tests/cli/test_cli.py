@@ -238,3 +238,40 @@ async def test_cli_run_refuses_a_name_in_use(world, tmp_path, monkeypatch):
     assert list(world.agents["h1"].sandboxes) == ["cnm-h1-web"]
     assert world.agents["h1"].endpoints == {}
     assert list(tmp_path.iterdir()) == []
+
+
+async def run_cli(env: dict[str, str], *args: str) -> CliResult:
+    process = await asyncio.create_subprocess_exec(
+        CNM, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    return CliResult(process.returncode, out.decode(), err.decode())
+
+
+async def test_cli_configured_once_needs_no_flags_and_flags_still_win(world, tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CNM_")}
+    env.update(GRPC_ENABLE_FORK_SUPPORT="0", CNM_CONFIG=str(tmp_path / "cnm" / "config.json"),
+               HOME=str(tmp_path))
+    # Nothing configured: the default orchestrator address is not this one.
+    assert (await run_cli(env, "network", "ls")).code == 6
+    stored = await run_cli(env, "config", "set", f"orchestrator={world.address}", "host_id=h1")
+    assert stored.code == 0 and stored.out.strip() == env["CNM_CONFIG"], stored.err
+    assert oct((tmp_path / "cnm" / "config.json").stat().st_mode & 0o777) == "0o600"
+    assert (await run_cli(env, "network", "create", "--subnet", "10.77.0.0/24", "cfg")).code == 0
+    assert "cfg" in (await run_cli(env, "network", "ls")).out
+    shown = json.loads((await run_cli(env, "config", "show", "--format", "json")).out)
+    assert shown["orchestrator"] == {"value": world.address, "source": env["CNM_CONFIG"]}
+    assert shown["host_id"]["value"] == "h1"
+    # The environment, then flags, win over the file.
+    overridden = {**env, "CNM_ORCHESTRATOR": "127.0.0.1:1"}
+    assert (await run_cli(overridden, "network", "ls")).code == 6
+    assert (await run_cli(overridden, "--orchestrator", world.address, "network", "ls")).code == 0
+    shown = json.loads((await run_cli(overridden, "config", "show", "--format", "json")).out)
+    assert shown["orchestrator"]["source"] == "environment CNM_ORCHESTRATOR"
+    # Bad settings are refused in one line and change nothing.
+    refused = await run_cli(env, "config", "set", "colour=blue")
+    assert refused.code == 2 and refused.err.count("\n") == 1
+    assert (await run_cli(env, "config", "unset", "orchestrator")).code == 0
+    assert (await run_cli(env, "network", "ls")).code == 6
+    (tmp_path / "cnm" / "config.json").write_text("{not json")
+    broken = await run_cli(env, "network", "ls")
+    assert broken.code == 2 and "cannot read the configuration" in broken.err
