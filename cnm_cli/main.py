@@ -436,6 +436,9 @@ def rm(client: Client, args) -> int:
             sandbox = own_sandbox(client, args.host, name)
             stop_processes(sandbox)
             remove_sandbox(client, args.host, sandbox, allow_missing=False)
+            # What cnm run -d logged for it goes with it.
+            (Path(config.env("CNM_RUN_DIR", "/run/cnm")) / f"{sandbox}.log").unlink(
+                missing_ok=True)
             print(name)
         except grpc.RpcError as error:
             status = report(error)
@@ -565,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(handler=network_ls)
 
     inspect = net_commands.add_parser("inspect", help="show networks as JSON")
+    inspect.add_argument("--format", choices=["json"], default="json",
+                         help="output format: JSON, the only one (accepted as elsewhere)")
     inspect.add_argument("networks", nargs="+", metavar="NETWORK")
     inspect.set_defaults(handler=network_inspect)
 

@@ -123,7 +123,7 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client, netns
     web = cluster.cnm("run", "-d", "--name", "web", "--net", "net1", "-p", "8080:80", "--",
                       support.PYTHON, TRAFFIC, "serve", "tcp", "80")
     assert (web.code, web.out.strip()) == (0, "web"), web.err
-    inspected = cluster.cnm("network", "inspect", "net1").json()[0]
+    inspected = cluster.cnm("network", "inspect", "--format", "json", "net1").json()[0]
     assert inspected["network_id"] == network_id and inspected["gateway"] == "10.50.0.1"
     [endpoint] = inspected["endpoints"]
     web_ip = endpoint["address"]
@@ -150,7 +150,9 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client, netns
     assert hosts.code == 0 and "healthy" in hosts.out
     in_use = cluster.cnm("network", "rm", "net1")
     assert in_use.code == 5 and "endpoint" in in_use.err
+    assert list((cluster.tmp / "run").glob("*web.log"))  # what cnm run -d logged
     assert cluster.cnm("rm", "web").code == 0
+    assert not list((cluster.tmp / "run").glob("*web.log"))  # gone with the container
     gone = cluster.cnm("rm", "web")
     assert gone.code == 3 and "not found" in gone.err
     # A namespace cnm never made, whatever its name, is not cnm's to stop.
