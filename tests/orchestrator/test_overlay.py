@@ -98,7 +98,7 @@ async def test_a_deleted_host_leaves_every_peer_list(world, joiner):
     await register(world, "h3", address, agent.underlay_ip)
     await world.call("ConnectContainer", connect_request("c", network="ov", host="h3"))
     assert peers_of(world.agents["h1"], network.network_id)[1] != []
-    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h3"))
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h3", force=True))
     assert peers_of(world.agents["h1"], network.network_id) == (["h2"], [])
     hosts = (await world.call("GetNetwork", pb.GetNetworkRequest(network="ov"))).network.hosts
     assert [h.host_id for h in hosts] == ["h1", "h2"]
