@@ -79,15 +79,25 @@ class Host:
         self.netns.run("ip", "link", "set", "uplink0", "up")
         self.netns.run("ip", "route", "add", "default", "via", SWITCH_IP)
 
-    def cli(self, *args: str, orchestrator: str, check: bool = True) -> str:
-        """Runs the `cnm` CLI on this host (its network namespace, as root)."""
+    def cli_env(self) -> dict[str, str]:
+        """No CNM_* setting but where this host's CLI configuration is (as if in ~)."""
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("CNM_")},
+                "CNM_CONFIG": str(self.workdir / "cli.json")}
+
+    def configure_cli(self, orchestrator: str) -> None:
+        """What an operator does once per host (deploy/README.md): `cnm config set`."""
+        subprocess.run(
+            [CNM, "config", "set", f"orchestrator={orchestrator}", f"host_id={self.id}",
+             f"run_dir={self.workdir / 'run'}", f"tls_ca={self.pki / 'ca.crt'}",
+             f"tls_cert={self.pki / 'admin.crt'}", f"tls_key={self.pki / 'admin.key'}"],
+            check=True, capture_output=True, timeout=60, env=self.cli_env())
+
+    def cli(self, *args: str, check: bool = True) -> str:
+        """Runs the `cnm` CLI on this host (its network namespace, as root), with no flag
+        but those of the command: the rest comes from the host's `cnm config`."""
         result = subprocess.run(
-            ["nsenter", f"--net={self.netns.path}", "--", CNM, "--orchestrator", orchestrator,
-             *args],
-            check=False, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "CNM_HOST_ID": self.id, "CNM_RUN_DIR": str(self.workdir / "run"),
-                 "CNM_TLS_CA": str(self.pki / "ca.crt"), "CNM_TLS_CERT": str(self.pki / "admin.crt"),
-                 "CNM_TLS_KEY": str(self.pki / "admin.key")},
+            ["nsenter", f"--net={self.netns.path}", "--", CNM, *args],
+            check=False, capture_output=True, text=True, timeout=60, env=self.cli_env(),
         )
         if check and result.returncode != 0:
             raise AssertionError(f"cnm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -162,9 +172,11 @@ def deployment(tmp_path_factory):
                 shutil.rmtree(REPO / wheelhouse, ignore_errors=True)
             assert build.returncode == 0, f"image build failed:\n{build.stdout}\n{build.stderr}"
 
-        with timed(timings, "certificates"):
-            make_certificates(host1, host2)
         orchestrator = f"{host1.ip}:50051"
+        with timed(timings, "certificates, CLI configuration"):
+            make_certificates(host1, host2)
+            for host in (host1, host2):
+                host.configure_cli(orchestrator)
         central = Compose(
             host1.daemon, f"cnmt{uuid.uuid4().hex[:8]}", [REPO / "docker-compose.yml"],
             {
@@ -342,15 +354,15 @@ def test_services_run_as_configured(deployment: Deployment):
 
 
 def test_story_on_one_host(deployment: Deployment):
-    host1, central, orchestrator = deployment.host1, deployment.central, deployment.orchestrator
+    host1, central = deployment.host1, deployment.central
     # The host's CLI, with an admin certificate; it runs commands in sandboxes with nsenter.
     host1.cli("network", "create", "--subnet", "192.168.0.0/24", "testbr",
-              orchestrator=orchestrator)
+              )
     try:
-        listed = host1.cli("network", "ls", orchestrator=orchestrator)
+        listed = host1.cli("network", "ls")
         assert "testbr" in listed and "192.168.0.0/24" in listed
         hosts = {h["host_id"]: h for h in json.loads(
-            host1.cli("host", "ls", "--format", "json", orchestrator=orchestrator))}
+            host1.cli("host", "ls", "--format", "json"))}
         assert hosts[host1.id]["address"] == "127.0.0.1:50053"
         # The services' own identities are not an operator's: the orchestrator's
         # certificate cannot drive the orchestrator.
@@ -359,13 +371,13 @@ def test_story_on_one_host(deployment: Deployment):
             denied.stderr, denied.stderr
 
         host1.cli("run", "-d", "--net", "testbr", "--name", "web", "-p", "8080:80", "--",
-                  *web_server(host1, "web"), orchestrator=orchestrator)
+                  *web_server(host1, "web"))
         host1.cli("run", "-d", "--net", "testbr", "--name", "peer", "--", "sleep", "600",
-                  orchestrator=orchestrator)
+                  )
         web, peer = f"cnm-{host1.id}-web", f"cnm-{host1.id}-peer"
         # Made by the agent in its container, visible on the host: rshared.
         assert sorted(host1.sandboxes()) == sorted([web, peer])
-        addresses = sandbox_addresses(host1, orchestrator)
+        addresses = sandbox_addresses(host1)
         assert addresses[web].startswith("192.168.0.") and addresses[peer].startswith("192.168.0.")
 
         for sandbox, other in ((peer, web), (web, peer)):
@@ -380,34 +392,34 @@ def test_story_on_one_host(deployment: Deployment):
         mapped = central.exec("agent", "nft", "list", "map", "ip", "cnm", "ports_any_port").stdout
         assert "tcp . 8080" in mapped, mapped
 
-        host1.cli("rm", "web", "peer", orchestrator=orchestrator)
+        host1.cli("rm", "web", "peer")
         assert host1.sandboxes() == []
     finally:
-        host1.cli("rm", "web", "peer", orchestrator=orchestrator, check=False)
-        host1.cli("network", "rm", "testbr", orchestrator=orchestrator, check=False)
-    assert "testbr" not in host1.cli("network", "ls", orchestrator=orchestrator)
+        host1.cli("rm", "web", "peer", check=False)
+        host1.cli("network", "rm", "testbr", check=False)
+    assert "testbr" not in host1.cli("network", "ls")
 
 
 def test_second_host_runs_the_agent_compose_file(deployment: Deployment):
-    host1, host2, orchestrator = deployment.host1, deployment.host2, deployment.orchestrator
+    host1, host2 = deployment.host1, deployment.host2
     hosts = {h["host_id"]: h for h in json.loads(
-        host2.cli("host", "ls", "--format", "json", orchestrator=orchestrator))}
+        host2.cli("host", "ls", "--format", "json"))}
     assert hosts[host2.id]["address"] == f"{host2.ip}:50053"
 
     host2.cli("network", "create", "--subnet", "192.168.60.0/24", "far",
-              orchestrator=orchestrator)
+              )
     try:
         host2.cli("run", "-d", "--host", host2.id, "--net", "far", "--name", "web2",
-                  "-p", "8081:80", "--", *web_server(host2, "web2"), orchestrator=orchestrator)
+                  "-p", "8081:80", "--", *web_server(host2, "web2"))
         assert host2.sandboxes() == [f"cnm-{host2.id}-web2"]
         # The network's bridge is on host 2 only.
         assert host2.netns.run("ip", "-o", "link", "show", "type", "bridge").stdout
         assert host1.netns.run("ip", "-o", "link", "show", "type", "bridge").stdout == ""
         assert http_get(host1.netns.path, f"http://{host2.ip}:8081/") == "web2"
-        host2.cli("rm", "--host", host2.id, "web2", orchestrator=orchestrator)
+        host2.cli("rm", "--host", host2.id, "web2")
     finally:
-        host2.cli("rm", "--host", host2.id, "web2", orchestrator=orchestrator, check=False)
-        host2.cli("network", "rm", "far", orchestrator=orchestrator, check=False)
+        host2.cli("rm", "--host", host2.id, "web2", check=False)
+        host2.cli("network", "rm", "far", check=False)
     assert host2.sandboxes() == []
 
 
@@ -418,9 +430,8 @@ def test_state_survives_redis_replacement(deployment: Deployment):
     orchestrator's pool, which a client without retries turns into one failed
     request each.
     """
-    host1, central, orchestrator = deployment.host1, deployment.central, deployment.orchestrator
-    host1.cli("network", "create", "--subnet", "192.168.50.0/24", "durable",
-              orchestrator=orchestrator)
+    host1, central = deployment.host1, deployment.central
+    host1.cli("network", "create", "--subnet", "192.168.50.0/24", "durable")
     old = central.container("redis")
     central.run("rm", "--stop", "--force", "redis")
     central.run("up", "-d", "--no-build", "--no-deps", "redis")
@@ -428,12 +439,12 @@ def test_state_survives_redis_replacement(deployment: Deployment):
     central.wait_healthy()
 
     def network_ls() -> str | None:
-        return host1.cli("network", "ls", orchestrator=orchestrator, check=False) or None
+        return host1.cli("network", "ls", check=False) or None
 
     first_answer = network_ls()
     assert "192.168.50.0/24" in support.wait_for(network_ls, 30, 0.2, "networks listed")
     support.wait_for(
-        lambda: host1.cli("network", "rm", "durable", orchestrator=orchestrator, check=False),
+        lambda: host1.cli("network", "rm", "durable", check=False),
         30, 0.2, "network durable removed",
     )
     if first_answer is None:
@@ -441,7 +452,7 @@ def test_state_survives_redis_replacement(deployment: Deployment):
                      "Redis restart failed: its redis client does not retry a stale connection")
 
 
-def sandbox_addresses(host: Host, orchestrator: str) -> dict[str, str]:
+def sandbox_addresses(host: Host) -> dict[str, str]:
     """Sandbox name -> the address of its first endpoint, from `cnm ps`."""
-    listed = json.loads(host.cli("ps", "--format", "json", orchestrator=orchestrator))
+    listed = json.loads(host.cli("ps", "--format", "json"))
     return {sandbox["name"]: sandbox["endpoints"][0]["address"] for sandbox in listed}
