@@ -391,11 +391,21 @@ def nsenter() -> str:
     return found
 
 
-def stop_processes(sandbox: str, grace: float = 5.0) -> None:
+def processes_in(inode: int) -> list[int]:
+    """Every process whose network namespace is the one with ``inode``: found through
+    /proc, so also when the namespace's entry under /var/run/netns is gone."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(entry / "ns" / "net").st_ino == inode:
+                    found.append(int(entry.name))
+    return found
+
+
+def stop_processes(sandbox: pb.Sandbox, grace: float = 5.0) -> None:
     """Stops what ``cnm run -d`` started in the sandbox's namespace."""
-    listed = subprocess.run(["ip", "netns", "pids", sandbox], capture_output=True, text=True,
-                            check=False)
-    pids = [int(pid) for pid in listed.stdout.split()]
+    pids = processes_in(sandbox.inode) if sandbox.inode else []
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -416,15 +426,15 @@ def remove_sandbox(client: Client, host_id: str, sandbox: str, allow_missing: bo
                                                  allow_missing=allow_missing))
 
 
-def own_sandbox(client: Client, host_id: str, name: str) -> str:
+def own_sandbox(client: Client, host_id: str, name: str) -> pb.Sandbox:
     """The sandbox of ``cnm run`` container ``name`` (its name or its sandbox's) on the host,
     as the orchestrator knows it; NOT_FOUND for any other namespace, which cnm never made
     and so never touches."""
-    sandboxes = {s.name for s in client.list_all(
+    sandboxes = {s.name: s for s in client.list_all(
         "ListSandboxes", pb.ListSandboxesRequest(host_id=host_id), "sandboxes")}
     for candidate in (name, sandbox_name(host_id, name)):
         if candidate in sandboxes:
-            return candidate
+            return sandboxes[candidate]
     raise errors.NotFound(f"container {name!r} not found on host {host_id!r} (cnm rm removes "
                           f"only what cnm run made)", reason="SANDBOX_NOT_FOUND")
 
@@ -435,9 +445,9 @@ def rm(client: Client, args) -> int:
         try:
             sandbox = own_sandbox(client, args.host, name)
             stop_processes(sandbox)
-            remove_sandbox(client, args.host, sandbox, allow_missing=False)
+            remove_sandbox(client, args.host, sandbox.name, allow_missing=False)
             # What cnm run -d logged for it goes with it.
-            (Path(config.env("CNM_RUN_DIR", "/run/cnm")) / f"{sandbox}.log").unlink(
+            (Path(config.env("CNM_RUN_DIR", "/run/cnm")) / f"{sandbox.name}.log").unlink(
                 missing_ok=True)
             print(name)
         except grpc.RpcError as error:

@@ -57,6 +57,9 @@ class Agent:
         self.store = store
         self.faults = faults or Faults()
         self.netns_dir = netns_dir
+        # An open file of each sandbox's namespace: its /var/run/netns entry may be deleted
+        # behind cnm's back, and the sandbox must still be found, listed and deleted.
+        self._handles: dict[str, int] = {}
         # A bound socket per published port, in the host's namespace (see hostports).
         self.host_ports = HostPorts(netlink.host_ns)
         # What the agent may plumb (see netns.Confinement), fixed at start-up.
@@ -83,6 +86,8 @@ class Agent:
         await self.firewall.ensure_base()
         async with self.lock:
             repaired = await self._resync_locked()
+            for name in self.store.sandboxes:
+                self._hold(name)
             await self.host_ports.restore(
                 (e.endpoint_id, e.ports) for e in self.store.endpoints.values())
         self.started = True
@@ -430,6 +435,7 @@ class Agent:
             try:
                 if not existed:
                     await netns.create(name)
+                self._hold(name)
                 await self.netlink.set_up("lo", path)
             except BaseException:
                 if not existed:
@@ -462,14 +468,35 @@ class Agent:
             await teardown.step("delete the namespace", lambda: netns.delete(name))
             if not os.path.exists(path):
                 await self.store.remove_sandbox(name)
+                self._release(name)
             teardown.raise_failures()
 
-    def list_sandboxes(self) -> list[tuple[str, str]]:
-        return sorted(
-            (name, netns.path_of(name))
-            for name in self.store.sandboxes
-            if os.path.exists(netns.path_of(name))
-        )
+    def _hold(self, name: str) -> None:
+        """Keeps an open file of sandbox ``name``'s namespace (none when it is gone)."""
+        if name in self._handles:
+            return
+        with contextlib.suppress(OSError):
+            self._handles[name] = os.open(netns.path_of(name),
+                                          os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _release(self, name: str) -> None:
+        fd = self._handles.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def list_sandboxes(self) -> list[tuple[str, str, int]]:
+        """(name, path, inode) of every sandbox the agent made and still has: by its entry
+        under /var/run/netns, else by the agent's own handle on it."""
+        found = []
+        for name in self.store.sandboxes:
+            path = netns.path_of(name)
+            with contextlib.suppress(OSError):
+                found.append((name, path, os.stat(path).st_ino))
+                continue
+            fd = self._handles.get(name)
+            if fd is not None:
+                found.append((name, f"/proc/{os.getpid()}/fd/{fd}", os.fstat(fd).st_ino))
+        return sorted(found)
 
     # State -----------------------------------------------------------------------------
 
@@ -527,8 +554,8 @@ class Agent:
                                                     driver=netdriver_pb2.DRIVER_OVERLAY)
                     await self._report_vxlan(response, network, 0)
                     response.networks.append(network)
-        for name, path in self.list_sandboxes():
-            response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path))
+        for name, path, inode in self.list_sandboxes():
+            response.sandboxes.append(netdriver_pb2.Sandbox(name=name, path=path, inode=inode))
         return response
 
     async def _report_vxlan(self, response: netdriver_pb2.GetStateResponse,

@@ -100,7 +100,8 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
         page = pagination.paginate(self.agent.list_sandboxes(), request,
                                    key=lambda sandbox: sandbox[0])
         return netdriver_pb2.ListSandboxesResponse(
-            sandboxes=[netdriver_pb2.Sandbox(name=name, path=path) for name, path in page.items],
+            sandboxes=[netdriver_pb2.Sandbox(name=name, path=path, inode=inode)
+                       for name, path, inode in page.items],
             next_page_token=page.next_page_token,
         )
 

@@ -727,6 +727,7 @@ class Orchestrator:
                 return None
             endpoints = await self.list_endpoints(host_id=one)
             return [pb.Sandbox(name=sandbox.name, host_id=one, path=sandbox.path,
+                               inode=sandbox.inode,
                                endpoints=[e for e in endpoints
                                           if e.sandbox in (sandbox.name, sandbox.path)
                                           or e.container_id == sandbox.name])

@@ -279,7 +279,7 @@ async def test_sandboxes_are_created_listed_and_deleted_only_when_ours(world, ne
         assert await agent.create_sandbox(name) == path
         assert name in harness.namespace_names()
         assert "UP" in {l["ifname"]: l for l in harness.links(name)}["lo"]["flags"]
-        assert agent.list_sandboxes() == [(name, path)]
+        assert agent.list_sandboxes() == [(name, path, os.stat(path).st_ino)]
         await agent.create_endpoint(endpoint("e1", name, "10.88.0.10"), NET)
         with pytest.raises(errors.AlreadyExists, match="not created by cnm"):
             await agent.create_sandbox(foreign.name)
@@ -529,7 +529,7 @@ async def test_a_crash_while_creating_a_sandbox_does_not_block_its_name(world, n
         restarted = await world.agent()
         path = await restarted.create_sandbox(name)
         assert "UP" in {link["ifname"]: link for link in harness.links(name)}["lo"]["flags"]
-        assert restarted.list_sandboxes() == [(name, path)]
+        assert restarted.list_sandboxes() == [(name, path, os.stat(path).st_ino)]
         await restarted.delete_sandbox(name)
         assert name not in harness.namespace_names()
     finally:

@@ -8,11 +8,15 @@ links left in the host namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -391,3 +395,30 @@ def test_two_orchestrator_replicas_connect_concurrently(cluster):
         assert_clean(cluster)
     finally:
         second.orchestrator.stop()
+
+
+def test_a_container_whose_netns_entry_was_deleted_is_still_removed(cluster):
+    """`ip netns delete` behind cnm's back: the agent keeps its own handle on the sandbox,
+    so `cnm ps` still lists it and `cnm rm` still stops its process and frees its address."""
+    assert cluster.cnm("network", "create", "--subnet", "10.81.0.0/24", "net1").code == 0
+    started = cluster.cnm("run", "-d", "--name", "lost", "--net", "net1", "--", "sleep", "600")
+    assert started.code == 0, started.err
+    sandbox = f"cnm-{cluster.hosts['h1'].host_id}-lost"
+    pids = subprocess.run(["ip", "netns", "pids", sandbox], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert pids
+    subprocess.run(["ip", "netns", "delete", sandbox], check=True)
+    try:
+        assert not Path(f"/var/run/netns/{sandbox}").exists()
+        assert "lost" in cluster.cnm("ps").out
+        removed = cluster.cnm("rm", "lost")
+        assert removed.code == 0, removed.err
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists()
+        assert "lost" not in cluster.cnm("ps").out
+    finally:  # whatever happened, the test's own process does not outlive it
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert_clean(cluster)

@@ -235,12 +235,14 @@ class SetNetworkPeersResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[str]] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("name", "path")
+    __slots__ = ("name", "path", "inode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    inode: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., inode: _Optional[int] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("name",)

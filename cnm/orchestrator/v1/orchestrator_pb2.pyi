@@ -154,16 +154,18 @@ class Host(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., state: _Optional[_Union[HostState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_count: _Optional[int] = ..., static: _Optional[bool] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("name", "host_id", "path", "endpoints")
+    __slots__ = ("name", "host_id", "path", "endpoints", "inode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     host_id: str
     path: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ..., path: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    inode: int
+    def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ..., path: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., inode: _Optional[int] = ...) -> None: ...
 
 class CreateNetworkRequest(_message.Message):
     __slots__ = ("network",)
