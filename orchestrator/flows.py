@@ -20,6 +20,7 @@ import uuid
 from cnm import errors
 from cnm import validation as cnm_validation
 from cnm.ipam.v1 import ipam_pb2
+from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.undo import Undo
 from orchestrator import faults, overlay, validation
@@ -570,6 +571,55 @@ class Orchestrator:
     async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str) -> None:
         await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
         await self.store.forget_endpoint(endpoint, intent_key)
+
+    async def adopt_endpoint(self, host_id: str, found: nd.Endpoint) -> str:
+        """An endpoint a host's kernel has that no record, intent or quarantine knows: its
+        record was lost (a Redis crash), so it is recorded again from what the agent
+        reports, its address and ports reserved again, rather than a live container cut
+        off. Returns "adopted"; "unknown" when the agent cannot say its parameters or its
+        network is not recorded (the caller deletes it then); raises when its address or
+        ports are another's now (both holders named, nothing deleted). The caller holds
+        the endpoint's lock."""
+        existing = await self.store.get_network(found.network_id) if found.address else None
+        if existing is None:
+            return "unknown"
+        network, state = existing
+        if state != STATE_READY:
+            return "unknown"
+        endpoint = pb.Endpoint(
+            endpoint_id=found.endpoint_id, network_id=network.network_id,
+            network_name=network.name, container_id=found.container_id, host_id=host_id,
+            sandbox=found.sandbox, address=found.address, mac_address=found.mac_address,
+            host_interface=found.host_interface, container_interface=found.container_interface,
+            port_mappings=[pb.PortMapping(protocol=m.protocol, host_ip=m.host_ip,
+                                          host_port=m.host_port, container_port=m.container_port)
+                           for m in found.port_mappings])
+        try:
+            allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
+                                                  endpoint.address)
+        except errors.AlreadyExists as error:
+            raise errors.AlreadyExists(
+                f"endpoint {endpoint.endpoint_id} on host {host_id} (container "
+                f"{endpoint.container_id!r}) uses {endpoint.address} on network "
+                f"{network.name!r}, which IPAM gives to another owner: {error.message}",
+                reason="ADDRESS_IN_USE", address=endpoint.address) from error
+        endpoint.prefix_length = allocation.prefix_length
+        endpoint.create_time.CopyFrom(now())
+        intent = self.store.new_intent(f"ep:{endpoint.endpoint_id}", Op.CONNECT,
+                                       lock=f"ep:{endpoint.endpoint_id}",
+                                       endpoint=encode(endpoint))
+        try:
+            await self.store.begin_connect(endpoint, intent)
+        except errors.CnmError:  # a port is another's now: say so, keep the address free
+            await self.ipam.release_owner(network.network_id, endpoint.endpoint_id)
+            raise
+        await self.store.add_network_host(network.network_id, host_id)
+        if not await self.store.commit_connect(endpoint, intent.key):
+            raise errors.FailedPrecondition(f"network {network.name!r} went meanwhile")
+        log.warning("endpoint found on its host without a record: recorded again",
+                    extra={"endpoint": endpoint.endpoint_id, "host": host_id,
+                           "address": endpoint.address, "container": endpoint.container_id})
+        return "adopted"
 
     async def repair_lost_endpoint(self, endpoint: pb.Endpoint) -> str:
         """An endpoint recorded on a healthy host whose kernel no longer has it (deleted

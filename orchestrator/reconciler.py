@@ -14,9 +14,12 @@ One pass, run at start-up and then periodically by one replica at a time:
    a quarantined endpoint nor an endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
    and pools cnm made for networks that no longer exist are deleted; so
    are VXLAN ids held for such networks;
-4. agents: endpoints and networks in a host's kernel that no record or
-   intent knows are deleted (left by a forced delete while the host was
-   unreachable, or by lost records); and the other way round, endpoints
+4. agents: an endpoint in a host's kernel that no record, intent or
+   quarantine knows was recorded and its record lost (a Redis crash): it is
+   recorded again from what the agent reports, address and ports reserved
+   again (a clash with their new holder is reported, both named, and nothing
+   deleted); one whose network is not recorded is deleted, and so are
+   networks no record knows; and the other way round, endpoints
    recorded on a host that answered but whose kernel no longer has them
    (deleted behind cnm's back, or gone with their sandbox) are made again if
    their container's namespace is still there, else disconnected and their
@@ -53,6 +56,7 @@ class Report:
     deleted_host_endpoints: list[str] = field(default_factory=list)
     deleted_host_networks: list[str] = field(default_factory=list)
     recreated_endpoints: list[str] = field(default_factory=list)
+    adopted_endpoints: list[str] = field(default_factory=list)
     released_quarantined: list[str] = field(default_factory=list)
     released_lost_endpoints: list[str] = field(default_factory=list)
     synced_peers: list[str] = field(default_factory=list)
@@ -63,6 +67,7 @@ class Report:
                     self.released_vnis,
                     self.deleted_host_endpoints, self.deleted_host_networks,
                     self.recreated_endpoints, self.released_lost_endpoints,
+                    self.adopted_endpoints,
                     self.released_quarantined,
                     self.synced_peers))
 
@@ -234,10 +239,14 @@ class Reconciler:
                     continue
                 async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
                     try:
-                        if taken and not await self._known_owner(endpoint_id):
-                            await agent.delete_endpoint(endpoint_id)
-                            report.deleted_host_endpoints.append(
-                                f"{host.host_id}/{endpoint_id}")
+                        if not taken or await self._known_owner(endpoint_id):
+                            continue
+                        # Lost records (a Redis crash): recorded again, not cut off.
+                        if await self.orch.adopt_endpoint(host.host_id, endpoint) == "adopted":
+                            report.adopted_endpoints.append(f"{host.host_id}/{endpoint_id}")
+                            continue
+                        await agent.delete_endpoint(endpoint_id)
+                        report.deleted_host_endpoints.append(f"{host.host_id}/{endpoint_id}")
                     except errors.CnmError as error:
                         report.errors.append(error.message)
             network_ids = await self.store.network_ids()

@@ -4,6 +4,7 @@ nftables inside namespaces; traffic with the echo tools."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -13,6 +14,7 @@ import pytest
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from netdriver_service.names import vxlan_name
+from orchestrator.store import Store
 from tests import support
 from tests.multihost.cluster import HEARTBEAT, MultiHost, wait_until
 from tests.netdriver import harness
@@ -310,3 +312,41 @@ def test_an_address_forced_off_an_unreachable_host_is_held_until_it_comes_back(m
         network="held", container_id=sandbox, host_id=cluster.hosts[0].host_id,
         sandbox=sandbox, address=c.address)).endpoint
     assert got.address == c.address
+
+
+def test_an_endpoint_whose_record_was_lost_is_adopted_not_cut_off(make_cluster):
+    """Redis lost an endpoint's record (a crash before its write reached disk): the
+    reconciler finds the endpoint on its host and records it again, its address
+    reserved, instead of deleting a live container's interface."""
+    cluster = make_cluster(1)
+    (h1,) = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.43.0.0/24", "kept").code == 0
+    a = cluster.container(h1, "a", "kept")
+    [before] = cluster.call("GetNetwork", pb.GetNetworkRequest(network="kept")).endpoints
+
+    async def lose_the_record() -> None:
+        store = Store.connect(cluster.redis_url)
+        try:
+            await store.forget_endpoint(before, f"ep:{before.endpoint_id}")
+        finally:
+            await store.close()
+
+    asyncio.run(lose_the_record())
+    assert not cluster.call("GetNetwork", pb.GetNetworkRequest(network="kept")).endpoints
+    wait_until(lambda: [e.endpoint_id for e in cluster.call(
+        "GetNetwork", pb.GetNetworkRequest(network="kept")).endpoints] == [before.endpoint_id],
+               20, "the endpoint to be recorded again")
+    [after] = cluster.call("GetNetwork", pb.GetNetworkRequest(network="kept")).endpoints
+    assert (after.address, after.container_id, after.host_interface) == (
+        a.address, before.container_id, before.host_interface)
+    addresses = subprocess.run(["ip", "-n", a.sandbox, "-4", "addr", "show"],
+                               capture_output=True, text=True, check=True).stdout
+    assert a.address in addresses  # never cut off
+    # Its address is reserved again: nobody else may have it.
+    sandbox = f"cnm-{h1.host_id}-b"
+    cluster.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox, host_id=h1.host_id))
+    with pytest.raises(errors.AlreadyExists):
+        cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+            network="kept", container_id=sandbox, host_id=h1.host_id, sandbox=sandbox,
+            address=a.address))
+    assert "adopted_endpoints" in (cluster.tmp / "orchestrator.log").read_text()
