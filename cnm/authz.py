@@ -10,8 +10,8 @@ and an RPC missing from the table is refused (default deny).
 An ``agent`` identity is bound to its host, in the spirit of Kubernetes'
 node restriction: where a rule names the request's host (``own_host``), an
 agent may act only when that host is its own. Where the host is known only
-after a lookup (a disconnect names a network and a container), the rule
-says ``own_host=LATER`` and the handler asks :func:`bound_host`.
+after a lookup (a disconnect names a network and a container), the handler
+asks :func:`bound_host` and checks it itself.
 
 Health checks pass for any certificate the CA signed. Without TLS there is
 no identity and nothing is checked: plaintext listens only on loopback or
@@ -33,11 +33,6 @@ from cnm.pki import Identity
 
 ORCHESTRATOR, AGENT, IPAM, ADMIN, VIEWER = "orchestrator", "agent", "ipam", "admin", "viewer"
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
-
-
-def LATER(request: object) -> str:
-    """``own_host`` of a rule whose host the handler finds (see :func:`bound_host`)."""
-    raise AssertionError("LATER is checked by the handler, not called")
 
 
 @dataclass(frozen=True)
@@ -76,27 +71,17 @@ class Policy:
             raise errors.PermissionDenied(f"{caller} may not call {method}",
                                           reason="ROLE_NOT_ALLOWED", identity=str(caller),
                                           method=method)
-        if caller.role == AGENT and rule.own_host not in (None, LATER):
-            check_own_host(caller, rule.own_host(request), method)
-
-
-def check_own_host(caller: Identity | None, host_id: str, method: str) -> None:
-    """An agent acts on its own host only."""
-    if caller is not None and caller.role == AGENT and host_id != caller.host_id:
-        raise errors.PermissionDenied(
-            f"{caller} may not call {method} for host {errors.capped(host_id)!r}: an agent "
-            f"acts on its own host only", reason="OTHER_HOST", identity=str(caller),
-            method=method, host_id=host_id)
+        host_id = rule.own_host(request) if rule.own_host and caller.role == AGENT else None
+        if host_id is not None and host_id != caller.host_id:  # an agent: its own host only
+            raise errors.PermissionDenied(
+                f"{caller} may not call {method} for host {errors.capped(host_id)!r}: an "
+                f"agent acts on its own host only", reason="OTHER_HOST", identity=str(caller),
+                method=method, host_id=host_id)
 
 
 # The identity of the call being served, set by the server interceptor.
 _caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("cnm_caller",
                                                                           default=None)
-
-
-def caller() -> Identity | None:
-    """The identity of the caller of the RPC being served; None without TLS."""
-    return _caller.get()
 
 
 def set_caller(identity: Identity | None) -> None:

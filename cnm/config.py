@@ -10,6 +10,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_IPAM_ADDR = "127.0.0.1:50052"
 DEFAULT_NETDRIVER_ADDR = "127.0.0.1:50053"
 DEFAULT_ORCHESTRATOR_ADDR = "127.0.0.1:50051"
+DEFAULT_RUN_DIR = "/run/cnm"
 
 
 # Settings of a configuration file (the CLI's: cnm_cli.settings), by environment variable
@@ -28,6 +29,11 @@ def env(name: str, default: str) -> str:
     """The value of environment variable ``name``, else of the configuration file (when one
     was loaded), else ``default``."""
     return os.environ.get(name) or _from_file.get(name) or default
+
+
+def run_dir() -> str:
+    """Where cnm keeps a host's runtime state (the agent's, cnm run's logs)."""
+    return env("CNM_RUN_DIR", DEFAULT_RUN_DIR)
 
 
 def default_host_id() -> str:

@@ -141,6 +141,12 @@ def to_grpc_status(error: CnmError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def answered_by_peer(error: grpc.RpcError) -> bool:
+    """Whether a failed call is the peer's answer (cnm's errors carry a status detail),
+    rather than the transport's (no connection, reset)."""
+    return any(key == _STATUS_DETAILS_KEY for key, _ in error.trailing_metadata() or ())
+
+
 def from_rpc_error(error: grpc.RpcError) -> CnmError:
     """The CnmError a failed call stands for (client side).
 

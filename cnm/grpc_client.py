@@ -10,6 +10,7 @@ import time
 
 import grpc
 
+from cnm import errors
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.grpc_client")
@@ -120,5 +121,4 @@ def budget(timeout: float) -> float:
 def transport_failure(error: grpc.RpcError) -> bool:
     """UNAVAILABLE from the transport (no connection, reset), not an answer of the peer:
     cnm's own UNAVAILABLE errors carry a status detail."""
-    return error.code() == grpc.StatusCode.UNAVAILABLE and not any(
-        key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ())
+    return error.code() == grpc.StatusCode.UNAVAILABLE and not errors.answered_by_peer(error)

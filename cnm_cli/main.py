@@ -350,7 +350,7 @@ def run(client: Client, args) -> int:
     with contextlib.ExitStack() as closing:
         log = None
         if args.detach:
-            log_dir = Path(config.env("CNM_RUN_DIR", "/run/cnm"))
+            log_dir = Path(config.run_dir())
             log_dir.mkdir(parents=True, exist_ok=True)
             log = closing.enter_context(open(log_dir / f"{sandbox}.log", "ab"))
         created = client.CreateSandbox(pb.CreateSandboxRequest(name=sandbox, host_id=args.host))
@@ -447,7 +447,7 @@ def rm(client: Client, args) -> int:
             stop_processes(sandbox)
             remove_sandbox(client, args.host, sandbox.name, allow_missing=False)
             # What cnm run -d logged for it goes with it.
-            (Path(config.env("CNM_RUN_DIR", "/run/cnm")) / f"{sandbox.name}.log").unlink(
+            (Path(config.run_dir()) / f"{sandbox.name}.log").unlink(
                 missing_ok=True)
             print(name)
         except grpc.RpcError as error:
@@ -504,7 +504,7 @@ def config_show(client: Client, args) -> int:
     """Every setting: its value and where it comes from (environment, file, default)."""
     stored = settings.load()
     defaults = {"orchestrator": config.DEFAULT_ORCHESTRATOR_ADDR,
-                "host_id": socket.gethostname(), "run_dir": "/run/cnm"}
+                "host_id": socket.gethostname(), "run_dir": config.DEFAULT_RUN_DIR}
     rows = []
     for key, variable in settings.SETTINGS.items():
         if os.environ.get(variable):
@@ -705,10 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
 def report(error: grpc.RpcError) -> int:
     failure = errors.from_rpc_error(error)
     message = failure.message
-    # The orchestrator's own errors carry status details; a channel failure has none.
-    from_server = any(key == "grpc-status-details-bin"
-                      for key, _ in error.trailing_metadata() or ())
-    if error.code() == grpc.StatusCode.UNAVAILABLE and not from_server:
+    if grpc_client.transport_failure(error):
         message = f"cannot reach the orchestrator: {message}"
     print(f"cnm: error: {message}", file=sys.stderr)
     return EXIT_CODES.get(error.code(), 1)

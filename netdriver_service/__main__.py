@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not os.path.isabs(directory):
             parser.error(f"--sandbox-dirs: {directory!r} is not an absolute path")
     args.state_dir = args.state_dir or os.path.join(
-        config.env("CNM_RUN_DIR", "/run/cnm"), "netdriver", args.host_id
+        config.run_dir(), "netdriver", args.host_id
     )
     args.advertise = args.advertise or args.listen
     return args

@@ -221,11 +221,10 @@ class Netlink:
 
     def _drop(self, key: tuple[int, int]) -> None:
         handle = self._namespaces.pop(key, None)
-        if handle is not None:
-            self._dumping.pop(id(handle), None)
         for path in [path for path, known in self._paths.items() if known == key]:
             del self._paths[path]
         if handle is not None:
+            self._dumping.pop(id(handle), None)
             handle.close()
 
     def forget_namespace(self, ns: str) -> None:

@@ -8,7 +8,7 @@ and read networks and endpoints.
 
 from __future__ import annotations
 
-from cnm.authz import ADMIN, AGENT, LATER, VIEWER, Policy, allow
+from cnm.authz import ADMIN, AGENT, VIEWER, Policy, allow
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 
 READ = allow(ADMIN, VIEWER, AGENT)
@@ -21,8 +21,9 @@ POLICY = Policy(pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name,
     "DeleteNetwork": allow(ADMIN),
     "PruneNetworks": allow(ADMIN),
     "ConnectContainer": ON_OWN_HOST,
-    # The endpoint's host is known once it is found: checked by the flow.
-    "DisconnectContainer": allow(ADMIN, AGENT, own_host=LATER),
+    # The endpoint's host is known once it is found: the flow checks an agent's
+    # (authz.bound_host).
+    "DisconnectContainer": allow(ADMIN, AGENT),
     "GetEndpoint": READ,
     "ListEndpoints": READ,
     "CreateSandbox": ON_OWN_HOST,

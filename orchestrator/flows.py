@@ -46,6 +46,11 @@ def decode_endpoint(intent: Intent) -> pb.Endpoint:
     return pb.Endpoint.FromString(base64.b64decode(intent.data["endpoint"]))
 
 
+def _in_sandbox(endpoint: pb.Endpoint, name: str, path: str) -> bool:
+    """Whether ``endpoint`` is in the sandbox called ``name`` at ``path`` (its host's)."""
+    return endpoint.sandbox in (name, path) or endpoint.container_id == name
+
+
 class Orchestrator:
     """The flows, over a Store, the IPAM client and the agents' clients."""
 
@@ -733,10 +738,8 @@ class Orchestrator:
         agent = await self.hosts.agent(host_id)
         known = {sandbox.name: sandbox for sandbox in await agent.list_sandboxes()}
         path = known[name].path if name in known else ""
-        endpoints = [
-            endpoint for endpoint in await self.list_endpoints(host_id=host_id)
-            if endpoint.sandbox in (name, path) or endpoint.container_id == name
-        ]
+        endpoints = [endpoint for endpoint in await self.list_endpoints(host_id=host_id)
+                     if _in_sandbox(endpoint, name, path)]
         if name not in known and not endpoints:
             if allow_missing:
                 return
@@ -752,14 +755,12 @@ class Orchestrator:
             await self.disconnect_endpoint(endpoint_id, force=False)
 
     async def _endpoints_in_sandbox(self, name: str, path: str, host_id: str) -> list[str]:
-        def inside(endpoint: pb.Endpoint) -> bool:
-            return endpoint.host_id == host_id and (
-                endpoint.sandbox in (name, path) or endpoint.container_id == name)
-
         found = {endpoint.endpoint_id for endpoint in await self.list_endpoints(host_id=host_id)
-                 if inside(endpoint)}
-        found |= {decode_endpoint(intent).endpoint_id for intent in await self.store.intents()
-                  if intent.op == Op.CONNECT and inside(decode_endpoint(intent))}
+                 if _in_sandbox(endpoint, name, path)}
+        connecting = [decode_endpoint(intent) for intent in await self.store.intents()
+                      if intent.op == Op.CONNECT]
+        found |= {endpoint.endpoint_id for endpoint in connecting
+                  if endpoint.host_id == host_id and _in_sandbox(endpoint, name, path)}
         return sorted(found)
 
     async def list_sandboxes(self, host_id: str = "") -> tuple[list[pb.Sandbox], list[str]]:
@@ -779,8 +780,7 @@ class Orchestrator:
             return [pb.Sandbox(name=sandbox.name, host_id=one, path=sandbox.path,
                                inode=sandbox.inode,
                                endpoints=[e for e in endpoints
-                                          if e.sandbox in (sandbox.name, sandbox.path)
-                                          or e.container_id == sandbox.name])
+                                          if _in_sandbox(e, sandbox.name, sandbox.path)])
                     for sandbox in sandboxes]
 
         answers = await asyncio.gather(*(of_host(one) for one in hosts))
