@@ -50,9 +50,11 @@ from tests import support
 class System:
     """redis, IPAM, one agent in a host namespace and the orchestrator, as processes."""
 
-    def __init__(self, workdir: Path, tls_dir: Path | None = None) -> None:
+    def __init__(self, workdir: Path, tls_dir: Path | None = None,
+                 orchestrator_args: tuple[str, ...] = (), heartbeats: bool = False) -> None:
         """``tls_dir``: a `cnm pki` directory with ca, ipam, orchestrator, agent and admin
-        certificates: every link is then mutual TLS (plaintext without it)."""
+        certificates: every link is then mutual TLS (plaintext without it). With
+        ``heartbeats`` the agent also registers with the orchestrator and heartbeats."""
         self.workdir = workdir
         self.tls_dir = tls_dir
         self.run_dir = agent_run_dir()
@@ -66,19 +68,25 @@ class System:
              "--redis-url", self.redis.url, "--log-level", "WARNING", *self._tls("ipam")],
             log_path=workdir / "ipam.log"))
         agent = f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock"
-        self.processes.append(support.Process(
+        # The agent, in its host namespace, reaches a unix socket, not our loopback.
+        self.address = (f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock" if heartbeats
+                        else f"127.0.0.1:{support.free_port()}")
+        self.agent_address = agent
+        membership = ("--orchestrator", self.address) if heartbeats else ()
+        self.agent = support.Process(
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",
-             str(self.run_dir / "agent"), "--log-level", "WARNING", *self._tls("agent")],
-            log_path=workdir / "agent.log"))
-        self.address = f"127.0.0.1:{support.free_port()}"
+             str(self.run_dir / "agent"), "--log-level", "WARNING", *membership,
+             *self._tls("agent")],
+            log_path=workdir / "agent.log")
+        self.processes.append(self.agent)
         support.wait_serving(ipam, credentials=self._credentials())
         support.wait_serving(agent, timeout=20, credentials=self._credentials())
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
              "--redis-url", self.redis.url, "--ipam", ipam,
              "--hosts", f"{self.host_id}={agent}", "--log-level", "WARNING",
-             *self._tls("orchestrator")],
+             *orchestrator_args, *self._tls("orchestrator")],
             log_path=workdir / "orchestrator.log"))
         support.wait_serving(self.address, credentials=self._credentials())
 

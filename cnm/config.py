@@ -70,3 +70,14 @@ def add_tls_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--tls-ca", "CNM_TLS_CA", "", "CA certificate (PEM) for mutual TLS")
     add_flag(parser, "--tls-cert", "CNM_TLS_CERT", "", "this process's certificate (PEM)")
     add_flag(parser, "--tls-key", "CNM_TLS_KEY", "", "its private key (PEM)")
+
+
+def seconds(parser: argparse.ArgumentParser, flag: str, value: str) -> float:
+    """A flag's value as a number of seconds >= 0; a usage error otherwise."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float("inf"):
+        parser.error(f"{flag}: want a number of seconds >= 0, not {value!r}")
+    return number

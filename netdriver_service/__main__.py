@@ -12,6 +12,7 @@ from netdriver_service import access
 from netdriver_service.agent import Agent
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import backends as firewalls
+from netdriver_service.linkwatch import LinkWatch
 from netdriver_service.membership import Membership
 from netdriver_service.netlink import Netlink
 from netdriver_service.service import SERVICE_NAME, NetDriverServicer
@@ -124,16 +125,22 @@ async def serve(args: argparse.Namespace) -> None:
         asyncio.create_task(agent.resync_periodically(args.resync_interval))
         if args.resync_interval else None
     )
+    # A dead container's veth goes with its namespace: the agent hears of it at once.
+    watch = await LinkWatch(agent.link_deleted, netlink.host_ns).start()
     membership = None
     if args.orchestrator:
-        membership = asyncio.create_task(Membership(
+        member = Membership(
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
             underlay_ip=lambda: agent.underlay_ip, ready=agent.ready,
-            registering=agent.forget_peer_generations, tls=args.tls,
-        ).run())
+            registering=agent.forget_peer_generations, lost=agent.lost_endpoint_ids,
+            forget_lost=agent.forget_lost, tls=args.tls,
+        )
+        agent.on_lost = member.poke
+        membership = asyncio.create_task(member.run())
     try:
         await server.run_until_signalled(running, logger)
     finally:
+        watch.close()
         if resync is not None:
             resync.cancel()
         if membership is not None:

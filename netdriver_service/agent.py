@@ -38,6 +38,7 @@ from netdriver_service.teardown import Teardown
 log = logging.getLogger("netdriver")
 T = TypeVar("T")
 FIREWALL_PROBE_INTERVAL = 15.0  # seconds between the readiness probe's firewall checks
+LOST_MEMORY = 3600.0  # seconds a lost endpoint is reported if the orchestrator never answers
 RESYNC_INTERVAL = 30.0  # seconds between two full reconciliations of the firewall
 
 
@@ -74,6 +75,12 @@ class Agent:
             name: make_driver(name, netlink, firewall, self.faults, lambda: self.underlay_ip)
             for name in DRIVERS
         }
+        # Endpoints whose container's namespace died, torn down here, until the
+        # orchestrator disconnects them: id -> when it was found (see lost_endpoint_ids).
+        self.lost: dict[str, float] = {}
+        self.on_lost: Callable[[], None] = lambda: None  # told when one is found
+        self._suspects: set[str] = set()
+        self._checking: asyncio.Task | None = None
         # Last SetNetworkPeers generation applied, per network (in memory: after
         # a restart the orchestrator pushes every network again).
         self.peer_generations: dict[str, int] = {}
@@ -306,6 +313,7 @@ class Agent:
                 f"{network_message.network_id!r}", reason="NETWORK_MISMATCH",
             )
         async with self.lock:
+            self.lost.pop(message.endpoint_id, None)
             network = self.store.networks.get(network_id)
             if network is None:
                 if network_message is None:
@@ -397,6 +405,7 @@ class Agent:
         validation.check_id("endpoint_id", endpoint_id)
         async with self.lock:
             await self._delete_endpoint(endpoint_id)
+            self.lost.pop(endpoint_id, None)  # the orchestrator took note
 
     async def _delete_endpoint(self, endpoint_id: str) -> None:
         record = self.store.endpoints.get(endpoint_id)
@@ -413,6 +422,80 @@ class Agent:
             e.netns_path == record.netns_path for e in self.store.endpoints.values()
         ):
             self.netlink.forget_namespace(record.netns_path)
+
+    # Dead containers -------------------------------------------------------------------
+
+    def link_deleted(self, name: str | None) -> None:
+        """A link of the host went away (``None``: notifications were lost). If it was an
+        endpoint's veth, that endpoint is checked soon, under the lock."""
+        if name is None:
+            ids = set(self.store.endpoints)
+        else:
+            ids = {e.endpoint_id for e in list(self.store.endpoints.values())
+                   if e.host_interface == name}
+        if not ids:
+            return
+        self._suspects |= ids
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.create_task(self._check_suspects())
+
+    async def _check_suspects(self) -> None:
+        while self._suspects and self.started:
+            ids, self._suspects = self._suspects, set()
+            try:
+                async with self.lock:
+                    await self._find_lost(ids)
+            except errors.CnmError as error:
+                log.warning("could not check endpoints whose veth went away",
+                            extra={"endpoints": sorted(ids), "error": error.message})
+
+    async def _find_lost(self, endpoint_ids) -> list[str]:
+        """Of ``endpoint_ids``, those whose veth and container's namespace are both gone
+        (the container died): what is left of them here (port rules, host ports, record)
+        is removed and they are reported lost. With the lock held."""
+        found = []
+        for endpoint_id in sorted(endpoint_ids):
+            record = self.store.endpoints.get(endpoint_id)
+            if record is None or self._namespace_alive(record.netns_path):
+                continue
+            mark = names.endpoint_alias(endpoint_id, record.network_id)
+            try:
+                if await self.netlink.get_owned_link(record.host_interface, mark) is not None:
+                    continue
+            except LinkNotOwned:
+                continue
+            await self.firewall.remove_ports(endpoint_id, port_rules(record))
+            await self._forget_endpoint(endpoint_id)
+            self.lost[endpoint_id] = time.time()
+            found.append(endpoint_id)
+            log.info("container gone: endpoint torn down, reported to the orchestrator",
+                     extra={"endpoint_id": endpoint_id, "network_id": record.network_id,
+                            "container_id": record.container_id, "sandbox": record.sandbox})
+        if found:
+            self.on_lost()
+        return found
+
+    def _namespace_alive(self, path: str) -> bool:
+        try:
+            netns.check_namespace_path(path)
+            return True
+        except errors.NotFound:
+            # Its /var/run/netns entry was deleted, but the agent's handle keeps it.
+            return any(netns.path_of(name) == path for name in self._handles)
+        except errors.CnmError:
+            return False  # no longer a namespace
+
+    def lost_endpoint_ids(self) -> list[str]:
+        """Lost endpoints to report (forgotten after :data:`LOST_MEMORY` unanswered)."""
+        horizon = time.time() - LOST_MEMORY
+        for endpoint_id in [e for e, since in self.lost.items() if since < horizon]:
+            del self.lost[endpoint_id]
+        return sorted(self.lost)
+
+    def forget_lost(self, endpoint_ids) -> None:
+        """The orchestrator does not know these: no need to report them again."""
+        for endpoint_id in endpoint_ids:
+            self.lost.pop(endpoint_id, None)
 
     # Sandboxes ---------------------------------------------------------------------------
 
@@ -631,6 +714,11 @@ class Agent:
                 repaired.append(line)
         links = await self.netlink.list_links()
         owned = _owned_objects(links)
+        # Those whose container died (while the agent was down, or unnoticed) are reported.
+        dead = await self._find_lost(
+            [e for e in self.store.endpoints if ("ep", e) not in owned])
+        repaired += [f"tore down endpoint {endpoint_id}: its container is gone"
+                     for endpoint_id in dead]
         for endpoint_id in list(self.store.endpoints):
             if ("ep", endpoint_id) not in owned:
                 await self._forget_endpoint(endpoint_id)

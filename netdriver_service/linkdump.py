@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK
 
 
 @dataclass(frozen=True)
@@ -116,3 +116,18 @@ def _dump_links(sock: socket.socket, sequence: int) -> tuple[list[Link], bool]:
                 elif kind == RTM_NEWLINK:
                     links.append(_decode_link(data, offset + _NLMSG.size, end))
             offset = (end + 3) & ~3
+
+
+def deleted_links(data: bytes) -> list[Link]:
+    """The links an RTM_DELLINK notification in ``data`` (one datagram read from a socket
+    bound to RTMGRP_LINK) reports deleted."""
+    links = []
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, kind, _, _, _ = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size:
+            break
+        if kind == RTM_DELLINK:
+            links.append(_decode_link(data, offset + _NLMSG.size, offset + length))
+        offset = (offset + length + 3) & ~3
+    return links

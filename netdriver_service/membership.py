@@ -5,13 +5,17 @@ Registration carries the host id, the address the orchestrator should dial
 the heartbeat interval it expects and brings the host in line (overlay
 networks, peers). A heartbeat answered with ``reregister`` (the
 orchestrator forgot the host) registers again, and so does a changed underlay
-address (the agent reads it again periodically). Failures are retried with a
+address (the agent reads it again periodically). Heartbeats carry the
+endpoints whose container died (the agent's ``lost``); one is sent at once
+when a new one is found (``poke``), so the orchestrator hears of a dead
+container within a round trip, not a heartbeat interval. Failures are retried with a
 capped backoff for as long as the agent runs; they never stop the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -34,6 +38,8 @@ class Membership:
         self, *, orchestrator: str, host_id: str, advertise: str,
         underlay_ip: Callable[[], str], ready: Callable[[], Awaitable[bool]],
         registering: Callable[[], None] = lambda: None,
+        lost: Callable[[], list[str]] = list,
+        forget_lost: Callable[[list[str]], None] = lambda ids: None,
         tls: Tls | None = None,
     ) -> None:
         self.orchestrator = orchestrator
@@ -42,6 +48,9 @@ class Membership:
         self.underlay_ip = underlay_ip
         self.ready = ready
         self.registering = registering  # called before each registration
+        self.lost = lost  # endpoints to report lost
+        self.forget_lost = forget_lost  # those the orchestrator does not know
+        self._poked = asyncio.Event()
         self.tls = tls
         self.interval = 5.0
         self.registered = asyncio.Event()
@@ -65,9 +74,20 @@ class Membership:
         self.interval = reply.heartbeat_interval.ToTimedelta().total_seconds() or self.interval
         self.announced_underlay = underlay_ip
         self.registered.set()
+        if self.lost():
+            self.poke()  # reported now, not an interval later
         log.info("registered", extra={"orchestrator": self.orchestrator,
                                       "advertise": self.advertise,
                                       "heartbeat_interval": self.interval})
+
+    def poke(self) -> None:
+        """Heartbeats now (a lost endpoint was found)."""
+        self._poked.set()
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._poked.wait(), self.interval)
+        self._poked.clear()
 
     async def run(self) -> None:
         """Registers, then heartbeats, forever (cancel to stop)."""
@@ -88,14 +108,16 @@ class Membership:
                         await self._register(channel.stub)
                     else:
                         reply = await channel.stub.HeartbeatHost(
-                            pb.HeartbeatHostRequest(host_id=self.host_id),
+                            pb.HeartbeatHostRequest(host_id=self.host_id,
+                                                    lost_endpoint_ids=self.lost()),
                             timeout=HEARTBEAT_TIMEOUT,
                         )
                         if reply.reregister:
                             self.registered.clear()
                             continue
+                        self.forget_lost(list(reply.unknown_endpoint_ids))
                     backoff = 0.2
-                    await asyncio.sleep(self.interval)
+                    await self._pause()
                 except grpc.aio.AioRpcError as error:
                     failure = errors.from_rpc_error(error)
                     log.warning(

@@ -10,8 +10,8 @@ from cnm import config, errors, logs, redis_client, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator import access
 from orchestrator.clients import Agents, Ipam
-from orchestrator.flows import Orchestrator
-from orchestrator.hosts import HEARTBEAT_INTERVAL
+from orchestrator.flows import GONE_GRACE, Orchestrator
+from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER
 from orchestrator.overlay import DEFAULT_VNI_RANGE, parse_vni_range
 from orchestrator.reconciler import Reconciler
 from orchestrator.service import SERVICE_NAME, OrchestratorServicer
@@ -41,12 +41,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                     str(HEARTBEAT_INTERVAL), "seconds between heartbeats asked of agents")
     config.add_flag(parser, "--vni-range", "CNM_VNI_RANGE", DEFAULT_VNI_RANGE,
                     "VXLAN ids given to overlay networks, FIRST-LAST")
+    config.add_flag(parser, "--gone-grace", "CNM_GONE_GRACE", str(GONE_GRACE),
+                    "seconds a container its host reported gone keeps its address")
+    config.add_flag(parser, "--stale-after", "CNM_STALE_AFTER", str(STALE_AFTER),
+                    "seconds of silence after which a host's endpoints are shown stale")
     config.add_common_flags(parser)
     config.add_server_flags(parser)
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
     server.check_args(parser, args)
     args.redis_url = redis_client.with_env_password(args.redis_url)
+    args.gone_grace = config.seconds(parser, "--gone-grace", args.gone_grace)
+    args.stale_after = config.seconds(parser, "--stale-after", args.stale_after)
     try:
         args.vni_range = parse_vni_range(args.vni_range)
     except ValueError as error:
@@ -74,7 +80,8 @@ async def serve(args: argparse.Namespace) -> None:
     store = Store.connect(args.redis_url, float(args.replica_lease))
     ipam = Ipam(args.ipam, args.tls)
     agents = Agents(args.tls)
-    orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range)
+    orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range,
+                        gone_grace=args.gone_grace, stale_after=args.stale_after)
     reconciler = Reconciler(orch)
 
     async def ready() -> bool:

@@ -25,7 +25,7 @@ from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.undo import Undo
 from orchestrator import faults, overlay, validation
 from orchestrator.clients import Agents, Ipam
-from orchestrator.hosts import HEARTBEAT_INTERVAL, Hosts
+from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER, Hosts
 from orchestrator.overlay import Overlay
 from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Op, Store, Vnis, now
 from orchestrator.translate import agent_endpoint, agent_network
@@ -36,6 +36,7 @@ MANAGED_LABEL = "cnm.io/managed-by"
 MANAGED_VALUE = "cnm-orchestrator"
 NETWORK_NAME_LABEL = "cnm.io/network-name"
 PENDING_WAIT = 10.0
+GONE_GRACE = 5.0  # seconds a gone container's endpoint is kept before it is released
 
 
 def encode(message) -> str:
@@ -56,11 +57,14 @@ class Orchestrator:
 
     def __init__(self, store: Store, ipam: Ipam, agents: Agents,
                  heartbeat_interval: int = HEARTBEAT_INTERVAL,
-                 vni_range: tuple[int, int] = overlay.parse_vni_range(overlay.DEFAULT_VNI_RANGE)):
+                 vni_range: tuple[int, int] = overlay.parse_vni_range(overlay.DEFAULT_VNI_RANGE),
+                 gone_grace: float = GONE_GRACE, stale_after: float = STALE_AFTER):
         self.store = store
         self.ipam = ipam
         self.agents = agents
-        self.hosts = Hosts(store, agents, heartbeat_interval)
+        self.gone_grace = gone_grace
+        self.hosts = Hosts(store, agents, heartbeat_interval, stale_after)
+        self._releasing_gone: set[str] = set()  # endpoint ids this replica will release
         self.vnis = Vnis(store, vni_range)
         self.overlay = Overlay(store, self.hosts, self.vnis)
         self._background: set[asyncio.Task] = set()
@@ -73,10 +77,89 @@ class Orchestrator:
         # overlay network with its peers before the registration returns.
         await self.overlay.sync_host(record)
         # What was forgotten while it was unreachable goes now, not at the next pass.
-        task = asyncio.create_task(self.release_quarantined(record.host_id))
+        self._in_background(self.release_quarantined(record.host_id))
+        return record
+
+    def _in_background(self, work) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return record
+
+    async def heartbeat(self, host_id: str, lost_endpoint_ids=()) -> tuple[bool, list[str]]:
+        """Records a host's heartbeat and the endpoints it reports lost (their container
+        died). Returns whether the host is known, and the reported ids it has no record
+        of."""
+        for endpoint_id in lost_endpoint_ids:
+            cnm_validation.check_id("lost_endpoint_ids", endpoint_id)
+        if not await self.hosts.heartbeat(host_id):
+            return False, []
+        marked, unknown = await self.store.mark_gone(host_id, list(lost_endpoint_ids),
+                                                     time.time())
+        for endpoint_id, since in marked.items():
+            self._release_gone_later(endpoint_id, since)
+        return True, unknown
+
+    def _release_gone_later(self, endpoint_id: str, since: float) -> None:
+        """Releases a gone container's endpoint once the grace period after ``since`` has
+        passed (once per replica; the host reports it until then, and the reconciler
+        releases those whose replica died)."""
+        if endpoint_id in self._releasing_gone:
+            return
+        self._releasing_gone.add(endpoint_id)
+
+        async def release() -> None:
+            try:
+                await asyncio.sleep(max(0.0, since + self.gone_grace - time.time()))
+                await self.release_gone(endpoint_id)
+            except errors.CnmError as error:
+                log.warning("gone container's endpoint not released yet",
+                            extra={"endpoint": endpoint_id, "error": error.message})
+            finally:
+                self._releasing_gone.discard(endpoint_id)
+
+        self._in_background(release())
+
+    async def release_gone(self, endpoint_id: str) -> bool:
+        """Disconnects an endpoint whose container its host reported gone; False when it
+        is not (or no longer) such an endpoint."""
+        if not await self.disconnect_endpoint(endpoint_id, force=False, gone_only=True):
+            return False
+        log.info("released the endpoint of a gone container", extra={"endpoint": endpoint_id})
+        return True
+
+    async def release_expired_gone(self) -> list[str]:
+        """Releases every endpoint reported gone longer than the grace period ago (the
+        replica that heard of it may have died). Returns their ids."""
+        released = []
+        horizon = time.time() - self.gone_grace
+        for endpoint_id, since in sorted((await self.store.gone_times()).items()):
+            if since > horizon or endpoint_id in self._releasing_gone:
+                continue
+            try:
+                if await self.release_gone(endpoint_id):
+                    released.append(endpoint_id)
+            except errors.CnmError as error:  # its host unreachable: the next pass
+                log.warning("gone container's endpoint not released yet",
+                            extra={"endpoint": endpoint_id, "error": error.message})
+        return released
+
+    async def with_states(self, endpoints: list[pb.Endpoint]) -> list[pb.Endpoint]:
+        """Sets each endpoint's state: GONE if its host reported its container gone,
+        STALE if its host has been silent longer than ``--stale-after``, else ACTIVE."""
+        if not endpoints:
+            return endpoints
+        gone = await self.store.gone_times([e.endpoint_id for e in endpoints])
+        hosts = {host.host_id: host for host in await self.store.list_hosts()}
+        for endpoint in endpoints:
+            since = gone.get(endpoint.endpoint_id)
+            if since is not None:
+                endpoint.state = pb.ENDPOINT_STATE_GONE
+                endpoint.gone_time.FromNanoseconds(int(since * 1e9))
+            elif self.hosts.stale(hosts.get(endpoint.host_id)):
+                endpoint.state = pb.ENDPOINT_STATE_STALE
+            else:
+                endpoint.state = pb.ENDPOINT_STATE_ACTIVE
+        return endpoints
 
     async def delete_host(self, host_id: str, allow_missing: bool = False,
                           force: bool = False) -> None:
@@ -200,7 +283,7 @@ class Orchestrator:
         """A network with its per-host state, and its endpoints."""
         network, _ = await self.store.resolve_network(name_or_id)
         endpoint_ids = await self.store.network_endpoint_ids(network.network_id)
-        endpoints = sorted(await self.store.get_endpoints(endpoint_ids),
+        endpoints = sorted(await self.with_states(await self.store.get_endpoints(endpoint_ids)),
                            key=lambda endpoint: endpoint.container_id)
         if network.driver == overlay.DRIVER:
             states = await self.overlay.host_states(network.network_id)
@@ -361,7 +444,8 @@ class Orchestrator:
         # since; an endpoint with an intent (a disconnect cut short) is settled first.
         existing = await self.store.get_endpoint(wanted.endpoint_id)
         lock_name = f"ep:{wanted.endpoint_id}"
-        if existing is not None and await self.store.get_intent(lock_name) is None:
+        if existing is not None and await self.store.get_intent(lock_name) is None \
+                and not await self.store.gone_times([wanted.endpoint_id]):
             return self._repeated_connect(existing, network, wanted)
         agent = await self.hosts.agent(request.host_id)
         host = await self.store.get_host(request.host_id)
@@ -373,6 +457,11 @@ class Orchestrator:
         async with self.store.lock(lock_name):
             await self.settle_locked(wanted.endpoint_id)
             existing = await self.store.get_endpoint(wanted.endpoint_id)
+            if existing is not None and await self.store.gone_times([wanted.endpoint_id]):
+                # Its container died, and the one connecting now has its id (a name
+                # used again): the dead one's endpoint goes first.
+                await self._disconnect_locked(existing, force=False)
+                existing = None
             if existing is not None:
                 return self._repeated_connect(existing, network, wanted)
             await agent.ensure_reachable()
@@ -399,6 +488,7 @@ class Orchestrator:
         ):
             # Another push was taken meanwhile, without the endpoint: push again.
             await self.sync_peers(network.network_id, skip_host=request.host_id)
+        endpoint.state = pb.ENDPOINT_STATE_ACTIVE
         return endpoint
 
     async def _connect_request(
@@ -501,33 +591,42 @@ class Orchestrator:
             )
 
     async def disconnect_endpoint(self, endpoint_id: str, force: bool,
-                                  only_host: str | None = None) -> bool:
-        """Disconnects a recorded endpoint; False when there was none."""
+                                  only_host: str | None = None, gone_only: bool = False) -> bool:
+        """Disconnects a recorded endpoint; False when there was none (with ``gone_only``:
+        none whose container its host reported gone)."""
         lock_name = f"ep:{endpoint_id}"
         async with self.store.lock(lock_name):
             endpoint = await self.store.get_endpoint(endpoint_id)
             if endpoint is None:
-                return await self.settle_locked(endpoint_id)
+                return await self.settle_locked(endpoint_id) and not gone_only
+            if gone_only and not await self.store.gone_times([endpoint_id]):
+                return False
             if only_host is not None and endpoint.host_id != only_host:
                 raise errors.PermissionDenied(
                     f"the endpoint is on host {endpoint.host_id!r}: an agent acts on its own "
                     f"host ({only_host!r}) only", reason="OTHER_HOST", host_id=endpoint.host_id)
-            intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
-                                           endpoint=encode(endpoint))
-            await self.store.put_intent(intent)
-            faults.point("disconnect-intent")
-            try:
-                confirmed = await self._delete_on_host(endpoint, force)
-            except errors.CnmError:
-                await self.store.drop_intent(intent.key)  # nothing changed yet
-                raise
-            faults.point("disconnect-agent")
-            if confirmed:
-                await self._release_and_forget(endpoint, intent.key)
-            else:  # its kernel may still use address and ports: held until it says not
-                await self.store.forget_endpoint(endpoint, intent.key, quarantine=True)
+            await self._disconnect_locked(endpoint, force)
         await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True
+
+    async def _disconnect_locked(self, endpoint: pb.Endpoint, force: bool) -> None:
+        """The disconnect of a recorded endpoint, its lock held: intent, host, IPAM,
+        forget (quarantined when ``force`` went past its unreachable host)."""
+        lock_name = f"ep:{endpoint.endpoint_id}"
+        intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
+                                       endpoint=encode(endpoint))
+        await self.store.put_intent(intent)
+        faults.point("disconnect-intent")
+        try:
+            confirmed = await self._delete_on_host(endpoint, force)
+        except errors.CnmError:
+            await self.store.drop_intent(intent.key)  # nothing changed yet
+            raise
+        faults.point("disconnect-agent")
+        if confirmed:
+            await self._release_and_forget(endpoint, intent.key)
+        else:  # its kernel may still use address and ports: held until it says not
+            await self.store.forget_endpoint(endpoint, intent.key, quarantine=True)
 
     async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> bool:
         """Deletes the endpoint on its host; True once the host confirmed it (or is gone
@@ -711,7 +810,7 @@ class Orchestrator:
         if endpoint is None:
             raise errors.NotFound(f"endpoint {endpoint_id!r} not found",
                                   reason="ENDPOINT_NOT_FOUND", endpoint=endpoint_id)
-        return endpoint
+        return (await self.with_states([endpoint]))[0]
 
     async def list_endpoints(self, network: str = "", container_id: str = "",
                              host_id: str = "") -> list[pb.Endpoint]:
@@ -722,7 +821,7 @@ class Orchestrator:
                                             host_id=host_id)
         if ids is None:
             ids = await self.store.all_endpoint_ids()
-        endpoints = await self.store.get_endpoints(sorted(ids))
+        endpoints = await self.with_states(await self.store.get_endpoints(sorted(ids)))
         return sorted(endpoints, key=lambda e: (e.network_name, e.container_id))
 
     # --- sandboxes ----------------------------------------------------------

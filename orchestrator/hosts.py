@@ -18,15 +18,18 @@ from orchestrator.clients import Agent, Agents
 from orchestrator.store import Store, now
 
 HEARTBEAT_INTERVAL = 5
+STALE_AFTER = 60.0  # seconds of silence after which a host's endpoints are shown stale
 
 
 class Hosts:
     """The registered hosts, over the store and the agents' clients."""
 
-    def __init__(self, store: Store, agents: Agents, heartbeat_interval: int = HEARTBEAT_INTERVAL):
+    def __init__(self, store: Store, agents: Agents, heartbeat_interval: int = HEARTBEAT_INTERVAL,
+                 stale_after: float = STALE_AFTER):
         self.store = store
         self.agents = agents
         self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
 
     async def agent(self, host_id: str) -> Agent:
         """The agent of a registered host; NOT_FOUND naming the known hosts otherwise."""
@@ -48,6 +51,15 @@ class Hosts:
             return False
         age = time.time() - host.last_heartbeat_time.ToSeconds()
         return age <= 3 * self.heartbeat_interval
+
+    def stale(self, host: pb.Host | None) -> bool:
+        """Whether a host has been silent longer than ``stale_after`` (a static host, which
+        need not heartbeat, never is; an unrecorded one always is)."""
+        if host is None:
+            return True
+        if host.static or not host.HasField("last_heartbeat_time"):
+            return False
+        return time.time() - host.last_heartbeat_time.ToSeconds() > self.stale_after
 
     def healthy(self, host: pb.Host) -> bool:
         return host.static or self.fresh(host)

@@ -10,7 +10,9 @@ One pass, run at start-up and then periodically by one replica at a time:
    pushed again;
 3. endpoints disconnected past an unreachable host (quarantined: their
    address and ports held) are released once their host confirms the
-   teardown or is removed; IPAM: addresses whose owner is neither a recorded,
+   teardown or is removed; endpoints whose host reported their container gone
+   longer than the grace period ago and that no replica released (it died) are
+   disconnected; IPAM: addresses whose owner is neither a recorded,
    a quarantined endpoint nor an endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
    and pools cnm made for networks that no longer exist are deleted; so
    are VXLAN ids held for such networks;
@@ -58,6 +60,7 @@ class Report:
     recreated_endpoints: list[str] = field(default_factory=list)
     adopted_endpoints: list[str] = field(default_factory=list)
     released_quarantined: list[str] = field(default_factory=list)
+    released_gone: list[str] = field(default_factory=list)
     released_lost_endpoints: list[str] = field(default_factory=list)
     synced_peers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -68,7 +71,7 @@ class Report:
                     self.deleted_host_endpoints, self.deleted_host_networks,
                     self.recreated_endpoints, self.released_lost_endpoints,
                     self.adopted_endpoints,
-                    self.released_quarantined,
+                    self.released_quarantined, self.released_gone,
                     self.synced_peers))
 
 
@@ -89,6 +92,7 @@ class Reconciler:
                 return None
             await self._settle_intents(report)
             report.released_quarantined += await self.orch.release_quarantined()
+            report.released_gone += await self.orch.release_expired_gone()
             await self._collect_addresses(report)
             await self._collect_vnis(report)
             report.synced_peers += await self.orch.overlay.reconcile()

@@ -127,8 +127,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def HeartbeatHost(self, request, context):
         validation.check_id("host_id", request.host_id)
-        known = await self.orch.hosts.heartbeat(request.host_id)
-        return pb.HeartbeatHostResponse(reregister=not known)
+        known, unknown = await self.orch.heartbeat(request.host_id, request.lost_endpoint_ids)
+        return pb.HeartbeatHostResponse(reregister=not known, unknown_endpoint_ids=unknown)
 
     async def ListHosts(self, request, context):
         page = pagination.paginate(await self.orch.hosts.list(), request,

@@ -19,6 +19,8 @@ Layout (prefix ``{cnm-orch}:``)::
     hosts               HASH  host id -> Host bytes
     peers-dirty         SET   overlay network ids whose peers must be pushed again
     intents             HASH  "ep:<id>" | "net:<id>" -> intent JSON
+    quarantine          HASH  endpoint id -> Endpoint bytes (forgotten, host unconfirmed)
+    gone                HASH  endpoint id -> unix time its host reported its container gone
     replica:<id>        STRING with expiry: a live orchestrator replica
     lock:<name>         STRING with expiry: "<replica id>:<nonce>"
 
@@ -147,12 +149,13 @@ return 1
 
 # Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent.
 _FORGET_ENDPOINT = """
-local ep, net_eps, pending, ctr_eps, host_eps, ports, intents, quarantine =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local ep, net_eps, pending, ctr_eps, host_eps, ports, intents, quarantine, gone =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local epid, intent_key = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[3])
 local quarantined = ARGV[4 + n * 2]
 redis.call('DEL', ep)
+redis.call('HDEL', gone, epid)
 redis.call('SREM', net_eps, epid)
 redis.call('SREM', pending, epid)
 redis.call('SREM', ctr_eps, epid)
@@ -173,6 +176,22 @@ else
 end
 redis.call('HDEL', intents, intent_key)
 return 1
+"""
+
+# Marks recorded endpoints of a host gone (the first report's time is kept); returns, per
+# id, that time, or false when the host has no such endpoint.
+_MARK_GONE = """
+local host_eps, gone = KEYS[1], KEYS[2]
+local result = {}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', host_eps, ARGV[i]) == 1 then
+    redis.call('HSETNX', gone, ARGV[i], ARGV[1])
+    result[i - 1] = redis.call('HGET', gone, ARGV[i])
+  else
+    result[i - 1] = false
+  end
+end
+return result
 """
 
 _CREATE_NETWORK = """
@@ -302,6 +321,7 @@ class Store:
         self._begin_connect = client.register_script(_BEGIN_CONNECT)
         self._commit_connect = client.register_script(_COMMIT_CONNECT)
         self._forget_endpoint = client.register_script(_FORGET_ENDPOINT)
+        self._mark_gone = client.register_script(_MARK_GONE)
         self._create_network = client.register_script(_CREATE_NETWORK)
         self._begin_delete_network = client.register_script(_BEGIN_DELETE_NETWORK)
         self._finish_delete_network = client.register_script(_FINISH_DELETE_NETWORK)
@@ -620,9 +640,33 @@ class Store:
             keys=[k("ep", endpoint.endpoint_id), k("net", endpoint.network_id, "eps"),
                   k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("host", endpoint.host_id, "eps"),
-                  k("host", endpoint.host_id, "ports"), k("intents"), k("quarantine")],
+                  k("host", endpoint.host_id, "ports"), k("intents"), k("quarantine"),
+                  k("gone")],
             args=args,
         )
+
+    async def mark_gone(self, host_id: str, endpoint_ids: list[str],
+                        at: float) -> tuple[dict[str, float], list[str]]:
+        """Marks the endpoints recorded on ``host_id`` among ``endpoint_ids`` gone (their
+        container died) at ``at``, unless marked already. Returns {id: time marked} for
+        those, and the ids the host has no record of."""
+        if not endpoint_ids:
+            return {}, []
+        replies = await self._mark_gone(keys=[k("host", host_id, "eps"), k("gone")],
+                                        args=[repr(at), *endpoint_ids])
+        marked = {e: float(since) for e, since in zip(endpoint_ids, replies) if since}
+        return marked, [e for e in endpoint_ids if e not in marked]
+
+    async def gone_times(self, endpoint_ids: list[str] | None = None) -> dict[str, float]:
+        """When each of ``endpoint_ids`` (every one when None) was reported gone, for
+        those that were."""
+        if endpoint_ids is None:
+            return {key.decode(): float(value)
+                    for key, value in (await self.r.hgetall(k("gone"))).items()}
+        if not endpoint_ids:
+            return {}
+        values = await self.r.hmget(k("gone"), endpoint_ids)
+        return {e: float(value) for e, value in zip(endpoint_ids, values) if value is not None}
 
     async def drop_quarantine(self, endpoint_id: str) -> None:
         await self.r.hdel(k("quarantine"), endpoint_id)

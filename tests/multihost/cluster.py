@@ -108,7 +108,7 @@ class MultiHost:
     # Short intervals, so that tests see health and repairs quickly.
     orchestrator_args: tuple[str, ...] = (
         "--heartbeat-interval", str(HEARTBEAT), "--reconcile-interval", "1",
-        "--host-gc-interval", "2",
+        "--host-gc-interval", "2", "--gone-grace", "1",
     )
     hosts: list[Host] = field(default_factory=list)
     address: str = ""

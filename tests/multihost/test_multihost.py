@@ -350,3 +350,38 @@ def test_an_endpoint_whose_record_was_lost_is_adopted_not_cut_off(make_cluster):
             network="kept", container_id=sandbox, host_id=h1.host_id, sandbox=sandbox,
             address=a.address))
     assert "adopted_endpoints" in (cluster.tmp / "orchestrator.log").read_text()
+
+
+def test_a_dead_containers_address_and_port_are_given_back(make_cluster, netns):
+    """A runtime's container dies (its namespace is deleted, nobody disconnects it): its
+    host reports it, it is shown gone, and after the grace period its address and host
+    port are free, and nothing of it is left in the kernel or the records."""
+    cluster = make_cluster(1)
+    (h1,) = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.43.0.0/24", "rt").code == 0
+    dying, living = netns("cnmt-ctr"), netns("cnmt-ctr")
+    port = pb.PortMapping(protocol=pb.PROTOCOL_TCP, host_port=8088, container_port=80)
+
+    def connect(container: str, ns, **fields) -> pb.Endpoint:
+        return cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+            network="rt", container_id=container, host_id=h1.host_id, sandbox=ns.path,
+            **fields)).endpoint
+
+    dead = connect("dead", dying, port_mappings=[port])
+    alive = connect("alive", living)
+
+    def states() -> dict[str, int]:
+        return {e.container_id: e.state for e in cluster.call(
+            "GetNetwork", pb.GetNetworkRequest(network="rt")).endpoints}
+
+    assert states() == {"dead": pb.ENDPOINT_STATE_ACTIVE, "alive": pb.ENDPOINT_STATE_ACTIVE}
+    dying.close()
+    wait_until(lambda: states().get("dead") == pb.ENDPOINT_STATE_GONE, 5, "shown gone")
+    assert dead.host_interface not in h1.ns.run("ip", "-br", "link").stdout
+    wait_until(lambda: states() == {"alive": pb.ENDPOINT_STATE_ACTIVE}, 10, "released")
+    assert [e.endpoint_id for e in h1.state().endpoints] == [alive.endpoint_id]
+    assert "8088" not in h1.ns.run("nft", "list", "ruleset").stdout
+    again = connect("next", netns("cnmt-ctr"), address=dead.address, port_mappings=[port])
+    assert again.address == dead.address
+    log = (cluster.tmp / "orchestrator.log").read_text()
+    assert "released the endpoint of a gone container" in log

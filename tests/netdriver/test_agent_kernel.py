@@ -19,6 +19,7 @@ from netdriver_service import names
 from netdriver_service import netns as netns_module
 from netdriver_service.agent import Agent
 from netdriver_service.faults import CONNECT_STEPS, Faults
+from netdriver_service.linkwatch import LinkWatch
 from netdriver_service.firewall.backends import make_firewall
 from netdriver_service.firewall.noop import NoFirewall
 from netdriver_service.netlink import Netlink
@@ -719,3 +720,47 @@ async def test_concurrent_dumps_on_one_socket_neither_fail_nor_mix(netns):
     routes, links = results[0::3], results[1::3]
     assert all(route is not None and route[0] == "10.0.9.254" for route in routes)
     assert all(len(found) == 21 for found in links)
+
+
+async def test_a_dead_containers_endpoint_is_torn_down_and_reported_at_once(world, netns):
+    """The veth goes with its namespace; the agent hears of it from the kernel (no
+    polling), removes the rest (port rules, the record) and reports the endpoint lost.
+    A veth deleted by hand from a namespace that lives on is not a dead container."""
+    agent = await world.agent()
+    told = asyncio.Event()
+    agent.on_lost = told.set
+    watch = await LinkWatch(agent.link_deleted, world.host.path).start()
+    try:
+        dying, living = netns("cnmt-c"), netns("cnmt-c")
+        made = await agent.create_endpoint(
+            endpoint("e1", dying.path, "10.88.0.10", port_mappings=[harness.tcp(8080, 80)]),
+            NET)
+        kept = await agent.create_endpoint(endpoint("e2", living.path, "10.88.0.11"), NET)
+        world.host.run("ip", "link", "del", kept.host_interface)
+        dying.close()
+        await asyncio.wait_for(told.wait(), 10)
+        assert agent.lost_endpoint_ids() == ["e1"]
+        assert made.host_interface not in harness.link_names(world.host.name)
+        assert await world.firewall.list_ports() == []
+        assert set(agent.store.endpoints) == {"e2"}  # its namespace lives: not lost
+        # Reported until the orchestrator disconnects it (or does not know it).
+        await agent.delete_endpoint("e1")
+        assert agent.lost_endpoint_ids() == []
+    finally:
+        watch.close()
+
+
+async def test_containers_that_died_while_the_agent_was_down_are_reported_at_start(
+        world, netns):
+    agent = await world.agent()
+    dying = netns("cnmt-c")
+    made = await agent.create_endpoint(endpoint("e1", dying.path, "10.88.0.10"), NET)
+    await agent.netlink.close()
+    dying.close()
+    support.wait_for(lambda: made.host_interface not in harness.link_names(world.host.name),
+                     10, 0.05, "the namespace and its veth to go")
+    restarted = await world.agent()
+    assert restarted.lost_endpoint_ids() == ["e1"]
+    assert restarted.store.endpoints == {}
+    restarted.forget_lost(["e1"])  # the orchestrator does not know it
+    assert restarted.lost_endpoint_ids() == []

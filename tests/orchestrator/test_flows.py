@@ -749,3 +749,115 @@ async def test_sandbox_names_are_checked_before_the_agent_is_asked(world, name):
         with pytest.raises(errors.InvalidArgument) as caught:
             await world.call(method, request)
         assert caught.value.reason == "INVALID_SANDBOX"
+
+
+# --- dead containers -----------------------------------------------------------------
+
+
+async def endpoints_of(world, network="net1") -> dict[str, pb.Endpoint]:
+    reply = await world.call("GetNetwork", pb.GetNetworkRequest(network=network))
+    return {endpoint.container_id: endpoint for endpoint in reply.endpoints}
+
+
+async def test_a_gone_container_is_shown_gone_then_released_after_the_grace(world):
+    world.orch.gone_grace = 0.5
+    network = await create(world)
+    dead = (await world.call("ConnectContainer", connect_request(
+        "c1", port_mappings=[pb.PortMapping(protocol=pb.PROTOCOL_TCP, host_port=8080,
+                                            container_port=80)]))).endpoint
+    await world.call("ConnectContainer", connect_request("c2"))
+    assert dead.state == pb.ENDPOINT_STATE_ACTIVE
+    beat = await world.call("HeartbeatHost", pb.HeartbeatHostRequest(
+        host_id="h1", lost_endpoint_ids=[dead.endpoint_id, "0123456789abcdef"]))
+    assert list(beat.unknown_endpoint_ids) == ["0123456789abcdef"]
+    shown = await endpoints_of(world)
+    assert shown["c1"].state == pb.ENDPOINT_STATE_GONE and shown["c1"].HasField("gone_time")
+    assert shown["c2"].state == pb.ENDPOINT_STATE_ACTIVE
+    # Reported again (every heartbeat until released): the first report's time stays.
+    await world.call("HeartbeatHost", pb.HeartbeatHostRequest(
+        host_id="h1", lost_endpoint_ids=[dead.endpoint_id]))
+    assert (await endpoints_of(world))["c1"].gone_time == shown["c1"].gone_time
+    assert dead.address in world.ipam.allocations[network.network_id]
+    for _ in range(50):
+        if "c1" not in await endpoints_of(world):
+            break
+        await asyncio.sleep(0.1)
+    assert set(await endpoints_of(world)) == {"c2"}
+    assert dead.address not in world.ipam.allocations[network.network_id]
+    assert dead.endpoint_id not in world.agents["h1"].endpoints  # the host confirmed
+    assert await world.store.gone_times() == {}
+    # Its host port is free again.
+    await world.call("ConnectContainer", connect_request(
+        "c3", port_mappings=[pb.PortMapping(protocol=pb.PROTOCOL_TCP, host_port=8080,
+                                            container_port=80)]))
+
+
+async def test_a_host_reports_only_its_own_endpoints_and_valid_ids(world):
+    await create(world)
+    other = (await world.call("ConnectContainer", connect_request("c1", host="h2"))).endpoint
+    beat = await world.call("HeartbeatHost", pb.HeartbeatHostRequest(
+        host_id="h1", lost_endpoint_ids=[other.endpoint_id]))
+    assert list(beat.unknown_endpoint_ids) == [other.endpoint_id]
+    assert (await endpoints_of(world))["c1"].state == pb.ENDPOINT_STATE_ACTIVE
+    with pytest.raises(errors.InvalidArgument, match="lost_endpoint_ids"):
+        await world.call("HeartbeatHost", pb.HeartbeatHostRequest(
+            host_id="h2", lost_endpoint_ids=["../x"]))
+    assert await world.store.gone_times() == {}
+
+
+async def test_a_name_used_again_after_its_container_died_gets_a_new_endpoint(world):
+    world.orch.gone_grace = 60
+    await create(world)
+    dead = (await world.call("ConnectContainer",
+                             connect_request("c1", sandbox="/proc/10/ns/net"))).endpoint
+    await world.call("HeartbeatHost", pb.HeartbeatHostRequest(
+        host_id="h1", lost_endpoint_ids=[dead.endpoint_id]))
+    world.agents["h1"].endpoints.pop(dead.endpoint_id)  # what the host tore down
+    again = (await world.call("ConnectContainer",
+                              connect_request("c1", sandbox="/proc/20/ns/net"))).endpoint
+    assert again.endpoint_id == dead.endpoint_id and again.sandbox == "/proc/20/ns/net"
+    assert again.state == pb.ENDPOINT_STATE_ACTIVE
+    assert world.agents["h1"].endpoints[again.endpoint_id].sandbox == "/proc/20/ns/net"
+    assert (await endpoints_of(world))["c1"].state == pb.ENDPOINT_STATE_ACTIVE
+    assert await world.store.gone_times() == {}
+
+
+async def test_the_reconciler_releases_gone_endpoints_no_replica_released(world):
+    world.orch.gone_grace = 0
+    network = await create(world)
+    dead = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    # Reported to a replica that died before its grace ran out.
+    await world.store.mark_gone("h1", [dead.endpoint_id], 1.0)
+    report = await world.reconciler.run_once(collect_hosts=False)
+    assert report.released_gone == [dead.endpoint_id]
+    assert await endpoints_of(world) == {}
+    assert dead.address not in world.ipam.allocations[network.network_id]
+
+
+async def test_a_gone_endpoint_whose_host_is_unreachable_stays_held(world):
+    world.orch.gone_grace = 0
+    network = await create(world)
+    dead = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    await world.store.mark_gone("h1", [dead.endpoint_id], 1.0)
+    await world.servers["h1"].stop(0)
+    report = await world.reconciler.run_once(collect_hosts=False)
+    assert report.released_gone == []
+    assert dead.address in world.ipam.allocations[network.network_id]
+    assert (await endpoints_of(world))["c1"].state == pb.ENDPOINT_STATE_GONE
+
+
+async def test_endpoints_of_a_host_silent_past_stale_after_are_shown_stale(world):
+    await create(world)
+    await world.call("RegisterHost", pb.RegisterHostRequest(
+        host=pb.Host(host_id="h3", address=(await world.store.get_host("h1")).address)))
+    await world.call("ConnectContainer", connect_request("c1", host="h3"))
+    await world.call("ConnectContainer", connect_request("c2", host="h1"))
+    assert (await endpoints_of(world))["c1"].state == pb.ENDPOINT_STATE_ACTIVE
+    world.orch.hosts.stale_after = 0
+    await asyncio.sleep(1.1)
+    shown = await endpoints_of(world)
+    # A static host need not heartbeat: never stale.
+    assert (shown["c1"].state, shown["c2"].state) == (pb.ENDPOINT_STATE_STALE,
+                                                        pb.ENDPOINT_STATE_ACTIVE)
+    listed = (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints
+    assert {e.container_id: e.state for e in listed}["c1"] == pb.ENDPOINT_STATE_STALE

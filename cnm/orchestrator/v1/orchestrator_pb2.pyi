@@ -30,6 +30,13 @@ class HostState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOST_STATE_UNSPECIFIED: _ClassVar[HostState]
     HOST_STATE_HEALTHY: _ClassVar[HostState]
     HOST_STATE_UNHEALTHY: _ClassVar[HostState]
+
+class EndpointState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_STATE_UNSPECIFIED: _ClassVar[EndpointState]
+    ENDPOINT_STATE_ACTIVE: _ClassVar[EndpointState]
+    ENDPOINT_STATE_GONE: _ClassVar[EndpointState]
+    ENDPOINT_STATE_STALE: _ClassVar[EndpointState]
 DRIVER_UNSPECIFIED: Driver
 DRIVER_BRIDGE: Driver
 DRIVER_OVERLAY: Driver
@@ -40,6 +47,10 @@ PROTOCOL_SCTP: Protocol
 HOST_STATE_UNSPECIFIED: HostState
 HOST_STATE_HEALTHY: HostState
 HOST_STATE_UNHEALTHY: HostState
+ENDPOINT_STATE_UNSPECIFIED: EndpointState
+ENDPOINT_STATE_ACTIVE: EndpointState
+ENDPOINT_STATE_GONE: EndpointState
+ENDPOINT_STATE_STALE: EndpointState
 
 class Network(_message.Message):
     __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts")
@@ -106,7 +117,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time")
+    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time", "state", "gone_time")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +131,8 @@ class Endpoint(_message.Message):
     CONTAINER_INTERFACE_FIELD_NUMBER: _ClassVar[int]
     PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GONE_TIME_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     network_name: str
@@ -133,7 +146,9 @@ class Endpoint(_message.Message):
     container_interface: str
     port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    state: EndpointState
+    gone_time: _timestamp_pb2.Timestamp
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static")
@@ -376,16 +391,20 @@ class RegisterHostResponse(_message.Message):
     def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HeartbeatHostRequest(_message.Message):
-    __slots__ = ("host_id",)
+    __slots__ = ("host_id", "lost_endpoint_ids")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    LOST_ENDPOINT_IDS_FIELD_NUMBER: _ClassVar[int]
     host_id: str
-    def __init__(self, host_id: _Optional[str] = ...) -> None: ...
+    lost_endpoint_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., lost_endpoint_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatHostResponse(_message.Message):
-    __slots__ = ("reregister",)
+    __slots__ = ("reregister", "unknown_endpoint_ids")
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ENDPOINT_IDS_FIELD_NUMBER: _ClassVar[int]
     reregister: bool
-    def __init__(self, reregister: _Optional[bool] = ...) -> None: ...
+    unknown_endpoint_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reregister: _Optional[bool] = ..., unknown_endpoint_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListHostsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
