@@ -446,7 +446,7 @@ class Orchestrator:
         lock_name = f"ep:{wanted.endpoint_id}"
         if existing is not None and await self.store.get_intent(lock_name) is None \
                 and not await self.store.gone_times([wanted.endpoint_id]):
-            return self._repeated_connect(existing, network, wanted)
+            return await self._repeated_connect(existing, network, wanted)
         agent = await self.hosts.agent(request.host_id)
         host = await self.store.get_host(request.host_id)
         if host is not None and not self.hosts.healthy(host):
@@ -463,7 +463,7 @@ class Orchestrator:
                 await self._disconnect_locked(existing, force=False)
                 existing = None
             if existing is not None:
-                return self._repeated_connect(existing, network, wanted)
+                return await self._repeated_connect(existing, network, wanted)
             await agent.ensure_reachable()
             endpoint = pb.Endpoint()
             endpoint.CopyFrom(wanted)
@@ -559,13 +559,12 @@ class Orchestrator:
         endpoint.container_interface = created.container_interface
         return generation
 
-    @staticmethod
-    def _repeated_connect(existing: pb.Endpoint, network: pb.Network,
-                          wanted: pb.Endpoint) -> pb.Endpoint:
+    async def _repeated_connect(self, existing: pb.Endpoint, network: pb.Network,
+                                wanted: pb.Endpoint) -> pb.Endpoint:
         """The endpoint of a repeated connect; AlreadyExists when the parameters differ."""
         if validation.same_endpoint(existing, wanted.host_id, wanted.sandbox, wanted.address,
                                     list(wanted.port_mappings)):
-            return existing
+            return (await self.with_states([existing]))[0]
         raise errors.AlreadyExists(
             f"container {wanted.container_id!r} is already connected to network "
             f"{network.name!r} with different parameters (host {existing.host_id}, "

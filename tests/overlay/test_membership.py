@@ -19,6 +19,7 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.heartbeats = 0
         self.forget_after = 2  # answer reregister on this heartbeat
         self.refuse_first = True
+        self.lost_reports: list[list[str]] = []
 
     async def RegisterHost(self, request, context):
         if self.refuse_first:
@@ -29,7 +30,10 @@ class Orchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def HeartbeatHost(self, request, context):
         self.heartbeats += 1
-        return pb.HeartbeatHostResponse(reregister=self.heartbeats == self.forget_after)
+        self.lost_reports.append(list(request.lost_endpoint_ids))
+        return pb.HeartbeatHostResponse(
+            reregister=self.heartbeats == self.forget_after,
+            unknown_endpoint_ids=[e for e in request.lost_endpoint_ids if e.startswith("x")])
 
 
 async def _ready() -> bool:
@@ -101,3 +105,39 @@ async def test_a_changed_underlay_address_is_registered_again():
         task.cancel()
         await running.stop(0)
     assert [host.underlay_ip for host in fake.registered] == ["10.99.0.9", "10.99.0.19"]
+
+
+async def test_lost_endpoints_are_reported_at_once_until_answered():
+    fake = Orchestrator()
+    fake.refuse_first = False
+    fake.forget_after = 0
+    name = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+    running = await server.start(
+        listen="127.0.0.1:0",
+        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
+        logger=log, readiness=_ready,
+    )
+    lost = {"e1"}  # found at start-up: reported right after registering
+    membership = Membership(
+        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
+        underlay_ip=lambda: "10.99.0.9", ready=_ready, lost=lambda: sorted(lost),
+        forget_lost=lambda ids: lost.difference_update(ids),
+    )
+    membership.interval = 60  # only a poke can make a heartbeat this soon
+    task = asyncio.create_task(membership.run())
+    try:
+        for _ in range(200):
+            if fake.lost_reports:
+                break
+            await asyncio.sleep(0.01)
+        lost.update({"e2", "x9"})  # x9: one the orchestrator does not know
+        membership.poke()
+        for _ in range(200):
+            if len(fake.lost_reports) >= 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await running.stop(0)
+    assert fake.lost_reports == [["e1"], ["e1", "e2", "x9"]]
+    assert lost == {"e1", "e2"}  # reported until disconnected
