@@ -19,9 +19,9 @@ from netdriver_service import names
 from netdriver_service import netns as netns_module
 from netdriver_service.agent import Agent
 from netdriver_service.faults import CONNECT_STEPS, Faults
-from netdriver_service.linkwatch import LinkWatch
 from netdriver_service.firewall.backends import make_firewall
 from netdriver_service.firewall.noop import NoFirewall
+from netdriver_service.linkwatch import LinkWatch
 from netdriver_service.netlink import Netlink
 from netdriver_service.service import NetDriverServicer
 from netdriver_service.state import Store
