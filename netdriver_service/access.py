@@ -22,6 +22,7 @@ POLICY = Policy(pb.DESCRIPTOR.services_by_name["NetDriverService"].full_name, {
     "CreateSandbox": DRIVE,
     "DeleteSandbox": DRIVE,
     "ListSandboxes": READ,
+    "GetSandbox": READ,
     "GetState": READ,
     "Resync": DRIVE,
 })

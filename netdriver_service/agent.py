@@ -581,6 +581,14 @@ class Agent:
                 found.append((name, f"/proc/{os.getpid()}/fd/{fd}", os.fstat(fd).st_ino))
         return sorted(found)
 
+    def get_sandbox(self, sandbox: str) -> tuple[str, str, int]:
+        """(name, path, inode) of the namespace ``sandbox`` names, as a connect would
+        resolve it (NOT_FOUND, FAILED_PRECONDITION as CreateEndpoint would say)."""
+        self._require_started()
+        path = model.resolve_sandbox(sandbox, self.netns_dir, self.confinement)
+        inode = netns.check_namespace_path(path).st_ino
+        return ("" if "/" in sandbox else sandbox), path, inode
+
     # State -----------------------------------------------------------------------------
 
     async def get_state(self) -> netdriver_pb2.GetStateResponse:

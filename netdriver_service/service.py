@@ -105,6 +105,11 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
             next_page_token=page.next_page_token,
         )
 
+    async def GetSandbox(self, request, context):
+        name, path, inode = self.agent.get_sandbox(request.sandbox)
+        return netdriver_pb2.GetSandboxResponse(
+            sandbox=netdriver_pb2.Sandbox(name=name, path=path, inode=inode))
+
     async def GetState(self, request, context):
         return await self.agent.get_state()
 

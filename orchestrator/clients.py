@@ -133,10 +133,12 @@ class Agent:
         return await call(self._what("get host info"), self.stub.GetHostInfo,
                           netdriver_pb2.GetHostInfoRequest(), PROBE_TIMEOUT)
 
-    async def ensure_reachable(self) -> None:
-        if self._channel.channel.get_state(try_to_connect=True) \
-                != grpc.ChannelConnectivity.READY:
-            await self.probe()
+    async def get_sandbox(self, sandbox: str) -> netdriver_pb2.Sandbox:
+        """The namespace ``sandbox`` names on the host; NOT_FOUND when there is none,
+        UNAVAILABLE quickly when the agent does not answer."""
+        reply = await call(self._what(f"get sandbox {sandbox}"), self.stub.GetSandbox,
+                           netdriver_pb2.GetSandboxRequest(sandbox=sandbox), PROBE_TIMEOUT)
+        return reply.sandbox
 
     async def create_endpoint(self, endpoint: netdriver_pb2.Endpoint,
                               network: netdriver_pb2.Network) -> netdriver_pb2.Endpoint:

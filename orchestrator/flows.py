@@ -455,16 +455,24 @@ class Orchestrator:
                 reason="HOST_UNHEALTHY", host=request.host_id,
             )
         async with self.store.lock(lock_name):
-            await self.settle_locked(wanted.endpoint_id)
-            existing = await self.store.get_endpoint(wanted.endpoint_id)
-            if existing is not None and await self.store.gone_times([wanted.endpoint_id]):
-                # Its container died, and the one connecting now has its id (a name
-                # used again): the dead one's endpoint goes first.
-                await self._disconnect_locked(existing, force=False)
-                existing = None
-            if existing is not None:
-                return await self._repeated_connect(existing, network, wanted)
-            await agent.ensure_reachable()
+            # Asked while the records are read: a container that is not there is NOT_FOUND
+            # (an agent that does not answer UNAVAILABLE) before anything is allocated.
+            sandbox = asyncio.ensure_future(agent.get_sandbox(wanted.sandbox))
+            try:
+                await self.settle_locked(wanted.endpoint_id)
+                existing = await self.store.get_endpoint(wanted.endpoint_id)
+                if existing is not None and await self.store.gone_times([wanted.endpoint_id]):
+                    # Its container died, and the one connecting now has its id (a name
+                    # used again): the dead one's endpoint goes first.
+                    await self._disconnect_locked(existing, force=False)
+                    existing = None
+                if existing is not None:
+                    return await self._repeated_connect(existing, network, wanted)
+                await sandbox
+            finally:
+                sandbox.cancel()
+                if sandbox.done() and not sandbox.cancelled():
+                    sandbox.exception()  # a repeat does not need it: retrieved, not raised
             endpoint = pb.Endpoint()
             endpoint.CopyFrom(wanted)
             intent = self.store.new_intent(lock_name, Op.CONNECT, lock=lock_name,

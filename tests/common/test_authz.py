@@ -81,5 +81,5 @@ def test_the_bound_host_follows_the_caller():
 
 def test_only_the_orchestrator_drives_an_agent():
     for name, rule in agent_access.POLICY.rules.items():
-        if name not in ("GetHostInfo", "ListSandboxes", "GetState"):
+        if name not in ("GetHostInfo", "ListSandboxes", "GetSandbox", "GetState"):
             assert rule.roles == {"orchestrator"}, name

@@ -231,6 +231,7 @@ def _populate(cluster: e2e.Cluster, host: e2e.Host, redis_url: str) -> World:
                                                 underlay_ip="10.99.0.2")]),
         agent + "CreateSandbox": nd.CreateSandboxRequest(name=sandbox),
         agent + "DeleteSandbox": nd.DeleteSandboxRequest(name=own),
+        agent + "GetSandbox": nd.GetSandboxRequest(sandbox=sandbox),
         ipam + "CreatePool": ipam_pb2.CreatePoolRequest(pool=pool),
         ipam + "GetPool": ipam_pb2.GetPoolRequest(pool_id="bi-full"),
         ipam + "DeletePool": ipam_pb2.DeletePoolRequest(pool_id="bi-absent"),

@@ -135,6 +135,7 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         self.sandboxes: dict[str, nd.Sandbox] = {}
         self.peers: dict[str, nd.SetNetworkPeersRequest] = {}
         self.underlay_ip = f"192.0.2.{sum(map(ord, host_id)) % 250 + 1}"
+        self.missing_sandboxes: set[str] = set()  # GetSandbox says NOT_FOUND for these
         # When set, CreateEndpoint waits for it to be set (``held`` counts the waiters).
         self.hold: asyncio.Event | None = None
         self.held = 0
@@ -193,6 +194,15 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         self.faults.check("DeleteEndpoint")
         self.endpoints.pop(request.endpoint_id, None)
         return nd.DeleteEndpointResponse()
+
+    async def GetSandbox(self, request, context):
+        self.faults.check("GetSandbox")
+        if request.sandbox in self.missing_sandboxes:
+            raise errors.NotFound(f"namespace {request.sandbox!r} does not exist",
+                                  reason="NAMESPACE_NOT_FOUND")
+        path = request.sandbox if "/" in request.sandbox else \
+            f"/var/run/netns/{request.sandbox}"
+        return nd.GetSandboxResponse(sandbox=nd.Sandbox(name=request.sandbox, path=path))
 
     async def CreateSandbox(self, request, context):
         self.faults.check("CreateSandbox")

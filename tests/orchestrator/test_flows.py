@@ -861,3 +861,17 @@ async def test_endpoints_of_a_host_silent_past_stale_after_are_shown_stale(world
                                                         pb.ENDPOINT_STATE_ACTIVE)
     listed = (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints
     assert {e.container_id: e.state for e in listed}["c1"] == pb.ENDPOINT_STATE_STALE
+
+
+async def test_connecting_a_container_that_is_not_there_allocates_nothing(world):
+    await create(world)
+    world.agents["h1"].missing_sandboxes.add("ghost")
+    with pytest.raises(errors.NotFound, match="does not exist"):
+        await world.call("ConnectContainer", connect_request("ghost"))
+    assert "AllocateAddress" not in world.ipam.faults.calls
+    assert await intents(world) == [] and world.agents["h1"].endpoints == {}
+    # A repeat of a completed connect does not ask the host (its container may be gone
+    # and the endpoint reported so later): it answers from the record.
+    made = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    world.agents["h1"].missing_sandboxes.add("c1")
+    assert (await world.call("ConnectContainer", connect_request("c1"))).endpoint == made

@@ -114,6 +114,11 @@ class NetDriverServiceStub:
                 request_serializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesRequest.SerializeToString,
                 response_deserializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesResponse.FromString,
                 _registered_method=True)
+        self.GetSandbox = channel.unary_unary(
+                '/cnm.netdriver.v1.NetDriverService/GetSandbox',
+                request_serializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxRequest.SerializeToString,
+                response_deserializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxResponse.FromString,
+                _registered_method=True)
         self.GetState = channel.unary_unary(
                 '/cnm.netdriver.v1.NetDriverService/GetState',
                 request_serializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetStateRequest.SerializeToString,
@@ -237,6 +242,16 @@ class NetDriverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSandbox(self, request, context):
+        """Reads the namespace an endpoint's sandbox field names (a sandbox name, or
+        a runtime's namespace path), as CreateEndpoint would find it: NOT_FOUND
+        when it does not exist, FAILED_PRECONDITION when the agent may not plumb
+        it. The orchestrator asks before it allocates anything for a connect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetState(self, request, context):
         """Reports what cnm owns in this host's kernel, read from the kernel: links
         carrying cnm's ownership mark (with each overlay network's VXLAN device)
@@ -301,6 +316,11 @@ def add_NetDriverServiceServicer_to_server(servicer, server):
                     servicer.ListSandboxes,
                     request_deserializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesRequest.FromString,
                     response_serializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesResponse.SerializeToString,
+            ),
+            'GetSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandbox,
+                    request_deserializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxRequest.FromString,
+                    response_serializer=cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxResponse.SerializeToString,
             ),
             'GetState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetState,
@@ -591,6 +611,33 @@ class NetDriverService:
             '/cnm.netdriver.v1.NetDriverService/ListSandboxes',
             cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesRequest.SerializeToString,
             cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnm.netdriver.v1.NetDriverService/GetSandbox',
+            cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxRequest.SerializeToString,
+            cnm_dot_netdriver_dot_v1_dot_netdriver__pb2.GetSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,
