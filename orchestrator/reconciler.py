@@ -12,10 +12,7 @@ One pass, run at start-up and then periodically by one replica at a time:
    address and ports held) are released once their host confirms the
    teardown or is removed; endpoints whose host reported their container gone
    longer than the grace period ago and that no replica released (it died) are
-   disconnected; IPAM: addresses whose owner is neither a recorded,
-   a quarantined endpoint nor an endpoint with an intent are released (``cnm:*`` owners are IPAM's own),
-   and pools cnm made for networks that no longer exist are deleted; so
-   are VXLAN ids held for such networks;
+   disconnected;
 4. agents: an endpoint in a host's kernel that no record, intent or
    quarantine knows was recorded and its record lost (a Redis crash): it is
    recorded again from what the agent reports, address and ports reserved
@@ -26,7 +23,14 @@ One pass, run at start-up and then periodically by one replica at a time:
    (deleted behind cnm's back, or gone with their sandbox) are made again if
    their container's namespace is still there, else disconnected and their
    address released. This reads each agent's whole kernel state, so it runs
-   every ``--host-gc-interval`` rather than every pass.
+   every ``--host-gc-interval`` rather than every pass;
+5. IPAM: pools cnm made for networks that no longer exist are deleted, and so
+   are VXLAN ids held for such networks; in a pass that read every host (4.)
+   and only then, addresses whose owner is neither a recorded, a quarantined
+   endpoint, an endpoint with an intent, nor one a host's kernel holds are
+   released (``cnm:*`` owners are IPAM's own): after a Redis crash, a live
+   container's address is adopted, never handed to another first, and a host
+   that does not answer holds up the release (remove it with ``cnm host rm``).
 
 Each release re-checks the records under the endpoint's lock, so a connect
 starting at the same moment is never robbed of its address.
@@ -93,11 +97,13 @@ class Reconciler:
             await self._settle_intents(report)
             report.released_quarantined += await self.orch.release_quarantined()
             report.released_gone += await self.orch.release_expired_gone()
-            await self._collect_addresses(report)
+            # The hosts first: what they report and lost its record is adopted before
+            # the addresses are judged, and no address an answering host's kernel holds
+            # is released; none of unknown owner is while a host does not answer.
+            on_hosts = await self._collect_host_objects(report) if collect_hosts else None
+            await self._collect_addresses(report, on_hosts)
             await self._collect_vnis(report)
             report.synced_peers += await self.orch.overlay.reconcile()
-            if collect_hosts:
-                await self._collect_host_objects(report)
         if report.changed() or report.errors:
             # Errors are what an operator must see: a host that could not be checked, a
             # repair that failed.
@@ -175,7 +181,10 @@ class Reconciler:
         return {intent.data["network_id"] for intent in await self.store.intents()
                 if intent.op in (Op.CREATE_NETWORK, Op.DELETE_NETWORK)}
 
-    async def _collect_addresses(self, report: Report) -> None:
+    async def _collect_addresses(self, report: Report, on_hosts: set[str] | None) -> None:
+        """Deletes the pools of networks that are gone and, when every host answered
+        (``on_hosts``: the endpoint ids their kernels hold), releases the addresses whose
+        owner nothing knows."""
         try:
             pools = await self.orch.ipam.list_pools()
         except errors.CnmError as error:
@@ -193,6 +202,8 @@ class Reconciler:
                     await self.orch.ipam.delete_pool(pool.pool_id, force=True)
                     report.deleted_pools.append(pool.pool_id)
                 continue
+            if on_hosts is None:
+                continue
             try:
                 allocations = await self.orch.ipam.list_allocations(pool.pool_id)
             except errors.NotFound:
@@ -201,7 +212,7 @@ class Reconciler:
             known = await self.store.known_endpoint_ids(owners)
             for allocation in allocations:
                 owner = allocation.owner
-                if owner.startswith("cnm:") or owner in known:
+                if owner.startswith("cnm:") or owner in known or owner in on_hosts:
                     continue
                 async with self.store.try_lock(f"ep:{owner}") as taken:
                     if taken and not await self._known_owner(owner):
@@ -226,7 +237,10 @@ class Reconciler:
             await self.orch.vnis.release(network_id)
             report.released_vnis.append(f"{vni} of {network_id}")
 
-    async def _collect_host_objects(self, report: Report) -> None:
+    async def _collect_host_objects(self, report: Report) -> set[str] | None:
+        """Brings each answering host's kernel and the records in line; returns the ids of
+        the endpoints the hosts hold, or None when a host did not answer."""
+        on_hosts: set[str] | None = set()
         for host in await self.store.list_hosts():
             agent = self.orch.hosts.agent_of(host)
             asked = time.time()
@@ -234,7 +248,10 @@ class Reconciler:
                 state = await agent.get_state()
             except errors.CnmError as error:
                 report.errors.append(error.message)
+                on_hosts = None
                 continue
+            if on_hosts is not None:
+                on_hosts.update(endpoint.endpoint_id for endpoint in state.endpoints)
             await self._repair_lost_endpoints(host.host_id, state, asked, report)
             known = await self.store.known_endpoint_ids([e.endpoint_id for e in state.endpoints])
             for endpoint in state.endpoints:
@@ -263,3 +280,4 @@ class Reconciler:
                     report.deleted_host_networks.append(f"{host.host_id}/{network.network_id}")
                 except errors.CnmError as error:
                     report.errors.append(error.message)
+        return on_hosts

@@ -36,6 +36,22 @@ async def test_reconciler_releases_orphan_address(world):
     assert (await world.reconciler.run_once()).released_addresses == []
 
 
+async def test_an_address_of_unknown_owner_is_released_only_once_every_host_answered(world):
+    """After a Redis crash an unknown owner may be a live container whose record was
+    lost: its host is read first (and the endpoint adopted) before anything is released,
+    and nothing of unknown owner is while a host does not answer."""
+    network = (await world.call("CreateNetwork", network_request())).network
+    world.ipam.allocations[network.network_id]["10.20.0.99"] = "deadbeefdeadbeef"
+    assert (await world.reconciler.run_once(collect_hosts=False)).released_addresses == []
+    await world.servers["h2"].stop(0)
+    report = await world.reconciler.run_once()
+    assert report.released_addresses == [] and report.errors
+    assert world.ipam.allocations[network.network_id]["10.20.0.99"] == "deadbeefdeadbeef"
+    await world.call("DeleteHost", pb.DeleteHostRequest(host_id="h2", force=True))
+    report = await world.reconciler.run_once()
+    assert report.released_addresses == [f"{network.network_id}/10.20.0.99"]
+
+
 async def test_reconciler_deletes_unknown_host_objects_and_pools(world):
     network = (await world.call("CreateNetwork", network_request())).network
     kept = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
