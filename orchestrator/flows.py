@@ -37,6 +37,9 @@ MANAGED_VALUE = "cnm-orchestrator"
 NETWORK_NAME_LABEL = "cnm.io/network-name"
 PENDING_WAIT = 10.0
 GONE_GRACE = 5.0  # seconds a gone container's endpoint is kept before it is released
+# Seconds: an endpoint recorded this close to the moment its host's state was read may
+# not be in that state yet; it is judged at the next look.
+LOST_MARGIN = 2.0
 
 
 def encode(message) -> str:
@@ -78,7 +81,63 @@ class Orchestrator:
         await self.overlay.sync_host(record)
         # What was forgotten while it was unreachable goes now, not at the next pass.
         self._in_background(self.release_quarantined(record.host_id))
+        # A host that rebooted (or whose agent lost its state) registers with none of its
+        # containers: their endpoints are given back now, not at the next host pass.
+        self._in_background(self.repair_host(record.host_id))
         return record
+
+    async def repair_host(self, host_id: str) -> None:
+        """Repairs the endpoints recorded on ``host_id`` that its kernel lacks (see
+        :meth:`repair_lost_endpoints`), from its state read now."""
+        host = await self.store.get_host(host_id)
+        if host is None:
+            return
+        asked = time.time()
+        try:
+            state = await self.hosts.agent_of(host).get_state()
+        except errors.CnmError as error:
+            log.warning("host not checked after its registration",
+                        extra={"host": host_id, "error": error.message})
+            return
+        recreated, released, failed = await self.repair_lost_endpoints(host_id, state, asked)
+        if recreated or released or failed:
+            log.log(logging.WARNING if failed else logging.INFO,
+                    "endpoints repaired after a registration",
+                    extra={"host": host_id, "recreated_endpoints": recreated,
+                           "released_lost_endpoints": released, "errors": failed})
+
+    async def repair_lost_endpoints(self, host_id: str, state: nd.GetStateResponse,
+                                    asked: float) -> tuple[list[str], list[str], list[str]]:
+        """Records of ``host_id`` its agent's ``state`` (read at ``asked``) lacks: each made
+        again or released (:meth:`repair_lost_endpoint`); one committed after the state
+        was read, or with a flow at work on it, is left for later. Returns the endpoints
+        recreated, released, and the errors."""
+        recreated: list[str] = []
+        released: list[str] = []
+        failed: list[str] = []
+        reported = {endpoint.endpoint_id for endpoint in state.endpoints}
+        for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
+            if endpoint_id in reported:
+                continue
+            async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
+                if not taken:
+                    continue  # a flow is at work on it
+                try:
+                    endpoint = await self.store.get_endpoint(endpoint_id)
+                    if endpoint is None or endpoint.create_time.ToNanoseconds() / 1e9 \
+                            >= asked - LOST_MARGIN or \
+                            await self.store.get_intent(f"ep:{endpoint_id}") is not None:
+                        continue
+                    done = await self.repair_lost_endpoint(endpoint)
+                    what = f"{host_id}/{endpoint_id} ({endpoint.container_id} on " \
+                           f"{endpoint.network_name})"
+                    if done == "recreated":
+                        recreated.append(what)
+                    elif done == "released":
+                        released.append(what)
+                except errors.CnmError as error:
+                    failed.append(f"repair {endpoint_id}: {error.message}")
+        return recreated, released, failed
 
     def _in_background(self, work) -> None:
         task = asyncio.create_task(work)

@@ -48,9 +48,6 @@ from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decod
 from orchestrator.store import Op
 
 log = logging.getLogger("orchestrator.reconciler")
-# Seconds: an endpoint recorded this close to the moment its host's state was read may
-# not be in that state yet; it is judged at the next pass.
-LOST_MARGIN = 2.0
 
 
 @dataclass
@@ -149,30 +146,11 @@ class Reconciler:
 
     async def _repair_lost_endpoints(self, host_id: str, state, asked: float,
                                      report: Report) -> None:
-        """Records of ``host_id`` the agent's ``state`` (read at ``asked``) lacks. An
-        endpoint committed after the state was read is not judged on it."""
-        reported = {endpoint.endpoint_id for endpoint in state.endpoints}
-        for endpoint_id in sorted(await self.store.endpoint_ids(host_id=host_id) or ()):
-            if endpoint_id in reported:
-                continue
-            async with self.store.try_lock(f"ep:{endpoint_id}") as taken:
-                if not taken:
-                    continue  # a flow is at work on it
-                try:
-                    endpoint = await self.store.get_endpoint(endpoint_id)
-                    if endpoint is None or endpoint.create_time.ToNanoseconds() / 1e9 \
-                            >= asked - LOST_MARGIN or \
-                            await self.store.get_intent(f"ep:{endpoint_id}") is not None:
-                        continue
-                    done = await self.orch.repair_lost_endpoint(endpoint)
-                    what = f"{host_id}/{endpoint_id} ({endpoint.container_id} on " \
-                           f"{endpoint.network_name})"
-                    if done == "recreated":
-                        report.recreated_endpoints.append(what)
-                    elif done == "released":
-                        report.released_lost_endpoints.append(what)
-                except errors.CnmError as error:
-                    report.errors.append(f"repair {endpoint_id}: {error.message}")
+        recreated, released, failed = await self.orch.repair_lost_endpoints(host_id, state,
+                                                                            asked)
+        report.recreated_endpoints += recreated
+        report.released_lost_endpoints += released
+        report.errors += failed
 
     async def _known_owner(self, endpoint_id: str) -> bool:
         return bool(await self.store.known_endpoint_ids([endpoint_id]))

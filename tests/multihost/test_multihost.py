@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import time
 
@@ -385,3 +386,26 @@ def test_a_dead_containers_address_and_port_are_given_back(make_cluster, netns):
     assert again.address == dead.address
     log = (cluster.tmp / "orchestrator.log").read_text()
     assert "released the endpoint of a gone container" in log
+
+
+def test_a_rebooted_host_gives_back_its_dead_containers_when_it_registers(make_cluster, netns):
+    """A reboot: the containers' namespaces and the agent's state (on tmpfs) are gone. When
+    the agent registers again, its endpoints are released at once, not at the next pass
+    over the hosts (an hour away here)."""
+    cluster = make_cluster(1, orchestrator_args=(
+        "--heartbeat-interval", "1", "--reconcile-interval", "1",
+        "--host-gc-interval", "3600"))
+    (h1,) = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.44.0.0/24", "boot").code == 0
+    container = netns("cnmt-ctr")
+    cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+        network="boot", container_id="old", host_id=h1.host_id, sandbox=container.path))
+    h1.stop(kill=True)
+    container.close()
+    shutil.rmtree(cluster.tmp / f"state-{h1.host_id}")
+    time.sleep(2.5)  # a reboot takes longer: an endpoint this young is not judged yet
+    h1.start()
+    wait_until(lambda: not cluster.call("GetNetwork", pb.GetNetworkRequest(
+        network="boot")).endpoints, 15, "the dead container's endpoint to be released")
+    assert "endpoints repaired after a registration" in \
+        (cluster.tmp / "orchestrator.log").read_text()
