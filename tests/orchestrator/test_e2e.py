@@ -223,7 +223,8 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         (("network", "connect", "nope", "a"), 3, "network 'nope' not found"),
         (("network", "connect", "--host", "h9", "net1", "x"), 3, "host 'h9' not found"),
         (("network", "connect", "--ip", "10.99.0.5", "net1", "x"), 2, "is outside subnet"),
-        (("network", "connect", "--ip", "10.70.0.2", "net1", "x"), 4, "already in use"),
+        # No such container: NOT_FOUND before anything else is looked at or allocated.
+        (("network", "connect", "--ip", "10.70.0.2", "net1", "x"), 3, "does not exist"),
         (("network", "connect", "--ip", "10.70.0.40", "net1", "a"), 4, "already connected"),
         (("network", "connect", "-p", "9090:80", "net1", "b"), 4, "already connected"),
         (("network", "connect", "-p", "80:80:80", "net1", "b"), 2, "invalid port mapping"),
@@ -247,8 +248,12 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         assert message in result.err, (args, result.err)
         if code != 2 or message:
             assert result.err.startswith("cnm: error: ") and result.err.count("\n") == 1
-    # a port published by another container on the same host
+    # an address or a port another container on the same host has
     taken = cluster.call
+    with pytest.raises(errors.AlreadyExists, match="already in use"):
+        taken("ConnectContainer", pb.ConnectContainerRequest(
+            network="net1", container_id=f"cnm-{h1}-c", host_id=h1, sandbox=f"cnm-{h1}-b",
+            address="10.70.0.2"))
     with pytest.raises(errors.AlreadyExists, match="9090"):
         taken("ConnectContainer", pb.ConnectContainerRequest(
             network="net1", container_id=f"cnm-{h1}-c", host_id=h1, sandbox=f"cnm-{h1}-b",
@@ -290,15 +295,16 @@ def test_agent_refusing_or_down_and_ipam_down_leak_nothing(cluster):
     assert "unhealthy" in cluster.cnm("host", "ls").out
     cluster.hosts["h2"].start()
 
-    # IPAM is down: nothing reaches the agent
+    # IPAM is down: no endpoint reaches the agent
     cluster.cnm("run", "-d", "--name", "c2", "--net", "net1", "--", "sleep", "300")
     cluster.ipam.kill9()
+    cluster.call("CreateSandbox", pb.CreateSandboxRequest(name=f"cnm-{h1}-late", host_id=h1))
     failed = cluster.cnm("network", "connect", "net1", "late")
     assert failed.code == 6 and "ipam" in failed.err
     state = cluster.hosts["h1"].state()
     assert [e.container_id for e in state.endpoints] == [f"cnm-{h1}-c2"]
     cluster.restart_ipam()
-    assert cluster.cnm("rm", "c2").code == 0
+    assert cluster.cnm("rm", "c2", "late").code == 0
     assert cluster.cnm("network", "rm", "net1").code == 0
     assert_clean(cluster)
 
