@@ -580,6 +580,9 @@ class Orchestrator:
             sandbox=cnm_validation.check_sandbox(request.sandbox or request.container_id),
             address=address, prefix_length=subnet.prefixlen,
             port_mappings=validation.port_mappings(request.port_mappings, network.internal),
+            container_interface=request.interface_name and cnm_validation.check_ifname(
+                "interface_name", request.interface_name),
+            mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:
@@ -629,8 +632,7 @@ class Orchestrator:
     async def _repeated_connect(self, existing: pb.Endpoint, network: pb.Network,
                                 wanted: pb.Endpoint) -> pb.Endpoint:
         """The endpoint of a repeated connect; AlreadyExists when the parameters differ."""
-        if validation.same_endpoint(existing, wanted.host_id, wanted.sandbox, wanted.address,
-                                    list(wanted.port_mappings)):
+        if validation.same_endpoint(existing, wanted):
             return (await self.with_states([existing]))[0]
         raise errors.AlreadyExists(
             f"container {wanted.container_id!r} is already connected to network "

@@ -25,7 +25,7 @@ def agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
     return nd.Endpoint(
         endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
         container_id=endpoint.container_id, sandbox=endpoint.sandbox, address=endpoint.address,
-        mac_address=endpoint.mac_address,
+        mac_address=endpoint.mac_address, container_interface=endpoint.container_interface,
         port_mappings=[
             nd.PortMapping(protocol=mapping.protocol, host_ip=mapping.host_ip,
                            host_port=mapping.host_port, container_port=mapping.container_port)

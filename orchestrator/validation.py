@@ -81,11 +81,15 @@ def mapping_key(mapping: pb.PortMapping) -> tuple:
             mapping.container_port)
 
 
-def same_endpoint(existing: pb.Endpoint, host_id: str, sandbox: str, address: str,
-                  mappings: list[pb.PortMapping]) -> bool:
+def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
+    """Whether a connect asking for ``wanted`` asks for ``existing`` as it is (a repeat):
+    what it leaves empty (address, interface name, MAC) is whatever was chosen."""
     return (
-        existing.host_id == host_id
-        and existing.sandbox == sandbox
-        and (not address or existing.address == address)
-        and sorted(map(mapping_key, existing.port_mappings)) == sorted(map(mapping_key, mappings))
+        existing.host_id == wanted.host_id
+        and existing.sandbox == wanted.sandbox
+        and wanted.address in ("", existing.address)
+        and wanted.container_interface in ("", existing.container_interface)
+        and wanted.mac_address in ("", existing.mac_address)
+        and sorted(map(mapping_key, existing.port_mappings))
+        == sorted(map(mapping_key, wanted.port_mappings))
     )

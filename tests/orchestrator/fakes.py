@@ -185,7 +185,7 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         created.CopyFrom(endpoint)
         created.host_interface = f"cv{endpoint.endpoint_id[:10]}"
         created.container_interface = created.container_interface or "eth0"
-        created.mac_address = "02:42:" + ":".join(
+        created.mac_address = endpoint.mac_address or "02:42:" + ":".join(
             f"{int(part):02x}" for part in endpoint.address.split("."))
         self.endpoints[endpoint.endpoint_id] = created
         return nd.CreateEndpointResponse(endpoint=created)

@@ -875,3 +875,25 @@ async def test_connecting_a_container_that_is_not_there_allocates_nothing(world)
     made = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
     world.agents["h1"].missing_sandboxes.add("c1")
     assert (await world.call("ConnectContainer", connect_request("c1"))).endpoint == made
+
+
+async def test_a_connect_may_name_the_interface_and_its_mac(world):
+    await create(world)
+    made = (await world.call("ConnectContainer", connect_request(
+        "c1", interface_name="net0", mac_address="02:AA:00:00:00:01"))).endpoint
+    assert (made.container_interface, made.mac_address) == ("net0", "02:aa:00:00:00:01")
+    on_host = world.agents["h1"].endpoints[made.endpoint_id]
+    assert (on_host.container_interface, on_host.mac_address) == ("net0", "02:aa:00:00:00:01")
+    # A repeat asking for the same (or leaving them empty) is the same endpoint.
+    for repeat in (connect_request("c1", interface_name="net0"), connect_request("c1")):
+        assert (await world.call("ConnectContainer", repeat)).endpoint == made
+    with pytest.raises(errors.AlreadyExists, match="different parameters"):
+        await world.call("ConnectContainer", connect_request("c1", interface_name="eth1"))
+    for bad, match in (({"interface_name": "a/b"}, "interface_name"),
+                       ({"interface_name": "x" * 16}, "interface_name"),
+                       ({"mac_address": "01:00:00:00:00:01"}, "multicast"),
+                       ({"mac_address": "nope"}, "MAC")):
+        with pytest.raises(errors.InvalidArgument, match=match):
+            await world.call("ConnectContainer", connect_request("c2", **bad))
+    assert "c2" not in {e.container_id for e in (await world.call(
+        "ListEndpoints", pb.ListEndpointsRequest())).endpoints}

@@ -257,20 +257,24 @@ class PruneNetworksResponse(_message.Message):
     def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ..., skipped_networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectContainerRequest(_message.Message):
-    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings")
+    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings", "interface_name", "mac_address")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     network: str
     container_id: str
     host_id: str
     sandbox: str
     address: str
     port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
-    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ...) -> None: ...
+    interface_name: str
+    mac_address: str
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., interface_name: _Optional[str] = ..., mac_address: _Optional[str] = ...) -> None: ...
 
 class ConnectContainerResponse(_message.Message):
     __slots__ = ("endpoint",)
