@@ -72,7 +72,10 @@ class System:
         self.address = (f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock" if heartbeats
                         else f"127.0.0.1:{support.free_port()}")
         self.agent_address = agent
-        membership = ("--orchestrator", self.address) if heartbeats else ()
+        # With heartbeats the agent also serves the cnm-cni plugin, here.
+        self.cni_socket = str(self.run_dir / "cni.sock")
+        membership = ("--orchestrator", self.address, "--cni-socket", self.cni_socket) \
+            if heartbeats else ()
         self.agent = support.Process(
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",

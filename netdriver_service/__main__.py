@@ -10,6 +10,7 @@ from cnm import config, errors, logs, server, tls
 from cnm.netdriver.v1 import netdriver_pb2_grpc
 from netdriver_service import access
 from netdriver_service.agent import Agent
+from netdriver_service.cni import CniService, CniSocket
 from netdriver_service.faults import Faults
 from netdriver_service.firewall import backends as firewalls
 from netdriver_service.linkwatch import LinkWatch
@@ -32,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config.add_flag(
         parser, "--orchestrator", "CNM_ORCHESTRATOR", "",
         "orchestrator to register with and heartbeat to; empty: do not register",
+    )
+    config.add_flag(
+        parser, "--cni-socket", "CNM_CNI_SOCKET", "",
+        "unix socket the cnm-cni plugin talks to (served when --orchestrator is given); "
+        "default $CNM_RUN_DIR/cni.sock",
     )
     config.add_flag(
         parser, "--advertise", "CNM_NETDRIVER_ADVERTISE", "",
@@ -89,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         config.run_dir(), "netdriver", args.host_id
     )
     args.advertise = args.advertise or args.listen
+    args.cni_socket = args.cni_socket or os.path.join(config.run_dir(), "cni.sock")
     return args
 
 
@@ -127,7 +134,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     # A dead container's veth goes with its namespace: the agent hears of it at once.
     watch = await LinkWatch(agent.link_deleted, netlink.host_ns).start()
-    membership = None
+    membership = cni = None
     if args.orchestrator:
         member = Membership(
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
@@ -137,9 +144,15 @@ async def serve(args: argparse.Namespace) -> None:
         )
         agent.on_lost = member.poke
         membership = asyncio.create_task(member.run())
+        # Runtimes' CNI plugin (cnm-cni) reaches cnm through this agent (docs/cni.md).
+        cni = await CniSocket(CniService(orchestrator=args.orchestrator, host_id=args.host_id,
+                                         netlink=netlink, tls=args.tls),
+                              args.cni_socket).start()
     try:
         await server.run_until_signalled(running, logger)
     finally:
+        if cni is not None:
+            await cni.close()
         watch.close()
         if resync is not None:
             resync.cancel()

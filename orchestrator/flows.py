@@ -583,6 +583,7 @@ class Orchestrator:
             container_interface=request.interface_name and cnm_validation.check_ifname(
                 "interface_name", request.interface_name),
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
+            labels=cnm_validation.check_labels(request.labels),
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:

@@ -90,6 +90,7 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         and wanted.address in ("", existing.address)
         and wanted.container_interface in ("", existing.container_interface)
         and wanted.mac_address in ("", existing.mac_address)
+        and dict(wanted.labels) == dict(existing.labels)
         and sorted(map(mapping_key, existing.port_mappings))
         == sorted(map(mapping_key, wanted.port_mappings))
     )

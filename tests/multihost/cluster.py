@@ -40,6 +40,8 @@ class Host:
     orchestrator: str
     pki: Path
     socket_path: str = field(default_factory=lambda: f"/tmp/cnmt-{uuid.uuid4().hex[:8]}.sock")
+    # Where its agent serves the cnm-cni plugin.
+    cni_socket: str = field(default_factory=lambda: f"/tmp/cnmt-cni-{uuid.uuid4().hex[:8]}.sock")
     process: support.Process | None = None
 
     @property
@@ -51,7 +53,7 @@ class Host:
             self.ns.path, self.address, host_id=self.host_id,
             state_dir=self.tmp / f"state-{self.host_id}",
             log_path=self.tmp / f"agent-{self.host_id}.log",
-            args=("--orchestrator", self.orchestrator,
+            args=("--orchestrator", self.orchestrator, "--cni-socket", self.cni_socket,
                   *tls_args(self.pki, f"agent-{self.host_id}")),
             credentials=admin_credentials(self.pki),
         )

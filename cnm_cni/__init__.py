@@ -1,0 +1,1 @@
+"""The CNI plugin (cnm-cni): standard library only, see main.py."""

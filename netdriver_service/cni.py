@@ -1,0 +1,424 @@
+"""The agent's node-local CNI endpoint: what ``cnm-cni`` asks, answered in CNI's terms.
+
+A runtime execs a CNI plugin once per container and verb. A Python process
+that imports grpcio takes 110-150 ms to start here, more than the whole CNI
+reference chain, so the plugin (``cnm_cni``) imports nothing but the
+standard library: it forwards the runtime's request over a unix socket to
+the agent, which is already running on every host, holds a channel to the
+orchestrator, and can look into the container's namespace itself (CHECK).
+
+The protocol: one JSON object per connection, the plugin's request then,
+after the plugin shuts its side down, the answer::
+
+    {"command": "ADD", "containerID": "...", "netns": "...", "ifname": "...",
+     "args": "...", "config": {network configuration}}
+    -> {"result": {...}} | {} | {"error": {"code": N, "msg": "...", "details": "..."}}
+
+The socket is the agent's (0600, root): whoever may exec the plugin as root
+may use it. The agent acts with its own identity, which lets it connect and
+disconnect containers of its own host only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from cnm import errors, grpc_client, validation
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from cnm.tls import Tls
+from netdriver_service.netlink import Netlink
+
+log = logging.getLogger("netdriver.cni")
+
+SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+NETWORK_LABEL = "cnm.io/cni-network"  # which CNI network configuration made an endpoint
+MAX_REQUEST = 1 << 20
+CALL_TIMEOUT = 30.0
+STATUS_TIMEOUT = 3.0  # a STATUS is a probe: answered quickly, 50 when cnm does not answer
+
+# CNI's well-known error codes, and cnm's own (>= 100).
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+INVALID_ENVIRONMENT = 4
+DECODING_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
+CNM_ERROR = 100
+NETWORK_NOT_FOUND = 101
+POOL_EXHAUSTED = 102
+IN_USE = 103
+NOT_ADDED = 104
+DRIFTED = 105
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+    def to_dict(self) -> dict:
+        found = {"code": self.code, "msg": self.msg}
+        if self.details:
+            found["details"] = self.details
+        return found
+
+
+def from_cnm(error: errors.CnmError, env_fields: tuple[str, ...] = ()) -> CniError:
+    """A cnm error as the CNI error a runtime acts on; ``details`` is cnm's reason."""
+    reason = error.reason
+    if isinstance(error, errors.Unavailable):
+        code = TRY_AGAIN_LATER
+    elif reason == "NETWORK_NOT_FOUND":
+        code = NETWORK_NOT_FOUND
+    elif isinstance(error, errors.ResourceExhausted):
+        code = POOL_EXHAUSTED
+    elif isinstance(error, errors.AlreadyExists):
+        code = IN_USE
+    elif reason in ("NAMESPACE_NOT_FOUND", "INVALID_NAMESPACE", "SANDBOX_IS_HOST",
+                    "SANDBOX_NOT_ALLOWED") or error.metadata.get("field") in env_fields:
+        code = INVALID_ENVIRONMENT
+    elif isinstance(error, errors.InvalidArgument):
+        code = INVALID_CONFIG
+    else:
+        code = CNM_ERROR
+    return CniError(code, error.message.splitlines()[0], reason)
+
+
+def _config_error(message: str) -> CniError:
+    return CniError(INVALID_CONFIG, message)
+
+
+class Request:
+    """A plugin's request, checked: the environment's variables and the configuration."""
+
+    def __init__(self, raw: dict) -> None:
+        self.command = raw.get("command", "")
+        self.container_id = raw.get("containerID", "")
+        self.netns = raw.get("netns", "")
+        self.ifname = raw.get("ifname", "")
+        self.args = raw.get("args", "")
+        config = raw.get("config")
+        if not isinstance(config, dict):
+            raise CniError(DECODING_FAILURE, "the network configuration is not a JSON object")
+        self.config = config
+        self.version = config.get("cniVersion", "")
+        if self.version not in SUPPORTED_VERSIONS:
+            raise CniError(INCOMPATIBLE_VERSION,
+                           f"cniVersion {self.version!r} is not supported (supported: "
+                           f"{', '.join(SUPPORTED_VERSIONS)})")
+        self.name = config.get("name", "")
+        network = config.get("network")
+        if not isinstance(network, str) or not network:
+            raise _config_error('the network configuration has no "network" (the cnm network '
+                                "to attach containers to)")
+        self.network = network
+        self.runtime = config.get("runtimeConfig") or {}
+        if not isinstance(self.runtime, dict):
+            raise _config_error("runtimeConfig is not a JSON object")
+
+    def require_container(self, netns: bool) -> None:
+        """ADD, CHECK and DEL need CNI_CONTAINERID and CNI_IFNAME, ADD and CHECK also
+        CNI_NETNS (the specification's rules)."""
+        try:
+            validation.check_id("CNI_CONTAINERID", self.container_id)
+        except errors.InvalidArgument as error:
+            raise CniError(INVALID_ENVIRONMENT, error.message) from None
+        try:
+            validation.check_ifname("CNI_IFNAME", self.ifname)
+        except errors.InvalidArgument as error:
+            raise CniError(INVALID_ENVIRONMENT, error.message) from None
+        if netns and not self.netns:
+            raise CniError(INVALID_ENVIRONMENT, "CNI_NETNS is required")
+
+    def port_mappings(self) -> list[pb.PortMapping]:
+        found = self.runtime.get("portMappings") or []
+        if not isinstance(found, list):
+            raise _config_error("runtimeConfig.portMappings is not a list")
+        mappings = []
+        for item in found:
+            if not isinstance(item, dict):
+                raise _config_error("a port mapping is not a JSON object")
+            protocol = str(item.get("protocol") or "tcp").lower()
+            if protocol not in ("tcp", "udp"):
+                raise _config_error(f"port mapping protocol {protocol!r}: want tcp or udp")
+            try:
+                host_port, container_port = int(item.get("hostPort")), int(
+                    item.get("containerPort"))
+            except (TypeError, ValueError):
+                raise _config_error(f"port mapping {item}: hostPort and containerPort must be "
+                                    "numbers") from None
+            mappings.append(pb.PortMapping(
+                protocol=pb.PROTOCOL_UDP if protocol == "udp" else pb.PROTOCOL_TCP,
+                host_ip=str(item.get("hostIP") or ""), host_port=host_port,
+                container_port=container_port))
+        return mappings
+
+    def address(self) -> str:
+        ips = self.runtime.get("ips") or []
+        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+            raise _config_error("runtimeConfig.ips is not a list of addresses")
+        if len(ips) > 1:
+            raise _config_error(f"runtimeConfig.ips: one IPv4 address at most, not {ips}")
+        return ips[0].split("/", 1)[0] if ips else ""
+
+    def mac(self) -> str:
+        mac = self.runtime.get("mac") or ""
+        if not isinstance(mac, str):
+            raise _config_error("runtimeConfig.mac is not a string")
+        return mac
+
+
+class CniService:
+    """Answers the plugin's verbs through the orchestrator, as this host's agent."""
+
+    def __init__(self, *, orchestrator: str, host_id: str, netlink: Netlink,
+                 tls: Tls | None = None) -> None:
+        self.host_id = host_id
+        self.netlink = netlink
+        self.channel = grpc_client.RenewingChannel(orchestrator, tls,
+                                                   orchestrator_pb2_grpc.OrchestratorServiceStub)
+        self._gateways: dict[str, str] = {}  # network id -> gateway (fixed for its life)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: str, request, env_fields: tuple[str, ...] = (),
+                    timeout: float = CALL_TIMEOUT):
+        # Waits for the channel within the deadline: an orchestrator just (re)started is
+        # used as soon as it listens, not after gRPC's reconnect backoff.
+        try:
+            return await getattr(self.channel.stub, method)(request, timeout=timeout,
+                                                            wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise from_cnm(errors.from_rpc_error(error), env_fields) from None
+
+    async def handle(self, raw: dict) -> dict:
+        """The answer to one request: {"result": ...}, {} or {"error": ...}."""
+        try:
+            request = Request(raw)
+            verbs: dict[str, Callable[[Request], Awaitable[dict | None]]] = {
+                "ADD": self.add, "DEL": self.delete, "CHECK": self.check,
+                "STATUS": self.status, "GC": self.gc,
+            }
+            verb = verbs.get(request.command)
+            if verb is None:
+                raise CniError(INVALID_ENVIRONMENT,
+                               f"CNI_COMMAND {request.command!r} is not one of ADD, DEL, "
+                               "CHECK, VERSION, STATUS, GC")
+            if request.command in ("STATUS", "GC") and request.version != "1.1.0":
+                raise CniError(INCOMPATIBLE_VERSION,
+                               f"{request.command} needs cniVersion 1.1.0")
+            result = await verb(request)
+            return {"result": result} if result is not None else {}
+        except CniError as error:
+            return {"error": error.to_dict()}
+        except errors.CnmError as error:
+            return {"error": from_cnm(error).to_dict()}
+
+    # --- verbs ------------------------------------------------------------------------
+
+    async def add(self, request: Request) -> dict:
+        request.require_container(netns=True)
+        reply = await self._call("ConnectContainer", pb.ConnectContainerRequest(
+            network=request.network, container_id=request.container_id, host_id=self.host_id,
+            sandbox=request.netns, address=request.address(),
+            port_mappings=request.port_mappings(), interface_name=request.ifname,
+            mac_address=request.mac(), labels={NETWORK_LABEL: request.name} if request.name
+            else {},
+        ), env_fields=("sandbox", "interface_name", "container_id"))
+        endpoint = reply.endpoint
+        gateway = await self._gateway(endpoint.network_id)
+        default = await self._default_via(request.netns, request.ifname)
+        return self._result(request, endpoint, gateway, default == gateway)
+
+    async def delete(self, request: Request) -> None:
+        request.require_container(netns=False)
+        try:
+            await self._call("DisconnectContainer", pb.DisconnectContainerRequest(
+                network=request.network, container_id=request.container_id,
+                allow_missing=True))
+        except CniError as error:
+            if error.code != NETWORK_NOT_FOUND:  # no network: nothing of it to give back
+                raise
+
+    async def check(self, request: Request) -> None:
+        request.require_container(netns=True)
+        endpoint = await self._endpoint(request)
+        link = await self.netlink.get_link(request.ifname, request.netns)
+        try:
+            if link is None:
+                raise CniError(DRIFTED, f"interface {request.ifname} is not in {request.netns}")
+            wanted = f"{endpoint.address}/{endpoint.prefix_length}"
+            if wanted not in await self.netlink.addresses(link.index, request.netns):
+                raise CniError(DRIFTED, f"interface {request.ifname} lacks its address "
+                                        f"{wanted}")
+            if link.mac.lower() != endpoint.mac_address.lower():
+                raise CniError(DRIFTED, f"interface {request.ifname} has MAC {link.mac}, "
+                                        f"not {endpoint.mac_address}")
+            expected = _previous_default_route(request.config.get("prevResult"))
+            if expected and await self._default_via(request.netns, request.ifname) != expected:
+                raise CniError(DRIFTED, f"the default route via {expected} is gone")
+        finally:
+            self.netlink.forget_namespace(request.netns)
+
+    async def status(self, request: Request) -> None:
+        try:
+            await self._call("GetNetwork", pb.GetNetworkRequest(network=request.network),
+                             timeout=STATUS_TIMEOUT)
+        except CniError as error:
+            if error.code == TRY_AGAIN_LATER:
+                raise CniError(NOT_AVAILABLE, f"cnm is not reachable: {error.msg}") from None
+            raise
+
+    async def gc(self, request: Request) -> None:
+        """Disconnects this host's endpoints made by this network configuration whose
+        attachment the runtime no longer lists."""
+        valid = request.config.get("cni.dev/valid-attachments") or []
+        if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
+            raise _config_error("cni.dev/valid-attachments is not a list of attachments")
+        kept = {(a.get("containerID"), a.get("ifname")) for a in valid}
+        endpoints = await self._list_endpoints(request.network)
+        for endpoint in endpoints:
+            if endpoint.labels.get(NETWORK_LABEL) != request.name or \
+                    (endpoint.container_id, endpoint.container_interface) in kept:
+                continue
+            await self._call("DisconnectContainer", pb.DisconnectContainerRequest(
+                network=endpoint.network_id, container_id=endpoint.container_id,
+                allow_missing=True))
+            log.info("released by CNI GC", extra={"endpoint": endpoint.endpoint_id,
+                                                   "container_id": endpoint.container_id})
+
+    # --- helpers ----------------------------------------------------------------------
+
+    async def _list_endpoints(self, network: str) -> list[pb.Endpoint]:
+        found, token = [], ""
+        while True:
+            reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(
+                network=network, host_id=self.host_id, page_size=1000, page_token=token))
+            found += reply.endpoints
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def _endpoint(self, request: Request) -> pb.Endpoint:
+        reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(
+            network=request.network, container_id=request.container_id, host_id=self.host_id))
+        if not reply.endpoints:
+            raise CniError(NOT_ADDED, f"container {request.container_id} is not attached to "
+                                      f"network {request.network}")
+        return reply.endpoints[0]
+
+    async def _gateway(self, network_id: str) -> str:
+        if network_id not in self._gateways:
+            reply = await self._call("GetNetwork", pb.GetNetworkRequest(network=network_id))
+            self._gateways[network_id] = reply.network.gateway
+        return self._gateways[network_id]
+
+    async def _default_via(self, netns: str, ifname: str) -> str:
+        """The gateway of the namespace's default route if it leaves through ``ifname``."""
+        try:
+            route = await self.netlink.default_route(netns)
+            link = await self.netlink.get_link(ifname, netns)
+        finally:
+            self.netlink.forget_namespace(netns)
+        if route is None or link is None or route[1] != link.index:
+            return ""
+        return route[0]
+
+    @staticmethod
+    def _result(request: Request, endpoint: pb.Endpoint, gateway: str, routed: bool) -> dict:
+        """The result in the requested version's format, after the previous plugins'."""
+        previous = request.config.get("prevResult") or {}
+        interfaces = list(previous.get("interfaces") or [])
+        ips = list(previous.get("ips") or [])
+        routes = list(previous.get("routes") or [])
+        interfaces.append({"name": endpoint.host_interface})
+        interfaces.append({"name": endpoint.container_interface, "mac": endpoint.mac_address,
+                           "sandbox": request.netns})
+        ip = {"address": f"{endpoint.address}/{endpoint.prefix_length}", "gateway": gateway,
+              "interface": len(interfaces) - 1}
+        if request.version == "0.4.0":
+            ip["version"] = "4"
+        ips.append(ip)
+        if routed:
+            routes.append({"dst": "0.0.0.0/0", "gw": gateway})
+        result = {"cniVersion": request.version, "interfaces": interfaces, "ips": ips}
+        if routes:
+            result["routes"] = routes
+        if previous.get("dns"):
+            result["dns"] = previous["dns"]
+        return result
+
+
+def _previous_default_route(previous) -> str:
+    if not isinstance(previous, dict):
+        return ""
+    for route in previous.get("routes") or []:
+        if isinstance(route, dict) and route.get("dst") == "0.0.0.0/0":
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.ip_address(route.get("gw", "")))
+    return ""
+
+
+class CniSocket:
+    """Serves :class:`CniService` on a unix socket only root may open."""
+
+    def __init__(self, service: CniService, path: str) -> None:
+        self.service = service
+        self.path = path
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> CniSocket:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        previous = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, self.path)
+        finally:
+            os.umask(previous)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            data = await reader.read(MAX_REQUEST + 1)
+            while data and len(data) <= MAX_REQUEST:
+                more = await reader.read(MAX_REQUEST + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            try:
+                raw = json.loads(data)
+                problem = "" if isinstance(raw, dict) else "the request is not a JSON object"
+            except ValueError as error:
+                problem = f"undecodable request: {error}"
+            if problem:
+                answer = {"error": CniError(DECODING_FAILURE, problem).to_dict()}
+            else:
+                answer = await self.service.handle(raw)
+            writer.write(json.dumps(answer).encode())
+            await writer.drain()
+        except (ConnectionError, OSError) as error:
+            log.warning("CNI request failed", extra={"error": str(error)})
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        await self.service.close()
