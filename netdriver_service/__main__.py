@@ -145,9 +145,8 @@ async def serve(args: argparse.Namespace) -> None:
         agent.on_lost = member.poke
         membership = asyncio.create_task(member.run())
         # Runtimes' CNI plugin (cnm-cni) reaches cnm through this agent (docs/cni.md).
-        cni = await CniSocket(CniService(orchestrator=args.orchestrator, host_id=args.host_id,
-                                         netlink=netlink, tls=args.tls),
-                              args.cni_socket).start()
+        cni = await CniSocket(CniService(orchestrator=args.orchestrator, agent=agent,
+                                         tls=args.tls), args.cni_socket).start()
     try:
         await server.run_until_signalled(running, logger)
     finally:

@@ -35,7 +35,7 @@ from cnm import errors, grpc_client, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
-from netdriver_service.netlink import Netlink
+from netdriver_service.agent import Agent
 
 log = logging.getLogger("netdriver.cni")
 
@@ -76,7 +76,7 @@ class CniError(Exception):
 def from_cnm(error: errors.CnmError, env_fields: tuple[str, ...] = ()) -> CniError:
     """A cnm error as the CNI error a runtime acts on; ``details`` is cnm's reason."""
     reason = error.reason
-    if isinstance(error, errors.Unavailable):
+    if isinstance(error, (errors.Unavailable, errors.DeadlineExceeded)):
         code = TRY_AGAIN_LATER
     elif reason == "NETWORK_NOT_FOUND":
         code = NETWORK_NOT_FOUND
@@ -181,10 +181,10 @@ class Request:
 class CniService:
     """Answers the plugin's verbs through the orchestrator, as this host's agent."""
 
-    def __init__(self, *, orchestrator: str, host_id: str, netlink: Netlink,
-                 tls: Tls | None = None) -> None:
-        self.host_id = host_id
-        self.netlink = netlink
+    def __init__(self, *, orchestrator: str, agent: Agent, tls: Tls | None = None) -> None:
+        self.agent = agent
+        self.host_id = agent.host_id
+        self.netlink = agent.netlink
         self.channel = grpc_client.RenewingChannel(orchestrator, tls,
                                                    orchestrator_pb2_grpc.OrchestratorServiceStub)
         self._gateways: dict[str, str] = {}  # network id -> gateway (fixed for its life)
@@ -238,8 +238,9 @@ class CniService:
         ), env_fields=("sandbox", "interface_name", "container_id"))
         endpoint = reply.endpoint
         gateway = await self._gateway(endpoint.network_id)
-        default = await self._default_via(request.netns, request.ifname)
-        return self._result(request, endpoint, gateway, default == gateway)
+        # Whether the interface has the container's default route: this agent made it.
+        made = self.agent.store.endpoints.get(endpoint.endpoint_id)
+        return self._result(request, endpoint, gateway, made is not None and made.default_route)
 
     async def delete(self, request: Request) -> None:
         request.require_container(netns=False)

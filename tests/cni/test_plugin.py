@@ -208,3 +208,13 @@ def test_a_host_port_already_published_is_refused_with_cnm_code(cluster, netns):
     taken = plugin("ADD", conf, container="b" * 64, netns=second.path)
     assert taken.code != 0 and taken.out["code"] == 103 and "18082" in taken.out["msg"]
     assert [e.container_id for e in endpoints(cluster)] == ["a" * 64]
+
+
+def test_status_fails_with_50_when_the_orchestrator_does_not_answer(cluster):
+    for process in cluster.processes:
+        if "orchestrator" in " ".join(process.args):
+            process.stop()
+    status = plugin("STATUS", config(cluster, "1.1.0"))
+    assert status.code != 0 and status.out["code"] == 50, status.raw
+    missing = plugin("STATUS", dict(config(cluster, "1.1.0"), socket="/tmp/cnmt-none.sock"))
+    assert missing.out["code"] == 50
