@@ -42,8 +42,11 @@ PLUGIN = str(Path(support.PYTHON).with_name("cnm-cni"))
 
 
 class CnmPlugin:
-    def __init__(self, socket: str) -> None:
+    def __init__(self, socket: str, bin_dir: Path) -> None:
         self.socket = socket
+        # Installed as runtimes use it (cnm-cni --install): one file, python -IS.
+        self.plugin = subprocess.run([PLUGIN, "--install", str(bin_dir)], check=True,
+                                     capture_output=True, text=True).stdout.strip()
         self.addresses: dict[str, str] = {}
 
     def _exec(self, command: str, container_id: str, netns: str, port: int) -> dict | None:
@@ -54,7 +57,7 @@ class CnmPlugin:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_IFNAME": "eth0",
                "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
-        done = subprocess.run([PLUGIN], input=json.dumps(config), env=env,
+        done = subprocess.run([self.plugin], input=json.dumps(config), env=env,
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"cnm-cni {command}: {done.stdout} {done.stderr}")
@@ -91,7 +94,7 @@ def main() -> None:
         system.client().CreateNetwork(pb.CreateNetworkRequest(network=pb.Network(
             name="bench", subnet="10.68.0.0/16")), timeout=30)
         support.wait_for(lambda: os.path.exists(system.cni_socket), 30, 0.1, "the CNI socket")
-        cnm = CnmPlugin(system.cni_socket)
+        cnm = CnmPlugin(system.cni_socket, workdir / "cni-bin")
         [warm] = containers.make(1)
         cnm.add("warm", warm, 1000)
         cnm.delete("warm", warm, 1000)

@@ -39,7 +39,8 @@ class Podman:
         bin_dir, self.conf_dir = root / "cni-bin", root / "cni-conf"
         for directory in (bin_dir, self.conf_dir, root / "tmp"):
             directory.mkdir(parents=True, exist_ok=True)
-        (bin_dir / "cnm").symlink_to(PLUGIN)
+        # Installed as the docs say: one file in the runtime's CNI bin dir.
+        subprocess.run([PLUGIN, "--install", str(bin_dir)], check=True, capture_output=True)
         self.containers_conf = root / "containers.conf"
         self.containers_conf.write_text(
             "[containers]\n"
