@@ -169,7 +169,9 @@ def test_agent_down_is_try_again_later_and_status_fails_with_50(cluster, netns):
     ("ADD", "{not json", {}, 6),
     ("ADD", {"network": None}, {}, 7),
     ("ADD", {}, {"CNI_NETNS": "/var/run/netns/cnmt-none-such"}, 4),
-    ("ADD", {}, {"CNI_NETNS": "/proc/1/ns/net"}, 4),
+    ("ADD", {}, {"CNI_NETNS": "/proc/1/ns/net"}, 4),  # the host's own
+    ("ADD", {}, {"CNI_NETNS": "/proc/self/ns/mnt"}, 4),  # not a network namespace
+    ("ADD", {}, {"CNI_NETNS": ""}, 4),
     ("ADD", {}, {"CNI_IFNAME": "a-name-too-long-x"}, 4),
     ("ADD", {}, {"CNI_IFNAME": "a/b"}, 4),
     ("ADD", {}, {"CNI_CONTAINERID": ""}, 4),
