@@ -506,6 +506,12 @@ class Agent:
         async with self.lock:
             recorded = name in self.store.sandboxes
             existed = os.path.exists(path)
+            if existed and recorded and not self._namespace_alive(path):
+                # The agent died between making the file and mounting the namespace on it:
+                # an empty file, which nothing could connect to. Made again.
+                self._release(name)
+                await netns.delete(name)
+                existed = False
             if existed and not recorded:
                 raise errors.AlreadyExists(
                     f"create sandbox {name!r}: namespace {path} exists and was not created by cnm",

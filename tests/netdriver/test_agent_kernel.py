@@ -539,6 +539,26 @@ async def test_a_crash_while_creating_a_sandbox_does_not_block_its_name(world, n
         harness.delete_namespace(name)
 
 
+async def test_a_sandbox_whose_namespace_was_never_mounted_is_made_again(world, netns):
+    """Killed between making the namespace's file and mounting the namespace on it, the
+    agent left an empty file under its record: creating the sandbox again makes it."""
+    agent = await world.agent()
+    name = f"cnmt-sb-{netns('cnmt-x').name[-8:]}"
+    path = netns_module.path_of(name)
+    await agent.store.add_sandbox(name)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o444))
+    try:
+        restarted = await world.agent()
+        assert await restarted.create_sandbox(name) == path
+        assert "UP" in {link["ifname"]: link for link in harness.links(name)}["lo"]["flags"]
+        await restarted.delete_sandbox(name)
+        assert not os.path.exists(path)
+    finally:
+        harness.delete_namespace(name)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 async def test_a_sandbox_gone_before_the_veth_is_made_is_a_named_error(world, netns):
     agent = await world.agent()
     await agent.create_network(NET)
