@@ -238,7 +238,8 @@ class Worker:
             return False
         label = "ok" if outcome.code == 0 else f"exit {outcome.code}"
         self.outcomes[f"{verb}: {label}"] += 1
-        if BAD_OUTPUT.search(outcome.err + outcome.out):
+        # Every call is well formed: INVALID_ARGUMENT (2) would be cnm's own fault.
+        if BAD_OUTPUT.search(outcome.err + outcome.out) or outcome.code == 2:
             self.bad.append(f"{' '.join(args)} -> {outcome.code}: {outcome.err.strip()}")
         self.last_code = outcome.code
         return outcome.code == 0
