@@ -1,9 +1,11 @@
 """``cnm-cni``: the CNI plugin a runtime execs, as thin as a process can be.
 
-It imports the standard library only (a process importing grpcio takes
-110-150 ms to start): VERSION is answered here, every other verb is sent to
-the agent of this host over its unix socket (netdriver_service/cni.py) and
-its answer printed as CNI wants it. See docs/cni.md.
+It imports the standard library only, and of it as little as it can (a process
+importing grpcio takes 110-150 ms to start; one importing json and socket 7 ms
+each more than one that does not): VERSION is answered here, every other verb
+is sent as it came to the agent of this host over its unix socket
+(netdriver_service/cni.py), which decodes, checks and answers it, and the
+answer is printed. See docs/cni.md.
 
 ``cnm-cni --install DIR`` writes it into a CNI bin dir as the file ``DIR/cnm``
 (the configuration's ``type``), run by this Python with ``-IS``.
@@ -15,85 +17,86 @@ when CNM_RUN_DIR is unset), where an agent started with defaults serves it.
 
 from __future__ import annotations
 
-import json
+import _socket  # not socket, nor json: each would add some 7 ms to every exec
 import os
-import socket
 import sys
 
-SUPPORTED_VERSIONS = ["0.4.0", "1.0.0", "1.1.0"]
-COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
-INCOMPATIBLE_VERSION, INVALID_ENVIRONMENT, DECODING_FAILURE = 1, 4, 6
-TRY_AGAIN_LATER, NOT_AVAILABLE = 11, 50
+VERSION_ANSWER = '{"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}'
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
+ENVIRONMENT = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS")
+INVALID_ENVIRONMENT, DECODING_FAILURE, TRY_AGAIN_LATER, NOT_AVAILABLE = 4, 6, 11, 50
 TIMEOUT = 120.0  # seconds; a runtime has its own deadline and kills the plugin past it
 
 
-def socket_path(config: dict) -> str:
-    path = config.get("socket")
-    if isinstance(path, str) and path:
-        return path
+def socket_path(config: str) -> str:
+    """The agent's CNI socket: the configuration's ``socket``, else CNM_CNI_SOCKET, else
+    $CNM_RUN_DIR/cni.sock. The configuration is decoded here only when it has one."""
+    if '"socket"' in config:
+        import json
+
+        try:
+            path = json.loads(config).get("socket")
+        except (ValueError, AttributeError):
+            path = None
+        if isinstance(path, str) and path:
+            return path
     return os.environ.get("CNM_CNI_SOCKET") or os.path.join(
         os.environ.get("CNM_RUN_DIR") or "/run/cnm", "cni.sock")
 
 
-def fail(version: str, code: int, msg: str, details: str = "") -> int:
-    error = {"cniVersion": version or SUPPORTED_VERSIONS[-1], "code": code, "msg": msg}
-    if details:
-        error["details"] = details
-    print(json.dumps(error))
-    return 1
+def fail(config: str, code: int, msg: str) -> tuple[int, str]:
+    """A CNI error this process must say itself (the agent says every other one)."""
+    import json
+
+    try:
+        version = json.loads(config).get("cniVersion")
+    except ValueError as error:  # the first thing wrong (the agent would have said so)
+        version, code, msg = None, DECODING_FAILURE, f"the configuration is not JSON: {error}"
+    except AttributeError:
+        version = None
+    return 1, json.dumps({"cniVersion": version if isinstance(version, str) and version
+                          else "1.1.0", "code": code, "msg": msg})
 
 
-def ask(path: str, request: dict) -> dict:
-    """One request to the agent, its answer; OSError when the agent cannot be reached."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+def ask(path: str, request: bytes) -> tuple[int, str]:
+    """Sends the request to the agent; its answer is the exit status on a line, then what
+    to print."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
-        sock.sendall(json.dumps(request).encode())
-        sock.shutdown(socket.SHUT_WR)
+        sock.sendall(request)
+        sock.shutdown(_socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    finally:
+        sock.close()
+    status, _, output = b"".join(chunks).partition(b"\n")
+    return int(status), output.decode()
 
 
-def run(stdin: str, env: dict[str, str]) -> int:
+def run(config: str, env: dict[str, str]) -> tuple[int, str]:
+    """(exit status, stdout) of one invocation."""
     command = env.get("CNI_COMMAND", "")
-    try:
-        config = json.loads(stdin) if stdin.strip() else {}
-    except ValueError as error:
-        return fail("", DECODING_FAILURE, f"the network configuration is not JSON: {error}")
-    if not isinstance(config, dict):
-        return fail("", DECODING_FAILURE, "the network configuration is not a JSON object")
-    version = config.get("cniVersion", "") if isinstance(config.get("cniVersion"), str) else ""
     if command == "VERSION":
-        print(json.dumps({"cniVersion": SUPPORTED_VERSIONS[-1],
-                          "supportedVersions": SUPPORTED_VERSIONS}))
-        return 0
+        return 0, VERSION_ANSWER
     if command not in COMMANDS:
-        return fail(version, INVALID_ENVIRONMENT,
-                    f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
-    if version not in SUPPORTED_VERSIONS:
-        return fail(version, INCOMPATIBLE_VERSION,
-                    f"cniVersion {version!r} is not supported (supported: "
-                    f"{', '.join(SUPPORTED_VERSIONS)})")
+        return fail(config, INVALID_ENVIRONMENT,
+                    f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}, VERSION")
+    values = [env.get(name, "") for name in ENVIRONMENT]
+    if any("\n" in value for value in values):
+        return fail(config, INVALID_ENVIRONMENT, "a CNI_* variable holds a line break")
+    # The request: a version line, the variables, an empty line, the configuration as given.
+    request = ("CNI/1\n" + "".join(f"{name}={value}\n" for name, value in
+                                   zip(ENVIRONMENT, values)) + "\n" + config).encode()
     path = socket_path(config)
     try:
-        answer = ask(path, {
-            "command": command, "containerID": env.get("CNI_CONTAINERID", ""),
-            "netns": env.get("CNI_NETNS", ""), "ifname": env.get("CNI_IFNAME", ""),
-            "args": env.get("CNI_ARGS", ""), "config": config,
-        })
+        return ask(path, request)
     except (OSError, ValueError) as error:
-        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
-        return fail(version, code, f"the cnm agent does not answer on {path}: "
-                                   f"{getattr(error, 'strerror', None) or error}")
-    if "error" in answer:
-        error = answer["error"]
-        return fail(version, int(error.get("code", 100)), str(error.get("msg", "")),
-                    str(error.get("details", "")))
-    if "result" in answer:
-        print(json.dumps(answer["result"]))
-    return 0
+        return fail(config, NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER,
+                    f"the cnm agent does not answer on {path}: "
+                    f"{getattr(error, 'strerror', None) or error}")
 
 
 def install(directory: str, name: str = "cnm") -> str:
@@ -119,7 +122,10 @@ def main() -> None:
     if len(sys.argv) > 1:
         sys.exit("usage: cnm-cni (as a CNI plugin, CNI_COMMAND in the environment) | "
                  "cnm-cni --install CNI_BIN_DIR")
-    sys.exit(run(sys.stdin.read(), dict(os.environ)))
+    status, output = run(sys.stdin.read(), dict(os.environ))
+    if output:
+        sys.stdout.write(output + "\n")
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ standard library: it forwards the runtime's request over a unix socket to
 the agent, which is already running on every host, holds a channel to the
 orchestrator, and can look into the container's namespace itself (CHECK).
 
-The protocol: one JSON object per connection, the plugin's request then,
-after the plugin shuts its side down, the answer::
+The protocol, one request per connection, answered once the plugin shut its
+side down (the plugin imports neither json nor socket: see cnm_cni/main.py)::
 
-    {"command": "ADD", "containerID": "...", "netns": "...", "ifname": "...",
-     "args": "...", "config": {network configuration}}
-    -> {"result": {...}} | {} | {"error": {"code": N, "msg": "...", "details": "..."}}
+    CNI/1
+    CNI_COMMAND=ADD
+    CNI_CONTAINERID=...            (CNI_NETNS, CNI_IFNAME, CNI_ARGS likewise)
+
+    {the network configuration, as the runtime gave it}
+    -> "0\n{result}" | "0\n" | "1\n{CNI error object}": the exit status, then stdout
 
 The socket is the agent's (0600, root): whoever may exec the plugin as root
 may use it. The agent acts with its own identity, which lets it connect and
@@ -398,16 +401,8 @@ class CniSocket:
                 if not more:
                     break
                 data += more
-            try:
-                raw = json.loads(data)
-                problem = "" if isinstance(raw, dict) else "the request is not a JSON object"
-            except ValueError as error:
-                problem = f"undecodable request: {error}"
-            if problem:
-                answer = {"error": CniError(DECODING_FAILURE, problem).to_dict()}
-            else:
-                answer = await self.service.handle(raw)
-            writer.write(json.dumps(answer).encode())
+            status, output = await self.answer(data)
+            writer.write(f"{status}\n{output}".encode())
             await writer.drain()
         except (ConnectionError, OSError) as error:
             log.warning("CNI request failed", extra={"error": str(error)})
@@ -415,6 +410,35 @@ class CniSocket:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def answer(self, data: bytes) -> tuple[int, str]:
+        """(exit status, stdout) for the plugin's request ``data``: a line ``CNI/1``, the
+        runtime's CNI_* variables one per line, an empty line, the configuration as the
+        runtime gave it (see cnm_cni/main.py)."""
+        head, _, body = data.partition(b"\n\n")
+        lines = head.decode(errors="replace").split("\n")
+        env = dict(line.partition("=")[::2] for line in lines[1:])
+        version = ""
+        try:
+            if lines[0] != "CNI/1" or len(data) > MAX_REQUEST:
+                raise CniError(DECODING_FAILURE, "the request is not one cnm-cni sends")
+            try:
+                config = json.loads(body)
+            except ValueError as error:
+                raise CniError(DECODING_FAILURE,
+                               f"the network configuration is not JSON: {error}") from None
+            if isinstance(config, dict) and isinstance(config.get("cniVersion"), str):
+                version = config["cniVersion"]
+            answer = await self.service.handle({
+                "command": env.get("CNI_COMMAND", ""), "containerID": env.get("CNI_CONTAINERID", ""),
+                "netns": env.get("CNI_NETNS", ""), "ifname": env.get("CNI_IFNAME", ""),
+                "args": env.get("CNI_ARGS", ""), "config": config})
+        except CniError as error:
+            answer = {"error": error.to_dict()}
+        if "error" in answer:
+            return 1, json.dumps({"cniVersion": version or SUPPORTED_VERSIONS[-1],
+                                  **answer["error"]})
+        return 0, json.dumps(answer["result"]) if "result" in answer else ""
 
     async def close(self) -> None:
         if self.server is not None:
