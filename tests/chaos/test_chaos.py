@@ -103,10 +103,12 @@ def _sandboxes(system: System) -> list:
     return list(system.call("ListSandboxes", pb.ListSandboxesRequest()).sandboxes)
 
 
+@pytest.mark.timeout(600)
 def test_chaos_storm_short(tmp_path):
     storm(tmp_path, float(os.environ.get("CNM_CHAOS_SECONDS", "120")))
 
 
 @pytest.mark.exhaustive
+@pytest.mark.timeout(1800)
 def test_chaos_storm_ten_minutes(tmp_path):
     storm(tmp_path, 600)
