@@ -70,8 +70,8 @@ class Tls:
     def server_credentials(self) -> grpc.ServerCredentials:
         """Requires and verifies client certificates; re-reads the files when they change."""
         self._warn_if_exposed()
+        seen = [self.stamp()]  # before the files are read: a change meanwhile is seen later
         ca, chain, key = self.read()
-        seen = [self.stamp()]
 
         def configuration(ca: bytes, chain: bytes, key: bytes):
             return grpc.ssl_server_certificate_configuration([(key, chain)],
