@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cnm import errors, grpc_client, validation
+from cnm import errors, grpc_client, pagination, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
@@ -305,14 +306,10 @@ class CniService:
     # --- helpers ----------------------------------------------------------------------
 
     async def _list_endpoints(self, network: str) -> list[pb.Endpoint]:
-        found, token = [], ""
-        while True:
-            reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(
-                network=network, host_id=self.host_id, page_size=1000, page_token=token))
-            found += reply.endpoints
-            token = reply.next_page_token
-            if not token:
-                return found
+        return await pagination.fetch_all_async(
+            functools.partial(self._call, "ListEndpoints"),
+            pb.ListEndpointsRequest(network=network, host_id=self.host_id, page_size=1000),
+            "endpoints")
 
     async def _endpoint(self, request: Request) -> pb.Endpoint:
         reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(

@@ -34,7 +34,7 @@ from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator.store import PREFIX
 from tests import support
-from tests.orchestrator.e2e import CNM
+from tests.orchestrator.e2e import CNM, remove_sandboxes
 
 COMPONENTS = ("orchestrator", "agent", "ipam-1", "ipam-2", "redis")
 CONTAINERS_PER_WORKER = 5
@@ -185,12 +185,6 @@ class System:
                 if kind in entry and entry[kind].get("elem"):
                     found.append(f"{entry[kind]['name']}: {entry[kind]['elem']}")
         return found
-
-
-def remove_sandboxes(host_id: str) -> None:
-    from tests.orchestrator.e2e import remove_sandboxes as remove
-
-    remove(host_id)
 
 
 @dataclass
