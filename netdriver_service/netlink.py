@@ -34,7 +34,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from cnm import errors
-from netdriver_service.linkdump import Link, read_links
+from netdriver_service.linkdump import Link, LinkQuery, read_links
 from netdriver_service.netns import check_namespace_path, in_namespace
 
 
@@ -154,15 +154,35 @@ def _selector(link: str | int) -> dict:
     return {"index": link} if isinstance(link, int) else {"ifname": link}
 
 
-def _netlink_socket() -> socket.socket:
+def netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
-async def _open_handle(path: str | None) -> AsyncIPRoute:
-    sock = _netlink_socket() if path is None else await in_namespace(path, _netlink_socket)
-    handle = AsyncIPRoute(fileno=sock.detach(), groups=0)
-    await handle.setup_endpoint()
-    return handle
+@dataclass
+class _Handle:
+    """The sockets of one namespace: pyroute2's, and one to ask for links by name."""
+
+    iproute: AsyncIPRoute
+    links: LinkQuery
+
+    def close(self) -> None:
+        self.iproute.close()
+        self.links.close()
+
+
+async def _open_handle(path: str | None) -> _Handle:
+    def sockets() -> tuple[socket.socket, socket.socket]:
+        return netlink_socket(), netlink_socket()
+
+    made = sockets() if path is None else await in_namespace(path, sockets)
+    try:
+        iproute = AsyncIPRoute(fileno=made[0].detach(), groups=0)
+        await iproute.setup_endpoint()
+    except BaseException:
+        for sock in made:
+            sock.close()
+        raise
+    return _Handle(iproute, LinkQuery(made[1]))
 
 
 class Netlink:
@@ -172,8 +192,8 @@ class Netlink:
         # host_ns: act on this namespace as "the host" instead of the agent's
         # own (in-process tests); sysctls are then written from inside it too.
         self.host_ns = host_ns
-        self._host: AsyncIPRoute | None = None
-        self._namespaces: OrderedDict[tuple[int, int], AsyncIPRoute] = OrderedDict()
+        self._host: _Handle | None = None
+        self._namespaces: OrderedDict[tuple[int, int], _Handle] = OrderedDict()
         self._paths: dict[str, tuple[int, int]] = {}
         self._max_namespaces = max_namespaces
         # One dump at a time per socket: the kernel refuses a second (EBUSY) while one
@@ -201,6 +221,9 @@ class Netlink:
         self._paths.clear()
 
     async def _handle(self, ns: str | None) -> AsyncIPRoute:
+        return (await self._sockets(ns)).iproute
+
+    async def _sockets(self, ns: str | None) -> _Handle:
         if ns is None:
             if self._host is None:
                 raise errors.Unavailable("netlink is not open")
@@ -224,7 +247,7 @@ class Netlink:
         for path in [path for path, known in self._paths.items() if known == key]:
             del self._paths[path]
         if handle is not None:
-            self._dumping.pop(id(handle), None)
+            self._dumping.pop(id(handle.iproute), None)
             handle.close()
 
     def forget_namespace(self, ns: str) -> None:
@@ -249,8 +272,10 @@ class Netlink:
         return None
 
     async def get_link(self, name: str, ns: str | None = None) -> Link | None:
-        message = await self._link_message(name, ns)
-        return None if message is None else _link(message)
+        """Link ``name``; None when there is no such link."""
+        sockets = await self._sockets(ns)
+        with _errors(f"get link {name!r}"):
+            return await sockets.links.get(name)
 
     async def get_owned_link(self, name: str, mark: str, ns: str | None = None) -> Link | None:
         """Link ``name`` if it carries ownership ``mark``; None if there is no such link.
@@ -312,9 +337,9 @@ class Netlink:
         """
         with _errors("list links"):
             if self.host_ns is None:
-                sock = _netlink_socket()
+                sock = netlink_socket()
             else:
-                sock = await in_namespace(self.host_ns, _netlink_socket)
+                sock = await in_namespace(self.host_ns, netlink_socket)
 
         def read() -> list[Link]:
             with _errors("list links"), sock:

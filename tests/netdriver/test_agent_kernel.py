@@ -21,8 +21,9 @@ from netdriver_service.agent import Agent
 from netdriver_service.faults import CONNECT_STEPS, Faults
 from netdriver_service.firewall.backends import make_firewall
 from netdriver_service.firewall.noop import NoFirewall
+from netdriver_service.linkdump import LinkQuery, link_request
 from netdriver_service.linkwatch import LinkWatch
-from netdriver_service.netlink import Netlink
+from netdriver_service.netlink import Netlink, netlink_socket
 from netdriver_service.service import NetDriverServicer
 from netdriver_service.state import Store
 from tests import support
@@ -784,3 +785,35 @@ async def test_containers_that_died_while_the_agent_was_down_are_reported_at_sta
     assert restarted.store.endpoints == {}
     restarted.forget_lost(["e1"])  # the orchestrator does not know it
     assert restarted.lost_endpoint_ids() == []
+
+
+async def test_links_asked_by_name_read_as_the_kernel_has_them(netns):
+    """Netlink.get_link asks the kernel without pyroute2 (netdriver_service/linkdump.py):
+    what it reads agrees with ``ip``, an absent name is None."""
+    host = netns("cnmt-q")
+    host.run("ip", "link", "add", "cnmq-br", "type", "bridge")
+    host.run("ip", "link", "set", "cnmq-br", "mtu", "1400", "alias", "cnm:net:x", "up")
+    host.run("ip", "link", "add", "cnmq-a", "master", "cnmq-br", "type", "veth",
+             "peer", "name", "cnmq-b")
+    netlink = await Netlink(host_ns=host.path).open()
+    try:
+        shown = json.loads(host.run("ip", "-j", "-d", "link", "show", "cnmq-br").stdout)[0]
+        bridge = await netlink.get_link("cnmq-br")
+        assert (bridge.index, bridge.name, bridge.kind, bridge.alias, bridge.mtu, bridge.mac,
+                bridge.master) == (shown["ifindex"], "cnmq-br", "bridge", "cnm:net:x", 1400,
+                                   shown["address"], 0)
+        port = await netlink.get_link("cnmq-a", host.path)
+        assert (port.kind, port.master, port.up) == ("veth", bridge.index, False)
+        assert await netlink.get_link("cnmq-none") is None
+        # An answer left unread (its asker cancelled) is not taken for the next question's.
+        query = LinkQuery(await netns_module.in_namespace(host.path, netlink_socket))
+        try:
+            query.sock.send(link_request("cnmq-b", 4242))
+            assert (await query.get("cnmq-a")).name == "cnmq-a"
+        finally:
+            query.close()
+        assert (await netlink.get_link("cnmq-b")).name == "cnmq-b"
+        with pytest.raises(errors.InvalidArgument):
+            await netlink.get_link("x" * 20)  # longer than IFNAMSIZ: the kernel says EINVAL
+    finally:
+        await netlink.close()
