@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import os
 import socket
 from collections import OrderedDict
@@ -34,8 +33,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from cnm import errors
-from netdriver_service.linkdump import Link, LinkQuery, read_links
+from netdriver_service.linkdump import Link, read_links
 from netdriver_service.netns import check_namespace_path, in_namespace
+from netdriver_service.rtnl import IFLA_IFALIAS, NO_IPV6_LINK_LOCAL, Rtnl, text
 
 
 class LinkNotFound(errors.NotFound):
@@ -150,39 +150,44 @@ def _carries(link: Link, mark: str) -> bool:
     return link.alias.startswith(mark) if mark.endswith(":") else link.alias == mark
 
 
-def _selector(link: str | int) -> dict:
-    return {"index": link} if isinstance(link, int) else {"ifname": link}
-
-
 def netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
-@dataclass
 class _Handle:
-    """The sockets of one namespace: pyroute2's, and one to ask for links by name."""
+    """The sockets of one namespace, both opened in it at once: one for the requests of a
+    connect (:class:`Rtnl`), and one that pyroute2 is given for everything else when
+    first needed (making its AsyncIPRoute costs more than all of a connect's requests)."""
 
-    iproute: AsyncIPRoute
-    links: LinkQuery
+    def __init__(self, rtnl: Rtnl, spare: socket.socket) -> None:
+        self.rtnl = rtnl
+        self._spare: socket.socket | None = spare
+        self._iproute: AsyncIPRoute | None = None
+
+    async def iproute(self) -> AsyncIPRoute:
+        if self._iproute is None:
+            sock, self._spare = self._spare, None
+            if sock is None:
+                raise errors.Unavailable("netlink socket closed")
+            iproute = AsyncIPRoute(fileno=sock.detach(), groups=0)
+            await iproute.setup_endpoint()
+            self._iproute = iproute
+        return self._iproute
 
     def close(self) -> None:
-        self.iproute.close()
-        self.links.close()
+        self.rtnl.close()
+        if self._spare is not None:
+            self._spare.close()
+        if self._iproute is not None:
+            self._iproute.close()
 
 
 async def _open_handle(path: str | None) -> _Handle:
     def sockets() -> tuple[socket.socket, socket.socket]:
         return netlink_socket(), netlink_socket()
 
-    made = sockets() if path is None else await in_namespace(path, sockets)
-    try:
-        iproute = AsyncIPRoute(fileno=made[0].detach(), groups=0)
-        await iproute.setup_endpoint()
-    except BaseException:
-        for sock in made:
-            sock.close()
-        raise
-    return _Handle(iproute, LinkQuery(made[1]))
+    rtnl, spare = sockets() if path is None else await in_namespace(path, sockets)
+    return _Handle(Rtnl(rtnl), spare)
 
 
 class Netlink:
@@ -221,7 +226,10 @@ class Netlink:
         self._paths.clear()
 
     async def _handle(self, ns: str | None) -> AsyncIPRoute:
-        return (await self._sockets(ns)).iproute
+        return await (await self._sockets(ns)).iproute()
+
+    async def _rtnl(self, ns: str | None) -> Rtnl:
+        return (await self._sockets(ns)).rtnl
 
     async def _sockets(self, ns: str | None) -> _Handle:
         if ns is None:
@@ -247,7 +255,7 @@ class Netlink:
         for path in [path for path, known in self._paths.items() if known == key]:
             del self._paths[path]
         if handle is not None:
-            self._dumping.pop(id(handle.iproute), None)
+            self._dumping.pop(id(handle._iproute), None)
             handle.close()
 
     def forget_namespace(self, ns: str) -> None:
@@ -273,9 +281,9 @@ class Netlink:
 
     async def get_link(self, name: str, ns: str | None = None) -> Link | None:
         """Link ``name``; None when there is no such link."""
-        sockets = await self._sockets(ns)
+        rtnl = await self._rtnl(ns)
         with _errors(f"get link {name!r}"):
-            return await sockets.links.get(name)
+            return await rtnl.get_link(name)
 
     async def get_owned_link(self, name: str, mark: str, ns: str | None = None) -> Link | None:
         """Link ``name`` if it carries ownership ``mark``; None if there is no such link.
@@ -298,9 +306,9 @@ class Netlink:
         link = await self.get_owned_link(name, mark, ns)
         if link is None:
             return False
-        handle = await self._handle(ns)
+        rtnl = await self._rtnl(ns)
         with _errors(f"delete link {name!r}", fine=GONE):
-            await handle.link("del", index=link.index)  # by index: this very link
+            await rtnl.delete_link(link.index)  # by index: this very link
             return True
         return False
 
@@ -372,26 +380,29 @@ class Netlink:
                 "add", ifname=name, kind="bridge", mtu=mtu, state="up",
                 br_mcast_snooping=int(mcast_snooping), **extra,
             )
-        await self._mark_new_link(handle, name, alias)
+        await self._mark_alias(name, alias)
 
-    async def _mark_new_link(
-        self, handle: AsyncIPRoute, name: str, alias: str, then=None, **settings
-    ) -> None:
-        """Sets the ownership mark of link ``name``, just created, with ``settings`` in the
-        same request, then awaits ``then()`` if given; deletes the link if any of it fails.
+    async def _mark_alias(self, name: str, alias: str) -> None:
+        rtnl = await self._rtnl(None)
+        await self._mark_new_link(name, lambda: rtnl.set_link(name, text(IFLA_IFALIAS, alias)))
+
+    async def _mark_new_link(self, name: str, mark, then=None) -> None:
+        """Awaits ``mark()``, which sets the ownership mark of link ``name``, just created,
+        then ``then()`` if given; deletes the link if any of it fails.
 
         The kernel takes IFLA_IFALIAS only in a change, never with the add, so
         a link is briefly unmarked: never leave one so, or its name would be
         refused ever after as taken by a link cnm does not own.
         """
+        rtnl = await self._rtnl(None)
         try:
             with _errors(f"mark link {name!r}"):
-                await handle.link("set", ifname=name, ifalias=alias, **settings)
+                await mark()
             if then is not None:
                 await then()
         except BaseException:
-            with contextlib.suppress(NetlinkError, OSError):
-                await handle.link("del", ifname=name)
+            with contextlib.suppress(OSError):
+                await rtnl.delete_link(name)
             raise
 
     async def create_veth(
@@ -410,21 +421,19 @@ class Netlink:
         walks cost about 1 ms per connect. A bridge port needs no IPv6 of its own:
         the containers' IPv6 crosses the bridge at layer 2 all the same.
         """
-        handle = await self._handle(None)
+        rtnl = await self._rtnl(None)
         what = f"create veth {name!r} with peer {peer_name!r} in {peer_ns!r}"
         with _errors(what):
             fd = os.open(peer_ns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with _errors(what):
-                await handle.link(
-                    "add", ifname=name, kind="veth", mtu=mtu, master=master,
-                    peer={"ifname": peer_name, "net_ns_fd": fd, "mtu": mtu, "address": peer_mac},
-                )
+                await rtnl.create_veth(name, mtu=mtu, master=master, peer_name=peer_name,
+                                       peer_ns_fd=fd, peer_mac=peer_mac)
         finally:
             os.close(fd)
         await self._mark_new_link(
-            handle, name, alias, then=lambda: self._disable_ipv6(name),
-            kind="bridge_slave", mode=int(hairpin),
+            name, lambda: rtnl.mark_bridge_port(name, alias, hairpin),
+            then=lambda: self._disable_ipv6(name),
         )
 
     async def _disable_ipv6(self, name: str) -> None:
@@ -457,16 +466,16 @@ class Netlink:
         bridge floods to all its ports: with 1,000 containers on a bridge
         that multicast storm tripled the cost of connecting one more.
         """
-        handle = await self._handle(ns)
+        rtnl = await self._rtnl(ns)
         # EAFNOSUPPORT: booted with ipv6.disable=1, no IPv6 to turn off.
         with _errors(f"turn off IPv6 link-local address of {link!r}", fine=NO_IPV6):
-            await handle.link("set", **_selector(link), IFLA_AF_SPEC=_NO_IPV6_LINK_LOCAL)
+            await rtnl.set_link(link, NO_IPV6_LINK_LOCAL)
 
     async def set_up(self, link: str | int, ns: str | None = None) -> None:
         """Sets ``link`` (a name or an index) up."""
-        handle = await self._handle(ns)
+        rtnl = await self._rtnl(ns)
         with _errors(f"set {link!r} up"):
-            await handle.link("set", **_selector(link), state="up")
+            await rtnl.set_up(link)
 
     async def set_master(self, name: str, master: int) -> None:
         """Makes link ``name`` a port of bridge ``master`` (an index)."""
@@ -486,21 +495,19 @@ class Netlink:
 
     async def add_address(self, name: str | int, cidr: str, ns: str | None = None) -> None:
         """Adds ``cidr`` to link ``name`` (or index); already having it is fine."""
-        handle = await self._handle(ns)
-        interface = ipaddress.IPv4Interface(cidr)
-        index = await self._index(handle, name, ns)
+        rtnl = await self._rtnl(ns)
+        index = await self._index(name, ns)
         with _errors(f"add address {cidr} to {name!r}", fine=THERE):
-            await handle.addr("add", index=index, address=str(interface.ip),
-                              prefixlen=interface.network.prefixlen)
+            await rtnl.add_address(index, cidr)
 
     async def add_default_route(
         self, gateway: str, name: str | int, ns: str | None = None
     ) -> None:
         """Adds a default route via ``gateway`` out of ``name``; the same route existing is fine."""
-        handle = await self._handle(ns)
-        index = await self._index(handle, name, ns)
+        rtnl = await self._rtnl(ns)
+        index = await self._index(name, ns)
         with _errors(f"add default route via {gateway}", fine=THERE):
-            await handle.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
+            await rtnl.add_default_route(gateway, index)
             return
         if await self.default_route(ns) != (gateway, index):
             raise errors.FailedPrecondition(
@@ -528,14 +535,13 @@ class Netlink:
                 if message["index"] == index
             ]
 
-    async def _index(self, handle: AsyncIPRoute, name: str | int, ns: str | None) -> int:
+    async def _index(self, name: str | int, ns: str | None) -> int:
         if isinstance(name, int):
             return name
-        with _errors(f"find link {name!r}" + (f" in {ns!r}" if ns else "")):
-            indexes = await handle.link_lookup(ifname=name)
-        if not indexes:
+        link = await self.get_link(name, ns)
+        if link is None:
             raise LinkNotFound(f"link {name!r} not found" + (f" in {ns!r}" if ns else ""))
-        return indexes[0]
+        return link.index
 
     # VXLAN and forwarding entries (the agent's own namespace) ------------------------
 
@@ -551,7 +557,7 @@ class Netlink:
             options["vxlan_local"] = local
         with _errors(f"create vxlan {name!r} (vni {vni})"):
             await handle.link("add", ifname=name, kind="vxlan", mtu=mtu, **options)
-        await self._mark_new_link(handle, name, alias)
+        await self._mark_alias(name, alias)
         try:
             with _errors(f"attach vxlan {name!r} to its bridge"):
                 await handle.link("set", ifname=name, master=master)

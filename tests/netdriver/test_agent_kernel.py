@@ -21,9 +21,9 @@ from netdriver_service.agent import Agent
 from netdriver_service.faults import CONNECT_STEPS, Faults
 from netdriver_service.firewall.backends import make_firewall
 from netdriver_service.firewall.noop import NoFirewall
-from netdriver_service.linkdump import LinkQuery, link_request
 from netdriver_service.linkwatch import LinkWatch
 from netdriver_service.netlink import Netlink, netlink_socket
+from netdriver_service.rtnl import RTM_GETLINK, Rtnl, get_link_request, message
 from netdriver_service.service import NetDriverServicer
 from netdriver_service.state import Store
 from tests import support
@@ -444,7 +444,7 @@ async def test_a_crash_between_making_a_veth_and_marking_it_is_cleaned_up(world,
     await crashed.create_network(NET)
     frozen = asyncio.Event()
 
-    async def die_here(handle, name, alias, then=None, **settings):
+    async def die_here(*args, **kwargs):
         frozen.set()
         await asyncio.Event().wait()  # the process is killed at this point
 
@@ -806,10 +806,10 @@ async def test_links_asked_by_name_read_as_the_kernel_has_them(netns):
         assert (port.kind, port.master, port.up) == ("veth", bridge.index, False)
         assert await netlink.get_link("cnmq-none") is None
         # An answer left unread (its asker cancelled) is not taken for the next question's.
-        query = LinkQuery(await netns_module.in_namespace(host.path, netlink_socket))
+        query = Rtnl(await netns_module.in_namespace(host.path, netlink_socket))
         try:
-            query.sock.send(link_request("cnmq-b", 4242))
-            assert (await query.get("cnmq-a")).name == "cnmq-a"
+            query.sock.send(message(RTM_GETLINK, 0, get_link_request("cnmq-b"), 4242))
+            assert (await query.get_link("cnmq-a")).name == "cnmq-a"
         finally:
             query.close()
         assert (await netlink.get_link("cnmq-b")).name == "cnmq-b"
