@@ -159,10 +159,12 @@ async def start(
     returns True, and is re-evaluated every ``readiness_interval`` seconds
     afterwards.
     """
+    addresses = listen_addresses(listen)
     check_listen(listen, tls, insecure)
-    if tls is None and insecure and not is_local(listen):
-        logger.warning("listening without TLS beyond this machine: anyone who reaches "
-                       "the port may call every RPC", extra={"address": listen})
+    for address in addresses:
+        if tls is None and insecure and not is_local(address):
+            logger.warning("listening without TLS beyond this machine: anyone who reaches "
+                           "the port may call every RPC", extra={"address": address})
     server = grpc.aio.server(
         interceptors=[ErrorAndLogInterceptor(logger, policy if tls is not None else None)],
         options=[("grpc.so_reuseport", 0)],
@@ -178,27 +180,38 @@ async def start(
         server,
     )
     # A unix socket is born 0600: no window in which another user could connect.
-    umask = os.umask(0o177) if listen.startswith("unix:") else None
+    umask = os.umask(0o177) if any(a.startswith("unix:") for a in addresses) else None
+    ports = []
     try:
-        port = (server.add_insecure_port(listen) if tls is None
-                else server.add_secure_port(listen, tls.server_credentials()))
-        running = Server(server=server, port=port, health=health_servicer, service_names=names)
+        for address in addresses:
+            try:
+                ports.append(server.add_insecure_port(address) if tls is None
+                             else server.add_secure_port(address, tls.server_credentials()))
+            except RuntimeError as error:
+                raise errors.Unavailable(f"cannot listen on {address}: address in use or not "
+                                         "valid", listen=address) from error
+        running = Server(server=server, port=ports[0], health=health_servicer,
+                         service_names=names)
         await running.set_serving(False)
-        await server.start()
-    except RuntimeError as error:
+        try:
+            await server.start()
+        except RuntimeError as error:
+            raise errors.Unavailable(f"cannot listen on {listen}: address in use or not "
+                                     "valid", listen=listen) from error
+    except errors.Unavailable:
         await server.stop(None)
-        raise errors.Unavailable(
-            f"cannot listen on {listen}: address in use or not valid", listen=listen
-        ) from error
+        raise
     finally:
         if umask is not None:
             os.umask(umask)
-    if listen.startswith("unix:") and socket_group:
-        path = listen.removeprefix("unix:").removeprefix("//")
-        os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)
-        os.chmod(path, 0o660)
-    bound = listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
-    logger.info("listening", extra={"address": bound})
+    for address, port in zip(addresses, ports):
+        if address.startswith("unix:") and socket_group:
+            path = address.removeprefix("unix:").removeprefix("//")
+            os.chown(path, -1, grp.getgrnam(socket_group).gr_gid)
+            os.chmod(path, 0o660)
+        bound = address if address.startswith("unix:") else \
+            f"{address.rsplit(':', 1)[0]}:{port}"
+        logger.info("listening", extra={"address": bound})
 
     async def watch_readiness() -> None:
         serving = None
@@ -230,13 +243,23 @@ def is_local(listen: str) -> bool:
         return False
 
 
+def listen_addresses(listen: str) -> list[str]:
+    """The addresses of a --listen value: one, or several separated by commas (e.g. a
+    port for remote clients and a unix socket for the agent of this host)."""
+    addresses = [address.strip() for address in listen.split(",")]
+    if not all(addresses):
+        raise ValueError(f"--listen {listen!r}: an empty address")
+    return addresses
+
+
 def check_listen(listen: str, tls: Tls | None, insecure: bool) -> None:
     """ValueError (a configuration error) for plaintext beyond loopback without --insecure."""
-    if tls is None and not insecure and not is_local(listen):
-        raise ValueError(
-            f"refusing to listen on {listen} without TLS: give --tls-ca/--tls-cert/--tls-key "
-            f"(see `cnm pki`), listen on loopback or a unix socket, or accept the risk with "
-            f"--insecure (env CNM_INSECURE=1)")
+    for address in listen_addresses(listen):
+        if tls is None and not insecure and not is_local(address):
+            raise ValueError(
+                f"refusing to listen on {address} without TLS: give --tls-ca/--tls-cert/"
+                f"--tls-key (see `cnm pki`), listen on loopback or a unix socket, or accept "
+                f"the risk with --insecure (env CNM_INSECURE=1)")
 
 
 def check_args(parser, args) -> None:

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     config.add_flag(
         parser, "--listen", "CNM_NETDRIVER_LISTEN", config.DEFAULT_NETDRIVER_ADDR,
-        "gRPC address to listen on (host:port or unix:/path)",
+        "gRPC address(es) to listen on, host:port or unix:/path, comma-separated",
     )
     config.add_flag(parser, "--host-id", "CNM_HOST_ID", config.default_host_id(), "this host's id")
     config.add_flag(
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.state_dir = args.state_dir or os.path.join(
         config.run_dir(), "netdriver", args.host_id
     )
-    args.advertise = args.advertise or args.listen
+    args.advertise = args.advertise or server.listen_addresses(args.listen)[0]
     args.cni_socket = args.cni_socket or os.path.join(config.run_dir(), "cni.sock")
     return args
 

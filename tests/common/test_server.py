@@ -202,6 +202,7 @@ async def test_a_unix_socket_is_for_its_owner_alone_unless_a_group_is_given(tmp_
 @pytest.mark.parametrize(("listen", "refused"), [
     ("127.0.0.1:0", False), ("[::1]:0", False), ("localhost:0", False), ("unix:/x.sock", False),
     ("0.0.0.0:0", True), ("[::]:0", True), ("10.1.2.3:50051", True), ("example.org:1", True),
+    ("127.0.0.1:0,unix:/x.sock", False), ("unix:/x.sock,0.0.0.0:0", True),
 ])
 def test_plaintext_listens_beyond_loopback_only_when_told_insecure(listen, refused):
     if refused:
@@ -210,3 +211,20 @@ def test_plaintext_listens_beyond_loopback_only_when_told_insecure(listen, refus
     else:
         server.check_listen(listen, None, insecure=False)
     server.check_listen(listen, None, insecure=True)
+
+
+async def test_it_listens_on_every_address_of_a_comma_separated_list(tmp_path):
+    """A port for remote clients and a unix socket for this host's agent, one server."""
+    path = tmp_path / "both.sock"
+    running = await server.start(listen=f"127.0.0.1:0, unix:{path}", services=[],
+                                 logger=logging.getLogger("test"), readiness=_ready)
+    try:
+        for address in (f"127.0.0.1:{running.port}", f"unix:{path}"):
+            async with grpc.aio.insecure_channel(address) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        await running.stop(0)
+    with pytest.raises(ValueError, match="empty address"):
+        server.check_listen("127.0.0.1:0,", None, insecure=False)
