@@ -19,5 +19,6 @@ POLICY = Policy(pb.DESCRIPTOR.services_by_name["IpamService"].full_name, {
     "AllocateAddress": MUTATE,
     "BatchAllocateAddresses": MUTATE,
     "ReleaseAddress": MUTATE,
+    "TransferAddress": MUTATE,
     "ListAllocations": READ,
 })

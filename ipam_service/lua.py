@@ -264,6 +264,22 @@ return {'released', address}
 """
 )
 
+# ARGV: address, from owner, to owner. The address stays allocated throughout.
+TRANSFER = """
+local f = redis.call('HMGET', KEYS[1], 'family', 'prefix_length', 'gateway')
+if not f[1] then return {'not_found'} end
+local address, from, to = ARGV[1], ARGV[2], ARGV[3]
+local holder = redis.call('HGET', KEYS[4], address)
+if holder == to then return {'ok', f[2], f[3]} end
+if holder ~= from then return {'not_held', holder or ''} end
+local other = redis.call('HGET', KEYS[3], to)
+if other then return {'owner_holds', other} end
+redis.call('HDEL', KEYS[3], from)
+redis.call('HSET', KEYS[3], to, address)
+redis.call('HSET', KEYS[4], address, to)
+return {'ok', f[2], f[3]}
+"""
+
 # ARGV: '1' to delete even while endpoint addresses are allocated.
 DELETE_POOL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'absent', 0} end

@@ -107,6 +107,14 @@ class IpamService(ipam_pb2_grpc.IpamServiceServicer):
             )
         return ipam_pb2.ReleaseAddressResponse(address=released)
 
+    async def TransferAddress(self, request, context):
+        pool_id = pools.check_pool_id(request.pool_id)
+        address = pools.parse_address(request.address, "address")
+        prefix_length, gateway = await self.store.transfer(
+            pool_id, str(address), pools.check_owner(request.from_owner),
+            pools.check_owner(request.to_owner))
+        return ipam_pb2.TransferAddressResponse(prefix_length=prefix_length, gateway=gateway)
+
     async def ListAllocations(self, request, context):
         pool_id = pools.check_pool_id(request.pool_id)
         where = pagination.cursor(request)

@@ -114,6 +114,7 @@ class RedisStore:
         self._allocate = register(lua.ALLOCATE)
         self._batch = register(lua.BATCH_ALLOCATE)
         self._release = register(lua.RELEASE)
+        self._transfer = register(lua.TRANSFER)
         self._list_allocations = register(lua.LIST_ALLOCATIONS)
 
     @classmethod
@@ -338,6 +339,29 @@ class RedisStore:
                 address=value,
             )
         return reply[1] if reply[0] == "released" else ""
+
+    async def transfer(self, pool_id: str, address: str, from_owner: str,
+                       to_owner: str) -> tuple[int, str]:
+        """Hands ``address`` from ``from_owner`` to ``to_owner`` (already done: fine);
+        returns the pool's (prefix length, gateway)."""
+        doing = f"hand {address} in pool {pool_id!r} from {from_owner!r} to {to_owner!r}"
+        with self._redis(doing):
+            reply = await self._transfer(keys=pool_keys(pool_id),
+                                         args=[address, from_owner, to_owner])
+        if reply[0] == "ok":
+            return int(reply[1]), reply[2]
+        if reply[0] == "not_found":
+            raise _pool_not_found(pool_id)
+        if reply[0] == "not_held":
+            held = f"held by {reply[1]!r}" if reply[1] else "not allocated"
+            raise errors.FailedPrecondition(
+                f"address {address} in pool {pool_id!r} is {held}, not by {from_owner!r}",
+                reason="ADDRESS_NOT_HELD", address=address, owner=reply[1])
+        if reply[0] == "owner_holds":
+            raise errors.AlreadyExists(
+                f"owner {to_owner!r} already holds {reply[1]} in pool {pool_id!r}",
+                reason="OWNER_HOLDS_OTHER_ADDRESS", owner=to_owner, address=reply[1])
+        raise errors.Internal(f"{doing}: unexpected script reply {reply!r}")
 
     async def allocations_page(self, pool_id: str, after: str, size: int) -> AllocationsPage:
         """Up to ``size`` allocations in address order, after the address whose order key

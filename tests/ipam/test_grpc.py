@@ -170,6 +170,11 @@ def release(pool_id="net1", **target):
     return pb.ReleaseAddressRequest(pool_id=pool_id, **target)
 
 
+def transfer(pool_id="net1", address="10.10.0.2", from_owner="someone", to_owner="ep2"):
+    return pb.TransferAddressRequest(pool_id=pool_id, address=address, from_owner=from_owner,
+                                     to_owner=to_owner)
+
+
 # Against a /30 whose only endpoint address, 10.10.0.2, "ep" holds.
 BAD_ADDRESS_CALLS = [
     (alloc(pool_id="nope"), NOT_FOUND, "POOL_NOT_FOUND"),
@@ -192,6 +197,12 @@ BAD_ADDRESS_CALLS = [
     (release(), INVALID, "TARGET_REQUIRED"),
     (release(address="10.10.0.1"), grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_PROTECTED"),
     (release(pool_id="nope", owner="a"), NOT_FOUND, "POOL_NOT_FOUND"),
+    (transfer(), grpc.StatusCode.FAILED_PRECONDITION, "ADDRESS_NOT_HELD"),
+    (transfer(address="10.10.0.1", from_owner="cnm:gateway"), INVALID, "RESERVED_OWNER"),
+    (transfer(to_owner="cnm:reserved"), INVALID, "RESERVED_OWNER"),
+    (transfer(to_owner=""), INVALID, "OWNER_REQUIRED"),
+    (transfer(address="x"), INVALID, "INVALID_ADDRESS"),
+    (transfer(pool_id="nope", from_owner="ep"), NOT_FOUND, "POOL_NOT_FOUND"),
     (pb.GetPoolRequest(pool_id="nope"), NOT_FOUND, "POOL_NOT_FOUND"),
     (pb.ListAllocationsRequest(pool_id="nope"), NOT_FOUND, "POOL_NOT_FOUND"),
 ]

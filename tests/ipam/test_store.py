@@ -118,6 +118,33 @@ async def test_release_of_free_or_unknown_changes_nothing(store, redis_url):
         await store.release("nope", owner="a")
 
 
+async def test_an_address_is_handed_between_owners_never_free_in_between(store, redis_url):
+    await store.create_pool(spec())
+    held = (await store.allocate("p1", "reservation")).address
+    other = (await store.allocate("p1", "other")).address
+    assert await store.transfer("p1", held, "reservation", "endpoint") == (24, "10.1.0.1")
+    assert check_pool(redis_url, "p1")[held] == "endpoint"
+    assert (await store.allocate("p1", "endpoint")).address == held  # the owner holds it
+    # Repeated: already done. Refused, changing nothing: the old owner does not hold it,
+    # the new owner holds another, a free address, the gateway, no such pool.
+    before = snapshot(redis_url)
+    assert await store.transfer("p1", held, "reservation", "endpoint") == (24, "10.1.0.1")
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await store.transfer("p1", held, "reservation", "third")
+    assert caught.value.reason == "ADDRESS_NOT_HELD"
+    with pytest.raises(errors.AlreadyExists):
+        await store.transfer("p1", held, "endpoint", "other")
+    for address, owner in (("10.1.0.99", "nobody"), ("10.1.0.1", "cnm:gateway")):
+        with pytest.raises(errors.FailedPrecondition):
+            await store.transfer("p1", address, owner if owner == "nobody" else "x", "y")
+    with pytest.raises(errors.NotFound):
+        await store.transfer("nope", held, "endpoint", "y")
+    assert snapshot(redis_url) == before
+    assert await store.transfer("p1", held, "endpoint", "reservation") == (24, "10.1.0.1")
+    assert await store.release("p1", owner="reservation") == held
+    assert other in check_pool(redis_url, "p1")
+
+
 async def test_batch_is_all_or_nothing(store, redis_url):
     await store.create_pool(spec(subnet="10.1.0.0/28"))  # 13 dynamic addresses
     await store.allocate("p1", "held")

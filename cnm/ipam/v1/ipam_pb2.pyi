@@ -171,6 +171,26 @@ class ReleaseAddressResponse(_message.Message):
     address: str
     def __init__(self, address: _Optional[str] = ...) -> None: ...
 
+class TransferAddressRequest(_message.Message):
+    __slots__ = ("pool_id", "address", "from_owner", "to_owner")
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FROM_OWNER_FIELD_NUMBER: _ClassVar[int]
+    TO_OWNER_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    address: str
+    from_owner: str
+    to_owner: str
+    def __init__(self, pool_id: _Optional[str] = ..., address: _Optional[str] = ..., from_owner: _Optional[str] = ..., to_owner: _Optional[str] = ...) -> None: ...
+
+class TransferAddressResponse(_message.Message):
+    __slots__ = ("prefix_length", "gateway")
+    PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    prefix_length: int
+    gateway: str
+    def __init__(self, prefix_length: _Optional[int] = ..., gateway: _Optional[str] = ...) -> None: ...
+
 class ListAllocationsRequest(_message.Message):
     __slots__ = ("pool_id", "page_size", "page_token")
     POOL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -94,6 +94,11 @@ class IpamServiceStub:
                 request_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressRequest.SerializeToString,
                 response_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressResponse.FromString,
                 _registered_method=True)
+        self.TransferAddress = channel.unary_unary(
+                '/cnm.ipam.v1.IpamService/TransferAddress',
+                request_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressRequest.SerializeToString,
+                response_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressResponse.FromString,
+                _registered_method=True)
         self.ListAllocations = channel.unary_unary(
                 '/cnm.ipam.v1.IpamService/ListAllocations',
                 request_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ListAllocationsRequest.SerializeToString,
@@ -194,6 +199,17 @@ class IpamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferAddress(self, request, context):
+        """Hands an allocated address from one owner to another in one atomic step,
+        the address never free in between (a runtime's IPAM reserves an address
+        before the endpoint that takes it exists). Idempotent: succeeds when the
+        new owner already holds the address. FAILED_PRECONDITION when the old
+        owner does not hold it; ALREADY_EXISTS when the new owner holds another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAllocations(self, request, context):
         """Lists the allocations of a pool with their owners, ordered by address.
         """
@@ -238,6 +254,11 @@ def add_IpamServiceServicer_to_server(servicer, server):
                     servicer.ReleaseAddress,
                     request_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressRequest.FromString,
                     response_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressResponse.SerializeToString,
+            ),
+            'TransferAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferAddress,
+                    request_deserializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressRequest.FromString,
+                    response_serializer=cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressResponse.SerializeToString,
             ),
             'ListAllocations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAllocations,
@@ -459,6 +480,33 @@ class IpamService:
             '/cnm.ipam.v1.IpamService/ReleaseAddress',
             cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressRequest.SerializeToString,
             cnm_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnm.ipam.v1.IpamService/TransferAddress',
+            cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressRequest.SerializeToString,
+            cnm_dot_ipam_dot_v1_dot_ipam__pb2.TransferAddressResponse.FromString,
             options,
             channel_credentials,
             insecure,
