@@ -181,9 +181,10 @@ ALLOCATE = (
 local f = redis.call('HMGET', KEYS[1], 'family', 'range_start', 'range_size', 'cursor',
                      'prefix_length', 'gateway', 'fingerprint')
 if not f[1] then return {'not_found'} end
-local owner, preferred = ARGV[1], ARGV[2]
+local owner, preferred, prefix = ARGV[1], ARGV[2], ARGV[4] == '1'
+if prefix and preferred ~= '' then owner = owner .. preferred end
 local held = redis.call('HGET', KEYS[3], owner)
-if held then
+if held and not (prefix and preferred == '') then
   if preferred ~= '' and preferred ~= held then return {'owner_holds', held} end
   return {'ok', held, 0, f[5], f[6]}
 end
@@ -198,6 +199,7 @@ else
   bit, address = next_free(KEYS[5], KEYS[4], tonumber(f[4]), range)
   if bit < 0 then return {'exhausted'} end
   redis.call('HSET', KEYS[1], 'cursor', (bit + 1) % range.size)
+  if prefix then owner = owner .. address end
 end
 take(address, owner, bit)
 return {'ok', address, 1, f[5], f[6]}

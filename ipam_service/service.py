@@ -74,7 +74,8 @@ class IpamService(ipam_pb2_grpc.IpamServiceServicer):
         preferred = None
         if request.preferred_address:
             preferred = pools.parse_address(request.preferred_address, "preferred address")
-        allocated = await self.store.allocate(pool_id, owner, preferred)
+        allocated = await self.store.allocate(pool_id, owner, preferred,
+                                              owner_is_prefix=request.owner_is_prefix)
         return ipam_pb2.AllocateAddressResponse(
             address=allocated.address,
             prefix_length=allocated.prefix_length,

@@ -270,6 +270,7 @@ class RedisStore:
         pool_id: str,
         owner: str,
         preferred: Address | None = None,
+        owner_is_prefix: bool = False,
     ) -> Allocated:
         doing = f"allocate an address in pool {pool_id!r} for {owner!r}"
         fingerprint = ""
@@ -280,7 +281,8 @@ class RedisStore:
         with self._redis(doing):
             reply = await self._allocate(
                 keys=pool_keys(pool_id),
-                args=[owner, str(preferred) if preferred else "", fingerprint],
+                args=[owner, str(preferred) if preferred else "", fingerprint,
+                      "1" if owner_is_prefix else "0"],
             )
         status = reply[0]
         if status == "ok":

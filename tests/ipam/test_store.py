@@ -145,6 +145,26 @@ async def test_an_address_is_handed_between_owners_never_free_in_between(store, 
     assert other in check_pool(redis_url, "p1")
 
 
+async def test_a_prefix_owner_names_each_address_it_holds(store, redis_url):
+    await store.create_pool(spec(subnet="10.1.0.0/29"))
+    first = await store.allocate("p1", "held:h1:", owner_is_prefix=True)
+    second = await store.allocate("p1", "held:h1:", owner_is_prefix=True)
+    assert first.address != second.address and first.newly_allocated
+    static = await store.allocate("p1", "held:h1:", ipaddress.ip_address("10.1.0.6"),
+                                  owner_is_prefix=True)
+    again = await store.allocate("p1", "held:h1:", ipaddress.ip_address("10.1.0.6"),
+                                 owner_is_prefix=True)
+    assert (static.address, again.address, again.newly_allocated) == ("10.1.0.6", "10.1.0.6",
+                                                                       False)
+    with pytest.raises(errors.AlreadyExists):
+        await store.allocate("p1", "held:h2:", ipaddress.ip_address("10.1.0.6"),
+                             owner_is_prefix=True)
+    assert {owner: address for address, owner in check_pool(redis_url, "p1").items()
+            if owner.startswith("held:")} == {
+        f"held:h1:{a}": a for a in (first.address, second.address, "10.1.0.6")}
+    assert await store.release("p1", owner=f"held:h1:{first.address}") == first.address
+
+
 async def test_batch_is_all_or_nothing(store, redis_url):
     await store.create_pool(spec(subnet="10.1.0.0/28"))  # 13 dynamic addresses
     await store.allocate("p1", "held")

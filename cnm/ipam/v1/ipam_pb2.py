@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63nm/ipam/v1/ipam.proto\x12\x0b\x63nm.ipam.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\x04Pool\x12\x16\n\x07pool_id\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x15\n\x06subnet\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x10\n\x08ip_range\x18\x04 \x01(\t\x12\x1a\n\x12reserved_addresses\x18\x05 \x03(\t\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.cnm.ipam.v1.Pool.LabelsEntry\x12+\n\x06\x66\x61mily\x18\x07 \x01(\x0e\x32\x15.cnm.ipam.v1.IpFamilyB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12+\n\x05usage\x18\t \x01(\x0b\x32\x16.cnm.ipam.v1.PoolUsageB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\tPoolUsage\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x11\n\tallocated\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ree\x18\x03 \x01(\x04\",\n\nAllocation\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\":\n\x11\x43reatePoolRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.PoolB\x04\xe2\x41\x01\x02\"5\n\x12\x43reatePoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.Pool\"\'\n\x0eGetPoolRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x0fGetPoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.Pool\"9\n\x10ListPoolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x11ListPoolsResponse\x12 \n\x05pools\x18\x01 \x03(\x0b\x32\x11.cnm.ipam.v1.Pool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x11\x44\x65letePoolRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12\x44\x65letePoolResponse\"_\n\x16\x41llocateAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x11preferred_address\x18\x03 \x01(\t\"k\n\x17\x41llocateAddressResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x15\n\rprefix_length\x18\x02 \x01(\r\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x17\n\x0fnewly_allocated\x18\x04 \x01(\x08\"L\n\x1d\x42\x61tchAllocateAddressesRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06owners\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"N\n\x1e\x42\x61tchAllocateAddressesResponse\x12,\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x17.cnm.ipam.v1.Allocation\"\\\n\x15ReleaseAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x07\x61\x64\x64ress\x18\x02 \x01(\tH\x00\x12\x0f\n\x05owner\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\")\n\x16ReleaseAddressResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"x\n\x16TransferAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nfrom_owner\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08to_owner\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x17TransferAddressResponse\x12\x15\n\rprefix_length\x18\x01 \x01(\r\x12\x0f\n\x07gateway\x18\x02 \x01(\t\"V\n\x16ListAllocationsRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListAllocationsResponse\x12,\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x17.cnm.ipam.v1.Allocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*M\n\x08IpFamily\x12\x19\n\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n\x0eIP_FAMILY_IPV6\x10\x02\x32\xa5\x06\n\x0bIpamService\x12M\n\nCreatePool\x12\x1e.cnm.ipam.v1.CreatePoolRequest\x1a\x1f.cnm.ipam.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.cnm.ipam.v1.GetPoolRequest\x1a\x1c.cnm.ipam.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.cnm.ipam.v1.ListPoolsRequest\x1a\x1e.cnm.ipam.v1.ListPoolsResponse\x12M\n\nDeletePool\x12\x1e.cnm.ipam.v1.DeletePoolRequest\x1a\x1f.cnm.ipam.v1.DeletePoolResponse\x12\\\n\x0f\x41llocateAddress\x12#.cnm.ipam.v1.AllocateAddressRequest\x1a$.cnm.ipam.v1.AllocateAddressResponse\x12q\n\x16\x42\x61tchAllocateAddresses\x12*.cnm.ipam.v1.BatchAllocateAddressesRequest\x1a+.cnm.ipam.v1.BatchAllocateAddressesResponse\x12Y\n\x0eReleaseAddress\x12\".cnm.ipam.v1.ReleaseAddressRequest\x1a#.cnm.ipam.v1.ReleaseAddressResponse\x12\\\n\x0fTransferAddress\x12#.cnm.ipam.v1.TransferAddressRequest\x1a$.cnm.ipam.v1.TransferAddressResponse\x12\\\n\x0fListAllocations\x12#.cnm.ipam.v1.ListAllocationsRequest\x1a$.cnm.ipam.v1.ListAllocationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63nm/ipam/v1/ipam.proto\x12\x0b\x63nm.ipam.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\x04Pool\x12\x16\n\x07pool_id\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x15\n\x06subnet\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x10\n\x08ip_range\x18\x04 \x01(\t\x12\x1a\n\x12reserved_addresses\x18\x05 \x03(\t\x12-\n\x06labels\x18\x06 \x03(\x0b\x32\x1d.cnm.ipam.v1.Pool.LabelsEntry\x12+\n\x06\x66\x61mily\x18\x07 \x01(\x0e\x32\x15.cnm.ipam.v1.IpFamilyB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12+\n\x05usage\x18\t \x01(\x0b\x32\x16.cnm.ipam.v1.PoolUsageB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\tPoolUsage\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x11\n\tallocated\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ree\x18\x03 \x01(\x04\",\n\nAllocation\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\":\n\x11\x43reatePoolRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.PoolB\x04\xe2\x41\x01\x02\"5\n\x12\x43reatePoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.Pool\"\'\n\x0eGetPoolRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"2\n\x0fGetPoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.cnm.ipam.v1.Pool\"9\n\x10ListPoolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x11ListPoolsResponse\x12 \n\x05pools\x18\x01 \x03(\x0b\x32\x11.cnm.ipam.v1.Pool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x11\x44\x65letePoolRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12\x44\x65letePoolResponse\"x\n\x16\x41llocateAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05owner\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x11preferred_address\x18\x03 \x01(\t\x12\x17\n\x0fowner_is_prefix\x18\x04 \x01(\x08\"k\n\x17\x41llocateAddressResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x15\n\rprefix_length\x18\x02 \x01(\r\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x17\n\x0fnewly_allocated\x18\x04 \x01(\x08\"L\n\x1d\x42\x61tchAllocateAddressesRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06owners\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"N\n\x1e\x42\x61tchAllocateAddressesResponse\x12,\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x17.cnm.ipam.v1.Allocation\"\\\n\x15ReleaseAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x07\x61\x64\x64ress\x18\x02 \x01(\tH\x00\x12\x0f\n\x05owner\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\")\n\x16ReleaseAddressResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"x\n\x16TransferAddressRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nfrom_owner\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08to_owner\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x17TransferAddressResponse\x12\x15\n\rprefix_length\x18\x01 \x01(\r\x12\x0f\n\x07gateway\x18\x02 \x01(\t\"V\n\x16ListAllocationsRequest\x12\x15\n\x07pool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListAllocationsResponse\x12,\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x17.cnm.ipam.v1.Allocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*M\n\x08IpFamily\x12\x19\n\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n\x0eIP_FAMILY_IPV6\x10\x02\x32\xa5\x06\n\x0bIpamService\x12M\n\nCreatePool\x12\x1e.cnm.ipam.v1.CreatePoolRequest\x1a\x1f.cnm.ipam.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.cnm.ipam.v1.GetPoolRequest\x1a\x1c.cnm.ipam.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.cnm.ipam.v1.ListPoolsRequest\x1a\x1e.cnm.ipam.v1.ListPoolsResponse\x12M\n\nDeletePool\x12\x1e.cnm.ipam.v1.DeletePoolRequest\x1a\x1f.cnm.ipam.v1.DeletePoolResponse\x12\\\n\x0f\x41llocateAddress\x12#.cnm.ipam.v1.AllocateAddressRequest\x1a$.cnm.ipam.v1.AllocateAddressResponse\x12q\n\x16\x42\x61tchAllocateAddresses\x12*.cnm.ipam.v1.BatchAllocateAddressesRequest\x1a+.cnm.ipam.v1.BatchAllocateAddressesResponse\x12Y\n\x0eReleaseAddress\x12\".cnm.ipam.v1.ReleaseAddressRequest\x1a#.cnm.ipam.v1.ReleaseAddressResponse\x12\\\n\x0fTransferAddress\x12#.cnm.ipam.v1.TransferAddressRequest\x1a$.cnm.ipam.v1.TransferAddressResponse\x12\\\n\x0fListAllocations\x12#.cnm.ipam.v1.ListAllocationsRequest\x1a$.cnm.ipam.v1.ListAllocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -71,8 +71,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSFERADDRESSREQUEST'].fields_by_name['to_owner']._serialized_options = b'\342A\001\002'
   _globals['_LISTALLOCATIONSREQUEST'].fields_by_name['pool_id']._loaded_options = None
   _globals['_LISTALLOCATIONSREQUEST'].fields_by_name['pool_id']._serialized_options = b'\342A\001\002'
-  _globals['_IPFAMILY']._serialized_start=1873
-  _globals['_IPFAMILY']._serialized_end=1950
+  _globals['_IPFAMILY']._serialized_start=1898
+  _globals['_IPFAMILY']._serialized_end=1975
   _globals['_POOL']._serialized_start=106
   _globals['_POOL']._serialized_end=461
   _globals['_POOL_LABELSENTRY']._serialized_start=416
@@ -98,25 +98,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEPOOLRESPONSE']._serialized_start=975
   _globals['_DELETEPOOLRESPONSE']._serialized_end=995
   _globals['_ALLOCATEADDRESSREQUEST']._serialized_start=997
-  _globals['_ALLOCATEADDRESSREQUEST']._serialized_end=1092
-  _globals['_ALLOCATEADDRESSRESPONSE']._serialized_start=1094
-  _globals['_ALLOCATEADDRESSRESPONSE']._serialized_end=1201
-  _globals['_BATCHALLOCATEADDRESSESREQUEST']._serialized_start=1203
-  _globals['_BATCHALLOCATEADDRESSESREQUEST']._serialized_end=1279
-  _globals['_BATCHALLOCATEADDRESSESRESPONSE']._serialized_start=1281
-  _globals['_BATCHALLOCATEADDRESSESRESPONSE']._serialized_end=1359
-  _globals['_RELEASEADDRESSREQUEST']._serialized_start=1361
-  _globals['_RELEASEADDRESSREQUEST']._serialized_end=1453
-  _globals['_RELEASEADDRESSRESPONSE']._serialized_start=1455
-  _globals['_RELEASEADDRESSRESPONSE']._serialized_end=1496
-  _globals['_TRANSFERADDRESSREQUEST']._serialized_start=1498
-  _globals['_TRANSFERADDRESSREQUEST']._serialized_end=1618
-  _globals['_TRANSFERADDRESSRESPONSE']._serialized_start=1620
-  _globals['_TRANSFERADDRESSRESPONSE']._serialized_end=1685
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=1687
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=1773
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=1775
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=1871
-  _globals['_IPAMSERVICE']._serialized_start=1953
-  _globals['_IPAMSERVICE']._serialized_end=2758
+  _globals['_ALLOCATEADDRESSREQUEST']._serialized_end=1117
+  _globals['_ALLOCATEADDRESSRESPONSE']._serialized_start=1119
+  _globals['_ALLOCATEADDRESSRESPONSE']._serialized_end=1226
+  _globals['_BATCHALLOCATEADDRESSESREQUEST']._serialized_start=1228
+  _globals['_BATCHALLOCATEADDRESSESREQUEST']._serialized_end=1304
+  _globals['_BATCHALLOCATEADDRESSESRESPONSE']._serialized_start=1306
+  _globals['_BATCHALLOCATEADDRESSESRESPONSE']._serialized_end=1384
+  _globals['_RELEASEADDRESSREQUEST']._serialized_start=1386
+  _globals['_RELEASEADDRESSREQUEST']._serialized_end=1478
+  _globals['_RELEASEADDRESSRESPONSE']._serialized_start=1480
+  _globals['_RELEASEADDRESSRESPONSE']._serialized_end=1521
+  _globals['_TRANSFERADDRESSREQUEST']._serialized_start=1523
+  _globals['_TRANSFERADDRESSREQUEST']._serialized_end=1643
+  _globals['_TRANSFERADDRESSRESPONSE']._serialized_start=1645
+  _globals['_TRANSFERADDRESSRESPONSE']._serialized_end=1710
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=1712
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=1798
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=1800
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=1896
+  _globals['_IPAMSERVICE']._serialized_start=1978
+  _globals['_IPAMSERVICE']._serialized_end=2783
 # @@protoc_insertion_point(module_scope)

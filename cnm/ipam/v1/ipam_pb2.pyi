@@ -120,14 +120,16 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AllocateAddressRequest(_message.Message):
-    __slots__ = ("pool_id", "owner", "preferred_address")
+    __slots__ = ("pool_id", "owner", "preferred_address", "owner_is_prefix")
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_IS_PREFIX_FIELD_NUMBER: _ClassVar[int]
     pool_id: str
     owner: str
     preferred_address: str
-    def __init__(self, pool_id: _Optional[str] = ..., owner: _Optional[str] = ..., preferred_address: _Optional[str] = ...) -> None: ...
+    owner_is_prefix: bool
+    def __init__(self, pool_id: _Optional[str] = ..., owner: _Optional[str] = ..., preferred_address: _Optional[str] = ..., owner_is_prefix: _Optional[bool] = ...) -> None: ...
 
 class AllocateAddressResponse(_message.Message):
     __slots__ = ("address", "prefix_length", "gateway", "newly_allocated")
