@@ -87,11 +87,19 @@ class Ipam:
         reply = await self._call("list pools", self.stub.ListPools, ipam_pb2.ListPoolsRequest())
         return list(reply.pools)
 
-    async def allocate(self, pool_id: str, owner: str, preferred: str = ""):
+    async def allocate(self, pool_id: str, owner: str, preferred: str = "",
+                       owner_is_prefix: bool = False):
         return await self._call(
             f"allocate address in pool {pool_id} for {owner}", self.stub.AllocateAddress,
             ipam_pb2.AllocateAddressRequest(pool_id=pool_id, owner=owner,
-                                            preferred_address=preferred))
+                                            preferred_address=preferred,
+                                            owner_is_prefix=owner_is_prefix))
+
+    async def transfer(self, pool_id: str, address: str, from_owner: str, to_owner: str):
+        return await self._call(
+            f"hand {address} in pool {pool_id} from {from_owner} to {to_owner}",
+            self.stub.TransferAddress, ipam_pb2.TransferAddressRequest(
+                pool_id=pool_id, address=address, from_owner=from_owner, to_owner=to_owner))
 
     async def release_owner(self, pool_id: str, owner: str) -> None:
         await self._call(f"release address of {owner} in pool {pool_id}",

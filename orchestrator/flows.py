@@ -584,13 +584,18 @@ class Orchestrator:
                 "interface_name", request.interface_name),
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
             labels=cnm_validation.check_labels(request.labels),
+            address_reserved=request.address_reserved,
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:
-        """Saga step: the endpoint's address from IPAM (the one asked for, if any)."""
+        """Saga step: the endpoint's address from IPAM (the one asked for, if any; one its
+        host reserved, taken over from the reservation)."""
         # Pushed first: IPAM may have allocated even if the call failed.
-        undo.push("release address",
-                  lambda: self.ipam.release_owner(network.network_id, endpoint.endpoint_id))
+        undo.push("give back address", lambda: self._give_back_address(endpoint))
+        if endpoint.address_reserved:
+            await self._take_reserved(network, endpoint)
+            faults.point("connect-ipam")
+            return
         try:
             allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
                                                   endpoint.address)
@@ -602,6 +607,63 @@ class Orchestrator:
         faults.point("connect-ipam")
         endpoint.address = allocation.address
         endpoint.prefix_length = allocation.prefix_length
+
+    async def _take_reserved(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
+        if not endpoint.address:
+            raise errors.InvalidArgument("address_reserved needs the address reserved",
+                                         field="address")
+        held = validation.reservation_owner(endpoint.host_id, endpoint.address)
+        try:
+            await self.ipam.transfer(network.network_id, endpoint.address, held,
+                                     endpoint.endpoint_id)
+        except errors.FailedPrecondition as error:
+            raise errors.FailedPrecondition(
+                f"address {endpoint.address} of network {network.name!r} is not reserved by "
+                f"host {endpoint.host_id!r}", reason="ADDRESS_NOT_RESERVED",
+                network=network.name, address=endpoint.address) from error
+
+    async def _give_back_address(self, endpoint: pb.Endpoint) -> None:
+        """Releases the endpoint's address; one its host reserved goes back to the
+        reservation (the runtime that reserved it releases it)."""
+        if not endpoint.address_reserved:
+            await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+            return
+        held = validation.reservation_owner(endpoint.host_id, endpoint.address)
+        # Not held (never taken, or given back already) or no pool: nothing to give back.
+        with contextlib.suppress(errors.FailedPrecondition, errors.NotFound):
+            await self.ipam.transfer(endpoint.network_id, endpoint.address,
+                                     endpoint.endpoint_id, held)
+
+    async def reserve_address(self, network_name: str, host_id: str,
+                              address: str) -> tuple[str, int, str]:
+        """(address, prefix length, gateway) reserved on the network for the host."""
+        network, state = await self.store.resolve_network(network_name)
+        if state == STATE_DELETING:
+            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
+                                            network=network.name)
+        if await self.store.get_host(host_id) is None:
+            raise errors.NotFound(f"host {host_id!r} is not registered",
+                                  reason="HOST_NOT_FOUND", host=host_id)
+        if address:
+            address = cnm_validation.check_endpoint_address(
+                ipaddress.ip_network(network.subnet), network.gateway, address, "address")
+        try:
+            allocation = await self.ipam.allocate(network.network_id,
+                                                  validation.reservation_owner(host_id),
+                                                  address, owner_is_prefix=True)
+        except errors.AlreadyExists as error:
+            raise errors.AlreadyExists(
+                f"address {address} is already in use on network {network.name!r}",
+                reason="ADDRESS_IN_USE", network=network.name, address=address,
+            ) from error
+        return allocation.address, allocation.prefix_length, allocation.gateway
+
+    async def release_reserved(self, network_name: str, host_id: str, address: str) -> None:
+        network, _ = await self.store.resolve_network(network_name)
+        address = cnm_validation.check_endpoint_address(
+            ipaddress.ip_network(network.subnet), network.gateway, address, "address")
+        await self.ipam.release_owner(network.network_id,
+                                      validation.reservation_owner(host_id, address))
 
     async def _create_on_host(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint,
                               host: pb.Host | None, agent, default_route: bool) -> int:
@@ -736,13 +798,13 @@ class Orchestrator:
                                 extra={"endpoint": endpoint.endpoint_id, "error": error.message})
                     continue
                 with contextlib.suppress(errors.NotFound):  # its network's pool is gone
-                    await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+                    await self._give_back_address(endpoint)
                 await self.store.forget_endpoint(endpoint, f"ep:{endpoint.endpoint_id}")
                 released.append(endpoint.endpoint_id)
         return released
 
     async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str) -> None:
-        await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+        await self._give_back_address(endpoint)
         await self.store.forget_endpoint(endpoint, intent_key)
 
     async def adopt_endpoint(self, host_id: str, found: nd.Endpoint) -> str:

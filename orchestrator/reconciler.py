@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from cnm import errors
+from orchestrator import validation
 from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decode_endpoint
 from orchestrator.store import Op
 
@@ -188,9 +189,18 @@ class Reconciler:
                 continue
             owners = [a.owner for a in allocations if not a.owner.startswith("cnm:")]
             known = await self.store.known_endpoint_ids(owners)
+            # Read after the allocations: a reservation needs its host registered first.
+            hosts = {host.host_id for host in await self.store.list_hosts()}
             for allocation in allocations:
                 owner = allocation.owner
                 if owner.startswith("cnm:") or owner in known or owner in on_hosts:
+                    continue
+                holder = validation.reservation_host(owner)
+                if holder is not None:  # a host's reservation: held while the host is known
+                    if holder not in hosts:
+                        await self.orch.ipam.release_owner(pool.pool_id, owner)
+                        report.released_addresses.append(
+                            f"{pool.pool_id}/{allocation.address}")
                     continue
                 async with self.store.try_lock(f"ep:{owner}") as taken:
                     if taken and not await self._known_owner(owner):

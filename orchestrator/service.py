@@ -75,6 +75,20 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         validation.check_id("host_id", request.host_id)
         return pb.ConnectContainerResponse(endpoint=await self.orch.connect(request))
 
+    async def ReserveAddress(self, request, context):
+        validation.check_network_name("network", request.network)
+        validation.check_id("host_id", request.host_id)
+        address, prefix_length, gateway = await self.orch.reserve_address(
+            request.network, request.host_id, request.address)
+        return pb.ReserveAddressResponse(address=address, prefix_length=prefix_length,
+                                         gateway=gateway)
+
+    async def ReleaseAddress(self, request, context):
+        validation.check_network_name("network", request.network)
+        validation.check_id("host_id", request.host_id)
+        await self.orch.release_reserved(request.network, request.host_id, request.address)
+        return pb.ReleaseAddressResponse()
+
     async def DisconnectContainer(self, request, context):
         validation.check_network_name("network", request.network)
         validation.check_id("container_id", request.container_id)

@@ -81,6 +81,22 @@ def mapping_key(mapping: pb.PortMapping) -> tuple:
             mapping.container_port)
 
 
+RESERVATION_PREFIX = "held:"
+
+
+def reservation_owner(host_id: str, address: str = "") -> str:
+    """The IPAM owner of an address host ``host_id`` reserved (ReserveAddress): the
+    prefix, then the address (IPAM's owner_is_prefix). Never an endpoint id (hex)."""
+    return f"{RESERVATION_PREFIX}{host_id}:{address}"
+
+
+def reservation_host(owner: str) -> str | None:
+    """The host of a reservation's IPAM owner; None for any other owner."""
+    if not owner.startswith(RESERVATION_PREFIX):
+        return None
+    return owner[len(RESERVATION_PREFIX):].split(":", 1)[0]
+
+
 def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
     """Whether a connect asking for ``wanted`` asks for ``existing`` as it is (a repeat):
     what it leaves empty (address, interface name, MAC) is whatever was chosen."""
@@ -91,6 +107,7 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         and wanted.container_interface in ("", existing.container_interface)
         and wanted.mac_address in ("", existing.mac_address)
         and dict(wanted.labels) == dict(existing.labels)
+        and wanted.address_reserved == existing.address_reserved
         and sorted(map(mapping_key, existing.port_mappings))
         == sorted(map(mapping_key, wanted.port_mappings))
     )

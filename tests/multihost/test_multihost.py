@@ -13,11 +13,12 @@ import time
 import pytest
 
 from cnm import errors
+from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from netdriver_service.names import vxlan_name
 from orchestrator.store import Store
 from tests import support
-from tests.multihost.cluster import HEARTBEAT, MultiHost, wait_until
+from tests.multihost.cluster import HEARTBEAT, MultiHost, admin_channel, wait_until
 from tests.netdriver import harness
 
 pytestmark = pytest.mark.root
@@ -409,3 +410,45 @@ def test_a_rebooted_host_gives_back_its_dead_containers_when_it_registers(make_c
         network="boot")).endpoints, 15, "the dead container's endpoint to be released")
     assert "endpoints repaired after a registration" in \
         (cluster.tmp / "orchestrator.log").read_text()
+
+
+def test_reserved_addresses_against_real_ipam_and_agents(make_cluster, netns):
+    """A runtime's IPAM reserves (an agent identity, for its own host only), a connect
+    takes the reservation, a disconnect gives it back, a release frees it."""
+    cluster = make_cluster(hosts=2)
+    one, two = cluster.hosts
+    assert cluster.cnm("network", "create", "--subnet", "10.46.0.0/24", "resnet").code == 0
+    mine = f"agent-{one.host_id}"
+
+    def reserve(host_id, address="", identity=mine):
+        return cluster.call("ReserveAddress", pb.ReserveAddressRequest(
+            network="resnet", host_id=host_id, address=address), identity=identity)
+
+    held = reserve(one.host_id)
+    with pytest.raises(errors.PermissionDenied):
+        reserve(two.host_id)
+    container = netns("cnmt-res")
+    endpoint = cluster.call("ConnectContainer", pb.ConnectContainerRequest(
+        network="resnet", container_id="res1", host_id=one.host_id, sandbox=container.path,
+        address=held.address, address_reserved=True), identity=mine).endpoint
+    assert endpoint.address == held.address and endpoint.address_reserved
+    inside = container.run("ip", "-4", "-o", "addr", "show", "eth0").stdout
+    assert f"{held.address}/24" in inside
+    with pytest.raises(errors.AlreadyExists, match="in use"):
+        reserve(one.host_id, held.address)  # an endpoint holds it now
+
+    network_id = json.loads(cluster.cnm("network", "inspect", "resnet").out)[0]["network_id"]
+
+    def owner_of(address):
+        with admin_channel(cluster.pki, cluster.ipam_address) as channel:
+            listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
+                ipam_pb2.ListAllocationsRequest(pool_id=network_id), timeout=10)
+        return {a.address: a.owner for a in listed.allocations}.get(address)
+
+    assert owner_of(held.address) == endpoint.endpoint_id
+    cluster.call("DisconnectContainer", pb.DisconnectContainerRequest(
+        network="resnet", container_id="res1"), identity=mine)
+    assert owner_of(held.address) == f"held:{one.host_id}:{held.address}"
+    cluster.call("ReleaseAddress", pb.ReleaseAddressRequest(
+        network="resnet", host_id=one.host_id, address=held.address), identity=mine)
+    assert owner_of(held.address) is None

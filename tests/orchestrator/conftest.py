@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
@@ -85,14 +88,35 @@ async def world(redis_url):
         servers=servers, redis_url=redis_url, ipam_address=ipam_address,
     )
     yield built
-    await channel.close()
-    for close in built.closers:
-        await close()
-    for running in servers.values():
-        await running.stop(0)
-    await agent_clients.close()
-    await ipam_client.close()
-    await store.close()
+    steps = [("close the test's channel", channel.close),
+             *((f"close {close.__qualname__}", close) for close in built.closers),
+             *((f"stop the {name} server", lambda r=running: r.stop(0))
+               for name, running in servers.items()),
+             ("close the agent clients", agent_clients.close),
+             ("close the IPAM client", ipam_client.close), ("close the store", store.close)]
+    for what, step in steps:
+        await _bounded_teardown(what, step)
+
+
+TEARDOWN_STEP = 10.0  # seconds
+
+
+async def _bounded_teardown(what: str, step) -> None:
+    """Runs one teardown step, at most TEARDOWN_STEP seconds. A step past it (seen once
+    in a few hundred runs: closing grpc.aio objects after a test stopped a server under
+    a pending call) is reported with every task's stack and left behind, so that a hang
+    of the library's teardown neither stalls the suite nor hides."""
+    running = asyncio.ensure_future(step())
+    done, _ = await asyncio.wait({running}, timeout=TEARDOWN_STEP)
+    if done:
+        running.result()
+        return
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=stacks)
+    running.cancel()  # not awaited: it may never finish
+    warnings.warn(f"world teardown: {what} took over {TEARDOWN_STEP:.0f} s; left "
+                  f"behind. Tasks:\n{stacks.getvalue()}", stacklevel=1)
 
 
 def network_request(name: str = "net1", subnet: str = "10.20.0.0/24", **fields):

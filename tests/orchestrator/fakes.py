@@ -90,9 +90,10 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
         pool = self._pool(request.pool_id)
         subnet = ipaddress.ip_network(pool.subnet)
         taken = self.allocations[pool.pool_id]
-        held = self.owners(pool.pool_id).get(request.owner)
+        owner = request.owner + (request.preferred_address if request.owner_is_prefix else "")
+        held = self.owners(pool.pool_id).get(owner)
         reply = {"prefix_length": subnet.prefixlen, "gateway": pool.gateway}
-        if held:
+        if held and not (request.owner_is_prefix and not request.preferred_address):
             return ipam_pb2.AllocateAddressResponse(address=held, newly_allocated=False, **reply)
         if request.preferred_address:
             address = request.preferred_address
@@ -104,7 +105,7 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
             address = next((str(a) for a in subnet.hosts() if str(a) not in taken), None)
             if address is None:
                 raise errors.ResourceExhausted(f"pool {pool.pool_id} is full")
-        taken[address] = request.owner
+        taken[address] = request.owner + (address if request.owner_is_prefix else "")
         self.faults.check_after("AllocateAddress")
         return ipam_pb2.AllocateAddressResponse(address=address, newly_allocated=True, **reply)
 
@@ -116,6 +117,24 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
                 del taken[address]
                 return ipam_pb2.ReleaseAddressResponse(address=address)
         return ipam_pb2.ReleaseAddressResponse()
+
+    async def TransferAddress(self, request, context):
+        self.faults.check("TransferAddress")
+        pool = self._pool(request.pool_id)
+        taken = self.allocations[pool.pool_id]
+        reply = ipam_pb2.TransferAddressResponse(
+            prefix_length=ipaddress.ip_network(pool.subnet).prefixlen, gateway=pool.gateway)
+        holder = taken.get(request.address)
+        if holder == request.to_owner:
+            return reply
+        if holder != request.from_owner:
+            raise errors.FailedPrecondition(f"{request.address} is not held by "
+                                            f"{request.from_owner}", reason="ADDRESS_NOT_HELD")
+        if request.to_owner in self.owners(pool.pool_id):
+            raise errors.AlreadyExists(f"{request.to_owner} holds another address",
+                                       reason="OWNER_HOLDS_OTHER_ADDRESS")
+        taken[request.address] = request.to_owner
+        return reply
 
     async def ListAllocations(self, request, context):
         self.faults.check("ListAllocations")

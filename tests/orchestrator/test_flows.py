@@ -897,3 +897,83 @@ async def test_a_connect_may_name_the_interface_and_its_mac(world):
             await world.call("ConnectContainer", connect_request("c2", **bad))
     assert "c2" not in {e.container_id for e in (await world.call(
         "ListEndpoints", pb.ListEndpointsRequest())).endpoints}
+
+
+# --- addresses reserved by a runtime's IPAM ---------------------------------------
+
+
+def reserve(address: str = "", host: str = "h1", network: str = "net1"):
+    return pb.ReserveAddressRequest(network=network, host_id=host, address=address)
+
+
+def release(address: str, host: str = "h1", network: str = "net1"):
+    return pb.ReleaseAddressRequest(network=network, host_id=host, address=address)
+
+
+async def test_a_reserved_address_is_taken_by_a_connect_and_given_back_at_disconnect(world):
+    network = await create(world)
+    held = await world.call("ReserveAddress", reserve())
+    assert (held.prefix_length, held.gateway) == (24, "10.20.0.1")
+    static = (await world.call("ReserveAddress", reserve("10.20.0.50"))).address
+    assert (await world.call("ReserveAddress", reserve("10.20.0.50"))).address == static
+    allocations = world.ipam.allocations[network.network_id]
+    assert allocations[held.address] == validation.reservation_owner("h1", held.address)
+    with pytest.raises(errors.AlreadyExists, match="already in use"):
+        await world.call("ReserveAddress", reserve("10.20.0.50", host="h2"))
+    # Another connect cannot take it, nor one from another host that names it reserved.
+    with pytest.raises(errors.AlreadyExists):
+        await world.call("ConnectContainer", connect_request("c0", address=held.address))
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await world.call("ConnectContainer", connect_request(
+            "c0", host="h2", address=held.address, address_reserved=True))
+    assert caught.value.reason == "ADDRESS_NOT_RESERVED"
+    with pytest.raises(errors.InvalidArgument, match="address_reserved needs"):
+        await world.call("ConnectContainer", connect_request("c0", address_reserved=True))
+    endpoint = (await world.call("ConnectContainer", connect_request(
+        "c1", address=held.address, address_reserved=True))).endpoint
+    assert endpoint.address == held.address and endpoint.address_reserved
+    assert allocations[held.address] == endpoint.endpoint_id
+    again = (await world.call("ConnectContainer", connect_request(
+        "c1", address=held.address, address_reserved=True))).endpoint
+    assert again.endpoint_id == endpoint.endpoint_id
+    # Released while an endpoint holds it: nothing happens.
+    await world.call("ReleaseAddress", release(held.address))
+    assert allocations[held.address] == endpoint.endpoint_id
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    assert allocations[held.address] == validation.reservation_owner("h1", held.address)
+    await world.call("ReleaseAddress", release(held.address))
+    await world.call("ReleaseAddress", release(held.address))  # again: nothing to do
+    assert held.address not in allocations
+    assert allocations[static] == validation.reservation_owner("h1", static)
+    assert await intents(world) == []
+
+
+async def test_a_failed_connect_gives_a_reserved_address_back(world):
+    network = await create(world)
+    held = (await world.call("ReserveAddress", reserve())).address
+    world.agents["h1"].faults.fail["CreateEndpoint"] = errors.Internal("veth went wrong")
+    with pytest.raises(errors.Internal):
+        await world.call("ConnectContainer", connect_request(
+            "c1", address=held, address_reserved=True))
+    assert world.ipam.allocations[network.network_id][held] == \
+        validation.reservation_owner("h1", held)
+    assert await intents(world) == []
+
+
+async def test_reservations_need_a_registered_host_and_go_with_it(world):
+    network = await create(world)
+    with pytest.raises(errors.NotFound, match="not registered"):
+        await world.call("ReserveAddress", reserve(host="nohost"))
+    with pytest.raises(errors.InvalidArgument):
+        await world.call("ReserveAddress", reserve("10.99.0.1"))
+    with pytest.raises(errors.NotFound):
+        await world.call("ReserveAddress", reserve(network="nonet"))
+    kept = (await world.call("ReserveAddress", reserve(host="h1"))).address
+    gone = (await world.call("ReserveAddress", reserve(host="h2"))).address
+    report = await world.reconciler.run_once()
+    assert report.released_addresses == []
+    await world.store.delete_host("h2")
+    report = await world.reconciler.run_once()
+    assert report.released_addresses == [f"{network.network_id}/{gone}"]
+    assert list(world.ipam.allocations[network.network_id]) == ["10.20.0.1", kept]

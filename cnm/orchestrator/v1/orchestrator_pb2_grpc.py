@@ -49,8 +49,8 @@ class OrchestratorServiceStub:
     SANDBOX_NOT_FOUND.
     - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
     SUBNET_OVERLAP.
-    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
-    HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - FAILED_PRECONDITION: ADDRESS_NOT_RESERVED, FAILED_PRECONDITION,
+    INTERNAL_NETWORK_PORTS, HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
     - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
     - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
     - PERMISSION_DENIED (with TLS, see access.py): OTHER_HOST, ROLE_NOT_ALLOWED.
@@ -129,6 +129,16 @@ class OrchestratorServiceStub:
                 request_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesRequest.SerializeToString,
                 response_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesResponse.FromString,
                 _registered_method=True)
+        self.ReserveAddress = channel.unary_unary(
+                '/cnm.orchestrator.v1.OrchestratorService/ReserveAddress',
+                request_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressRequest.SerializeToString,
+                response_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAddress = channel.unary_unary(
+                '/cnm.orchestrator.v1.OrchestratorService/ReleaseAddress',
+                request_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressRequest.SerializeToString,
+                response_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressResponse.FromString,
+                _registered_method=True)
         self.RegisterHost = channel.unary_unary(
                 '/cnm.orchestrator.v1.OrchestratorService/RegisterHost',
                 request_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegisterHostRequest.SerializeToString,
@@ -175,8 +185,8 @@ class OrchestratorServiceServicer:
     SANDBOX_NOT_FOUND.
     - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
     SUBNET_OVERLAP.
-    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
-    HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - FAILED_PRECONDITION: ADDRESS_NOT_RESERVED, FAILED_PRECONDITION,
+    INTERNAL_NETWORK_PORTS, HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
     - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
     - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
     - PERMISSION_DENIED (with TLS, see access.py): OTHER_HOST, ROLE_NOT_ALLOWED.
@@ -288,6 +298,26 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveAddress(self, request, context):
+        """Reserves an address of a network for a host, for a runtime's own IPAM
+        (Docker's IpamDriver.RequestAddress): the address given, or the next
+        free one. Held until released (ReleaseAddress) or its host is deleted;
+        a connect from that host names it with address_reserved to take it.
+        Reserving an address the host already reserved returns it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAddress(self, request, context):
+        """Releases an address a host reserved. Releasing one it does not hold
+        (never reserved, already released, or taken by an endpoint) succeeds
+        and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterHost(self, request, context):
         """Registers (or re-registers) a host agent. A host id already
         registered from another address fails with ALREADY_EXISTS.
@@ -381,6 +411,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesRequest.FromString,
                     response_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesResponse.SerializeToString,
             ),
+            'ReserveAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveAddress,
+                    request_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressRequest.FromString,
+                    response_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressResponse.SerializeToString,
+            ),
+            'ReleaseAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAddress,
+                    request_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressRequest.FromString,
+                    response_serializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressResponse.SerializeToString,
+            ),
             'RegisterHost': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterHost,
                     request_deserializer=cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RegisterHostRequest.FromString,
@@ -433,8 +473,8 @@ class OrchestratorService:
     SANDBOX_NOT_FOUND.
     - ALREADY_EXISTS: ADDRESS_IN_USE, ALREADY_EXISTS, PORT_ALLOCATED,
     SUBNET_OVERLAP.
-    - FAILED_PRECONDITION: FAILED_PRECONDITION, INTERNAL_NETWORK_PORTS,
-    HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
+    - FAILED_PRECONDITION: ADDRESS_NOT_RESERVED, FAILED_PRECONDITION,
+    INTERNAL_NETWORK_PORTS, HOST_ALIVE, NETWORK_IN_USE, NO_UNDERLAY_ADDRESS.
     - RESOURCE_EXHAUSTED: VNI_EXHAUSTED.
     - UNAUTHENTICATED (with TLS, a certificate without a cnm identity): NO_IDENTITY.
     - PERMISSION_DENIED (with TLS, see access.py): OTHER_HOST, ROLE_NOT_ALLOWED.
@@ -761,6 +801,60 @@ class OrchestratorService:
             '/cnm.orchestrator.v1.OrchestratorService/ListSandboxes',
             cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesRequest.SerializeToString,
             cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSandboxesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnm.orchestrator.v1.OrchestratorService/ReserveAddress',
+            cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressRequest.SerializeToString,
+            cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReserveAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnm.orchestrator.v1.OrchestratorService/ReleaseAddress',
+            cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressRequest.SerializeToString,
+            cnm_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ReleaseAddressResponse.FromString,
             options,
             channel_credentials,
             insecure,
