@@ -40,7 +40,7 @@ class World:
         import grpc
 
         try:
-            return await getattr(self.stub, method)(request, timeout=15)
+            return await getattr(self.stub, method)(request, timeout=30)
         except grpc.aio.AioRpcError as error:
             raise errors.from_rpc_error(error) from None
 
