@@ -97,6 +97,7 @@ class EndpointSpec:
     ports: tuple[PortSpec, ...] = ()
     default_route: bool = False
     mac_requested: bool = field(default=False, compare=False)
+    peer_on_host: bool = False  # the container's end waits on the host for the runtime
 
     def matches(self, request: EndpointSpec) -> bool:
         """Whether ``request`` asks for this endpoint as it is (an idempotent repeat)."""
@@ -108,6 +109,7 @@ class EndpointSpec:
             and request.container_id == self.container_id
             and sorted(request.ports, key=_port_key) == sorted(self.ports, key=_port_key)
             and request.default_route == self.default_route
+            and request.peer_on_host == self.peer_on_host
             and request.container_interface in ("", self.container_interface)
         )
 
@@ -128,7 +130,7 @@ class EndpointSpec:
             mac_address=self.mac, host_interface=self.host_interface,
             container_interface=self.container_interface,
             port_mappings=[port.to_proto() for port in self.ports],
-            default_route=self.default_route,
+            default_route=self.default_route, peer_on_host=self.peer_on_host,
         )
 
 
@@ -233,14 +235,21 @@ def endpoint_from_proto(
         else validation.mac_from_address(address)
     )
     ports = ports_from_proto(message.port_mappings, network)
-    netns_path = resolve_sandbox(message.sandbox, netns_dir, confinement)
+    if message.peer_on_host:
+        if message.sandbox:
+            raise errors.InvalidArgument("an endpoint whose peer waits on the host has no "
+                                         "sandbox", reason="INVALID_SANDBOX", field="sandbox")
+        netns_path = ""
+        container_interface = container_interface or names.host_peer_name(endpoint_id)
+    else:
+        netns_path = resolve_sandbox(message.sandbox, netns_dir, confinement)
     return EndpointSpec(
         endpoint_id=endpoint_id, network_id=network.network_id, sandbox=message.sandbox,
         netns_path=netns_path, address=address, mac=mac,
         host_interface=names.host_veth_name(endpoint_id),
         container_interface=container_interface, container_id=message.container_id,
         ports=ports, default_route=message.default_route,
-        mac_requested=bool(message.mac_address),
+        mac_requested=bool(message.mac_address), peer_on_host=message.peer_on_host,
     )
 
 

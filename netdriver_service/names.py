@@ -38,6 +38,12 @@ def host_veth_name(endpoint_id: str) -> str:
     return HOST_VETH_PREFIX + digest[: IFNAMSIZ - len(HOST_VETH_PREFIX)]
 
 
+def host_peer_name(endpoint_id: str) -> str:
+    """The container's end of an endpoint's veth while it waits on the host for the
+    runtime to move it (peer_on_host): ``cp`` and 13 hex digits, as host_veth_name."""
+    return "cp" + host_veth_name(endpoint_id)[len(HOST_VETH_PREFIX):]
+
+
 def vxlan_name(network_id: str) -> str:
     """The VXLAN device of an overlay network: ``cvx`` and 12 hex digits of a hash of its id."""
     digest = hashlib.blake2b(network_id.encode(), digest_size=8).hexdigest()

@@ -411,7 +411,8 @@ class Netlink:
     ) -> None:
         """Creates a veth pair: ``name`` here, a port of bridge ``master`` (in hairpin mode
         if asked), marked with ``alias``, without IPv6, and left **down**; ``peer_name``
-        created directly inside namespace ``peer_ns`` (down, with ``peer_mac``).
+        created directly inside namespace ``peer_ns`` (down, with ``peer_mac``; in the
+        agent's own when ``peer_ns`` is empty, for a runtime to move).
 
         The caller sets ``name`` up last, once the container's end is ready, and the
         bridge enables the port once. A port made up at once is enabled before its
@@ -422,15 +423,18 @@ class Netlink:
         the containers' IPv6 crosses the bridge at layer 2 all the same.
         """
         rtnl = await self._rtnl(None)
-        what = f"create veth {name!r} with peer {peer_name!r} in {peer_ns!r}"
-        with _errors(what):
-            fd = os.open(peer_ns, os.O_RDONLY | os.O_CLOEXEC)
+        what = f"create veth {name!r} with peer {peer_name!r} in {peer_ns or 'the host'!r}"
+        fd = None
+        if peer_ns:
+            with _errors(what):
+                fd = os.open(peer_ns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with _errors(what):
                 await rtnl.create_veth(name, mtu=mtu, master=master, peer_name=peer_name,
                                        peer_ns_fd=fd, peer_mac=peer_mac)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         await self._mark_new_link(
             name, lambda: rtnl.mark_bridge_port(name, alias, hairpin),
             then=lambda: self._disable_ipv6(name),

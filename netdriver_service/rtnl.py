@@ -155,8 +155,10 @@ class Rtnl:
         await self.request(RTM_DELLINK, NLM_F_ACK, ifinfo(index) + selector)
 
     async def create_veth(self, name: str, *, mtu: int, master: int, peer_name: str,
-                          peer_ns_fd: int, peer_mac: str) -> None:
-        peer = ifinfo() + text(IFLA_IFNAME, peer_name) + u32(IFLA_NET_NS_FD, peer_ns_fd) \
+                          peer_ns_fd: int | None, peer_mac: str) -> None:
+        """``peer_ns_fd`` None: the peer stays in this namespace."""
+        where = b"" if peer_ns_fd is None else u32(IFLA_NET_NS_FD, peer_ns_fd)
+        peer = ifinfo() + text(IFLA_IFNAME, peer_name) + where \
             + u32(IFLA_MTU, mtu) + mac(IFLA_ADDRESS, peer_mac)
         info = text(IFLA_INFO_KIND, "veth") + attribute(
             IFLA_INFO_DATA, attribute(VETH_INFO_PEER, peer))

@@ -42,6 +42,19 @@ GONE_GRACE = 5.0  # seconds a gone container's endpoint is kept before it is rel
 LOST_MARGIN = 2.0
 
 
+def _sandbox_of(request: pb.ConnectContainerRequest) -> str:
+    if not request.peer_on_host:
+        return cnm_validation.check_sandbox(request.sandbox or request.container_id)
+    if request.sandbox:
+        raise errors.InvalidArgument("a connect with peer_on_host has no sandbox: the "
+                                     "runtime moves the interface", field="sandbox")
+    return ""
+
+
+async def _no_sandbox() -> None:
+    """The sandbox check of a connect that has none (peer_on_host)."""
+
+
 def encode(message) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
 
@@ -516,7 +529,8 @@ class Orchestrator:
         async with self.store.lock(lock_name):
             # Asked while the records are read: a container that is not there is NOT_FOUND
             # (an agent that does not answer UNAVAILABLE) before anything is allocated.
-            sandbox = asyncio.ensure_future(agent.get_sandbox(wanted.sandbox))
+            sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
+                                            else agent.get_sandbox(wanted.sandbox))
             try:
                 await self.settle_locked(wanted.endpoint_id)
                 existing = await self.store.get_endpoint(wanted.endpoint_id)
@@ -577,14 +591,14 @@ class Orchestrator:
             endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
             network_id=network.network_id, network_name=network.name,
             container_id=request.container_id, host_id=request.host_id,
-            sandbox=cnm_validation.check_sandbox(request.sandbox or request.container_id),
+            sandbox=_sandbox_of(request),
             address=address, prefix_length=subnet.prefixlen,
             port_mappings=validation.port_mappings(request.port_mappings, network.internal),
             container_interface=request.interface_name and cnm_validation.check_ifname(
                 "interface_name", request.interface_name),
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
             labels=cnm_validation.check_labels(request.labels),
-            address_reserved=request.address_reserved,
+            address_reserved=request.address_reserved, peer_on_host=request.peer_on_host,
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:
@@ -873,6 +887,9 @@ class Orchestrator:
         first = min(siblings or [endpoint], key=lambda e: (e.create_time.ToNanoseconds(),
                                                             e.endpoint_id))
         try:
+            if endpoint.peer_on_host:
+                # Its runtime moved the interface into the container once; cnm cannot.
+                raise errors.NotFound("a runtime-moved interface cannot be made again")
             created = await agent.create_endpoint(
                 agent_endpoint(endpoint, first.endpoint_id == endpoint.endpoint_id),
                 agent_network(network))

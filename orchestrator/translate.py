@@ -31,5 +31,5 @@ def agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
                            host_port=mapping.host_port, container_port=mapping.container_port)
             for mapping in endpoint.port_mappings
         ],
-        default_route=default_route,
+        default_route=default_route, peer_on_host=endpoint.peer_on_host,
     )

@@ -108,6 +108,7 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         and wanted.mac_address in ("", existing.mac_address)
         and dict(wanted.labels) == dict(existing.labels)
         and wanted.address_reserved == existing.address_reserved
+        and wanted.peer_on_host == existing.peer_on_host
         and sorted(map(mapping_key, existing.port_mappings))
         == sorted(map(mapping_key, wanted.port_mappings))
     )

@@ -217,6 +217,26 @@ class BridgeDriver:
         endpoint = _with_interface(endpoint, peer)
         undo.push(f"delete veth {host!r}", lambda: self.netlink.delete_owned_link(host, mine))
         self.faults.check("veth")
+        if not endpoint.peer_on_host:
+            await self._configure_container_end(network, endpoint, what)
+        # Last, so that the bridge enables the port once, with carrier (see create_veth).
+        await _in_context(f"{what}: set bridge port {host!r} up", self.netlink.set_up(host))
+        self.faults.check("port")
+        if endpoint.ports:
+            await _in_context(
+                f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))
+            )
+            published = endpoint
+            undo.push("unpublish its ports", lambda: self.firewall.remove_ports(
+                published.endpoint_id, port_rules(published)))
+        self.faults.check("ports")
+        return endpoint
+
+    async def _configure_container_end(self, network: NetworkSpec, endpoint: EndpointSpec,
+                                       what: str) -> None:
+        """The container's end, in its namespace: lo and it up, its address, no IPv6
+        link-local address, and the default route if it has it."""
+        ns, peer = endpoint.netns_path, endpoint.container_interface
         peer_link = await self.netlink.get_link(peer, ns)
         if peer_link is None:
             raise errors.Internal(f"{what}: {peer!r} vanished from the sandbox")
@@ -239,18 +259,6 @@ class BridgeDriver:
                 self.netlink.add_default_route(network.gateway, peer_link.index, ns),
             )
         self.faults.check("route")
-        # Last, so that the bridge enables the port once, with carrier (see create_veth).
-        await _in_context(f"{what}: set bridge port {host!r} up", self.netlink.set_up(host))
-        self.faults.check("port")
-        if endpoint.ports:
-            await _in_context(
-                f"{what}: publish ports", self.firewall.add_ports(port_rules(endpoint))
-            )
-            published = endpoint
-            undo.push("unpublish its ports", lambda: self.firewall.remove_ports(
-                published.endpoint_id, port_rules(published)))
-        self.faults.check("ports")
-        return endpoint
 
     async def _create_veth(
         self, network: NetworkSpec, endpoint: EndpointSpec, bridge: Link, peer: str, what: str
@@ -271,7 +279,7 @@ class BridgeDriver:
         """The name asked for (refused if the sandbox has it), else the first to try:
         ``eth0``, which a container's first network finds free. Trying it costs less
         than listing the sandbox's links first, which the others then do."""
-        ns = endpoint.netns_path
+        ns = endpoint.netns_path or None  # (None: the peer waits on the host)
         if endpoint.container_interface:
             if await self.netlink.get_link(endpoint.container_interface, ns) is not None:
                 raise errors.AlreadyExists(

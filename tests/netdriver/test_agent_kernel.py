@@ -817,3 +817,37 @@ async def test_links_asked_by_name_read_as_the_kernel_has_them(netns):
             await netlink.get_link("x" * 20)  # longer than IFNAMSIZ: the kernel says EINVAL
     finally:
         await netlink.close()
+
+
+async def test_a_peer_left_on_the_host_is_moved_by_the_runtime(world, netns):
+    """peer_on_host (Docker's remote drivers): the container's end waits on the host,
+    down and bare, for the runtime to move and configure; the endpoint is torn down
+    as lost once the container (and with it the host's end) is gone."""
+    agent = await world.agent()
+    made = await agent.create_endpoint(
+        endpoint("e1", "", "10.88.0.10", peer_on_host=True, mac_address="02:42:0a:58:00:0a",
+                 port_mappings=[harness.tcp(8080, 80)]), NET)
+    peer = names.host_peer_name("e1")
+    assert (made.container_interface, made.sandbox) == (peer, "")
+    links = {link["ifname"]: link for link in harness.links(world.host.name)}
+    assert links[peer]["address"] == "02:42:0a:58:00:0a" and "UP" not in links[peer]["flags"]
+    assert links[made.host_interface]["master"] == "cnm-n1"
+    assert [a["addr_info"] for a in harness.addresses(world.host.name)
+            if a["ifname"] == peer] == [[]]
+    again = await agent.create_endpoint(
+        endpoint("e1", "", "10.88.0.10", peer_on_host=True, mac_address="02:42:0a:58:00:0a",
+                 port_mappings=[harness.tcp(8080, 80)]), NET)
+    assert again.host_interface == made.host_interface
+    with pytest.raises(errors.InvalidArgument, match="no sandbox"):
+        await agent.create_endpoint(endpoint("e2", "x", "10.88.0.11", peer_on_host=True), NET)
+    # The runtime moves it into the container, as Docker's Join does.
+    container = netns("cnmt-moved")
+    world.host.run("ip", "link", "set", peer, "netns", container.name, "name", "eth0")
+    container.run("ip", "addr", "add", "10.88.0.10/24", "dev", "eth0")
+    container.run("ip", "link", "set", "eth0", "up")
+    assert [line for line in await agent.resync() if "e1" in line] == []
+    container.close()  # the container ends
+    support.wait_for(lambda: made.host_interface not in harness.link_names(world.host.name),
+                     10, 0.05, "the host's end to go with the container")
+    assert any("e1" in line for line in await agent.resync())
+    assert agent.store.endpoints == {}

@@ -203,7 +203,8 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         created = nd.Endpoint()
         created.CopyFrom(endpoint)
         created.host_interface = f"cv{endpoint.endpoint_id[:10]}"
-        created.container_interface = created.container_interface or "eth0"
+        created.container_interface = created.container_interface or (
+            f"cp{endpoint.endpoint_id[:10]}" if endpoint.peer_on_host else "eth0")
         created.mac_address = endpoint.mac_address or "02:42:" + ":".join(
             f"{int(part):02x}" for part in endpoint.address.split("."))
         self.endpoints[endpoint.endpoint_id] = created

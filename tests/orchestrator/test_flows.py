@@ -977,3 +977,19 @@ async def test_reservations_need_a_registered_host_and_go_with_it(world):
     report = await world.reconciler.run_once()
     assert report.released_addresses == [f"{network.network_id}/{gone}"]
     assert list(world.ipam.allocations[network.network_id]) == ["10.20.0.1", kept]
+
+
+async def test_a_peer_on_the_host_needs_no_sandbox(world):
+    await create(world)
+    world.agents["h1"].missing_sandboxes.add("c1")  # asked, it would be NOT_FOUND
+    endpoint = (await world.call("ConnectContainer", connect_request(
+        "c1", peer_on_host=True))).endpoint
+    assert (endpoint.sandbox, endpoint.peer_on_host) == ("", True)
+    assert endpoint.container_interface.startswith("cp")
+    made = world.agents["h1"].endpoints[endpoint.endpoint_id]
+    assert made.peer_on_host and made.sandbox == ""
+    with pytest.raises(errors.InvalidArgument, match="no sandbox"):
+        await world.call("ConnectContainer", connect_request(
+            "c2", peer_on_host=True, sandbox="c2"))
+    with pytest.raises(errors.AlreadyExists):  # the same container, now with a sandbox
+        await world.call("ConnectContainer", connect_request("c1"))
