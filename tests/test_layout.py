@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("ipam_service", "netdriver_service", "orchestrator")
-PACKAGES = ("cnm", "cnm_cli", *SERVICES)
+PACKAGES = ("cnm", "cnm_cli", "cnm_cni", "cnm_docker", *SERVICES)
 
 
 def module_name(path: Path) -> str:

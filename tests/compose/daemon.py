@@ -48,9 +48,13 @@ def mount_points_under(root: Path) -> list[str]:
 class DockerDaemon:
     """dockerd in network namespace ``netns``, its state under ``workdir``."""
 
-    def __init__(self, netns: support.Netns, workdir: Path):
+    def __init__(self, netns: support.Netns, workdir: Path, plugins_dir: Path | None = None):
+        """``plugins_dir``: the daemon's own plugin directory, seen by it (in a mount
+        namespace of its own) at /run/docker/plugins, where dockerd always looks: two
+        daemons of one machine each find their own ``cnm`` plugin there."""
         self.netns = netns
         self.workdir = workdir
+        self.plugins_dir = plugins_dir
         # Unix socket paths are limited to 108 bytes: keep them short.
         self.run_dir = Path("/run") / f"{netns.name}-docker"
         self.data_root = workdir / "data"
@@ -79,6 +83,11 @@ class DockerDaemon:
             "--bridge=none", "--iptables=false", "--ip-masq=false",
             "--log-level=warn",
         ]
+        if self.plugins_dir is not None:
+            self.plugins_dir.mkdir(parents=True, exist_ok=True)
+            mount = 'mkdir -p /run/docker/plugins && mount --bind "$0" /run/docker/plugins'
+            args = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    f'{mount} && exec "$@"', str(self.plugins_dir), *args]
         self.process = support.Process(args, log_path=self.workdir / "dockerd.log")
         try:
             support.wait_for(self._answers, timeout, 0.1, f"dockerd in {self.netns.name}")

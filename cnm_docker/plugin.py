@@ -1,0 +1,384 @@
+"""Docker's network and IPAM plugin protocol, answered with the orchestrator's API.
+
+dockerd posts JSON to ``/Plugin.Activate``, ``/NetworkDriver.*`` and
+``/IpamDriver.*`` on the plugin's unix socket (docs/docker.md has every call
+and its mapping). The plugin keeps nothing a restart would lose: every answer
+is derived from what Docker sends and what the orchestrator records. Docker
+names its own ids (network, endpoint) in every call but not the network's
+name, and the IPAM calls name a pool; so:
+
+- a pool is its subnet (PoolID ``SUBNET`` or ``SUBNET,IP_RANGE``), and the
+  cnm network of a Docker network is the one with that subnet (cnm refuses
+  overlapping subnets, so there is at most one);
+- a Docker endpoint is the cnm endpoint whose container id is Docker's
+  endpoint id, connected with ``peer_on_host`` (Docker moves the interface
+  into the container at Join) from an address its host reserved when
+  Docker's IPAM asked (``ReserveAddress``; ``address_reserved``).
+
+The one thing held between two calls: the ip range of a pool asked for, from
+RequestPool to the CreateNetwork that follows it (Docker gives CreateNetwork
+the subnet and gateway only).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+
+from cnm import errors, grpc_client, pagination, validation
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.orchestrator.v1 import orchestrator_pb2_grpc
+from cnm.tls import Tls
+
+log = logging.getLogger("docker_plugin")
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+ADDRESS_SPACE = "cnm"
+CALL_TIMEOUT = 60.0
+CREATED_BY = "cnm.io/created-by"  # label of the cnm networks a Docker network made
+DOCKER_NETWORK = "cnm.io/docker-network"  # label of endpoints: the Docker network's id
+# -o options of docker network create that are the plugin's, not the network's.
+DRIVER_OPTION, NAME_OPTION = "cnm.driver", "cnm.name"
+DRIVERS = {"bridge": pb.DRIVER_BRIDGE, "overlay": pb.DRIVER_OVERLAY}
+# Docker's own options the orchestrator knows (orchestrator/validation.py), and cnm's.
+KNOWN_OPTIONS = (validation.OPTION_BRIDGE_NAME, validation.OPTION_MTU, validation.OPTION_ICC,
+                 validation.OPTION_INTERNAL, validation.OPTION_MCAST_SNOOPING)
+PROTOCOLS = {6: pb.PROTOCOL_TCP, 17: pb.PROTOCOL_UDP}
+GATEWAY_REQUEST = "com.docker.network.gateway"
+
+STATUS = {  # HTTP status of each cnm error, with Docker's {"Err": ...} body
+    errors.InvalidArgument: 400, errors.NotFound: 404, errors.AlreadyExists: 409,
+    errors.FailedPrecondition: 409, errors.ResourceExhausted: 409,
+    errors.PermissionDenied: 403, errors.Unauthenticated: 401, errors.Unavailable: 503,
+    errors.DeadlineExceeded: 504,
+}
+
+
+class Plugin:
+    def __init__(self, *, orchestrator: str, host_id: str, tls: Tls | None = None) -> None:
+        self.host_id = host_id
+        self.channel = grpc_client.RenewingChannel(orchestrator, tls,
+                                                   orchestrator_pb2_grpc.OrchestratorServiceStub)
+        self._ranges: dict[str, str] = {}  # subnet -> ip range, RequestPool to CreateNetwork
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for path, handler in self.routes().items():
+            app.router.add_post(path, functools.partial(self._serve, handler))
+        return app
+
+    def routes(self) -> dict[str, Callable[[dict], Awaitable[dict]]]:
+        nothing = self._nothing
+        return {
+            "/Plugin.Activate": self.activate,
+            "/NetworkDriver.GetCapabilities": self.network_capabilities,
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": nothing,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_info,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": nothing,
+            "/NetworkDriver.DiscoverNew": nothing,
+            "/NetworkDriver.DiscoverDelete": nothing,
+            "/NetworkDriver.ProgramExternalConnectivity": nothing,
+            "/NetworkDriver.RevokeExternalConnectivity": nothing,
+            "/IpamDriver.GetCapabilities": self.ipam_capabilities,
+            "/IpamDriver.GetDefaultAddressSpaces": self.address_spaces,
+            "/IpamDriver.RequestPool": self.request_pool,
+            "/IpamDriver.ReleasePool": self.release_pool,
+            "/IpamDriver.RequestAddress": self.request_address,
+            "/IpamDriver.ReleaseAddress": self.release_address,
+        }
+
+    async def _serve(self, handler, request: web.Request) -> web.Response:
+        what = request.path.lstrip("/")
+        try:
+            body = await request.read()
+            try:
+                data = json.loads(body) if body.strip() else {}
+            except ValueError as error:
+                raise errors.InvalidArgument(f"{what}: the request is not JSON: {error}") \
+                    from None
+            if not isinstance(data, dict):
+                raise errors.InvalidArgument(f"{what}: the request is not a JSON object")
+            answer = await handler(data)
+            return web.json_response(answer, content_type=CONTENT_TYPE)
+        except errors.CnmError as error:
+            log.warning("plugin call refused", extra={"call": what, "error": error.message,
+                                                      "reason": error.reason})
+            return _error(STATUS.get(type(error), 500), f"cnm: {error.message}")
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            return _error(400, f"cnm: {what}: malformed request: {error!r}")
+        except Exception as error:  # any other failure is said, never a traceback
+            log.exception("plugin call failed", extra={"call": what})
+            return _error(500, f"cnm: {what} failed: {error}")
+
+    async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
+        try:
+            return await getattr(self.channel.stub, method)(request, timeout=timeout,
+                                                            wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise errors.from_rpc_error(error) from None
+
+    # --- the plugin and its capabilities -------------------------------------------------
+
+    async def activate(self, _data: dict) -> dict:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    async def network_capabilities(self, _data: dict) -> dict:
+        # "local": each daemon keeps its own Docker network; they meet in cnm's.
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    async def ipam_capabilities(self, _data: dict) -> dict:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    async def address_spaces(self, _data: dict) -> dict:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE,
+                "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+    async def _nothing(self, _data: dict) -> dict:
+        return {}
+
+    # --- IPAM ------------------------------------------------------------------------
+
+    async def request_pool(self, data: dict) -> dict:
+        if data.get("V6"):
+            raise errors.InvalidArgument("IPv6 pools are not supported by cnm yet")
+        subnet = data.get("Pool") or ""
+        if not subnet:
+            raise errors.InvalidArgument(
+                "cnm needs a subnet: docker network create --subnet CIDR ...")
+        network = validation.parse_network(subnet, "subnet")
+        ip_range = data.get("SubPool") or ""
+        if ip_range:
+            inner = validation.parse_network(ip_range, "ip_range")
+            if not inner.subnet_of(network):
+                raise errors.InvalidArgument(f"ip range {inner} is outside subnet {network}")
+        existing = await self._network_overlapping(network)
+        if existing is not None and existing.subnet != str(network):
+            raise errors.AlreadyExists(
+                f"subnet {network} overlaps cnm network {existing.name!r} ({existing.subnet})")
+        self._ranges[str(network)] = ip_range
+        pool_id = f"{network},{ip_range}" if ip_range else str(network)
+        return {"PoolID": pool_id, "Pool": str(network), "Data": {}}
+
+    async def release_pool(self, data: dict) -> dict:
+        """Deletes the cnm network of the pool if a Docker network made it and no host has
+        an endpoint on it (another host's Docker network may still use it then)."""
+        network = await self._network_of_pool(data["PoolID"])
+        if network is None or network.labels.get(CREATED_BY) != "docker":
+            return {}
+        try:
+            await self._call("DeleteNetwork", pb.DeleteNetworkRequest(
+                network=network.network_id, allow_missing=True))
+        except errors.FailedPrecondition:
+            log.info("cnm network kept: endpoints of other hosts are on it",
+                     extra={"network": network.name})
+        return {}
+
+    async def request_address(self, data: dict) -> dict:
+        subnet = _subnet_of_pool(data["PoolID"])
+        options = data.get("Options") or {}
+        wanted = data.get("Address") or ""
+        network = await self._network_with_subnet(subnet)
+        if options.get("RequestAddressType") == GATEWAY_REQUEST:
+            # The network's gateway is cnm's to keep: nothing is reserved for it.
+            gateway = network.gateway if network is not None else ""
+            if wanted and gateway and wanted != gateway:
+                raise errors.AlreadyExists(
+                    f"cnm network {network.name!r} ({subnet}) has gateway {gateway}, "
+                    f"not {wanted}")
+            gateway = gateway or wanted or str(next(subnet.hosts()))
+            return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
+        if network is None:
+            raise errors.NotFound(f"no cnm network has subnet {subnet}: it was deleted; "
+                                  "remove the Docker network and create it again")
+        reply = await self._call("ReserveAddress", pb.ReserveAddressRequest(
+            network=network.network_id, host_id=self.host_id, address=wanted))
+        return {"Address": f"{reply.address}/{reply.prefix_length}", "Data": {}}
+
+    async def release_address(self, data: dict) -> dict:
+        subnet = _subnet_of_pool(data["PoolID"])
+        address = data.get("Address") or ""
+        network = await self._network_with_subnet(subnet)
+        if network is None or not address or address == network.gateway:
+            return {}
+        await self._call("ReleaseAddress", pb.ReleaseAddressRequest(
+            network=network.network_id, host_id=self.host_id, address=address))
+        return {}
+
+    # --- networks --------------------------------------------------------------------
+
+    async def create_network(self, data: dict) -> dict:
+        ipv4 = data.get("IPv4Data") or []
+        if data.get("IPv6Data"):
+            raise errors.InvalidArgument("IPv6 is not supported by cnm yet")
+        if len(ipv4) != 1:
+            raise errors.InvalidArgument("a cnm network has exactly one IPv4 subnet")
+        subnet = validation.parse_network(ipv4[0]["Pool"], "subnet")
+        gateway = (ipv4[0].get("Gateway") or "").split("/")[0]
+        options = data.get("Options") or {}
+        generic = dict(options.get("com.docker.network.generic") or {})
+        driver_name = str(generic.pop(DRIVER_OPTION, "bridge"))
+        if driver_name not in DRIVERS:
+            raise errors.InvalidArgument(f"-o {DRIVER_OPTION}={driver_name}: want "
+                                         f"{' or '.join(DRIVERS)}")
+        name = str(generic.pop(NAME_OPTION, "") or _default_name(subnet))
+        unknown = sorted(key for key in generic if key not in KNOWN_OPTIONS)
+        if unknown:
+            raise errors.InvalidArgument(
+                f"unknown option(s) {', '.join(unknown)}: the cnm driver takes "
+                f"{DRIVER_OPTION}, {NAME_OPTION}, {', '.join(KNOWN_OPTIONS)}")
+        internal = bool(options.get("com.docker.network.internal")) or str(
+            generic.pop("com.docker.network.internal", "")).lower() in ("1", "true")
+        if str(subnet) not in self._ranges:
+            raise errors.Unavailable("the cnm plugin restarted while this network was being "
+                                     "created: create it again")
+        wanted = pb.Network(
+            name=name, subnet=str(subnet), gateway=gateway,
+            ip_range=self._ranges.pop(str(subnet)), driver=DRIVERS[driver_name],
+            internal=internal, options={k: str(v) for k, v in generic.items()},
+            labels={CREATED_BY: "docker"})
+        existing = await self._network_with_subnet(subnet)
+        if existing is not None:
+            _check_same(existing, wanted)
+            return {}
+        await self._call("CreateNetwork", pb.CreateNetworkRequest(network=wanted))
+        log.info("cnm network created for a Docker network",
+                 extra={"network": name, "docker_network": data.get("NetworkID", "")})
+        return {}
+
+    # --- endpoints -------------------------------------------------------------------
+
+    async def create_endpoint(self, data: dict) -> dict:
+        interface = data.get("Interface") or {}
+        if interface.get("AddressIPv6"):
+            raise errors.InvalidArgument("IPv6 is not supported by cnm yet")
+        cidr = interface.get("Address") or ""
+        if not cidr:
+            raise errors.InvalidArgument("no address: use --ipam-driver cnm")
+        address = ipaddress.ip_interface(cidr).ip
+        network = await self._network_containing(address)
+        options = data.get("Options") or {}
+        mac = interface.get("MacAddress") or ""
+        reply = await self._call("ConnectContainer", pb.ConnectContainerRequest(
+            network=network.network_id, container_id=data["EndpointID"],
+            host_id=self.host_id, address=str(address), address_reserved=True,
+            peer_on_host=True, mac_address=mac,
+            port_mappings=_port_mappings(options.get("com.docker.network.portmap") or []),
+            labels={DOCKER_NETWORK: data.get("NetworkID", "")}))
+        return {} if mac else {"Interface": {"MacAddress": reply.endpoint.mac_address}}
+
+    async def endpoint_info(self, data: dict) -> dict:
+        endpoint = await self._endpoint(data["EndpointID"])
+        if endpoint is None:
+            return {"Value": {}}
+        return {"Value": {"cnm.endpoint_id": endpoint.endpoint_id,
+                          "cnm.network": endpoint.network_name,
+                          "cnm.host_interface": endpoint.host_interface}}
+
+    async def delete_endpoint(self, data: dict) -> dict:
+        endpoint = await self._endpoint(data["EndpointID"])
+        if endpoint is not None:
+            await self._call("DisconnectContainer", pb.DisconnectContainerRequest(
+                network=endpoint.network_id, container_id=endpoint.container_id,
+                allow_missing=True))
+        return {}
+
+    async def join(self, data: dict) -> dict:
+        endpoint = await self._endpoint(data["EndpointID"])
+        if endpoint is None:
+            raise errors.NotFound(f"endpoint {data['EndpointID']} is not connected in cnm")
+        network = (await self._call("GetNetwork", pb.GetNetworkRequest(
+            network=endpoint.network_id))).network
+        answer = {"InterfaceName": {"SrcName": endpoint.container_interface,
+                                    "DstPrefix": "eth"}}
+        if network.internal:
+            answer["DisableGatewayService"] = True
+        else:
+            answer["Gateway"] = network.gateway
+        return answer
+
+    # --- lookups ---------------------------------------------------------------------
+
+    async def _networks(self) -> list[pb.Network]:
+        return await pagination.fetch_all_async(
+            functools.partial(self._call, "ListNetworks"),
+            pb.ListNetworksRequest(page_size=1000), "networks")
+
+    async def _network_with_subnet(self, subnet) -> pb.Network | None:
+        return next((n for n in await self._networks() if n.subnet == str(subnet)), None)
+
+    async def _network_overlapping(self, subnet) -> pb.Network | None:
+        return next((n for n in await self._networks()
+                     if ipaddress.ip_network(n.subnet).overlaps(subnet)), None)
+
+    async def _network_of_pool(self, pool_id: str) -> pb.Network | None:
+        return await self._network_with_subnet(_subnet_of_pool(pool_id))
+
+    async def _network_containing(self, address) -> pb.Network:
+        for network in await self._networks():
+            if address in ipaddress.ip_network(network.subnet):
+                return network
+        raise errors.NotFound(f"no cnm network holds {address}: it was deleted; remove the "
+                              "Docker network and create it again")
+
+    async def _endpoint(self, docker_endpoint_id: str) -> pb.Endpoint | None:
+        reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(
+            container_id=docker_endpoint_id, host_id=self.host_id))
+        return reply.endpoints[0] if reply.endpoints else None
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"Err": message}, status=status, content_type=CONTENT_TYPE)
+
+
+def _subnet_of_pool(pool_id: str):
+    return validation.parse_network(str(pool_id).split(",", 1)[0], "PoolID")
+
+
+def _default_name(subnet) -> str:
+    """The cnm network of a Docker network created without -o cnm.name: named after its
+    subnet, the one thing every host's Docker sends alike."""
+    return f"docker-{subnet.network_address}-{subnet.prefixlen}"
+
+
+def _check_same(existing: pb.Network, wanted: pb.Network) -> None:
+    """A second host's Docker network on a cnm network: the options must agree."""
+    differences = [
+        f"{field} {getattr(existing, field) or '-'} (asked: {getattr(wanted, field) or '-'})"
+        for field in ("name", "driver", "internal", "ip_range")
+        if getattr(existing, field) != getattr(wanted, field)
+    ]
+    if wanted.gateway and wanted.gateway != existing.gateway:
+        differences.append(f"gateway {existing.gateway} (asked: {wanted.gateway})")
+    if differences:
+        raise errors.AlreadyExists(
+            f"cnm network {existing.name!r} has subnet {existing.subnet} with other options: "
+            + "; ".join(differences))
+
+
+def _port_mappings(portmap: list) -> list[pb.PortMapping]:
+    mappings = []
+    for item in portmap:
+        protocol = PROTOCOLS.get(item.get("Proto"))
+        if protocol is None:
+            raise errors.InvalidArgument(f"port mapping {item}: protocol must be tcp or udp")
+        host_port, end = int(item.get("HostPort") or 0), int(item.get("HostPortEnd") or 0)
+        if not host_port or (end and end != host_port):
+            raise errors.InvalidArgument(
+                f"port mapping {item}: cnm publishes one given host port per mapping "
+                "(-p HOST:CONTAINER), not a range or a port Docker picks")
+        mappings.append(pb.PortMapping(protocol=protocol, host_ip=item.get("HostIP") or "",
+                                       host_port=host_port, container_port=int(item["Port"])))
+    return mappings

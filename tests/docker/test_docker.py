@@ -1,0 +1,191 @@
+"""Debian's dockerd driving cnm through cnm-docker-plugin, on simulated hosts.
+
+Each host is a namespace of the multi-host cluster (tests/multihost/cluster.py: real
+orchestrator, IPAM and agents, mutual TLS) with a dockerd of its own started in it
+(tests/compose/daemon.py; its own data, exec root, socket, and a plugin directory of
+its own seen at /run/docker/plugins) and a cnm-docker-plugin serving that directory.
+The image is a busybox root filesystem imported offline (`docker import`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from tests import support
+from tests.compose.daemon import DockerDaemon
+from tests.multihost.cluster import MultiHost, tls_args
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+PLUGIN = str(Path(support.PYTHON).with_name("cnm-docker-plugin"))
+IMAGE = "cnm-busybox:test"
+CNM_NET = "docker-10.47.0.0-24"  # the cnm network of the Docker networks "dnet"
+NET = ["network", "create", "-d", "cnm", "--ipam-driver", "cnm"]
+
+
+def busybox_tar(directory: Path) -> Path:
+    """A root filesystem of busybox and its applets, as a tar for docker import."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox-static is not installed")
+    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True,
+                             text=True).stdout.split()
+    path = directory / "busybox.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        for name in ("etc", "tmp", "www"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for applet in applets:
+            if applet != "busybox":
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+    return path
+
+
+class DockerHost:
+    """A dockerd and its cnm-docker-plugin on one host of the cluster."""
+
+    def __init__(self, cluster: MultiHost, index: int, workdir: Path, image: Path) -> None:
+        self.host = cluster.hosts[index]
+        self.workdir = workdir / self.host.host_id
+        plugins = self.workdir / "plugins"
+        plugins.mkdir(parents=True)
+        self.plugin = support.Process(
+            [PLUGIN, "--socket", str(plugins / "cnm.sock"), "--orchestrator",
+             cluster.address, "--host-id", self.host.host_id, *tls_args(cluster.pki, "admin")],
+            log_path=self.workdir / "plugin.log")
+        support.wait_for(lambda: (plugins / "cnm.sock").exists(), 20, 0.05, "the plugin")
+        self.daemon = DockerDaemon(self.host.ns, self.workdir, plugins_dir=plugins).start()
+        self.docker("import", str(image), IMAGE)
+
+    def docker(self, *args: str, check: bool = True):
+        return self.daemon.docker(*args, check=check)
+
+    def fails(self, *args: str) -> str:
+        done = self.docker(*args, check=False)
+        assert done.returncode != 0, f"docker {' '.join(args)} succeeded: {done.stdout}"
+        return done.stderr.strip()
+
+    def address(self, container: str, network: str) -> str:
+        state = self.daemon.inspect(container)
+        return state["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.plugin.stop()
+
+
+@pytest.fixture
+def docker_hosts(redis_url, netns, tmp_path):
+    cluster = MultiHost(tmp=tmp_path, redis_url=redis_url,
+                        underlay=support.Underlay(netns)).start()
+    hosts = []
+    try:
+        for _ in range(2):
+            cluster.add_host()
+        image = busybox_tar(tmp_path)
+        for index in range(2):
+            hosts.append(DockerHost(cluster, index, tmp_path, image))
+        yield cluster, hosts
+    finally:
+        for host in hosts:
+            host.stop()
+        cluster.stop()
+
+
+def endpoints(cluster) -> list[pb.Endpoint]:
+    return list(cluster.call("ListEndpoints", pb.ListEndpointsRequest()).endpoints)
+
+
+def allocations(cluster, network: str) -> dict[str, str]:
+    from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+    from tests.multihost.cluster import admin_channel
+
+    network_id = cluster.call("GetNetwork", pb.GetNetworkRequest(network=network)).network \
+        .network_id
+    with admin_channel(cluster.pki, cluster.ipam_address) as channel:
+        listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
+            ipam_pb2.ListAllocationsRequest(pool_id=network_id), timeout=10)
+    return {a.address: a.owner for a in listed.allocations}
+
+
+def http_get(ns: support.Netns, url: str) -> str:
+    deadline = time.monotonic() + 20
+    while True:
+        done = ns.run("python3", "-c", "import urllib.request, sys; sys.stdout.write("
+                      f"urllib.request.urlopen({url!r}, timeout=2).read().decode())",
+                      check=False)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            return done.stdout
+        time.sleep(0.2)
+
+
+WEB = ["sh", "-c", "echo hello from cnm > /www/index.html && exec httpd -f -p 80 -h /www"]
+
+
+def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
+    cluster, (one, two) = docker_hosts
+    for host in (one, two):
+        host.docker(*NET, "--subnet", "10.47.0.0/24", "--ip-range", "10.47.0.128/25",
+                    "-o", "cnm.driver=overlay", "dnet")
+    (network,) = cluster.call("ListNetworks", pb.ListNetworksRequest()).networks
+    assert (network.name, network.driver, network.ip_range) == (
+        "docker-10.47.0.0-24", pb.DRIVER_OVERLAY, "10.47.0.128/25")
+    one.docker("run", "-d", "--name", "web", "--network", "dnet", "-p", "8080:80", IMAGE,
+               *WEB)
+    two.docker("run", "-d", "--name", "box", "--network", "dnet", IMAGE, "sleep", "600")
+    two.docker("run", "-d", "--name", "fixed", "--network", "dnet", "--ip", "10.47.0.9",
+               IMAGE, "sleep", "600")
+    web, box = one.address("web", "dnet"), two.address("box", "dnet")
+    assert web != box and all(a.startswith("10.47.0.") and int(a.split(".")[3]) >= 128
+                              for a in (web, box))
+    assert two.address("fixed", "dnet") == "10.47.0.9"
+    # Across hosts by address, both ways; the default route is the network's gateway.
+    two.docker("exec", "box", "ping", "-c", "1", "-W", "3", web)
+    one.docker("exec", "web", "ping", "-c", "1", "-W", "3", box)
+    assert "default via 10.47.0.1" in two.docker("exec", "box", "ip", "route").stdout
+    # The published port, from the other host (no docker-proxy: cnm's nftables).
+    assert http_get(two.host.ns, f"http://{one.host.underlay_ip}:8080/") == \
+        "hello from cnm\n"
+    recorded = {e.container_id: e for e in endpoints(cluster)}
+    assert len(recorded) == 3 and all(e.peer_on_host and e.address_reserved
+                                      for e in recorded.values())
+    held = allocations(cluster, CNM_NET)
+    assert sorted(held) == sorted(["10.47.0.1", web, box, "10.47.0.9"])
+
+    # Bad input: a clear error, nothing allocated.
+    before = (len(endpoints(cluster)), allocations(cluster, CNM_NET))
+    assert "overlaps" in one.fails(*NET, "--subnet", "10.47.0.0/16", "wide")
+    assert "unknown option" in one.fails(*NET, "--subnet", "10.48.0.0/24", "-o", "color=red",
+                                         "odd")
+    assert "subnet" in one.fails(*NET, "auto")
+    assert "in use" in one.fails("run", "-d", "--network", "dnet", "--ip", "10.47.0.9",
+                                 IMAGE, "sleep", "1")
+    assert "published" in one.fails("run", "-d", "--network", "dnet", "-p", "8080:80",
+                                    IMAGE, "sleep", "1")
+    one.docker("container", "prune", "-f")
+    assert (len(endpoints(cluster)), allocations(cluster, CNM_NET)) == before
+    assert [n.name for n in cluster.call("ListNetworks", pb.ListNetworksRequest()).networks] \
+        == ["docker-10.47.0.0-24"]
+
+    # Gone: every container, then the networks; nothing left in cnm.
+    one.docker("rm", "-f", "web")
+    two.docker("rm", "-f", "box", "fixed")
+    assert endpoints(cluster) == []
+    assert allocations(cluster, CNM_NET) == {"10.47.0.1": "cnm:gateway"}
+    one.docker("network", "rm", "dnet")
+    two.docker("network", "rm", "dnet")
+    assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
+    for host in (one, two):
+        leftover = json.loads(host.host.ns.run("ip", "-j", "link", "show").stdout)
+        assert not [link["ifname"] for link in leftover
+                    if link["ifname"].startswith(("cv", "cp"))]
