@@ -111,6 +111,12 @@ class DockerDaemon:
 
     def stop(self) -> None:
         """Stops dockerd (and so its containerd) by PID and removes its state."""
+        self.stop_daemon()
+        self._remove_state()
+
+    def stop_daemon(self) -> None:
+        """Stops dockerd (and so its containerd) by PID, keeping its state: start() again
+        is a daemon restart."""
         containerd_pid = self._containerd_pid()
         if self.process is not None:
             self.process.stop(timeout=60)
@@ -122,6 +128,8 @@ class DockerDaemon:
                 time.sleep(0.1)
             if Path(f"/proc/{containerd_pid}").exists():
                 os.kill(containerd_pid, 9)
+
+    def _remove_state(self) -> None:
         for root in (self.run_dir, self.data_root):
             for point in mount_points_under(root):
                 subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)

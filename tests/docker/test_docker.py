@@ -68,7 +68,10 @@ class DockerHost:
         self.docker("import", str(image), IMAGE)
 
     def docker(self, *args: str, check: bool = True):
-        return self.daemon.docker(*args, check=check)
+        done = self.daemon.docker(*args, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+        return done
 
     def fails(self, *args: str) -> str:
         done = self.docker(*args, check=False)
@@ -189,3 +192,71 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
         leftover = json.loads(host.host.ns.run("ip", "-j", "link", "show").stdout)
         assert not [link["ifname"] for link in leftover
                     if link["ifname"].startswith(("cv", "cp"))]
+
+
+def plugin_post(socket: Path, path: str, body: bytes) -> tuple[int, dict]:
+    """A raw call to the plugin, as dockerd makes it."""
+    import http.client
+    import socket as socket_module
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket_module.socket(socket_module.AF_UNIX)
+            self.sock.connect(str(socket))
+
+    connection = UnixConnection("localhost", timeout=10)
+    try:
+        connection.request("POST", path, body=body,
+                           headers={"Content-Type": "application/vnd.docker.plugins.v1+json"})
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+def test_bridge_networks_connect_disconnect_internal_and_restarts(docker_hosts):
+    cluster, (one, _) = docker_hosts
+    one.docker(*NET, "--subnet", "10.49.0.0/24", "front")
+    one.docker(*NET, "--subnet", "10.50.0.0/24", "--internal", "back")
+    front, back = (cluster.call("GetNetwork", pb.GetNetworkRequest(network=name)).network
+                   for name in ("docker-10.49.0.0-24", "docker-10.50.0.0-24"))
+    assert (front.driver, front.internal, back.internal) == (pb.DRIVER_BRIDGE, False, True)
+    one.docker("run", "-d", "--name", "app", "--network", "front", "-p", "8081:80", IMAGE, *WEB)
+    one.docker("run", "-d", "--name", "db", "--network", "back", IMAGE, "sleep", "600")
+    # docker network connect / disconnect of a running container.
+    one.docker("network", "connect", "back", "app")
+    app_back, db_back = one.address("app", "back"), one.address("db", "back")
+    one.docker("exec", "db", "ping", "-c", "1", "-W", "3", app_back)
+    assert "default via" not in one.docker("exec", "db", "ip", "route").stdout  # internal
+    assert len(endpoints(cluster)) == 3
+    one.docker("network", "disconnect", "back", "app")
+    assert len(endpoints(cluster)) == 2
+    assert db_back != app_back and app_back not in allocations(cluster, "docker-10.50.0.0-24")
+    assert "active endpoints" in one.fails("network", "rm", "back")
+
+    # The plugin restarted while dockerd runs: nothing of it is lost.
+    one.plugin.stop()
+    socket = Path(one.plugin.args[2])
+    one.plugin = support.Process(one.plugin.args, log_path=one.workdir / "plugin-2.log")
+    support.wait_for(socket.exists, 20, 0.05, "the plugin again")
+    assert http_get(one.host.ns, "http://127.0.0.1:8081/") == "hello from cnm\n"
+    one.docker("rm", "-f", "db")
+    assert {e.container_id for e in endpoints(cluster)} == \
+        {one.daemon.inspect("app")["NetworkSettings"]["Networks"]["front"]["EndpointID"]}
+
+    # Malformed calls: Docker's {"Err": ...}, an HTTP error, never a traceback.
+    status, answer = plugin_post(socket, "/NetworkDriver.CreateEndpoint", b"{not json")
+    assert status == 400 and "not JSON" in answer["Err"]
+    status, answer = plugin_post(socket, "/IpamDriver.RequestAddress", b"[]")
+    assert status == 400 and "JSON object" in answer["Err"]
+    status, answer = plugin_post(socket, "/IpamDriver.RequestPool", b'{"Pool": "10.1.2.3/8"}')
+    assert status == 400 and "host bits" in answer["Err"]
+
+    # dockerd restarted: its containers stop and give everything back.
+    one.daemon.stop_daemon()
+    assert endpoints(cluster) == []
+    one.daemon.start()
+    one.docker("rm", "-f", "app")
+    for name in ("front", "back"):
+        one.docker("network", "rm", name)
+    assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
