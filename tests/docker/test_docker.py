@@ -9,9 +9,6 @@ The image is a busybox root filesystem imported offline (`docker import`)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
 from tests.compose.daemon import DockerDaemon
+from tests.docker.image import busybox_tar
 from tests.multihost.cluster import MultiHost, tls_args
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
@@ -27,28 +25,6 @@ PLUGIN = str(Path(support.PYTHON).with_name("cnm-docker-plugin"))
 IMAGE = "cnm-busybox:test"
 CNM_NET = "docker-10.47.0.0-24"  # the cnm network of the Docker networks "dnet"
 NET = ["network", "create", "-d", "cnm", "--ipam-driver", "cnm"]
-
-
-def busybox_tar(directory: Path) -> Path:
-    """A root filesystem of busybox and its applets, as a tar for docker import."""
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox-static is not installed")
-    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True,
-                             text=True).stdout.split()
-    path = directory / "busybox.tar"
-    with tarfile.open(path, "w") as tar:
-        tar.add(busybox, arcname="bin/busybox")
-        for name in ("etc", "tmp", "www"):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for applet in applets:
-            if applet != "busybox":
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(info)
-    return path
 
 
 class DockerHost:
