@@ -66,6 +66,9 @@ class Plugin:
         self.channel = grpc_client.RenewingChannel(orchestrator, tls,
                                                    orchestrator_pb2_grpc.OrchestratorServiceStub)
         self._ranges: dict[str, str] = {}  # subnet -> ip range, RequestPool to CreateNetwork
+        # The cnm networks as last listed, by id. A network never changes under its id: an
+        # id that is gone (NOT_FOUND) makes the caller list them again (_fresh_if_stale).
+        self._known: dict[str, pb.Network] | None = None
 
     async def close(self) -> None:
         await self.channel.close()
@@ -164,7 +167,7 @@ class Plugin:
             inner = validation.parse_network(ip_range, "ip_range")
             if not inner.subnet_of(network):
                 raise errors.InvalidArgument(f"ip range {inner} is outside subnet {network}")
-        existing = await self._network_overlapping(network)
+        existing = await self._network_overlapping(network, fresh=True)
         if existing is not None and existing.subnet != str(network):
             raise errors.AlreadyExists(
                 f"subnet {network} overlaps cnm network {existing.name!r} ({existing.subnet})")
@@ -175,9 +178,10 @@ class Plugin:
     async def release_pool(self, data: dict) -> dict:
         """Deletes the cnm network of the pool if a Docker network made it and no host has
         an endpoint on it (another host's Docker network may still use it then)."""
-        network = await self._network_of_pool(data["PoolID"])
+        network = await self._network_with_subnet(_subnet_of_pool(data["PoolID"]), fresh=True)
         if network is None or network.labels.get(CREATED_BY) != "docker":
             return {}
+        self._known = None
         try:
             await self._call("DeleteNetwork", pb.DeleteNetworkRequest(
                 network=network.network_id, allow_missing=True))
@@ -190,9 +194,9 @@ class Plugin:
         subnet = _subnet_of_pool(data["PoolID"])
         options = data.get("Options") or {}
         wanted = data.get("Address") or ""
-        network = await self._network_with_subnet(subnet)
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
             # The network's gateway is cnm's to keep: nothing is reserved for it.
+            network = await self._network_with_subnet(subnet, fresh=True)
             gateway = network.gateway if network is not None else ""
             if wanted and gateway and wanted != gateway:
                 raise errors.AlreadyExists(
@@ -200,21 +204,33 @@ class Plugin:
                     f"not {wanted}")
             gateway = gateway or wanted or str(next(subnet.hosts()))
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
-        if network is None:
-            raise errors.NotFound(f"no cnm network has subnet {subnet}: it was deleted; "
-                                  "remove the Docker network and create it again")
-        reply = await self._call("ReserveAddress", pb.ReserveAddressRequest(
-            network=network.network_id, host_id=self.host_id, address=wanted))
+
+        async def reserve(fresh: bool):
+            network = await self._network_with_subnet(subnet, fresh=fresh)
+            if network is None:
+                raise errors.NotFound(f"no cnm network has subnet {subnet}: it was deleted; "
+                                      "remove the Docker network and create it again")
+            return await self._call("ReserveAddress", pb.ReserveAddressRequest(
+                network=network.network_id, host_id=self.host_id, address=wanted))
+
+        reply = await self._fresh_if_stale(reserve)
         return {"Address": f"{reply.address}/{reply.prefix_length}", "Data": {}}
 
     async def release_address(self, data: dict) -> dict:
         subnet = _subnet_of_pool(data["PoolID"])
         address = data.get("Address") or ""
-        network = await self._network_with_subnet(subnet)
-        if network is None or not address or address == network.gateway:
-            return {}
-        await self._call("ReleaseAddress", pb.ReleaseAddressRequest(
-            network=network.network_id, host_id=self.host_id, address=address))
+
+        async def release(fresh: bool) -> None:
+            network = await self._network_with_subnet(subnet, fresh=fresh)
+            if network is None:
+                if fresh:
+                    return  # the network is gone, and its reservations with it
+                raise errors.NotFound(f"no cnm network has subnet {subnet}")
+            if address and address != network.gateway:
+                await self._call("ReleaseAddress", pb.ReleaseAddressRequest(
+                    network=network.network_id, host_id=self.host_id, address=address))
+
+        await self._fresh_if_stale(release)
         return {}
 
     # --- networks --------------------------------------------------------------------
@@ -249,7 +265,7 @@ class Plugin:
             ip_range=self._ranges.pop(str(subnet)), driver=DRIVERS[driver_name],
             internal=internal, options={k: str(v) for k, v in generic.items()},
             labels={CREATED_BY: "docker"})
-        existing = await self._network_with_subnet(subnet)
+        existing = await self._network_with_subnet(subnet, fresh=True)
         if existing is not None:
             _check_same(existing, wanted)
             return {}
@@ -268,15 +284,19 @@ class Plugin:
         if not cidr:
             raise errors.InvalidArgument("no address: use --ipam-driver cnm")
         address = ipaddress.ip_interface(cidr).ip
-        network = await self._network_containing(address)
         options = data.get("Options") or {}
         mac = interface.get("MacAddress") or ""
-        reply = await self._call("ConnectContainer", pb.ConnectContainerRequest(
-            network=network.network_id, container_id=data["EndpointID"],
-            host_id=self.host_id, address=str(address), address_reserved=True,
-            peer_on_host=True, mac_address=mac,
-            port_mappings=_port_mappings(options.get("com.docker.network.portmap") or []),
-            labels={DOCKER_NETWORK: data.get("NetworkID", "")}))
+        mappings = _port_mappings(options.get("com.docker.network.portmap") or [])
+
+        async def connect(fresh: bool):
+            network = await self._network_containing(address, fresh=fresh)
+            return await self._call("ConnectContainer", pb.ConnectContainerRequest(
+                network=network.network_id, container_id=data["EndpointID"],
+                host_id=self.host_id, address=str(address), address_reserved=True,
+                peer_on_host=True, mac_address=mac, port_mappings=mappings,
+                labels={DOCKER_NETWORK: data.get("NetworkID", "")}))
+
+        reply = await self._fresh_if_stale(connect)
         return {} if mac else {"Interface": {"MacAddress": reply.endpoint.mac_address}}
 
     async def endpoint_info(self, data: dict) -> dict:
@@ -299,8 +319,7 @@ class Plugin:
         endpoint = await self._endpoint(data["EndpointID"])
         if endpoint is None:
             raise errors.NotFound(f"endpoint {data['EndpointID']} is not connected in cnm")
-        network = (await self._call("GetNetwork", pb.GetNetworkRequest(
-            network=endpoint.network_id))).network
+        network = await self._network_by_id(endpoint.network_id)
         answer = {"InterfaceName": {"SrcName": endpoint.container_interface,
                                     "DstPrefix": "eth"}}
         if network.internal:
@@ -311,23 +330,41 @@ class Plugin:
 
     # --- lookups ---------------------------------------------------------------------
 
-    async def _networks(self) -> list[pb.Network]:
-        return await pagination.fetch_all_async(
-            functools.partial(self._call, "ListNetworks"),
-            pb.ListNetworksRequest(page_size=1000), "networks")
+    async def _fresh_if_stale(self, attempt):
+        """``attempt(fresh=False)`` with the networks as last listed; if that finds one
+        gone (NOT_FOUND), once more with the networks listed again."""
+        try:
+            return await attempt(False)
+        except errors.NotFound:
+            return await attempt(True)
 
-    async def _network_with_subnet(self, subnet) -> pb.Network | None:
-        return next((n for n in await self._networks() if n.subnet == str(subnet)), None)
+    async def _networks(self, fresh: bool = False) -> list[pb.Network]:
+        if fresh or self._known is None:
+            listed = await pagination.fetch_all_async(
+                functools.partial(self._call, "ListNetworks"),
+                pb.ListNetworksRequest(page_size=1000), "networks")
+            self._known = {network.network_id: network for network in listed}
+        return list(self._known.values())
 
-    async def _network_overlapping(self, subnet) -> pb.Network | None:
-        return next((n for n in await self._networks()
+    async def _network_by_id(self, network_id: str) -> pb.Network:
+        if self._known is not None and network_id in self._known:
+            return self._known[network_id]
+        network = (await self._call("GetNetwork", pb.GetNetworkRequest(
+            network=network_id))).network
+        if self._known is not None:
+            self._known[network_id] = network
+        return network
+
+    async def _network_with_subnet(self, subnet, fresh: bool = False) -> pb.Network | None:
+        return next((n for n in await self._networks(fresh) if n.subnet == str(subnet)),
+                    None)
+
+    async def _network_overlapping(self, subnet, fresh: bool = False) -> pb.Network | None:
+        return next((n for n in await self._networks(fresh)
                      if ipaddress.ip_network(n.subnet).overlaps(subnet)), None)
 
-    async def _network_of_pool(self, pool_id: str) -> pb.Network | None:
-        return await self._network_with_subnet(_subnet_of_pool(pool_id))
-
-    async def _network_containing(self, address) -> pb.Network:
-        for network in await self._networks():
+    async def _network_containing(self, address, fresh: bool = False) -> pb.Network:
+        for network in await self._networks(fresh):
             if address in ipaddress.ip_network(network.subnet):
                 return network
         raise errors.NotFound(f"no cnm network holds {address}: it was deleted; remove the "
