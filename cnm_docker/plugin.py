@@ -69,6 +69,9 @@ class Plugin:
         # The cnm networks as last listed, by id. A network never changes under its id: an
         # id that is gone (NOT_FOUND) makes the caller list them again (_fresh_if_stale).
         self._known: dict[str, pb.Network] | None = None
+        # The endpoints this plugin connected, by Docker's endpoint id, as the orchestrator
+        # answered (asked again after a restart): Join and DeleteEndpoint need no lookup.
+        self._connected: dict[str, pb.Endpoint] = {}
 
     async def close(self) -> None:
         await self.channel.close()
@@ -297,6 +300,7 @@ class Plugin:
                 labels={DOCKER_NETWORK: data.get("NetworkID", "")}))
 
         reply = await self._fresh_if_stale(connect)
+        self._connected[data["EndpointID"]] = reply.endpoint
         return {} if mac else {"Interface": {"MacAddress": reply.endpoint.mac_address}}
 
     async def endpoint_info(self, data: dict) -> dict:
@@ -313,6 +317,7 @@ class Plugin:
             await self._call("DisconnectContainer", pb.DisconnectContainerRequest(
                 network=endpoint.network_id, container_id=endpoint.container_id,
                 allow_missing=True))
+        self._connected.pop(data["EndpointID"], None)
         return {}
 
     async def join(self, data: dict) -> dict:
@@ -371,6 +376,10 @@ class Plugin:
                               "Docker network and create it again")
 
     async def _endpoint(self, docker_endpoint_id: str) -> pb.Endpoint | None:
+        """The cnm endpoint of a Docker endpoint: as connected by this plugin, else as the
+        orchestrator lists it (after a restart of the plugin)."""
+        if docker_endpoint_id in self._connected:
+            return self._connected[docker_endpoint_id]
         reply = await self._call("ListEndpoints", pb.ListEndpointsRequest(
             container_id=docker_endpoint_id, host_id=self.host_id))
         return reply.endpoints[0] if reply.endpoints else None

@@ -216,6 +216,13 @@ def test_bridge_networks_connect_disconnect_internal_and_restarts(docker_hosts):
     one.plugin = support.Process(one.plugin.args, log_path=one.workdir / "plugin-2.log")
     support.wait_for(socket.exists, 20, 0.05, "the plugin again")
     assert http_get(one.host.ns, "http://127.0.0.1:8081/") == "hello from cnm\n"
+    # The agent restarted while dockerd runs: the containers keep their interfaces.
+    one.host.stop()
+    one.host.start()
+    cluster.wait_registered(one.host)
+    assert http_get(one.host.ns, "http://127.0.0.1:8081/") == "hello from cnm\n"
+    assert f"inet {db_back}/24" in one.docker("exec", "db", "ip", "addr", "show", "eth0").stdout
+    assert len(endpoints(cluster)) == 2
     one.docker("rm", "-f", "db")
     assert {e.container_id for e in endpoints(cluster)} == \
         {one.daemon.inspect("app")["NetworkSettings"]["Networks"]["front"]["EndpointID"]}
