@@ -48,13 +48,16 @@ def mount_points_under(root: Path) -> list[str]:
 class DockerDaemon:
     """dockerd in network namespace ``netns``, its state under ``workdir``."""
 
-    def __init__(self, netns: support.Netns, workdir: Path, plugins_dir: Path | None = None):
+    def __init__(self, netns: support.Netns, workdir: Path, plugins_dir: Path | None = None,
+                 extra_args: tuple[str, ...] = ()):
         """``plugins_dir``: the daemon's own plugin directory, seen by it (in a mount
         namespace of its own) at /run/docker/plugins, where dockerd always looks: two
         daemons of one machine each find their own ``cnm`` plugin there."""
         self.netns = netns
         self.workdir = workdir
         self.plugins_dir = plugins_dir
+        self.extra_args = extra_args
+        self.holder: support.Process | None = None  # of the mount namespace (plugins_dir)
         # Unix socket paths are limited to 108 bytes: keep them short.
         self.run_dir = Path("/run") / f"{netns.name}-docker"
         self.data_root = workdir / "data"
@@ -81,19 +84,32 @@ class DockerDaemon:
             "--containerd-namespace", self.netns.name,
             "--containerd-plugins-namespace", f"{self.netns.name}-plugins",
             "--bridge=none", "--iptables=false", "--ip-masq=false",
-            "--log-level=warn",
+            "--log-level=warn", *self.extra_args,
         ]
         if self.plugins_dir is not None:
-            self.plugins_dir.mkdir(parents=True, exist_ok=True)
-            mount = 'mkdir -p /run/docker/plugins && mount --bind "$0" /run/docker/plugins'
-            args = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    f'{mount} && exec "$@"', str(self.plugins_dir), *args]
+            args[1:1] = [f"--mount=/proc/{self._mount_holder()}/ns/mnt"]
         self.process = support.Process(args, log_path=self.workdir / "dockerd.log")
         try:
             support.wait_for(self._answers, timeout, 0.1, f"dockerd in {self.netns.name}")
         except TimeoutError as error:
             raise RuntimeError(f"{error}\n{self.process.log_tail()}") from error
         return self
+
+    def _mount_holder(self) -> int:
+        """The PID of a process holding the daemon's mount namespace, in which its plugin
+        directory is /run/docker/plugins: made at the first start, kept across restarts
+        (the containers' namespaces are mounted in it, and a daemon restarted with
+        --live-restore finds them there again)."""
+        if self.holder is None:
+            self.plugins_dir.mkdir(parents=True, exist_ok=True)
+            mount = 'mkdir -p /run/docker/plugins && mount --bind "$0" /run/docker/plugins'
+            self.holder = support.Process(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f"{mount} && exec sleep infinity", str(self.plugins_dir)])
+            support.wait_for(lambda: " /run/docker/plugins " in Path(
+                f"/proc/{self.holder.pid}/mountinfo").read_text(), 10, 0.02,
+                "the daemon's mount namespace")
+        return self.holder.pid
 
     def _answers(self) -> bool:
         if self.process is not None and not self.process.alive():
@@ -130,6 +146,9 @@ class DockerDaemon:
                 os.kill(containerd_pid, 9)
 
     def _remove_state(self) -> None:
+        if self.holder is not None:
+            self.holder.stop()
+            self.holder = None
         for root in (self.run_dir, self.data_root):
             for point in mount_points_under(root):
                 subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)

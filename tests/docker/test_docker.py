@@ -30,7 +30,8 @@ NET = ["network", "create", "-d", "cnm", "--ipam-driver", "cnm"]
 class DockerHost:
     """A dockerd and its cnm-docker-plugin on one host of the cluster."""
 
-    def __init__(self, cluster: MultiHost, index: int, workdir: Path, image: Path) -> None:
+    def __init__(self, cluster: MultiHost, index: int, workdir: Path, image: Path,
+                 daemon_args: tuple[str, ...] = ()) -> None:
         self.host = cluster.hosts[index]
         self.workdir = workdir / self.host.host_id
         plugins = self.workdir / "plugins"
@@ -40,7 +41,8 @@ class DockerHost:
              cluster.address, "--host-id", self.host.host_id, *tls_args(cluster.pki, "admin")],
             log_path=self.workdir / "plugin.log")
         support.wait_for(lambda: (plugins / "cnm.sock").exists(), 20, 0.05, "the plugin")
-        self.daemon = DockerDaemon(self.host.ns, self.workdir, plugins_dir=plugins).start()
+        self.daemon = DockerDaemon(self.host.ns, self.workdir, plugins_dir=plugins,
+                                   extra_args=daemon_args).start()
         self.docker("import", str(image), IMAGE)
 
     def docker(self, *args: str, check: bool = True):
@@ -73,7 +75,9 @@ def docker_hosts(redis_url, netns, tmp_path):
             cluster.add_host()
         image = busybox_tar(tmp_path)
         for index in range(2):
-            hosts.append(DockerHost(cluster, index, tmp_path, image))
+            # The second daemon keeps its containers running while it restarts.
+            hosts.append(DockerHost(cluster, index, tmp_path, image,
+                                    ("--live-restore",) if index else ()))
         yield cluster, hosts
     finally:
         for host in hosts:
@@ -242,4 +246,21 @@ def test_bridge_networks_connect_disconnect_internal_and_restarts(docker_hosts):
     one.docker("rm", "-f", "app")
     for name in ("front", "back"):
         one.docker("network", "rm", name)
+    assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
+
+
+def test_a_live_restore_daemon_restarts_under_running_containers(docker_hosts):
+    cluster, (_, two) = docker_hosts
+    two.docker(*NET, "--subnet", "10.51.0.0/24", "live")
+    two.docker("run", "-d", "--name", "kept", "--network", "live", "-p", "8082:80", IMAGE,
+               *WEB)
+    before = endpoints(cluster)
+    two.daemon.stop_daemon()
+    assert http_get(two.host.ns, "http://127.0.0.1:8082/") == "hello from cnm\n"
+    assert endpoints(cluster) == before
+    two.daemon.start()
+    assert http_get(two.host.ns, "http://127.0.0.1:8082/") == "hello from cnm\n"
+    two.docker("rm", "-f", "kept")
+    two.docker("network", "rm", "live")
+    assert endpoints(cluster) == []
     assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
