@@ -6,6 +6,7 @@
 #
 # Targets:
 #   service  ipam_service, orchestrator and the `cnm` CLI, as the non-root user cnm
+#            (every image has cnm's console scripts: cnm-cni, cnm-docker-plugin too)
 #   agent    netdriver_service, as root; the runtime grants it only the
 #            capabilities it needs (cap_add in deploy/agent.compose.yml)
 #   redis    Debian's redis-server, as the redis user, data in /data
@@ -24,6 +25,8 @@ COPY ipam_service /src/ipam_service
 COPY netdriver_service /src/netdriver_service
 COPY orchestrator /src/orchestrator
 COPY cnm_cli /src/cnm_cli
+COPY cnm_cni /src/cnm_cni
+COPY cnm_docker /src/cnm_docker
 RUN /opt/cnm/bin/pip install --quiet --no-cache-dir --no-index --no-deps --no-build-isolation /src \
  && /opt/cnm/bin/pip uninstall --quiet --yes pip setuptools wheel
 
