@@ -126,7 +126,13 @@ class DockerDaemon:
         return json.loads(self.docker("inspect", container).stdout)[0]
 
     def stop(self) -> None:
-        """Stops dockerd (and so its containerd) by PID and removes its state."""
+        """Removes its containers, stops dockerd (and so its containerd) by PID and removes
+        its state. Containers first: a --live-restore daemon leaves them running when it
+        stops, and a test that failed midway may have left some."""
+        if self.process is not None and self.process.alive():
+            listed = self.docker("ps", "--all", "--quiet", check=False, timeout=60)
+            if listed.returncode == 0 and listed.stdout.split():
+                self.docker("rm", "--force", *listed.stdout.split(), check=False, timeout=120)
         self.stop_daemon()
         self._remove_state()
 
