@@ -89,18 +89,6 @@ def endpoints(cluster) -> list[pb.Endpoint]:
     return list(cluster.call("ListEndpoints", pb.ListEndpointsRequest()).endpoints)
 
 
-def allocations(cluster, network: str) -> dict[str, str]:
-    from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-    from tests.multihost.cluster import admin_channel
-
-    network_id = cluster.call("GetNetwork", pb.GetNetworkRequest(network=network)).network \
-        .network_id
-    with admin_channel(cluster.pki, cluster.ipam_address) as channel:
-        listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
-            ipam_pb2.ListAllocationsRequest(pool_id=network_id), timeout=10)
-    return {a.address: a.owner for a in listed.allocations}
-
-
 def http_get(ns: support.Netns, url: str) -> str:
     deadline = time.monotonic() + 20
     while True:
@@ -142,11 +130,11 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
     recorded = {e.container_id: e for e in endpoints(cluster)}
     assert len(recorded) == 3 and all(e.peer_on_host and e.address_reserved
                                       for e in recorded.values())
-    held = allocations(cluster, CNM_NET)
+    held = cluster.allocations(CNM_NET)
     assert sorted(held) == sorted(["10.47.0.1", web, box, "10.47.0.9"])
 
     # Bad input: a clear error, nothing allocated.
-    before = (len(endpoints(cluster)), allocations(cluster, CNM_NET))
+    before = (len(endpoints(cluster)), cluster.allocations(CNM_NET))
     assert "overlaps" in one.fails(*NET, "--subnet", "10.47.0.0/16", "wide")
     assert "unknown option" in one.fails(*NET, "--subnet", "10.48.0.0/24", "-o", "color=red",
                                          "odd")
@@ -156,7 +144,7 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
     assert "published" in one.fails("run", "-d", "--network", "dnet", "-p", "8080:80",
                                     IMAGE, "sleep", "1")
     one.docker("container", "prune", "-f")
-    assert (len(endpoints(cluster)), allocations(cluster, CNM_NET)) == before
+    assert (len(endpoints(cluster)), cluster.allocations(CNM_NET)) == before
     assert [n.name for n in cluster.call("ListNetworks", pb.ListNetworksRequest()).networks] \
         == ["docker-10.47.0.0-24"]
 
@@ -164,7 +152,7 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
     one.docker("rm", "-f", "web")
     two.docker("rm", "-f", "box", "fixed")
     assert endpoints(cluster) == []
-    assert allocations(cluster, CNM_NET) == {"10.47.0.1": "cnm:gateway"}
+    assert cluster.allocations(CNM_NET) == {"10.47.0.1": "cnm:gateway"}
     one.docker("network", "rm", "dnet")
     two.docker("network", "rm", "dnet")
     assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
@@ -211,7 +199,7 @@ def test_bridge_networks_connect_disconnect_internal_and_restarts(docker_hosts):
     assert len(endpoints(cluster)) == 3
     one.docker("network", "disconnect", "back", "app")
     assert len(endpoints(cluster)) == 2
-    assert db_back != app_back and app_back not in allocations(cluster, "docker-10.50.0.0-24")
+    assert db_back != app_back and app_back not in cluster.allocations("docker-10.50.0.0-24")
     assert "active endpoints" in one.fails("network", "rm", "back")
 
     # The plugin restarted while dockerd runs: nothing of it is lost.

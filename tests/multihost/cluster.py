@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from cnm import errors, grpc_client, pki
+from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
@@ -224,6 +225,14 @@ class MultiHost:
 
     def inspect(self, network: str) -> pb.Network:
         return self.call("GetNetwork", pb.GetNetworkRequest(network=network)).network
+
+    def allocations(self, network: str) -> dict[str, str]:
+        """Address -> owner of the network's IPAM pool, as IPAM has them."""
+        pool_id = self.inspect(network).network_id
+        with admin_channel(self.pki, self.ipam_address) as channel:
+            listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
+                ipam_pb2.ListAllocationsRequest(pool_id=pool_id), timeout=10)
+        return {a.address: a.owner for a in listed.allocations}
 
 
 @dataclass

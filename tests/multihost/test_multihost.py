@@ -13,12 +13,11 @@ import time
 import pytest
 
 from cnm import errors
-from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from netdriver_service.names import vxlan_name
 from orchestrator.store import Store
 from tests import support
-from tests.multihost.cluster import HEARTBEAT, MultiHost, admin_channel, wait_until
+from tests.multihost.cluster import HEARTBEAT, MultiHost, wait_until
 from tests.netdriver import harness
 
 pytestmark = pytest.mark.root
@@ -437,13 +436,8 @@ def test_reserved_addresses_against_real_ipam_and_agents(make_cluster, netns):
     with pytest.raises(errors.AlreadyExists, match="in use"):
         reserve(one.host_id, held.address)  # an endpoint holds it now
 
-    network_id = json.loads(cluster.cnm("network", "inspect", "resnet").out)[0]["network_id"]
-
     def owner_of(address):
-        with admin_channel(cluster.pki, cluster.ipam_address) as channel:
-            listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
-                ipam_pb2.ListAllocationsRequest(pool_id=network_id), timeout=10)
-        return {a.address: a.owner for a in listed.allocations}.get(address)
+        return cluster.allocations("resnet").get(address)
 
     assert owner_of(held.address) == endpoint.endpoint_id
     cluster.call("DisconnectContainer", pb.DisconnectContainerRequest(
