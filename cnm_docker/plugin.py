@@ -164,12 +164,9 @@ class Plugin:
         if not subnet:
             raise errors.InvalidArgument(
                 "cnm needs a subnet: docker network create --subnet CIDR ...")
-        network = validation.parse_network(subnet, "subnet")
         ip_range = data.get("SubPool") or ""
-        if ip_range:
-            inner = validation.parse_network(ip_range, "ip_range")
-            if not inner.subnet_of(network):
-                raise errors.InvalidArgument(f"ip range {inner} is outside subnet {network}")
+        # The checks CreateNetwork will make, said while Docker still asks for the pool.
+        network = validation.check_network_subnet(subnet, ip_range=ip_range).network
         existing = await self._network_overlapping(network, fresh=True)
         if existing is not None and existing.subnet != str(network):
             raise errors.AlreadyExists(
