@@ -23,8 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m orchestrator",
         description="cnm orchestrator: networks, endpoints and hosts over gRPC",
     )
-    config.add_flag(parser, "--listen", "CNM_ORCHESTRATOR_LISTEN",
-                    config.DEFAULT_ORCHESTRATOR_ADDR, "gRPC address(es) to listen on, host:port or unix:/path, comma-separated")
+    config.add_listen_flag(parser, "CNM_ORCHESTRATOR_LISTEN", config.DEFAULT_ORCHESTRATOR_ADDR)
     config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL,
                     "Redis holding the orchestrator's records")
     config.add_flag(parser, "--ipam", "CNM_IPAM_ADDR", config.DEFAULT_IPAM_ADDR,

@@ -51,6 +51,12 @@ def _sandbox_of(request: pb.ConnectContainerRequest) -> str:
     return ""
 
 
+def _endpoint_address(network: pb.Network, address: str) -> str:
+    """``address`` checked as one an endpoint of ``network`` may hold."""
+    return cnm_validation.check_endpoint_address(ipaddress.ip_network(network.subnet),
+                                                 network.gateway, address, "address")
+
+
 async def _no_sandbox() -> None:
     """The sandbox check of a connect that has none (peer_on_host)."""
 
@@ -578,15 +584,9 @@ class Orchestrator:
         """Every check a connect makes before its first side effect: the network and the
         endpoint it asks for (address empty when dynamic)."""
         cnm_validation.check_id("container_id", request.container_id)
-        network, state = await self.store.resolve_network(request.network)
-        if state == STATE_DELETING:
-            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
-                                            network=network.name)
+        network = await self._network_taking_addresses(request.network)
         subnet = ipaddress.ip_network(network.subnet)
-        address = ""
-        if request.address:
-            address = cnm_validation.check_endpoint_address(subnet, network.gateway,
-                                                            request.address, "address")
+        address = _endpoint_address(network, request.address) if request.address else ""
         return network, pb.Endpoint(
             endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
             network_id=network.network_id, network_name=network.name,
@@ -651,16 +651,12 @@ class Orchestrator:
     async def reserve_address(self, network_name: str, host_id: str,
                               address: str) -> tuple[str, int, str]:
         """(address, prefix length, gateway) reserved on the network for the host."""
-        network, state = await self.store.resolve_network(network_name)
-        if state == STATE_DELETING:
-            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
-                                            network=network.name)
+        network = await self._network_taking_addresses(network_name)
         if await self.store.get_host(host_id) is None:
             raise errors.NotFound(f"host {host_id!r} is not registered",
                                   reason="HOST_NOT_FOUND", host=host_id)
         if address:
-            address = cnm_validation.check_endpoint_address(
-                ipaddress.ip_network(network.subnet), network.gateway, address, "address")
+            address = _endpoint_address(network, address)
         try:
             allocation = await self.ipam.allocate(network.network_id,
                                                   validation.reservation_owner(host_id),
@@ -674,10 +670,17 @@ class Orchestrator:
 
     async def release_reserved(self, network_name: str, host_id: str, address: str) -> None:
         network, _ = await self.store.resolve_network(network_name)
-        address = cnm_validation.check_endpoint_address(
-            ipaddress.ip_network(network.subnet), network.gateway, address, "address")
-        await self.ipam.release_owner(network.network_id,
-                                      validation.reservation_owner(host_id, address))
+        await self.ipam.release_owner(
+            network.network_id,
+            validation.reservation_owner(host_id, _endpoint_address(network, address)))
+
+    async def _network_taking_addresses(self, name: str) -> pb.Network:
+        """The network ``name`` names, if it may hand out an address (not being deleted)."""
+        network, state = await self.store.resolve_network(name)
+        if state == STATE_DELETING:
+            raise errors.FailedPrecondition(f"network {network.name!r} is being deleted",
+                                            network=network.name)
+        return network
 
     async def _create_on_host(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint,
                               host: pb.Host | None, agent, default_route: bool) -> int:
