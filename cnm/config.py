@@ -51,6 +51,12 @@ def add_flag(
     )
 
 
+def add_listen_flag(parser: argparse.ArgumentParser, env_name: str, default: str) -> None:
+    """A service's --listen (cnm.server.listen_addresses reads it)."""
+    add_flag(parser, "--listen", env_name, default,
+             "gRPC address(es) to listen on, host:port or unix:/path, comma-separated")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--log-level", "CNM_LOG_LEVEL", "INFO", "log level")
     add_tls_flags(parser)

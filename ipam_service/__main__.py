@@ -24,9 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ipam_service", description=__doc__.split("\n")[0]
     )
-    config.add_flag(
-        parser, "--listen", "CNM_IPAM_LISTEN", config.DEFAULT_IPAM_ADDR, "gRPC address(es) to listen on, host:port or unix:/path, comma-separated"
-    )
+    config.add_listen_flag(parser, "CNM_IPAM_LISTEN", config.DEFAULT_IPAM_ADDR)
     config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL, "Redis URL")
     config.add_common_flags(parser)
     config.add_server_flags(parser)

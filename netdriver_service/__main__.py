@@ -25,10 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m netdriver_service",
         description="cnm host agent: bridges, veths, namespaces and firewall rules of this host",
     )
-    config.add_flag(
-        parser, "--listen", "CNM_NETDRIVER_LISTEN", config.DEFAULT_NETDRIVER_ADDR,
-        "gRPC address(es) to listen on, host:port or unix:/path, comma-separated",
-    )
+    config.add_listen_flag(parser, "CNM_NETDRIVER_LISTEN", config.DEFAULT_NETDRIVER_ADDR)
     config.add_flag(parser, "--host-id", "CNM_HOST_ID", config.default_host_id(), "this host's id")
     config.add_flag(
         parser, "--orchestrator", "CNM_ORCHESTRATOR", "",
