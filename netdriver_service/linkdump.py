@@ -94,6 +94,23 @@ def read_links(sock: socket.socket, attempts: int = 3) -> list[Link]:
     return links
 
 
+def messages(data: bytes):
+    """(type, flags, sequence, start of body, end) of each netlink message in ``data``;
+    OSError (EPROTO) for a malformed one."""
+    offset = 0
+    while offset + NLMSG.size <= len(data):
+        length, kind, flags, sequence, _ = NLMSG.unpack_from(data, offset)
+        if length < NLMSG.size:
+            raise OSError(errno.EPROTO, "malformed netlink message")
+        yield kind, flags, sequence, offset + NLMSG.size, offset + length
+        offset = (offset + length + 3) & ~3
+
+
+def error_code(data: bytes, start: int) -> int:
+    """The errno of the NLMSG_ERROR whose body starts at ``start`` (0: an acknowledgement)."""
+    return -struct.unpack_from("=i", data, start)[0]
+
+
 def _dump_links(sock: socket.socket, sequence: int) -> tuple[list[Link], bool]:
     request = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + SKIP_STATS
     sock.send(NLMSG.pack(NLMSG.size + len(request), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
@@ -102,23 +119,18 @@ def _dump_links(sock: socket.socket, sequence: int) -> tuple[list[Link], bool]:
     interrupted = False
     while True:
         data = sock.recv(1 << 20)
-        offset = 0
-        while offset + NLMSG.size <= len(data):
-            length, kind, flags, seq, _ = NLMSG.unpack_from(data, offset)
-            if length < NLMSG.size:
-                raise OSError(errno.EPROTO, "malformed netlink message")
-            end = offset + length
-            if seq == sequence:
-                interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                if kind == NLMSG_DONE:
-                    return links, interrupted
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, offset + NLMSG.size)[0]
-                    if code:
-                        raise OSError(code, f"dump links: {os.strerror(code)}")
-                elif kind == RTM_NEWLINK:
-                    links.append(decode_link(data, offset + NLMSG.size, end))
-            offset = (end + 3) & ~3
+        for kind, flags, seq, start, end in messages(data):
+            if seq != sequence:
+                continue
+            interrupted |= bool(flags & NLM_F_DUMP_INTR)
+            if kind == NLMSG_DONE:
+                return links, interrupted
+            if kind == NLMSG_ERROR:
+                code = error_code(data, start)
+                if code:
+                    raise OSError(code, f"dump links: {os.strerror(code)}")
+            elif kind == RTM_NEWLINK:
+                links.append(decode_link(data, start, end))
 
 
 def deleted_links(data: bytes) -> list[Link]:

@@ -24,6 +24,15 @@ import os
 import socket
 import struct
 
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
+
 from netdriver_service.linkdump import (
     IFINFO,
     IFLA_ADDRESS,
@@ -35,14 +44,13 @@ from netdriver_service.linkdump import (
     NLMSG,
     RTATTR,
     SKIP_STATS,
+    U32,
     Link,
     decode_link,
+    error_code,
+    messages,
 )
 
-NLMSG_ERROR = 2
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_NEWROUTE = 20, 24
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 IFF_UP = 0x1
 IFLA_NET_NS_FD, IFLA_AF_SPEC = 28, 26
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
@@ -69,7 +77,7 @@ def text(kind: int, value: str) -> bytes:
 
 
 def u32(kind: int, value: int) -> bytes:
-    return attribute(kind, struct.pack("=I", value))
+    return attribute(kind, U32.pack(value))
 
 
 def u8(kind: int, value: int) -> bytes:
@@ -193,18 +201,13 @@ _OTHER = object()
 def _answer(data: bytes, sequence: int):
     """What in ``data`` answers request ``sequence``: None (acknowledged), (type, body),
     or _OTHER when nothing does. Raises OSError for an error the kernel answered."""
-    offset = 0
-    while offset + NLMSG.size <= len(data):
-        length, kind, _, seq, _ = NLMSG.unpack_from(data, offset)
-        if length < NLMSG.size:
-            raise OSError(errno.EPROTO, "malformed netlink message")
-        if seq == sequence:
-            body = data[offset + NLMSG.size:offset + length]
-            if kind != NLMSG_ERROR:
-                return kind, body
-            code = -struct.unpack_from("=i", body)[0]
-            if code:
-                raise OSError(code, os.strerror(code))
-            return None
-        offset = (offset + length + 3) & ~3
+    for kind, _, seq, start, end in messages(data):
+        if seq != sequence:
+            continue
+        if kind != NLMSG_ERROR:
+            return kind, data[start:end]
+        code = error_code(data, start)
+        if code:
+            raise OSError(code, os.strerror(code))
+        return None
     return _OTHER
