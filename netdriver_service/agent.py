@@ -237,6 +237,7 @@ class Agent:
         self._require_started()
         validation.check_id("network_id", network_id)
         async with self.lock:
+            await self.netlink.settle()  # the veths of its disconnected endpoints
             spec = self.store.networks.get(network_id) or await self._network_from_kernel(
                 network_id
             )
@@ -411,7 +412,8 @@ class Agent:
         record = self.store.endpoints.get(endpoint_id)
         network = self.store.networks.get(record.network_id) if record else None
         driver = self.driver(network.driver if network else "bridge")
-        await driver.delete_endpoint(endpoint_id, port_rules(record) if record else None)
+        await driver.delete_endpoint(endpoint_id, port_rules(record) if record else None,
+                                     sandbox=record.netns_path if record else "")
         await self._forget_endpoint(endpoint_id)
 
     async def _forget_endpoint(self, endpoint_id: str) -> None:
@@ -553,6 +555,7 @@ class Agent:
                     f"disconnect endpoint {endpoint.endpoint_id!r}",
                     lambda endpoint_id=endpoint.endpoint_id: self._delete_endpoint(endpoint_id),
                 )
+            await self.netlink.settle(ns=path)  # their veths, gone with the namespace
             self.netlink.forget_namespace(path)
             await teardown.step("delete the namespace", lambda: netns.delete(name))
             if not os.path.exists(path):
@@ -599,6 +602,7 @@ class Agent:
 
     async def get_state(self) -> netdriver_pb2.GetStateResponse:
         self._require_started()
+        await self.netlink.settle()  # a veth being deleted is no endpoint's any more
         links = await self.netlink.list_links(addresses=True)
         ports: dict[str, list[PortRule]] = {}
         for rule in await self.firewall.list_ports():

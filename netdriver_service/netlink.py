@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
@@ -35,7 +37,9 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PER
 from cnm import errors
 from netdriver_service.linkdump import Link, read_links
 from netdriver_service.netns import check_namespace_path, in_namespace
-from netdriver_service.rtnl import IFLA_IFALIAS, NO_IPV6_LINK_LOCAL, Rtnl, text
+from netdriver_service.rtnl import IFLA_IFALIAS, NO_IPV6_LINK_LOCAL, Deleter, Rtnl, text
+
+log = logging.getLogger("netdriver.netlink")
 
 
 class LinkNotFound(errors.NotFound):
@@ -154,6 +158,12 @@ def netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
+@dataclass(frozen=True)
+class _Retiring:
+    peer_ns: str  # the namespace the link's peer is in ("": the host's, or unknown)
+    deletion: asyncio.Future | None
+
+
 class _Handle:
     """The sockets of one namespace, both opened in it at once: one for the requests of a
     connect (:class:`Rtnl`), and one that pyroute2 is given for everything else when
@@ -204,6 +214,10 @@ class Netlink:
         # One dump at a time per socket: the kernel refuses a second (EBUSY) while one
         # runs, and a dump runs until every message of it is read.
         self._dumping: dict[int, asyncio.Lock] = {}
+        # Links being deleted in the background (retire_owned_link), by name.
+        self._retiring: dict[str, _Retiring] = {}
+        self._deleter: Deleter | None = None
+        self._reaper: ThreadPoolExecutor | None = None
 
     async def _dump(self, handle: AsyncIPRoute, request) -> list:
         """Every message of the dump ``request()`` starts on ``handle``, read to the end
@@ -215,9 +229,20 @@ class Netlink:
     async def open(self) -> Netlink:
         with _errors("open netlink socket"):
             self._host = await _open_handle(self.host_ns)
+            self._deleter = Deleter(
+                netlink_socket() if self.host_ns is None
+                else await in_namespace(self.host_ns, netlink_socket))
+        self._reaper = ThreadPoolExecutor(1, thread_name_prefix="netlink-reaper")
         return self
 
     async def close(self) -> None:
+        await self.settle()
+        if self._reaper is not None:
+            self._reaper.shutdown()
+            self._reaper = None
+        if self._deleter is not None:
+            self._deleter.close()
+            self._deleter = None
         for handle in [self._host, *self._namespaces.values()]:
             if handle is not None:
                 handle.close()
@@ -311,6 +336,55 @@ class Netlink:
             await rtnl.delete_link(link.index)  # by index: this very link
             return True
         return False
+
+    async def retire_owned_link(self, name: str, mark: str, peer_ns: str = "") -> bool:
+        """Takes link ``name`` of the host, if it carries ``mark`` (see
+        :meth:`get_owned_link`), out of use at once and deletes it in the background;
+        False (quietly) when it is not there.
+
+        Deleting a veth takes the kernel some 15 ms, most of it waiting for RCU grace
+        periods, and nothing a disconnect promises needs that: once the link is down
+        the bridge forwards nothing to or from it, and its peer has no carrier. Until
+        it is gone, :meth:`settle` waits for it, for ``name`` or for ``peer_ns``, the
+        namespace its peer is in (whose interface names it still takes).
+        """
+        link = await self.get_owned_link(name, mark)
+        if link is None or self._reaper is None:
+            return False
+        rtnl = await self._rtnl(None)
+        with _errors(f"set {name!r} down", fine=GONE):
+            await rtnl.set_down(link.index)
+            deletion = asyncio.get_running_loop().run_in_executor(
+                self._reaper, self._delete_retired, name, link.index)
+            self._retiring[name] = _Retiring(peer_ns, deletion)
+            deletion.add_done_callback(lambda _: self._retired(name, deletion))
+            return True
+        return False
+
+    def _delete_retired(self, name: str, index: int) -> None:
+        """In the reaper's thread."""
+        with _errors(f"delete link {name!r}", fine=GONE):
+            self._deleter.delete_link(index)  # by index: this very link
+
+    def _retired(self, name: str, deletion: asyncio.Future) -> None:
+        if self._retiring.get(name, _Retiring("", None)).deletion is deletion:
+            del self._retiring[name]
+        if not deletion.cancelled() and deletion.exception() is not None:
+            # Down and still marked as its endpoint's: the orchestrator's reconciler
+            # finds it without a record and deletes it.
+            log.warning("could not delete a retired link", extra={
+                "interface": name, "error": str(deletion.exception())})
+
+    async def settle(self, name: str | None = None, ns: str | None = None) -> None:
+        """Waits until the links retired so far are gone: all of them, or link ``name``
+        and those whose peer is in namespace ``ns``."""
+        everything = name is None and ns is None
+        waits = [
+            retiring.deletion for link, retiring in self._retiring.items()
+            if everything or link == name or (ns and retiring.peer_ns == ns)
+        ]
+        if waits:
+            await asyncio.wait(waits)  # never cancels them; failures are logged
 
     async def list_links(self, ns: str | None = None, addresses: bool = False) -> list[Link]:
         """Every link of namespace ``ns`` (the host's when None); with ``addresses``, their

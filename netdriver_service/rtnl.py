@@ -158,6 +158,9 @@ class Rtnl:
     async def set_up(self, link: str | int) -> None:
         await self.set_link(link, flags=IFF_UP, change=IFF_UP)
 
+    async def set_down(self, link: str | int) -> None:
+        await self.set_link(link, flags=0, change=IFF_UP)
+
     async def delete_link(self, link: str | int) -> None:
         index, selector = link_selector(link)
         await self.request(RTM_DELLINK, NLM_F_ACK, ifinfo(index) + selector)
@@ -193,6 +196,27 @@ class Rtnl:
                                        RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
                            + attribute(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
                            + u32(RTA_OIF, index))
+
+
+class Deleter:
+    """A blocking socket that deletes links, for one worker thread: the kernel does a
+    deletion inside the request (a veth's takes some 15 ms, most of it waiting for RCU
+    grace periods), and on the event loop's socket that would stall everything else."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+        self._sequence = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def delete_link(self, index: int) -> None:
+        """Deletes link ``index``. OSError with the kernel's errno for a refusal."""
+        self._sequence = self._sequence % 0xFFFFFFFF + 1
+        self.sock.sendall(message(RTM_DELLINK, NLM_F_ACK, ifinfo(index), self._sequence))
+        while _answer(self.sock.recv(1 << 16), self._sequence) is _OTHER:
+            pass
 
 
 _OTHER = object()

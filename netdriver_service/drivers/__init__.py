@@ -42,10 +42,11 @@ class Driver(Protocol):
         """Connects the endpoint; returns it with the chosen interface name filled in."""
 
     async def delete_endpoint(
-        self, endpoint_id: str, ports: list[PortRule] | None = None
+        self, endpoint_id: str, ports: list[PortRule] | None = None, sandbox: str = ""
     ) -> None:
-        """Disconnects the endpoint: its veth and every rule it owns (``ports``: the ones
-        published for it, when known)."""
+        """Disconnects the endpoint: every rule it owns (``ports``: the ones published for
+        it, when known) and its veth, which is down on return and deleted soon after
+        (``sandbox``: the namespace its peer is in, when known)."""
 
     async def set_peers(
         self, network: NetworkSpec, peers: list[Peer], remotes: list[RemoteEndpoint]

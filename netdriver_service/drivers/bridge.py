@@ -163,6 +163,7 @@ class BridgeDriver:
                         lambda endpoint_id=owner[1]: self.delete_endpoint(endpoint_id),
                     )
                     removed.append(owner[1])
+            await self.netlink.settle()  # no veth of it outlives the network
         await teardown.step(
             "remove firewall rules", lambda: self.firewall.remove_network(network.network_id)
         )
@@ -191,6 +192,8 @@ class BridgeDriver:
             # Known to the agent but gone from the kernel (deleted by hand, or a reboot).
             bridge = await self._repair_network(network, what)
         mine = names.endpoint_owner(endpoint.endpoint_id)
+        # The same names, retired by a disconnect and still being deleted: gone first.
+        await self.netlink.settle(host, ns)
         try:
             # A leftover of this endpoint whose record is gone: start afresh.
             await self.netlink.delete_owned_link(host, mine)
@@ -321,7 +324,7 @@ class BridgeDriver:
         return []
 
     async def delete_endpoint(
-        self, endpoint_id: str, ports: list[PortRule] | None = None
+        self, endpoint_id: str, ports: list[PortRule] | None = None, sandbox: str = ""
     ) -> None:
         host = names.host_veth_name(endpoint_id)
         mine = names.endpoint_owner(endpoint_id)
@@ -338,7 +341,8 @@ class BridgeDriver:
         )
         if link is not None:
             await teardown.step(
-                f"delete veth {host!r}", lambda: self.netlink.delete_owned_link(host, mine)
+                f"delete veth {host!r}",
+                lambda: self.netlink.retire_owned_link(host, mine, peer_ns=sandbox),
             )
         teardown.raise_failures()
 
