@@ -29,6 +29,28 @@ def verdict(ok: bool) -> str:
     return "OK" if ok else "MISSED"
 
 
+def print_request_times(log_paths: list[Path]) -> None:
+    """Each service's own time per call (p50, count), from its DEBUG log: the gRPC
+    services' "request" lines and the Docker plugin's "plugin call" lines. The
+    breakdown of a bench's figures (``--trace``)."""
+    calls: dict[tuple[str, str], list[float]] = {}
+    for path in log_paths:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            call = record.get("method") if record.get("event") == "request" else \
+                record.get("call") if record.get("event") == "plugin call" else None
+            if call and "ms" in record:
+                calls.setdefault((record.get("service", path.stem), call), []).append(
+                    record["ms"])
+    print("# each service's own time per call (p50 ms, calls)")
+    for (service, call), times in sorted(calls.items()):
+        print(f"  {service:14} {call.rsplit('/', 1)[-1]:42} {statistics.median(times):7.2f}"
+              f"  {len(times)}")
+
+
 def agent_run_dir() -> Path:
     """A fresh directory on tmpfs for agents' state, as the agent's default (/run/cnm)
     puts it; the caller removes it."""

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import summary, verdict
+from bench.common import print_request_times, summary, verdict
 from bench.e2e_bench import System
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
@@ -48,16 +48,19 @@ def timed(daemon: DockerDaemon, *args: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--trace", action="store_true",
+                        help="also print each service's own time per call (p50, ms)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     workdir = Path(tempfile.mkdtemp(prefix="cnm-docker-bench-"))
-    system = System(workdir, heartbeats=True)
+    system = System(workdir, heartbeats=True, log_level="DEBUG" if args.trace else "WARNING")
     plugins = workdir / "plugins"
     plugins.mkdir()
     plugin = support.Process(
         [PLUGIN, "--socket", str(plugins / "cnm.sock"), "--orchestrator", system.address,
-         "--host-id", system.host_id, "--log-level", "WARNING"], log_path=workdir / "plugin.log")
+         "--host-id", system.host_id, "--log-level", "DEBUG" if args.trace else "WARNING"],
+        log_path=workdir / "plugin.log")
     daemon = None
     try:
         support.wait_for(lambda: (plugins / "cnm.sock").exists(), 20, 0.05, "the plugin")
@@ -99,6 +102,8 @@ def main() -> None:
         print(f"bridge docker run -d -p        {summary(runs['brnet'])}")
         ratio = statistics.median(runs["cnmnet"]) / statistics.median(runs["brnet"])
         print(f"cnm is {ratio:.2f}x the bridge driver (target <= 1.1) {verdict(ratio <= 1.1)}")
+        if args.trace:
+            print_request_times(sorted(workdir.glob("*.log")))
     finally:
         if daemon is not None:
             daemon.stop()

@@ -51,10 +51,13 @@ class System:
     """redis, IPAM, one agent in a host namespace and the orchestrator, as processes."""
 
     def __init__(self, workdir: Path, tls_dir: Path | None = None,
-                 orchestrator_args: tuple[str, ...] = (), heartbeats: bool = False) -> None:
+                 orchestrator_args: tuple[str, ...] = (), heartbeats: bool = False,
+                 log_level: str = "WARNING") -> None:
         """``tls_dir``: a `cnm pki` directory with ca, ipam, orchestrator, agent and admin
         certificates: every link is then mutual TLS (plaintext without it). With
-        ``heartbeats`` the agent also registers with the orchestrator and heartbeats."""
+        ``heartbeats`` the agent also registers with the orchestrator and heartbeats.
+        The services log at ``log_level`` to ``workdir``/{ipam,agent,orchestrator}.log
+        (at DEBUG every request's time: see :func:`print_request_times`)."""
         self.workdir = workdir
         self.tls_dir = tls_dir
         self.run_dir = agent_run_dir()
@@ -65,7 +68,7 @@ class System:
         ipam = f"127.0.0.1:{support.free_port()}"
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "ipam_service", "--listen", ipam,
-             "--redis-url", self.redis.url, "--log-level", "WARNING", *self._tls("ipam")],
+             "--redis-url", self.redis.url, "--log-level", log_level, *self._tls("ipam")],
             log_path=workdir / "ipam.log"))
         agent = f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock"
         # The agent, in its host namespace, reaches a unix socket, not our loopback.
@@ -79,7 +82,7 @@ class System:
         self.agent = support.Process(
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",
-             str(self.run_dir / "agent"), "--log-level", "WARNING", *membership,
+             str(self.run_dir / "agent"), "--log-level", log_level, *membership,
              *self._tls("agent")],
             log_path=workdir / "agent.log")
         self.processes.append(self.agent)
@@ -88,7 +91,7 @@ class System:
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
              "--redis-url", self.redis.url, "--ipam", ipam,
-             "--hosts", f"{self.host_id}={agent}", "--log-level", "WARNING",
+             "--hosts", f"{self.host_id}={agent}", "--log-level", log_level,
              *orchestrator_args, *self._tls("orchestrator")],
             log_path=workdir / "orchestrator.log"))
         support.wait_serving(self.address, credentials=self._credentials())

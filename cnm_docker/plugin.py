@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -117,7 +118,10 @@ class Plugin:
                     from None
             if not isinstance(data, dict):
                 raise errors.InvalidArgument(f"{what}: the request is not a JSON object")
+            started = time.perf_counter()
             answer = await handler(data)
+            log.debug("plugin call", extra={
+                "call": what, "ms": round((time.perf_counter() - started) * 1000, 2)})
             return web.json_response(answer, content_type=CONTENT_TYPE)
         except errors.CnmError as error:
             log.warning("plugin call refused", extra={"call": what, "error": error.message,
