@@ -22,11 +22,13 @@ the subnet and gateway only).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -61,6 +63,10 @@ STATUS = {  # HTTP status of each cnm error, with Docker's {"Err": ...} body
 }
 
 
+# Addresses remembered as released with their endpoint (see Plugin.delete_endpoint).
+MAX_RELEASED = 4096
+
+
 class Plugin:
     def __init__(self, *, orchestrator: str, host_id: str, tls: Tls | None = None) -> None:
         self.host_id = host_id
@@ -73,6 +79,9 @@ class Plugin:
         # The endpoints this plugin connected, by Docker's endpoint id, as the orchestrator
         # answered (asked again after a restart): Join and DeleteEndpoint need no lookup.
         self._connected: dict[str, pb.Endpoint] = {}
+        # (subnet, address) of reserved addresses that DeleteEndpoint released with its
+        # endpoint, for Docker's ReleaseAddress that follows; oldest dropped first.
+        self._released: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def close(self) -> None:
         await self.channel.close()
@@ -223,6 +232,9 @@ class Plugin:
     async def release_address(self, data: dict) -> dict:
         subnet = _subnet_of_pool(data["PoolID"])
         address = data.get("Address") or ""
+        with contextlib.suppress(KeyError):
+            del self._released[(str(subnet), address.split("/")[0])]
+            return {}  # released with its endpoint
 
         async def release(fresh: bool) -> None:
             network = await self._network_with_subnet(subnet, fresh=fresh)
@@ -313,11 +325,19 @@ class Plugin:
                           "cnm.host_interface": endpoint.host_interface}}
 
     async def delete_endpoint(self, data: dict) -> dict:
+        """Disconnects the endpoint and releases its address: Docker's ReleaseAddress of it
+        comes next, always, and is then answered here (after a restart of the plugin it
+        goes to the orchestrator, and finds the reservation gone)."""
         endpoint = await self._endpoint(data["EndpointID"])
         if endpoint is not None:
             await self._call("DisconnectContainer", pb.DisconnectContainerRequest(
                 network=endpoint.network_id, container_id=endpoint.container_id,
-                allow_missing=True))
+                allow_missing=True, release_address=True))
+            if endpoint.address_reserved:
+                network = await self._network_by_id(endpoint.network_id)
+                self._released[(str(_subnet_of_pool(network.subnet)), endpoint.address)] = None
+                while len(self._released) > MAX_RELEASED:
+                    self._released.popitem(last=False)
         self._connected.pop(data["EndpointID"], None)
         return {}
 

@@ -726,12 +726,15 @@ class Orchestrator:
             await self.store.forget_endpoint(endpoint, intent_key)
 
     async def disconnect(self, network_name: str, container_id: str, force: bool,
-                         allow_missing: bool, only_host: str | None = None) -> None:
+                         allow_missing: bool, only_host: str | None = None,
+                         release_address: bool = False) -> None:
         """Disconnects a container; with ``only_host`` (an agent caller, bound to its
-        host) PERMISSION_DENIED for an endpoint on any other host."""
+        host) PERMISSION_DENIED for an endpoint on any other host; with
+        ``release_address`` a reserved address is released, not given back."""
         network, _ = await self.store.resolve_network(network_name)
         endpoint_id = validation.endpoint_id(network.network_id, container_id)
-        found = await self.disconnect_endpoint(endpoint_id, force, only_host)
+        found = await self.disconnect_endpoint(endpoint_id, force, only_host,
+                                               release_address=release_address)
         if not found and not allow_missing:
             raise errors.NotFound(
                 f"container {container_id!r} is not connected to network {network.name!r}",
@@ -739,7 +742,8 @@ class Orchestrator:
             )
 
     async def disconnect_endpoint(self, endpoint_id: str, force: bool,
-                                  only_host: str | None = None, gone_only: bool = False) -> bool:
+                                  only_host: str | None = None, gone_only: bool = False,
+                                  release_address: bool = False) -> bool:
         """Disconnects a recorded endpoint; False when there was none (with ``gone_only``:
         none whose container its host reported gone)."""
         lock_name = f"ep:{endpoint_id}"
@@ -753,6 +757,9 @@ class Orchestrator:
                 raise errors.PermissionDenied(
                     f"the endpoint is on host {endpoint.host_id!r}: an agent acts on its own "
                     f"host ({only_host!r}) only", reason="OTHER_HOST", host_id=endpoint.host_id)
+            if release_address:
+                # Recorded in the intent: a disconnect cut short releases it too.
+                endpoint.address_reserved = False
             await self._disconnect_locked(endpoint, force)
         await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True

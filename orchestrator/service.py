@@ -93,7 +93,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         validation.check_network_name("network", request.network)
         validation.check_id("container_id", request.container_id)
         await self.orch.disconnect(request.network, request.container_id, request.force,
-                                   request.allow_missing, only_host=authz.bound_host())
+                                   request.allow_missing, only_host=authz.bound_host(),
+                                   release_address=request.release_address)
         return pb.DisconnectContainerResponse()
 
     async def GetEndpoint(self, request, context):

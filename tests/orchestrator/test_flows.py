@@ -949,6 +949,30 @@ async def test_a_reserved_address_is_taken_by_a_connect_and_given_back_at_discon
     assert await intents(world) == []
 
 
+async def test_a_disconnect_can_release_a_reserved_address_even_when_cut_short(world):
+    network = await create(world)
+    allocations = world.ipam.allocations[network.network_id]
+    for container in ("c1", "c2"):
+        held = (await world.call("ReserveAddress", reserve())).address
+        await world.call("ConnectContainer", connect_request(
+            container, address=held, address_reserved=True))
+        if container == "c2":  # IPAM fails after the host deleted it: the intent is left
+            world.ipam.faults.fail["ReleaseAddress"] = errors.Unavailable("redis down")
+        disconnect = world.call("DisconnectContainer", pb.DisconnectContainerRequest(
+            network="net1", container_id=container, release_address=True))
+        if container == "c2":
+            with pytest.raises(errors.Unavailable):
+                await disconnect
+            assert held in allocations and await intents(world) != []
+            world.ipam.faults.fail.clear()
+            await world.reconciler.run_once()
+        else:
+            await disconnect
+        assert held not in allocations  # released, not given back to the reservation
+        await world.call("ReleaseAddress", release(held))  # Docker's, after: nothing to do
+    assert await intents(world) == []
+
+
 async def test_a_failed_connect_gives_a_reserved_address_back(world):
     network = await create(world)
     held = (await world.call("ReserveAddress", reserve())).address

@@ -343,16 +343,18 @@ class ConnectContainerResponse(_message.Message):
     def __init__(self, endpoint: _Optional[_Union[Endpoint, _Mapping]] = ...) -> None: ...
 
 class DisconnectContainerRequest(_message.Message):
-    __slots__ = ("network", "container_id", "force", "allow_missing")
+    __slots__ = ("network", "container_id", "force", "allow_missing", "release_address")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     network: str
     container_id: str
     force: bool
     allow_missing: bool
-    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., force: _Optional[bool] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+    release_address: bool
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., force: _Optional[bool] = ..., allow_missing: _Optional[bool] = ..., release_address: _Optional[bool] = ...) -> None: ...
 
 class DisconnectContainerResponse(_message.Message):
     __slots__ = ()
