@@ -520,14 +520,13 @@ class Orchestrator:
         network, wanted = await self._connect_request(request)
         # A repeat of a completed connect succeeds whatever the host's health
         # since; an endpoint with an intent (a disconnect cut short) is settled first.
-        existing = await self.store.get_endpoint(wanted.endpoint_id)
+        view = await self.store.connect_view(wanted.endpoint_id, request.host_id)
         lock_name = f"ep:{wanted.endpoint_id}"
-        if existing is not None and await self.store.get_intent(lock_name) is None \
-                and not await self.store.gone_times([wanted.endpoint_id]):
-            return await self._repeated_connect(existing, network, wanted)
-        agent = await self.hosts.agent(request.host_id)
-        host = await self.store.get_host(request.host_id)
-        if host is not None and not self.hosts.healthy(host):
+        if view.endpoint is not None and not view.intent and not view.gone:
+            return await self._repeated_connect(view.endpoint, network, wanted)
+        host = view.host
+        agent = await self.hosts.agent_for(request.host_id, host)
+        if not self.hosts.healthy(host):
             raise errors.Unavailable(
                 f"host {request.host_id!r} has missed its heartbeats; not connecting to it",
                 reason="HOST_UNHEALTHY", host=request.host_id,
@@ -538,8 +537,10 @@ class Orchestrator:
             sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
                                             else agent.get_sandbox(wanted.sandbox))
             try:
-                await self.settle_locked(wanted.endpoint_id)
-                existing = await self.store.get_endpoint(wanted.endpoint_id)
+                existing, intent = await self.store.endpoint_and_intent(wanted.endpoint_id)
+                if intent is not None:
+                    await self._settle_intent(intent)
+                    existing = await self.store.get_endpoint(wanted.endpoint_id)
                 if existing is not None and await self.store.gone_times([wanted.endpoint_id]):
                     # Its container died, and the one connecting now has its id (a name
                     # used again): the dead one's endpoint goes first.
@@ -688,8 +689,7 @@ class Orchestrator:
         pushed while the host makes it). Returns the generation of that push (0: none)."""
         if network.driver == overlay.DRIVER and host is not None:
             await self.overlay.ensure_ready(network, host)
-        await self.store.add_network_host(network.network_id, endpoint.host_id)
-        generation = 0
+        generation = 0  # (begin_connect made the host one of the network's)
         request = agent.create_endpoint(agent_endpoint(endpoint, default_route),
                                         agent_network(network))
         if network.driver == overlay.DRIVER:
@@ -734,7 +734,8 @@ class Orchestrator:
         network, _ = await self.store.resolve_network(network_name)
         endpoint_id = validation.endpoint_id(network.network_id, container_id)
         found = await self.disconnect_endpoint(endpoint_id, force, only_host,
-                                               release_address=release_address)
+                                               release_address=release_address,
+                                               network=network)
         if not found and not allow_missing:
             raise errors.NotFound(
                 f"container {container_id!r} is not connected to network {network.name!r}",
@@ -743,9 +744,11 @@ class Orchestrator:
 
     async def disconnect_endpoint(self, endpoint_id: str, force: bool,
                                   only_host: str | None = None, gone_only: bool = False,
-                                  release_address: bool = False) -> bool:
+                                  release_address: bool = False,
+                                  network: pb.Network | None = None) -> bool:
         """Disconnects a recorded endpoint; False when there was none (with ``gone_only``:
-        none whose container its host reported gone)."""
+        none whose container its host reported gone). ``network``: the endpoint's, if the
+        caller has it (a network of another driver than overlay has no peers to push)."""
         lock_name = f"ep:{endpoint_id}"
         async with self.store.lock(lock_name):
             endpoint = await self.store.get_endpoint(endpoint_id)
@@ -761,7 +764,8 @@ class Orchestrator:
                 # Recorded in the intent: a disconnect cut short releases it too.
                 endpoint.address_reserved = False
             await self._disconnect_locked(endpoint, force)
-        await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
+        if network is None or network.driver == overlay.DRIVER:
+            await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True
 
     async def _disconnect_locked(self, endpoint: pb.Endpoint, force: bool) -> None:
@@ -770,10 +774,10 @@ class Orchestrator:
         lock_name = f"ep:{endpoint.endpoint_id}"
         intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
                                        endpoint=encode(endpoint))
-        await self.store.put_intent(intent)
+        host = await self.store.put_intent_get_host(intent, endpoint.host_id)
         faults.point("disconnect-intent")
         try:
-            confirmed = await self._delete_on_host(endpoint, force)
+            confirmed = await self._delete_on_host(endpoint, force, host)
         except errors.CnmError:
             await self.store.drop_intent(intent.key)  # nothing changed yet
             raise
@@ -783,10 +787,13 @@ class Orchestrator:
         else:  # its kernel may still use address and ports: held until it says not
             await self.store.forget_endpoint(endpoint, intent.key, quarantine=True)
 
-    async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool) -> bool:
+    async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool,
+                              host: pb.Host | None | bool = True) -> bool:
         """Deletes the endpoint on its host; True once the host confirmed it (or is gone
-        from the records), False when ``force`` went past an unreachable host."""
-        host = await self.store.get_host(endpoint.host_id)
+        from the records), False when ``force`` went past an unreachable host. ``host``:
+        its record if the caller just read it (True: read it here)."""
+        if host is True:
+            host = await self.store.get_host(endpoint.host_id)
         if host is None:
             return True
         try:
@@ -924,13 +931,17 @@ class Orchestrator:
         intent = await self.store.get_intent(f"ep:{endpoint_id}")
         if intent is None:
             return False
+        await self._settle_intent(intent)
+        return True
+
+    async def _settle_intent(self, intent: Intent) -> None:
+        """:meth:`settle_locked` of an endpoint intent already read."""
         endpoint = decode_endpoint(intent)
         log.info("settling abandoned intent",
-                 extra={"op": intent.op, "endpoint": endpoint_id, "replica": intent.replica})
+                 extra={"op": intent.op, "endpoint": endpoint.endpoint_id, "replica": intent.replica})
         # Undoing a connect and finishing a disconnect are the same steps.
         await self._delete_on_host(endpoint, force=False)
         await self._release_and_forget(endpoint, intent.key)
-        return True
 
     async def settle_network_intent(self, intent: Intent) -> None:
         """With the intent's lock held: undo a create, finish a delete."""

@@ -33,9 +33,13 @@ class Hosts:
 
     async def agent(self, host_id: str) -> Agent:
         """The agent of a registered host; NOT_FOUND naming the known hosts otherwise."""
+        return await self.agent_for(host_id, await self.store.get_host(host_id) if host_id
+                                    else None)
+
+    async def agent_for(self, host_id: str, host: pb.Host | None) -> Agent:
+        """:meth:`agent`, given the host's record as just read (None: there is none)."""
         if not host_id:
             raise errors.InvalidArgument("host_id is required", field="host_id")
-        host = await self.store.get_host(host_id)
         if host is None:
             known = ", ".join(h.host_id for h in await self.store.list_hosts()) or "none"
             raise errors.NotFound(f"host {host_id!r} not found (known hosts: {known})",

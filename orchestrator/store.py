@@ -97,7 +97,8 @@ def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
     return f"{proto}/{mapping.host_port}/{mapping.host_ip}", f"{proto}/{mapping.host_port}"
 
 
-# Reserves the ports, marks the endpoint pending and writes the intent, all or nothing.
+# Reserves the ports, marks the endpoint pending, adds its host to the network's hosts
+# and writes the intent, all or nothing.
 _BEGIN_CONNECT = """
 local net, pending, ctr_eps, intents, ports, ep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local epid, intent_key, intent = ARGV[1], ARGV[2], ARGV[3]
@@ -128,6 +129,7 @@ for i = 0, n - 1 do
   end
 end
 redis.call('SADD', pending, epid)
+redis.call('SADD', KEYS[7], ARGV[5 + n * 3])
 local others = redis.call('SCARD', ctr_eps) - redis.call('SISMEMBER', ctr_eps, epid)
 redis.call('SADD', ctr_eps, epid)
 redis.call('HSET', intents, intent_key, intent)
@@ -307,6 +309,14 @@ class Intent:
         )
 
 
+@dataclass(frozen=True)
+class ConnectView:
+    endpoint: pb.Endpoint | None  # its record, if connected
+    intent: bool  # an operation on it is under way, or was cut short
+    gone: bool  # its host reported its container gone
+    host: pb.Host | None  # the host's record, if registered
+
+
 class Store:
     """Typed access to the orchestrator's Redis records."""
 
@@ -398,11 +408,16 @@ class Store:
         return _network_record(raw), state.decode()
 
     async def resolve_network(self, name_or_id: str) -> tuple[pb.Network, str]:
-        """A network by id, else by name (as Docker: an id wins); NotFound otherwise."""
-        found = await self.get_network(name_or_id)
-        if found is None:
-            network_id = await self.network_id_by_name(name_or_id)
-            found = await self.get_network(network_id) if network_id else None
+        """A network by id, else by name (as Docker: an id wins); NotFound otherwise.
+        Both are asked in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(k("net", name_or_id), ["pb", "state"])
+        pipe.hget(k("netname"), name_or_id)
+        (raw, state), network_id = await pipe.execute()
+        if raw is not None:
+            found = _network_record(raw), state.decode()
+        else:
+            found = await self.get_network(network_id.decode()) if network_id else None
         if found is None:
             raise errors.NotFound(f"network {name_or_id!r} not found", reason="NETWORK_NOT_FOUND",
                                   network=name_or_id)
@@ -532,6 +547,30 @@ class Store:
         raw = await self.r.get(k("ep", endpoint_id))
         return pb.Endpoint.FromString(raw) if raw is not None else None
 
+    async def connect_view(self, endpoint_id: str, host_id: str) -> ConnectView:
+        """What a connect reads before its lock, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(k("ep", endpoint_id))
+        pipe.hexists(k("intents"), f"ep:{endpoint_id}")
+        pipe.hexists(k("gone"), endpoint_id)
+        pipe.hget(k("hosts"), host_id)
+        endpoint, intent, gone, host = await pipe.execute()
+        return ConnectView(
+            endpoint=pb.Endpoint.FromString(endpoint) if endpoint is not None else None,
+            intent=bool(intent), gone=bool(gone),
+            host=pb.Host.FromString(host) if host is not None else None)
+
+    async def endpoint_and_intent(self, endpoint_id: str) -> tuple[pb.Endpoint | None,
+                                                                    Intent | None]:
+        """The endpoint's record and intent, in one round trip."""
+        key = f"ep:{endpoint_id}"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(k("ep", endpoint_id))
+        pipe.hget(k("intents"), key)
+        endpoint, intent = await pipe.execute()
+        return (pb.Endpoint.FromString(endpoint) if endpoint is not None else None,
+                Intent.from_json(key, intent) if intent is not None else None)
+
     async def get_endpoints(self, endpoint_ids: list[str]) -> list[pb.Endpoint]:
         if not endpoint_ids:
             return []
@@ -573,18 +612,20 @@ class Store:
         return ids
 
     async def begin_connect(self, endpoint: pb.Endpoint, intent: Intent) -> bool:
-        """Reserves the endpoint's ports, marks it pending on its network and writes the
-        intent, all or nothing. Returns whether it is the container's first network (which
+        """Reserves the endpoint's ports, marks it pending on its network (and its host as
+        one of the network's) and writes the intent, all or nothing. Returns whether it is the container's first network (which
         gets the default route); refuses with the error to report otherwise."""
         args: list = [endpoint.endpoint_id, intent.key, intent.to_json(),
                       len(endpoint.port_mappings)]
         for mapping in endpoint.port_mappings:
             exact, wild = port_keys(mapping)
             args += [exact, wild, mapping.host_ip]
+        args.append(endpoint.host_id)
         reply = await self._begin_connect(
             keys=[k("net", endpoint.network_id), k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("intents"),
-                  k("host", endpoint.host_id, "ports"), k("ep", endpoint.endpoint_id)],
+                  k("host", endpoint.host_id, "ports"), k("ep", endpoint.endpoint_id),
+                  k("net", endpoint.network_id, "hosts")],
             args=args,
         )
         outcome = [part.decode() for part in reply]
@@ -684,6 +725,14 @@ class Store:
 
     async def put_intent(self, intent: Intent) -> None:
         await self.r.hset(k("intents"), intent.key, intent.to_json())
+
+    async def put_intent_get_host(self, intent: Intent, host_id: str) -> pb.Host | None:
+        """:meth:`put_intent`, and the host's record read in the same round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(k("intents"), intent.key, intent.to_json())
+        pipe.hget(k("hosts"), host_id)
+        _, raw = await pipe.execute()
+        return pb.Host.FromString(raw) if raw is not None else None
 
     async def get_intent(self, key: str) -> Intent | None:
         raw = await self.r.hget(k("intents"), key)

@@ -242,11 +242,14 @@ class NftablesFirewall:
         """Removes the endpoint's published ports.
 
         With ``ports`` (what was published for it) their keys are deleted
-        directly, at the same cost however many ports the host has; without
-        them, or when one of them is already gone, the maps are scanned for
-        the endpoint's elements.
+        directly, at the same cost however many ports the host has, and an
+        empty list costs nothing; without them, or when one of them is already
+        gone, the maps are scanned for the endpoint's elements. (An element the
+        record does not know of is stale, and resync removes it.)
         """
         known = [port for port in ports or () if port.endpoint_id == endpoint_id]
+        if ports is not None and not known:
+            return
 
         def work() -> None:
             if known and self._remove_known_ports(endpoint_id, known):
