@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 
+import aiohttp
 from aiohttp import web
 
 from cnm import config, logs, tls
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     config.DEFAULT_ORCHESTRATOR_ADDR, "the orchestrator's gRPC address")
     config.add_flag(parser, "--host-id", "CNM_HOST_ID", config.default_host_id(),
                     "this host's id, as its agent registers it")
+    parser.add_argument("--check", action="store_true",
+                        help="do not serve: exit 0 if a plugin answers on --socket, else 1 "
+                             "(a health check)")
     config.add_common_flags(parser)
     args = parser.parse_args(argv)
     args.tls = tls.from_parsed(parser, args)
@@ -65,8 +70,27 @@ async def serve(args: argparse.Namespace) -> None:
         await plugin.close()
 
 
+async def check(socket: str) -> str:
+    """What is wrong with the plugin serving ``socket``; empty when it answers as one."""
+    try:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=socket)) as session, session.post(
+                "http://plugin/Plugin.Activate", timeout=aiohttp.ClientTimeout(total=5)) as reply:
+            answer = await reply.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        return f"no plugin answers on {socket}: {error or type(error).__name__}"
+    if "NetworkDriver" not in (answer.get("Implements") or []):
+        return f"{socket} answers, but not as a network driver: {answer}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(serve(parse_args(argv)))
+    args = parse_args(argv)
+    if args.check:
+        problem = asyncio.run(check(args.socket))
+        print(problem or f"ok: {args.socket}", file=sys.stderr if problem else sys.stdout)
+        sys.exit(1 if problem else 0)
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -102,9 +102,15 @@ class DockerDaemon:
         --live-restore finds them there again)."""
         if self.holder is None:
             self.plugins_dir.mkdir(parents=True, exist_ok=True)
-            mount = 'mkdir -p /run/docker/plugins && mount --bind "$0" /run/docker/plugins'
+            # Only the plugin directory is the daemon's own: the mounts it is made on
+            # stop propagating to the machine's, while the rest (/run/netns, shared)
+            # still does, so that namespaces its containers mount there (cnm's agent's
+            # sandboxes) are seen by the machine as they would be without it.
+            mount = ('mount --make-slave / && { ! mountpoint -q /run || '
+                     'mount --make-slave /run; } && mkdir -p /run/docker/plugins && '
+                     'mount --bind "$0" /run/docker/plugins')
             self.holder = support.Process(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c",
                  f"{mount} && exec sleep infinity", str(self.plugins_dir)])
             support.wait_for(lambda: " /run/docker/plugins " in Path(
                 f"/proc/{self.holder.pid}/mountinfo").read_text(), 10, 0.02,
@@ -240,7 +246,8 @@ class Compose:
     def wait_healthy(self, timeout: float = 120.0) -> None:
         last: dict[str, str] = {}
 
-        services = self.run("config", "--services").stdout.split()
+        # Those `up` started: the files also list services of profiles not turned on.
+        services = list(self.containers())
 
         def all_healthy() -> bool:
             nonlocal last

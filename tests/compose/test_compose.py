@@ -3,7 +3,8 @@
 Two "hosts" (network namespaces) joined by an underlay switch (a bridge in a
 third namespace, which also plays the outside client). Each host runs its own
 dockerd; host 1 runs docker-compose.yml (redis, ipam, orchestrator, agent),
-host 2 runs docker-compose.agent.yml pointed at host 1's orchestrator. The
+host 2 runs docker-compose.agent.yml pointed at host 1's orchestrator, with the
+`docker` profile (cnm-docker-plugin beside the agent, for host 2's dockerd). The
 images are built offline from the one Dockerfile (deploy/build-images.sh: a
 debootstrap base image, cached in /var/cache/cnm, and a wheelhouse). Then the
 seed's story goes through the `cnm` CLI: a network, two sandboxes that reach
@@ -29,6 +30,7 @@ import pytest
 
 from tests import support
 from tests.compose.daemon import Compose, DockerDaemon
+from tests.docker.image import busybox_tar
 
 pytestmark = [pytest.mark.root, pytest.mark.compose, pytest.mark.timeout(1200)]
 
@@ -38,6 +40,7 @@ UNDERLAY = "10.213.7"  # /24, only inside this test's namespaces
 SERVICE_UID = 10001  # the image's user of ipam and the orchestrator
 REDIS_PASSWORD = uuid.uuid4().hex
 SWITCH_IP = f"{UNDERLAY}.254"
+BUSYBOX = "cnm-busybox:compose"  # imported offline (tests/docker/image.py)
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 13, 16, 19, 21
 
 
@@ -51,7 +54,10 @@ def timed(timings: dict[str, float], name: str):
 class Host:
     """One simulated host: a namespace on the underlay, its dockerd, its host id."""
 
-    def __init__(self, number: int, switch: support.Netns, workdir: Path):
+    def __init__(self, number: int, switch: support.Netns, workdir: Path,
+                 plugins: bool = False):
+        """``plugins``: its dockerd has a plugin directory of its own (cnm's plugin
+        serves there)."""
         self.number = number
         self.id = f"node{number}-{uuid.uuid4().hex[:6]}"
         self.ip = f"{UNDERLAY}.{number}"
@@ -64,7 +70,8 @@ class Host:
         self.workdir = workdir / f"host{number}"
         self.workdir.mkdir(parents=True)
         self.pki = self.workdir / "pki"  # this host's CNM_PKI_DIR
-        self.daemon = DockerDaemon(self.netns, self.workdir)
+        self.daemon = DockerDaemon(self.netns, self.workdir,
+                                   plugins_dir=self.workdir / "plugins" if plugins else None)
 
     def _plug_into(self, switch: support.Netns) -> None:
         # Both ends are created in their namespaces: nothing touches the root one.
@@ -151,7 +158,7 @@ def deployment(tmp_path_factory):
     try:
         host1 = Host(1, switch, workdir)
         hosts.append(host1)
-        host2 = Host(2, switch, workdir)
+        host2 = Host(2, switch, workdir, plugins=True)
         hosts.append(host2)
         with timed(timings, "dockerd start"):
             host1.daemon.start()
@@ -220,6 +227,7 @@ def deployment(tmp_path_factory):
                     "CNM_ORCHESTRATOR": orchestrator,
                     "CNM_NETDRIVER_LISTEN": f"{host2.ip}:50053",
                     "CNM_PKI_DIR": str(host2.pki),
+                    "COMPOSE_PROFILES": "docker",
                 },
             )
             projects.append(agent)
@@ -421,6 +429,36 @@ def test_second_host_runs_the_agent_compose_file(deployment: Deployment):
         host2.cli("rm", "--host", host2.id, "web2", check=False)
         host2.cli("network", "rm", "far", check=False)
     assert host2.sandboxes() == []
+
+
+def test_docker_uses_cnm_through_the_plugin_beside_the_agent(deployment: Deployment):
+    host1, host2, agent = deployment.host1, deployment.host2, deployment.agent
+    info = host2.daemon.inspect(agent.container("docker-plugin"))
+    assert info["HostConfig"]["CapDrop"] == ["ALL"] and info["HostConfig"]["ReadonlyRootfs"]
+    assert int(proc_status(info["State"]["Pid"])["CapEff"], 16) == 0
+    docker = host2.daemon.docker
+    docker("import", str(busybox_tar(host2.workdir)), BUSYBOX)
+    docker("network", "create", "-d", "cnm", "--ipam-driver", "cnm",
+           "--subnet", "192.168.70.0/24", "dnet")
+    try:
+        docker("run", "-d", "--name", "dweb", "--network", "dnet", "-p", "8082:80", BUSYBOX,
+               "sh", "-c", "echo dweb > /www/index.html && exec httpd -f -p 80 -h /www")
+        address = host2.daemon.inspect("dweb")["NetworkSettings"]["Networks"]["dnet"][
+            "IPAddress"]
+        assert address.startswith("192.168.70.")
+        # cnm made it: its network and endpoint, on host 2.
+        [network] = json.loads(host1.cli("network", "inspect", "docker-192.168.70.0-24"))
+        assert [(e["host_id"], e["address"]) for e in network["endpoints"]] == \
+            [(host2.id, address)]
+        assert http_get(host2.netns.path, f"http://{address}:80/") == "dweb"
+        # Published by cnm's nftables: from the other host, and from host 2 itself.
+        assert http_get(host1.netns.path, f"http://{host2.ip}:8082/") == "dweb"
+        assert http_get(host2.netns.path, "http://127.0.0.1:8082/") == "dweb"
+        docker("rm", "-f", "dweb")
+    finally:
+        docker("rm", "-f", "dweb", check=False)
+        docker("network", "rm", "dnet", check=False)
+    assert "docker-192.168.70.0-24" not in host1.cli("network", "ls")
 
 
 def test_state_survives_redis_replacement(deployment: Deployment):

@@ -59,7 +59,7 @@ PASSWORD = {"CNM_REDIS_PASSWORD": "0123abcd"}
 
 def test_first_host_file_runs_everything_on_the_host_network(config):
     services = config.resolved("docker-compose.yml", **PASSWORD)["services"]
-    assert set(services) == {"redis", "ipam", "orchestrator", "agent"}
+    assert set(services) == {"redis", "ipam", "orchestrator", "agent", "docker-plugin"}
     for name, service in services.items():
         assert service["network_mode"] == "host", name
         assert not service.get("privileged"), name
@@ -130,7 +130,8 @@ def test_agent_file_is_the_first_hosts_agent_alone(config):
         "docker-compose.agent.yml",
         CNM_ORCHESTRATOR="10.0.0.1:50051", CNM_NETDRIVER_LISTEN="10.0.0.2:50053",
     )["services"]
-    assert set(alone) == {"agent"}
+    assert set(alone) == {"agent", "docker-plugin"}
+    assert alone["docker-plugin"]["environment"]["CNM_ORCHESTRATOR"] == "10.0.0.1:50051"
     agent = alone["agent"]
     assert agent["environment"]["CNM_ORCHESTRATOR"] == "10.0.0.1:50051"
     assert agent["environment"]["CNM_NETDRIVER_LISTEN"] == "10.0.0.2:50053"
@@ -139,3 +140,25 @@ def test_agent_file_is_the_first_hosts_agent_alone(config):
     first = config.resolved("docker-compose.yml", **PASSWORD)["services"]["agent"]
     same = {key: value for key, value in first.items() if key not in ("depends_on", "environment")}
     assert {key: value for key, value in agent.items() if key != "environment"} == same
+
+
+def test_the_docker_plugin_runs_only_with_its_profile_and_no_capability(config):
+    services = config.resolved("docker-compose.yml", **PASSWORD)["services"]
+    plugin = services["docker-plugin"]
+    assert plugin["profiles"] == ["docker"]
+    assert plugin["image"] == services["agent"]["image"]  # beside the agent, its image
+    assert plugin["entrypoint"] == ["cnm-docker-plugin"]
+    assert plugin["cap_drop"] == ["ALL"] and "cap_add" not in plugin
+    assert plugin["read_only"] and "no-new-privileges:true" in plugin["security_opt"]
+    assert "pid" not in plugin
+    assert "/run/docker/plugins:/run/docker/plugins:rw" in plugin["volumes"]
+    # An admin client (docker network create makes cnm networks), with only that key.
+    mounted = sorted(v for v in plugin["volumes"] if "/etc/cnm/pki" in v)
+    assert mounted == sorted(f"{support.REPO}/pki/{f}:/etc/cnm/pki/{f}:ro"
+                             for f in ("ca.crt", "admin.crt", "admin.key"))
+    assert plugin["environment"]["CNM_TLS_CERT"] == "/etc/cnm/pki/admin.crt"
+    assert {dep: spec["condition"] for dep, spec in plugin["depends_on"].items()} \
+        == {"orchestrator": "service_healthy"}
+    moved = config.resolved("docker-compose.yml", CNM_DOCKER_PLUGINS_DIR="/srv/plugins",
+                            **PASSWORD)["services"]["docker-plugin"]
+    assert "/srv/plugins:/run/docker/plugins:rw" in moved["volumes"]
