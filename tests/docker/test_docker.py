@@ -143,7 +143,27 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
                                  IMAGE, "sleep", "1")
     assert "published" in one.fails("run", "-d", "--network", "dnet", "-p", "8080:80",
                                     IMAGE, "sleep", "1")
+    # A port Docker's own bridge driver published (its docker-proxy holds it).
+    one.docker("network", "create", "-d", "bridge", "--subnet", "10.99.0.0/24", "plain")
+    one.docker("run", "-d", "--name", "proxied", "--network", "plain", "-p", "8090:80",
+               IMAGE, "sleep", "600")
+    assert "8090/tcp is in use on the host" in one.fails(
+        "run", "-d", "--network", "dnet", "-p", "8090:80", IMAGE, "sleep", "1")
+    one.docker("rm", "-f", "proxied")
+    one.docker("network", "rm", "plain")
+    # A host port Docker would pick, or one of a range: cnm publishes given ports only.
+    for ports in ("80", "9000-9001:80"):
+        assert "one given host port" in one.fails(
+            "run", "-d", "--network", "dnet", "-p", ports, IMAGE, "sleep", "1")
     one.docker("container", "prune", "-f")
+    assert (len(endpoints(cluster)), cluster.allocations(CNM_NET)) == before
+    # Ranges of the same length are port by port: each a given host port.
+    one.docker("run", "-d", "--name", "ranged", "--network", "dnet", "-p", "9000-9001:80-81",
+               IMAGE, "sleep", "600")
+    [ranged] = [e for e in endpoints(cluster) if e.container_id not in recorded]
+    assert sorted((m.host_port, m.container_port) for m in ranged.port_mappings) == \
+        [(9000, 80), (9001, 81)]
+    one.docker("rm", "-f", "ranged")
     assert (len(endpoints(cluster)), cluster.allocations(CNM_NET)) == before
     assert [n.name for n in cluster.call("ListNetworks", pb.ListNetworksRequest()).networks] \
         == ["docker-10.47.0.0-24"]
