@@ -27,7 +27,7 @@ from orchestrator import faults, overlay, validation
 from orchestrator.clients import Agents, Ipam
 from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER, Hosts
 from orchestrator.overlay import Overlay
-from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Op, Store, Vnis, now
+from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Lock, Op, Store, Vnis, now
 from orchestrator.translate import agent_endpoint, agent_network
 
 log = logging.getLogger("orchestrator.flows")
@@ -531,7 +531,7 @@ class Orchestrator:
                 f"host {request.host_id!r} has missed its heartbeats; not connecting to it",
                 reason="HOST_UNHEALTHY", host=request.host_id,
             )
-        async with self.store.lock(lock_name):
+        async with self.store.lock(lock_name) as lock:
             # Asked while the records are read: a container that is not there is NOT_FOUND
             # (an agent that does not answer UNAVAILABLE) before anything is allocated.
             sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
@@ -562,11 +562,24 @@ class Orchestrator:
             async with Undo(f"connect {endpoint.endpoint_id}", log) as undo:
                 undo.push("forget endpoint",
                           lambda: self._forget_unless(undo, endpoint, intent.key))
-                await self._allocate(undo, network, endpoint)
-                generation = await self._create_on_host(undo, network, endpoint, host, agent,
-                                                        default_route)
+                def create():
+                    return self._create_on_host(undo, network, endpoint, host, agent,
+                                                default_route)
+
+                if endpoint.address_reserved:
+                    # The address is known (its host's reservation): IPAM hands it over
+                    # while the host makes the endpoint. Both finish before any undo.
+                    outcomes = await asyncio.gather(self._allocate(undo, network, endpoint),
+                                                    create(), return_exceptions=True)
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                    generation = outcomes[1]
+                else:
+                    await self._allocate(undo, network, endpoint)
+                    generation = await create()
                 endpoint.create_time.CopyFrom(now())
-                if not await self.store.commit_connect(endpoint, intent.key):
+                if not await self.store.commit_connect(endpoint, intent.key, lock):
                     raise errors.FailedPrecondition(
                         f"network {network.name!r} was deleted during the connect")
                 undo.commit()
@@ -750,7 +763,7 @@ class Orchestrator:
         none whose container its host reported gone). ``network``: the endpoint's, if the
         caller has it (a network of another driver than overlay has no peers to push)."""
         lock_name = f"ep:{endpoint_id}"
-        async with self.store.lock(lock_name):
+        async with self.store.lock(lock_name) as lock:
             endpoint = await self.store.get_endpoint(endpoint_id)
             if endpoint is None:
                 return await self.settle_locked(endpoint_id) and not gone_only
@@ -763,14 +776,16 @@ class Orchestrator:
             if release_address:
                 # Recorded in the intent: a disconnect cut short releases it too.
                 endpoint.address_reserved = False
-            await self._disconnect_locked(endpoint, force)
+            await self._disconnect_locked(endpoint, force, lock)
         if network is None or network.driver == overlay.DRIVER:
             await self.sync_peers(endpoint.network_id, skip_host=endpoint.host_id)
         return True
 
-    async def _disconnect_locked(self, endpoint: pb.Endpoint, force: bool) -> None:
+    async def _disconnect_locked(self, endpoint: pb.Endpoint, force: bool,
+                                 lock: Lock | None = None) -> None:
         """The disconnect of a recorded endpoint, its lock held: intent, host, IPAM,
-        forget (quarantined when ``force`` went past its unreachable host)."""
+        forget (quarantined when ``force`` went past its unreachable host). ``lock``,
+        when the disconnect is all its holder does: released with the forgetting."""
         lock_name = f"ep:{endpoint.endpoint_id}"
         intent = self.store.new_intent(lock_name, Op.DISCONNECT, lock=lock_name,
                                        endpoint=encode(endpoint))
@@ -783,9 +798,9 @@ class Orchestrator:
             raise
         faults.point("disconnect-agent")
         if confirmed:
-            await self._release_and_forget(endpoint, intent.key)
+            await self._release_and_forget(endpoint, intent.key, lock)
         else:  # its kernel may still use address and ports: held until it says not
-            await self.store.forget_endpoint(endpoint, intent.key, quarantine=True)
+            await self.store.forget_endpoint(endpoint, intent.key, quarantine=True, lock=lock)
 
     async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool,
                               host: pb.Host | None | bool = True) -> bool:
@@ -834,9 +849,10 @@ class Orchestrator:
                 released.append(endpoint.endpoint_id)
         return released
 
-    async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str) -> None:
+    async def _release_and_forget(self, endpoint: pb.Endpoint, intent_key: str,
+                                  lock: Lock | None = None) -> None:
         await self._give_back_address(endpoint)
-        await self.store.forget_endpoint(endpoint, intent_key)
+        await self.store.forget_endpoint(endpoint, intent_key, lock=lock)
 
     async def adopt_endpoint(self, host_id: str, found: nd.Endpoint) -> str:
         """An endpoint a host's kernel has that no record, intent or quarantine knows: its

@@ -137,7 +137,8 @@ if others == 0 then return {'ok', '1'} end
 return {'ok', '0'}
 """
 
-# Records a connected endpoint and clears its intent, unless the network is being deleted.
+# Records a connected endpoint and clears its intent, unless the network is being deleted;
+# then releases the endpoint's lock, if given (KEYS[7], its token ARGV[4]).
 _COMMIT_CONNECT = """
 local net, pending, net_eps, ep, host_eps, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('HGET', net, 'state') ~= 'ready' then return 0 end
@@ -146,10 +147,12 @@ redis.call('SADD', net_eps, ARGV[1])
 redis.call('SREM', pending, ARGV[1])
 redis.call('SADD', host_eps, ARGV[1])
 redis.call('HDEL', intents, ARGV[3])
+if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[4] then redis.call('DEL', KEYS[7]) end
 return 1
 """
 
-# Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent.
+# Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent; then
+# releases the endpoint's lock, if given (KEYS[10], its token after the quarantine arg).
 _FORGET_ENDPOINT = """
 local ep, net_eps, pending, ctr_eps, host_eps, ports, intents, quarantine, gone =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -177,6 +180,7 @@ else
   redis.call('HDEL', quarantine, epid)
 end
 redis.call('HDEL', intents, intent_key)
+if KEYS[10] and redis.call('GET', KEYS[10]) == ARGV[5 + n * 2] then redis.call('DEL', KEYS[10]) end
 return 1
 """
 
@@ -654,13 +658,19 @@ class Store:
         return (f"container {holder.container_id!r} on network {holder.network_name!r} "
                 f"(endpoint {endpoint_id})")
 
-    async def commit_connect(self, endpoint: pb.Endpoint, intent_key: str) -> bool:
+    async def commit_connect(self, endpoint: pb.Endpoint, intent_key: str,
+                             lock: Lock | None = None) -> bool:
+        """Records the connected endpoint; False when its network is being deleted. A
+        ``lock`` is released with the record (one round trip less), unless False."""
+        keys, args = _lock_handover(lock)
         done = await self._commit_connect(
             keys=[k("net", endpoint.network_id), k("net", endpoint.network_id, "pending"),
                   k("net", endpoint.network_id, "eps"), k("ep", endpoint.endpoint_id),
-                  k("host", endpoint.host_id, "eps"), k("intents")],
-            args=[endpoint.endpoint_id, endpoint.SerializeToString(), intent_key],
+                  k("host", endpoint.host_id, "eps"), k("intents"), *keys],
+            args=[endpoint.endpoint_id, endpoint.SerializeToString(), intent_key, *args],
         )
+        if done and lock is not None:
+            lock.given_back()
         return bool(done)
 
     async def update_endpoint(self, endpoint: pb.Endpoint) -> None:
@@ -668,23 +678,26 @@ class Store:
         await self.r.set(k("ep", endpoint.endpoint_id), endpoint.SerializeToString(), xx=True)
 
     async def forget_endpoint(self, endpoint: pb.Endpoint, intent_key: str,
-                              quarantine: bool = False) -> None:
+                              quarantine: bool = False, lock: Lock | None = None) -> None:
         """Removes an endpoint's record, indexes, port reservations and intent (and its
         quarantine entry). With ``quarantine`` (its host did not confirm the teardown) the
         port reservations stay, and the endpoint is kept in the quarantine until
-        :meth:`forget_endpoint` is called again for it."""
+        :meth:`forget_endpoint` is called again for it. A ``lock`` is released with it."""
         args: list = [endpoint.endpoint_id, intent_key, len(endpoint.port_mappings)]
         for mapping in endpoint.port_mappings:
             args += list(port_keys(mapping))
         args.append(endpoint.SerializeToString() if quarantine else b"")
+        lock_keys, lock_args = _lock_handover(lock)
         await self._forget_endpoint(
             keys=[k("ep", endpoint.endpoint_id), k("net", endpoint.network_id, "eps"),
                   k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("host", endpoint.host_id, "eps"),
                   k("host", endpoint.host_id, "ports"), k("intents"), k("quarantine"),
-                  k("gone")],
-            args=args,
+                  k("gone"), *lock_keys],
+            args=[*args, *lock_args],
         )
+        if lock is not None:
+            lock.given_back()
 
     async def mark_gone(self, host_id: str, endpoint_ids: list[str],
                         at: float) -> tuple[dict[str, float], list[str]]:
@@ -809,6 +822,7 @@ class Lock:
         self.wait = wait
         self.token = f"{store.replica_id}:{uuid.uuid4().hex[:8]}"
         self.lost = False
+        self._given_back = False
         self._keeper: asyncio.Task | None = None
 
     async def _take(self) -> bool:
@@ -827,7 +841,7 @@ class Lock:
     async def try_acquire(self) -> bool:
         if not await self._take():
             return False
-        self.lost = False
+        self.lost = self._given_back = False
         self._keeper = asyncio.create_task(self._keep(asyncio.current_task()))
         return True
 
@@ -864,12 +878,19 @@ class Lock:
             delay = min(delay * 2, 0.1)
         return self
 
+    def given_back(self) -> None:
+        """A store script released the lock along with its own writes (its key and token:
+        :func:`_lock_handover`): :meth:`release` has nothing left to tell Redis."""
+        self._given_back = True
+
     async def release(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
+        if self._given_back:
+            return
         try:
             await self.store._release(keys=[self.key], args=[self.token])
         except redis_client.UNREACHABLE:
@@ -885,6 +906,11 @@ class Lock:
                 f"lost the lock {self.name} (taken over, or Redis unreachable): retry",
                 reason="LOCK_LOST",
             ) from exc
+
+
+def _lock_handover(lock: Lock | None) -> tuple[list[str], list[str]]:
+    """(keys, args) that let a script release ``lock`` along with its writes."""
+    return ([lock.key], [lock.token]) if lock is not None else ([], [])
 
 
 # --- VXLAN ids ------------------------------------------------------------------
