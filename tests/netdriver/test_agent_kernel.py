@@ -137,6 +137,38 @@ async def test_connect_builds_the_veth_in_place_and_marks_everything(world, netn
     assert len([r for r in harness.routes(container.name) if r["dst"] == "default"]) == 1
 
 
+async def test_a_disconnect_takes_the_veth_out_of_use_at_once_and_deletes_it_soon(world,
+                                                                                  netns):
+    agent = await world.agent()
+    container = netns("cnmt-c")
+    made = await agent.create_endpoint(
+        endpoint("e1", container.path, "10.88.0.10", port_mappings=[harness.tcp(8080, 80)]),
+        NET)
+    host = made.host_interface
+    await agent.delete_endpoint("e1")
+    # Returned: no port, no record; the veth, if not gone yet, is down and off duty.
+    assert await world.firewall.list_ports() == [] and "e1" not in agent.store.endpoints
+    left = {link["ifname"]: link for link in harness.links(world.host.name)}.get(host)
+    assert left is None or "UP" not in left["flags"]
+    # Connected again at once, under the same names (same endpoint, same sandbox's eth0).
+    again = await agent.create_endpoint(endpoint("e1", container.path, "10.88.0.10"), NET)
+    assert (again.host_interface, again.container_interface) == (host, "eth0")
+    await agent.delete_endpoint("e1")
+    # Another network at once: the sandbox's eth0 is free again (its deletion waited for).
+    other = await agent.create_endpoint(
+        pb.Endpoint(endpoint_id="e3", network_id="n2", sandbox=container.path,
+                    address="10.89.0.10"), harness.network("n2", "10.89.0.0/24"))
+    assert other.container_interface == "eth0"
+    await agent.delete_endpoint("e3")
+    await agent.netlink.settle()
+    assert host not in {link["ifname"] for link in harness.links(world.host.name)}
+    assert [link["ifname"] for link in harness.links(container.name)] == ["lo"]
+    # What GetState reports never includes a veth still being deleted.
+    await agent.create_endpoint(endpoint("e2", container.path, "10.88.0.11"), NET)
+    await agent.delete_endpoint("e2")
+    assert not (await agent.get_state()).endpoints
+
+
 @pytest.mark.parametrize("step", CONNECT_STEPS)
 async def test_a_connect_failing_after_any_step_leaves_nothing(world, netns, step):
     container = netns("cnmt-c")
