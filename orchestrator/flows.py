@@ -61,6 +61,12 @@ async def _no_sandbox() -> None:
     """The sandbox check of a connect that has none (peer_on_host)."""
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    """Marks a future's exception retrieved (its caller may not need the answer)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def encode(message) -> str:
     return base64.b64encode(message.SerializeToString()).decode()
 
@@ -531,11 +537,13 @@ class Orchestrator:
                 f"host {request.host_id!r} has missed its heartbeats; not connecting to it",
                 reason="HOST_UNHEALTHY", host=request.host_id,
             )
+        # Asked while the lock is taken and the records are read: a container that is not
+        # there is NOT_FOUND (an agent that does not answer UNAVAILABLE) before anything is
+        # allocated. (A repeat does not need the answer: retrieved, never raised.)
+        sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
+                                        else agent.get_sandbox(wanted.sandbox))
+        sandbox.add_done_callback(_retrieve)
         async with self.store.lock(lock_name) as lock:
-            # Asked while the records are read: a container that is not there is NOT_FOUND
-            # (an agent that does not answer UNAVAILABLE) before anything is allocated.
-            sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
-                                            else agent.get_sandbox(wanted.sandbox))
             try:
                 existing, intent = await self.store.endpoint_and_intent(wanted.endpoint_id)
                 if intent is not None:
@@ -551,8 +559,6 @@ class Orchestrator:
                 await sandbox
             finally:
                 sandbox.cancel()
-                if sandbox.done() and not sandbox.cancelled():
-                    sandbox.exception()  # a repeat does not need it: retrieved, not raised
             endpoint = pb.Endpoint()
             endpoint.CopyFrom(wanted)
             intent = self.store.new_intent(lock_name, Op.CONNECT, lock=lock_name,
