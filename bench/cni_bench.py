@@ -26,14 +26,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import CniChain, Namespaces, enter_namespace, summary, verdict
+from bench.common import CniChain, Namespaces, enter_namespace, summary, timed, verdict
 from bench.e2e_bench import System, concurrent
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
@@ -69,12 +68,6 @@ class CnmPlugin:
 
     def delete(self, container_id: str, netns: str, port: int) -> None:
         self._exec("DEL", container_id, netns, port)
-
-
-def timed(run, *args) -> float:
-    started = time.perf_counter()
-    run(*args)
-    return (time.perf_counter() - started) * 1000
 
 
 def main() -> None:

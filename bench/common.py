@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,13 @@ CLONE_NEWNET = 0x40000000
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def timed(run, *args) -> float:
+    """``run(*args)``'s latency in ms."""
+    started = time.perf_counter()
+    run(*args)
+    return (time.perf_counter() - started) * 1000
 
 
 def summary(values: list[float]) -> str:

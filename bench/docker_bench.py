@@ -21,14 +21,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import print_request_times, summary, verdict
+from bench.common import print_request_times, summary, timed, verdict
 from bench.e2e_bench import System
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
@@ -37,12 +36,6 @@ from tests.docker.image import busybox_tar
 
 PLUGIN = str(Path(support.PYTHON).with_name("cnm-docker-plugin"))
 IMAGE = "cnm-busybox:bench"
-
-
-def timed(daemon: DockerDaemon, *args: str) -> float:
-    started = time.perf_counter()
-    daemon.docker(*args)
-    return (time.perf_counter() - started) * 1000
 
 
 def main() -> None:
@@ -84,13 +77,13 @@ def main() -> None:
             daemon.docker("network", "disconnect", network, "target")
         for i in range(args.iterations):
             for network in ("cnmnet", "brnet") if i % 2 else ("brnet", "cnmnet"):
-                pairs[network].append(timed(daemon, "network", "connect", network, "target")
-                                      + timed(daemon, "network", "disconnect", network,
+                pairs[network].append(timed(daemon.docker, "network", "connect", network, "target")
+                                      + timed(daemon.docker, "network", "disconnect", network,
                                               "target"))
         for i in range(args.iterations):
             for n, network in enumerate(("cnmnet", "brnet") if i % 2 else ("brnet", "cnmnet")):
                 port = 20000 + 2 * i + n
-                runs[network].append(timed(daemon, "run", "-d", "--name", f"r{network}{i}",
+                runs[network].append(timed(daemon.docker, "run", "-d", "--name", f"r{network}{i}",
                                            "--network", network, "-p", f"{port}:80", IMAGE,
                                            "sleep", "600"))
         print(f"# one dockerd, {args.iterations} samples each, docker CLI exec included")

@@ -51,6 +51,7 @@ from bench.common import (
     enter_namespace,
     print_request_times,
     summary,
+    timed,
     verdict,
 )
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -197,8 +198,7 @@ def main() -> None:
         sandboxes = containers.make(args.iterations)
         cnm_add = [first.connect("bench", f"seq{i}", netns, 20000 + i)
                    for i, netns in enumerate(sandboxes)]
-        cnm_del = [timed(lambda i=i: first.disconnect("bench", f"seq{i}"))
-                   for i in range(args.iterations)]
+        cnm_del = [timed(first.disconnect, "bench", f"seq{i}") for i in range(args.iterations)]
         if args.trace:
             print_request_times(sorted(workdir.glob("*.log")))
         jobs = list(enumerate(containers.make(args.throughput_jobs)))
@@ -220,9 +220,8 @@ def main() -> None:
                 started = time.perf_counter()
                 cni.add(f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
                 cni_add.append((time.perf_counter() - started) * 1000)
-            cni_del = [timed(lambda i=i: cni.delete(
-                f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i))
-                for i in range(args.iterations)]
+            cni_del = [timed(cni.delete, f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
+                       for i in range(args.iterations)]
             cni_jobs = list(enumerate(cni_sandboxes[args.iterations:-1]))
             cni_rate = concurrent(args.clients, cni_jobs, lambda c, job: cni.add(
                 f"par{job[0]}", f"/var/run/netns/{job[1]}", 30000 + job[0]))
@@ -265,13 +264,6 @@ def main() -> None:
         system.stop()
         cni_host.close()
         containers.remove_all()
-
-
-def timed(action) -> float:
-    """``action()``'s latency in ms."""
-    started = time.perf_counter()
-    action()
-    return (time.perf_counter() - started) * 1000
 
 
 def fill(clients: list[Client], containers: Namespaces, present: int, wanted: int) -> int:

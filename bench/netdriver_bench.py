@@ -41,17 +41,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import CniChain, Namespaces, agent_run_dir, enter_namespace, summary
+from bench.common import CniChain, Namespaces, agent_run_dir, enter_namespace, summary, timed
 from cnm.netdriver.v1 import netdriver_pb2 as pb
 from netdriver_service.netlink import Netlink
 from tests import support
 from tests.netdriver import harness
-
-
-def timed(action) -> float:
-    started = time.perf_counter()
-    action()
-    return (time.perf_counter() - started) * 1000
 
 
 def agent_connect(agent, endpoint_id: str, netns: str, address: str, port: int,
