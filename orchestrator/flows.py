@@ -809,12 +809,10 @@ class Orchestrator:
             await self.store.forget_endpoint(endpoint, intent.key, quarantine=True, lock=lock)
 
     async def _delete_on_host(self, endpoint: pb.Endpoint, force: bool,
-                              host: pb.Host | None | bool = True) -> bool:
-        """Deletes the endpoint on its host; True once the host confirmed it (or is gone
-        from the records), False when ``force`` went past an unreachable host. ``host``:
-        its record if the caller just read it (True: read it here)."""
-        if host is True:
-            host = await self.store.get_host(endpoint.host_id)
+                              host: pb.Host | None) -> bool:
+        """Deletes the endpoint on ``host`` (its record as just read: None when it is gone
+        from the records); True once the host confirmed it (or is gone), False when
+        ``force`` went past an unreachable host."""
         if host is None:
             return True
         try:
@@ -843,7 +841,8 @@ class Orchestrator:
                     await self.store.drop_quarantine(endpoint.endpoint_id)
                     continue
                 try:
-                    if not await self._delete_on_host(endpoint, force=True):
+                    host = await self.store.get_host(endpoint.host_id)
+                    if not await self._delete_on_host(endpoint, force=True, host=host):
                         continue
                 except errors.CnmError as error:
                     log.warning("quarantined endpoint not released",
@@ -962,7 +961,8 @@ class Orchestrator:
         log.info("settling abandoned intent",
                  extra={"op": intent.op, "endpoint": endpoint.endpoint_id, "replica": intent.replica})
         # Undoing a connect and finishing a disconnect are the same steps.
-        await self._delete_on_host(endpoint, force=False)
+        host = await self.store.get_host(endpoint.host_id)
+        await self._delete_on_host(endpoint, force=False, host=host)
         await self._release_and_forget(endpoint, intent.key)
 
     async def settle_network_intent(self, intent: Intent) -> None:
