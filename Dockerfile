@@ -13,6 +13,9 @@
 ARG BASE_IMAGE=cnm-base:bookworm
 
 FROM ${BASE_IMAGE} AS build
+# deploy/build-images.sh keeps the newest build stage (tagged cnm-build, the next
+# build's cache) and removes older ones by this label.
+LABEL org.cnm.stage=build
 ARG WHEELHOUSE=build/wheelhouse
 # Dependencies first, in their own layer: source edits do not reinstall them.
 COPY ${WHEELHOUSE}/ /wheelhouse/

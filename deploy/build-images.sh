@@ -15,9 +15,16 @@ base=${CNM_BASE_IMAGE:-cnm-base:bookworm}
 # Inside the build context; CNM_WHEELHOUSE lets concurrent builds of one tree
 # keep apart (it must match build/wheelhouse*, see .dockerignore).
 wheelhouse=${CNM_WHEELHOUSE:-build/wheelhouse}
+echo "building with $(command -v docker) and $(command -v docker-compose) on" \
+  "${DOCKER_HOST:-the local daemon} (Docker $(docker version --format '{{.Server.Version}}'))"
 deploy/build-wheelhouse.sh "$wheelhouse"
 DOCKER="docker${DOCKER_HOST:+ -H $DOCKER_HOST}" deploy/build-base-image.sh "$base" >/dev/null
 # Building reads no secret, but compose checks every required variable of the file.
 CNM_REDIS_PASSWORD=${CNM_REDIS_PASSWORD:-not-needed-to-build} \
 CNM_BASE_IMAGE=$base docker-compose -f docker-compose.yml build \
   --build-arg WHEELHOUSE="$wheelhouse" "$@"
+# The build stage: tagged, so that it is the next build's cache rather than a
+# dangling image, and the ones it replaces (dangling now) removed.
+docker build --quiet --target build --tag "cnm-build:${CNM_IMAGE_TAG:-latest}" \
+  --build-arg BASE_IMAGE="$base" --build-arg WHEELHOUSE="$wheelhouse" . >/dev/null
+docker image prune --force --filter label=org.cnm.stage=build >/dev/null

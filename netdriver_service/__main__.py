@@ -132,6 +132,15 @@ async def serve(args: argparse.Namespace) -> None:
     # A dead container's veth goes with its namespace: the agent hears of it at once.
     watch = await LinkWatch(agent.link_deleted, netlink.host_ns).start()
     membership = cni = None
+    if args.orchestrator and server.is_local(args.advertise) \
+            and not server.is_local(args.orchestrator):
+        # The scripts/up and one-host set-ups share a machine and are fine; beyond it,
+        # only an orchestrator on this machine can dial what we register.
+        logger.warning(
+            "registering an address only this machine can dial: an orchestrator "
+            "elsewhere, or a replica, cannot reach this agent; listen on (or "
+            "--advertise) an address the orchestrator reaches",
+            extra={"advertise": args.advertise, "orchestrator": args.orchestrator})
     if args.orchestrator:
         member = Membership(
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,

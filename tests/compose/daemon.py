@@ -183,23 +183,22 @@ class Compose:
     """docker-compose for one project, against one daemon, with a fixed environment."""
 
     def __init__(self, daemon: DockerDaemon, project: str, files: list[Path], env: dict[str, str]):
+        """The project of ``files``, with the ``.env`` beside the first (as an operator
+        runs it from that directory), and ``env`` for the rest."""
         self.daemon = daemon
         self.project = project
         self.files = files
-        # No stray CNM_* settings or .env file of the machine running the test.
+        # No stray CNM_* settings of the machine running the test.
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("CNM_", "COMPOSE_"))}
         self.env = {**clean, "DOCKER_HOST": daemon.host, **env}
-        self.env_file = daemon.workdir / f"{project}.env"
-        self.env_file.write_text("")
 
     def args(self, *args: str) -> list[str]:
         files = [arg for path in self.files for arg in ("-f", str(path))]
-        return ["docker-compose", "--env-file", str(self.env_file), "-p", self.project,
-                *files, *args]
+        return ["docker-compose", "-p", self.project, *files, *args]
 
     def run(self, *args: str, check: bool = True, timeout: float = 300):
         result = subprocess.run(
-            self.args(*args), check=False, env=self.env, cwd=support.REPO,
+            self.args(*args), check=False, env=self.env, cwd=self.files[0].parent,
             capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:

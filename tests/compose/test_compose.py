@@ -1,14 +1,17 @@
-"""The Docker Compose deployment, built and run for real.
+"""The Docker Compose deployment, built and run for real, as deploy/README.md says.
 
 Two "hosts" (network namespaces) joined by an underlay switch (a bridge in a
-third namespace, which also plays the outside client). Each host runs its own
-dockerd; host 1 runs docker-compose.yml (redis, ipam, orchestrator, agent),
-host 2 runs docker-compose.agent.yml pointed at host 1's orchestrator, with the
-`docker` profile (cnm-docker-plugin beside the agent, for host 2's dockerd). The
-images are built offline from the one Dockerfile (deploy/build-images.sh: a
-debootstrap base image, cached in /var/cache/cnm, and a wheelhouse). Then the
-seed's story goes through the `cnm` CLI: a network, two sandboxes that reach
-each other, a published port reached from outside, and the same on host 2.
+third namespace, which also plays the outside client), each with its own
+dockerd. The test is an operator following deploy/README.md word for word: it
+runs the document's shell blocks themselves (tests/docs.py), with the
+documented example values (10.0.0.1, node1, /opt/cnm-cli, ...) replaced by its
+own, so a README that drifts from the system fails here. It builds the images
+offline (a debootstrap base image, cached in /var/cache/cnm, and a
+wheelhouse), installs the host CLI in a venv, runs "One host" on host 1 and
+takes it down, then "More hosts": host 1 the central services and its agent,
+host 2 the agent compose file with the `docker` profile (cnm-docker-plugin,
+for host 2's dockerd). The tests then drive it through the CLI as configured
+by `cnm config set`, with no flag of their own.
 """
 
 from __future__ import annotations
@@ -28,20 +31,23 @@ from pathlib import Path
 
 import pytest
 
-from tests import support
+from tests import docs, support
 from tests.compose.daemon import Compose, DockerDaemon
 from tests.docker.image import busybox_tar
 
-pytestmark = [pytest.mark.root, pytest.mark.compose, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.root, pytest.mark.compose, pytest.mark.timeout(1500)]
 
 REPO = support.REPO
-CNM = str(Path(sys.executable).parent / "cnm")
+README = "deploy/README.md"
 UNDERLAY = "10.213.7"  # /24, only inside this test's namespaces
 SERVICE_UID = 10001  # the image's user of ipam and the orchestrator
-REDIS_PASSWORD = uuid.uuid4().hex
 SWITCH_IP = f"{UNDERLAY}.254"
 BUSYBOX = "cnm-busybox:compose"  # imported offline (tests/docker/image.py)
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 13, 16, 19, 21
+# The reconciler and the agents' resync run this often during the test (their
+# defaults are 10 s and 30 s), so that the quiet minute sees many rounds of each.
+CHECK_INTERVAL = "3"
+QUIET_SECONDS = 60
 
 
 @contextlib.contextmanager
@@ -51,8 +57,31 @@ def timed(timings: dict[str, float], name: str):
     timings[name] = round(time.monotonic() - started, 1)
 
 
+def run_block(script: str, *, cwd: Path, env: dict[str, str],
+              netns: support.Netns | None = None, timeout: float = 900):
+    """Runs a README block as pasted into bash (stopping at the first failure), in
+    ``netns`` when given (a host), else on the machine."""
+    args = ["bash", "-euo", "pipefail", "-c", script]
+    if netns is not None:
+        args = ["nsenter", f"--net={netns.path}", "--", *args]
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"block failed ({result.returncode}) in {cwd}:\n{script}\n"
+                             f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result
+
+
+def machine_env(**settings: str) -> dict[str, str]:
+    """The environment of a shell on the machine: none of the caller's CNM_* or
+    COMPOSE_* settings, plus ``settings``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CNM_", "COMPOSE_"))}
+    return {**clean, **settings}
+
+
 class Host:
-    """One simulated host: a namespace on the underlay, its dockerd, its host id."""
+    """One simulated host: a namespace on the underlay, its dockerd, its host id, and
+    the directory its operator works in (compose files, pki/, .env)."""
 
     def __init__(self, number: int, switch: support.Netns, workdir: Path,
                  plugins: bool = False):
@@ -69,7 +98,16 @@ class Host:
             raise
         self.workdir = workdir / f"host{number}"
         self.workdir.mkdir(parents=True)
-        self.pki = self.workdir / "pki"  # this host's CNM_PKI_DIR
+        self.dir = self.workdir / "cnm"
+        self.pki = self.dir / "pki"
+        self.cli_bin = workdir / "bin"  # where the README's install puts `cnm`
+        self.project = f"cnmt{uuid.uuid4().hex[:8]}"
+        # What the test sets in this host's shell beside what the README says: where
+        # the agent keeps its state (not the machine's /run/cnm) and how often things
+        # are checked. Every one is a documented variable.
+        self.settings = {"CNM_RUN_DIR": str(self.workdir / "run"), "CNM_HEALTH_INTERVAL": "1s",
+                         "CNM_RECONCILE_INTERVAL": CHECK_INTERVAL,
+                         "CNM_NETDRIVER_RESYNC_INTERVAL": CHECK_INTERVAL}
         self.daemon = DockerDaemon(self.netns, self.workdir,
                                    plugins_dir=self.workdir / "plugins" if plugins else None)
 
@@ -86,25 +124,32 @@ class Host:
         self.netns.run("ip", "link", "set", "uplink0", "up")
         self.netns.run("ip", "route", "add", "default", "via", SWITCH_IP)
 
-    def cli_env(self) -> dict[str, str]:
-        """No CNM_* setting but where this host's CLI configuration is (as if in ~)."""
-        return {**{k: v for k, v in os.environ.items() if not k.startswith("CNM_")},
-                "CNM_CONFIG": str(self.workdir / "cli.json")}
+    def env(self) -> dict[str, str]:
+        """The environment of the operator's shell on this host: the README's CLI first
+        on the PATH, this host's dockerd, its CLI configuration file (as if in ~), its
+        compose project's name, and the settings."""
+        return machine_env(
+            PATH=f"{self.cli_bin}:{os.environ['PATH']}", DOCKER_HOST=self.daemon.host,
+            CNM_CONFIG=str(self.workdir / "cli.json"), COMPOSE_PROJECT_NAME=self.project,
+            **self.settings)
 
-    def configure_cli(self, orchestrator: str) -> None:
-        """What an operator does once per host (deploy/README.md): `cnm config set`."""
-        subprocess.run(
-            [CNM, "config", "set", f"orchestrator={orchestrator}", f"host_id={self.id}",
-             f"run_dir={self.workdir / 'run'}", f"tls_ca={self.pki / 'ca.crt'}",
-             f"tls_cert={self.pki / 'admin.crt'}", f"tls_key={self.pki / 'admin.key'}"],
-            check=True, capture_output=True, timeout=60, env=self.cli_env())
+    def run_block(self, name: str, values: dict[str, str] | None = None):
+        """Runs deploy/README.md's block ``name`` in this host's directory and namespace."""
+        script = docs.block(README, name)
+        if values:
+            script = docs.substitute(script, values)
+        return run_block(script, cwd=self.dir, env=self.env(), netns=self.netns)
+
+    def compose(self, file: str) -> Compose:
+        """The compose project the README's blocks started from ``file``."""
+        return Compose(self.daemon, self.project, [self.dir / file], self.env())
 
     def cli(self, *args: str, check: bool = True) -> str:
         """Runs the `cnm` CLI on this host (its network namespace, as root), with no flag
         but those of the command: the rest comes from the host's `cnm config`."""
         result = subprocess.run(
-            ["nsenter", f"--net={self.netns.path}", "--", CNM, *args],
-            check=False, capture_output=True, text=True, timeout=60, env=self.cli_env(),
+            ["nsenter", f"--net={self.netns.path}", "--", str(self.cli_bin / "cnm"), *args],
+            check=False, capture_output=True, text=True, timeout=60, env=self.env(),
         )
         if check and result.returncode != 0:
             raise AssertionError(f"cnm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
@@ -135,8 +180,8 @@ class Deployment:
     switch: support.Netns
     host1: Host
     host2: Host
-    central: Compose | None = None  # docker-compose.yml on host 1
-    agent: Compose | None = None  # docker-compose.agent.yml on host 2
+    central: Compose  # docker-compose.yml on host 1
+    agent: Compose  # docker-compose.agent.yml on host 2
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -144,9 +189,15 @@ class Deployment:
         return f"{self.host1.ip}:50051"
 
 
+
+def example_values(host1: Host, host2: Host) -> dict[str, str]:
+    """The README's example values of "More hosts", and this test's."""
+    return {"10.0.0.1": host1.ip, "10.0.0.2": host2.ip, "node1": host1.id, "node2": host2.id}
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """Both hosts up and healthy."""
+    """Both hosts up and healthy, as deploy/README.md's "More hosts" makes them."""
     workdir = tmp_path_factory.mktemp("compose")
     timings: dict[str, float] = {}
     switch = support.Netns("cnmt")
@@ -160,79 +211,46 @@ def deployment(tmp_path_factory):
         hosts.append(host1)
         host2 = Host(2, switch, workdir, plugins=True)
         hosts.append(host2)
+        copy_checkout(host1.dir)
         with timed(timings, "dockerd start"):
             host1.daemon.start()
-        with timed(timings, "build images"):
-            # The default image names, whatever CNM_* the caller has set; only
-            # where the base rootfs is cached may be chosen (CNM_BASE_CACHE).
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith("CNM_") or k == "CNM_BASE_CACHE"}
-            # A wheelhouse of its own: another run in this tree may be building.
-            wheelhouse = f"build/wheelhouse-{host1.netns.name}"
-            try:
-                build = subprocess.run(
-                    [str(REPO / "deploy" / "build-images.sh")], check=False, cwd=REPO,
-                    capture_output=True, text=True, timeout=900,
-                    env={**env, "DOCKER_HOST": host1.daemon.host, "CNM_WHEELHOUSE": wheelhouse},
-                )
-            finally:
-                shutil.rmtree(REPO / wheelhouse, ignore_errors=True)
-            assert build.returncode == 0, f"image build failed:\n{build.stdout}\n{build.stderr}"
-
-        orchestrator = f"{host1.ip}:50051"
-        with timed(timings, "certificates, CLI configuration"):
-            make_certificates(host1, host2)
-            for host in (host1, host2):
-                host.configure_cli(orchestrator)
-        central = Compose(
-            host1.daemon, f"cnmt{uuid.uuid4().hex[:8]}", [REPO / "docker-compose.yml"],
-            {
-                "CNM_HEALTH_INTERVAL": "1s",
-                "CNM_HOST_ID": host1.id,
-                "CNM_RUN_DIR": str(host1.workdir / "run"),
-                "CNM_UNDERLAY_IP": host1.ip,
-                "CNM_ORCHESTRATOR_LISTEN": orchestrator,
-                "CNM_PKI_DIR": str(host1.pki),
-                "CNM_REDIS_PASSWORD": REDIS_PASSWORD,
-                # No CNM_HOSTS: the agents register themselves.
-                "CNM_ORCHESTRATOR": orchestrator,
-            },
-        )
-        projects.append(central)
-
-        def central_up() -> None:
-            with timed(timings, "central up + healthy"):
-                central.run("up", "-d", "--no-build")
-                central.wait_healthy()
-
-        # Host 2's daemon and image are made ready while the central services start.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            starting = pool.submit(central_up)
-            with timed(timings, "host 2: dockerd + agent image copy"):
-                host2.daemon.start()
-                image = workdir / "agent-image.tar"
-                host1.daemon.docker("save", "--output", str(image), "cnm-agent:latest",
-                                    timeout=300)
-                host2.daemon.docker("load", "--input", str(image), timeout=300)
-                image.unlink()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            installing = pool.submit(install_cli, host1.dir, host1.cli_bin, timings)
+            starting = pool.submit(host2.daemon.start)
+            with timed(timings, "build images"):
+                # On the machine (the build host), for host 1's daemon; where the base
+                # rootfs is cached may be chosen (CNM_BASE_CACHE).
+                cache = {k: v for k, v in os.environ.items() if k == "CNM_BASE_CACHE"}
+                run_block(docs.block(README, "build"), cwd=host1.dir,
+                          env=machine_env(DOCKER_HOST=host1.daemon.host, **cache))
+            installing.result()
             starting.result()
-        with timed(timings, "host 2: agent up + healthy"):
-            agent = Compose(
-                host2.daemon, f"cnmt{uuid.uuid4().hex[:8]}", [REPO / "docker-compose.agent.yml"],
-                {
-                    "CNM_HEALTH_INTERVAL": "1s",
-                    "CNM_HOST_ID": host2.id,
-                    "CNM_RUN_DIR": str(host2.workdir / "run"),
-                    "CNM_UNDERLAY_IP": host2.ip,
-                    "CNM_ORCHESTRATOR": orchestrator,
-                    "CNM_NETDRIVER_LISTEN": f"{host2.ip}:50053",
-                    "CNM_PKI_DIR": str(host2.pki),
-                    "COMPOSE_PROFILES": "docker",
-                },
-            )
+        # The README's "Security" step for hosts whose /run/netns is not shared (the
+        # hosts share this machine's mounts: once).
+        run_block(docs.block(README, "shared-netns"), cwd=workdir, env=machine_env())
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            copying = pool.submit(copy_agent_image, host1, host2, workdir, timings)
+            with timed(timings, "one host: up, story, down"):
+                one_host(host1, switch, projects)
+            copying.result()
+
+        with timed(timings, "more hosts: host 1 up + healthy"):
+            host1.run_block("node1-up", example_values(host1, host2))
+            central = host1.compose("docker-compose.yml")
+            projects.append(central)
+            central.wait_healthy()
+        with timed(timings, "more hosts: host 2 up + healthy"):
+            prepare_second_host(host1, host2)
+            host2.settings["COMPOSE_PROFILES"] = "docker"  # "Docker on this host uses cnm"
+            values = example_values(host1, host2)
+            del values["node1"]
+            host2.run_block("node2-up", values)
+            agent = host2.compose("docker-compose.agent.yml")
             projects.append(agent)
-            agent.run("up", "-d", "--no-build")
             agent.wait_healthy()
+        host1.run_block("cli-node1", {"10.0.0.1": host1.ip, "node1": host1.id})
+        host2.run_block("cli-node2", {"10.0.0.1": host1.ip, "node2": host2.id})
         yield Deployment(switch, host1, host2, central, agent, timings)
     finally:
         with timed(timings, "teardown: compose down"):
@@ -245,25 +263,73 @@ def deployment(tmp_path_factory):
         sys.stderr.write(f"\ncompose test timings (s): {json.dumps(timings)}\n")
 
 
-def make_certificates(host1: Host, host2: Host) -> None:
-    """What deploy/README.md, "Certificates", tells an operator to do: a CA and the
-    central services' certificates on host 1, an agent certificate per host, keys of the
-    unprivileged services owned by their user; host 2 gets its own and the CA's."""
-    def pki(*args: str) -> None:
-        subprocess.run([CNM, "pki", *args], check=True, capture_output=True, timeout=60)
+def copy_checkout(target: Path) -> None:
+    """The files of this source tree an operator's checkout has: git's, and new ones
+    not ignored (none of .venv, build/, run/, pki/, .env)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+        check=True, capture_output=True, text=True).stdout
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():  # not one deleted but not yet committed
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
 
-    directory = str(host1.pki)
-    pki("init", "--dir", directory)
-    pki("issue", "--dir", directory, "--role", "ipam", "--san", "127.0.0.1", "ipam")
-    pki("issue", "--dir", directory, "--role", "orchestrator", "--san", host1.ip, "--san",
-        "127.0.0.1", "orchestrator")
-    pki("issue", "--dir", directory, "--role", "agent", "--host-id", host1.id, "--san",
-        "127.0.0.1", "agent")
-    pki("issue", "--dir", directory, "--role", "admin", "admin")
-    for key in ("ipam.key", "orchestrator.key"):
-        os.chown(host1.pki / key, SERVICE_UID, SERVICE_UID)
-    pki("issue", "--dir", directory, "--role", "agent", "--host-id", host2.id, "--san",
-        host2.ip, f"agent-{host2.id}")
+
+def install_cli(source: Path, bin_dir: Path, timings: dict[str, float]) -> None:
+    """The README's "The CLI on a host", into this test's directories instead of
+    /opt/cnm-cli and /usr/local/bin, on the machine (it needs the package index)."""
+    with timed(timings, "install the CLI"):
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        script = docs.substitute(docs.block(README, "install-cli"), {
+            "/opt/cnm-cli": str(bin_dir.parent / "cnm-cli"), "/usr/local/bin": str(bin_dir)})
+        run_block(script, cwd=source, env=machine_env())
+
+
+def copy_agent_image(host1: Host, host2: Host, workdir: Path,
+                     timings: dict[str, float]) -> None:
+    """"More hosts", step 1: the agent's image to the second host (docker save/load
+    rather than ssh)."""
+    with timed(timings, "agent image to host 2"):
+        image = workdir / "agent-image.tar"
+        host1.daemon.docker("save", "--output", str(image), "cnm-agent:latest", timeout=300)
+        host2.daemon.docker("load", "--input", str(image), timeout=300)
+        image.unlink()
+
+
+def one_host(host: Host, switch: support.Netns, projects: list[Compose]) -> None:
+    """"One host" and its published port on loopback, then `docker-compose down -v`
+    and a clean directory for "More hosts"."""
+    host.settings["CNM_HOST_ID"] = host.id  # the agent's; "$(hostname)" below is replaced
+    compose = host.compose("docker-compose.yml")
+    projects.append(compose)
+    host.run_block("one-host", {'"$(hostname)"': f'"{host.id}"'})
+    compose.wait_healthy()
+    support.wait_for(lambda: host.id in host.cli("host", "ls"), 30, 0.2,
+                     "the agent registered")
+    assert "testbr" in host.cli("network", "ls")
+    host.run_block("publish-loopback")
+    try:
+        assert "Directory listing" in http_get(host.netns.path, "http://127.0.0.1:8080/")
+        assert not answers_once(switch.path, f"http://{host.ip}:8080/"), \
+            "a port published on 127.0.0.1 answered on the host's underlay address"
+    finally:
+        host.cli("rm", "web", check=False)
+        host.cli("network", "rm", "testbr", check=False)
+    compose.run("down", "--volumes", "--timeout", "10")
+    projects.remove(compose)
+    del host.settings["CNM_HOST_ID"]
+    shutil.rmtree(host.pki)
+    for leftover in (host.dir / ".env", host.workdir / "cli.json"):
+        leftover.unlink()
+
+
+def prepare_second_host(host1: Host, host2: Host) -> None:
+    """"More hosts", step 4, before its block: the agent's compose files, and from
+    host 1 the CA's certificate, the host's agent certificate and the admin's."""
+    for name in ("docker-compose.agent.yml", "deploy/agent.compose.yml"):
+        (host2.dir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(host1.dir / name, host2.dir / name)
     host2.pki.mkdir(mode=0o700)
     for source, target in (("ca.crt", "ca.crt"), (f"agent-{host2.id}.crt", "agent.crt"),
                            (f"agent-{host2.id}.key", "agent.key"), ("admin.crt", "admin.crt"),
@@ -300,6 +366,15 @@ def http_get(netns_path: str, url: str, timeout: float = 15.0) -> str:
         return support.wait_for(fetched, timeout, 0.2, f"GET {url} from {netns_path}")
     except TimeoutError as error:
         raise AssertionError(f"{error}: last error {last}") from error
+
+
+def answers_once(netns_path: str, url: str) -> bool:
+    """Whether one GET of ``url`` from the namespace at ``netns_path`` is answered
+    within 2 s."""
+    script = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)"
+    return subprocess.run(
+        ["nsenter", f"--net={netns_path}", "--", sys.executable, "-c", script, url],
+        check=False, capture_output=True, timeout=10).returncode == 0
 
 
 def ping(sandbox: str, address: str) -> subprocess.CompletedProcess:
@@ -345,11 +420,16 @@ def test_services_run_as_configured(deployment: Deployment):
             assert effective >> cap & 1, f"agent lacks capability {cap}"
         for cap in (CAP_SYS_MODULE, CAP_SYS_PTRACE):
             assert not effective >> cap & 1, f"agent has capability {cap} it does not need"
-        # An agent without CNM_HOST_ID takes the host's name as its id.
+        # The host's UTS namespace too: an agent without CNM_HOST_ID takes the
+        # host's name as its id.
         assert compose.exec("agent", "hostname").stdout.strip() == socket.gethostname()
         # The agent works in its host's namespace: its nftables table is there.
         tables = host.netns.run("nft", "list", "tables").stdout
         assert "cnm" in tables, f"no cnm table in {host.netns.name}: {tables!r}"
+
+    # The build left no dangling image behind (its build stage is tagged cnm-build).
+    assert host1.daemon.docker("images", "--quiet", "--filter", "dangling=true").stdout == ""
+    assert host1.daemon.docker("images", "--quiet", "cnm-build:latest").stdout.strip()
 
     # Redis: a password, and AOF on, in the named volume.
     anonymous = central.exec("redis", "redis-cli", "ping", check=False)
@@ -371,7 +451,8 @@ def test_story_on_one_host(deployment: Deployment):
         assert "testbr" in listed and "192.168.0.0/24" in listed
         hosts = {h["host_id"]: h for h in json.loads(
             host1.cli("host", "ls", "--format", "json"))}
-        assert hosts[host1.id]["address"] == "127.0.0.1:50053"
+        # An address any orchestrator replica can dial, not 127.0.0.1.
+        assert hosts[host1.id]["address"] == f"{host1.ip}:50053"
         # The services' own identities are not an operator's: the orchestrator's
         # certificate cannot drive the orchestrator.
         denied = central.exec("orchestrator", "cnm", "network", "ls", check=False)
@@ -438,27 +519,84 @@ def test_docker_uses_cnm_through_the_plugin_beside_the_agent(deployment: Deploym
     assert int(proc_status(info["State"]["Pid"])["CapEff"], 16) == 0
     docker = host2.daemon.docker
     docker("import", str(busybox_tar(host2.workdir)), BUSYBOX)
-    docker("network", "create", "-d", "cnm", "--ipam-driver", "cnm",
-           "--subnet", "192.168.70.0/24", "dnet")
+    # deploy/README.md's example, with an image that is here instead of nginx.
+    server = "sh -c 'echo dweb > /www/index.html && exec httpd -f -p 80 -h /www'"
     try:
-        docker("run", "-d", "--name", "dweb", "--network", "dnet", "-p", "8082:80", BUSYBOX,
-               "sh", "-c", "echo dweb > /www/index.html && exec httpd -f -p 80 -h /www")
-        address = host2.daemon.inspect("dweb")["NetworkSettings"]["Networks"]["dnet"][
+        host2.run_block("docker-plugin", {"nginx": f"--name dweb {BUSYBOX} {server}"})
+        address = host2.daemon.inspect("dweb")["NetworkSettings"]["Networks"]["shared"][
             "IPAddress"]
-        assert address.startswith("192.168.70.")
+        assert address.startswith("10.30.0.")
         # cnm made it: its network and endpoint, on host 2.
-        [network] = json.loads(host1.cli("network", "inspect", "docker-192.168.70.0-24"))
+        [network] = json.loads(host1.cli("network", "inspect", "docker-10.30.0.0-24"))
         assert [(e["host_id"], e["address"]) for e in network["endpoints"]] == \
             [(host2.id, address)]
         assert http_get(host2.netns.path, f"http://{address}:80/") == "dweb"
         # Published by cnm's nftables: from the other host, and from host 2 itself.
-        assert http_get(host1.netns.path, f"http://{host2.ip}:8082/") == "dweb"
-        assert http_get(host2.netns.path, "http://127.0.0.1:8082/") == "dweb"
+        assert http_get(host1.netns.path, f"http://{host2.ip}:8080/") == "dweb"
+        assert http_get(host2.netns.path, "http://127.0.0.1:8080/") == "dweb"
         docker("rm", "-f", "dweb")
     finally:
         docker("rm", "-f", "dweb", check=False)
-        docker("network", "rm", "dnet", check=False)
-    assert "docker-192.168.70.0-24" not in host1.cli("network", "ls")
+        docker("network", "rm", "shared", check=False)
+    assert "docker-10.30.0.0-24" not in host1.cli("network", "ls")
+
+
+def test_a_quiet_minute_with_published_ports(deployment: Deployment):
+    """Nothing to do for a minute, with a published port on each host: every agent's
+    GetState succeeds and lists it, and no service logs an unhandled error, a repair
+    of drift that was not there, or any error, while the reconciler and each agent's
+    resync run every few seconds."""
+    host1, host2 = deployment.host1, deployment.host2
+    hosts = (host1, host2)
+    for host in hosts:
+        host.cli("network", "create", "--subnet", f"192.168.{80 + host.number}.0/24",
+                 f"quiet{host.number}")
+    try:
+        for host in hosts:
+            host.cli("run", "-d", "--net", f"quiet{host.number}", "--name", "q",
+                     "-p", f"{8090 + host.number}:80", "--", *web_server(host, "q"))
+        started = int(time.time())
+        time.sleep(QUIET_SECONDS)
+        for host in hosts:
+            state = agent_state(host)
+            ports = [(m["hostPort"], m["containerPort"]) for e in state["endpoints"]
+                     for m in e.get("portMappings", [])]
+            assert ports == [(8090 + host.number, 80)], state
+            assert http_get(deployment.switch.path,
+                            f"http://{host.ip}:{8090 + host.number}/") == "q"
+        for host, compose in ((host1, deployment.central), (host2, deployment.agent)):
+            for service, container in compose.containers().items():
+                logs = host.daemon.docker("logs", "--since", str(started), container)
+                text = logs.stdout + logs.stderr
+                for bad in ("unhandled error", "repaired drift", '"level": "error"'):
+                    assert bad not in text, f"{service} on host {host.number}:\n{text}"
+    finally:
+        for host in hosts:
+            host.cli("rm", "q", check=False)
+            host.cli("network", "rm", f"quiet{host.number}", check=False)
+
+
+def agent_state(host: Host) -> dict:
+    """The agent's GetState, asked as an admin (who may read it) from its host."""
+    script = (
+        "import sys, grpc\n"
+        "from google.protobuf import json_format\n"
+        "from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc\n"
+        "pki = sys.argv[2]\n"
+        "read = lambda name: open(f'{pki}/{name}', 'rb').read()\n"
+        "credentials = grpc.ssl_channel_credentials(read('ca.crt'), read('admin.key'),\n"
+        "                                           read('admin.crt'))\n"
+        "with grpc.secure_channel(sys.argv[1], credentials) as channel:\n"
+        "    stub = netdriver_pb2_grpc.NetDriverServiceStub(channel)\n"
+        "    state = stub.GetState(netdriver_pb2.GetStateRequest(), timeout=10)\n"
+        "print(json_format.MessageToJson(state))\n"
+    )
+    result = subprocess.run(
+        ["nsenter", f"--net={host.netns.path}", "--", sys.executable, "-c", script,
+         f"{host.ip}:50053", str(host.pki)],
+        check=False, capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 0, f"GetState of host {host.number}: {result.stderr}"
+    return json.loads(result.stdout)
 
 
 def test_state_survives_redis_replacement(deployment: Deployment):
