@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     create = net_commands.add_parser("create", help="create a network")
     create.add_argument("--driver", "-d", default="bridge", help="driver (default bridge)")
-    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24 (required)")
+    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24 (default: "
+                        "the first free one of the orchestrator's default address pools)")
     create.add_argument("--gateway", help="gateway address (default: first of the subnet)")
     create.add_argument("--ip-range", help="allocate addresses from this sub-range (CIDR)")
     create.add_argument("--internal", action="store_true", help="no NAT, no way out")

@@ -147,6 +147,7 @@ class RedisStore:
                 reason="SUBNET_OVERLAP",
                 pool_id=spec.pool_id,
                 clashing_pool_id=other_id,
+                clashing_subnet=_subnet_of_entry(other_entry),
             )
         if reply[0] == "different":
             raise self._exists_differently(spec)

@@ -146,7 +146,7 @@ async def serve(args: argparse.Namespace) -> None:
             orchestrator=args.orchestrator, host_id=args.host_id, advertise=args.advertise,
             underlay_ip=lambda: agent.underlay_ip, ready=agent.ready,
             registering=agent.forget_peer_generations, lost=agent.lost_endpoint_ids,
-            forget_lost=agent.forget_lost, tls=args.tls,
+            forget_lost=agent.forget_lost, tls=args.tls, routes=lambda: agent.host_routes,
         )
         agent.on_lost = member.poke
         membership = asyncio.create_task(member.run())

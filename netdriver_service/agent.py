@@ -84,12 +84,14 @@ class Agent:
         # Last SetNetworkPeers generation applied, per network (in memory: after
         # a restart the orchestrator pushes every network again).
         self.peer_generations: dict[str, int] = {}
+        self.host_routes: list[str] = []  # refresh_routes()
 
     # Life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Rebuilds the view from the kernel and restores the firewall to match it."""
         await self.refresh_underlay()
+        await self.refresh_routes()
         await self.firewall.ensure_base()
         async with self.lock:
             repaired = await self._resync_locked()
@@ -164,6 +166,14 @@ class Agent:
             log.warning("underlay address changed",
                         extra={"old": self.underlay_ip, "new": address})
         self.underlay_ip = address
+
+    async def refresh_routes(self) -> None:
+        """Reads the host's own routes again (not those through cnm's bridges and VXLAN
+        devices): membership reports them, and subnets chosen for networks avoid them."""
+        links = await self.netlink.list_links()
+        cnm_links = frozenset(link.index for link in links
+                              if names.parse_alias(link.alias) is not None)
+        self.host_routes = await self.netlink.routes(except_links=cnm_links)
 
     def _require_started(self) -> None:
         if not self.started:
@@ -682,6 +692,7 @@ class Agent:
         longer has; makes the firewall match the rest."""
         self._require_started()
         await self.refresh_underlay()
+        await self.refresh_routes()
         self.forget_peer_generations()
         return await self._resync()
 

@@ -41,6 +41,7 @@ class Membership:
         lost: Callable[[], list[str]] = list,
         forget_lost: Callable[[list[str]], None] = lambda ids: None,
         tls: Tls | None = None,
+        routes: Callable[[], list[str]] = list,
     ) -> None:
         self.orchestrator = orchestrator
         self.host_id = host_id
@@ -55,6 +56,8 @@ class Membership:
         self.interval = 5.0
         self.registered = asyncio.Event()
         self.announced_underlay = ""  # the underlay address the last registration gave
+        self.routes = routes  # the host's own routes, reported at registration
+        self.announced_routes: list[str] = []
 
     async def _register(self, stub) -> None:
         underlay_ip = self.underlay_ip()
@@ -64,15 +67,18 @@ class Membership:
                 "host; start the agent with --underlay-ip (CNM_UNDERLAY_IP)",
                 extra={"orchestrator": self.orchestrator},
             )
+        routes = self.routes()
         self.registering()
         reply = await stub.RegisterHost(
             pb.RegisterHostRequest(host=pb.Host(
                 host_id=self.host_id, address=self.advertise, underlay_ip=underlay_ip,
+                routes=routes,
             )),
             timeout=REGISTER_TIMEOUT,
         )
         self.interval = reply.heartbeat_interval.ToTimedelta().total_seconds() or self.interval
         self.announced_underlay = underlay_ip
+        self.announced_routes = routes
         self.registered.set()
         if self.lost():
             self.poke()  # reported now, not an interval later
@@ -103,6 +109,11 @@ class Membership:
                         # The orchestrator tells the other hosts' overlay networks.
                         log.info("underlay address changed; registering again",
                                  extra={"underlay_ip": self.underlay_ip()})
+                        self.registered.clear()
+                    if self.registered.is_set() and self.routes() != self.announced_routes:
+                        # Automatic subnets must avoid them (the agent's resync reads them).
+                        log.info("host routes changed; registering again",
+                                 extra={"routes": len(self.routes())})
                         self.registered.clear()
                     if not self.registered.is_set():
                         await self._register(channel.stub)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -119,6 +120,10 @@ _NO_IPV6_LINK_LOCAL = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_M
 
 
 VXLAN_PORT = 4789  # IANA
+MAIN_TABLE = 254  # RT_TABLE_MAIN
+# Routes that claim a destination: unicast, and blackhole, unreachable and prohibit
+# (an operator keeping a prefix for something else).
+ROUTE_TYPES = frozenset({1, 6, 7, 8})
 ZERO_MAC = "00:00:00:00:00:00"
 
 
@@ -602,6 +607,26 @@ class Netlink:
                 if message["dst_len"] == 0 and message.get_attr("RTA_TABLE") == 254:
                     return message.get_attr("RTA_GATEWAY") or "", message.get_attr("RTA_OIF") or 0
         return None
+
+    async def routes(self, except_links: frozenset[int] = frozenset(),
+                     ns: str | None = None) -> list[str]:
+        """The destinations (CIDR) of the main table's routes (ROUTE_TYPES), IPv4 and IPv6,
+        but the default routes and those through ``except_links`` (interface indexes)."""
+        handle = await self._handle(ns)
+        found = set()
+        with _errors("list routes"):
+            for family, bits in ((socket.AF_INET, 32), (socket.AF_INET6, 128)):
+                for message in await self._dump(
+                        handle, lambda family=family: handle.route("dump", family=family)):
+                    if (message["dst_len"] == 0 or message["type"] not in ROUTE_TYPES
+                            or message.get_attr("RTA_TABLE") != MAIN_TABLE
+                            or message.get_attr("RTA_OIF") in except_links):
+                        continue
+                    destination = message.get_attr("RTA_DST")
+                    if destination and message["dst_len"] <= bits:
+                        found.add(str(ipaddress.ip_network(
+                            f"{destination}/{message['dst_len']}", strict=False)))
+        return sorted(found)
 
     async def addresses(self, index: int, ns: str | None = None) -> list[str]:
         handle = await self._handle(ns)

@@ -8,7 +8,7 @@ import contextlib
 
 from cnm import config, errors, logs, redis_client, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
-from orchestrator import access
+from orchestrator import access, address_pools
 from orchestrator.clients import Agents, Ipam
 from orchestrator.flows import GONE_GRACE, Orchestrator
 from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER
@@ -44,9 +44,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "seconds a container its host reported gone keeps its address")
     config.add_flag(parser, "--stale-after", "CNM_STALE_AFTER", str(STALE_AFTER),
                     "seconds of silence after which a host's endpoints are shown stale")
+    parser.add_argument(
+        "--default-address-pool", action="append", metavar="base=CIDR,size=N",
+        help="where a network created without a subnet takes one: the first subnet of "
+             "length N in CIDR that overlaps no network and no host's route; repeatable, "
+             "tried in order (env CNM_DEFAULT_ADDRESS_POOLS, space-separated; default "
+             "Docker's: base=172.17.0.0/16,size=16 ... base=172.31.0.0/16,size=16, "
+             "base=192.168.0.0/16,size=20)")
     config.add_common_flags(parser)
     config.add_server_flags(parser)
     args = parser.parse_args(argv)
+    try:
+        args.default_pools = address_pools.parse_all(
+            " ".join(args.default_address_pool or ())
+            or config.env("CNM_DEFAULT_ADDRESS_POOLS", ""))
+    except ValueError as error:
+        parser.error(f"--default-address-pool: {error}")
     args.tls = tls.from_parsed(parser, args)
     server.check_args(parser, args)
     args.redis_url = redis_client.with_env_password(args.redis_url)
@@ -80,7 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
     ipam = Ipam(args.ipam, args.tls)
     agents = Agents(args.tls)
     orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range,
-                        gone_grace=args.gone_grace, stale_after=args.stale_after)
+                        gone_grace=args.gone_grace, stale_after=args.stale_after,
+                        default_pools=args.default_pools)
     reconciler = Reconciler(orch)
 
     async def ready() -> bool:

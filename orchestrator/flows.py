@@ -23,7 +23,7 @@ from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.undo import Undo
-from orchestrator import faults, overlay, validation
+from orchestrator import address_pools, faults, overlay, validation
 from orchestrator.clients import Agents, Ipam
 from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER, Hosts
 from orchestrator.overlay import Overlay
@@ -86,8 +86,10 @@ class Orchestrator:
     def __init__(self, store: Store, ipam: Ipam, agents: Agents,
                  heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  vni_range: tuple[int, int] = overlay.parse_vni_range(overlay.DEFAULT_VNI_RANGE),
-                 gone_grace: float = GONE_GRACE, stale_after: float = STALE_AFTER):
+                 gone_grace: float = GONE_GRACE, stale_after: float = STALE_AFTER,
+                 default_pools: tuple[address_pools.Pool, ...] = address_pools.DEFAULT):
         self.store = store
+        self.default_pools = default_pools
         self.ipam = ipam
         self.agents = agents
         self.gone_grace = gone_grace
@@ -313,16 +315,15 @@ class Orchestrator:
                 # failed, and deleting a pool that does not exist succeeds.
                 undo.push("delete pool",
                           lambda: self.ipam.delete_pool(network.network_id, force=True))
-                try:
-                    pool = await self.ipam.create_pool(ipam_pb2.Pool(
-                        pool_id=network.network_id, subnet=network.subnet,
-                        gateway=network.gateway, ip_range=network.ip_range,
-                        labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
-                    ))
-                except errors.AlreadyExists as error:
-                    if error.reason != "SUBNET_OVERLAP":
-                        raise
-                    raise await self._overlap(network, error) from error
+                if network.subnet:
+                    try:
+                        pool = await self._create_pool(network)
+                    except errors.AlreadyExists as error:
+                        if error.reason != "SUBNET_OVERLAP":
+                            raise
+                        raise await self._overlap(network, error) from error
+                else:
+                    pool = await self._create_pool_in_default_pools(network)
                 faults.point("create-network-ipam")
                 network.gateway = pool.gateway
                 if network.driver == overlay.DRIVER:
@@ -338,6 +339,44 @@ class Orchestrator:
         log.info("network created", extra={"network": network.name, "id": network.network_id,
                                            "vni": network.vni})
         return network
+
+    async def _create_pool(self, network: pb.Network) -> ipam_pb2.Pool:
+        return await self.ipam.create_pool(ipam_pb2.Pool(
+            pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
+            ip_range=network.ip_range,
+            labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
+        ))
+
+    async def _create_pool_in_default_pools(self, network: pb.Network) -> ipam_pb2.Pool:
+        """The network's pool on the first free subnet of the default address pools
+        (address_pools.py), set as its subnet. A subnet another create took meanwhile
+        (or an IPAM pool that is no network's) is refused by IPAM atomically, and the
+        next one is tried."""
+        networks, hosts = await asyncio.gather(self.store.list_networks(),
+                                               self.store.list_hosts())
+        taken = [ipaddress.ip_network(other.subnet) for other, _ in networks]
+        taken += [ipaddress.ip_network(route) for host in hosts for route in host.routes]
+        while True:
+            subnet = next(address_pools.free_subnets(self.default_pools, taken), None)
+            if subnet is None:
+                pools = " ".join(str(pool) for pool in self.default_pools)
+                raise errors.ResourceExhausted(
+                    f"no free subnet left in the default address pools ({pools}): each "
+                    "overlaps a network or a route of a host; give a --subnet, or add a "
+                    "pool with the orchestrator's --default-address-pool base=CIDR,size=N "
+                    "(env CNM_DEFAULT_ADDRESS_POOLS)",
+                    reason="ADDRESS_POOLS_EXHAUSTED", network=network.name)
+            network.subnet = str(subnet)
+            try:
+                return await self._create_pool(network)
+            except errors.AlreadyExists as error:
+                if error.reason != "SUBNET_OVERLAP":
+                    raise
+                log.info("default subnet taken meanwhile; trying the next",
+                         extra={"network": network.name, "subnet": network.subnet})
+                clash = error.metadata.get("clashing_subnet", "")
+                taken += [ipaddress.ip_network(part) for part in clash.split(", ") if part]
+                taken.append(subnet)
 
     async def _overlap(self, network: pb.Network, error: errors.CnmError) -> errors.CnmError:
         """IPAM's SUBNET_OVERLAP, naming the network that holds the clashing pool (a user

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 
 from cnm import errors
@@ -100,6 +101,7 @@ class Hosts:
         cnm_validation.check_host_address(host.address)
         # Empty: the agent knows of none yet (it is asked again when an overlay needs it).
         cnm_validation.check_underlay_ip(host.underlay_ip, allow_empty=True)
+        routes = check_routes(host.routes)
         existing = await self.store.get_host(host.host_id)
         if existing is not None and existing.address != host.address and (
             existing.static or self.fresh(existing)
@@ -110,7 +112,8 @@ class Hosts:
             )
         record = pb.Host(host_id=host.host_id, address=host.address, underlay_ip=host.underlay_ip,
                          last_heartbeat_time=now(),
-                         static=existing.static if existing is not None else False)
+                         static=existing.static if existing is not None else False,
+                         routes=routes)
         await self.store.put_host(record)
         self.agents.renew(host.host_id)
         return record
@@ -138,3 +141,23 @@ class Hosts:
 
         await asyncio.gather(*(fill(host) for host in hosts))
         return hosts
+
+
+MAX_ROUTES = 4096  # a host's routing table beyond this is not reported as a whole
+
+
+def check_routes(routes) -> list[str]:
+    """A host's reported routes, as CIDR networks; INVALID_ARGUMENT for one that is not."""
+    if len(routes) > MAX_ROUTES:
+        raise errors.InvalidArgument(
+            f"routes: {len(routes)} routes, at most {MAX_ROUTES}", reason="INVALID_ARGUMENT",
+            field="routes")
+    checked = []
+    for route in routes:
+        try:
+            checked.append(str(ipaddress.ip_network(route)))
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"routes: {errors.capped(route)!r} is not a network in CIDR notation",
+                reason="INVALID_CIDR", field="routes", value=errors.capped(route)) from None
+    return sorted(set(checked))

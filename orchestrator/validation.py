@@ -38,13 +38,20 @@ def network(spec: pb.Network) -> pb.Network:
     """
     validation.check_network_name("name", spec.name)
     driver = check_driver(spec.driver) or pb.DRIVER_BRIDGE
-    if not spec.subnet:
-        raise errors.InvalidArgument("subnet is required (e.g. 10.10.0.0/24)",
-                                     reason="INVALID_CIDR", field="subnet")
-    # The same checks, messages and reasons as IPAM's and the agent's.
-    checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     validation.check_network_options(spec.options)
     validation.check_labels(spec.labels)
+    if not spec.subnet:
+        # The first free subnet of the default address pools (address_pools.py).
+        for field, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range)):
+            if value:
+                raise errors.InvalidArgument(
+                    f"{field} {value!r} needs a subnet: give the subnet too, or neither "
+                    "(a subnet is then chosen from the default address pools)",
+                    reason="INVALID_ARGUMENT", field=field)
+        return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
+                          options=dict(spec.options), labels=dict(spec.labels))
+    # The same checks, messages and reasons as IPAM's and the agent's.
+    checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     gateway = str(checked.gateway) if spec.gateway else ""
     ip_range = str(checked.ip_range) if checked.ip_range else ""
     return pb.Network(
@@ -58,7 +65,7 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
     """Whether a create of ``wanted`` repeats the creation of ``existing``."""
     return (
         existing.driver == wanted.driver
-        and existing.subnet == wanted.subnet
+        and (not wanted.subnet or existing.subnet == wanted.subnet)
         and (not wanted.gateway or existing.gateway == wanted.gateway)
         and existing.ip_range == wanted.ip_range
         and existing.internal == wanted.internal

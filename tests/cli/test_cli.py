@@ -56,9 +56,14 @@ async def test_cli_network_commands_and_exit_codes(world):
     assert (await cnm(world, "network", "create", "--subnet", "10.30.0.0/24", "n1")).code == 4
     bad = await cnm(world, "network", "create", "--subnet", "10.40.0.0/24", "-bad-")
     assert bad.code == 2
-    no_subnet = await cnm(world, "network", "create", "n2")
-    assert no_subnet.code == 2 and no_subnet.err == "cnm: error: subnet is required " \
-        "(e.g. 10.10.0.0/24)\n"
+    # Without --subnet: the first free subnet of the default address pools.
+    assert (await cnm(world, "network", "create", "n2")).code == 0
+    assert "172.17.0.0/16" in (await cnm(world, "network", "inspect", "n2")).out
+    assert (await cnm(world, "network", "rm", "n2")).code == 0
+    no_subnet = await cnm(world, "network", "create", "--gateway", "10.9.0.1", "n4")
+    assert no_subnet.code == 2 and no_subnet.err == "cnm: error: gateway '10.9.0.1' needs a " \
+        "subnet: give the subnet too, or neither (a subnet is then chosen from the default " \
+        "address pools)\n"
     table = await cnm(world, "network", "ls")
     assert table.out.splitlines()[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SUBNET",
                                                  "GATEWAY"]

@@ -5,19 +5,23 @@ nftables inside namespaces; traffic with the echo tools."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cnm import errors
+from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from netdriver_service.names import vxlan_name
+from orchestrator import address_pools
 from orchestrator.store import Store
 from tests import support
-from tests.multihost.cluster import HEARTBEAT, MultiHost, wait_until
+from tests.multihost.cluster import HEARTBEAT, MultiHost, admin_channel, wait_until
 from tests.netdriver import harness
 
 pytestmark = pytest.mark.root
@@ -446,3 +450,38 @@ def test_reserved_addresses_against_real_ipam_and_agents(make_cluster, netns):
     cluster.call("ReleaseAddress", pb.ReleaseAddressRequest(
         network="resnet", host_id=one.host_id, address=held.address), identity=mine)
     assert owner_of(held.address) is None
+
+
+def test_networks_without_subnet_avoid_each_other_and_the_hosts_routes(make_cluster):
+    """Automatic subnets against the real IPAM: 16 concurrent creates get 16 different
+    subnets, and none is a prefix a host has a route for (its agent reports them)."""
+    cluster = make_cluster(hosts=2)
+    host = cluster.hosts[0]
+
+    def routes() -> list[str]:
+        return next(h.routes for h in cluster.call("ListHosts", pb.ListHostsRequest()).hosts
+                    if h.host_id == host.host_id)
+
+    # Its underlay's subnet, at registration.
+    assert f"{host.underlay_ip.rsplit('.', 1)[0]}.0/24" in routes()
+    host.ns.run("ip", "route", "add", "blackhole", "172.17.0.0/16")
+    with admin_channel(cluster.pki, host.address, "orchestrator") as channel:
+        netdriver_pb2_grpc.NetDriverServiceStub(channel).Resync(netdriver_pb2.ResyncRequest(),
+                                                               timeout=10)
+    wait_until(lambda: "172.17.0.0/16" in routes(), 10, "the new route reported")
+
+    def create(number: int) -> str:
+        return cluster.call("CreateNetwork", pb.CreateNetworkRequest(
+            network=pb.Network(name=f"auto{number}"))).network.subnet
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        subnets = list(pool.map(create, range(16)))
+    # The first 16 free ones (none skipped for a clash with a concurrent create).
+    every_route = [ipaddress.ip_network(route) for h in cluster.call(
+        "ListHosts", pb.ListHostsRequest()).hosts for route in h.routes]
+    free = address_pools.free_subnets(address_pools.DEFAULT, every_route)
+    assert sorted(subnets) == sorted(str(next(free)) for _ in range(16))
+    assert "172.17.0.0/16" not in subnets
+    for number in range(16):
+        cluster.call("DeleteNetwork", pb.DeleteNetworkRequest(network=f"auto{number}"))
+    assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []

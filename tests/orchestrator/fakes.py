@@ -59,7 +59,8 @@ class FakeIpam(ipam_pb2_grpc.IpamServiceServicer):
             if ipaddress.ip_network(other.subnet).overlaps(subnet):
                 raise errors.AlreadyExists(f"subnet {subnet} overlaps pool {other.pool_id}",
                                            reason="SUBNET_OVERLAP",
-                                           clashing_pool_id=other.pool_id)
+                                           clashing_pool_id=other.pool_id,
+                                           clashing_subnet=other.subnet)
         pool.gateway = pool.gateway or str(next(subnet.hosts()))
         self.pools[pool.pool_id] = pool
         self.allocations[pool.pool_id] = {pool.gateway: "cnm:gateway"}

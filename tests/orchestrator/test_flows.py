@@ -8,9 +8,10 @@ import grpc
 import pytest
 
 from cnm import errors
+from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator import validation
+from orchestrator import address_pools, validation
 from orchestrator.reconciler import Reconciler
 from tests.orchestrator.conftest import connect_request, network_request
 
@@ -57,7 +58,8 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"name": "has space"}, "invalid network name"),
     ({"name": ""}, "invalid network name"),
     ({"subnet": "10.0.0.0/33"}, "not a valid CIDR"),
-    ({"subnet": ""}, "subnet is required"),
+    ({"subnet": "", "gateway": "10.20.0.1"}, "gateway '10.20.0.1' needs a subnet"),
+    ({"subnet": "", "ip_range": "10.20.0.0/25"}, "ip_range '10.20.0.0/25' needs a subnet"),
     ({"subnet": "10.20.0.5/24"}, r"host bits set \(did you mean 10.20.0.0/24\?\)"),
     ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
     ({"subnet": "fd00::/127"}, "too small.*use /126"),
@@ -95,6 +97,60 @@ async def test_ipam_refusal_leaves_no_network(world):
     assert [n.name for n in (await world.call("ListNetworks", pb.ListNetworksRequest())).networks] \
         == ["a"]
     assert await intents(world) == []
+
+
+async def test_a_network_without_subnet_takes_the_first_free_one_of_the_default_pools(world):
+    first = await create(world, "auto1", "")
+    assert (first.subnet, first.gateway) == ("172.17.0.0/16", "172.17.0.1")
+    # A network's subnet, and a host's route, are skipped.
+    await create(world, "manual", "172.18.4.0/24")
+    await world.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
+        host_id="h3", address="unix:/nonexistent.sock",
+        routes=["172.19.0.0/16", "10.0.0.0/8", "fd00::/64"])))
+    assert [h.routes for h in (await world.call("ListHosts", pb.ListHostsRequest())).hosts
+            if h.host_id == "h3"] == [["10.0.0.0/8", "172.19.0.0/16", "fd00::/64"]]
+    assert (await create(world, "auto2", "")).subnet == "172.20.0.0/16"
+    # An IPAM pool that is no network's is found by IPAM and skipped too.
+    world.ipam.pools["foreign"] = ipam_pb2.Pool(pool_id="foreign", subnet="172.16.0.0/12")
+    world.ipam.allocations["foreign"] = {}
+    assert (await create(world, "auto3", "")).subnet == "192.168.0.0/20"
+    # A create repeated without a subnet is the same network.
+    assert (await create(world, "auto1", "")).network_id == first.network_id
+    assert await intents(world) == []
+
+
+async def test_concurrent_creates_without_subnet_never_share_one(world):
+    created = await asyncio.gather(*(create(world, f"auto{n}", "") for n in range(16)))
+    subnets = [network.subnet for network in created]
+    assert len(set(subnets)) == 16
+    assert sorted(subnets) == sorted([f"172.{n}.0.0/16" for n in range(17, 32)]
+                                     + ["192.168.0.0/20"])
+
+
+async def test_exhausted_default_pools_say_which_and_how_to_add_one(world):
+    world.orch.default_pools = address_pools.parse_all("base=10.9.0.0/29,size=30")
+    assert (await create(world, "a", "")).subnet == "10.9.0.0/30"
+    assert (await create(world, "b", "")).subnet == "10.9.0.4/30"
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        await create(world, "c", "")
+    assert caught.value.reason == "ADDRESS_POOLS_EXHAUSTED"
+    assert caught.value.message == (
+        "no free subnet left in the default address pools (base=10.9.0.0/29,size=30): each "
+        "overlaps a network or a route of a host; give a --subnet, or add a pool with the "
+        "orchestrator's --default-address-pool base=CIDR,size=N (env "
+        "CNM_DEFAULT_ADDRESS_POOLS)")
+    assert len(world.ipam.pools) == 2 and await intents(world) == []
+    assert [n.name for n in (await world.call("ListNetworks", pb.ListNetworksRequest())).networks
+            ] == ["a", "b"]
+
+
+@pytest.mark.parametrize("routes", [["10.0.0.0/33"], ["nonsense"], ["10.0.0.1/8"]])
+async def test_register_host_refuses_routes_that_are_not_networks(world, routes):
+    with pytest.raises(errors.InvalidArgument, match="routes: .* is not a network in CIDR"):
+        await world.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
+            host_id="h3", address="unix:/nonexistent.sock", routes=routes)))
+    assert "h3" not in {h.host_id for h in (await world.call(
+        "ListHosts", pb.ListHostsRequest())).hosts}
 
 
 async def test_ipam_down_on_create_is_unavailable(world):

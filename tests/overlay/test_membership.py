@@ -107,6 +107,41 @@ async def test_a_changed_underlay_address_is_registered_again():
     assert [host.underlay_ip for host in fake.registered] == ["10.99.0.9", "10.99.0.19"]
 
 
+async def test_the_hosts_routes_are_registered_and_registered_again_when_they_change():
+    fake = Orchestrator()
+    fake.refuse_first = False
+    fake.forget_after = 0  # never
+    name = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+    running = await server.start(
+        listen="127.0.0.1:0",
+        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
+        logger=log, readiness=_ready,
+    )
+    routes = [["10.99.0.0/24"]]
+    membership = Membership(
+        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
+        underlay_ip=lambda: "10.99.0.9", ready=_ready, routes=lambda: routes[0],
+    )
+    membership.interval = 0.05
+    task = asyncio.create_task(membership.run())
+    try:
+        for _ in range(200):
+            if fake.heartbeats >= 2:
+                break
+            await asyncio.sleep(0.02)
+        routes[0] = ["10.99.0.0/24", "172.17.0.0/16"]
+        for _ in range(200):
+            if len(fake.registered) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # heartbeats go on; no further registration
+    finally:
+        task.cancel()
+        await running.stop(0)
+    assert [list(host.routes) for host in fake.registered] == [
+        ["10.99.0.0/24"], ["10.99.0.0/24", "172.17.0.0/16"]]
+
+
 async def test_lost_endpoints_are_reported_at_once_until_answered():
     fake = Orchestrator()
     fake.refuse_first = False

@@ -164,7 +164,7 @@ class Endpoint(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ...) -> None: ...
 
 class Host(_message.Message):
-    __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static")
+    __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static", "routes")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class Host(_message.Message):
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_COUNT_FIELD_NUMBER: _ClassVar[int]
     STATIC_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     address: str
     underlay_ip: str
@@ -179,7 +180,8 @@ class Host(_message.Message):
     last_heartbeat_time: _timestamp_pb2.Timestamp
     endpoint_count: int
     static: bool
-    def __init__(self, host_id: _Optional[str] = ..., address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., state: _Optional[_Union[HostState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_count: _Optional[int] = ..., static: _Optional[bool] = ...) -> None: ...
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host_id: _Optional[str] = ..., address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., state: _Optional[_Union[HostState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., endpoint_count: _Optional[int] = ..., static: _Optional[bool] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("name", "host_id", "path", "endpoints", "inode")
