@@ -18,8 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from cnm import errors
-from netdriver_service.firewall import NetworkRules, PortRule, ruleset, table_missing
+from netdriver_service.firewall import (
+    NetworkRules,
+    PortRule,
+    conntrack,
+    ruleset,
+    table_missing,
+)
 from netdriver_service.firewall.libnft import NftError, NftProcess, NftRunner, open_runner
 from netdriver_service.firewall.ports import split_against, validate_network, validate_ports
 
@@ -218,6 +226,7 @@ class NftablesFirewall:
         def work() -> None:
             try:
                 self._runner.run(ruleset.publish_batch(ports))
+                forget_flows(ports)
                 return
             except NftError as error:
                 if error.missing:  # flushed away: rebuilding only the base would lose the rest
@@ -235,6 +244,7 @@ class NftablesFirewall:
             if missing:
                 self._apply(ruleset.publish_batch(missing),
                             f"publish ports of endpoint {ports[0].endpoint_id!r}")
+                forget_flows(missing)
 
         await self._locked(work)
 
@@ -253,6 +263,7 @@ class NftablesFirewall:
 
         def work() -> None:
             if known and self._remove_known_ports(endpoint_id, known):
+                forget_flows(known)
                 return
             # The address maps carry the owner in their comments; each port-map
             # element shares its key, and the guards follow from the keys.
@@ -369,3 +380,15 @@ class NftablesFirewall:
                     raise errors.Internal(f"delete cnm's nftables table: {error.message}") from error
 
         await self._locked(work)
+
+
+def forget_flows(ports: list[PortRule]) -> None:
+    """Deletes the conntrack entries of these UDP and SCTP host ports (conntrack.py): the
+    next packet of a flow that went on goes where the port is published now. A failure
+    is logged, not raised: the rules are right, and the entries expire by themselves."""
+    try:
+        conntrack.forget({(port.protocol, port.host_port) for port in ports})
+    except (OSError, NetlinkError) as error:
+        log.warning("could not forget the conntrack entries of published ports",
+                    extra={"ports": sorted({port.host_port for port in ports}),
+                           "error": str(error)})

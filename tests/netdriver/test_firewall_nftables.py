@@ -237,6 +237,38 @@ def test_hairpin_own_and_neighbour_port(topo, fw):
     assert topo.probe("b1", (UPLINK, 8080)) == ["a1 10.88.1.1"]
 
 
+def udp_from(topo, ns: str, host: str, port: int, source_port: int) -> str | None:
+    """One UDP request from a fixed source port: each is the same conntrack flow."""
+    script = (
+        "import socket, sys\n"
+        "sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "sock.bind(('', int(sys.argv[3]))); sock.settimeout(1)\n"
+        "sock.sendto(b'?', (sys.argv[1], int(sys.argv[2])))\n"
+        "try:\n    print(sock.recvfrom(64)[0].decode())\n"
+        "except OSError:\n    print('')\n"
+    )
+    answer = topo.ns(ns).run(support.PYTHON, "-c", script, host, str(port),
+                             str(source_port)).stdout.strip()
+    return answer or None
+
+
+def test_a_udp_port_moved_to_another_container_takes_a_flow_that_goes_on(topo, fw):
+    """The CNI portmap bug: a client that keeps sending from one source port is one
+    conntrack entry, NATed at its first packet; after the port moves, its packets must
+    reach the new container, not the old one (or nothing)."""
+    fw.add_ports(ports=[port("a1", 8054, protocol="udp")])
+    assert udp_from(topo, "client", CLIENT_SIDE, 8054, 40054) == f"a1 {CLIENT}"
+    fw.remove_ports(endpoint_id="a1", ports=[port("a1", 8054, protocol="udp")])
+    fw.add_ports(ports=[port("b1", 8054, protocol="udp")])
+    assert udp_from(topo, "client", CLIENT_SIDE, 8054, 40054) == f"b1 {CLIENT}"
+    # From the host itself (loopback, NATed in output) as well.
+    assert udp_from(topo, "host", "127.0.0.1", 8054, 40055) == "b1 10.88.2.1"
+    fw.remove_ports(endpoint_id="b1", ports=[port("b1", 8054, protocol="udp")])
+    fw.add_ports(ports=[port("a2", 8054, protocol="udp")])
+    assert udp_from(topo, "host", "127.0.0.1", 8054, 40055) == "a2 10.88.1.1"
+
+
 def test_networks_isolated_unless_allowed(topo, fw):
     a1, b1 = CONTAINERS["a1"][1], CONTAINERS["b1"][1]
     assert topo.probe("a1", (b1, 80)) == [None]
