@@ -145,6 +145,16 @@ def _check_pairs(pairs: Mapping[str, str], what: str, field: str, reason: str) -
             )
 
 
+def check_timestamp(field: str, stamp) -> float:
+    """A google.protobuf.Timestamp a caller gave, as Unix seconds; INVALID_ARGUMENT when
+    it is outside protobuf's range (years 1-9999) or its nanos are not 0-999999999."""
+    if not (-62135596800 <= stamp.seconds <= 253402300799 and 0 <= stamp.nanos < 10**9):
+        raise errors.InvalidArgument(
+            f"{field} is not a valid time (seconds {stamp.seconds}, nanos {stamp.nanos})",
+            reason="INVALID_ARGUMENT", field=field)
+    return stamp.seconds + stamp.nanos / 1e9
+
+
 def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, str]:
     """Keys of 1-128 characters, values of at most 1024, no control characters."""
     _check_pairs(labels, "label", field, "INVALID_LABEL")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
 from cnm_cli import settings
+from cnm_cli.template import Template
 
 EXIT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 2,
@@ -178,33 +180,90 @@ def network_create(client: Client, args) -> int:
         name=args.name, driver=parse_driver(args.driver), subnet=args.subnet or "", gateway=args.gateway or "",
         ip_range=args.ip_range or "", internal=args.internal,
         options=parse_pairs(args.opt, "option"), labels=parse_pairs(args.label, "label"),
+        aux_addresses=parse_pairs(args.aux_address, "aux address"),
     )
     reply = client.CreateNetwork(pb.CreateNetworkRequest(network=network))
     print(reply.network.network_id)
     return 0
 
 
-def network_ls(client: Client, args) -> int:
-    driver, labels = pb.DRIVER_UNSPECIFIED, []
-    for spec in args.filter or ():
+# docker network ls --format's fields, with their column headers.
+NETWORK_FIELDS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE",
+                  "Subnet": "SUBNET", "Gateway": "GATEWAY", "IPv6": "IPV6",
+                  "Internal": "INTERNAL", "Labels": "LABELS", "CreatedAt": "CREATED AT"}
+NETWORK_FILTERS = {
+    "driver": None, "label": None, "name": None, "id": None,
+    "type": ("custom", "builtin"), "scope": ("local", "global", "swarm"),
+}
+
+
+def network_scope(network: pb.Network) -> str:
+    """Docker's word: a bridge network is the host's own, an overlay one spans hosts."""
+    return "global" if network.driver == pb.DRIVER_OVERLAY else "local"
+
+
+def network_fields(network: pb.Network) -> dict[str, object]:
+    return {
+        "ID": network.network_id, "Name": network.name, "Driver": driver_word(network.driver),
+        "Scope": network_scope(network), "Subnet": network.subnet, "Gateway": network.gateway,
+        "IPv6": False, "Internal": network.internal, "Labels": dict(network.labels),
+        "CreatedAt": network.create_time.ToJsonString() if network.HasField("create_time")
+        else "",
+    }
+
+
+def network_filters(specs: list[str]) -> dict[str, list[str]]:
+    """Docker's --filter KEY=VALUE: values of one key are alternatives, keys all apply."""
+    filters: dict[str, list[str]] = {}
+    for spec in specs:
         key, sep, value = spec.partition("=")
-        if key == "driver" and sep:
-            driver = parse_driver(value)
-        elif key == "label" and sep:
-            labels.append(value)
-        else:
-            raise UsageError(f"invalid filter {spec!r}: want driver=NAME or label=KEY[=VALUE]")
+        if key not in NETWORK_FILTERS or not sep:
+            raise UsageError(f"invalid filter {spec!r}: want driver=NAME, id=PREFIX, "
+                             "label=KEY[=VALUE], name=PART, scope=local|global|swarm or "
+                             "type=custom|builtin")
+        allowed = NETWORK_FILTERS[key]
+        if allowed and value not in allowed:
+            raise UsageError(f"invalid filter {spec!r}: {key} is one of {', '.join(allowed)}")
+        if key == "driver":
+            parse_driver(value)  # an unknown one is refused here
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def network_ls(client: Client, args) -> int:
+    template = None
+    if args.format not in ("table", "json"):
+        try:
+            template = Template(args.format, NETWORK_FIELDS, "network")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    filters = network_filters(args.filter or [])
+    drivers = filters.get("driver", [])
     networks = client.list_all("ListNetworks", pb.ListNetworksRequest(
-        driver=driver, label_filters=labels), "networks")
+        # One driver is the orchestrator's filter; several, alternatives, are ours.
+        driver=parse_driver(drivers[0]) if len(drivers) == 1 else pb.DRIVER_UNSPECIFIED,
+        label_filters=filters.get("label", [])), "networks")
+    wanted = {
+        "driver": lambda n, values: driver_word(n.driver) in
+        {driver_word(parse_driver(v)) for v in values},
+        "name": lambda n, values: any(value in n.name for value in values),
+        "id": lambda n, values: any(n.network_id.startswith(value) for value in values),
+        "type": lambda n, values: "custom" in values,  # every cnm network is user-made
+        "scope": lambda n, values: network_scope(n) in values,
+    }
+    networks = [n for n in networks if all(
+        test(n, filters[key]) for key, test in wanted.items() if key in filters)]
     if args.quiet:
         for network in networks:
             print(network.network_id)
     elif args.format == "json":
         print_json([network_dict(network) for network in networks])
+    elif template is not None:
+        template.print([network_fields(network) for network in networks])
     else:
-        print_table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY"],
-                    [[n.network_id, n.name, driver_word(n.driver), n.subnet, n.gateway]
-                     for n in networks])
+        print_table(["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "GATEWAY"],
+                    [[n.network_id, n.name, driver_word(n.driver), network_scope(n), n.subnet,
+                      n.gateway] for n in networks])
     return 0
 
 
@@ -225,10 +284,12 @@ def network_inspect(client: Client, args) -> int:
 
 
 def network_rm(client: Client, args) -> int:
+    """Like docker: -f makes a missing network no error; --disconnect is cnm's own."""
     status = 0
     for name in args.networks:
         try:
-            client.DeleteNetwork(pb.DeleteNetworkRequest(network=name, force=args.force))
+            client.DeleteNetwork(pb.DeleteNetworkRequest(
+                network=name, force=args.disconnect, allow_missing=args.force))
             print(name)
         except grpc.RpcError as error:
             status = report(error)
@@ -239,7 +300,25 @@ def network_rm(client: Client, args) -> int:
 
 
 def network_prune(client: Client, args) -> int:
-    reply = client.PruneNetworks(pb.PruneNetworksRequest())
+    request = pb.PruneNetworksRequest()
+    for spec in args.filter or ():
+        key, sep, value = spec.partition("=")
+        if key == "label" and sep and value:
+            request.label_filters.append(value)
+        elif key == "label!" and sep and value:
+            request.excluded_label_filters.append(value)
+        elif key == "until" and sep:
+            request.created_before.FromNanoseconds(int(parse_until(value) * 1e9))
+        else:
+            raise UsageError(f"invalid filter {spec!r}: want label=KEY[=VALUE], "
+                             "label!=KEY[=VALUE] or until=TIMESTAMP|DURATION")
+    if not args.force:
+        print("WARNING! This will remove all custom networks not used by at least one "
+              "container.\nAre you sure you want to continue? [y/N] ", end="", file=sys.stderr,
+              flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            return 0
+    reply = client.PruneNetworks(request)
     if reply.deleted_networks:
         print("Deleted Networks:")
         for name in reply.deleted_networks:
@@ -248,6 +327,29 @@ def network_prune(client: Client, args) -> int:
         print(f"cnm: warning: network {name} not pruned: a host that has it did not answer",
               file=sys.stderr)
     return 0
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_until(text: str, now: float | None = None) -> float:
+    """Docker's until=: a duration before now (10m, 24h, 1h30m), Unix seconds, or an
+    RFC 3339 date-time; the time in Unix seconds."""
+    now = time.time() if now is None else now
+    duration = re.fullmatch(r"(?:\d+(?:\.\d+)?[hms])+", text)
+    if duration:
+        return now - sum(float(amount) * UNITS[unit] for amount, unit in
+                         re.findall(r"(\d+(?:\.\d+)?)([hms])", text))
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"invalid until {text!r}: want a duration (10m, 24h), Unix seconds "
+                         "or an RFC 3339 time (2026-12-01T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def resolve_container(client: Client, host_id: str, container: str) -> str:
@@ -568,14 +670,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="driver option (repeatable)")
     create.add_argument("--label", action="append", metavar="KEY=VALUE",
                         help="label (repeatable)")
+    create.add_argument("--aux-address", action="append", metavar="NAME=IP",
+                        help="an address of the subnet never handed out, e.g. a router "
+                        "already on it (repeatable)")
     create.add_argument("name", help="network name")
     create.set_defaults(handler=network_create)
 
     ls = net_commands.add_parser("ls", aliases=["list"], help="list networks")
     ls.add_argument("--filter", "-f", action="append", metavar="FILTER",
-                    help="driver=NAME or label=KEY[=VALUE] (repeatable)")
+                    help="driver=NAME, id=PREFIX, label=KEY[=VALUE], name=PART, "
+                    "scope=local|global|swarm, type=custom|builtin (repeatable: values of one "
+                    "key are alternatives, different keys all apply)")
     ls.add_argument("--quiet", "-q", action="store_true", help="only ids")
-    format_flag(ls)
+    ls.add_argument("--no-trunc", action="store_true",
+                    help="accepted as docker's: ids are never truncated (12 characters)")
+    ls.add_argument("--format", default="table",
+                    help="table (default), json, or a template: {{.Name}}, {{json .}}, "
+                    "'table {{.ID}}\\t{{.Name}}'; fields " + ", ".join(NETWORK_FIELDS))
     ls.set_defaults(handler=network_ls)
 
     inspect = net_commands.add_parser("inspect", help="show networks as JSON")
@@ -586,12 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = net_commands.add_parser("rm", aliases=["remove"], help="delete networks")
     remove.add_argument("--force", "-f", action="store_true",
+                        help="a network that does not exist is no error (as docker's -f)")
+    remove.add_argument("--disconnect", action="store_true",
                         help="disconnect the networks' endpoints first")
     remove.add_argument("networks", nargs="+", metavar="NETWORK")
     remove.set_defaults(handler=network_rm)
 
     prune = net_commands.add_parser("prune", help="delete every network without endpoints")
-    prune.add_argument("--force", "-f", action="store_true", help="do not ask (never asks)")
+    prune.add_argument("--force", "-f", action="store_true", help="do not ask for confirmation")
+    prune.add_argument("--filter", action="append", metavar="FILTER",
+                       help="label=KEY[=VALUE], label!=KEY[=VALUE], until=TIMESTAMP|DURATION "
+                       "(networks created before; 10m, 24h, Unix seconds, RFC 3339) "
+                       "(repeatable, all apply)")
     prune.set_defaults(handler=network_prune)
 
     connect = net_commands.add_parser("connect", help="connect a container to a network")

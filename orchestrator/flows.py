@@ -343,7 +343,7 @@ class Orchestrator:
     async def _create_pool(self, network: pb.Network) -> ipam_pb2.Pool:
         return await self.ipam.create_pool(ipam_pb2.Pool(
             pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
-            ip_range=network.ip_range,
+            ip_range=network.ip_range, reserved_addresses=sorted(network.aux_addresses.values()),
             labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
         ))
 
@@ -418,16 +418,12 @@ class Orchestrator:
         return network, endpoints
 
     async def list_networks(self, driver: int = 0, label_filters=()) -> list[pb.Network]:
-        wanted = []
-        for spec in label_filters:
-            key, sep, value = spec.partition("=")
-            wanted.append((key, value if sep else None))
+        wanted = parse_label_filters(label_filters)
         networks = []
         for network, _ in await self.store.list_networks():
             if driver and network.driver != driver:
                 continue
-            if any(key not in network.labels or (value is not None and network.labels[key] != value)
-                   for key, value in wanted):
+            if not labels_match(network, wanted):
                 continue
             networks.append(network)
         return sorted(networks, key=lambda network: network.name)
@@ -538,11 +534,20 @@ class Orchestrator:
                     f"connects still in flight on network {network_id}: retry", reason="BUSY")
             await asyncio.sleep(0.05)
 
-    async def prune_networks(self) -> tuple[list[str], list[str]]:
-        """(names deleted, names skipped because a host of theirs did not answer)."""
+    async def prune_networks(self, label_filters=(), excluded_label_filters=(),
+                             created_before: float | None = None) -> tuple[list[str], list[str]]:
+        """(names deleted, names skipped because a host of theirs did not answer), of the
+        networks with every label of ``label_filters``, none of
+        ``excluded_label_filters``, created before ``created_before`` (seconds)."""
         deleted, skipped = [], []
+        wanted, unwanted = parse_label_filters(label_filters), parse_label_filters(
+            excluded_label_filters)
         for network, state in await self.store.list_networks():
-            if state != STATE_READY:
+            if state != STATE_READY or not labels_match(network, wanted) or any(
+                    labels_match(network, [one]) for one in unwanted):
+                continue
+            if created_before is not None and \
+                    network.create_time.ToNanoseconds() / 1e9 >= created_before:
                 continue
             try:
                 await self._delete_network(network, force=False)
@@ -1117,3 +1122,18 @@ class Orchestrator:
         unreachable = sorted(one for one, answer in zip(hosts, answers, strict=True)
                              if answer is None)
         return sorted(result, key=lambda s: (s.host_id, s.name)), unreachable
+
+
+def parse_label_filters(specs) -> list[tuple[str, str | None]]:
+    """``KEY`` or ``KEY=VALUE`` filters as (key, value or None)."""
+    parsed = []
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        parsed.append((key, value if sep else None))
+    return parsed
+
+
+def labels_match(network: pb.Network, wanted: list[tuple[str, str | None]]) -> bool:
+    """Whether the network has every label of ``wanted`` (a value None: any value)."""
+    return all(key in network.labels and (value is None or network.labels[key] == value)
+               for key, value in wanted)

@@ -66,7 +66,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         return pb.DeleteNetworkResponse()
 
     async def PruneNetworks(self, request, context):
-        deleted, skipped = await self.orch.prune_networks()
+        for field in ("label_filters", "excluded_label_filters"):
+            for label_filter in getattr(request, field):
+                validation.check_text(field, label_filter, validation.MAX_LABEL_KEY + 1
+                                      + validation.MAX_LABEL_VALUE, reason="INVALID_LABEL")
+        deleted, skipped = await self.orch.prune_networks(
+            request.label_filters, request.excluded_label_filters,
+            validation.check_timestamp("created_before", request.created_before)
+            if request.HasField("created_before") else None)
         return pb.PruneNetworksResponse(deleted_networks=deleted, skipped_networks=skipped)
 
     async def ConnectContainer(self, request, context):

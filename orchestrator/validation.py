@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from cnm import errors, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -42,7 +43,8 @@ def network(spec: pb.Network) -> pb.Network:
     validation.check_labels(spec.labels)
     if not spec.subnet:
         # The first free subnet of the default address pools (address_pools.py).
-        for field, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range)):
+        for field, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range),
+                             ("aux_addresses", ", ".join(spec.aux_addresses.values()))):
             if value:
                 raise errors.InvalidArgument(
                     f"{field} {value!r} needs a subnet: give the subnet too, or neither "
@@ -54,11 +56,40 @@ def network(spec: pb.Network) -> pb.Network:
     checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     gateway = str(checked.gateway) if spec.gateway else ""
     ip_range = str(checked.ip_range) if checked.ip_range else ""
+    aux_addresses = check_aux_addresses(spec.aux_addresses, checked)
     return pb.Network(
         name=spec.name, driver=driver, subnet=str(checked.network), gateway=gateway,
+        aux_addresses=aux_addresses,
         ip_range=ip_range,
         internal=spec.internal, options=dict(spec.options), labels=dict(spec.labels),
     )
+
+
+MAX_AUX_ADDRESSES = 256
+
+
+def check_aux_addresses(aux: Mapping[str, str], subnet: validation.Subnet) -> dict[str, str]:
+    """Docker's --aux-address NAME=IP: each name 1-128 characters, each address a usable
+    one of the subnet, not its gateway, and no address given twice."""
+    if len(aux) > MAX_AUX_ADDRESSES:
+        raise errors.InvalidArgument(
+            f"aux_addresses: {len(aux)} addresses, at most {MAX_AUX_ADDRESSES}",
+            reason="INVALID_ARGUMENT", field="aux_addresses")
+    checked: dict[str, str] = {}
+    for name, text in aux.items():
+        if not name:
+            raise errors.InvalidArgument(f"aux_addresses: {text!r} has no name (NAME=IP)",
+                                         reason="INVALID_ARGUMENT", field="aux_addresses")
+        validation.check_text("aux_addresses", name, validation.MAX_LABEL_KEY,
+                              reason="INVALID_ARGUMENT")
+        address = validation.check_endpoint_address(
+            subnet.network, str(subnet.gateway), text, f"aux address {name!r}")
+        if address in checked.values():
+            raise errors.InvalidArgument(
+                f"aux address {name!r}: {address} is given twice", reason="INVALID_ARGUMENT",
+                field="aux_addresses", address=address)
+        checked[name] = address
+    return checked
 
 
 def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
@@ -71,6 +102,7 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
         and existing.internal == wanted.internal
         and dict(existing.options) == dict(wanted.options)
         and dict(existing.labels) == dict(wanted.labels)
+        and dict(existing.aux_addresses) == dict(wanted.aux_addresses)
     )
 
 

@@ -40,12 +40,14 @@ def test_sandbox_names_are_per_host_and_fit_the_api():
     assert long == cli.sandbox_name("host" * 10, "name" * 10)
 
 
-async def cnm(world, *args: str) -> CliResult:
+async def cnm(world, *args: str, answer: str = "") -> CliResult:
+    """Runs the CLI; ``answer`` is what it reads on stdin (a question's answer)."""
     env = {**os.environ, "CNM_ORCHESTRATOR": world.address, "CNM_HOST_ID": "h1",
            "GRPC_ENABLE_FORK_SUPPORT": "0"}
     process = await asyncio.create_subprocess_exec(
-        CNM, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await process.communicate()
+        CNM, *args, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate(answer.encode())
     return CliResult(process.returncode, out.decode(), err.decode())
 
 
@@ -65,7 +67,8 @@ async def test_cli_network_commands_and_exit_codes(world):
         "subnet: give the subnet too, or neither (a subnet is then chosen from the default " \
         "address pools)\n"
     table = await cnm(world, "network", "ls")
-    assert table.out.splitlines()[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SUBNET",
+    assert table.out.splitlines()[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE",
+                                                 "SUBNET",
                                                  "GATEWAY"]
     assert "n1" in table.out and "10.20.0.1" in table.out
     assert table.out.splitlines()[1].split()[2] == "bridge"
@@ -115,7 +118,7 @@ async def test_cli_disconnect_force_with_the_host_down(world):
     forced = await cnm(world, "network", "disconnect", "--force", "--host", "h2", "n1", "c1")
     assert (forced.code, forced.err) == (0, "")
     assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
-    pruned = await cnm(world, "network", "prune")
+    pruned = await cnm(world, "network", "prune", "-f")
     assert (pruned.code, pruned.out) == (0, "")
     assert pruned.err == "cnm: warning: network n1 not pruned: a host that has it did not answer\n"
 
@@ -188,7 +191,7 @@ async def test_cli_usage_errors_are_one_line(world):
     for args, words in [
         ((), "arguments are required: COMMAND (see 'cnm --help')"),
         (("network", "create"), "required: name (see 'cnm network create --help')"),
-        (("network", "ls", "--format", "xml"), "invalid choice: 'xml'"),
+        (("host", "ls", "--format", "xml"), "invalid choice: 'xml'"),
         (("bogus",), "invalid choice: 'bogus'"),
     ]:
         result = await cnm(world, *args)
@@ -280,3 +283,118 @@ async def test_cli_configured_once_needs_no_flags_and_flags_still_win(world, tmp
     (tmp_path / "cnm" / "config.json").write_text("{not json")
     broken = await run_cli(env, "network", "ls")
     assert broken.code == 2 and "cannot read the configuration" in broken.err
+
+
+async def test_cli_network_ls_takes_dockers_filters_and_formats(world):
+    for name, subnet, driver, labels in (("front", "10.20.0.0/24", "bridge", ["team=a"]),
+                                         ("back", "10.21.0.0/24", "overlay", ["team=b"]),
+                                         ("frontier", "10.22.0.0/24", "bridge", [])):
+        args = ["network", "create", "--subnet", subnet, "-d", driver, name]
+        for label in labels:
+            args[2:2] = ["--label", label]
+        assert (await cnm(world, *args)).code == 0
+
+    async def names(*args: str) -> list[str]:
+        result = await cnm(world, "network", "ls", "--format", "{{.Name}}", *args)
+        assert result.code == 0, result.err
+        return result.out.split()
+
+    assert await names() == ["back", "front", "frontier"]
+    assert await names("-f", "name=front") == ["front", "frontier"]
+    assert await names("-f", "name=front", "-f", "name=back") == ["back", "front", "frontier"]
+    assert await names("-f", "name=front", "-f", "label=team=a") == ["front"]
+    assert await names("-f", "scope=global") == ["back"]
+    assert await names("-f", "scope=local", "-f", "driver=bridge") == ["front", "frontier"]
+    assert await names("-f", "driver=bridge", "-f", "driver=overlay") == [
+        "back", "front", "frontier"]
+    assert await names("-f", "type=builtin") == []
+    assert await names("-f", "type=custom", "--no-trunc") == ["back", "front", "frontier"]
+    [front_id] = (await cnm(world, "network", "ls", "-q", "-f", "name=frontier")).out.split()
+    assert await names("-f", f"id={front_id[:5]}") == ["frontier"]
+
+    table = await cnm(world, "network", "ls", "-f", "name=back", "--format",
+                      "table {{.ID}}\\t{{.Name}}\\t{{.Scope}}\\t{{.Labels}}")
+    header, row = table.out.splitlines()
+    assert header.split() == ["NETWORK", "ID", "NAME", "SCOPE", "LABELS"]
+    assert row.split()[1:] == ["back", "global", "team=b"]
+    as_json = await cnm(world, "network", "ls", "-f", "name=back", "--format", "{{json .}}")
+    assert json.loads(as_json.out)["Driver"] == "overlay"
+    assert (await cnm(world, "network", "ls", "-f", "name=back", "--format",
+                      "{{.Internal}} {{json .Labels}}")).out == 'false {"team": "b"}\n'
+
+    for args, message in (
+        (["--format", "{{.Nope}}"], "template: can't evaluate field Nope in type network"),
+        (["--format", "{{if .Name}}x{{end}}"], "template: {{if .Name}} is not supported"),
+        (["-f", "colour=red"], "invalid filter 'colour=red'"),
+        (["-f", "scope=planet"], "scope is one of local, global, swarm"),
+        (["-f", "driver=macvlan"], "unknown driver 'macvlan'"),
+    ):
+        refused = await cnm(world, "network", "ls", *args)
+        assert refused.code == 2 and refused.err.startswith("cnm: error: ") and \
+            message in refused.err and refused.err.count("\n") == 1, refused.err
+
+
+async def test_cli_network_rm_force_is_dockers_and_disconnect_is_its_own_flag(world):
+    assert (await cnm(world, "network", "create", "--subnet", "10.20.0.0/24", "n1")).code == 0
+    assert (await cnm(world, "network", "connect", "n1", "c1")).code == 0
+    missing = await cnm(world, "network", "rm", "nothere")
+    assert missing.code == 3 and "not found" in missing.err
+    quiet = await cnm(world, "network", "rm", "-f", "nothere")
+    assert (quiet.code, quiet.err) == (0, "")
+    in_use = await cnm(world, "network", "rm", "-f", "n1")
+    assert in_use.code == 5 and "--disconnect" not in in_use.out
+    removed = await cnm(world, "network", "rm", "--disconnect", "n1")
+    assert (removed.code, removed.out) == (0, "n1\n")
+    assert (await world.call("ListEndpoints", pb.ListEndpointsRequest())).endpoints == []
+
+
+async def test_cli_network_prune_asks_first_and_takes_filters(world):
+    for name, labels in (("keep", ["keep=yes"]), ("old", ["tier=test"]), ("other", [])):
+        args = ["network", "create", name]
+        for label in labels:
+            args[2:2] = ["--label", label]
+        assert (await cnm(world, *args)).code == 0
+
+    async def listed() -> list[str]:
+        return (await cnm(world, "network", "ls", "--format", "{{.Name}}")).out.split()
+
+    declined = await cnm(world, "network", "prune", answer="n\n")
+    assert (declined.code, declined.out) == (0, "")
+    assert "Are you sure you want to continue? [y/N]" in declined.err
+    assert (await cnm(world, "network", "prune")).out == ""  # no answer is no
+    assert await listed() == ["keep", "old", "other"]
+    assert (await cnm(world, "network", "prune", "-f", "--filter", "until=1h")).out == ""
+    pruned = await cnm(world, "network", "prune", "--filter", "label=tier=test", answer="y\n")
+    assert pruned.out == "Deleted Networks:\nold\n"
+    pruned = await cnm(world, "network", "prune", "-f", "--filter", "label!=keep",
+                       "--filter", "until=2020-01-01T00:00:00Z")
+    assert pruned.out == ""
+    pruned = await cnm(world, "network", "prune", "-f", "--filter", "label!=keep")
+    assert pruned.out == "Deleted Networks:\nother\n"
+    assert await listed() == ["keep"]
+    for bad in ("until=yesterday", "colour=red", "label="):
+        refused = await cnm(world, "network", "prune", "-f", "--filter", bad)
+        assert refused.code == 2 and "cnm: error: invalid" in refused.err, refused.err
+
+
+async def test_cli_network_create_aux_addresses_are_never_handed_out(world):
+    created = await cnm(world, "network", "create", "--subnet", "10.20.0.0/29",
+                        "--aux-address", "router=10.20.0.2", "--aux-address", "nas=10.20.0.3",
+                        "n1")
+    assert created.code == 0, created.err
+    [pool] = world.ipam.pools.values()
+    assert sorted(pool.reserved_addresses) == ["10.20.0.2", "10.20.0.3"]
+    [network] = json.loads((await cnm(world, "network", "inspect", "n1")).out)
+    assert network["aux_addresses"] == {"router": "10.20.0.2", "nas": "10.20.0.3"}
+    for args, message in (
+        (["--subnet", "10.21.0.0/24", "--aux-address", "r=10.99.0.1"], "outside subnet"),
+        (["--subnet", "10.21.0.0/24", "--aux-address", "r=10.21.0.1"], "is the network's gateway"),
+        (["--subnet", "10.21.0.0/24", "--aux-address", "r=10.21.0.255"], "broadcast"),
+        (["--subnet", "10.21.0.0/24", "--aux-address", "a=10.21.0.9", "--aux-address",
+          "b=10.21.0.9"], "given twice"),
+        (["--aux-address", "r=10.21.0.9"], "needs a subnet"),
+        (["--subnet", "10.21.0.0/24", "--aux-address", "10.21.0.9"], "invalid aux address"),
+    ):
+        refused = await cnm(world, "network", "create", *args, "n2")
+        assert refused.code == 2 and message in refused.err, (args, refused.err)
+    assert len(world.ipam.pools) == 1

@@ -198,7 +198,7 @@ def test_several_networks_per_container_and_forced_delete(cluster):
     assert again.code == 0, again.err
     assert len(cluster.endpoint_owners()) == 3
 
-    removed = cluster.cnm("network", "rm", "-f", "front", "back")
+    removed = cluster.cnm("network", "rm", "--disconnect", "front", "back")
     assert removed.code == 0, removed.err
     assert_clean(cluster)
     assert container_addresses(path) == {}
@@ -271,7 +271,7 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
     assert names == {f"cnm-{h1}-a", f"cnm-{h1}-b"}
     assert cluster.allocations() == before
     assert cluster.cnm("rm", "a", "b").code == 0
-    assert cluster.cnm("network", "prune").out.split() == ["Deleted", "Networks:", "net1"]
+    assert cluster.cnm("network", "prune", "-f").out.split() == ["Deleted", "Networks:", "net1"]
     assert_clean(cluster)
 
 
@@ -326,7 +326,7 @@ def test_orchestrator_killed_between_steps_then_restarted_leaks_nothing(cluster,
     if step == "disconnect-agent":
         result = cluster.cnm("network", "disconnect", "net1", "c1")
     elif step == "delete-network-hosts":
-        result = cluster.cnm("network", "rm", "-f", "net1")
+        result = cluster.cnm("network", "rm", "--disconnect", "net1")
     assert result.code == 6, result
     support.wait_for(lambda: not crashing.alive(), 5, what="the orchestrator to crash")
     crashing.stop()
@@ -340,7 +340,7 @@ def test_orchestrator_killed_between_steps_then_restarted_leaks_nothing(cluster,
                                 "net1", "c1")
         assert connected.code == 0, connected.err
         assert container_addresses(sandbox.path) == {"eth0": connected.json()["address"]}
-        assert cluster.cnm("network", "rm", "-f", "net1").code == 0
+        assert cluster.cnm("network", "rm", "--disconnect", "net1").code == 0
         wait_clean(cluster)
     cluster.call("DeleteSandbox", pb.DeleteSandboxRequest(name=sandbox.name, host_id=h1))
 

@@ -53,7 +53,7 @@ ENDPOINT_STATE_GONE: EndpointState
 ENDPOINT_STATE_STALE: EndpointState
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts", "aux_addresses")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,13 @@ class Network(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AuxAddressesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +87,7 @@ class Network(_message.Message):
     VNI_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: Driver
@@ -92,7 +100,8 @@ class Network(_message.Message):
     vni: int
     create_time: _timestamp_pb2.Timestamp
     hosts: _containers.RepeatedCompositeFieldContainer[NetworkHostState]
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ...) -> None: ...
+    aux_addresses: _containers.ScalarMap[str, str]
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NetworkHostState(_message.Message):
     __slots__ = ("host_id", "ready", "message")
@@ -294,8 +303,14 @@ class DeleteNetworkResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PruneNetworksRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("label_filters", "excluded_label_filters", "created_before")
+    LABEL_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_LABEL_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    label_filters: _containers.RepeatedScalarFieldContainer[str]
+    excluded_label_filters: _containers.RepeatedScalarFieldContainer[str]
+    created_before: _timestamp_pb2.Timestamp
+    def __init__(self, label_filters: _Optional[_Iterable[str]] = ..., excluded_label_filters: _Optional[_Iterable[str]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PruneNetworksResponse(_message.Message):
     __slots__ = ("deleted_networks", "skipped_networks")
