@@ -208,19 +208,25 @@ class PortMapping:
     container_port: int
 
 
-def check_port_mappings(mappings: Iterable, internal: bool) -> list[PortMapping]:
+def check_port_mappings(mappings: Iterable, internal: bool,
+                        ephemeral: bool = False) -> list[PortMapping]:
     """Checks and normalises port mappings (messages with protocol, host_ip, host_port,
     container_port) as every service does: no mapping twice, none overlapping another of
-    the same request, none on an internal network."""
+    the same request, none on an internal network. With ``ephemeral`` (the orchestrator,
+    which chooses them) a host port of 0 means any free one."""
     checked: list[PortMapping] = []
     held: dict[tuple[str, int], set[str]] = {}
     for mapping in mappings:
         port = PortMapping(
             protocol=protocol_name(mapping.protocol),
             host_ip=check_host_ip(mapping.host_ip),
-            host_port=check_port("host_port", mapping.host_port),
+            host_port=mapping.host_port if ephemeral and mapping.host_port == 0
+            else check_port("host_port", mapping.host_port),
             container_port=check_port("container_port", mapping.container_port),
         )
+        if port.host_port == 0:
+            checked.append(port)
+            continue
         holders = held.setdefault((port.protocol, port.host_port), set())
         if port.host_ip in holders:
             raise errors.InvalidArgument(

@@ -45,10 +45,13 @@ EXIT_CODES = {
     grpc.StatusCode.UNAUTHENTICATED: 8,
 }
 TIMEOUT = 60.0
+# docker run -p: [[HOST_IP:][HOST_PORT[-LAST]]:]CONTAINER_PORT[-LAST][/PROTO]
 PORT_SPEC = re.compile(
-    r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<container>\d+)"
-    r"(?:/(?P<proto>tcp|udp|sctp))?$"
+    r"^(?:(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+(?:-\d+)?)?:)?"
+    r"(?P<container>\d+(?:-\d+)?)(?:/(?P<proto>tcp|udp|sctp))?$"
 )
+PORT_FORMS = ("[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|udp|sctp], a range of host ports "
+              "onto as many container ports (8000-8001:80-81), or none (any free one)")
 
 
 class UsageError(Exception):
@@ -83,23 +86,38 @@ def container_name(sandbox: pb.Sandbox) -> str:
     return sandbox.name
 
 
-def parse_port(spec: str) -> pb.PortMapping:
-    """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]``, checked as the services check it."""
+def _port_range(text: str, spec: str) -> list[int]:
+    first, _, last = text.partition("-")
+    ports = list(range(int(first), int(last or first) + 1))
+    if not ports:
+        raise UsageError(f"invalid port mapping {spec!r}: range {text} is empty")
+    return ports
+
+
+def parse_ports(spec: str) -> list[pb.PortMapping]:
+    """``docker run -p``'s forms (PORT_FORMS), checked as the services check them: a host
+    port of 0 (none given) is one the orchestrator chooses."""
     match = PORT_SPEC.match(spec)
     if not match:
+        raise UsageError(f"invalid port mapping {spec!r}: want {PORT_FORMS}")
+    containers = _port_range(match["container"], spec)
+    hosts = _port_range(match["host"], spec) if match["host"] else [0] * len(containers)
+    if len(hosts) != len(containers):
         raise UsageError(
-            f"invalid port mapping {spec!r}: want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
-    mapping = pb.PortMapping(
+            f"invalid port mapping {spec!r}: {len(hosts)} host ports onto "
+            f"{len(containers)} container ports; give ranges of one length (cnm publishes "
+            "each host port it is given)")
+    mappings = [pb.PortMapping(
         protocol=validation.PROTOCOL_NUMBERS[match["proto"] or "tcp"],
-        host_ip=(match["ip"] or "").strip("[]"), host_port=int(match["host"]),
-        container_port=int(match["container"]),
-    )
+        host_ip=(match["ip"] or "").strip("[]"), host_port=host, container_port=container,
+    ) for host, container in zip(hosts, containers, strict=True)]
     try:
-        (checked,) = validation.check_port_mappings([mapping], internal=False)
+        checked = validation.check_port_mappings(mappings, internal=False, ephemeral=True)
     except errors.InvalidArgument as error:
         raise UsageError(f"invalid port mapping {spec!r}: {error.message}") from None
-    mapping.host_ip = checked.host_ip
-    return mapping
+    for mapping, port in zip(mappings, checked, strict=True):
+        mapping.host_ip = port.host_ip
+    return mappings
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:
@@ -370,7 +388,7 @@ def resolve_container(client: Client, host_id: str, container: str) -> str:
 
 
 def network_connect(client: Client, args) -> int:
-    ports = [parse_port(spec) for spec in args.publish or ()]
+    ports = [port for spec in args.publish or () for port in parse_ports(spec)]
     container = resolve_container(client, args.host, args.container)
     reply = client.ConnectContainer(pb.ConnectContainerRequest(
         network=args.network, container_id=container, host_id=args.host,
@@ -437,7 +455,7 @@ def run(client: Client, args) -> int:
     name = args.name or f"c-{uuid.uuid4().hex[:8]}"
     if not validation.NETWORK_NAME.fullmatch(name):  # Docker's rule for both
         raise UsageError(f"invalid container name {name!r}: want [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-    ports = [parse_port(spec) for spec in args.publish or ()]
+    ports = [port for spec in args.publish or () for port in parse_ports(spec)]
     sandbox = sandbox_name(args.host, name)
     # Everything that can fail locally is done before the sandbox exists.
     launcher = nsenter()
@@ -714,8 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect = net_commands.add_parser("connect", help="connect a container to a network")
     connect.add_argument("--ip", help="static IPv4/IPv6 address")
     connect.add_argument("--publish", "-p", action="append",
-                         metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
-                         help="publish a port (repeatable)")
+                         metavar="[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTO]",
+                         help="publish a port (repeatable): " + PORT_FORMS)
     connect.add_argument("--sandbox", help="namespace name or path (default: the container's)")
     host_flag(connect, "the host the container runs on")
     format_flag(connect)
@@ -801,8 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--net", "--network", action="append", required=True, metavar="NETWORK",
                         help="network to connect (repeatable; the first gets the default route)")
     runner.add_argument("--publish", "-p", action="append",
-                        metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
-                        help="publish a port on the first network (repeatable)")
+                        metavar="[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTO]",
+                        help="publish a port on the first network (repeatable): " + PORT_FORMS)
     runner.add_argument("--detach", "-d", action="store_true",
                         help="leave it running in the background and print its name")
     runner.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")

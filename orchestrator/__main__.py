@@ -10,7 +10,7 @@ from cnm import config, errors, logs, redis_client, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator import access, address_pools
 from orchestrator.clients import Agents, Ipam
-from orchestrator.flows import GONE_GRACE, Orchestrator
+from orchestrator.flows import EPHEMERAL_PORTS, GONE_GRACE, Orchestrator
 from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER
 from orchestrator.overlay import DEFAULT_VNI_RANGE, parse_vni_range
 from orchestrator.reconciler import Reconciler
@@ -51,9 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
              "tried in order (env CNM_DEFAULT_ADDRESS_POOLS, space-separated; default "
              "Docker's: base=172.17.0.0/16,size=16 ... base=172.31.0.0/16,size=16, "
              "base=192.168.0.0/16,size=20)")
+    config.add_flag(parser, "--ephemeral-ports", "CNM_EPHEMERAL_PORTS",
+                    "-".join(map(str, EPHEMERAL_PORTS)),
+                    "host ports chosen for a mapping that asks for any (host port 0), "
+                    "FIRST-LAST")
     config.add_common_flags(parser)
     config.add_server_flags(parser)
     args = parser.parse_args(argv)
+    try:
+        args.ephemeral_ports = parse_port_range(args.ephemeral_ports)
+    except ValueError as error:
+        parser.error(f"--ephemeral-ports: {error}")
     try:
         args.default_pools = address_pools.parse_all(
             " ".join(args.default_address_pool or ())
@@ -70,6 +78,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as error:
         parser.error(f"--vni-range: {error}")
     return args
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``FIRST-LAST``, 1 <= FIRST <= LAST <= 65535; ValueError says what is wrong."""
+    first, sep, last = text.partition("-")
+    if not (sep and first.isdigit() and last.isdigit()
+            and 1 <= int(first) <= int(last) <= 65535):
+        raise ValueError(f"{text!r}: want FIRST-LAST, 1 <= FIRST <= LAST <= 65535")
+    return int(first), int(last)
 
 
 async def renew_lease(store: Store, logger) -> None:
@@ -94,7 +111,8 @@ async def serve(args: argparse.Namespace) -> None:
     agents = Agents(args.tls)
     orch = Orchestrator(store, ipam, agents, int(args.heartbeat_interval), args.vni_range,
                         gone_grace=args.gone_grace, stale_after=args.stale_after,
-                        default_pools=args.default_pools)
+                        default_pools=args.default_pools,
+                        ephemeral_ports=args.ephemeral_ports)
     reconciler = Reconciler(orch)
 
     async def ready() -> bool:

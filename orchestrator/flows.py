@@ -14,6 +14,7 @@ import base64
 import contextlib
 import ipaddress
 import logging
+import random
 import time
 import uuid
 
@@ -37,6 +38,9 @@ MANAGED_VALUE = "cnm-orchestrator"
 NETWORK_NAME_LABEL = "cnm.io/network-name"
 PENDING_WAIT = 10.0
 GONE_GRACE = 5.0  # seconds a gone container's endpoint is kept before it is released
+# Where a host port is chosen for a mapping that asks for any (Docker's fallback range).
+EPHEMERAL_PORTS = (49153, 65535)
+EPHEMERAL_ATTEMPTS = 5  # choices of a host port before a connect gives up
 # Seconds: an endpoint recorded this close to the moment its host's state was read may
 # not be in that state yet; it is judged at the next look.
 LOST_MARGIN = 2.0
@@ -87,9 +91,11 @@ class Orchestrator:
                  heartbeat_interval: int = HEARTBEAT_INTERVAL,
                  vni_range: tuple[int, int] = overlay.parse_vni_range(overlay.DEFAULT_VNI_RANGE),
                  gone_grace: float = GONE_GRACE, stale_after: float = STALE_AFTER,
-                 default_pools: tuple[address_pools.Pool, ...] = address_pools.DEFAULT):
+                 default_pools: tuple[address_pools.Pool, ...] = address_pools.DEFAULT,
+                 ephemeral_ports: tuple[int, int] = EPHEMERAL_PORTS):
         self.store = store
         self.default_pools = default_pools
+        self.ephemeral_ports = ephemeral_ports
         self.ipam = ipam
         self.agents = agents
         self.gone_grace = gone_grace
@@ -564,6 +570,24 @@ class Orchestrator:
     # --- endpoints ----------------------------------------------------------
 
     async def connect(self, request: pb.ConnectContainerRequest) -> pb.Endpoint:
+        """The connect saga (``_connect``); a host port it chose (a mapping's host port 0)
+        that its host turns out to use is chosen again, a few times."""
+        in_use: set[tuple[str, int]] = set()  # host ports the host refused, by protocol
+        while True:
+            try:
+                return await self._connect(request, in_use)
+            except errors.AlreadyExists as error:
+                port = error.metadata.get("host_port", "")
+                if error.reason != "PORT_IN_USE" or len(in_use) == EPHEMERAL_ATTEMPTS or \
+                        not port.isdigit() or \
+                        not any(m.host_port == 0 for m in request.port_mappings):
+                    raise
+                in_use.add((error.metadata.get("protocol", "tcp"), int(port)))
+                log.info("a chosen host port is in use on the host; choosing again",
+                         extra={"container": request.container_id, "error": error.message})
+
+    async def _connect(self, request: pb.ConnectContainerRequest,
+                       in_use: set[tuple[str, int]] = frozenset()) -> pb.Endpoint:
         """The connect saga: check everything, then under the endpoint's lock write the
         intent (ports reserved), allocate the address, make the endpoint on its host and
         record it. Each step pushes its inverse; a failure undoes them in reverse."""
@@ -603,11 +627,8 @@ class Orchestrator:
                 await sandbox
             finally:
                 sandbox.cancel()
-            endpoint = pb.Endpoint()
-            endpoint.CopyFrom(wanted)
-            intent = self.store.new_intent(lock_name, Op.CONNECT, lock=lock_name,
-                                           endpoint=encode(endpoint))
-            default_route = await self.store.begin_connect(endpoint, intent)
+            endpoint, intent, default_route = await self._begin_connect(wanted, lock_name,
+                                                                        in_use)
             faults.point("connect-intent")
             async with Undo(f"connect {endpoint.endpoint_id}", log) as undo:
                 undo.push("forget endpoint",
@@ -641,6 +662,52 @@ class Orchestrator:
             await self.sync_peers(network.network_id, skip_host=request.host_id)
         endpoint.state = pb.ENDPOINT_STATE_ACTIVE
         return endpoint
+
+    async def _begin_connect(self, wanted: pb.Endpoint, lock_name: str,
+                             in_use: set[tuple[str, int]]) -> tuple[pb.Endpoint, Intent, bool]:
+        """The connect's intent written and its ports reserved (store.begin_connect), with
+        a free host port chosen for each mapping that asks for any (host port 0): chosen
+        again when a concurrent connect reserved it first."""
+        for attempt in range(EPHEMERAL_ATTEMPTS):
+            endpoint = pb.Endpoint()
+            endpoint.CopyFrom(wanted)
+            chosen = await self._choose_host_ports(endpoint, in_use)
+            intent = self.store.new_intent(lock_name, Op.CONNECT, lock=lock_name,
+                                           endpoint=encode(endpoint))
+            try:
+                return endpoint, intent, await self.store.begin_connect(endpoint, intent)
+            except errors.AlreadyExists as error:
+                if not chosen or error.reason != "PORT_ALLOCATED" or \
+                        attempt == EPHEMERAL_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _choose_host_ports(self, endpoint: pb.Endpoint,
+                                 in_use: set[tuple[str, int]]) -> bool:
+        """Sets a free host port, from the ephemeral range, in each mapping with host
+        port 0 (as Docker's -p 80); whether there was one. Free: no endpoint of the host
+        holds it on any address, and the host did not refuse it (``in_use``: the agent
+        refuses a port a socket of the host holds)."""
+        wanted = [m for m in endpoint.port_mappings if m.host_port == 0]
+        if not wanted:
+            return False
+        taken = await self.store.host_ports(endpoint.host_id) | set(in_use)
+        first, last = self.ephemeral_ports
+        size = last - first + 1
+        for mapping in wanted:
+            proto = cnm_validation.protocol_name(mapping.protocol)
+            start = random.randrange(size)
+            port = next((first + (start + step) % size for step in range(size)
+                         if (proto, first + (start + step) % size) not in taken), None)
+            if port is None:
+                raise errors.ResourceExhausted(
+                    f"no free {proto} host port left on host {endpoint.host_id} in the "
+                    f"ephemeral range {first}-{last}: give a host port, or widen the range "
+                    "(the orchestrator's --ephemeral-ports, env CNM_EPHEMERAL_PORTS)",
+                    reason="EPHEMERAL_PORTS_EXHAUSTED", host=endpoint.host_id)
+            mapping.host_port = port
+            taken.add((proto, port))
+        return True
 
     async def _connect_request(
         self, request: pb.ConnectContainerRequest

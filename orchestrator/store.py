@@ -615,6 +615,15 @@ class Store:
             ids.add(key.decode().rsplit(":", 1)[1])
         return ids
 
+    async def host_ports(self, host_id: str) -> set[tuple[str, int]]:
+        """(protocol, port) of every host port an endpoint of ``host_id`` publishes or has
+        reserved, on any address."""
+        ports = set()
+        for field in await self.r.hkeys(k("host", host_id, "ports")):
+            proto, _, rest = field.decode().partition("/")
+            ports.add((proto, int(rest.partition("/")[0])))
+        return ports
+
     async def begin_connect(self, endpoint: pb.Endpoint, intent: Intent) -> bool:
         """Reserves the endpoint's ports, marks it pending on its network (and its host as
         one of the network's) and writes the intent, all or nothing. Returns whether it is the container's first network (which

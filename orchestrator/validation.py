@@ -111,7 +111,7 @@ def port_mappings(mappings, internal: bool) -> list[pb.PortMapping]:
         pb.PortMapping(protocol=validation.PROTOCOL_NUMBERS[port.protocol],
                        host_ip=port.host_ip, host_port=port.host_port,
                        container_port=port.container_port)
-        for port in validation.check_port_mappings(mappings, internal)
+        for port in validation.check_port_mappings(mappings, internal, ephemeral=True)
     ]
 
 
@@ -148,6 +148,22 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         and dict(wanted.labels) == dict(existing.labels)
         and wanted.address_reserved == existing.address_reserved
         and wanted.peer_on_host == existing.peer_on_host
-        and sorted(map(mapping_key, existing.port_mappings))
-        == sorted(map(mapping_key, wanted.port_mappings))
+        and same_port_mappings(existing.port_mappings, wanted.port_mappings)
     )
+
+
+def same_port_mappings(existing, wanted) -> bool:
+    """Whether ``wanted`` asks for the mappings ``existing`` has; a host port of 0 in it
+    (any free one) matches whichever was chosen."""
+    chosen = sorted(map(mapping_key, existing))
+    asked = sorted(map(mapping_key, wanted))
+    if len(chosen) != len(asked):
+        return False
+    remaining = list(chosen)
+    for key in sorted(asked, key=lambda key: key[2] == 0):  # exact ports first
+        match = next((have for have in remaining if have == key or (
+            key[2] == 0 and (have[0], have[1], have[3]) == (key[0], key[1], key[3]))), None)
+        if match is None:
+            return False
+        remaining.remove(match)
+    return True

@@ -14,22 +14,37 @@ from tests.orchestrator.e2e import CNM, CliResult
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
-    ("8080:80", ("", 8080, 80, pb.PROTOCOL_TCP)),
-    ("8080:80/udp", ("", 8080, 80, pb.PROTOCOL_UDP)),
-    ("127.0.0.1:53:5353/udp", ("127.0.0.1", 53, 5353, pb.PROTOCOL_UDP)),
-    ("0.0.0.0:8080:80", ("", 8080, 80, pb.PROTOCOL_TCP)),
+    ("8080:80", [("", 8080, 80, pb.PROTOCOL_TCP)]),
+    ("8080:80/udp", [("", 8080, 80, pb.PROTOCOL_UDP)]),
+    ("127.0.0.1:53:5353/udp", [("127.0.0.1", 53, 5353, pb.PROTOCOL_UDP)]),
+    ("0.0.0.0:8080:80", [("", 8080, 80, pb.PROTOCOL_TCP)]),
+    # No host port (or 0, as Docker takes it): any free one, which the orchestrator chooses.
+    ("80", [("", 0, 80, pb.PROTOCOL_TCP)]),
+    ("0:80", [("", 0, 80, pb.PROTOCOL_TCP)]),
+    ("127.0.0.1::80/sctp", [("127.0.0.1", 0, 80, pb.PROTOCOL_SCTP)]),
+    ("8000-8001:80-81", [("", 8000, 80, pb.PROTOCOL_TCP), ("", 8001, 81, pb.PROTOCOL_TCP)]),
+    ("80-81/udp", [("", 0, 80, pb.PROTOCOL_UDP), ("", 0, 81, pb.PROTOCOL_UDP)]),
 ])
-def test_parse_port(spec, expected):
-    mapping = cli.parse_port(spec)
-    assert (mapping.host_ip, mapping.host_port, mapping.container_port,
-            mapping.protocol) == expected
+def test_parse_ports(spec, expected):
+    assert [(m.host_ip, m.host_port, m.container_port, m.protocol)
+            for m in cli.parse_ports(spec)] == expected
 
 
-@pytest.mark.parametrize("spec", ["80", "a:b", "0:80", "80:70000", "8080:80/icmp",
-                                  "1.2.3:80:80", "x:80:80", "80:80:80", "[::1]:8443:443"])
-def test_parse_port_refuses(spec):
-    with pytest.raises(cli.UsageError, match="invalid port mapping"):
-        cli.parse_port(spec)
+@pytest.mark.parametrize(("spec", "message"), [
+    ("a:b", "want"), ("80:70000", "invalid container_port 70000"), ("8080:80/icmp", "want"),
+    ("1.2.3:80:80", "not an IP address"), ("x:80:80", "want"),
+    ("80:80:80", "not an IP address"),
+    ("[::1]:8443:443", "IPv6"), ("8000-8001:80", "2 host ports onto 1 container ports"),
+    ("8000-8002:80-81", "3 host ports onto 2"), ("81-80", "range 81-80 is empty"),
+    ("8000-8000:80-80", None),
+])
+def test_parse_ports_refuses(spec, message):
+    if message is None:  # a range of one is a port
+        assert [m.host_port for m in cli.parse_ports(spec)] == [8000]
+        return
+    with pytest.raises(cli.UsageError, match="invalid port mapping") as caught:
+        cli.parse_ports(spec)
+    assert message in str(caught.value)
 
 
 def test_sandbox_names_are_per_host_and_fit_the_api():

@@ -156,6 +156,7 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         self.peers: dict[str, nd.SetNetworkPeersRequest] = {}
         self.underlay_ip = f"192.0.2.{sum(map(ord, host_id)) % 250 + 1}"
         self.missing_sandboxes: set[str] = set()  # GetSandbox says NOT_FOUND for these
+        self.ports_in_use: set[int] = set()  # CreateEndpoint says PORT_IN_USE for these
         # When set, CreateEndpoint waits for it to be set (``held`` counts the waiters).
         self.hold: asyncio.Event | None = None
         self.held = 0
@@ -191,6 +192,11 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
 
     async def CreateEndpoint(self, request, context):
         self.faults.check("CreateEndpoint")
+        for mapping in request.endpoint.port_mappings:
+            if mapping.host_port in self.ports_in_use:  # a host process holds it
+                raise errors.AlreadyExists(f"port {mapping.host_port} is in use on the host",
+                                           reason="PORT_IN_USE", protocol="tcp",
+                                           host_port=mapping.host_port)
         if self.hold is not None:
             self.held += 1
             await self.hold.wait()

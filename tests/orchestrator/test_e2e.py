@@ -428,3 +428,33 @@ def test_a_container_whose_netns_entry_was_deleted_is_still_removed(cluster):
                 os.kill(int(pid), signal.SIGKILL)
     assert cluster.cnm("network", "rm", "net1").code == 0
     assert_clean(cluster)
+
+
+def test_a_port_published_without_host_port_gets_a_free_one(cluster, client, monkeypatch):
+    """-p 80: the orchestrator chooses a host port of its ephemeral range; one a host
+    process holds (the agent refuses it) is chosen again; a full range is
+    RESOURCE_EXHAUSTED."""
+    cluster.orchestrator.stop()
+    monkeypatch.setenv("CNM_EPHEMERAL_PORTS", "47000-47001")
+    cluster.start_orchestrator()
+    assert cluster.cnm("network", "create", "--subnet", "10.80.0.0/24", "net1").code == 0
+    holder = support.Process(cluster.hosts["h1"].ns.exec_args(
+        support.PYTHON, "-c", "import socket, time; s = socket.socket(); "
+        "s.bind(('0.0.0.0', 47000)); s.listen(); time.sleep(600)"))
+    try:
+        support.wait_for(lambda: cluster.hosts["h1"].ns.run(
+            "ss", "-Htln", "sport = :47000").stdout.strip(), 10, 0.05, "the holder")
+        web = cluster.cnm("run", "-d", "--name", "web", "--net", "net1", "-p", "80", "--",
+                          support.PYTHON, TRAFFIC, "serve", "tcp", "80")
+        assert web.code == 0, web.err
+        assert "47001->80/tcp" in cluster.cnm("ps").out
+        assert ask(client.path, HOST_ADDRESS, 47001) == "192.168.200.2"
+        full = cluster.cnm("run", "-d", "--name", "web2", "--net", "net1", "-p", "80", "--",
+                           "sleep", "60")
+        assert full.code == 7 and "ephemeral range 47000-47001" in full.err, full.err
+        assert cluster.cnm("rm", "web").code == 0
+    finally:
+        holder.stop()
+        cluster.cnm("rm", "web", "web2")
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert_clean(cluster)

@@ -11,7 +11,7 @@ from cnm import errors
 from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator import address_pools, validation
+from orchestrator import address_pools, flows, validation
 from orchestrator.reconciler import Reconciler
 from tests.orchestrator.conftest import connect_request, network_request
 
@@ -151,6 +151,53 @@ async def test_register_host_refuses_routes_that_are_not_networks(world, routes)
             host_id="h3", address="unix:/nonexistent.sock", routes=routes)))
     assert "h3" not in {h.host_id for h in (await world.call(
         "ListHosts", pb.ListHostsRequest())).hosts}
+
+
+async def test_a_mapping_without_host_port_gets_a_free_one_of_the_ephemeral_range(
+        world, monkeypatch):
+    await create(world)
+    world.orch.ephemeral_ports = (40000, 40003)
+    # Each choice starts at the range's first port (not at random): the second mapping of
+    # c1 is given 40002 first, which the host refuses, and then 40003.
+    monkeypatch.setattr(flows.random, "randrange", lambda size: 0)
+
+    async def connect(container: str, *ports: tuple, **fields) -> pb.Endpoint:
+        mappings = [pb.PortMapping(host_port=port[0], container_port=port[1],
+                                   protocol=port[2] if len(port) > 2 else pb.PROTOCOL_TCP)
+                    for port in ports]
+        return (await world.call("ConnectContainer", connect_request(
+            container, port_mappings=mappings, **fields))).endpoint
+
+    # A port another endpoint holds on the host, and one a host process holds, are skipped.
+    await connect("fixed", (40001, 80))
+    world.agents["h1"].ports_in_use = {40002}
+    first = await connect("c1", (0, 80), (0, 81))
+    assert sorted(m.host_port for m in first.port_mappings) == [40000, 40003]
+    assert world.agents["h1"].faults.calls.count("CreateEndpoint") == 3  # fixed, refused, c1
+    assert [m.container_port for m in sorted(first.port_mappings, key=lambda m: m.host_port)
+            ] in ([80, 81], [81, 80])
+    # A repeat asking for any port is the same endpoint; asking for another one is not.
+    again = await connect("c1", (0, 80), (0, 81))
+    assert again.endpoint_id == first.endpoint_id
+    assert sorted(m.host_port for m in again.port_mappings) == [40000, 40003]
+    with pytest.raises(errors.AlreadyExists, match="different parameters"):
+        await connect("c1", (0, 80), (0, 82))
+    # The same host port on another host is another port.
+    assert (await connect("c2", (0, 80), host="h2")).port_mappings[0].host_port in range(
+        40000, 40004)
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        await connect("c3", (0, 80))
+    assert caught.value.reason == "EPHEMERAL_PORTS_EXHAUSTED"
+    assert "no free tcp host port left on host h1 in the ephemeral range 40000-40003" in \
+        caught.value.message
+    # UDP ports are other ports.
+    udp = await connect("c4", (0, 53, pb.PROTOCOL_UDP))
+    assert udp.port_mappings[0].host_port in (40000, 40001, 40003)
+    await world.call("DisconnectContainer", pb.DisconnectContainerRequest(
+        network="net1", container_id="c1"))
+    assert sorted(m.host_port for m in (await connect("c5", (0, 80))).port_mappings) in (
+        [40000], [40003])
+    assert await intents(world) == []
 
 
 async def test_ipam_down_on_create_is_unavailable(world):
