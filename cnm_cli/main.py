@@ -459,6 +459,16 @@ def run(client: Client, args) -> int:
     sandbox = sandbox_name(args.host, name)
     # Everything that can fail locally is done before the sandbox exists.
     launcher = nsenter()
+    if args.hostname is not None:
+        check_hostname(args.hostname)
+        # A UTS namespace of its own, named as asked, for the command (as docker run's).
+        command = [unshare(), "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                   args.hostname, *command]
+    if args.mac_address:
+        try:
+            validation.check_mac(args.mac_address)
+        except errors.InvalidArgument as error:
+            raise UsageError(f"--mac-address: {error.message}") from None
     # CreateSandbox returns an existing sandbox as is: a second container would
     # share the first one's namespace, and remove it when it exits.
     existing = client.list_all("ListSandboxes", pb.ListSandboxesRequest(host_id=args.host),
@@ -476,9 +486,11 @@ def run(client: Client, args) -> int:
         created = client.CreateSandbox(pb.CreateSandboxRequest(name=sandbox, host_id=args.host))
         try:
             for index, network in enumerate(args.net):
+                first = index == 0  # --ip, --mac-address and -p are the first network's
                 client.ConnectContainer(pb.ConnectContainerRequest(
                     network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
-                    port_mappings=ports if index == 0 else [],
+                    port_mappings=ports if first else [], address=args.ip if first else "",
+                    mac_address=args.mac_address if first else "",
                 ))
             argv = [launcher, f"--net={created.sandbox.path}", "--", *command]
             if args.detach:
@@ -502,6 +514,24 @@ def run(client: Client, args) -> int:
     finally:
         remove_sandbox(client, args.host, sandbox, allow_missing=True)
     return code if code >= 0 else 128 - code
+
+
+HOSTNAME = re.compile(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)(\.(?!-)[a-zA-Z0-9-]{1,63}(?<!-))*")
+
+
+def check_hostname(name: str) -> None:
+    """RFC 1123: dot-separated labels of letters, digits and inner hyphens, at most 63
+    characters each and 253 in all (what sethostname and resolvers take)."""
+    if len(name) > 253 or not HOSTNAME.fullmatch(name):
+        raise UsageError(f"invalid hostname {name!r}: want labels of letters, digits and "
+                         "inner hyphens, separated by dots (RFC 1123)")
+
+
+def unshare() -> str:
+    found = shutil.which("unshare")
+    if found is None:
+        raise UsageError("unshare not found (util-linux)")
+    return found
 
 
 def nsenter() -> str:
@@ -821,6 +851,13 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--publish", "-p", action="append",
                         metavar="[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTO]",
                         help="publish a port on the first network (repeatable): " + PORT_FORMS)
+    runner.add_argument("--ip", default="",
+                        help="the address on the first network (default: the next free one)")
+    runner.add_argument("--mac-address", default="", metavar="MAC",
+                        help="the MAC address on the first network")
+    runner.add_argument("--hostname", metavar="NAME",
+                        help="the command's hostname, in a UTS namespace of its own (default: "
+                        "the host's)")
     runner.add_argument("--detach", "-d", action="store_true",
                         help="leave it running in the background and print its name")
     runner.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -456,5 +457,26 @@ def test_a_port_published_without_host_port_gets_a_free_one(cluster, client, mon
     finally:
         holder.stop()
         cluster.cnm("rm", "web", "web2")
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert_clean(cluster)
+
+
+def test_run_takes_dockers_ip_mac_address_and_hostname(cluster):
+    assert cluster.cnm("network", "create", "--subnet", "10.81.0.0/24", "net1").code == 0
+    ran = cluster.cnm("run", "--name", "box", "--net", "net1", "--ip", "10.81.0.9",
+                      "--mac-address", "02:42:0a:51:00:09", "--hostname", "box1.example", "--",
+                      "sh", "-c", "hostname; ip -o link show dev eth0; "
+                      "ip -4 -o addr show dev eth0")
+    assert ran.code == 0, ran.err
+    hostname, link, address = ran.out.splitlines()
+    assert hostname == "box1.example"
+    assert "link/ether 02:42:0a:51:00:09 " in link
+    assert "10.81.0.9/24" in address
+    assert socket.gethostname() != "box1.example"  # the host's own is untouched
+    for args, message in ((["--hostname=bad_name"], "invalid hostname 'bad_name'"),
+                          (["--mac-address", "zz"], "--mac-address: "),
+                          (["--ip", "10.99.0.1"], "outside")):
+        refused = cluster.cnm("run", "--name", "box2", "--net", "net1", *args, "--", "true")
+        assert refused.code == 2 and message in refused.err, refused.err
     assert cluster.cnm("network", "rm", "net1").code == 0
     assert_clean(cluster)
