@@ -210,6 +210,9 @@ async def bench(args: argparse.Namespace) -> None:
             ("batch", "10.5.0.0/16"),
             ("raw", "10.6.0.0/16"),
             ("raw-cost", "10.7.0.0/16"),
+            ("v4-24", "10.8.0.0/24"),
+            ("v6-empty", "fd00:64::/64"),
+            ("v6-full", "fd00:65::/64"),
         ]:
             await create(pool_id, subnet)
 
@@ -250,6 +253,31 @@ async def bench(args: argparse.Namespace) -> None:
             f"{usec_full:.2f} us: {usec_full / usec_empty:.2f}x"
         )
 
+        # A sparse /64 (no bitmap: ipam_service/pools.py) at 0% and after 100,000
+        # allocations, against a /24 (a bitmap) at 0%, alternating rounds of what a /24
+        # holds, each released again outside the timing.
+        sha = client.script_load(lua.BATCH_ALLOCATE)
+        pipe = client.pipeline(transaction=False)
+        for base in range(0, args.v6_fill, 4096):
+            batch = [f"fill{i}" for i in range(base, min(args.v6_fill, base + 4096))]
+            pipe.evalsha(sha, len(pool_keys("v6-full")), *pool_keys("v6-full"), *batch)
+        pipe.execute()
+        runs = {"v4-24": Run(), "v6-empty": Run(), "v6-full": Run()}
+        for r in range(12):
+            for pool_id, run in runs.items():
+                batch = owners(f"s{r}-", 250)
+                await run.add(two, pids[:2], pool_id, batch, args.clients)
+                release_owners(client, pool_id, batch)
+        print(runs["v4-24"].line("gRPC AllocateAddress, /24 at 0% (2 procs)"))
+        print(runs["v6-empty"].line("gRPC AllocateAddress, /64 at 0% (2 procs)"))
+        print(runs["v6-full"].line(f"gRPC AllocateAddress, /64 after {args.v6_fill} (2 procs)"))
+        base_rate = runs["v4-24"].rate
+        print(f"  /24 rate / /64 rate: {base_rate / runs['v6-empty'].rate:.2f}x at 0%, "
+              f"{base_rate / runs['v6-full'].rate:.2f}x after {args.v6_fill} (target <= 1.2x)")
+        usec = {pool_id: redis_usec_per_allocate(client, pool_id, "u", 250) for pool_id in runs}
+        print(f"  inside Redis per ALLOCATE: /24 {usec['v4-24']:.2f} us, /64 at 0% "
+              f"{usec['v6-empty']:.2f} us, /64 after {args.v6_fill} {usec['v6-full']:.2f} us")
+
         started = time.perf_counter()
         for base in range(0, SLASH16_CAPACITY, 4096):
             count = min(4096, SLASH16_CAPACITY - base)
@@ -286,6 +314,8 @@ def main() -> None:
         default="WARNING",
         help="IPAM log level; INFO logs one JSON line per request",
     )
+    parser.add_argument("--v6-fill", type=int, default=100_000,
+                        help="allocations made in the full /64 before it is measured")
     parser.add_argument("--serve-noop", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop:

@@ -11,10 +11,10 @@ offending value capped (:func:`cnm.errors.capped`), whatever its length.
 
 Subnets: addresses of a subnet nobody may hold are IPv4's network and
 broadcast addresses and IPv6's Subnet-Router anycast address (the first).
-IPAM indexes a pool's dynamic range (the ip range, or the whole subnet) in a
-bitmap, so the range is bounded: 2^24 addresses, an IPv4 /8 or an IPv6 /104;
-an IPv6 subnet is /64 or longer (counts fit in uint64). IPAM takes IPv6
-pools; networks, port mappings and underlays are IPv4 only until cnm's
+IPAM keeps an IPv4 pool's dynamic range (the ip range, or the whole subnet) in
+a bitmap, so it is bounded: 2^24 addresses, a /8; an IPv6 subnet is /48 to /126,
+its range a bitmap up to 2^24 addresses and sparse beyond (ipam_service/pools.py).
+IPAM takes IPv6 pools; networks, port mappings and underlays are IPv4 only until cnm's
 data path handles IPv6 (refused with reason ``IPV6_NOT_SUPPORTED``).
 """
 
@@ -251,7 +251,8 @@ def check_port_mappings(mappings: Iterable, internal: bool,
 
 # --- addresses and subnets --------------------------------------------------------------------
 
-# A bitmap of 2**24 bits is 2 MiB in Redis: the largest dynamic range IPAM indexes.
+# A bitmap of 2**24 bits is 2 MiB in Redis: the largest dynamic range IPAM keeps as a
+# bitmap (every IPv4 one; a larger IPv6 one is a sparse pool, ipam_service/pools.py).
 MAX_RANGE_ADDRESSES = 2**24
 IPV6_LATER = "IPv6 networks come in a later version of cnm"
 
@@ -346,9 +347,9 @@ def check_subnet(subnet: str, gateway: str = "", ip_range: str = "",
             f"(use /{longest} or larger)",
             reason="SUBNET_TOO_SMALL", field="subnet", subnet=network,
         )
-    if network.version == 6 and network.prefixlen < 64:
+    if network.version == 6 and network.prefixlen < 48:
         raise errors.InvalidArgument(
-            f"subnet {network} is too large: IPv6 pools take a /64 or longer subnet",
+            f"subnet {network} is too large: IPv6 pools take a /48 or longer subnet",
             reason="SUBNET_TOO_LARGE", field="subnet", subnet=network,
         )
     gateway_address = (address_inside(network, gateway, "gateway") if gateway
@@ -375,11 +376,10 @@ def check_subnet(subnet: str, gateway: str = "", ip_range: str = "",
         )
     checked = Subnet(network, gateway_address, range_network, tuple(reserved_addresses))
     dynamic = checked.dynamic_range
-    if dynamic.num_addresses > MAX_RANGE_ADDRESSES:
+    if dynamic.version == 4 and dynamic.num_addresses > MAX_RANGE_ADDRESSES:
         raise errors.InvalidArgument(
             f"dynamic range {dynamic} holds {dynamic.num_addresses} addresses; the limit "
-            f"is {MAX_RANGE_ADDRESSES} (an IPv4 /8, an IPv6 /104): give a smaller subnet or "
-            "an ip range",
+            f"is {MAX_RANGE_ADDRESSES} (a /8): give a smaller subnet or an ip range",
             reason="RANGE_TOO_LARGE",
         )
     taken = {address for address in (*unusable_addresses(network), gateway_address,

@@ -4,6 +4,8 @@ Per-pool scripts take the pool's five keys, all hash-tagged with the pool
 id so that they live in one Redis Cluster slot:
 
     KEYS[1] meta      HASH  pool parameters, numbers the scripts need, next-fit cursor
+                            (a sparse pool, mode=sparse: range_last, skip, and the
+                            cursor as eight decimal groups; no bitmap)
     KEYS[2] addresses SET   allocated addresses: the record of truth
     KEYS[3] owners    HASH  owner -> address (the gateway too; reserved addresses have none)
     KEYS[4] holders   HASH  address -> owner (gateway, reserved and endpoint addresses)
@@ -120,6 +122,46 @@ local function next_free(bitmap, holders, cursor, range)
   end
 end
 
+-- Sparse pools (no bitmap; ipam_service/pools.py): addresses as eight decimal
+-- groups, a next-fit cursor walking the range one address at a time.
+local function parse_groups(text)
+  local groups = {}
+  for group in string.gmatch(text, '%d+') do groups[#groups + 1] = tonumber(group) end
+  return groups
+end
+
+local function following(groups, first, last)
+  local after = {unpack(groups)}
+  for i = 8, 1, -1 do
+    if groups[i] ~= last[i] then break end
+    if i == 1 then return {unpack(first)} end  -- the last address: round to the first
+  end
+  for i = 8, 1, -1 do
+    after[i] = after[i] + 1
+    if after[i] < 65536 then return after end
+    after[i] = 0
+  end
+  return after
+end
+
+-- Probes at most this many addresses (each held by a static allocation) per call.
+local SPARSE_PROBES = 4096
+
+-- The first address at or after the cursor that no holder has (and is not the one
+-- to skip), and the cursor after it; nil (and the cursor where it stopped) when
+-- SPARSE_PROBES addresses in a row are held.
+local function sparse_next(holders, cursor, first, last, skip)
+  local groups = cursor
+  for _ = 1, SPARSE_PROBES do
+    local address = ipv6_text(groups)
+    groups = following(groups, first, last)
+    if address ~= skip and redis.call('HEXISTS', holders, address) == 0 then
+      return address, groups
+    end
+  end
+  return nil, groups
+end
+
 -- The order index member of an address: fixed-width hex, a space, the text.
 local function order_member(address)
   if not string.find(address, ':', 1, true) then
@@ -159,7 +201,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + n))
 i = i + n + 1
 local size = tonumber(ARGV[i])
 -- Size the bitmap in full: BITPOS with an end offset stops at the string's end.
-redis.call('SETBIT', KEYS[5], size - 1, 0)
+-- (A sparse pool has none: size 0.)
+if size > 0 then redis.call('SETBIT', KEYS[5], size - 1, 0) end
 i = i + 1
 local bits = tonumber(ARGV[i])
 for j = i + 1, i + bits do redis.call('SETBIT', KEYS[5], tonumber(ARGV[j]), 1) end
@@ -179,8 +222,9 @@ ALLOCATE = (
     _HELPERS
     + """
 local f = redis.call('HMGET', KEYS[1], 'family', 'range_start', 'range_size', 'cursor',
-                     'prefix_length', 'gateway', 'fingerprint')
+                     'prefix_length', 'gateway', 'fingerprint', 'mode', 'range_last', 'skip')
 if not f[1] then return {'not_found'} end
+local sparse = f[8] == 'sparse'
 local owner, preferred, prefix = ARGV[1], ARGV[2], ARGV[4] == '1'
 if prefix and preferred ~= '' then owner = owner .. preferred end
 local held = redis.call('HGET', KEYS[3], owner)
@@ -194,7 +238,15 @@ if preferred ~= '' then
   if f[7] ~= ARGV[3] then return {'changed'} end
   local holder = redis.call('HGET', KEYS[4], preferred)
   if holder then return {'taken', holder} end
-  address, bit = preferred, bit_of(range, preferred)
+  address = preferred
+  if not sparse then bit = bit_of(range, preferred) end
+elseif sparse then
+  local cursor
+  address, cursor = sparse_next(KEYS[4], parse_groups(f[4]), range.groups,
+                                parse_groups(f[9]), f[10])
+  redis.call('HSET', KEYS[1], 'cursor', table.concat(cursor, ':'))
+  if not address then return {'exhausted'} end
+  if prefix then owner = owner .. address end
 else
   bit, address = next_free(KEYS[5], KEYS[4], tonumber(f[4]), range)
   if bit < 0 then return {'exhausted'} end
@@ -211,15 +263,35 @@ BATCH_ALLOCATE = (
     _HELPERS
     + """
 local f = redis.call('HMGET', KEYS[1], 'family', 'range_start', 'range_size', 'cursor',
-                     'prefix_length', 'gateway')
+                     'prefix_length', 'gateway', 'mode', 'range_last', 'skip')
 if not f[1] then return {'not_found'} end
-local range, cursor = range_of(f[1], f[2], f[3]), tonumber(f[4])
-local size = range.size
 local held = redis.call('HMGET', KEYS[3], unpack(ARGV))
 local need = 0
 for i = 1, #ARGV do
   if not held[i] then need = need + 1 end
 end
+if f[7] == 'sparse' then
+  -- Every address is found before any is taken: all or nothing.
+  local first, last = parse_groups(f[2]), parse_groups(f[8])
+  local cursor, found = parse_groups(f[4]), {}
+  for i = 1, #ARGV do
+    if not held[i] then
+      local address
+      address, cursor = sparse_next(KEYS[4], cursor, first, last, f[9])
+      if not address then return {'exhausted', 0, need} end
+      found[i] = address
+    end
+  end
+  local reply = {'ok', f[5], f[6]}
+  for i = 1, #ARGV do
+    if found[i] then take(found[i], ARGV[i], nil) end
+    reply[#reply + 1] = held[i] or found[i]
+  end
+  redis.call('HSET', KEYS[1], 'cursor', table.concat(cursor, ':'))
+  return reply
+end
+local range, cursor = range_of(f[1], f[2], f[3]), tonumber(f[4])
+local size = range.size
 local free = size - redis.call('BITCOUNT', KEYS[5], 0, size - 1, 'BIT')
 if need > free then return {'exhausted', free, need} end
 local reply = {'ok', f[5], f[6]}
@@ -243,7 +315,7 @@ return reply
 RELEASE = (
     _HELPERS
     + """
-local f = redis.call('HMGET', KEYS[1], 'family', 'range_start', 'range_size')
+local f = redis.call('HMGET', KEYS[1], 'family', 'range_start', 'range_size', 'mode')
 if not f[1] then return {'not_found'} end
 local address, owner
 if ARGV[1] == 'owner' then
@@ -260,8 +332,10 @@ redis.call('SREM', KEYS[2], address)
 redis.call('HDEL', KEYS[3], owner)
 redis.call('HDEL', KEYS[4], address)
 redis.call('ZREM', KEYS[6], order_member(address))
-local bit = bit_of(range_of(f[1], f[2], f[3]), address)
-if bit then redis.call('SETBIT', KEYS[5], bit, 0) end
+if f[4] ~= 'sparse' then
+  local bit = bit_of(range_of(f[1], f[2], f[3]), address)
+  if bit then redis.call('SETBIT', KEYS[5], bit, 0) end
+end
 return {'released', address}
 """
 )
@@ -291,10 +365,14 @@ redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return {'deleted', held}
 """
 
-# KEYS: meta, addresses, bitmap. Reply: meta as a flat list, allocated count, free count.
+# KEYS: meta, addresses, bitmap. Reply: meta as a flat list, allocated count, free count
+# (-1 for a sparse pool: the caller counts it, as the range's size is no Lua number).
 GET_POOL = """
 local meta = redis.call('HGETALL', KEYS[1])
 if #meta == 0 then return false end
+if redis.call('HGET', KEYS[1], 'mode') == 'sparse' then
+  return {meta, redis.call('SCARD', KEYS[2]), -1}
+end
 local size = tonumber(redis.call('HGET', KEYS[1], 'range_size'))
 local taken = redis.call('BITCOUNT', KEYS[3], 0, size - 1, 'BIT')
 return {meta, redis.call('SCARD', KEYS[2]), size - taken}

@@ -8,10 +8,19 @@ anywhere in the subnet; those outside the range have no bit.
 
 IPv4 and IPv6 pools are both supported. IPv4 never hands out the network
 and broadcast addresses; IPv6 (no broadcast) never hands out the
-Subnet-Router anycast address (the first). Because the bitmap covers only
-the dynamic range, an IPv6 pool needs a subnet of /64 or longer (so counts
-fit in uint64) and a dynamic range of at most 2^24 addresses: a /64 subnet
-takes an ip range of /104 or longer.
+Subnet-Router anycast address (the first).
+
+A dynamic range of at most 2^24 addresses (every IPv4 pool: at most a /8) is a
+*bitmap* pool: exhausted exactly at capacity, next-fit over the bitmap. A larger
+one (an IPv6 /64, up to a /48) cannot be a bitmap (2^64 bits), and is a *sparse*
+pool: no bitmap at all, and a next-fit cursor that walks the range address by
+address, taking the first one no holder has (one HEXISTS each). Released
+addresses are not handed out again until the cursor has gone round the range,
+so the cursor stays ahead of every dynamic allocation and a probe meets only
+static ones: the cost of an allocation depends neither on the size of the
+range nor on how many addresses are taken (bench/ipam_bench.py measures it at
+0 and 100,000 allocations against a /24). A sparse pool is never full in
+practice; its usage counts saturate at 2^64 - 1.
 """
 
 from __future__ import annotations
@@ -121,6 +130,11 @@ class PoolSpec:
         return self.dynamic_range.num_addresses
 
     @property
+    def sparse(self) -> bool:
+        """Whether the dynamic range is too large for a bitmap (see the module's doc)."""
+        return self.range_size > MAX_RANGE_ADDRESSES
+
+    @property
     def unusable(self) -> tuple[Address, ...]:
         """Never held by anyone: network and broadcast (IPv4), Subnet-Router anycast (IPv6)."""
         return unusable_addresses(self.subnet)
@@ -131,7 +145,10 @@ class PoolSpec:
         return self.subnet.num_addresses - len(self.unusable)
 
     def bit_of(self, address: Address) -> int | None:
-        """The bitmap offset of ``address``, or None when it lies outside the dynamic range."""
+        """The bitmap offset of ``address``, or None when it lies outside the dynamic range
+        (or the pool has no bitmap)."""
+        if self.sparse:
+            return None
         offset = int(address) - self.range_start
         return offset if 0 <= offset < self.range_size else None
 
@@ -222,9 +239,18 @@ class PoolSpec:
             "fingerprint": self.fingerprint(),
             "create_time": create_time,
             "range_start": lua_range_start(self.dynamic_range),
-            "range_size": str(self.range_size),
-            "cursor": "0",
+            **(self._sparse_meta() if self.sparse else {
+                "range_size": str(self.range_size), "cursor": "0"}),
         }
+
+    def _sparse_meta(self) -> dict[str, str]:
+        """What the Lua scripts read of a sparse pool: its last address, the next-fit
+        cursor (its first address, in the same eight decimal groups), and the one address
+        of the range nobody may hold (the Subnet-Router anycast address, when inside)."""
+        last = ipaddress.ip_network((self.dynamic_range.broadcast_address, 128))
+        inside = [str(a) for a in self.unusable if a in self.dynamic_range]
+        return {"mode": "sparse", "range_last": lua_range_start(last),
+                "cursor": lua_range_start(self.dynamic_range), "skip": ",".join(inside)}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> PoolSpec:

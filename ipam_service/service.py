@@ -17,8 +17,14 @@ SERVICE_NAME = ipam_pb2.DESCRIPTOR.services_by_name["IpamService"].full_name
 _ORDER_KEY = re.compile(r"[0-9a-f]{8}|[0-9a-f]{32}")
 
 
+UINT64_MAX = 2**64 - 1
+
+
 def _usage_message(usage: Usage) -> ipam_pb2.PoolUsage:
-    return ipam_pb2.PoolUsage(size=usage.size, allocated=usage.allocated, free=usage.free)
+    """The counts, saturated at 2^64 - 1 (an IPv6 /48 holds 2^80 addresses)."""
+    return ipam_pb2.PoolUsage(size=min(usage.size, UINT64_MAX),
+                              allocated=min(usage.allocated, UINT64_MAX),
+                              free=min(usage.free, UINT64_MAX))
 
 
 def pool_message(stored: StoredPool) -> ipam_pb2.Pool:

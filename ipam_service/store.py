@@ -161,7 +161,7 @@ class RedisStore:
         for field, value in meta.items():
             args += [field, value]
         bits = spec.bits_taken_at_creation()
-        args += [spec.range_size, len(bits), *bits]
+        args += [0 if spec.sparse else spec.range_size, len(bits), *bits]
         for address, owner in spec.taken_at_creation():
             args += [address, owner]
         try:
@@ -204,6 +204,9 @@ class RedisStore:
         flat, allocated, free = reply
         meta = dict(zip(flat[::2], flat[1::2], strict=True))
         spec = PoolSpec.from_meta(meta)
+        if free < 0:  # a sparse pool: counted here, its size being no Lua number
+            inside = sum(1 for address in spec.unusable if address in spec.dynamic_range)
+            free = spec.range_size - inside - allocated
         return StoredPool(spec, meta["create_time"], Usage(spec.usable_size, allocated, free))
 
     async def get_spec(self, pool_id: str) -> PoolSpec:

@@ -31,7 +31,8 @@ def test_free_form_text_refuses_control_characters(value):
 @pytest.mark.parametrize(("subnet", "reason"), [
     ("10.0.0.0/33", "INVALID_CIDR"), ("300.1.1.0/24", "INVALID_CIDR"),
     ("10.0.0.1/24", "HOST_BITS_SET"), ("10.0.0.0", "INVALID_CIDR"),
-    ("fd00::/64", "RANGE_TOO_LARGE"), ("::/0", "SUBNET_TOO_LARGE"),
+    ("10.0.0.0/7", "RANGE_TOO_LARGE"), ("::/0", "SUBNET_TOO_LARGE"),
+    ("fd00::/47", "SUBNET_TOO_LARGE"),
 ])
 def test_subnets_are_refused_with_ipams_reasons(subnet, reason):
     with pytest.raises(errors.InvalidArgument) as caught:

@@ -36,6 +36,10 @@ def check_pool(redis_url: str, pool_id: str) -> dict[str, str]:
     assert owners == {o: a for a, o in endpoint_holders.items()}, "owner HASH is not the inverse"
     assert len(set(owners.values())) == len(owners), "an address is held by two owners"
     never = set(spec.unusable)
+    if spec.sparse:  # no bitmap; nobody holds what nobody may
+        assert raw == b"", "a sparse pool has a bitmap"
+        assert not never & {ipaddress.ip_address(a) for a in holders}, "an unusable is held"
+        return holders
     for bit in range(spec.range_size):
         address = spec.dynamic_range.network_address + bit
         is_set = bool(raw[bit // 8] >> (7 - bit % 8) & 1) if bit // 8 < len(raw) else False

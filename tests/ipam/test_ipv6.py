@@ -151,3 +151,50 @@ async def test_ipv6_bits_beyond_the_first_group(store, redis_url):
         assert client.bitcount(bitmap) == 0
     finally:
         client.close()
+
+
+async def test_a_64_is_a_sparse_pool_handing_out_addresses_in_order(store, redis_url):
+    """A /64 (and up to a /48): no bitmap, a next-fit cursor, the anycast address
+    skipped, statics ahead of the cursor skipped, released ones not reused before the
+    cursor has gone round."""
+    created = await store.create_pool(pools.build_pool(pool_id="wide64", subnet="fd00:64::/64"))
+    assert created.spec.sparse and created.spec.gateway == ipaddress.ip_address("fd00:64::1")
+    assert created.usage.size == 2**64 - 1 and created.usage.allocated == 1
+    static = await store.allocate("wide64", "static", ipaddress.ip_address("fd00:64::3"))
+    assert static.address == "fd00:64::3"
+    got = [(await store.allocate("wide64", f"o{n}")).address for n in range(3)]
+    assert got == ["fd00:64::2", "fd00:64::4", "fd00:64::5"]
+    assert await store.release("wide64", owner="o0") == "fd00:64::2"
+    assert (await store.allocate("wide64", "o3")).address == "fd00:64::6"
+    batch = await store.allocate_batch("wide64", ["o3", "b1", "b2"])
+    assert batch.addresses == ["fd00:64::6", "fd00:64::7", "fd00:64::8"]
+    # A preferred address far away, and the same owner asking again.
+    far = ipaddress.ip_address("fd00:64::ffff:ffff:ffff:fffe")
+    assert (await store.allocate("wide64", "far", far)).address == str(far)
+    assert (await store.allocate("wide64", "o1")).address == "fd00:64::4"
+    usage = (await store.get_pool("wide64")).usage
+    assert usage.allocated == 8 and usage.free == 2**64 - 1 - 8
+    check_pool(redis_url, "wide64")
+
+    wide48 = await store.create_pool(pools.build_pool(pool_id="wide48", subnet="fd00:48::/48"))
+    assert wide48.usage.size == 2**80 - 1  # the service saturates it at 2^64 - 1
+    assert (await store.allocate("wide48", "a")).address == "fd00:48::2"
+    with pytest.raises(errors.InvalidArgument, match="a /48 or longer"):
+        pools.build_pool(pool_id="wide47", subnet="fd00:47::/47")
+
+
+async def test_a_sparse_cursor_goes_round_the_range(store, redis_url):
+    """At the range's last address the cursor starts again at its first; what was
+    released by then is handed out again."""
+    await store.create_pool(pools.build_pool(pool_id="edge", subnet="fd00:e::/64"))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        meta = pool_keys("edge")[0]
+        last = client.hget(meta, "range_last")
+        client.hset(meta, "cursor", last)  # as if 2^64 - 2 addresses had been handed out
+    finally:
+        client.close()
+    assert (await store.allocate("edge", "a")).address == "fd00:e::ffff:ffff:ffff:ffff"
+    # Round: the anycast address (::) is skipped, the gateway (::1) is held.
+    assert (await store.allocate("edge", "b")).address == "fd00:e::2"
+    check_pool(redis_url, "edge")

@@ -63,7 +63,7 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"subnet": "10.20.0.5/24"}, r"host bits set \(did you mean 10.20.0.0/24\?\)"),
     ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
     ({"subnet": "fd00::/127"}, "too small.*use /126"),
-    ({"subnet": "fd00::/64"}, "dynamic range fd00::/64 holds"),
+    ({"subnet": "fd00::/64"}, "IPv6 networks come in a later version"),
     ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": pb.DRIVER_OVERLAY},
      "IPv6 networks come in a later version"),
     ({"subnet": "fd00::/64", "ip_range": "fd00::/104"}, "IPv6 networks come in a later version"),
@@ -339,7 +339,7 @@ async def test_bad_port_mappings(world):
     await create(world)
     await create(world, "inner", "10.21.0.0/24", internal=True)
     for mappings in (
-        [pb.PortMapping(host_port=0, container_port=80)],
+        [pb.PortMapping(host_port=0, container_port=0)],  # host port 0 is any; not this
         [pb.PortMapping(host_port=70000, container_port=80)],
         [pb.PortMapping(host_port=80, container_port=80, host_ip="x")],
         [pb.PortMapping(host_port=80, container_port=80)] * 2,
