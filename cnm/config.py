@@ -6,6 +6,8 @@ import argparse
 import os
 import socket
 
+from cnm import version
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_IPAM_ADDR = "127.0.0.1:50052"
 DEFAULT_NETDRIVER_ADDR = "127.0.0.1:50053"
@@ -58,6 +60,7 @@ def add_listen_flag(parser: argparse.ArgumentParser, env_name: str, default: str
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    version.add_flag(parser)
     add_flag(parser, "--log-level", "CNM_LOG_LEVEL", "INFO", "log level")
     add_tls_flags(parser)
 

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from cnm import tracing
+
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -26,6 +28,9 @@ class JsonFormatter(logging.Formatter):
         line.update(
             (key, value) for key, value in record.__dict__.items() if key not in _STANDARD_ATTRS
         )
+        trace_id = tracing.trace_id()
+        if trace_id is not None:
+            line.setdefault("trace_id", trace_id)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cnm import authz, errors, grpc_client
+from cnm import authz, errors, grpc_client, tracing
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
@@ -69,8 +69,10 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             failure: errors.CnmError | None = None
             caller = None
-            # Downstream calls made for this request share its deadline (grpc_client.budget).
+            # Downstream calls made for this request share its deadline (grpc_client.budget)
+            # and its trace id (tracing: every log line of the request carries it).
             grpc_client.set_deadline(context.time_remaining())
+            tracing.begin(context.invocation_metadata())
             try:
                 if policy is not None:
                     caller = authz.identity_of(context)

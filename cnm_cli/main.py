@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from cnm import config, errors, grpc_client, pagination, pki, tls, validation
+from cnm import config, errors, grpc_client, pagination, pki, tls, tracing, validation, version
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
@@ -159,7 +159,7 @@ class Client:
 
     def __getattr__(self, method: str):
         rpc = getattr(self.stub, method)
-        return lambda request: rpc(request, timeout=TIMEOUT)
+        return lambda request: rpc(request, timeout=TIMEOUT, metadata=tracing.outgoing())
 
     def list_all(self, method: str, request, field: str) -> list:
         """Every item a List RPC selects, through all of its pages."""
@@ -692,6 +692,7 @@ def config_unset(client: Client, args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cnm", description="cnm: container networks")
+    version.add_flag(parser)
     config.add_flag(parser, "--orchestrator", "CNM_ORCHESTRATOR",
                     config.DEFAULT_ORCHESTRATOR_ADDR, "gRPC address of the orchestrator")
     config.add_tls_flags(parser)
@@ -894,6 +895,7 @@ def main(argv=None) -> None:
             sys.exit(2)
     parser = build_parser()
     args = parser.parse_args(argv)
+    tracing.begin_from_environment()  # one trace id for the command's calls
     # Local commands need no orchestrator, nor readable TLS files.
     local = args.command in ("config", "pki")
     client = Client(args.orchestrator, None if local else tls.from_parsed(parser, args))

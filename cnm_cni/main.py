@@ -197,6 +197,11 @@ def main() -> None:
             len(arguments) == 2 or arguments[2] == "--python"):
         print(install(arguments[1], python=arguments[3] if len(arguments) == 4 else ""))
         return
+    if arguments == ["--version"]:
+        from cnm import version  # only here: the plugin's start stays light
+
+        print(f"cnm-cni {version.version()}")
+        return
     if arguments:
         sys.exit("usage: cnm-cni (as a CNI plugin, CNI_COMMAND in the environment) | "
                  "cnm-cni --install CNI_BIN_DIR [--python INTERPRETER]")

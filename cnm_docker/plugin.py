@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from aiohttp import web
 
-from cnm import errors, grpc_client, pagination, validation
+from cnm import errors, grpc_client, pagination, tracing, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
@@ -118,6 +118,7 @@ class Plugin:
 
     async def _serve(self, handler, request: web.Request) -> web.Response:
         what = request.path.lstrip("/")
+        tracing.begin()  # each of Docker's calls is a request of its own (cnm/tracing.py)
         try:
             body = await request.read()
             try:
@@ -144,8 +145,8 @@ class Plugin:
 
     async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
         try:
-            return await getattr(self.channel.stub, method)(request, timeout=timeout,
-                                                            wait_for_ready=True)
+            return await getattr(self.channel.stub, method)(
+                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as error:
             raise errors.from_rpc_error(error) from None
 

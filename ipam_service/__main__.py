@@ -22,7 +22,7 @@ from ipam_service.service import serve
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m ipam_service", description=__doc__.split("\n")[0]
+        prog="cnm-ipam", description=__doc__.split("\n")[0]
     )
     config.add_listen_flag(parser, "CNM_IPAM_LISTEN", config.DEFAULT_IPAM_ADDR)
     config.add_flag(parser, "--redis-url", "CNM_REDIS_URL", config.DEFAULT_REDIS_URL, "Redis URL")

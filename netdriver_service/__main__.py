@@ -22,7 +22,7 @@ from netdriver_service.state import Store
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m netdriver_service",
+        prog="cnm-agent",
         description="cnm host agent: bridges, veths, namespaces and firewall rules of this host",
     )
     config.add_listen_flag(parser, "CNM_NETDRIVER_LISTEN", config.DEFAULT_NETDRIVER_ADDR)

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cnm import errors, grpc_client, pagination, validation
+from cnm import errors, grpc_client, pagination, tracing, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from cnm.tls import Tls
@@ -201,13 +201,14 @@ class CniService:
         # Waits for the channel within the deadline: an orchestrator just (re)started is
         # used as soon as it listens, not after gRPC's reconnect backoff.
         try:
-            return await getattr(self.channel.stub, method)(request, timeout=timeout,
-                                                            wait_for_ready=True)
+            return await getattr(self.channel.stub, method)(
+                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as error:
             raise from_cnm(errors.from_rpc_error(error), env_fields) from None
 
     async def handle(self, raw: dict) -> dict:
         """The answer to one request: {"result": ...}, {} or {"error": ...}."""
+        tracing.begin()  # each plugin run is a request of its own (cnm/tracing.py)
         try:
             request = Request(raw)
             verbs: dict[str, Callable[[Request], Awaitable[dict | None]]] = {

@@ -20,7 +20,7 @@ from orchestrator.store import Store
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator",
+        prog="cnm-orchestrator",
         description="cnm orchestrator: networks, endpoints and hosts over gRPC",
     )
     config.add_listen_flag(parser, "CNM_ORCHESTRATOR_LISTEN", config.DEFAULT_ORCHESTRATOR_ADDR)

@@ -20,7 +20,7 @@ import random
 
 import grpc
 
-from cnm import errors, grpc_client, pagination
+from cnm import errors, grpc_client, pagination, tracing
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.tls import Tls
@@ -41,7 +41,8 @@ async def call(what: str, rpc, request, timeout: float, wait_for_ready: bool = F
             raise errors.Unavailable(f"{what}: no answer within {budget:g}s (the request's "
                                      f"deadline)")
         try:
-            return await rpc(request, timeout=left, wait_for_ready=wait_for_ready)
+            return await rpc(request, timeout=left, wait_for_ready=wait_for_ready,
+                             metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as error:
             if wait_for_ready and grpc_client.transport_failure(error) and \
                     deadline - asyncio.get_running_loop().time() > RETRY_PAUSE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -480,3 +481,38 @@ def test_run_takes_dockers_ip_mac_address_and_hostname(cluster):
         assert refused.code == 2 and message in refused.err, refused.err
     assert cluster.cnm("network", "rm", "net1").code == 0
     assert_clean(cluster)
+
+
+def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypatch):
+    """The CLI's TRACEPARENT is the trace id on the request lines of the orchestrator,
+    IPAM and the agent for that connect; a malformed one is replaced, not refused."""
+    assert cluster.cnm("network", "create", "--subnet", "10.82.0.0/24", "net1").code == 0
+    trace_id = uuid.uuid4().hex
+    monkeypatch.setenv("TRACEPARENT", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")
+    ran = cluster.cnm("run", "-d", "--name", "c1", "--net", "net1", "--", "sleep", "60")
+    assert ran.code == 0, ran.err
+
+    def lines(process: support.Process) -> list[dict]:
+        return [json.loads(line) for line in process.log_path.read_text().splitlines()
+                if line.startswith("{")]
+
+    def traced(process: support.Process) -> set[str]:
+        return {line.get("method", "").rsplit("/", 1)[-1] for line in lines(process)
+                if line.get("trace_id") == trace_id and line.get("event") == "request"}
+
+    agent = cluster.hosts["h1"].process
+    support.wait_for(lambda: "CreateEndpoint" in traced(agent), 5, 0.1, "the agent's line")
+    assert "ConnectContainer" in traced(cluster.orchestrator)
+    assert "AllocateAddress" in traced(cluster.ipam)
+    assert {"CreateSandbox", "ConnectContainer"} <= traced(cluster.orchestrator)
+
+    monkeypatch.setenv("TRACEPARENT", "not-a-traceparent")
+    listed = cluster.cnm("network", "ls", "-q")
+    assert listed.code == 0, listed.err
+    last = [line for line in lines(cluster.orchestrator) if line.get("event") == "request"][-1]
+    assert last["method"].endswith("/ListNetworks")
+    assert re.fullmatch(r"[0-9a-f]{32}", last["trace_id"]) and last["trace_id"] != trace_id
+    assert cluster.cnm("rm", "c1").code == 0
+    assert cluster.cnm("network", "rm", "net1").code == 0
+    assert_clean(cluster)
+

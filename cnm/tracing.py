@@ -1,0 +1,66 @@
+"""One request id across services: the W3C trace context's ``traceparent``.
+
+The first cnm process a request reaches (the CLI, cnm-cni, the Docker plugin, or
+a service called by something else) gives it a trace id; every service logs it as
+``trace_id`` on each line it writes for that request and passes it on, with a span
+id of its own, to every call it makes for it. So one ``grep TRACE_ID`` over the
+logs of the orchestrator, IPAM and the agents follows a connect through all of
+them. A ``traceparent`` that is not well formed is ignored and replaced, never an
+error. The CLI takes one from the ``TRACEPARENT`` environment variable (the
+W3C convention for processes), so a caller can choose the id it will grep for.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import secrets
+
+TRACEPARENT = "traceparent"
+_FORMAT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+# (trace id, this process's span id) of the request being served.
+_current: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "cnm_trace", default=None)
+
+
+def parse(value: str | None) -> str | None:
+    """The trace id of a well-formed version-00 ``traceparent``, else None."""
+    if not value:
+        return None
+    match = _FORMAT.fullmatch(value.strip())
+    if match is None or match[1] == _ZERO_TRACE or match[2] == _ZERO_SPAN:
+        return None
+    return match[1]
+
+
+def begin(metadata=None, traceparent: str | None = None) -> str:
+    """Starts serving a request: its trace id from its ``traceparent`` (in gRPC
+    ``metadata``, or given), else a new one; returns it."""
+    if traceparent is None and metadata is not None:
+        traceparent = next((value for key, value in metadata if key == TRACEPARENT), None)
+    trace_id = parse(traceparent) or secrets.token_hex(16)
+    _current.set((trace_id, secrets.token_hex(8)))
+    return trace_id
+
+
+def trace_id() -> str | None:
+    """The trace id of the request being served, if any."""
+    current = _current.get()
+    return current[0] if current else None
+
+
+def outgoing() -> tuple[tuple[str, str]]:
+    """The metadata of a call made for the request being served (a new trace when none
+    is: a background task's call)."""
+    current = _current.get()
+    if current is None:
+        current = (secrets.token_hex(16), secrets.token_hex(8))
+    return ((TRACEPARENT, f"00-{current[0]}-{current[1]}-01"),)
+
+
+def begin_from_environment() -> str:
+    """A command-line process's trace: ``$TRACEPARENT`` when well formed, else new."""
+    return begin(traceparent=os.environ.get("TRACEPARENT"))
