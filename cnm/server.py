@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cnm import authz, errors, grpc_client, tracing
+from cnm import authz, errors, grpc_client, sdnotify, tracing
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
@@ -122,6 +122,7 @@ class Server:
     health: health.aio.HealthServicer
     service_names: list[str]
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    notified: bool = False  # READY=1 was sent to systemd
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -133,6 +134,7 @@ class Server:
             await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
+        sdnotify.notify("STOPPING=1")
         await self.set_serving(False)
         for task in self._tasks:
             task.cancel()
@@ -223,6 +225,8 @@ async def start(
             except Exception:  # noqa: BLE001 - a failing probe means not ready
                 ready = False
             if ready != serving:
+                if ready and not running.notified:
+                    running.notified = sdnotify.notify("READY=1")  # systemd: Type=notify
                 serving = ready
                 await running.set_serving(ready)
                 logger.info("health", extra={"serving": ready})

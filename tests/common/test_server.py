@@ -228,3 +228,43 @@ async def test_it_listens_on_every_address_of_a_comma_separated_list(tmp_path):
         await running.stop(0)
     with pytest.raises(ValueError, match="empty address"):
         server.check_listen("127.0.0.1:0,", None, insecure=False)
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+async def test_systemd_hears_ready_once_serving_and_stopping_at_the_end(
+        monkeypatch, tmp_path, abstract):
+    """Type=notify (deploy/systemd): READY=1 when health first says SERVING, not before;
+    STOPPING=1 at stop. With $NOTIFY_SOCKET a path, or '@' and an abstract name."""
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"cnmt-notify-{os.getpid()}-{abstract}"
+    if abstract:
+        listener.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    else:
+        listener.bind(str(tmp_path / "notify"))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    listener.setblocking(False)
+    ready = asyncio.Event()
+
+    async def readiness() -> bool:
+        return ready.is_set()
+
+    async def heard(timeout: float = 5.0) -> bytes:
+        return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(listener, 64),
+                                      timeout)
+
+    async def echo(request):
+        return request
+
+    running = await _start(echo, readiness)
+    try:
+        with pytest.raises(TimeoutError):
+            await heard(0.3)  # not ready yet: nothing said
+        ready.set()
+        assert await heard() == b"READY=1"
+    finally:
+        await running.stop(0)
+    assert await heard() == b"STOPPING=1"
+    listener.close()

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -539,3 +540,52 @@ def test_a_failed_connect_leaves_nothing_at_any_step(netns, tmp_path):
             harness.assert_unchanged(before, snapshot(), f"fault after {step}")
         finally:
             agent.stop()
+
+
+def unit_capabilities() -> list[str]:
+    """The agent's systemd unit's CapabilityBoundingSet, as setpriv names them."""
+    unit = support.REPO / "deploy" / "systemd" / "cnm-agent.service"
+    line = next(line for line in unit.read_text().splitlines()
+                if line.startswith("CapabilityBoundingSet="))
+    return [name.removeprefix("CAP_").lower() for name in line.partition("=")[2].split()]
+
+
+def test_the_agent_works_with_exactly_its_units_capabilities(netns, tmp_path):
+    """Root, but with only deploy/systemd/cnm-agent.service's capability set: a named
+    sandbox, a network, an endpoint publishing a privileged TCP port and a UDP port,
+    reached from a client; state, resync and teardown."""
+    capabilities = unit_capabilities()
+    host, client = netns("cnmt-h"), netns("cnmt-cl")
+    support.connect_namespaces(host, "cl0", "192.168.251.1/24", client, "eth0",
+                               "192.168.251.2/24")
+    client.run("ip", "route", "add", "default", "via", "192.168.251.1")
+    wrap = ["setpriv", "--inh-caps=-all",
+            "--bounding-set=-all," + ",".join(f"+{name}" for name in capabilities), "--"]
+    agent = harness.AgentProcess(host, tmp_path / "state", wrap=wrap)
+    server = None
+    try:
+        status = Path(f"/proc/{agent.process.pid}/status").read_text()
+        bounding = int(next(line.split()[1] for line in status.splitlines()
+                            if line.startswith("CapBnd:")), 16)
+        assert bounding.bit_count() == len(capabilities), status
+        sandbox = agent.call("CreateSandbox", pb.CreateSandboxRequest(
+            name=f"cnmt-caps-{uuid.uuid4().hex[:6]}")).sandbox
+        agent.call("CreateEndpoint", pb.CreateEndpointRequest(
+            endpoint=pb.Endpoint(endpoint_id="cap1", network_id="capn", sandbox=sandbox.path,
+                                 address="10.84.0.10", default_route=True,
+                                 port_mappings=[harness.tcp(80, 8080), harness.udp(53, 5353)]),
+            network=harness.network("capn", "10.84.0.0/24"),
+        ))
+        server = harness.Server(sandbox.name, 8080, log_dir=tmp_path)
+        assert harness.ask(client.name, "192.168.251.1", 80) is not None
+        (endpoint,) = agent.call("GetState", pb.GetStateRequest()).endpoints
+        assert len(endpoint.port_mappings) == 2
+        assert list(agent.call("Resync", pb.ResyncRequest()).repaired) == []
+        agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="cap1"))
+        agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id="capn"))
+        agent.call("DeleteSandbox", pb.DeleteSandboxRequest(name=sandbox.name))
+        assert not agent.call("GetState", pb.GetStateRequest()).endpoints
+    finally:
+        if server is not None:
+            server.stop()
+        agent.stop()
