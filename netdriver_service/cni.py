@@ -161,6 +161,10 @@ class Request:
             except (TypeError, ValueError):
                 raise _config_error(f"port mapping {item}: hostPort and containerPort must be "
                                     "numbers") from None
+            if not 1 <= host_port <= 65535:
+                # As the portmap plugin: a runtime always gives the host port (0 would be
+                # the orchestrator's "any free one", which no CNI result could report).
+                raise _config_error(f"port mapping {item}: hostPort must be 1-65535")
             mappings.append(pb.PortMapping(
                 protocol=pb.PROTOCOL_UDP if protocol == "udp" else pb.PROTOCOL_TCP,
                 host_ip=str(item.get("hostIP") or ""), host_port=host_port,
