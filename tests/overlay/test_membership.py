@@ -73,7 +73,9 @@ async def test_registers_retries_heartbeats_and_registers_again_when_forgotten()
                                                               "10.99.0.9")
 
 
-async def test_a_changed_underlay_address_is_registered_again():
+async def registrations_across_a_change(change, **membership_fields) -> list[pb.Host]:
+    """What a membership registers: once, and once more after ``change()`` (made once
+    it heartbeats) changes what it reads; nothing further while heartbeats go on."""
     fake = Orchestrator()
     fake.refuse_first = False
     fake.forget_after = 0  # never
@@ -83,11 +85,8 @@ async def test_a_changed_underlay_address_is_registered_again():
         services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
         logger=log, readiness=_ready,
     )
-    underlay = ["10.99.0.9"]
-    membership = Membership(
-        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
-        underlay_ip=lambda: underlay[0], ready=_ready,
-    )
+    membership = Membership(orchestrator=f"127.0.0.1:{running.port}", host_id="h9",
+                            advertise="unix:/tmp/h9.sock", ready=_ready, **membership_fields)
     membership.interval = 0.05
     task = asyncio.create_task(membership.run())
     try:
@@ -95,7 +94,7 @@ async def test_a_changed_underlay_address_is_registered_again():
             if fake.heartbeats >= 2:
                 break
             await asyncio.sleep(0.02)
-        underlay[0] = "10.99.0.19"
+        change()
         for _ in range(200):
             if len(fake.registered) >= 2:
                 break
@@ -104,41 +103,22 @@ async def test_a_changed_underlay_address_is_registered_again():
     finally:
         task.cancel()
         await running.stop(0)
-    assert [host.underlay_ip for host in fake.registered] == ["10.99.0.9", "10.99.0.19"]
+    return fake.registered
+
+
+async def test_a_changed_underlay_address_is_registered_again():
+    underlay = ["10.99.0.9"]
+    registered = await registrations_across_a_change(
+        lambda: underlay.__setitem__(0, "10.99.0.19"), underlay_ip=lambda: underlay[0])
+    assert [host.underlay_ip for host in registered] == ["10.99.0.9", "10.99.0.19"]
 
 
 async def test_the_hosts_routes_are_registered_and_registered_again_when_they_change():
-    fake = Orchestrator()
-    fake.refuse_first = False
-    fake.forget_after = 0  # never
-    name = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
-    running = await server.start(
-        listen="127.0.0.1:0",
-        services=[(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, fake, name)],
-        logger=log, readiness=_ready,
-    )
     routes = [["10.99.0.0/24"]]
-    membership = Membership(
-        orchestrator=f"127.0.0.1:{running.port}", host_id="h9", advertise="unix:/tmp/h9.sock",
-        underlay_ip=lambda: "10.99.0.9", ready=_ready, routes=lambda: routes[0],
-    )
-    membership.interval = 0.05
-    task = asyncio.create_task(membership.run())
-    try:
-        for _ in range(200):
-            if fake.heartbeats >= 2:
-                break
-            await asyncio.sleep(0.02)
-        routes[0] = ["10.99.0.0/24", "172.17.0.0/16"]
-        for _ in range(200):
-            if len(fake.registered) >= 2:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # heartbeats go on; no further registration
-    finally:
-        task.cancel()
-        await running.stop(0)
-    assert [list(host.routes) for host in fake.registered] == [
+    registered = await registrations_across_a_change(
+        lambda: routes.__setitem__(0, ["10.99.0.0/24", "172.17.0.0/16"]),
+        underlay_ip=lambda: "10.99.0.9", routes=lambda: routes[0])
+    assert [list(host.routes) for host in registered] == [
         ["10.99.0.0/24"], ["10.99.0.0/24", "172.17.0.0/16"]]
 
 
