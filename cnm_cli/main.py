@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import shtab
 from google.protobuf import json_format
 
 from cnm import config, errors, grpc_client, pagination, pki, tls, tracing, validation, version
@@ -873,7 +874,21 @@ def build_parser() -> argparse.ArgumentParser:
     host_flag(remove_containers)
     remove_containers.add_argument("names", nargs="+", metavar="NAME")
     remove_containers.set_defaults(handler=rm)
+
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Prints the completion script of SHELL, made from cnm's own options "
+                    "(shtab). bash: 'cnm completion bash > /etc/bash_completion.d/cnm'; zsh: "
+                    "'cnm completion zsh > \"${fpath[1]}/_cnm\"'.")
+    completion.add_argument("shell", choices=shtab.SUPPORTED_SHELLS, metavar="SHELL",
+                            help=", ".join(shtab.SUPPORTED_SHELLS))
+    completion.set_defaults(handler=lambda client, args: print_completion(parser, args.shell))
     return parser
+
+
+def print_completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    print(shtab.complete(parser, shell=shell), end="")
+    return 0
 
 
 def report(error: grpc.RpcError) -> int:
@@ -897,7 +912,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     tracing.begin_from_environment()  # one trace id for the command's calls
     # Local commands need no orchestrator, nor readable TLS files.
-    local = args.command in ("config", "pki")
+    local = args.command in ("config", "pki", "completion")
     client = Client(args.orchestrator, None if local else tls.from_parsed(parser, args))
     try:
         code = args.handler(client, args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -413,3 +414,30 @@ async def test_cli_network_create_aux_addresses_are_never_handed_out(world):
         refused = await cnm(world, "network", "create", *args, "n2")
         assert refused.code == 2 and message in refused.err, (args, refused.err)
     assert len(world.ipam.pools) == 1
+
+
+def test_completion_scripts_complete_cnms_own_commands_and_options(tmp_path):
+    """`cnm completion bash` (shtab), loaded by a real bash, completes subcommands and
+    options; every shell shtab knows gets a script."""
+    for shell in ("bash", "zsh", "fish"):
+        made = subprocess.run([CNM, "completion", shell], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert made.returncode == 0 and "cnm" in made.stdout, made.stderr
+    script = tmp_path / "cnm.bash"
+    script.write_text(subprocess.run([CNM, "completion", "bash"], capture_output=True,
+                                     text=True, timeout=60, check=True).stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = (f'source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; '
+                 f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; _shtab_cnm; '
+                 'printf "%s\\n" "${COMPREPLY[@]}"')
+        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True,
+                              timeout=60, check=True).stdout.split()
+
+    assert complete("cnm", "network", "cr") == ["create"]
+    assert complete("cnm", "network", "ls", "--fo") == ["--format"]
+    assert "--aux-address" in complete("cnm", "network", "create", "--")
+    refused = subprocess.run([CNM, "completion", "cmd.exe"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
