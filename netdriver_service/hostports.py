@@ -65,6 +65,11 @@ def _refusal(port: PortSpec, error: OSError) -> errors.CnmError:
         return errors.InvalidArgument(f"host address {port.host_ip!r} of {where} is not an "
                                       f"address of this host", reason="INVALID_ADDRESS",
                                       host_ip=port.host_ip)
+    if error.errno in (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT):
+        return errors.FailedPrecondition(
+            f"cannot publish {where}: this host's kernel has no {port.protocol.upper()} "
+            "(its module is not built or not loaded)", reason="PROTOCOL_NOT_SUPPORTED",
+            protocol=port.protocol)
     return errors.Internal(f"reserve host port {where}: {error.strerror}")
 
 

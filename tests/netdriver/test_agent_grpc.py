@@ -589,3 +589,37 @@ def test_the_agent_works_with_exactly_its_units_capabilities(netns, tmp_path):
         if server is not None:
             server.stop()
         agent.stop()
+
+
+def test_sctp_is_published_where_the_kernel_has_it_and_refused_clearly_where_not(
+        netns, tmp_path):
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+        has_sctp = True
+    except OSError:
+        has_sctp = False
+    host, container = netns("cnmt-h"), netns("cnmt-c")
+    agent = harness.AgentProcess(host, tmp_path / "state")
+    request = pb.CreateEndpointRequest(
+        endpoint=pb.Endpoint(endpoint_id="sc1", network_id="scn", sandbox=container.path,
+                             address="10.85.0.10", default_route=True,
+                             port_mappings=[pb.PortMapping(protocol=pb.PROTOCOL_SCTP,
+                                                           host_port=9899,
+                                                           container_port=9899)]),
+        network=harness.network("scn", "10.85.0.0/24"))
+    try:
+        if has_sctp:
+            agent.call("CreateEndpoint", request)
+            assert "sctp . 9899" in harness.ruleset(host.name)
+            agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id="sc1"))
+        else:
+            with pytest.raises(errors.FailedPrecondition) as caught:
+                agent.call("CreateEndpoint", request)
+            assert caught.value.reason == "PROTOCOL_NOT_SUPPORTED"
+            assert "this host's kernel has no SCTP" in caught.value.message
+        assert not agent.call("GetState", pb.GetStateRequest()).endpoints
+        assert "9899" not in harness.ruleset(host.name)
+    finally:
+        agent.stop()
