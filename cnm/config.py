@@ -72,6 +72,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="allow listening beyond loopback without TLS (env CNM_INSECURE=1)")
     add_flag(parser, "--socket-group", "CNM_SOCKET_GROUP", "",
              "group given access (mode 0660) to a unix listen socket; 0600 without")
+    add_flag(parser, "--metrics-listen", "CNM_METRICS_LISTEN", "",
+             "serve Prometheus metrics on PORT (loopback) or HOST:PORT, over HTTPS with "
+             "client certificates when TLS is on; off when empty")
 
 
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:

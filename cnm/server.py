@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cnm import authz, errors, grpc_client, sdnotify, tracing
+from cnm import authz, errors, grpc_client, metrics, sdnotify, tracing
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
@@ -104,6 +104,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                     fields["error"] = failure.message
                     fields["reason"] = failure.reason
                 logger.log(level, "request", extra=fields)
+                metrics.observe(method, code.name, time.perf_counter() - started)
             await context.abort_with_status(errors.to_grpc_status(failure))
 
         return grpc.unary_unary_rpc_method_handler(
@@ -154,6 +155,7 @@ async def start(
     policy: authz.Policy | None = None,
     insecure: bool = False,
     socket_group: str = "",
+    metrics_listen: str = "",
 ) -> Server:
     """Starts a server on ``listen`` with ``services`` (add function, servicer, full name).
 
@@ -165,6 +167,10 @@ async def start(
     """
     addresses = listen_addresses(listen)
     check_listen(listen, tls, insecure)
+    try:
+        metrics.serve(metrics_listen, tls)
+    except ValueError as error:
+        raise errors.InvalidArgument(str(error), reason="INVALID_ARGUMENT") from None
     for address in addresses:
         if tls is None and insecure and not is_local(address):
             logger.warning("listening without TLS beyond this machine: anyone who reaches "

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import os
 
+from prometheus_client import Gauge
+
 from cnm import config, errors, logs, server, tls
 from cnm.netdriver.v1 import netdriver_pb2_grpc
 from netdriver_service import access
@@ -104,6 +106,13 @@ async def serve(args: argparse.Namespace) -> None:
         firewall=firewalls.make_firewall(args.firewall), store=Store(args.state_dir).load(),
         faults=args.faults, sandbox_dirs=args.sandbox_dirs,
     )
+    # What this host holds, read at each scrape (cnm/metrics.py).
+    for name, what, count in (
+            ("cnm_agent_endpoints", "Endpoints on this host", lambda: len(agent.store.endpoints)),
+            ("cnm_agent_networks", "Networks on this host", lambda: len(agent.store.networks)),
+            ("cnm_agent_sandboxes", "Sandboxes this agent made",
+             lambda: len(agent.store.sandboxes))):
+        Gauge(name, what).set_function(count)
     try:
         running = await server.start(
             listen=args.listen,
@@ -115,6 +124,7 @@ async def serve(args: argparse.Namespace) -> None:
             readiness=agent.ready,
             tls=args.tls, policy=access.POLICY,
             insecure=args.insecure, socket_group=args.socket_group,
+            metrics_listen=args.metrics_listen,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

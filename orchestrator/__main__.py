@@ -125,6 +125,7 @@ async def serve(args: argparse.Namespace) -> None:
                        OrchestratorServicer(orch), SERVICE_NAME)],
             logger=logger, readiness=ready, tls=args.tls, policy=access.POLICY,
             insecure=args.insecure, socket_group=args.socket_group,
+            metrics_listen=args.metrics_listen,
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

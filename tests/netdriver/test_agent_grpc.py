@@ -563,13 +563,14 @@ def test_the_agent_works_with_exactly_its_units_capabilities(netns, tmp_path):
             "--bounding-set=-all," + ",".join(f"+{name}" for name in capabilities), "--"]
     agent = harness.AgentProcess(host, tmp_path / "state", wrap=wrap)
     server = None
+    sandbox_name = f"cnmt-caps-{uuid.uuid4().hex[:6]}"
     try:
         status = Path(f"/proc/{agent.process.pid}/status").read_text()
         bounding = int(next(line.split()[1] for line in status.splitlines()
                             if line.startswith("CapBnd:")), 16)
         assert bounding.bit_count() == len(capabilities), status
         sandbox = agent.call("CreateSandbox", pb.CreateSandboxRequest(
-            name=f"cnmt-caps-{uuid.uuid4().hex[:6]}")).sandbox
+            name=sandbox_name)).sandbox
         agent.call("CreateEndpoint", pb.CreateEndpointRequest(
             endpoint=pb.Endpoint(endpoint_id="cap1", network_id="capn", sandbox=sandbox.path,
                                  address="10.84.0.10", default_route=True,
@@ -589,6 +590,8 @@ def test_the_agent_works_with_exactly_its_units_capabilities(netns, tmp_path):
         if server is not None:
             server.stop()
         agent.stop()
+        if sandbox_name in harness.namespace_names():  # a failure midway
+            harness.delete_namespace(sandbox_name)
 
 
 def test_sctp_is_published_where_the_kernel_has_it_and_refused_clearly_where_not(

@@ -1,0 +1,67 @@
+"""Prometheus metrics, with prometheus-client: what every service exposes, and its
+``--metrics-listen`` endpoint.
+
+Every service counts its RPCs and times them by method (and the count by status
+code too), and exposes the client library's process metrics (CPU, memory, open
+files). Names follow Prometheus' conventions: the ``cnm_`` prefix, base units
+(seconds), ``_total`` counters; no label has unbounded values (a method name is
+one of the API's, a code one of gRPC's). A service adds its own (the agent: its
+endpoints, networks and sandboxes).
+
+The endpoint is off unless asked for; a bare port listens on loopback; with the
+service's TLS files it is HTTPS with client certificates of the same CA (a
+Prometheus scrape config gives ``tls_config``). An address that is taken or not
+valid stops the service at start, in one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+from cnm.tls import Tls
+
+RPC_REQUESTS = Counter("cnm_rpc_requests", "RPCs answered, by method and status code",
+                       ["method", "code"])
+RPC_SECONDS = Histogram(
+    "cnm_rpc_duration_seconds", "Time to answer an RPC, by method", ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+
+def observe(method: str, code: str, seconds: float) -> None:
+    RPC_REQUESTS.labels(method, code).inc()
+    RPC_SECONDS.labels(method).observe(seconds)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``PORT`` (on loopback), ``HOST:PORT`` or ``[V6]:PORT``; ValueError says why not."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--metrics-listen {text!r}: want PORT or HOST:PORT, PORT 1-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"--metrics-listen {text!r}: {host!r} is not an IP address") \
+                from None
+    return host, int(port)
+
+
+def serve(listen: str, tls: Tls | None) -> None:
+    """Starts the metrics endpoint in a thread of its own (nothing when ``listen`` is
+    empty); ValueError, in one line, when it cannot listen there."""
+    if not listen:
+        return
+    host, port = parse_listen(listen)
+    files = {} if tls is None else {
+        "certfile": str(tls.cert), "keyfile": str(tls.key), "client_cafile": str(tls.ca),
+        "client_auth_required": True}
+    try:
+        start_http_server(port, host, **files)
+    except OSError as error:
+        raise ValueError(f"--metrics-listen {listen}: cannot listen: {error.strerror}") \
+            from None

@@ -1,0 +1,143 @@
+"""A real Prometheus (Debian's package) scrapes IPAM, the orchestrator and an agent.
+
+Everything runs inside one network namespace made here (the "host"): Redis, the
+three services, and Prometheus, whose configuration is deploy/prometheus.yml with
+this test's ports. gRPC goes over unix sockets, which the test reaches from
+outside; Prometheus' query API is asked from inside. After three `cnm run`s the
+query API must return the series with exactly the values those requests made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import support
+from tests.orchestrator.e2e import CNM
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
+
+PROMETHEUS = shutil.which("prometheus")
+CONNECT = "/cnm.orchestrator.v1.OrchestratorService/ConnectContainer"
+ALLOCATE = "/cnm.ipam.v1.IpamService/AllocateAddress"
+
+
+class Host:
+    def __init__(self, netns, tmp_path: Path) -> None:
+        self.ns = netns("cnmt-prom")
+        self.ns.run("ip", "link", "set", "lo", "up")
+        self.tmp = tmp_path
+        self.tag = uuid.uuid4().hex[:8]
+        self.processes: list[support.Process] = []
+
+    def socket(self, name: str) -> str:
+        return f"/tmp/cnmt-{self.tag}-{name}.sock"
+
+    def start(self, name: str, *args: str) -> support.Process:
+        process = support.Process(self.ns.exec_args(*args), log_path=self.tmp / f"{name}.log")
+        self.processes.append(process)
+        return process
+
+    def get(self, url: str) -> str:
+        script = ("import sys, urllib.request; "
+                  "print(urllib.request.urlopen(sys.argv[1]).read().decode())")
+        return self.ns.run(support.PYTHON, "-c", script, url).stdout
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def query(host: Host, port: int, promql: str) -> dict[str, float]:
+    """job -> value of each series the instant query returns."""
+    answer = json.loads(host.get(
+        f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(promql)}"))
+    assert answer["status"] == "success", answer
+    return {series["metric"].get("job", ""): float(series["value"][1])
+            for series in answer["data"]["result"]}
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (scripts/setup)")
+def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_path):
+    host = Host(netns, tmp_path)
+    ports = {name: support.free_port() for name in ("ipam", "orchestrator", "agent", "prom")}
+    redis = f"unix://{host.socket('redis')}?db=0"
+    ipam, orchestrator, agent = (f"unix:{host.socket(name)}"
+                                 for name in ("ipam", "orchestrator", "agent"))
+    host_id = f"prom-{host.tag}"
+    try:
+        host.start("redis", "redis-server", "--port", "0", "--unixsocket", host.socket("redis"),
+                   "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
+        support.wait_for(lambda: Path(host.socket("redis")).exists(), 10, 0.05, "redis")
+        host.start("ipam", support.PYTHON, "-m", "ipam_service", "--listen", ipam,
+                   "--redis-url", redis, "--metrics-listen", str(ports["ipam"]))
+        support.wait_serving(ipam)
+        host.start("agent", support.PYTHON, "-m", "netdriver_service", "--listen", agent,
+                   "--host-id", host_id, "--state-dir", str(tmp_path / "agent"),
+                   "--metrics-listen", str(ports["agent"]))
+        support.wait_serving(agent, timeout=20)
+        host.start("orchestrator", support.PYTHON, "-m", "orchestrator", "--listen",
+                   orchestrator, "--redis-url", redis, "--ipam", ipam,
+                   "--hosts", f"{host_id}={agent}",
+                   "--metrics-listen", str(ports["orchestrator"]))
+        support.wait_serving(orchestrator)
+        # deploy/prometheus.yml, with this test's ports and a short scrape interval.
+        config = (support.REPO / "deploy" / "prometheus.yml").read_text()
+        for name in ("ipam", "orchestrator", "agent"):
+            config = config.replace(f"'localhost:{DEFAULT_PORTS[name]}'",
+                                    f"'127.0.0.1:{ports[name]}'")
+        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s")
+        (tmp_path / "prometheus.yml").write_text(config)
+        host.start("prometheus", PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                   f"--web.listen-address=127.0.0.1:{ports['prom']}")
+
+        env = {"CNM_ORCHESTRATOR": orchestrator, "CNM_HOST_ID": host_id,
+               "CNM_RUN_DIR": str(tmp_path / "run"), "CNM_CONFIG": str(tmp_path / "none.json")}
+
+        def cnm(*args: str) -> None:
+            done = subprocess.run([CNM, *args], env={**os.environ, **env},
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+
+        cnm("network", "create", "--subnet", "10.86.0.0/24", "net1")
+        for name in ("a", "b", "c"):
+            cnm("run", "-d", "--name", name, "--net", "net1", "--", "sleep", "120")
+
+        wanted = {
+            f'cnm_rpc_requests_total{{method="{CONNECT}",code="OK"}}': {"orchestrator": 3},
+            f'sum by (job) (cnm_rpc_requests_total{{method="{ALLOCATE}",code="OK"}})':
+                {"ipam": 3},
+            "cnm_agent_endpoints": {"agent": 3},
+            "cnm_agent_sandboxes": {"agent": 3},
+            'count by (job) (process_resident_memory_bytes)':
+                {"ipam": 1, "orchestrator": 1, "agent": 1},
+            f'sum by (job) (cnm_rpc_duration_seconds_count{{method="{CONNECT}"}})':
+                {"orchestrator": 3},
+        }
+        last: dict = {}
+
+        def all_seen() -> bool:
+            last.update({promql: query(host, ports["prom"], promql) for promql in wanted})
+            return last == wanted
+
+        try:
+            support.wait_for(all_seen, 30, 0.5, "the expected series in Prometheus")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}: last answers {last}") from error
+        for name in ("a", "b", "c"):
+            cnm("rm", name)
+        support.wait_for(lambda: query(host, ports["prom"], "cnm_agent_endpoints") ==
+                         {"agent": 0}, 30, 0.5, "no endpoint left")
+    finally:
+        host.stop()
+
+
+DEFAULT_PORTS = {"ipam": 9102, "orchestrator": 9101, "agent": 9103}
