@@ -43,3 +43,45 @@ def test_a_service_with_a_bad_or_taken_metrics_address_does_not_start(bad, tmp_p
     lines = started.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot start" in lines[0] and "--metrics-listen" in lines[0], \
         started.stderr
+
+
+def test_with_tls_the_metrics_are_https_and_ask_for_a_certificate_of_the_ca(
+        tmp_path, redis_url):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from cnm import pki
+
+    directory = tmp_path / "pki"
+    pki.init_ca(directory)
+    pki.issue(directory, "ipam", "ipam", sans=("127.0.0.1",))
+    pki.issue(directory, "viewer", "viewer")
+    port, address = support.free_port(), f"127.0.0.1:{support.free_port()}"
+    process = support.Process(
+        [support.PYTHON, "-m", "ipam_service", "--listen", address, "--redis-url", redis_url,
+         "--metrics-listen", str(port), "--tls-ca", str(directory / "ca.crt"),
+         "--tls-cert", str(directory / "ipam.crt"), "--tls-key", str(directory / "ipam.key")],
+        log_path=tmp_path / "ipam.log")
+    try:
+        context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+        context.load_cert_chain(directory / "viewer.crt", directory / "viewer.key")
+
+        def scraped() -> str | None:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics",
+                                            context=context, timeout=2) as reply:
+                    return reply.read().decode()
+            except (OSError, urllib.error.URLError):
+                return None
+
+        text = support.wait_for(scraped, 20, 0.1, "the metrics over HTTPS")
+        assert "process_resident_memory_bytes" in text
+        anonymous = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+        with pytest.raises((OSError, urllib.error.URLError)):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous,
+                                   timeout=2).read()
+        with pytest.raises((OSError, urllib.error.URLError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    finally:
+        process.stop()
