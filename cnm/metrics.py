@@ -16,9 +16,13 @@ valid stops the service at start, in one line.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cnm.tls import Tls
 
@@ -27,6 +31,51 @@ RPC_REQUESTS = Counter("cnm_rpc_requests", "RPCs answered, by method and status 
 RPC_SECONDS = Histogram(
     "cnm_rpc_duration_seconds", "Time to answer an RPC, by method", ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+
+log = logging.getLogger("cnm.metrics")
+# A scrape waits at most this long for the records a service reads from Redis.
+READ_TIMEOUT = 5.0
+
+
+class RecordsCollector:
+    """Gauges of a service's records, read at each scrape by ``read`` (a coroutine run on
+    the service's event loop, from the scrape's thread). When Redis cannot be read the
+    scrape still answers, with ``cnm_SERVICE_records_up 0`` and none of those gauges."""
+
+    def __init__(self, service: str, read: Callable[[], Awaitable[Iterable[Metric]]],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.service, self.read, self.loop = service, read, loop
+
+    def collect(self):
+        up = GaugeMetricFamily(f"cnm_{self.service}_records_up",
+                               "Whether the last scrape could read the service's records")
+        try:
+            families = list(asyncio.run_coroutine_threadsafe(self.read(), self.loop)
+                            .result(READ_TIMEOUT))
+        except Exception as error:  # noqa: BLE001 - a scrape never fails for it
+            log.warning("metrics: records not read", extra={"error": str(error) or
+                                                            type(error).__name__})
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+
+def register_records(service: str, read: Callable[[], Awaitable[Iterable[Metric]]]) -> None:
+    """Exposes ``read``'s gauges (see RecordsCollector); call from the service's loop."""
+    REGISTRY.register(RecordsCollector(service, read, asyncio.get_running_loop()))
+
+
+def gauge(name: str, documentation: str, values: dict[tuple[str, ...], float],
+          labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    """A gauge family with one sample per labels tuple of ``values``."""
+    family = GaugeMetricFamily(name, documentation, labels=list(labels))
+    for label_values, value in values.items():
+        family.add_metric(list(label_values), value)
+    return family
 
 
 def observe(method: str, code: str, seconds: float) -> None:

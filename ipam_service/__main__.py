@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from cnm import config, errors, logs, redis_client, server, tls
+from cnm import config, errors, logs, metrics, redis_client, server, tls
 from ipam_service.service import serve
 
 
@@ -39,6 +39,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def pool_metrics(store) -> list:
+    """Each pool's size, allocated and free addresses, for a scrape (cnm/metrics.py)."""
+    pools = await store.list_pools()
+    return [
+        metrics.gauge(f"cnm_ipam_pool_{what}_addresses", documentation,
+                      {(pool.spec.pool_id,): getattr(pool.usage, what) for pool in pools},
+                      ["pool"])
+        for what, documentation in (
+            ("size", "Usable addresses of each pool"),
+            ("allocated", "Addresses held in each pool: gateway, reserved, endpoints"),
+            ("free", "Addresses of each pool's dynamic range still free"))
+    ]
+
+
 async def main_async(args: argparse.Namespace) -> None:
     logger = logs.setup("ipam", args.log_level)
     try:
@@ -47,6 +61,7 @@ async def main_async(args: argparse.Namespace) -> None:
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
         raise SystemExit(1) from None
+    metrics.register_records("ipam", lambda: pool_metrics(ipam.store))
     try:
         await server.run_until_signalled(ipam.running, logger)
     finally:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import time
 
-from cnm import config, errors, logs, redis_client, server, tls
+from cnm import config, errors, logs, metrics, redis_client, server, tls
+from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from orchestrator import access, address_pools
 from orchestrator.clients import Agents, Ipam
@@ -80,6 +82,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+async def record_metrics(orch: Orchestrator) -> list:
+    """The orchestrator's records, for a scrape (cnm/metrics.py): networks, endpoints and
+    hosts by state, intents in flight, quarantined endpoints, heartbeat ages."""
+    networks, endpoint_ids, hosts, intents, quarantined = await asyncio.gather(
+        orch.store.list_networks(), orch.store.all_endpoint_ids(), orch.hosts.list(),
+        orch.store.intents(), orch.store.quarantined())
+    by_state: dict[tuple[str, ...], float] = {("ready",): 0, ("deleting",): 0}
+    for _, state in networks:
+        by_state[(state,)] = by_state.get((state,), 0) + 1
+    host_states = {("healthy",): 0, ("unhealthy",): 0}
+    for host in hosts:
+        word = "healthy" if host.state == pb.HOST_STATE_HEALTHY else "unhealthy"
+        host_states[(word,)] += 1
+    now = time.time()
+    return [
+        metrics.gauge("cnm_orchestrator_networks", "Networks, by state", by_state, ["state"]),
+        metrics.gauge("cnm_orchestrator_endpoints", "Endpoints recorded",
+                      {(): len(endpoint_ids)}),
+        metrics.gauge("cnm_orchestrator_hosts", "Hosts, by health", host_states, ["state"]),
+        metrics.gauge("cnm_orchestrator_intents", "Flows in flight or cut short (intents)",
+                      {(): len(intents)}),
+        metrics.gauge("cnm_orchestrator_quarantined_endpoints",
+                      "Endpoints forgotten while their host was unreachable",
+                      {(): len(quarantined)}),
+        metrics.gauge("cnm_orchestrator_host_heartbeat_age_seconds",
+                      "Seconds since each registered host's last heartbeat",
+                      {(host.host_id,): now - host.last_heartbeat_time.ToNanoseconds() / 1e9
+                       for host in hosts if not host.static}, ["host"]),
+    ]
+
+
 def parse_port_range(text: str) -> tuple[int, int]:
     """``FIRST-LAST``, 1 <= FIRST <= LAST <= 65535; ValueError says what is wrong."""
     first, sep, last = text.partition("-")
@@ -114,6 +147,7 @@ async def serve(args: argparse.Namespace) -> None:
                         default_pools=args.default_pools,
                         ephemeral_ports=args.ephemeral_ports)
     reconciler = Reconciler(orch)
+    metrics.register_records("orchestrator", lambda: record_metrics(orch))
 
     async def ready() -> bool:
         return await store.ping()

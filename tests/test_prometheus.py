@@ -121,6 +121,16 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
                 {"ipam": 1, "orchestrator": 1, "agent": 1},
             f'sum by (job) (cnm_rpc_duration_seconds_count{{method="{CONNECT}"}})':
                 {"orchestrator": 3},
+            # The records, read from Redis at each scrape.
+            "cnm_orchestrator_endpoints": {"orchestrator": 3},
+            'cnm_orchestrator_networks{state="ready"}': {"orchestrator": 1},
+            'cnm_orchestrator_hosts{state="healthy"}': {"orchestrator": 1},
+            "cnm_orchestrator_intents": {"orchestrator": 0},
+            "sum by (job) (cnm_ipam_pool_allocated_addresses)": {"ipam": 4},  # and gateway
+            "sum by (job) (cnm_ipam_pool_size_addresses)": {"ipam": 254},
+            "cnm_ipam_allocate_redis_seconds_count": {"ipam": 3},
+            "cnm_ipam_records_up": {"ipam": 1},
+            "cnm_orchestrator_records_up": {"orchestrator": 1},
         }
         last: dict = {}
 
@@ -136,6 +146,12 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
             cnm("rm", name)
         support.wait_for(lambda: query(host, ports["prom"], "cnm_agent_endpoints") ==
                          {"agent": 0}, 30, 0.5, "no endpoint left")
+        # Redis gone: a scrape still answers, saying the records could not be read.
+        host.processes[0].stop()
+        for service in ("orchestrator", "ipam"):
+            text = host.get(f"http://127.0.0.1:{ports[service]}/metrics")
+            assert f"cnm_{service}_records_up 0.0" in text
+            assert "cnm_rpc_requests_total" in text
     finally:
         host.stop()
 
