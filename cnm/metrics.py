@@ -47,6 +47,11 @@ class RecordsCollector:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.service, self.read, self.loop = service, read, loop
 
+    def describe(self):
+        """Nothing: without it, registering would collect at once, from the loop's own
+        thread, and wait on the loop for READ_TIMEOUT."""
+        return []
+
     def collect(self):
         up = GaugeMetricFamily(f"cnm_{self.service}_records_up",
                                "Whether the last scrape could read the service's records")
@@ -64,9 +69,12 @@ class RecordsCollector:
         yield from families
 
 
-def register_records(service: str, read: Callable[[], Awaitable[Iterable[Metric]]]) -> None:
-    """Exposes ``read``'s gauges (see RecordsCollector); call from the service's loop."""
-    REGISTRY.register(RecordsCollector(service, read, asyncio.get_running_loop()))
+def register_records(service: str, read: Callable[[], Awaitable[Iterable[Metric]]],
+                     listen: str) -> None:
+    """Exposes ``read``'s gauges (see RecordsCollector) when metrics are served
+    (``listen``); call from the service's loop."""
+    if listen:
+        REGISTRY.register(RecordsCollector(service, read, asyncio.get_running_loop()))
 
 
 def gauge(name: str, documentation: str, values: dict[tuple[str, ...], float],

@@ -61,7 +61,7 @@ async def main_async(args: argparse.Namespace) -> None:
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
         raise SystemExit(1) from None
-    metrics.register_records("ipam", lambda: pool_metrics(ipam.store))
+    metrics.register_records("ipam", lambda: pool_metrics(ipam.store), args.metrics_listen)
     try:
         await server.run_until_signalled(ipam.running, logger)
     finally:

@@ -147,7 +147,7 @@ async def serve(args: argparse.Namespace) -> None:
                         default_pools=args.default_pools,
                         ephemeral_ports=args.ephemeral_ports)
     reconciler = Reconciler(orch)
-    metrics.register_records("orchestrator", lambda: record_metrics(orch))
+    metrics.register_records("orchestrator", lambda: record_metrics(orch), args.metrics_listen)
 
     async def ready() -> bool:
         return await store.ping()
