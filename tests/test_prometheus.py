@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import support
-from tests.orchestrator.e2e import CNM
+from tests.orchestrator.e2e import CNM, remove_sandboxes
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -154,6 +154,7 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
             assert "cnm_rpc_requests_total" in text
     finally:
         host.stop()
+        remove_sandboxes(host_id)  # what a failure midway left
 
 
 DEFAULT_PORTS = {"ipam": 9102, "orchestrator": 9101, "agent": 9103}
