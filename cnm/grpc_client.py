@@ -10,7 +10,7 @@ import time
 
 import grpc
 
-from cnm import errors
+from cnm import errors, tracing
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.grpc_client")
@@ -87,6 +87,17 @@ class RenewingChannel:
             except (OSError, ValueError) as error:  # mid-rotation: keep the old channel
                 log.warning("TLS files not reloaded", extra={"error": str(error)})
         return self._stub
+
+    async def call(self, method: str, request, timeout: float):
+        """One unary call of the stub's ``method`` on behalf of the request being served
+        (its trace id passed on), waiting for the channel within ``timeout``: a peer just
+        (re)started is used as soon as it listens, not after gRPC's reconnect backoff.
+        A failure comes back as the CnmError the peer answered."""
+        try:
+            return await getattr(self.stub, method)(
+                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
+        except grpc.aio.AioRpcError as error:
+            raise errors.from_rpc_error(error) from None
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         async def close_later() -> None:

@@ -31,7 +31,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-import grpc
 from aiohttp import web
 
 from cnm import errors, grpc_client, pagination, tracing, validation
@@ -144,11 +143,7 @@ class Plugin:
             return _error(500, f"cnm: {what} failed: {error}")
 
     async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
-        try:
-            return await getattr(self.channel.stub, method)(
-                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
-        except grpc.aio.AioRpcError as error:
-            raise errors.from_rpc_error(error) from None
+        return await self.channel.call(method, request, timeout)
 
     # --- the plugin and its capabilities -------------------------------------------------
 

@@ -33,8 +33,6 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-import grpc
-
 from cnm import errors, grpc_client, pagination, tracing, validation
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
@@ -202,13 +200,10 @@ class CniService:
 
     async def _call(self, method: str, request, env_fields: tuple[str, ...] = (),
                     timeout: float = CALL_TIMEOUT):
-        # Waits for the channel within the deadline: an orchestrator just (re)started is
-        # used as soon as it listens, not after gRPC's reconnect backoff.
         try:
-            return await getattr(self.channel.stub, method)(
-                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
-        except grpc.aio.AioRpcError as error:
-            raise from_cnm(errors.from_rpc_error(error), env_fields) from None
+            return await self.channel.call(method, request, timeout)
+        except errors.CnmError as error:
+            raise from_cnm(error, env_fields) from None
 
     async def handle(self, raw: dict) -> dict:
         """The answer to one request: {"result": ...}, {} or {"error": ...}."""
