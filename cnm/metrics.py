@@ -21,10 +21,20 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cnm.tls import Tls
+
+# No ``*_created`` gauge beside every counter and histogram: the text format has no use
+# for them (a restart shows as a reset anyway), and they double the size of a scrape.
+disable_created_metrics()
 
 RPC_REQUESTS = Counter("cnm_rpc_requests", "RPCs answered, by method and status code",
                        ["method", "code"])

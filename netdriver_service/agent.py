@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
+from prometheus_client import Counter
+
 from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2
 from cnm.undo import Undo
@@ -40,6 +42,21 @@ T = TypeVar("T")
 FIREWALL_PROBE_INTERVAL = 15.0  # seconds between the readiness probe's firewall checks
 LOST_MEMORY = 3600.0  # seconds a lost endpoint is reported if the orchestrator never answers
 RESYNC_INTERVAL = 30.0  # seconds between two full reconciliations of the firewall
+
+# What a resync found wrong and put right (cnm/metrics.py), by kind:
+REPAIR_KINDS = {
+    "crash_leftover": "what a request cut short by a crash left in the kernel",
+    "container_gone": "an endpoint whose container died",
+    "veth_gone": "an endpoint whose veth was deleted",
+    "reattached": "a veth detached from its bridge",
+    "firewall": "nftables rules or elements missing or stray",
+    "network": "a network device missing or changed",
+}
+RESYNC_REPAIRS = Counter("cnm_agent_resync_repairs",
+                         "Drift the agent's resync put right, by kind: "
+                         + "; ".join(f"{k}: {v}" for k, v in REPAIR_KINDS.items()), ["kind"])
+for _kind in REPAIR_KINDS:
+    RESYNC_REPAIRS.labels(_kind)
 
 
 class Agent:
@@ -735,41 +752,45 @@ class Agent:
 
     async def _resync_locked(self) -> list[str]:
         repaired: list[str] = []
+
+        def add(kind: str, lines: list[str]) -> None:
+            RESYNC_REPAIRS.labels(kind).inc(len(lines))
+            repaired.extend(lines)
+
         for driver in self.drivers.values():
             driver.forget_applied()
         for key in list(self.store.intents):
             line = await self._remove_crash_leftover(key)
-            if line:
-                repaired.append(line)
+            add("crash_leftover", [line] if line else [])
         links = await self.netlink.list_links()
         owned = _owned_objects(links)
         # Those whose container died (while the agent was down, or unnoticed) are reported.
         dead = await self._find_lost(
             [e for e in self.store.endpoints if ("ep", e) not in owned])
-        repaired += [f"tore down endpoint {endpoint_id}: its container is gone"
-                     for endpoint_id in dead]
+        add("container_gone", [f"tore down endpoint {endpoint_id}: its container is gone"
+                               for endpoint_id in dead])
         for endpoint_id in list(self.store.endpoints):
             if ("ep", endpoint_id) not in owned:
                 await self._forget_endpoint(endpoint_id)
-                repaired.append(f"dropped endpoint {endpoint_id}: its veth is gone")
+                add("veth_gone", [f"dropped endpoint {endpoint_id}: its veth is gone"])
         detached = {network_id for network_id, _ in _detached_veths(links)}
         for spec in [self.store.networks[n] for n in detached if n in self.store.networks]:
             attached = await self.driver(spec.driver).attach_endpoints(
                 spec, f"resync network {spec.network_id!r}"
             )
-            repaired += [f"re-attached {name} to bridge {spec.bridge}" for name in attached]
+            add("reattached", [f"re-attached {name} to bridge {spec.bridge}" for name in attached])
         networks = [
             network_rules(spec)
             for spec in self.store.networks.values()
             if ("net", spec.network_id) in owned
         ]
         ports = [rule for e in self.store.endpoints.values() for rule in port_rules(e)]
-        repaired.extend(await self.firewall.sync(networks, ports))
+        add("firewall", await self.firewall.sync(networks, ports))
         # After the firewall (an overlay network made again brings its own rules):
         # overlay networks are on every host, so a missing one is made again.
         for spec in self.store.networks.values():
             try:
-                repaired += await self.driver(spec.driver).repair_network(spec)
+                add("network", await self.driver(spec.driver).repair_network(spec))
             except errors.CnmError as error:
                 log.warning("could not repair network", extra={
                     "network_id": spec.network_id, "error": error.message,

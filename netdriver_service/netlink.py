@@ -28,6 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from prometheus_client import Counter
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import (
     NETLINK_ROUTE,
@@ -41,6 +42,11 @@ from netdriver_service.netns import check_namespace_path, in_namespace
 from netdriver_service.rtnl import IFLA_IFALIAS, NO_IPV6_LINK_LOCAL, Deleter, Rtnl, text
 
 log = logging.getLogger("netdriver.netlink")
+
+# Refusals a step did not expect (a delete finding its object gone is not one), by the
+# errno's symbol: bounded by the kernel's errno list.
+NETLINK_ERRORS = Counter("cnm_agent_netlink_errors",
+                         "Netlink requests the kernel refused, by errno", ["errno"])
 
 
 class LinkNotFound(errors.NotFound):
@@ -76,6 +82,7 @@ _ERRNO_ERRORS: dict[int, type[errors.CnmError]] = {
 
 def _convert(error: OSError | NetlinkError, what: str) -> errors.CnmError:
     code = error.code if isinstance(error, NetlinkError) else error.errno
+    NETLINK_ERRORS.labels(errno.errorcode.get(code or 0, "unknown")).inc()
     cls = _ERRNO_ERRORS.get(code or 0, errors.Internal)
     text = os.strerror(code) if code else str(error)
     return cls(f"{what}: {text}", reason=None, errno=code)

@@ -18,6 +18,8 @@ import random
 import time
 import uuid
 
+from prometheus_client import Counter
+
 from cnm import errors
 from cnm import validation as cnm_validation
 from cnm.ipam.v1 import ipam_pb2
@@ -32,6 +34,12 @@ from orchestrator.store import STATE_DELETING, STATE_READY, Intent, Lock, Op, St
 from orchestrator.translate import agent_endpoint, agent_network
 
 log = logging.getLogger("orchestrator.flows")
+
+# Flows that a crash or a lost lock cut short, undone or finished by whoever came next.
+INTENTS_SETTLED = Counter("cnm_orchestrator_intents_settled",
+                          "Abandoned intents undone or finished, by operation", ["op"])
+for _op in Op:
+    INTENTS_SETTLED.labels(str(_op))
 
 MANAGED_LABEL = "cnm.io/managed-by"
 MANAGED_VALUE = "cnm-orchestrator"
@@ -1069,6 +1077,7 @@ class Orchestrator:
     async def _settle_intent(self, intent: Intent) -> None:
         """:meth:`settle_locked` of an endpoint intent already read."""
         endpoint = decode_endpoint(intent)
+        INTENTS_SETTLED.labels(str(intent.op)).inc()
         log.info("settling abandoned intent",
                  extra={"op": intent.op, "endpoint": endpoint.endpoint_id, "replica": intent.replica})
         # Undoing a connect and finishing a disconnect are the same steps.
@@ -1079,6 +1088,7 @@ class Orchestrator:
     async def settle_network_intent(self, intent: Intent) -> None:
         """With the intent's lock held: undo a create, finish a delete."""
         network_id = intent.data["network_id"]
+        INTENTS_SETTLED.labels(str(intent.op)).inc()
         if intent.op == Op.CREATE_NETWORK:
             found = await self.store.get_network(network_id)
             if found is None:

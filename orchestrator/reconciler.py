@@ -41,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+from prometheus_client import Counter
 
 from cnm import errors
 from orchestrator import validation
@@ -49,6 +51,14 @@ from orchestrator.flows import MANAGED_LABEL, MANAGED_VALUE, Orchestrator, decod
 from orchestrator.store import Op
 
 log = logging.getLogger("orchestrator.reconciler")
+
+ACTIONS = Counter("cnm_orchestrator_reconciler_actions",
+                  "Repairs the reconciler made, by kind (a Report field)", ["kind"])
+ERRORS = Counter("cnm_orchestrator_reconciler_errors",
+                 "Repairs that failed and hosts that could not be checked")
+PASSES = Counter("cnm_orchestrator_reconciler_passes",
+                 "Reconciler passes, by what they did: ran, skipped (another replica's "
+                 "turn), failed", ["result"])
 
 
 @dataclass
@@ -67,6 +77,13 @@ class Report:
     synced_peers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    def count(self) -> None:
+        """Adds this pass's actions to the metrics (cnm/metrics.py)."""
+        for kind in fields(self):
+            if kind.name != "errors":
+                ACTIONS.labels(kind.name).inc(len(getattr(self, kind.name)))
+        ERRORS.inc(len(self.errors))
+
     def changed(self) -> bool:
         return any((self.settled_intents, self.released_addresses, self.deleted_pools,
                     self.released_vnis,
@@ -75,6 +92,14 @@ class Report:
                     self.adopted_endpoints,
                     self.released_quarantined, self.released_gone,
                     self.synced_peers))
+
+
+# Every series from the start, at zero (a rate needs the zero before the first action).
+for _kind in fields(Report):
+    if _kind.name != "errors":
+        ACTIONS.labels(_kind.name)
+for _result in ("ran", "skipped", "failed"):
+    PASSES.labels(_result)
 
 
 class Reconciler:
@@ -91,6 +116,7 @@ class Reconciler:
         report = Report()
         async with self.store.try_lock("reconciler") as taken:
             if not taken:
+                PASSES.labels("skipped").inc()
                 return None
             await self._settle_intents(report)
             report.released_quarantined += await self.orch.release_quarantined()
@@ -102,6 +128,8 @@ class Reconciler:
             await self._collect_addresses(report, on_hosts)
             await self._collect_vnis(report)
             report.synced_peers += await self.orch.overlay.reconcile()
+        PASSES.labels("ran").inc()
+        report.count()
         if report.changed() or report.errors:
             # Errors are what an operator must see: a host that could not be checked, a
             # repair that failed.
@@ -123,8 +151,10 @@ class Reconciler:
                 if not one_pass.cancelled() or asyncio.current_task().cancelling():
                     one_pass.cancel()
                     raise
+                PASSES.labels("failed").inc()
                 log.warning("reconcile pass stopped: it lost a lock")
             except Exception as error:  # noqa: BLE001 - the next pass retries
+                PASSES.labels("failed").inc()
                 log.warning("reconcile pass failed", extra={"error": str(error)})
             await asyncio.sleep(interval)
 

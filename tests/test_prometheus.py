@@ -17,8 +17,10 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
+from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from tests import support
 from tests.orchestrator.e2e import CNM, remove_sandboxes
 
@@ -85,7 +87,7 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
         support.wait_serving(agent, timeout=20)
         host.start("orchestrator", support.PYTHON, "-m", "orchestrator", "--listen",
                    orchestrator, "--redis-url", redis, "--ipam", ipam,
-                   "--hosts", f"{host_id}={agent}",
+                   "--hosts", f"{host_id}={agent}", "--reconcile-interval", "1",
                    "--metrics-listen", str(ports["orchestrator"]))
         support.wait_serving(orchestrator)
         # deploy/prometheus.yml, with this test's ports and a short scrape interval.
@@ -110,6 +112,14 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
         cnm("network", "create", "--subnet", "10.86.0.0/24", "net1")
         for name in ("a", "b", "c"):
             cnm("run", "-d", "--name", name, "--net", "net1", "--", "sleep", "120")
+        # Drift the agent's resync puts right: one veth taken off its bridge.
+        veth = next(link["ifname"] for link in json.loads(host.ns.run(
+            "ip", "-j", "link", "show", "type", "veth").stdout) if "master" in link)
+        host.ns.run("ip", "link", "set", "dev", veth, "nomaster")
+        with grpc.insecure_channel(agent) as channel:
+            repaired = netdriver_pb2_grpc.NetDriverServiceStub(channel).Resync(
+                netdriver_pb2.ResyncRequest(), timeout=30).repaired
+        assert len(repaired) == 1 and repaired[0].startswith(f"re-attached {veth} to bridge")
 
         wanted = {
             f'cnm_rpc_requests_total{{method="{CONNECT}",code="OK"}}': {"orchestrator": 3},
@@ -131,6 +141,14 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
             "cnm_ipam_allocate_redis_seconds_count": {"ipam": 3},
             "cnm_ipam_records_up": {"ipam": 1},
             "cnm_orchestrator_records_up": {"orchestrator": 1},
+            # What went wrong and was put right; and that the reconciler runs.
+            'cnm_agent_resync_repairs_total{kind="reattached"}': {"agent": 1},
+            'sum by (job) (cnm_agent_resync_repairs_total)': {"agent": 1},
+            'cnm_orchestrator_reconciler_passes_total{result="ran"} > bool 0':
+                {"orchestrator": 1},
+            'sum by (job) (cnm_orchestrator_reconciler_actions_total)': {"orchestrator": 0},
+            'cnm_agent_nftables_transaction_seconds_count{kind="change"} > bool 0':
+                {"agent": 1},
         }
         last: dict = {}
 

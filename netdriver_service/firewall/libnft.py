@@ -17,9 +17,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from typing import Protocol
 
+from prometheus_client import Histogram
+
 from cnm import errors
+
+TRANSACTION_SECONDS = Histogram(
+    "cnm_agent_nftables_transaction_seconds",
+    "Time of one nftables batch (one kernel transaction), by what it was: a change or a "
+    "listing", ["kind"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
 
 
 class NftError(Exception):
@@ -84,12 +93,29 @@ class NftProcess:
         return json.loads(done.stdout) if done.stdout.strip() else {}
 
 
+class Timed:
+    """A runner whose every batch is timed in :data:`TRANSACTION_SECONDS`."""
+
+    def __init__(self, runner: NftRunner) -> None:
+        self.runner = runner
+        self.name = runner.name
+
+    def run(self, commands: list[dict]) -> dict:
+        kind = "list" if all("list" in command for command in commands) else "change"
+        started = time.perf_counter()
+        try:
+            return self.runner.run(commands)
+        finally:
+            TRANSACTION_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
 def open_runner(prefer: str = "auto") -> NftRunner:
-    """The libnftables binding if it loads (or ``prefer="nft"``), else an ``nft`` process."""
+    """The libnftables binding if it loads (or ``prefer="nft"``), else an ``nft`` process;
+    timed."""
     if prefer != "nft":
         try:
-            return LibNftables()
+            return Timed(LibNftables())
         except (ImportError, OSError):
             if prefer == "libnftables":
                 raise
-    return NftProcess()
+    return Timed(NftProcess())

@@ -12,6 +12,7 @@ import json
 import os
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as pb
@@ -288,6 +289,24 @@ async def test_bad_input_changes_nothing(world, netns):
         await agent.create_network(harness.network("n4", "10.91.0.0/24", bridge_name="foreign0"))
     world.host.run("ip", "link", "del", "foreign0")
     assert await world.snapshot(container) == before
+
+
+async def test_kernel_refusals_are_counted_by_errno(world):
+    agent = await world.agent()
+    await agent.create_network(NET)
+
+    def refused(code: str) -> float:
+        return REGISTRY.get_sample_value("cnm_agent_netlink_errors_total", {"errno": code}) or 0
+
+    before = refused("EADDRNOTAVAIL")
+    with pytest.raises(errors.CnmError, match="set MAC"):  # a multicast MAC: refused
+        await agent.netlink.set_mac("cnm-n1", "01:00:5e:00:00:01")
+    assert refused("EADDRNOTAVAIL") == before + 1
+    # A delete of what is not there is not a refusal: nothing counted.
+    every = {code: refused(code) for code in ("ENODEV", "ENOENT", "EEXIST")}
+    await agent.delete_endpoint("e1")
+    await agent.delete_endpoint("e1")
+    assert {code: refused(code) for code in every} == every
 
 
 async def test_it_refuses_to_delete_a_link_without_its_mark(world, netns):

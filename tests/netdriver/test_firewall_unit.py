@@ -11,11 +11,12 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cnm import errors
 from netdriver_service.firewall import NetworkRules, PortRule, ruleset
 from netdriver_service.firewall.backends import BACKENDS, make_firewall
-from netdriver_service.firewall.libnft import NftError
+from netdriver_service.firewall.libnft import NftError, Timed
 from netdriver_service.firewall.nftables_backend import NftablesFirewall
 from netdriver_service.firewall.ports import split_against, validate_ports
 
@@ -355,3 +356,27 @@ async def test_remove_ports_with_the_known_ports_reads_nothing_and_stays_idempot
     assert not runner.state["specific_guard"]
     await firewall.remove_ports("e1", mine)
     assert len(await firewall.list_ports()) == 20
+
+
+def test_every_batch_is_timed_by_kind_refused_ones_too():
+    class Runner:
+        name = "fake"
+
+        def run(self, commands):
+            if commands == [{"add": "bad"}]:
+                raise NftError("Error: syntax error")
+            return {"nftables": []}
+
+    def count(kind):
+        return REGISTRY.get_sample_value("cnm_agent_nftables_transaction_seconds_count",
+                                         {"kind": kind}) or 0
+
+    timed = Timed(Runner())
+    before = {kind: count(kind) for kind in ("list", "change")}
+    assert timed.run([{"list": {"table": {"family": "ip", "name": "cnm"}}}]) == {"nftables": []}
+    timed.run([{"add": {"element": {}}}, {"list": {"table": {}}}])
+    with pytest.raises(NftError):
+        timed.run([{"add": "bad"}])
+    assert {kind: count(kind) for kind in before} == {
+        "list": before["list"] + 1, "change": before["change"] + 2}
+    assert timed.name == "fake"

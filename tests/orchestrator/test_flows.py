@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from cnm import errors
 from cnm.ipam.v1 import ipam_pb2
@@ -419,8 +420,16 @@ async def test_failed_undo_leaves_an_intent_that_the_reconciler_finishes(world):
     assert [intent.op for intent in left] == ["connect"]
     assert len(world.ipam.owners(network.network_id)) == 1
     world.ipam.faults.fail.clear()
+    metric = "cnm_orchestrator_reconciler_actions_total"
+    actions = REGISTRY.get_sample_value(metric, {"kind": "settled_intents"})
+    settled = REGISTRY.get_sample_value("cnm_orchestrator_intents_settled_total",
+                                        {"op": "connect"})
     report = await world.reconciler.run_once()
     assert report.settled_intents == [f"connect {left[0].key}"]
+    # Counted for Prometheus (cnm/metrics.py), as the reconciler's action and as an intent.
+    assert REGISTRY.get_sample_value(metric, {"kind": "settled_intents"}) == actions + 1
+    assert REGISTRY.get_sample_value("cnm_orchestrator_intents_settled_total",
+                                     {"op": "connect"}) == settled + 1
     assert world.ipam.owners(network.network_id) == {}
     assert await intents(world) == []
     await world.call("ConnectContainer", connect_request("c1", host="h2"))
