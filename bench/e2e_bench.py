@@ -64,12 +64,14 @@ class System:
 
     def __init__(self, workdir: Path, tls_dir: Path | None = None,
                  orchestrator_args: tuple[str, ...] = (), heartbeats: bool = False,
-                 log_level: str = "WARNING") -> None:
+                 log_level: str = "WARNING", metrics_ports: dict[str, int] | None = None) -> None:
         """``tls_dir``: a `cnm pki` directory with ca, ipam, orchestrator, agent and admin
         certificates: every link is then mutual TLS (plaintext without it). With
         ``heartbeats`` the agent also registers with the orchestrator and heartbeats.
         The services log at ``log_level`` to ``workdir``/{ipam,agent,orchestrator}.log
-        (at DEBUG every request's time: see :func:`print_request_times`)."""
+        (at DEBUG every request's time: see :func:`print_request_times`). With
+        ``metrics_ports`` ({"ipam": PORT, "agent": ..., "orchestrator": ...}) each serves
+        its metrics on loopback there (the agent's loopback is its host namespace's)."""
         self.workdir = workdir
         self.tls_dir = tls_dir
         self.run_dir = agent_run_dir()
@@ -77,10 +79,17 @@ class System:
         self.host = support.Netns("cnme-host")
         self.host_id = f"b{uuid.uuid4().hex[:6]}"
         self.processes: list[support.Process] = []
+        self.metrics_ports = metrics_ports or {}
+
+        def metrics(name: str) -> list[str]:
+            port = self.metrics_ports.get(name)
+            return ["--metrics-listen", f"127.0.0.1:{port}"] if port else []
+
         ipam = f"127.0.0.1:{support.free_port()}"
         self.processes.append(support.Process(
             [support.PYTHON, "-m", "ipam_service", "--listen", ipam,
-             "--redis-url", self.redis.url, "--log-level", log_level, *self._tls("ipam")],
+             "--redis-url", self.redis.url, "--log-level", log_level, *self._tls("ipam"),
+             *metrics("ipam")],
             log_path=workdir / "ipam.log"))
         agent = f"unix:/tmp/cnme-{uuid.uuid4().hex[:8]}.sock"
         # The agent, in its host namespace, reaches a unix socket, not our loopback.
@@ -95,7 +104,7 @@ class System:
             ["nsenter", f"--net={self.host.path}", support.PYTHON, "-m", "netdriver_service",
              "--listen", agent, "--host-id", self.host_id, "--state-dir",
              str(self.run_dir / "agent"), "--log-level", log_level, *membership,
-             *self._tls("agent")],
+             *self._tls("agent"), *metrics("agent")],
             log_path=workdir / "agent.log")
         self.processes.append(self.agent)
         support.wait_serving(ipam, credentials=self._credentials())
@@ -104,7 +113,7 @@ class System:
             [support.PYTHON, "-m", "orchestrator", "--listen", self.address,
              "--redis-url", self.redis.url, "--ipam", ipam,
              "--hosts", f"{self.host_id}={agent}", "--log-level", log_level,
-             *orchestrator_args, *self._tls("orchestrator")],
+             *orchestrator_args, *self._tls("orchestrator"), *metrics("orchestrator")],
             log_path=workdir / "orchestrator.log"))
         support.wait_serving(self.address, credentials=self._credentials())
 
