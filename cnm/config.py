@@ -75,6 +75,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--metrics-listen", "CNM_METRICS_LISTEN", "",
              "serve Prometheus metrics on PORT (loopback) or HOST:PORT, over HTTPS with "
              "client certificates when TLS is on; off when empty")
+    add_flag(parser, "--otlp-endpoint", "CNM_OTLP_ENDPOINT", "",
+             "export OpenTelemetry traces (a span per RPC) to this OTLP/gRPC collector: "
+             "http://HOST:PORT, https://HOST:PORT or unix:///PATH; off when empty")
 
 
 def add_tls_flags(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cnm import authz, errors, grpc_client, metrics, sdnotify, tracing
+from cnm import authz, errors, grpc_client, metrics, otel, sdnotify, tracing
 from cnm.tls import Tls
 
 log = logging.getLogger("cnm.server")
@@ -73,6 +73,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
             # and its trace id (tracing: every log line of the request carries it).
             grpc_client.set_deadline(context.time_remaining())
             tracing.begin(context.invocation_metadata())
+            span = otel.start(method)
             try:
                 if policy is not None:
                     caller = authz.identity_of(context)
@@ -105,6 +106,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                     fields["reason"] = failure.reason
                 logger.log(level, "request", extra=fields)
                 metrics.observe(method, code.name, time.perf_counter() - started)
+                otel.end(span, code)
             await context.abort_with_status(errors.to_grpc_status(failure))
 
         return grpc.unary_unary_rpc_method_handler(
@@ -156,6 +158,8 @@ async def start(
     insecure: bool = False,
     socket_group: str = "",
     metrics_listen: str = "",
+    otlp_endpoint: str = "",
+    service: str = "",
 ) -> Server:
     """Starts a server on ``listen`` with ``services`` (add function, servicer, full name).
 
@@ -169,6 +173,7 @@ async def start(
     check_listen(listen, tls, insecure)
     try:
         metrics.serve(metrics_listen, tls)
+        otel.setup(otlp_endpoint, service)
     except ValueError as error:
         raise errors.InvalidArgument(str(error), reason="INVALID_ARGUMENT") from None
     for address in addresses:

@@ -57,7 +57,8 @@ async def main_async(args: argparse.Namespace) -> None:
     logger = logs.setup("ipam", args.log_level)
     try:
         ipam = await serve(args.listen, args.redis_url, logger, args.tls,
-                           args.insecure, args.socket_group, args.metrics_listen)
+                           args.insecure, args.socket_group, args.metrics_listen,
+                           args.otlp_endpoint)
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})
         raise SystemExit(1) from None

@@ -154,7 +154,8 @@ class IpamServer:
 
 async def serve(listen: str, redis_url: str, logger: logging.Logger,
                 tls: Tls | None = None, insecure: bool = False,
-                socket_group: str = "", metrics_listen: str = "") -> IpamServer:
+                socket_group: str = "", metrics_listen: str = "",
+                otlp_endpoint: str = "") -> IpamServer:
     """Starts the IPAM server on ``listen`` against ``redis_url``; the caller stops it."""
     store = RedisStore.from_url(redis_url)
 
@@ -172,5 +173,6 @@ async def serve(listen: str, redis_url: str, logger: logging.Logger,
         policy=access.POLICY,
         insecure=insecure,
         socket_group=socket_group, metrics_listen=metrics_listen,
+        otlp_endpoint=otlp_endpoint, service="ipam",
     )
     return IpamServer(running, store)

@@ -124,7 +124,8 @@ async def serve(args: argparse.Namespace) -> None:
             readiness=agent.ready,
             tls=args.tls, policy=access.POLICY,
             insecure=args.insecure, socket_group=args.socket_group,
-            metrics_listen=args.metrics_listen,
+            metrics_listen=args.metrics_listen, otlp_endpoint=args.otlp_endpoint,
+            service="agent",
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

@@ -159,7 +159,8 @@ async def serve(args: argparse.Namespace) -> None:
                        OrchestratorServicer(orch), SERVICE_NAME)],
             logger=logger, readiness=ready, tls=args.tls, policy=access.POLICY,
             insecure=args.insecure, socket_group=args.socket_group,
-            metrics_listen=args.metrics_listen,
+            metrics_listen=args.metrics_listen, otlp_endpoint=args.otlp_endpoint,
+            service="orchestrator",
         )
     except errors.CnmError as error:
         logger.error("cannot start", extra={"error": error.message})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +51,24 @@ def test_a_call_outside_any_request_gets_a_new_trace():
     [(_, first)] = tracing.outgoing()
     [(_, second)] = tracing.outgoing()
     assert tracing.parse(first) and tracing.parse(first) != tracing.parse(second)
+
+
+def test_a_command_passes_its_callers_span_on_as_the_parent(monkeypatch):
+    """The CLI records no span: the services' spans hang under the caller's."""
+    monkeypatch.setenv("TRACEPARENT", GOOD)
+
+    async def command() -> tuple[str, str]:
+        trace_id = tracing.begin_from_environment()
+        return trace_id, dict(tracing.outgoing())[tracing.TRACEPARENT]
+
+    assert asyncio.run(command()) == ("4bf92f3577b34da6a3ce929d0e0e4736", GOOD)
+
+
+def test_with_traces_off_opentelemetry_is_never_imported():
+    script = ("import sys; from cnm import otel, server, tracing\n"
+              "otel.setup('', 'ipam'); tracing.begin()\n"
+              "assert otel.start('/cnm.ipam.v1.IpamService/ListPools') is None\n"
+              "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
