@@ -10,6 +10,8 @@
 #   agent    netdriver_service, as root; the runtime grants it only the
 #            capabilities it needs (cap_add in deploy/agent.compose.yml)
 #   redis    Debian's redis-server, as the redis user, data in /data
+#   prometheus  Debian's Prometheus server (unpacked from its package by
+#            deploy/build-images.sh into build/prometheus), as nobody, data in /prometheus
 ARG BASE_IMAGE=cnm-base:bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -47,6 +49,15 @@ USER redis
 WORKDIR /data
 EXPOSE 6379
 CMD ["redis-server", "--dir", "/data", "--appendonly", "yes", "--save", ""]
+
+FROM ${BASE_IMAGE} AS prometheus
+COPY build/prometheus/usr/bin/prometheus /usr/bin/prometheus
+RUN install -d -o nobody -g nogroup -m 0750 /prometheus
+VOLUME /prometheus
+USER nobody
+WORKDIR /prometheus
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
 
 FROM runtime AS agent
 COPY deploy/agent-entrypoint.sh /usr/local/bin/cnm-agent-entrypoint

@@ -282,3 +282,24 @@ def connect_namespaces(a: Netns, a_if: str, a_cidr: str,
     for ns, name, cidr in ((a, a_if, a_cidr), (b, b_if, b_cidr)):
         subprocess.run(["ip", "-n", ns.name, "addr", "add", cidr, "dev", name], check=True)
         subprocess.run(["ip", "-n", ns.name, "link", "set", name, "up"], check=True)
+
+
+# --- mutual TLS, with a `cnm pki` directory --------------------------------------------
+
+def tls_args(directory: Path, name: str) -> list[str]:
+    """A service's flags for certificate ``name`` of the CA in ``directory``."""
+    return ["--tls-ca", str(directory / "ca.crt"), "--tls-cert", str(directory / f"{name}.crt"),
+            "--tls-key", str(directory / f"{name}.key")]
+
+
+def tls_credentials(directory: Path, name: str = "admin") -> grpc.ChannelCredentials:
+    """A client's credentials holding certificate ``name`` (the admin's unless told)."""
+    return grpc.ssl_channel_credentials((directory / "ca.crt").read_bytes(),
+                                        (directory / f"{name}.key").read_bytes(),
+                                        (directory / f"{name}.crt").read_bytes())
+
+
+def tls_channel(directory: Path, address: str, name: str = "admin") -> grpc.Channel:
+    """A channel to ``address`` holding certificate ``name`` (the admin's unless told)."""
+    return grpc.secure_channel(address, tls_credentials(directory, name),
+                               grpc_client.tls_options(address))

@@ -2,9 +2,11 @@
 
 Everything runs inside one network namespace made here (the "host"): Redis, the
 three services, and Prometheus, whose configuration is deploy/prometheus.yml with
-this test's ports. gRPC goes over unix sockets, which the test reaches from
-outside; Prometheus' query API is asked from inside. After three `cnm run`s the
-query API must return the series with exactly the values those requests made.
+this test's ports and certificates. Every link is mutual TLS, as deployed: gRPC
+over unix sockets, which the test reaches from outside, and the metrics over
+HTTPS, scraped with a viewer's certificate; Prometheus' query API is asked from
+inside. After three `cnm run`s and one repaired drift the query API must return
+the series with exactly the values those requests made.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 
+from cnm import pki
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
-from tests import support
+from tests import docs, support
 from tests.orchestrator.e2e import CNM, remove_sandboxes
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -47,10 +49,19 @@ class Host:
         self.processes.append(process)
         return process
 
-    def get(self, url: str) -> str:
-        script = ("import sys, urllib.request; "
-                  "print(urllib.request.urlopen(sys.argv[1]).read().decode())")
-        return self.ns.run(support.PYTHON, "-c", script, url).stdout
+    def get(self, url: str, certificate: Path | None = None) -> str:
+        """GETs ``url`` from inside; an HTTPS one holding ``certificate`` (and its .key),
+        checked against the CA beside it."""
+        script = ("import ssl, sys, urllib.request\n"
+                  "context = None\n"
+                  "if len(sys.argv) > 2:\n"
+                  "    context = ssl.create_default_context(cafile=sys.argv[2])\n"
+                  "    context.load_cert_chain(sys.argv[3], sys.argv[4])\n"
+                  "print(urllib.request.urlopen(sys.argv[1], context=context).read().decode())")
+        files = () if certificate is None else (
+            str(certificate.with_name("ca.crt")), str(certificate),
+            str(certificate.with_suffix(".key")))
+        return self.ns.run(support.PYTHON, "-c", script, url, *files).stdout
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -74,35 +85,49 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
     ipam, orchestrator, agent = (f"unix:{host.socket(name)}"
                                  for name in ("ipam", "orchestrator", "agent"))
     host_id = f"prom-{host.tag}"
+    certificates = tmp_path / "pki"
+    pki.init_ca(certificates)
+    for name in ("ipam", "orchestrator"):
+        pki.issue(certificates, name, name, sans=("localhost", "127.0.0.1"))
+    pki.issue(certificates, "agent", "agent", host_id=host_id, sans=("localhost", "127.0.0.1"))
+    pki.issue(certificates, "admin", "admin")
+    pki.issue(certificates, "prometheus", "viewer")
+    tls = {name: support.tls_args(certificates, name)
+           for name in ("ipam", "orchestrator", "agent")}
     try:
         host.start("redis", "redis-server", "--port", "0", "--unixsocket", host.socket("redis"),
                    "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
         support.wait_for(lambda: Path(host.socket("redis")).exists(), 10, 0.05, "redis")
         host.start("ipam", support.PYTHON, "-m", "ipam_service", "--listen", ipam,
-                   "--redis-url", redis, "--metrics-listen", str(ports["ipam"]))
-        support.wait_serving(ipam)
+                   "--redis-url", redis, "--metrics-listen", str(ports["ipam"]), *tls["ipam"])
+        admin = support.tls_credentials(certificates)
+        support.wait_serving(ipam, credentials=admin)
         host.start("agent", support.PYTHON, "-m", "netdriver_service", "--listen", agent,
                    "--host-id", host_id, "--state-dir", str(tmp_path / "agent"),
-                   "--metrics-listen", str(ports["agent"]))
-        support.wait_serving(agent, timeout=20)
+                   "--metrics-listen", str(ports["agent"]), *tls["agent"])
+        support.wait_serving(agent, timeout=20, credentials=admin)
         host.start("orchestrator", support.PYTHON, "-m", "orchestrator", "--listen",
                    orchestrator, "--redis-url", redis, "--ipam", ipam,
                    "--hosts", f"{host_id}={agent}", "--reconcile-interval", "1",
-                   "--metrics-listen", str(ports["orchestrator"]))
-        support.wait_serving(orchestrator)
-        # deploy/prometheus.yml, with this test's ports and a short scrape interval.
-        config = (support.REPO / "deploy" / "prometheus.yml").read_text()
-        for name in ("ipam", "orchestrator", "agent"):
-            config = config.replace(f"'localhost:{DEFAULT_PORTS[name]}'",
-                                    f"'127.0.0.1:{ports[name]}'")
-        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s")
+                   "--metrics-listen", str(ports["orchestrator"]), *tls["orchestrator"])
+        support.wait_serving(orchestrator, credentials=admin)
+        # deploy/prometheus.yml, with this test's ports, certificates and a short
+        # scrape interval.
+        config = docs.substitute((support.REPO / "deploy" / "prometheus.yml").read_text(), {
+            **{f"'127.0.0.1:{DEFAULT_PORTS[name]}'": f"'127.0.0.1:{ports[name]}'"
+               for name in ("ipam", "orchestrator", "agent")},
+            "/etc/cnm/pki/": f"{certificates}/",
+            "scrape_interval: 15s": "scrape_interval: 1s"})
         (tmp_path / "prometheus.yml").write_text(config)
         host.start("prometheus", PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                    f"--web.listen-address=127.0.0.1:{ports['prom']}")
 
         env = {"CNM_ORCHESTRATOR": orchestrator, "CNM_HOST_ID": host_id,
-               "CNM_RUN_DIR": str(tmp_path / "run"), "CNM_CONFIG": str(tmp_path / "none.json")}
+               "CNM_RUN_DIR": str(tmp_path / "run"), "CNM_CONFIG": str(tmp_path / "none.json"),
+               "CNM_TLS_CA": str(certificates / "ca.crt"),
+               "CNM_TLS_CERT": str(certificates / "admin.crt"),
+               "CNM_TLS_KEY": str(certificates / "admin.key")}
 
         def cnm(*args: str) -> None:
             done = subprocess.run([CNM, *args], env={**os.environ, **env},
@@ -116,7 +141,8 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
         veth = next(link["ifname"] for link in json.loads(host.ns.run(
             "ip", "-j", "link", "show", "type", "veth").stdout) if "master" in link)
         host.ns.run("ip", "link", "set", "dev", veth, "nomaster")
-        with grpc.insecure_channel(agent) as channel:
+        # Only the orchestrator may command an agent: its certificate.
+        with support.tls_channel(certificates, agent, "orchestrator") as channel:
             repaired = netdriver_pb2_grpc.NetDriverServiceStub(channel).Resync(
                 netdriver_pb2.ResyncRequest(), timeout=30).repaired
         assert len(repaired) == 1 and repaired[0].startswith(f"re-attached {veth} to bridge")
@@ -144,6 +170,7 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
             # What went wrong and was put right; and that the reconciler runs.
             'cnm_agent_resync_repairs_total{kind="reattached"}': {"agent": 1},
             'sum by (job) (cnm_agent_resync_repairs_total)': {"agent": 1},
+            'count by (job) (up == 1)': {"ipam": 1, "orchestrator": 1, "agent": 1},
             'cnm_orchestrator_reconciler_passes_total{result="ran"} > bool 0':
                 {"orchestrator": 1},
             'sum by (job) (cnm_orchestrator_reconciler_actions_total)': {"orchestrator": 0},
@@ -167,7 +194,8 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
         # Redis gone: a scrape still answers, saying the records could not be read.
         host.processes[0].stop()
         for service in ("orchestrator", "ipam"):
-            text = host.get(f"http://127.0.0.1:{ports[service]}/metrics")
+            text = host.get(f"https://127.0.0.1:{ports[service]}/metrics",
+                            certificates / "prometheus.crt")
             assert f"cnm_{service}_records_up 0.0" in text
             assert "cnm_rpc_requests_total" in text
     finally:
@@ -176,3 +204,4 @@ def test_prometheus_scrapes_every_service_and_sees_what_requests_did(netns, tmp_
 
 
 DEFAULT_PORTS = {"ipam": 9102, "orchestrator": 9101, "agent": 9103}
+

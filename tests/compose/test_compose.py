@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -313,6 +314,7 @@ def one_host(host: Host, switch: support.Netns, projects: list[Compose]) -> None
         assert "Directory listing" in http_get(host.netns.path, "http://127.0.0.1:8080/")
         assert not answers_once(switch.path, f"http://{host.ip}:8080/"), \
             "a port published on 127.0.0.1 answered on the host's underlay address"
+        metrics(host, compose)
     finally:
         host.cli("rm", "web", check=False)
         host.cli("network", "rm", "testbr", check=False)
@@ -322,6 +324,35 @@ def one_host(host: Host, switch: support.Netns, projects: list[Compose]) -> None
     shutil.rmtree(host.pki)
     for leftover in (host.dir / ".env", host.workdir / "cli.json"):
         leftover.unlink()
+
+
+def metrics(host: Host, compose: Compose) -> None:
+    """"Metrics": the services restarted with their metrics on, and Prometheus (the
+    metrics profile) scraping them over HTTPS with its viewer certificate."""
+    host.run_block("metrics")
+    compose.wait_healthy()
+    assert "prometheus" in compose.containers()
+
+    def query(promql: str) -> dict[str, float]:
+        answer = json.loads(http_get(
+            host.netns.path,
+            f"http://127.0.0.1:9090/api/v1/query?query={urllib.parse.quote(promql)}"))
+        return {series["metric"].get("job", ""): float(series["value"][1])
+                for series in answer["data"]["result"]}
+
+    wanted = {"up": {"orchestrator": 1, "ipam": 1, "agent": 1},
+              'cnm_orchestrator_networks{state="ready"}': {"orchestrator": 1},  # testbr
+              "cnm_agent_endpoints": {"agent": 1}}  # web
+    last: dict = {}
+
+    def scraped() -> bool:
+        last.update({promql: query(promql) for promql in wanted})
+        return last == wanted
+
+    try:  # Prometheus scrapes every 15 s (deploy/prometheus.yml)
+        support.wait_for(scraped, 60, 1, "Prometheus to scrape the three services")
+    except TimeoutError as error:
+        raise AssertionError(f"{error}: last answers {last}") from error
 
 
 def prepare_second_host(host1: Host, host2: Host) -> None:

@@ -59,7 +59,16 @@ PASSWORD = {"CNM_REDIS_PASSWORD": "0123abcd"}
 
 def test_first_host_file_runs_everything_on_the_host_network(config):
     services = config.resolved("docker-compose.yml", **PASSWORD)["services"]
-    assert set(services) == {"redis", "ipam", "orchestrator", "agent", "docker-plugin"}
+    assert set(services) == {"redis", "ipam", "orchestrator", "agent", "docker-plugin",
+                             "prometheus"}
+    assert services["prometheus"]["profiles"] == ["metrics"]
+    # Metrics off unless asked for; the agent's from the shared definition too.
+    for name, variable in (("ipam", "CNM_IPAM_METRICS_LISTEN"),
+                           ("orchestrator", "CNM_ORCHESTRATOR_METRICS_LISTEN"),
+                           ("agent", "CNM_AGENT_METRICS_LISTEN")):
+        assert services[name]["environment"]["CNM_METRICS_LISTEN"] == "", name
+        on = config.resolved("docker-compose.yml", **PASSWORD, **{variable: "127.0.0.1:9"})
+        assert on["services"][name]["environment"]["CNM_METRICS_LISTEN"] == "127.0.0.1:9"
     for name, service in services.items():
         assert service["network_mode"] == "host", name
         assert not service.get("privileged"), name

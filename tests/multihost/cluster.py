@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from cnm import errors, grpc_client, pki
+from cnm import errors, pki
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -85,21 +85,9 @@ class Host:
         return self.ns.run("ip", "neigh", "show", "dev", device).stdout
 
 
-def tls_args(directory: Path, name: str) -> tuple[str, ...]:
-    return ("--tls-ca", str(directory / "ca.crt"), "--tls-cert", str(directory / f"{name}.crt"),
-            "--tls-key", str(directory / f"{name}.key"))
-
-
-def admin_credentials(directory: Path, name: str = "admin") -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials((directory / "ca.crt").read_bytes(),
-                                        (directory / f"{name}.key").read_bytes(),
-                                        (directory / f"{name}.crt").read_bytes())
-
-
-def admin_channel(directory: Path, address: str, name: str = "admin") -> grpc.Channel:
-    """A channel holding certificate ``name`` (the admin's unless told)."""
-    return grpc.secure_channel(address, admin_credentials(directory, name),
-                               grpc_client.tls_options(address))
+tls_args = support.tls_args
+admin_credentials = support.tls_credentials
+admin_channel = support.tls_channel
 
 
 @dataclass

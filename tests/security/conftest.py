@@ -19,17 +19,8 @@ from cnm import grpc_client, pki
 from tests import support
 
 CNM = str(Path(support.PYTHON).with_name("cnm"))
-
-
-def tls_args(directory: Path, name: str) -> list[str]:
-    return ["--tls-ca", str(directory / "ca.crt"), "--tls-cert", str(directory / f"{name}.crt"),
-            "--tls-key", str(directory / f"{name}.key")]
-
-
-def credentials(directory: Path, name: str) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials((directory / "ca.crt").read_bytes(),
-                                        (directory / f"{name}.key").read_bytes(),
-                                        (directory / f"{name}.crt").read_bytes())
+tls_args = support.tls_args
+credentials = support.tls_credentials
 
 
 @pytest.fixture
