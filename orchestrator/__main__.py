@@ -10,7 +10,7 @@ import time
 from cnm import config, errors, logs, metrics, redis_client, server, tls
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
-from orchestrator import access, address_pools
+from orchestrator import access, address_pools, validation
 from orchestrator.clients import Agents, Ipam
 from orchestrator.flows import EPHEMERAL_PORTS, GONE_GRACE, Orchestrator
 from orchestrator.hosts import HEARTBEAT_INTERVAL, STALE_AFTER
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     config.add_server_flags(parser)
     args = parser.parse_args(argv)
     try:
-        args.ephemeral_ports = parse_port_range(args.ephemeral_ports)
+        args.ephemeral_ports = validation.number_range(args.ephemeral_ports, 65535)
     except ValueError as error:
         parser.error(f"--ephemeral-ports: {error}")
     try:
@@ -111,15 +111,6 @@ async def record_metrics(orch: Orchestrator) -> list:
                       {(host.host_id,): now - host.last_heartbeat_time.ToNanoseconds() / 1e9
                        for host in hosts if not host.static}, ["host"]),
     ]
-
-
-def parse_port_range(text: str) -> tuple[int, int]:
-    """``FIRST-LAST``, 1 <= FIRST <= LAST <= 65535; ValueError says what is wrong."""
-    first, sep, last = text.partition("-")
-    if not (sep and first.isdigit() and last.isdigit()
-            and 1 <= int(first) <= int(last) <= 65535):
-        raise ValueError(f"{text!r}: want FIRST-LAST, 1 <= FIRST <= LAST <= 65535")
-    return int(first), int(last)
 
 
 async def renew_lease(store: Store, logger) -> None:

@@ -35,6 +35,7 @@ import logging
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from orchestrator import validation
 from orchestrator.hosts import Hosts
 from orchestrator.store import STATE_READY, Store, Vnis
 from orchestrator.translate import agent_network
@@ -53,14 +54,7 @@ def no_underlay(host_id: str) -> str:
 
 def parse_vni_range(spec: str) -> tuple[int, int]:
     """``FIRST-LAST`` (or one number) as a range of VXLAN ids; ValueError when invalid."""
-    first, sep, last = spec.partition("-")
-    try:
-        low, high = int(first), int(last if sep else first)
-    except ValueError as error:
-        raise ValueError(f"invalid VNI range {spec!r}: want FIRST-LAST") from error
-    if not 1 <= low <= high <= 0xFFFFFF:
-        raise ValueError(f"invalid VNI range {spec!r}: want 1 <= FIRST <= LAST <= 16777215")
-    return low, high
+    return validation.number_range(spec, 0xFFFFFF, single=True)
 
 
 class Overlay:

@@ -11,6 +11,18 @@ from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 DRIVERS = ("bridge", "overlay")
 
 
+def number_range(text: str, maximum: int, *, single: bool = False) -> tuple[int, int]:
+    """``FIRST-LAST`` (or, with ``single``, one number), 1 <= FIRST <= LAST <= ``maximum``
+    (a flag's range of host ports or VXLAN ids); ValueError says what is wrong."""
+    first, sep, last = text.partition("-")
+    if not sep and single:
+        last = first
+    if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) <= maximum):
+        raise ValueError(f"{text!r}: want FIRST-LAST{' or one number' if single else ''}, "
+                         f"1 <= FIRST <= LAST <= {maximum}")
+    return int(first), int(last)
+
+
 def endpoint_id(network_id: str, container_id: str) -> str:
     """Derived, so that a retried connect names the same endpoint (and IPAM owner)."""
     return hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()[:16]
