@@ -185,12 +185,11 @@ class Agent:
         self.underlay_ip = address
 
     async def refresh_routes(self) -> None:
-        """Reads the host's own routes again (not those through cnm's bridges and VXLAN
-        devices): membership reports them, and subnets chosen for networks avoid them."""
-        links = await self.netlink.list_links()
-        cnm_links = frozenset(link.index for link in links
-                              if names.parse_alias(link.alias) is not None)
-        self.host_routes = await self.netlink.routes(except_links=cnm_links)
+        """Reads the host's own routes again (not those of cnm's networks, the subnets
+        of its bridges): membership reports them, and subnets chosen for networks avoid
+        them. No dump of every link: one per endpoint would be read every resync."""
+        subnets = frozenset(spec.subnet for spec in list(self.store.networks.values()))
+        self.host_routes = await self.netlink.routes(except_destinations=subnets)
 
     def _require_started(self) -> None:
         if not self.started:

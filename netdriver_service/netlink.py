@@ -615,10 +615,12 @@ class Netlink:
                     return message.get_attr("RTA_GATEWAY") or "", message.get_attr("RTA_OIF") or 0
         return None
 
-    async def routes(self, except_links: frozenset[int] = frozenset(),
+    async def routes(self, except_destinations: frozenset[str] = frozenset(),
                      ns: str | None = None) -> list[str]:
         """The destinations (CIDR) of the main table's routes (ROUTE_TYPES), IPv4 and IPv6,
-        but the default routes and those through ``except_links`` (interface indexes)."""
+        but the default routes, link-local ones (fe80::/64 on every link with IPv6) and
+        ``except_destinations`` (CIDRs)."""
+        skipped = {ipaddress.ip_network(cidr, strict=False) for cidr in except_destinations}
         handle = await self._handle(ns)
         found = set()
         with _errors("list routes"):
@@ -626,13 +628,14 @@ class Netlink:
                 for message in await self._dump(
                         handle, lambda family=family: handle.route("dump", family=family)):
                     if (message["dst_len"] == 0 or message["type"] not in ROUTE_TYPES
-                            or message.get_attr("RTA_TABLE") != MAIN_TABLE
-                            or message.get_attr("RTA_OIF") in except_links):
+                            or message.get_attr("RTA_TABLE") != MAIN_TABLE):
                         continue
                     destination = message.get_attr("RTA_DST")
                     if destination and message["dst_len"] <= bits:
-                        found.add(str(ipaddress.ip_network(
-                            f"{destination}/{message['dst_len']}", strict=False)))
+                        network = ipaddress.ip_network(
+                            f"{destination}/{message['dst_len']}", strict=False)
+                        if network not in skipped and not network.is_link_local:
+                            found.add(str(network))
         return sorted(found)
 
     async def addresses(self, index: int, ns: str | None = None) -> list[str]:

@@ -322,6 +322,19 @@ async def test_it_refuses_to_delete_a_link_without_its_mark(world, netns):
     assert "cnm-n1" in harness.link_names(world.host.name)
 
 
+async def test_host_routes_leave_out_cnms_networks_and_default_routes(world):
+    agent = await world.agent()
+    await agent.create_network(NET)  # its bridge has the connected route 10.88.0.0/24
+    world.host.run("ip", "link", "add", "own0", "type", "bridge")
+    world.host.run("ip", "addr", "add", "10.77.0.1/24", "dev", "own0")
+    world.host.run("ip", "link", "set", "own0", "up")
+    world.host.run("ip", "route", "add", "172.30.0.0/16", "via", "10.77.0.254")
+    world.host.run("ip", "route", "add", "default", "via", "10.77.0.254")
+    await agent.refresh_routes()
+    assert agent.host_routes == ["10.77.0.0/24", "172.30.0.0/16"]
+    world.host.run("ip", "link", "del", "own0")
+
+
 async def test_sandboxes_are_created_listed_and_deleted_only_when_ours(world, netns):
     agent = await world.agent()
     foreign = netns("cnmt-f")
