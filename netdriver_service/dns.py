@@ -1,0 +1,366 @@
+"""Name resolution for one cnm network: a DNS server on its gateway address, port 53,
+UDP and TCP, in the agent's process (issue 15; the wire format is dnslib's).
+
+It answers, for clients of the network's subnet only (never an open resolver):
+
+- A and AAAA of the names it holds (container names and aliases on this network),
+  as a single label (``web``) or under the network's search domain
+  (``web.cnm.internal``); a name it holds without an address of the family asked
+  is NODATA (NOERROR, no answer), so a resolver goes on to the other family;
+- PTR of the addresses of its subnet;
+- NXDOMAIN for any other single label, name in the search domain or address of the
+  subnet, with the authority bit: such names are never sent upstream;
+- everything else forwarded, as received, to the host's upstream resolvers (each
+  tried in turn within :data:`UPSTREAM_TIMEOUT`; SERVFAIL when none answers), over
+  the transport the client used; on an internal network, REFUSED instead.
+
+ANY is answered for held names with their addresses only and refused otherwise
+(RFC 8482: no amplification). A malformed query with a readable header gets
+FORMERR, one without is dropped; so is a client past :data:`RATE` queries a second
+(a token bucket each), so that one client's flood leaves the others answered. A
+TCP connection is closed on a frame longer than :data:`MAX_TCP_FRAME` or after
+:data:`TCP_IDLE` seconds without a query.
+
+The records are the caller's: :meth:`Resolver.set_records` replaces them at once
+(the agent gives every endpoint's names on each change), so an answer is never
+half updated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Mapping, Sequence
+
+from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSLabel, DNSRecord
+
+log = logging.getLogger("netdriver.dns")
+
+DOMAIN = "cnm.internal"
+TTL = 5  # seconds: a container gone is forgotten by caches within this
+UPSTREAM_TIMEOUT = 2.0  # seconds each upstream has to answer
+RATE, BURST = 500.0, 1000.0  # queries a second each client may make, and its burst
+MAX_TCP_FRAME = 4096  # bytes: larger than any query a stub resolver sends
+TCP_IDLE = 10.0  # seconds a TCP connection may wait for a query
+MAX_CLIENTS = 4096  # token buckets kept; the oldest go first
+RESOLV_CONF = "/etc/resolv.conf"
+# systemd-resolved's list of the upstreams behind its 127.0.0.53 stub.
+STUB_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
+
+
+def upstreams(path: str = RESOLV_CONF, stub_path: str = STUB_UPSTREAMS) -> list[str]:
+    """The host's resolvers (``nameserver`` lines of ``path``). When they are all on
+    loopback (a local stub such as systemd-resolved's 127.0.0.53), the stub's own
+    upstreams from ``stub_path`` if it lists any: they answer without the stub's
+    rewriting and caching; else the stub itself (the agent shares the host's
+    loopback, which containers do not)."""
+    found = _nameservers(path)
+    if found and all(ipaddress.ip_address(server).is_loopback for server in found):
+        behind = [s for s in _nameservers(stub_path)
+                  if not ipaddress.ip_address(s).is_loopback]
+        return behind or found
+    return found
+
+
+def _nameservers(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as lines:
+            text = lines.read()
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                found.append(str(ipaddress.ip_address(words[1].split("%")[0])))
+            except ValueError:
+                continue
+    return found
+
+
+class Bucket:
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, now: float) -> None:
+        self.tokens, self.stamp = BURST, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(BURST, self.tokens + (now - self.stamp) * RATE)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Resolver:
+    """The DNS server of one network, listening on ``address`` (its gateway) port
+    ``port`` once :meth:`start` ran."""
+
+    def __init__(self, address: str, subnet: str, *, forward: bool = True,
+                 upstream: Sequence[str] | None = None, port: int = 53,
+                 domain: str = DOMAIN) -> None:
+        self.address, self.port = address, port
+        self.subnet = ipaddress.ip_network(subnet)
+        self.forward = forward
+        self.upstream = list(upstreams() if upstream is None else upstream)
+        self.domain = DNSLabel(domain)
+        self._names: dict[DNSLabel, tuple[list[str], list[str]]] = {}
+        self._reverse: dict[str, list[str]] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- records -------------------------------------------------------------------
+
+    def set_records(self, records: Mapping[str, Sequence[str]]) -> None:
+        """Holds exactly ``records`` (name -> its addresses) from now on."""
+        names: dict[DNSLabel, tuple[list[str], list[str]]] = {}
+        reverse: dict[str, list[str]] = {}
+        for name, addresses in records.items():
+            v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
+            v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
+            names[DNSLabel(name.lower())] = (v4, v6)
+            for address in addresses:
+                reverse.setdefault(ipaddress.ip_address(address).reverse_pointer,
+                                   []).append(f"{name}.{self.domain}")
+        self._names, self._reverse = names, reverse
+
+    # --- serving -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=(self.address, self.port))
+        try:
+            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port,
+                                                   reuse_address=True)
+        except OSError:
+            self._udp.close()
+            raise
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def admitted(self, client: str) -> bool:
+        """Whether ``client`` is of the subnet and within its rate."""
+        try:
+            if ipaddress.ip_address(client) not in self.subnet:
+                return False
+        except ValueError:
+            return False
+        now = time.monotonic()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= MAX_CLIENTS:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[client] = Bucket(now)
+        return bucket.take(now)
+
+    async def handle(self, data: bytes, tcp: bool) -> bytes | None:
+        """The answer to query ``data`` (None: none is sent)."""
+        try:
+            query = DNSRecord.parse(data)
+        except (DNSError, struct.error, IndexError, ValueError):
+            return _format_error(data)
+        if query.header.qr or query.header.opcode != 0:
+            return _reply(query, RCODE.NOTIMP).pack() if not query.header.qr else None
+        if len(query.questions) != 1:
+            return _reply(query, RCODE.FORMERR).pack()
+        question = query.q
+        local = self._local(query, question.qname, question.qtype)
+        if local is not None:
+            return local.pack()
+        if question.qtype == QTYPE.ANY or not self.forward or not self.upstream:
+            return _reply(query, RCODE.REFUSED).pack()
+        return await self._forward(query, data, tcp)
+
+    def _local(self, query: DNSRecord, name: DNSLabel, qtype: int) -> DNSRecord | None:
+        """The answer from the records, or None for a name that is not the network's."""
+        text = str(name).rstrip(".").lower()
+        if text.endswith((".in-addr.arpa", ".ip6.arpa")):
+            names = self._reverse.get(text)
+            if names is None:
+                if not _reverse_in(text, self.subnet):
+                    return None
+                return _reply(query, RCODE.NXDOMAIN, authoritative=True)
+            reply = _reply(query, authoritative=True)
+            if qtype in (QTYPE.PTR, QTYPE.ANY):
+                for target in names:
+                    reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR(target), ttl=TTL))
+            return reply
+        label = DNSLabel(text)
+        if label.matchSuffix(self.domain):
+            label = label.stripSuffix(self.domain)
+        elif len(label.label) != 1:
+            return None  # a name of the world: forwarded
+        held = self._names.get(DNSLabel(str(label).rstrip(".")))
+        if held is None:
+            return _reply(query, RCODE.NXDOMAIN, authoritative=True)
+        reply = _reply(query, authoritative=True)
+        v4, v6 = held
+        if qtype in (QTYPE.A, QTYPE.ANY):
+            for address in v4:
+                reply.add_answer(RR(name, QTYPE.A, rdata=A(address), ttl=TTL))
+        if qtype in (QTYPE.AAAA, QTYPE.ANY):
+            for address in v6:
+                reply.add_answer(RR(name, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
+        return reply
+
+    async def _forward(self, query: DNSRecord, data: bytes, tcp: bool) -> bytes:
+        """``data`` sent to each upstream in turn, under an id of our own (a forged
+        answer must guess it); its answer with the client's id back."""
+        client_id = query.header.id
+        for server in self.upstream:
+            our_id = secrets.randbelow(0x10000)
+            sent = struct.pack("!H", our_id) + data[2:]
+            try:
+                answer = await asyncio.wait_for(
+                    (_ask_tcp if tcp else _ask_udp)(server, sent, our_id), UPSTREAM_TIMEOUT)
+            except (TimeoutError, OSError, EOFError) as error:
+                log.debug("upstream did not answer", extra={"upstream": server,
+                                                             "error": str(error)})
+                continue
+            return struct.pack("!H", client_id) + answer[2:]
+        return _reply(query, RCODE.SERVFAIL).pack()
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")[0]
+        try:
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                (length,) = struct.unpack("!H", header)
+                if length > MAX_TCP_FRAME or length < 12:
+                    return
+                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                if not self.admitted(client):
+                    return
+                answer = await self.handle(data, tcp=True)
+                if answer is None:
+                    return
+                writer.write(struct.pack("!H", len(answer)) + answer)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if not self.resolver.admitted(addr[0]):
+            return
+        self.resolver._spawn(self._answer(data, addr))
+
+    async def _answer(self, data: bytes, addr) -> None:
+        answer = await self.resolver.handle(data, tcp=False)
+        if answer is not None and self.transport is not None:
+            if len(answer) > 512:  # no EDNS from us: the client asks again over TCP
+                answer = _truncated(answer)
+            self.transport.sendto(answer, addr)
+
+
+def _reply(query: DNSRecord, rcode: int = RCODE.NOERROR,
+           authoritative: bool = False) -> DNSRecord:
+    return DNSRecord(DNSHeader(id=query.header.id, qr=1, aa=int(authoritative), ra=1,
+                               rd=query.header.rd, rcode=rcode), q=query.q)
+
+
+def _format_error(data: bytes) -> bytes | None:
+    """FORMERR for a query whose header can be read, else nothing."""
+    if len(data) < 12 or data[2] & 0x80:  # too short, or itself a response
+        return None
+    header = DNSHeader(id=struct.unpack("!H", data[:2])[0], qr=1, rcode=RCODE.FORMERR)
+    return DNSRecord(header).pack()
+
+
+def _truncated(answer: bytes) -> bytes:
+    record = DNSRecord.parse(answer)
+    reply = DNSRecord(DNSHeader(id=record.header.id, qr=1, tc=1, ra=1, rd=record.header.rd,
+                                aa=record.header.aa, rcode=record.header.rcode), q=record.q)
+    return reply.pack()
+
+
+def _reverse_in(name: str, subnet: ipaddress._BaseNetwork) -> bool:
+    """Whether reverse name ``name`` is that of an address of ``subnet``."""
+    labels = name.split(".")
+    try:
+        if name.endswith(".in-addr.arpa"):
+            parts = labels[:-2][::-1]
+            if len(parts) != 4:
+                return False
+            address = ipaddress.ip_address(".".join(parts))
+        else:
+            nibbles = labels[:-2][::-1]
+            if len(nibbles) != 32:
+                return False
+            text = "".join(nibbles)
+            address = ipaddress.ip_address(":".join(text[i:i + 4] for i in range(0, 32, 4)))
+    except ValueError:
+        return False
+    return address in subnet
+
+
+async def _ask_udp(server: str, data: bytes, query_id: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bytes] = loop.create_future()
+
+    class Ask(asyncio.DatagramProtocol):
+        def datagram_received(self, reply: bytes, addr) -> None:
+            # Only the upstream's answer to this id: anything else is ignored.
+            if (addr[0] == server and len(reply) >= 12
+                    and struct.unpack("!H", reply[:2])[0] == query_id
+                    and not answered.done()):
+                answered.set_result(reply)
+
+        def error_received(self, exc) -> None:
+            if not answered.done():
+                answered.set_exception(exc)
+
+    transport, _ = await loop.create_datagram_endpoint(Ask, remote_addr=(server, 53))
+    try:
+        transport.sendto(data)
+        return await answered
+    finally:
+        transport.close()
+
+
+async def _ask_tcp(server: str, data: bytes, query_id: int) -> bytes:
+    reader, writer = await asyncio.open_connection(server, 53)
+    try:
+        writer.write(struct.pack("!H", len(data)) + data)
+        await writer.drain()
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        reply = await reader.readexactly(length)
+        if struct.unpack("!H", reply[:2])[0] != query_id:
+            raise EOFError("an answer to another query")
+        return reply
+    finally:
+        writer.close()
+
