@@ -462,6 +462,10 @@ OPTION_ICC = "com.docker.network.bridge.enable_icc"
 OPTION_INTERNAL = "com.docker.network.internal"
 # IGMP/MLD snooping on the network's bridge; off unless set to true.
 OPTION_MCAST_SNOOPING = "cnm.bridge.mcast_snooping"
+# Whether the network answers its containers' names (a DNS server on its gateway).
+OPTION_DNS = "cnm.dns"
+# The search domain of every network's names (web and web.cnm.internal are one name).
+DNS_DOMAIN = "cnm.internal"
 # Go's strconv.ParseBool, which Docker reads these options with.
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
@@ -495,6 +499,7 @@ class NetworkOptions:
     enable_icc: bool | None = None
     internal: bool = False
     mcast_snooping: bool = False
+    dns: bool = True
 
 
 def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
@@ -520,7 +525,23 @@ def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
         internal=_bool_option(OPTION_INTERNAL, options.get(OPTION_INTERNAL, "false")),
         mcast_snooping=_bool_option(OPTION_MCAST_SNOOPING,
                                     options.get(OPTION_MCAST_SNOOPING, "false")),
+        dns=_bool_option(OPTION_DNS, options.get(OPTION_DNS, "true")),
     )
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def check_dns_name(field: str, value: str) -> str:
+    """A name other containers find this one by (a container name, an alias): DNS
+    labels of letters, digits, ``-`` and ``_``, at most 63 each and 253 in all."""
+    if not (len(value) <= 253 and all(_DNS_LABEL.fullmatch(label)
+                                      for label in value.split("."))):
+        raise errors.InvalidArgument(
+            f"invalid {field} {capped(value)!r}: want DNS labels (letters, digits, - and _, "
+            "1-63 each, no - at either end) of at most 253 characters in all",
+            reason="INVALID_DNS_NAME", field=field)
+    return value
 
 
 # --- hosts --------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -391,9 +393,12 @@ def resolve_container(client: Client, host_id: str, container: str) -> str:
 def network_connect(client: Client, args) -> int:
     ports = [port for spec in args.publish or () for port in parse_ports(spec)]
     container = resolve_container(client, args.host, args.container)
+    # A `cnm run` container is found by its name, as docker network connect's are.
+    named = [args.container] if container == sandbox_name(args.host, args.container) else []
     reply = client.ConnectContainer(pb.ConnectContainerRequest(
         network=args.network, container_id=container, host_id=args.host,
         sandbox=args.sandbox or "", address=args.ip or "", port_mappings=ports,
+        dns_names=[*named, *args.alias],
     ))
     if args.format == "json":
         print_json(to_dict(reply.endpoint))
@@ -462,9 +467,14 @@ def run(client: Client, args) -> int:
     launcher = nsenter()
     if args.hostname is not None:
         check_hostname(args.hostname)
-        # A UTS namespace of its own, named as asked, for the command (as docker run's).
-        command = [unshare(), "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
-                   args.hostname, *command]
+    for server in args.dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise UsageError(f"--dns {server!r}: want an IP address") from None
+    for text in [*args.dns_search, *args.dns_option]:
+        if not text or any(c.isspace() for c in text):
+            raise UsageError(f"invalid --dns-search or --dns-option {text!r}: one word each")
     if args.mac_address:
         try:
             validation.check_mac(args.mac_address)
@@ -492,8 +502,11 @@ def run(client: Client, args) -> int:
                     network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
                     port_mappings=ports if first else [], address=args.ip if first else "",
                     mac_address=args.mac_address if first else "",
+                    dns_names=[name, *args.alias],
                 ))
-            argv = [launcher, f"--net={created.sandbox.path}", "--", *command]
+            resolv = write_resolv_conf(client, args, sandbox)
+            argv = [launcher, f"--net={created.sandbox.path}", "--",
+                    *confined(command, args.hostname, resolv)]
             if args.detach:
                 subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                  start_new_session=True)
@@ -515,6 +528,43 @@ def run(client: Client, args) -> int:
     finally:
         remove_sandbox(client, args.host, sandbox, allow_missing=True)
     return code if code >= 0 else 128 - code
+
+
+def write_resolv_conf(client: Client, args, sandbox: str) -> Path | None:
+    """The command's resolv.conf, in the run directory: the first network's DNS server
+    (its gateway, unless the network has cnm.dns=false) or --dns, --dns-search and
+    --dns-option; None to leave the host's (no DNS server and no --dns)."""
+    network = client.GetNetwork(pb.GetNetworkRequest(network=args.net[0])).network
+    own = validation.check_network_options(network.options).dns
+    servers = args.dns or ([network.gateway] if own else [])
+    if not servers:
+        return None
+    lines = [f"nameserver {server}" for server in servers]
+    search = args.dns_search or ([validation.DNS_DOMAIN] if own else [])
+    if search:
+        lines.append(f"search {' '.join(search)}")
+    if args.dns_option:
+        lines.append(f"options {' '.join(args.dns_option)}")
+    path = Path(config.run_dir()) / f"{sandbox}.resolv.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def confined(command: list[str], hostname: str | None, resolv: Path | None) -> list[str]:
+    """``command`` in namespaces of its own, as docker run's: a UTS namespace named
+    ``hostname``, a mount namespace where /etc/resolv.conf is ``resolv``."""
+    flags, steps = [], []
+    if hostname is not None:
+        flags.append("--uts")
+        steps.append(f"hostname {shlex.quote(hostname)}")
+    if resolv is not None:
+        flags += ["--mount", "--propagation", "private"]
+        steps.append(f"mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf")
+    if not steps:
+        return command
+    return [unshare(), *flags, "--", "sh", "-c", " && ".join([*steps, 'exec "$@"']), "sh",
+            *command]
 
 
 HOSTNAME = re.compile(r"(?!-)[a-zA-Z0-9-]{1,63}(?<!-)(\.(?!-)[a-zA-Z0-9-]{1,63}(?<!-))*")
@@ -575,6 +625,8 @@ def stop_processes(sandbox: pb.Sandbox, grace: float = 5.0) -> None:
 def remove_sandbox(client: Client, host_id: str, sandbox: str, allow_missing: bool) -> None:
     client.DeleteSandbox(pb.DeleteSandboxRequest(name=sandbox, host_id=host_id,
                                                  allow_missing=allow_missing))
+    with contextlib.suppress(OSError):
+        (Path(config.run_dir()) / f"{sandbox}.resolv.conf").unlink()
 
 
 def own_sandbox(client: Client, host_id: str, name: str) -> pb.Sandbox:
@@ -767,6 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTO]",
                          help="publish a port (repeatable): " + PORT_FORMS)
     connect.add_argument("--sandbox", help="namespace name or path (default: the container's)")
+    connect.add_argument("--alias", action="append", default=[], metavar="NAME",
+                         help="another name the network's containers find it by (repeatable)")
     host_flag(connect, "the host the container runs on")
     format_flag(connect)
     connect.add_argument("network", metavar="NETWORK")
@@ -860,6 +914,18 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--hostname", metavar="NAME",
                         help="the command's hostname, in a UTS namespace of its own (default: "
                         "the host's)")
+    runner.add_argument("--alias", "--network-alias", action="append", default=[],
+                        metavar="NAME",
+                        help="another name the networks' containers find it by, beside its "
+                        "--name (repeatable)")
+    runner.add_argument("--dns", action="append", default=[], metavar="ADDRESS",
+                        help="a nameserver for the command (repeatable; default: the first "
+                        "network's DNS server, on its gateway)")
+    runner.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                        help="a search domain for the command (repeatable; default: "
+                        "cnm.internal, the networks' own)")
+    runner.add_argument("--dns-option", action="append", default=[], metavar="OPTION",
+                        help="a resolv.conf option for the command (repeatable), e.g. ndots:2")
     runner.add_argument("--detach", "-d", action="store_true",
                         help="leave it running in the background and print its name")
     runner.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")

@@ -174,6 +174,7 @@ async def serve(args: argparse.Namespace) -> None:
             resync.cancel()
         if membership is not None:
             membership.cancel()
+        await agent.resolvers.close()
         await netlink.close()
 
 

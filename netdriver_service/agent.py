@@ -26,6 +26,7 @@ from cnm import errors, validation
 from cnm.netdriver.v1 import netdriver_pb2
 from cnm.undo import Undo
 from netdriver_service import model, names, netns
+from netdriver_service.dns import Resolvers
 from netdriver_service.drivers import DRIVERS, Driver, make_driver
 from netdriver_service.drivers.bridge import network_rules, port_rules
 from netdriver_service.drivers.overlay import check_peer_fields, check_peers
@@ -63,7 +64,7 @@ class Agent:
     def __init__(
         self, *, host_id: str, underlay_ip: str, netlink: Netlink, firewall: Firewall,
         store: Store, faults: Faults | None = None, netns_dir: str = netns.NETNS_DIR,
-        sandbox_dirs: tuple[str, ...] = (),
+        sandbox_dirs: tuple[str, ...] = (), resolvers: Resolvers | None = None,
     ) -> None:
         self.host_id = host_id
         self.underlay_ip = underlay_ip
@@ -102,6 +103,8 @@ class Agent:
         # a restart the orchestrator pushes every network again).
         self.peer_generations: dict[str, int] = {}
         self.host_routes: list[str] = []  # refresh_routes()
+        # Each network's DNS server, in the host's namespace (see dns).
+        self.resolvers = resolvers or Resolvers(netlink.host_ns)
 
     # Life cycle -------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class Agent:
                 self._hold(name)
             await self.host_ports.restore(
                 (e.endpoint_id, e.ports) for e in self.store.endpoints.values())
+            for network_id in list(self.store.networks):
+                await self._names_changed(network_id)
         self.started = True
         log.info(
             "state rebuilt",
@@ -257,6 +262,7 @@ class Agent:
             undo.commit()
         if not known:
             await self.store.delete_intent(intent)
+        await self._names_changed(spec.network_id)
         return spec
 
     async def delete_network(self, network_id: str) -> None:
@@ -273,6 +279,7 @@ class Agent:
             for endpoint_id in {*removed, *(e.endpoint_id for e in self.store.endpoints_of(network_id))}:
                 await self._forget_endpoint(endpoint_id)
             await self.store.delete_network(network_id)
+            await self.resolvers.stop(network_id)
             self.peer_generations.pop(network_id, None)
 
     async def _network_from_kernel(self, network_id: str) -> NetworkSpec | None:
@@ -373,6 +380,7 @@ class Agent:
                 f"endpoint {endpoint.endpoint_id!r} exists with other parameters",
                 reason="ENDPOINT_EXISTS", endpoint_id=endpoint.endpoint_id,
             )
+        self.resolvers.check_ports(endpoint.ports)
         driver = self.driver(network.driver)
         intent = f"ep:{endpoint.endpoint_id}"
         async with Undo(f"create endpoint {endpoint.endpoint_id!r}", log) as undo:
@@ -391,6 +399,11 @@ class Agent:
             self.faults.check("record")
             undo.commit()
         await self.store.delete_intent(intent)
+        # Answered by the network's DNS server before the connect is.
+        if network.network_id in self.resolvers.running:
+            await self.resolvers.added(network, endpoint)
+        else:
+            await self._names_changed(network.network_id)
         return endpoint
 
     async def _intend(self, key: str, link: str, undo: Undo) -> None:
@@ -425,6 +438,7 @@ class Agent:
         await self.firewall.remove_ports(endpoint_id, port_rules(record))
         await self.host_ports.release(endpoint_id)
         await self.store.delete_endpoint(endpoint_id)
+        self.resolvers.removed(record)
         return None
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
@@ -446,10 +460,18 @@ class Agent:
         await self.host_ports.release(endpoint_id)
         record = self.store.endpoints.get(endpoint_id)
         await self.store.delete_endpoint(endpoint_id)
-        if record and not any(
-            e.netns_path == record.netns_path for e in self.store.endpoints.values()
-        ):
+        if record is None:
+            return
+        self.resolvers.removed(record)
+        if not any(e.netns_path == record.netns_path for e in self.store.endpoints.values()):
             self.netlink.forget_namespace(record.netns_path)
+
+    async def _names_changed(self, network_id: str) -> None:
+        """Gives the network's DNS server all the names of its endpoints here, as recorded
+        (starting the server if it is not running)."""
+        network = self.store.networks.get(network_id)
+        if network is not None:
+            await self.resolvers.update(network, self.store.endpoints_of(network_id))
 
     # Dead containers -------------------------------------------------------------------
 

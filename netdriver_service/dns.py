@@ -29,18 +29,24 @@ half updated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Mapping, Sequence
 
 from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSLabel, DNSRecord
 
+from cnm import errors, validation
+from netdriver_service import netns
+from netdriver_service.model import EndpointSpec, NetworkSpec, PortSpec
+
 log = logging.getLogger("netdriver.dns")
 
-DOMAIN = "cnm.internal"
+DOMAIN = validation.DNS_DOMAIN
 TTL = 5  # seconds: a container gone is forgotten by caches within this
 UPSTREAM_TIMEOUT = 2.0  # seconds each upstream has to answer
 RATE, BURST = 500.0, 1000.0  # queries a second each client may make, and its burst
@@ -110,8 +116,8 @@ class Resolver:
         self.forward = forward
         self.upstream = list(upstreams() if upstream is None else upstream)
         self.domain = DNSLabel(domain)
-        self._names: dict[DNSLabel, tuple[list[str], list[str]]] = {}
-        self._reverse: dict[str, list[str]] = {}
+        self._names: dict[str, list[str]] = {}  # name (lower case) -> its addresses
+        self._reverse: dict[str, list[str]] = {}  # reverse pointer -> names
         self._buckets: dict[str, Bucket] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
@@ -121,29 +127,62 @@ class Resolver:
 
     def set_records(self, records: Mapping[str, Sequence[str]]) -> None:
         """Holds exactly ``records`` (name -> its addresses) from now on."""
-        names: dict[DNSLabel, tuple[list[str], list[str]]] = {}
-        reverse: dict[str, list[str]] = {}
+        self._names, self._reverse = {}, {}
         for name, addresses in records.items():
-            v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
-            v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
-            names[DNSLabel(name.lower())] = (v4, v6)
-            for address in addresses:
-                reverse.setdefault(ipaddress.ip_address(address).reverse_pointer,
-                                   []).append(f"{name}.{self.domain}")
-        self._names, self._reverse = names, reverse
+            self.add(name, addresses)
+
+    def add(self, name: str, addresses: Sequence[str]) -> None:
+        """Answers ``name`` with ``addresses`` too (one endpoint's: a name several
+        endpoints hold is answered with each of their addresses)."""
+        name = name.lower()
+        held = self._names.setdefault(name, [])
+        for address in addresses:
+            if address not in held:
+                held.append(address)
+                self._reverse.setdefault(ipaddress.ip_address(address).reverse_pointer,
+                                         []).append(f"{name}.{self.domain}")
+
+    def remove(self, name: str, addresses: Sequence[str]) -> None:
+        """No longer answers ``name`` with ``addresses`` (nor with nothing left)."""
+        name = name.lower()
+        held = self._names.get(name, [])
+        for address in addresses:
+            if address in held:
+                held.remove(address)
+                pointer = ipaddress.ip_address(address).reverse_pointer
+                targets = self._reverse.get(pointer, [])
+                with contextlib.suppress(ValueError):
+                    targets.remove(f"{name}.{self.domain}")
+                if not targets:
+                    self._reverse.pop(pointer, None)
+        if not held:
+            self._names.pop(name, None)
 
     # --- serving -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, namespace: str | None = None) -> None:
+        """Listens, in network namespace ``namespace`` (a path) when given, else in this
+        thread's; OSError when the address or port cannot be bound."""
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+
+        def bind() -> tuple[socket.socket, socket.socket]:
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                udp.bind((self.address, self.port))
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.bind((self.address, self.port))
+                tcp.listen(128)
+            except BaseException:
+                udp.close()
+                tcp.close()
+                raise
+            return udp, tcp
+
+        udp, tcp = await netns.in_namespace(namespace, bind) if namespace else bind()
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.address, self.port))
-        try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port,
-                                                   reuse_address=True)
-        except OSError:
-            self._udp.close()
-            raise
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
 
     async def stop(self) -> None:
         if self._udp is not None:
@@ -212,16 +251,14 @@ class Resolver:
             label = label.stripSuffix(self.domain)
         elif len(label.label) != 1:
             return None  # a name of the world: forwarded
-        held = self._names.get(DNSLabel(str(label).rstrip(".")))
+        held = self._names.get(str(label).rstrip("."))
         if held is None:
             return _reply(query, RCODE.NXDOMAIN, authoritative=True)
         reply = _reply(query, authoritative=True)
-        v4, v6 = held
-        if qtype in (QTYPE.A, QTYPE.ANY):
-            for address in v4:
+        for address in held:
+            if ":" not in address and qtype in (QTYPE.A, QTYPE.ANY):
                 reply.add_answer(RR(name, QTYPE.A, rdata=A(address), ttl=TTL))
-        if qtype in (QTYPE.AAAA, QTYPE.ANY):
-            for address in v6:
+            elif ":" in address and qtype in (QTYPE.AAAA, QTYPE.ANY):
                 reply.add_answer(RR(name, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
         return reply
 
@@ -263,6 +300,82 @@ class Resolver:
             return
         finally:
             writer.close()
+
+
+class Resolvers:
+    """The DNS servers of this host's networks, one per network with option cnm.dns on,
+    each holding the names of the network's endpoints on this host."""
+
+    def __init__(self, namespace: str | None = None, port: int = 53,
+                 upstream: Sequence[str] | None = None) -> None:
+        self.namespace, self.port, self.upstream = namespace, port, upstream
+        self.running: dict[str, Resolver] = {}
+
+    async def update(self, network: NetworkSpec, endpoints: Sequence[EndpointSpec]) -> None:
+        """Serves exactly ``network``'s names (those of ``endpoints``), starting its server
+        if it is not running; a server that cannot listen is logged, and tried again at
+        the next update: the network works without its names."""
+        resolver = await self._resolver(network)
+        if resolver is not None:
+            records: dict[str, list[str]] = {}
+            for endpoint in endpoints:
+                for name in endpoint.dns_names:
+                    records.setdefault(name, []).append(endpoint.address)
+            resolver.set_records(records)
+
+    async def added(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
+        """Answers ``endpoint``'s names too, on a running server (a connect: no walk
+        over the other endpoints)."""
+        resolver = self.running.get(network.network_id)
+        if resolver is not None:
+            for name in endpoint.dns_names:
+                resolver.add(name, [endpoint.address])
+
+    def removed(self, endpoint: EndpointSpec) -> None:
+        resolver = self.running.get(endpoint.network_id)
+        if resolver is not None:
+            for name in endpoint.dns_names:
+                resolver.remove(name, [endpoint.address])
+
+    async def _resolver(self, network: NetworkSpec) -> Resolver | None:
+        resolver = self.running.get(network.network_id)
+        if resolver is not None or not network.dns or not network.gateway:
+            return resolver
+        resolver = Resolver(network.gateway, network.subnet, forward=not network.internal,
+                            upstream=self.upstream, port=self.port)
+        try:
+            await resolver.start(self.namespace)
+        except OSError as error:
+            log.warning("network's DNS server cannot listen", extra={
+                "network_id": network.network_id, "address": network.gateway,
+                "error": error.strerror or str(error)})
+            return None
+        self.running[network.network_id] = resolver
+        return resolver
+
+    def check_ports(self, ports: Sequence[PortSpec]) -> None:
+        """ALREADY_EXISTS (PORT_IN_USE) for a published port a network's DNS server holds
+        (on all addresses, or on its gateway); nothing else would say who holds it."""
+        for port in ports:
+            for network_id, resolver in self.running.items():
+                if (port.protocol in ("udp", "tcp") and port.host_port == resolver.port
+                        and port.host_ip in ("", resolver.address)):
+                    raise errors.AlreadyExists(
+                        f"host port {port.host_ip or '*'}:{port.host_port}/{port.protocol} "
+                        f"is held by the DNS server of network {network_id!r} on "
+                        f"{resolver.address}: publish on another host address, or set "
+                        f"{validation.OPTION_DNS}=false on that network",
+                        reason="PORT_IN_USE", protocol=port.protocol, host_ip=port.host_ip,
+                        host_port=port.host_port)
+
+    async def stop(self, network_id: str) -> None:
+        resolver = self.running.pop(network_id, None)
+        if resolver is not None:
+            await resolver.stop()
+
+    async def close(self) -> None:
+        for network_id in list(self.running):
+            await self.stop(network_id)
 
 
 class _Udp(asyncio.DatagramProtocol):

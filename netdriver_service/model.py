@@ -39,6 +39,11 @@ class NetworkSpec:
     mcast_snooping: bool = False
 
     @property
+    def dns(self) -> bool:
+        """Whether the network answers its containers' names (option cnm.dns)."""
+        return validation.check_network_options(dict(self.options)).dns
+
+    @property
     def prefixlen(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
 
@@ -98,6 +103,7 @@ class EndpointSpec:
     default_route: bool = False
     mac_requested: bool = field(default=False, compare=False)
     peer_on_host: bool = False  # the container's end waits on the host for the runtime
+    dns_names: tuple[str, ...] = ()  # what the network's DNS server answers with its address
 
     def matches(self, request: EndpointSpec) -> bool:
         """Whether ``request`` asks for this endpoint as it is (an idempotent repeat)."""
@@ -111,6 +117,7 @@ class EndpointSpec:
             and request.default_route == self.default_route
             and request.peer_on_host == self.peer_on_host
             and request.container_interface in ("", self.container_interface)
+            and request.dns_names == self.dns_names
         )
 
     def to_dict(self) -> dict:
@@ -121,7 +128,7 @@ class EndpointSpec:
     @classmethod
     def from_dict(cls, data: dict) -> EndpointSpec:
         ports = tuple(PortSpec(**port) for port in data.get("ports", ()))
-        return cls(**{**data, "ports": ports})
+        return cls(**{**data, "ports": ports, "dns_names": tuple(data.get("dns_names", ()))})
 
     def to_proto(self) -> netdriver_pb2.Endpoint:
         return netdriver_pb2.Endpoint(
@@ -131,6 +138,7 @@ class EndpointSpec:
             container_interface=self.container_interface,
             port_mappings=[port.to_proto() for port in self.ports],
             default_route=self.default_route, peer_on_host=self.peer_on_host,
+            dns_names=list(self.dns_names),
         )
 
 
@@ -250,6 +258,8 @@ def endpoint_from_proto(
         container_interface=container_interface, container_id=message.container_id,
         ports=ports, default_route=message.default_route,
         mac_requested=bool(message.mac_address), peer_on_host=message.peer_on_host,
+        dns_names=tuple(dict.fromkeys(
+            validation.check_dns_name("dns_names", name).lower() for name in message.dns_names)),
     )
 
 

@@ -738,6 +738,9 @@ class Orchestrator:
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
             labels=cnm_validation.check_labels(request.labels),
             address_reserved=request.address_reserved, peer_on_host=request.peer_on_host,
+            dns_names=list(dict.fromkeys(
+                cnm_validation.check_dns_name("dns_names", name).lower()
+                for name in request.dns_names)),
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:

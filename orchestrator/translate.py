@@ -32,4 +32,5 @@ def agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
             for mapping in endpoint.port_mappings
         ],
         default_route=default_route, peer_on_host=endpoint.peer_on_host,
+        dns_names=list(endpoint.dns_names),
     )

@@ -160,6 +160,7 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         and dict(wanted.labels) == dict(existing.labels)
         and wanted.address_reserved == existing.address_reserved
         and wanted.peer_on_host == existing.peer_on_host
+        and list(wanted.dns_names) == list(existing.dns_names)
         and same_port_mappings(existing.port_mappings, wanted.port_mappings)
     )
 

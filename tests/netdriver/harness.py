@@ -180,3 +180,30 @@ def namespace_names() -> list[str]:
 
 def delete_namespace(name: str) -> None:
     subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+
+
+_ASK = """
+import sys
+from dnslib import DNSRecord
+query = DNSRecord.question(sys.argv[2], sys.argv[3])
+try:
+    print(query.send(sys.argv[1], 53, tcp=sys.argv[4] == "tcp", timeout=2).hex())
+except OSError as error:  # socket.timeout too
+    print("no-answer", type(error).__name__)
+"""
+
+
+def dns_ask(ns: support.Netns, server: str, name: str, qtype: str = "A",
+            tcp: bool = False):
+    """The DNS answer (a dnslib DNSRecord) of ``server`` to a query made from namespace
+    ``ns``, or None when none came within 2 s."""
+    from dnslib import DNSRecord
+
+    out = ns.run(support.PYTHON, "-c", _ASK, server, name, qtype, "tcp" if tcp else "udp",
+                 cwd=support.REPO).stdout.strip()
+    return None if out.startswith("no-answer") else DNSRecord.parse(bytes.fromhex(out))
+
+
+def dns_addresses(answer) -> list[str]:
+    """The addresses (or names) an answer gives, in order."""
+    return [str(record.rdata) for record in answer.rr]

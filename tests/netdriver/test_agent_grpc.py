@@ -574,7 +574,7 @@ def test_the_agent_works_with_exactly_its_units_capabilities(netns, tmp_path):
         agent.call("CreateEndpoint", pb.CreateEndpointRequest(
             endpoint=pb.Endpoint(endpoint_id="cap1", network_id="capn", sandbox=sandbox.path,
                                  address="10.84.0.10", default_route=True,
-                                 port_mappings=[harness.tcp(80, 8080), harness.udp(53, 5353)]),
+                                 port_mappings=[harness.tcp(80, 8080), harness.udp(54, 5353)]),
             network=harness.network("capn", "10.84.0.0/24"),
         ))
         server = harness.Server(sandbox.name, 8080, log_dir=tmp_path)

@@ -52,6 +52,7 @@ class World:
 
     async def close(self):
         for agent in self.agents:
+            await agent.resolvers.close()
             await agent.netlink.close()
 
     async def snapshot(self, *namespaces) -> tuple:
@@ -320,6 +321,44 @@ async def test_it_refuses_to_delete_a_link_without_its_mark(world, netns):
     with pytest.raises(errors.AlreadyExists, match="does not own"):
         await agent.create_network(NET)
     assert "cnm-n1" in harness.link_names(world.host.name)
+
+
+async def test_each_network_answers_its_endpoints_names_on_its_gateway(world, netns):
+    """The network's DNS server (netdriver_service/dns.py) holds the names of its
+    endpoints before the connect returns, drops them with the endpoint, goes with the
+    network, and is back after an agent restart; cnm.dns=false has none."""
+    from dnslib import RCODE
+
+    async def ask(name: str, tcp: bool = False):  # the server runs on this event loop
+        return await asyncio.to_thread(harness.dns_ask, other, "10.88.0.1", name, tcp=tcp)
+
+    agent = await world.agent()
+    web, other = netns("cnmt-c"), netns("cnmt-c")
+    await agent.create_endpoint(endpoint("e1", web.path, "10.88.0.10",
+                                         dns_names=["web", "WWW"]), NET)
+    await agent.create_endpoint(endpoint("e2", other.path, "10.88.0.11"), None)
+    for tcp in (False, True):
+        answer = await ask("www", tcp=tcp)
+        assert harness.dns_addresses(answer) == ["10.88.0.10"]
+    with pytest.raises(errors.InvalidArgument, match="invalid dns_names"):
+        await agent.create_endpoint(endpoint("e3", other.path, "10.88.0.12",
+                                             dns_names=["bad name"]), None)
+    await agent.delete_endpoint("e1")
+    assert (await ask("web")).header.rcode == RCODE.NXDOMAIN
+    # Port 53 of the gateway is the DNS server's: publishing it on every address is refused.
+    with pytest.raises(errors.AlreadyExists, match="DNS server of network 'n1' on 10.88.0.1"):
+        await agent.create_endpoint(endpoint("e3", other.path, "10.88.0.12",
+                                             port_mappings=[harness.udp(53, 53)]), None)
+    await agent.create_endpoint(endpoint("e1", web.path, "10.88.0.10",
+                                         dns_names=["web"]), None)
+    await agent.resolvers.close()  # the agent's process is gone; a new one starts
+    restarted = await world.agent()
+    assert harness.dns_addresses(await ask("web")) == ["10.88.0.10"]
+    await restarted.delete_network("n1")
+    assert await ask("web") is None
+    await restarted.create_network(harness.network("n2", "10.89.0.0/24",
+                                                   options={"cnm.dns": "false"}))
+    assert "n2" not in restarted.resolvers.running
 
 
 async def test_host_routes_leave_out_cnms_networks_and_default_routes(world):

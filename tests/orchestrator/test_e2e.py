@@ -483,6 +483,53 @@ def test_run_takes_dockers_ip_mac_address_and_hostname(cluster):
     assert_clean(cluster)
 
 
+def test_containers_find_each_other_by_name_and_alias(cluster):
+    """`cnm run` gives its command a resolv.conf naming the network's DNS server (its
+    gateway); names and aliases resolve as soon as the connect returns, only on their
+    network, and not after the container is removed."""
+    assert cluster.cnm("network", "create", "--subnet", "10.84.0.0/24", "net1").code == 0
+    assert cluster.cnm("network", "create", "--subnet", "10.85.0.0/24", "net2").code == 0
+    assert cluster.cnm("network", "create", "--subnet", "10.86.0.0/24", "-o", "cnm.dns=false",
+                       "quiet").code == 0
+    ran = cluster.cnm("run", "-d", "--name", "web", "--alias", "www", "--net", "net1",
+                      "--ip", "10.84.0.9", "--", "sleep", "120")
+    assert ran.code == 0, ran.err
+
+    def run(network: str, *command: str, extra: tuple[str, ...] = ()):
+        return cluster.cnm("run", "--name", "client", "--net", network, *extra, "--", *command)
+
+    looked = run("net1", "sh", "-c", "cat /etc/resolv.conf; getent hosts web; "
+                 "getent hosts www.cnm.internal; getent hosts WWW")
+    assert looked.code == 0, looked.err
+    lines = looked.out.splitlines()
+    assert lines[:2] == ["nameserver 10.84.0.1", "search cnm.internal"]
+    assert [line.split()[0] for line in lines[2:]] == ["10.84.0.9"] * 3
+    # Another network's containers do not see it; a network without DNS keeps the
+    # host's resolv.conf unless told.
+    assert run("net2", "getent", "hosts", "web").code != 0
+    quiet = run("quiet", "cat", "/etc/resolv.conf")
+    assert quiet.code == 0 and "10.86.0.1" not in quiet.out
+    told = run("quiet", "cat", "/etc/resolv.conf",
+               extra=("--dns", "10.86.0.53", "--dns-search", "example", "--dns-option",
+                      "ndots:2"))
+    assert told.out.splitlines() == ["nameserver 10.86.0.53", "search example",
+                                     "options ndots:2"]
+    assert Path("/etc/resolv.conf").read_text() != told.out  # the host's is untouched
+    # A second network for web, with an alias of its own there.
+    connected = cluster.cnm("network", "connect", "--alias", "api", "net2", "web")
+    assert connected.code == 0, connected.err
+    address = connected.out.strip().split("/")[0]
+    other = run("net2", "sh", "-c", "getent hosts api; getent hosts web")
+    assert [line.split()[0] for line in other.out.splitlines()] == [address] * 2
+    refused = cluster.cnm("network", "connect", "--alias", "bad name", "quiet", "web")
+    assert refused.code == 2 and "invalid dns_names 'bad name'" in refused.err, refused.err
+    assert cluster.cnm("rm", "web").code == 0
+    assert run("net1", "getent", "hosts", "web").code != 0
+    for network in ("net1", "net2", "quiet"):
+        assert cluster.cnm("network", "rm", network).code == 0
+    assert_clean(cluster)
+
+
 def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypatch):
     """The CLI's TRACEPARENT is the trace id on the request lines of the orchestrator,
     IPAM and the agent for that connect; a malformed one is replaced, not refused."""

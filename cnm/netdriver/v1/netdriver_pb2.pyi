@@ -109,7 +109,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "peer_on_host")
+    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "peer_on_host", "dns_names")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class Endpoint(_message.Message):
     PORT_MAPPINGS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_ROUTE_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     container_id: str
@@ -132,7 +133,8 @@ class Endpoint(_message.Message):
     port_mappings: _containers.RepeatedCompositeFieldContainer[PortMapping]
     default_route: bool
     peer_on_host: bool
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ...) -> None: ...
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RemoteEndpoint(_message.Message):
     __slots__ = ("address", "mac_address", "underlay_ip")

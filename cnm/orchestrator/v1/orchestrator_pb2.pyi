@@ -126,7 +126,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time", "state", "gone_time", "labels", "address_reserved", "peer_on_host")
+    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time", "state", "gone_time", "labels", "address_reserved", "peer_on_host", "dns_names")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Endpoint(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_RESERVED_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     network_name: str
@@ -170,7 +171,8 @@ class Endpoint(_message.Message):
     labels: _containers.ScalarMap[str, str]
     address_reserved: bool
     peer_on_host: bool
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ...) -> None: ...
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static", "routes")
@@ -321,7 +323,7 @@ class PruneNetworksResponse(_message.Message):
     def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ..., skipped_networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectContainerRequest(_message.Message):
-    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings", "interface_name", "mac_address", "labels", "address_reserved", "peer_on_host")
+    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings", "interface_name", "mac_address", "labels", "address_reserved", "peer_on_host", "dns_names")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +342,7 @@ class ConnectContainerRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_RESERVED_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
     network: str
     container_id: str
     host_id: str
@@ -351,7 +354,8 @@ class ConnectContainerRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     address_reserved: bool
     peer_on_host: bool
-    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., interface_name: _Optional[str] = ..., mac_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ...) -> None: ...
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., interface_name: _Optional[str] = ..., mac_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectContainerResponse(_message.Message):
     __slots__ = ("endpoint",)
