@@ -102,6 +102,9 @@ class Agent:
         # Last SetNetworkPeers generation applied, per network (in memory: after
         # a restart the orchestrator pushes every network again).
         self.peer_generations: dict[str, int] = {}
+        # The other hosts' endpoints of each overlay network, as last pushed (in memory,
+        # like the generations): their names are answered here too.
+        self.remotes: dict[str, list[RemoteEndpoint]] = {}
         self.host_routes: list[str] = []  # refresh_routes()
         # Each network's DNS server, in the host's namespace (see dns).
         self.resolvers = resolvers or Resolvers(netlink.host_ns)
@@ -281,6 +284,7 @@ class Agent:
             await self.store.delete_network(network_id)
             await self.resolvers.stop(network_id)
             self.peer_generations.pop(network_id, None)
+            self.remotes.pop(network_id, None)
 
     async def _network_from_kernel(self, network_id: str) -> NetworkSpec | None:
         """A network cnm marked in the kernel but has no record of (its state dir was lost),
@@ -328,6 +332,8 @@ class Agent:
             changes = await driver.set_peers(network, peers, remotes)
             if generation:
                 self.peer_generations[network_id] = generation
+            self.remotes[network_id] = remotes
+            await self._names_changed(network_id)
             if changes:
                 log.info("peers set", extra={"network_id": network_id, "changes": changes})
             return True, changes
@@ -471,7 +477,8 @@ class Agent:
         (starting the server if it is not running)."""
         network = self.store.networks.get(network_id)
         if network is not None:
-            await self.resolvers.update(network, self.store.endpoints_of(network_id))
+            await self.resolvers.update(network, self.store.endpoints_of(network_id),
+                                        self.remotes.get(network_id, ()))
 
     # Dead containers -------------------------------------------------------------------
 

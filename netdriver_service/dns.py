@@ -42,7 +42,7 @@ from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSLabel
 
 from cnm import errors, validation
 from netdriver_service import netns
-from netdriver_service.model import EndpointSpec, NetworkSpec, PortSpec
+from netdriver_service.model import EndpointSpec, NetworkSpec, PortSpec, RemoteEndpoint
 
 log = logging.getLogger("netdriver.dns")
 
@@ -311,14 +311,16 @@ class Resolvers:
         self.namespace, self.port, self.upstream = namespace, port, upstream
         self.running: dict[str, Resolver] = {}
 
-    async def update(self, network: NetworkSpec, endpoints: Sequence[EndpointSpec]) -> None:
-        """Serves exactly ``network``'s names (those of ``endpoints``), starting its server
-        if it is not running; a server that cannot listen is logged, and tried again at
-        the next update: the network works without its names."""
+    async def update(self, network: NetworkSpec, endpoints: Sequence[EndpointSpec],
+                     remotes: Sequence[RemoteEndpoint] = ()) -> None:
+        """Serves exactly ``network``'s names (those of ``endpoints`` here and of
+        ``remotes``, on other hosts), starting its server if it is not running; a server
+        that cannot listen is logged, and tried again at the next update: the network
+        works without its names."""
         resolver = await self._resolver(network)
         if resolver is not None:
             records: dict[str, list[str]] = {}
-            for endpoint in endpoints:
+            for endpoint in [*endpoints, *remotes]:
                 for name in endpoint.dns_names:
                     records.setdefault(name, []).append(endpoint.address)
             resolver.set_records(records)

@@ -276,6 +276,7 @@ class RemoteEndpoint:
     address: str
     mac: str
     underlay_ip: str
+    dns_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,8 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
             request.network_id,
             [Peer(peer.host_id, peer.underlay_ip) for peer in request.peers],
             [
-                RemoteEndpoint(remote.address, remote.mac_address, remote.underlay_ip)
+                RemoteEndpoint(remote.address, remote.mac_address, remote.underlay_ip,
+                               tuple(remote.dns_names))
                 for remote in request.remote_endpoints
             ],
             request.generation,

@@ -109,7 +109,8 @@ class Overlay:
                      if peer_id != host.host_id]
             remotes = [nd.RemoteEndpoint(address=endpoint.address,
                                          mac_address=endpoint.mac_address,
-                                         underlay_ip=underlays[endpoint.host_id])
+                                         underlay_ip=underlays[endpoint.host_id],
+                                         dns_names=list(endpoint.dns_names))
                        for endpoint in endpoints
                        if endpoint.host_id != host.host_id and endpoint.host_id in underlays
                        and endpoint.mac_address]

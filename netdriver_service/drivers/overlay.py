@@ -81,7 +81,9 @@ def check_peers(
         addresses.add(address)
         macs.add(mac)
         checked.append(RemoteEndpoint(
-            address, mac, validation.check_underlay_ip(remote.underlay_ip, allow_empty=False)))
+            address, mac, validation.check_underlay_ip(remote.underlay_ip, allow_empty=False),
+            tuple(dict.fromkeys(validation.check_dns_name("dns_names", name).lower()
+                                for name in remote.dns_names))))
     return checked_peers, checked
 
 

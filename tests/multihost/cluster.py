@@ -208,6 +208,7 @@ class MultiHost:
         self.call("CreateSandbox", pb.CreateSandboxRequest(name=sandbox, host_id=host.host_id))
         endpoint = self.call("ConnectContainer", pb.ConnectContainerRequest(
             network=network, container_id=sandbox, host_id=host.host_id, sandbox=sandbox,
+            dns_names=[name],
         )).endpoint
         return Container(sandbox, endpoint.address, endpoint.mac_address, host)
 

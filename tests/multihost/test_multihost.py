@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from dnslib import RCODE
 
 from cnm import errors
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
@@ -80,6 +81,15 @@ def test_containers_on_different_hosts_talk_and_networks_are_isolated(
     assert talks(tmp_path, a, b) and talks(tmp_path, b, a)
     # Another overlay network, even routed through the same hosts, is out of reach.
     assert not talks(tmp_path, a, c) and not talks(tmp_path, c, a)
+    # Names resolve alike on every host (each host's DNS server of the network has the
+    # others' endpoints' names), and only on their network.
+    a_ns, c_ns = (support.Netns.existing(x.sandbox) for x in (a, c))
+    assert harness.dns_addresses(harness.dns_ask(a_ns, "10.20.0.1", "b")) == [b.address]
+    assert harness.dns_addresses(harness.dns_ask(a_ns, "10.20.0.1", "a")) == [a.address]
+    assert harness.dns_ask(c_ns, "10.21.0.1", "b").header.rcode == RCODE.NXDOMAIN
+    cluster.call("DisconnectContainer", pb.DisconnectContainerRequest(
+        network="appnet", container_id=b.sandbox))
+    assert harness.dns_ask(a_ns, "10.20.0.1", "b").header.rcode == RCODE.NXDOMAIN
 
 
 def test_a_host_joining_later_gets_the_network_and_its_containers_reach_the_others(
