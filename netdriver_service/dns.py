@@ -49,7 +49,9 @@ log = logging.getLogger("netdriver.dns")
 DOMAIN = validation.DNS_DOMAIN
 TTL = 5  # seconds: a container gone is forgotten by caches within this
 UPSTREAM_TIMEOUT = 2.0  # seconds each upstream has to answer
-RATE, BURST = 500.0, 1000.0  # queries a second each client may make, and its burst
+# Queries a second each client may make (a busy service resolving a name per request,
+# with no cache, stays under it), and its burst.
+RATE, BURST = 2000.0, 4000.0
 MAX_TCP_FRAME = 4096  # bytes: larger than any query a stub resolver sends
 TCP_IDLE = 10.0  # seconds a TCP connection may wait for a query
 MAX_CLIENTS = 4096  # token buckets kept; the oldest go first
@@ -90,13 +92,14 @@ def _nameservers(path: str) -> list[str]:
 
 
 class Bucket:
-    __slots__ = ("stamp", "tokens")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, now: float) -> None:
-        self.tokens, self.stamp = BURST, now
+    def __init__(self, now: float, rate: float) -> None:
+        self.rate, self.burst = rate, rate * BURST / RATE
+        self.tokens, self.stamp = self.burst, now
 
     def take(self, now: float) -> bool:
-        self.tokens = min(BURST, self.tokens + (now - self.stamp) * RATE)
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < 1:
             return False
@@ -110,8 +113,11 @@ class Resolver:
 
     def __init__(self, address: str, subnet: str, *, forward: bool = True,
                  upstream: Sequence[str] | None = None, port: int = 53,
-                 domain: str = DOMAIN) -> None:
+                 domain: str = DOMAIN, rate: float | None = RATE) -> None:
+        """``rate``: queries a second each client may make (bursts of twice as many);
+        None for no limit."""
         self.address, self.port = address, port
+        self.rate = rate
         self.subnet = ipaddress.ip_network(subnet)
         self.forward = forward
         self.upstream = list(upstreams() if upstream is None else upstream)
@@ -206,12 +212,14 @@ class Resolver:
                 return False
         except ValueError:
             return False
+        if self.rate is None:
+            return True
         now = time.monotonic()
         bucket = self._buckets.get(client)
         if bucket is None:
             if len(self._buckets) >= MAX_CLIENTS:
                 del self._buckets[next(iter(self._buckets))]
-            bucket = self._buckets[client] = Bucket(now)
+            bucket = self._buckets[client] = Bucket(now, self.rate)
         return bucket.take(now)
 
     async def handle(self, data: bytes, tcp: bool) -> bytes | None:
