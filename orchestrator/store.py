@@ -97,8 +97,10 @@ def port_keys(mapping: pb.PortMapping) -> tuple[str, str]:
     return f"{proto}/{mapping.host_port}/{mapping.host_ip}", f"{proto}/{mapping.host_port}"
 
 
-# Reserves the ports, marks the endpoint pending, adds its host to the network's hosts
-# and writes the intent, all or nothing.
+# Reserves the ports and the DNS names (KEYS[8]: the network's name -> endpoint id; a
+# holder with neither record nor pending mark is a leftover, taken over), marks the
+# endpoint pending, adds its host to the network's hosts and writes the intent, all or
+# nothing.
 _BEGIN_CONNECT = """
 local net, pending, ctr_eps, intents, ports, ep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local epid, intent_key, intent = ARGV[1], ARGV[2], ARGV[3]
@@ -122,11 +124,23 @@ for i = 0, n - 1 do
     end
   end
 end
+local m = tonumber(ARGV[6 + n * 3])
+local prefix = ARGV[7 + n * 3 + m]
+for i = 1, m do
+  local holder = redis.call('HGET', KEYS[8], ARGV[6 + n * 3 + i])
+  if holder and holder ~= epid and (redis.call('EXISTS', prefix .. holder) == 1
+      or redis.call('SISMEMBER', pending, holder) == 1) then
+    return {'name', ARGV[6 + n * 3 + i], holder}
+  end
+end
 for i = 0, n - 1 do
   local exact, wild = ARGV[5 + i * 3], ARGV[6 + i * 3]
   if redis.call('HSETNX', ports, exact, epid) == 1 then
     redis.call('HINCRBY', ports, wild, 1)
   end
+end
+for i = 1, m do
+  redis.call('HSET', KEYS[8], ARGV[6 + n * 3 + i], epid)
 end
 redis.call('SADD', pending, epid)
 redis.call('SADD', KEYS[7], ARGV[5 + n * 3])
@@ -151,14 +165,20 @@ if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[4] then redis.call('DEL', KEYS
 return 1
 """
 
-# Forgets an endpoint (recorded or pending): indexes, ports it holds, its intent; then
-# releases the endpoint's lock, if given (KEYS[10], its token after the quarantine arg).
+# Forgets an endpoint (recorded or pending): indexes, ports and names (KEYS[10]) it holds,
+# its intent; then releases the endpoint's lock, if given (KEYS[11], its token last).
 _FORGET_ENDPOINT = """
 local ep, net_eps, pending, ctr_eps, host_eps, ports, intents, quarantine, gone =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local epid, intent_key = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[3])
 local quarantined = ARGV[4 + n * 2]
+local m = tonumber(ARGV[5 + n * 2])
+for i = 1, m do
+  if redis.call('HGET', KEYS[10], ARGV[5 + n * 2 + i]) == epid then
+    redis.call('HDEL', KEYS[10], ARGV[5 + n * 2 + i])
+  end
+end
 redis.call('DEL', ep)
 redis.call('HDEL', gone, epid)
 redis.call('SREM', net_eps, epid)
@@ -180,7 +200,9 @@ else
   redis.call('HDEL', quarantine, epid)
 end
 redis.call('HDEL', intents, intent_key)
-if KEYS[10] and redis.call('GET', KEYS[10]) == ARGV[5 + n * 2] then redis.call('DEL', KEYS[10]) end
+if KEYS[11] and redis.call('GET', KEYS[11]) == ARGV[6 + n * 2 + m] then
+  redis.call('DEL', KEYS[11])
+end
 return 1
 """
 
@@ -229,7 +251,7 @@ _FINISH_DELETE_NETWORK = """
 local net, net_eps, pending, hosts, names, ids, intents, generation =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local id, name, intent_key = ARGV[1], ARGV[2], ARGV[3]
-redis.call('DEL', net, net_eps, pending, hosts, generation)
+redis.call('DEL', net, net_eps, pending, hosts, generation, KEYS[9])
 if redis.call('HGET', names, name) == id then redis.call('HDEL', names, name) end
 redis.call('SREM', ids, id)
 redis.call('HDEL', intents, intent_key)
@@ -472,7 +494,8 @@ class Store:
         await self._finish_delete_network(
             keys=[k("net", network_id), k("net", network_id, "eps"),
                   k("net", network_id, "pending"), k("net", network_id, "hosts"),
-                  k("netname"), k("netids"), k("intents"), k("net", network_id, "peers-gen")],
+                  k("netname"), k("netids"), k("intents"), k("net", network_id, "peers-gen"),
+                  k("net", network_id, "dnsnames")],
             args=[network_id, name, intent_key],
         )
 
@@ -634,11 +657,13 @@ class Store:
             exact, wild = port_keys(mapping)
             args += [exact, wild, mapping.host_ip]
         args.append(endpoint.host_id)
+        args += [len(endpoint.dns_names), *endpoint.dns_names, k("ep", "")]
         reply = await self._begin_connect(
             keys=[k("net", endpoint.network_id), k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("intents"),
                   k("host", endpoint.host_id, "ports"), k("ep", endpoint.endpoint_id),
-                  k("net", endpoint.network_id, "hosts")],
+                  k("net", endpoint.network_id, "hosts"),
+                  k("net", endpoint.network_id, "dnsnames")],
             args=args,
         )
         outcome = [part.decode() for part in reply]
@@ -652,6 +677,11 @@ class Store:
                 f"port {_port_label(outcome[1])} is already published on host "
                 f"{endpoint.host_id} by {await self._describe_holder(outcome[2])}",
                 reason="PORT_ALLOCATED", port=outcome[1])
+        if outcome[0] == "name":
+            raise errors.AlreadyExists(
+                f"name {outcome[1]!r} is already used on network {network} by "
+                f"{await self._describe_holder(outcome[2])}",
+                reason="NAME_IN_USE", name=outcome[1])
         if outcome[0] == "exists":
             raise errors.Unavailable(
                 f"endpoint {endpoint.endpoint_id} changed concurrently; retry")
@@ -696,13 +726,14 @@ class Store:
         for mapping in endpoint.port_mappings:
             args += list(port_keys(mapping))
         args.append(endpoint.SerializeToString() if quarantine else b"")
+        args += [len(endpoint.dns_names), *endpoint.dns_names]
         lock_keys, lock_args = _lock_handover(lock)
         await self._forget_endpoint(
             keys=[k("ep", endpoint.endpoint_id), k("net", endpoint.network_id, "eps"),
                   k("net", endpoint.network_id, "pending"),
                   k("ctr", endpoint.container_id, "eps"), k("host", endpoint.host_id, "eps"),
                   k("host", endpoint.host_id, "ports"), k("intents"), k("quarantine"),
-                  k("gone"), *lock_keys],
+                  k("gone"), k("net", endpoint.network_id, "dnsnames"), *lock_keys],
             args=[*args, *lock_args],
         )
         if lock is not None:

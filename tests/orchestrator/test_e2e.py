@@ -515,6 +515,12 @@ def test_containers_find_each_other_by_name_and_alias(cluster):
     assert told.out.splitlines() == ["nameserver 10.86.0.53", "search example",
                                      "options ndots:2"]
     assert Path("/etc/resolv.conf").read_text() != told.out  # the host's is untouched
+    # A name is one container's on a network: taken, it is refused, naming the holder.
+    taken = cluster.cnm("run", "--name", "other", "--alias", "WWW", "--net", "net1", "--",
+                        "true")
+    assert taken.code == 4 and "name 'www' is already used on network 'net1' by container" \
+        in taken.err and "-web'" in taken.err, taken.err
+    assert run("quiet", "true", extra=("--alias", "www")).code == 0  # another network's
     # A second network for web, with an alias of its own there.
     connected = cluster.cnm("network", "connect", "--alias", "api", "net2", "web")
     assert connected.code == 0, connected.err

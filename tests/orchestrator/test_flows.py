@@ -14,6 +14,7 @@ from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from orchestrator import address_pools, flows, validation
 from orchestrator.reconciler import Reconciler
+from orchestrator.store import k as store_key
 from tests.orchestrator.conftest import connect_request, network_request
 
 
@@ -393,6 +394,30 @@ async def test_agent_dying_mid_connect_is_unavailable_and_leaks_nothing(world):
     assert set(world.ipam.owners(network.network_id)) == {
         validation.endpoint_id(network.network_id, "c0")}
     assert await intents(world) == []
+
+
+async def test_a_dns_name_is_one_containers_on_a_network(world):
+    await create(world)
+    await create(world, "net2", "10.21.0.0/24")
+    await world.call("ConnectContainer", connect_request("c1", dns_names=["web", "WWW"]))
+    with pytest.raises(errors.AlreadyExists, match="name 'www' is already used on network "
+                       "'net1' by container 'c1'") as taken:
+        await world.call("ConnectContainer", connect_request("c2", dns_names=["www"]))
+    assert taken.value.reason == "NAME_IN_USE"
+    assert await intents(world) == []
+    # Another network's names are its own; a repeat of the holder's connect is fine.
+    await world.call("ConnectContainer", connect_request("c2", "net2", dns_names=["www"]))
+    await world.call("ConnectContainer", connect_request("c1", dns_names=["web", "www"]))
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    await world.call("ConnectContainer", connect_request("c3", dns_names=["www"]))
+    # A holder whose records are gone (a leftover) does not hold the name.
+    network = (await world.call("GetNetwork", pb.GetNetworkRequest(network="net1"))).network
+    names = store_key("net", network.network_id, "dnsnames")
+    await world.store.r.hset(names, "db", "gone0000")
+    await world.call("ConnectContainer", connect_request("c4", dns_names=["db"]))
+    assert (await world.store.r.hget(names, "db")).decode() == validation.endpoint_id(
+        network.network_id, "c4")
 
 
 async def test_ipam_error_leaves_no_endpoint(world):
