@@ -177,6 +177,18 @@ class Request:
             raise _config_error(f"runtimeConfig.ips: one IPv4 address at most, not {ips}")
         return ips[0].split("/", 1)[0] if ips else ""
 
+    def dns_names(self) -> list[str]:
+        """The container's name on the network: the pod's (``K8S_POD_NAME`` in CNI_ARGS,
+        as kubelet and containerd pass it) when it is a DNS name, else none."""
+        for pair in str(self.args).split(";"):
+            key, _, value = pair.partition("=")
+            if key.strip() == "K8S_POD_NAME" and value.strip():
+                try:
+                    return [validation.check_dns_name("K8S_POD_NAME", value.strip())]
+                except errors.InvalidArgument:
+                    return []
+        return []
+
     def mac(self) -> str:
         mac = self.runtime.get("mac") or ""
         if not isinstance(mac, str):
@@ -193,7 +205,8 @@ class CniService:
         self.netlink = agent.netlink
         self.channel = grpc_client.RenewingChannel(orchestrator, tls,
                                                    orchestrator_pb2_grpc.OrchestratorServiceStub)
-        self._gateways: dict[str, str] = {}  # network id -> gateway (fixed for its life)
+        # network id -> (gateway, whether it answers names): fixed for its life
+        self._gateways: dict[str, tuple[str, bool]] = {}
 
     async def close(self) -> None:
         await self.channel.close()
@@ -238,13 +251,14 @@ class CniService:
             sandbox=request.netns, address=request.address(),
             port_mappings=request.port_mappings(), interface_name=request.ifname,
             mac_address=request.mac(), labels={NETWORK_LABEL: request.name} if request.name
-            else {},
+            else {}, dns_names=request.dns_names(),
         ), env_fields=("sandbox", "interface_name", "container_id"))
         endpoint = reply.endpoint
-        gateway = await self._gateway(endpoint.network_id)
+        gateway, dns = await self._gateway(endpoint.network_id)
         # Whether the interface has the container's default route: this agent made it.
         made = self.agent.store.endpoints.get(endpoint.endpoint_id)
-        return self._result(request, endpoint, gateway, made is not None and made.default_route)
+        return self._result(request, endpoint, gateway, made is not None and made.default_route,
+                            dns)
 
     async def delete(self, request: Request) -> None:
         request.require_container(netns=False)
@@ -319,10 +333,13 @@ class CniService:
                                       f"network {request.network}")
         return reply.endpoints[0]
 
-    async def _gateway(self, network_id: str) -> str:
+    async def _gateway(self, network_id: str) -> tuple[str, bool]:
+        """The network's gateway, and whether its DNS server answers there (cnm.dns)."""
         if network_id not in self._gateways:
             reply = await self._call("GetNetwork", pb.GetNetworkRequest(network=network_id))
-            self._gateways[network_id] = reply.network.gateway
+            self._gateways[network_id] = (
+                reply.network.gateway,
+                validation.check_network_options(reply.network.options).dns)
         return self._gateways[network_id]
 
     async def _default_via(self, netns: str, ifname: str) -> str:
@@ -337,8 +354,10 @@ class CniService:
         return route[0]
 
     @staticmethod
-    def _result(request: Request, endpoint: pb.Endpoint, gateway: str, routed: bool) -> dict:
-        """The result in the requested version's format, after the previous plugins'."""
+    def _result(request: Request, endpoint: pb.Endpoint, gateway: str, routed: bool,
+                dns: bool = False) -> dict:
+        """The result in the requested version's format, after the previous plugins';
+        with ``dns``, the network's DNS server as the container's resolver."""
         previous = request.config.get("prevResult") or {}
         interfaces = list(previous.get("interfaces") or [])
         ips = list(previous.get("ips") or [])
@@ -358,6 +377,8 @@ class CniService:
             result["routes"] = routes
         if previous.get("dns"):
             result["dns"] = previous["dns"]
+        elif dns:
+            result["dns"] = {"nameservers": [gateway], "search": [validation.DNS_DOMAIN]}
         return result
 
 

@@ -78,6 +78,8 @@ def test_version_add_check_del_and_repeats(cluster, netns):
     assert ip["gateway"] == "10.45.0.1" and ip["interface"] == 1
     assert ip["address"].endswith("/24") and "version" not in ip
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.45.0.1"}]
+    # The network's DNS server is the pod's resolver (the runtime writes its resolv.conf).
+    assert result["dns"] == {"nameservers": ["10.45.0.1"], "search": ["cnm.internal"]}
     address = ip["address"].split("/")[0]
     # In the kernel: the interface, its address and MAC, the default route.
     shown = json.loads(container.run("ip", "-j", "addr", "show", "net1").stdout)[0]
@@ -111,6 +113,23 @@ def test_version_add_check_del_and_repeats(cluster, netns):
     other.close()
     assert plugin("DEL", config(cluster), container="b" * 64, netns=other.path).code == 0
     assert endpoints(cluster) == []
+
+
+def test_a_pod_is_found_by_its_name_from_cni_args(cluster, netns):
+    from tests.netdriver import harness
+
+    pod, other = netns("cnmt-pod"), netns("cnmt-pod")
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x"
+    added = plugin("ADD", config(cluster), netns=pod.path, env={"CNI_ARGS": args})
+    assert added.code == 0, added.raw
+    assert plugin("ADD", config(cluster), container="c" * 64, netns=other.path).code == 0
+    address = added.out["ips"][0]["address"].split("/")[0]
+    answer = harness.dns_ask(other, "10.45.0.1", "web-0")
+    assert harness.dns_addresses(answer) == [address]
+    (endpoint,) = [e for e in endpoints(cluster) if e.container_id == CONTAINER]
+    assert list(endpoint.dns_names) == ["web-0"]
+    for container, path in ((CONTAINER, pod.path), ("c" * 64, other.path)):
+        assert plugin("DEL", config(cluster), container=container, netns=path).code == 0
 
 
 def test_older_and_newer_versions_and_a_chain(cluster, netns):
