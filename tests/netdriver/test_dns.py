@@ -17,6 +17,7 @@ from dnslib import RCODE, DNSRecord
 
 from netdriver_service import dns
 from tests import support
+from tests.netdriver import harness
 from tests.support import connect_namespaces
 
 pytestmark = pytest.mark.root
@@ -55,18 +56,6 @@ while True:
     server.sendto(reply.pack(), client)
 """
 
-ASK = """
-import sys
-from dnslib import DNSRecord
-query = DNSRecord.question(sys.argv[1], sys.argv[2])
-try:
-    answer = query.send("10.97.0.1", 53, tcp=sys.argv[3] == "tcp", timeout=2,
-                        ipv6=False)
-    print(answer.hex())
-except OSError as error:  # socket.timeout too
-    print("no-answer", type(error).__name__)
-"""
-
 
 class World:
     def __init__(self, netns, tmp_path: Path, forward: bool = True) -> None:
@@ -95,9 +84,7 @@ class World:
         assert self.resolver.stdout.readline().strip() == "set"
 
     def ask(self, name: str, qtype: str = "A", tcp: bool = False, ns=None) -> DNSRecord | None:
-        out = (ns or self.client).run(support.PYTHON, "-c", ASK, name, qtype,
-                                      "tcp" if tcp else "udp", cwd=support.REPO).stdout.strip()
-        return None if out.startswith("no-answer") else DNSRecord.parse(bytes.fromhex(out))
+        return harness.dns_ask(ns or self.client, "10.97.0.1", name, qtype, tcp=tcp)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -114,8 +101,7 @@ def world(netns, tmp_path):
     made.stop()
 
 
-def addresses(answer: DNSRecord) -> list[str]:
-    return [str(record.rdata) for record in answer.rr]
+addresses = harness.dns_addresses
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
