@@ -64,7 +64,7 @@ class Agent:
     def __init__(
         self, *, host_id: str, underlay_ip: str, netlink: Netlink, firewall: Firewall,
         store: Store, faults: Faults | None = None, netns_dir: str = netns.NETNS_DIR,
-        sandbox_dirs: tuple[str, ...] = (), resolvers: Resolvers | None = None,
+        sandbox_dirs: tuple[str, ...] = (),
     ) -> None:
         self.host_id = host_id
         self.underlay_ip = underlay_ip
@@ -107,7 +107,7 @@ class Agent:
         self.remotes: dict[str, list[RemoteEndpoint]] = {}
         self.host_routes: list[str] = []  # refresh_routes()
         # Each network's DNS server, in the host's namespace (see dns).
-        self.resolvers = resolvers or Resolvers(netlink.host_ns)
+        self.resolvers = Resolvers(netlink.host_ns)
 
     # Life cycle -------------------------------------------------------------------
 
