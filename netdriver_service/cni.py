@@ -178,16 +178,33 @@ class Request:
         return ips[0].split("/", 1)[0] if ips else ""
 
     def dns_names(self) -> list[str]:
-        """The container's name on the network: the pod's (``K8S_POD_NAME`` in CNI_ARGS,
-        as kubelet and containerd pass it) when it is a DNS name, else none."""
+        """The container's names on the network: the pod's (``K8S_POD_NAME`` in CNI_ARGS,
+        as kubelet and containerd pass it, skipped unless a DNS name), then the aliases
+        the runtime gives for this network (``runtimeConfig.aliases``, the capability
+        Podman passes ``--network-alias`` in: ``{"<network name>": ["alias", ...]}``)."""
+        names = []
         for pair in str(self.args).split(";"):
             key, _, value = pair.partition("=")
             if key.strip() == "K8S_POD_NAME" and value.strip():
                 try:
-                    return [validation.check_dns_name("K8S_POD_NAME", value.strip())]
+                    names.append(validation.check_dns_name("K8S_POD_NAME", value.strip()))
                 except errors.InvalidArgument:
-                    return []
-        return []
+                    pass
+                break
+        aliases = self.runtime.get("aliases") or {}
+        if not isinstance(aliases, dict):
+            raise _config_error("runtimeConfig.aliases is not a JSON object of lists")
+        mine = aliases.get(self.name) or []
+        if not isinstance(mine, list) or not all(isinstance(a, str) for a in mine):
+            raise _config_error(f"runtimeConfig.aliases[{self.name!r}] is not a list of names")
+        for alias in mine:
+            try:
+                name = validation.check_dns_name("runtimeConfig.aliases", alias)
+            except errors.InvalidArgument as error:
+                raise _config_error(error.message) from None
+            if name.lower() not in (n.lower() for n in names):
+                names.append(name)
+        return names
 
     def mac(self) -> str:
         mac = self.runtime.get("mac") or ""

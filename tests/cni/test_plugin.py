@@ -115,19 +115,30 @@ def test_version_add_check_del_and_repeats(cluster, netns):
     assert endpoints(cluster) == []
 
 
-def test_a_pod_is_found_by_its_name_from_cni_args(cluster, netns):
+def test_a_pod_is_found_by_its_name_from_cni_args_and_its_aliases(cluster, netns):
+    """The pod's name from CNI_ARGS (kubelet, containerd), and the aliases Podman passes
+    for this network (runtimeConfig.aliases, keyed by the configuration's name)."""
     from tests.netdriver import harness
 
     pod, other = netns("cnmt-pod"), netns("cnmt-pod")
     args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x"
-    added = plugin("ADD", config(cluster), netns=pod.path, env={"CNI_ARGS": args})
+    aliases = {"podnet": ["www", "WEB-0"], "othernet": ["not-here"]}
+    added = plugin("ADD", config(cluster, runtimeConfig={"aliases": aliases}), netns=pod.path,
+                   env={"CNI_ARGS": args})
     assert added.code == 0, added.raw
     assert plugin("ADD", config(cluster), container="c" * 64, netns=other.path).code == 0
     address = added.out["ips"][0]["address"].split("/")[0]
-    answer = harness.dns_ask(other, "10.45.0.1", "web-0")
-    assert harness.dns_addresses(answer) == [address]
+    for name in ("web-0", "www"):
+        answer = harness.dns_ask(other, "10.45.0.1", name)
+        assert harness.dns_addresses(answer) == [address]
+    assert harness.dns_ask(other, "10.45.0.1", "not-here").rr == []
     (endpoint,) = [e for e in endpoints(cluster) if e.container_id == CONTAINER]
-    assert list(endpoint.dns_names) == ["web-0"]
+    assert list(endpoint.dns_names) == ["web-0", "www"]
+    # Another pod may not take a name in use: the runtime hears whose it is.
+    third = netns("cnmt-pod")
+    taken = plugin("ADD", config(cluster, runtimeConfig={"aliases": {"podnet": ["www"]}}),
+                   container="d" * 64, netns=third.path)
+    assert taken.code != 0 and "name 'www' is already used" in taken.out["msg"], taken.raw
     for container, path in ((CONTAINER, pod.path), ("c" * 64, other.path)):
         assert plugin("DEL", config(cluster), container=container, netns=path).code == 0
 
@@ -201,6 +212,9 @@ def test_agent_down_is_try_again_later_and_status_fails_with_50(cluster, netns):
     ("ADD", {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80,
                                                  "protocol": "sctp"}]}}, {}, 7),
     ("ADD", {"runtimeConfig": {"ips": ["10.99.9.9/24"]}}, {}, 7),
+    ("ADD", {"runtimeConfig": {"aliases": {"podnet": ["bad name"]}}}, {}, 7),
+    ("ADD", {"runtimeConfig": {"aliases": {"podnet": "www"}}}, {}, 7),
+    ("ADD", {"runtimeConfig": {"aliases": ["www"]}}, {}, 7),
     ("ADD", {"network": "no-such-network"}, {}, 101),
 ])
 def test_bad_input_is_a_cni_error_and_allocates_nothing(cluster, netns, command, conf, env,

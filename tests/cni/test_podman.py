@@ -67,7 +67,8 @@ class Podman:
         (self.conf_dir / f"{name}.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": name,
             "plugins": [{"type": "cnm", "network": cnm_network, "socket": self.cni_socket,
-                         "capabilities": {"portMappings": True, "ips": True, "mac": True}}],
+                         "capabilities": {"portMappings": True, "ips": True, "mac": True,
+                                          "aliases": True}}],
         }))
 
     def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -102,7 +103,8 @@ def test_a_podman_container_on_a_cnm_network_talks_publishes_and_is_released(wor
     h1, h2 = cluster.hosts
     assert cluster.cnm("network", "create", "--subnet", "10.46.0.0/24", "podbr").code == 0
     podman.network("podbr", "podbr")
-    started = podman("run", "-d", "--name", "web", "--network", "podbr", "-p", "18090:80",
+    started = podman("run", "-d", "--name", "web", "--network", "podbr", "--network-alias",
+                     "www", "-p", "18090:80",
                      "--rootfs", str(podman.rootfs), "/bin/busybox", "httpd", "-f", "-p",
                      "80", "-h", "/www")
     assert started.returncode == 0, started.stderr
@@ -110,6 +112,16 @@ def test_a_podman_container_on_a_cnm_network_talks_publishes_and_is_released(wor
     (endpoint,) = [e for e in cluster.call("ListEndpoints", pb.ListEndpointsRequest(
         network="podbr")).endpoints if e.container_id == container_id]
     assert [m.host_port for m in endpoint.port_mappings] == [18090]
+    # Podman passes the container's name, its --network-alias and its short id as the
+    # network's aliases (runtimeConfig.aliases); it writes the ADD result's resolver
+    # first in the container's resolv.conf, and the names resolve there.
+    assert list(endpoint.dns_names) == ["web", "www", container_id[:12]]
+    looked = podman("run", "--rm", "--network", "podbr", "--rootfs", str(podman.rootfs),
+                    "/bin/busybox", "sh", "-c", "head -2 /etc/resolv.conf; nslookup www; "
+                    "nslookup web")
+    assert looked.returncode == 0, looked.stderr
+    assert looked.stdout.splitlines()[:2] == ["search cnm.internal", "nameserver 10.46.0.1"]
+    assert looked.stdout.count(f"Address: {endpoint.address}") == 2, looked.stdout
     # A container started by cnm run on the same host reaches it...
     peer = cluster.container(h1, "peer", "podbr")
     support.wait_for(lambda: "podman-on-cnm" in (http_get(peer.sandbox, endpoint.address, 80)

@@ -152,8 +152,19 @@ def test_agent_restart_does_not_disturb_traffic_and_brings_the_host_back_in_line
          b.address], stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     h2.stop()  # SIGTERM: the agent goes, the kernel state it made stays
+    # b asks h2's DNS server for its own name, then for a's (another host's).
+    watch = harness.dns_watch(b.sandbox, "10.20.0.1", ["b", "a"])
+    assert harness.dns_ask(support.Netns.existing(b.sandbox), "10.20.0.1", "b") is None
+    started = time.time()
     h2.start()
+    serving = time.time()
     cluster.wait_registered(h2)
+    answered = harness.dns_answered(watch)
+    print(f"agent serving after {serving - started:.2f} s; b answered after "
+          f"{answered['b'] - started:.2f} s, a after {answered['a'] - started:.2f} s")
+    # The names are back as soon as the agent is: its own from its records, the other
+    # host's from the peers the orchestrator pushes when it registers again.
+    assert answered["b"] - serving < 1.0 and answered["a"] - serving < 1.0, answered
     out, _ = pinger.communicate(timeout=30)
     received = int(out.split(" received")[0].rsplit(" ", 1)[1])
     assert received >= 59, out

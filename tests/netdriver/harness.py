@@ -204,6 +204,41 @@ def dns_ask(ns: support.Netns, server: str, name: str, qtype: str = "A",
     return None if out.startswith("no-answer") else DNSRecord.parse(bytes.fromhex(out))
 
 
+_WATCH = """
+import sys, time
+from dnslib import DNSRecord
+names, deadline = sys.argv[2:], time.time() + float(sys.argv[1])
+for name in names:
+    query = DNSRecord.question(name, "A")
+    while True:
+        try:
+            if DNSRecord.parse(query.send("%s", 53, timeout=0.05)).rr:
+                print(name, time.time(), flush=True)
+                break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            print(name, "no-answer", flush=True)
+            break
+        time.sleep(0.01)
+"""
+
+
+def dns_watch(ns_name: str, server: str, names: list[str], timeout: float = 30.0):
+    """A process in namespace ``ns_name`` asking ``server`` for each of ``names`` in turn,
+    every 10 ms until it answers; ``dns_answered`` reads when each first did."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns_name, support.PYTHON, "-c", _WATCH % server, str(timeout),
+         *names], cwd=support.REPO, stdout=subprocess.PIPE, text=True)
+
+
+def dns_answered(watch: subprocess.Popen) -> dict[str, float | None]:
+    """``dns_watch``'s result: each name's first answer (``time.time()``) or None."""
+    out, _ = watch.communicate(timeout=60)
+    return {name: None if when == "no-answer" else float(when)
+            for name, when in (line.split() for line in out.splitlines())}
+
+
 def dns_addresses(answer) -> list[str]:
     """The addresses (or names) an answer gives, in order."""
     return [str(record.rdata) for record in answer.rr]

@@ -27,8 +27,9 @@ import asyncio, json, sys
 from netdriver_service.dns import Resolver
 
 async def main():
-    resolver = Resolver("10.97.0.1", "10.97.0.0/24", forward=sys.argv[1] == "forward",
-                        upstream=["10.98.0.2"])
+    # "host": the host's resolv.conf, as the agent reads it; else the fake upstream.
+    resolver = Resolver("10.97.0.1", "10.97.0.0/24", forward=sys.argv[1] != "internal",
+                        upstream=None if sys.argv[1] == "host" else ["10.98.0.2"])
     await resolver.start()
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
@@ -57,8 +58,38 @@ while True:
 """
 
 
+# systemd-resolved's stub on the host's loopback: every A query answered 10.53.0.53.
+STUB = """
+import socket
+from dnslib import A, QTYPE, RR, DNSRecord
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(("127.0.0.53", 53))
+while True:
+    data, client = server.recvfrom(4096)
+    query = DNSRecord.parse(data)
+    reply = query.reply()
+    if query.q.qtype == QTYPE.A:
+        reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A("10.53.0.53"), ttl=60))
+    server.sendto(reply.pack(), client)
+"""
+
+# The host's files as the resolver sees them, in a mount namespace of its own:
+# $1 over /etc/resolv.conf and, when $2 is not empty, $2 as systemd-resolved's list.
+HOST_FILES = """
+set -e
+mount --bind "$1" /etc/resolv.conf
+mount -t tmpfs cnmt /run/systemd
+if [ -n "$2" ]; then mkdir /run/systemd/resolve; cp "$2" /run/systemd/resolve/resolv.conf; fi
+shift 2
+exec "$@"
+"""
+
+
 class World:
-    def __init__(self, netns, tmp_path: Path, forward: bool = True) -> None:
+    def __init__(self, netns, tmp_path: Path, forward: bool = True,
+                 host_files: tuple[Path, Path | None] | None = None) -> None:
+        """``host_files``: a resolv.conf and systemd-resolved's upstream list (or None)
+        the resolver reads as the host's, with a stub on 127.0.0.53."""
         self.host, self.client = netns("cnmt-dnsh"), netns("cnmt-dnsc")
         self.stranger, self.internet = netns("cnmt-dnss"), netns("cnmt-dnsi")
         connect_namespaces(self.host, "br0", "10.97.0.1/24", self.client, "eth0", "10.97.0.2/24")
@@ -71,9 +102,15 @@ class World:
         self.processes: list[subprocess.Popen] = []
         self.processes.append(subprocess.Popen(
             self.internet.exec_args(support.PYTHON, "-c", UPSTREAM), cwd=support.REPO))
+        command = [support.PYTHON, "-c", RESOLVER, "forward" if forward else "internal"]
+        if host_files:
+            self.processes.append(subprocess.Popen(
+                self.host.exec_args(support.PYTHON, "-c", STUB), cwd=support.REPO))
+            conf, stub_list = host_files
+            command = ["unshare", "--mount", "sh", "-c", HOST_FILES, "sh", str(conf),
+                       str(stub_list or ""), *command[:-1], "host"]
         self.resolver = subprocess.Popen(
-            self.host.exec_args(support.PYTHON, "-c", RESOLVER,
-                                "forward" if forward else "internal"),
+            self.host.exec_args(*command),
             cwd=support.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.processes.append(self.resolver)
         assert self.resolver.stdout.readline().strip() == "ready"
@@ -136,6 +173,26 @@ def test_an_internal_network_forwards_nothing(netns, tmp_path):
         assert addresses(internal.ask("web")) == ["10.97.0.10"]
     finally:
         internal.stop()
+
+
+def test_a_host_behind_a_loopback_stub_still_resolves(netns, tmp_path):
+    """A host whose resolv.conf names systemd-resolved's 127.0.0.53, which containers
+    cannot reach: the server forwards to the stub's own upstreams when
+    /run/systemd/resolve/resolv.conf lists them, else to the stub (on the host's
+    loopback, where the agent runs)."""
+    conf, stub_list = tmp_path / "resolv.conf", tmp_path / "stub-upstreams.conf"
+    conf.write_text("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n")
+    stub_list.write_text("nameserver 10.98.0.2\n")
+    for listed, expected in ((stub_list, "10.98.0.99"), (None, "10.53.0.53")):
+        world = World(netns, tmp_path, host_files=(conf, listed))
+        try:
+            answer = world.ask("example.test")
+            assert (answer.header.rcode, addresses(answer)) == (RCODE.NOERROR, [expected])
+        finally:
+            world.stop()
+            for namespace in (world.host, world.client, world.stranger, world.internet):
+                namespace.close()
+    assert Path("/etc/resolv.conf").read_text() != conf.read_text()  # the host's untouched
 
 
 def test_records_replaced_take_effect_at_once(world):

@@ -527,6 +527,9 @@ def test_containers_find_each_other_by_name_and_alias(cluster):
     address = connected.out.strip().split("/")[0]
     other = run("net2", "sh", "-c", "getent hosts api; getent hosts web")
     assert [line.split()[0] for line in other.out.splitlines()] == [address] * 2
+    # inspect shows each endpoint's names: the container's, then its aliases.
+    [inspected] = json.loads(cluster.cnm("network", "inspect", "net2").out)
+    assert [e["dns_names"] for e in inspected["endpoints"]] == [["web", "api"]]
     refused = cluster.cnm("network", "connect", "--alias", "bad name", "quiet", "web")
     assert refused.code == 2 and "invalid dns_names 'bad name'" in refused.err, refused.err
     assert cluster.cnm("rm", "web").code == 0
