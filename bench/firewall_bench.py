@@ -92,7 +92,7 @@ async def inside(samples: int, sizes: list[int]) -> None:
         results[existing] = await publish_costs(firewall, runner, existing, samples)
         added, raw, removed, scanned = results[existing]
         count = await firewall.element_count()
-        print(f"\nwith {existing} ports published ({count} rules + elements in table ip cnm):")
+        print(f"\nwith {existing} ports published ({count} rules + elements in table inet cnm):")
         print(f"  add_ports, one mapping (async)    {micros(added)}")
         print(f"  its batch alone (libnftables)     {micros(raw)}")
         print(f"  remove_ports, ports known (keys)  {micros(removed)}")

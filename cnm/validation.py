@@ -400,6 +400,17 @@ def check_network_subnet(subnet: str, gateway: str = "", ip_range: str = "") -> 
     return checked
 
 
+def check_ipv6_subnet(subnet: str, gateway: str = "", ip_range: str = "") -> Subnet:
+    """A network's IPv6 subnet (dual stack): as :func:`check_subnet`, and IPv6."""
+    checked = check_subnet(subnet, gateway, ip_range)
+    if checked.network.version != 6:
+        raise errors.InvalidArgument(
+            f"ipv6 subnet {checked.network} is not IPv6", reason="WRONG_ADDRESS_FAMILY",
+            field="ipv6_subnet", subnet=checked.network,
+        )
+    return checked
+
+
 def check_endpoint_address(network: Network, gateway: str, text: str, what: str) -> str:
     """An address an endpoint of ``network`` may hold: inside, usable, not the gateway."""
     address = str(address_inside(network, text, what))

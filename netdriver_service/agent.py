@@ -240,6 +240,10 @@ class Agent:
                 )
             validation.subnets_overlap(spec.subnet, other.subnet, f"network {spec.network_id!r}",
                                        f"network {other.network_id!r}")
+            if spec.ipv6_subnet and other.ipv6_subnet:
+                validation.subnets_overlap(spec.ipv6_subnet, other.ipv6_subnet,
+                                           f"network {spec.network_id!r}",
+                                           f"network {other.network_id!r}")
 
     async def _ensure_network(self, spec: NetworkSpec, outer: Undo | None = None) -> NetworkSpec:
         """Creates the network unless it is already fully there (idempotent)."""

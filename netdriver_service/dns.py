@@ -330,7 +330,7 @@ class Resolvers:
             records: dict[str, list[str]] = {}
             for endpoint in [*endpoints, *remotes]:
                 for name in endpoint.dns_names:
-                    records.setdefault(name, []).append(endpoint.address)
+                    records.setdefault(name, []).extend(_addresses(endpoint))
             resolver.set_records(records)
 
     async def added(self, network: NetworkSpec, endpoint: EndpointSpec) -> None:
@@ -339,13 +339,13 @@ class Resolvers:
         resolver = self.running.get(network.network_id)
         if resolver is not None:
             for name in endpoint.dns_names:
-                resolver.add(name, [endpoint.address])
+                resolver.add(name, _addresses(endpoint))
 
     def removed(self, endpoint: EndpointSpec) -> None:
         resolver = self.running.get(endpoint.network_id)
         if resolver is not None:
             for name in endpoint.dns_names:
-                resolver.remove(name, [endpoint.address])
+                resolver.remove(name, _addresses(endpoint))
 
     async def _resolver(self, network: NetworkSpec) -> Resolver | None:
         resolver = self.running.get(network.network_id)
@@ -421,6 +421,12 @@ def _format_error(data: bytes) -> bytes | None:
         return None
     header = DNSHeader(id=struct.unpack("!H", data[:2])[0], qr=1, rcode=RCODE.FORMERR)
     return DNSRecord(header).pack()
+
+
+def _addresses(endpoint: EndpointSpec | RemoteEndpoint) -> list[str]:
+    """An endpoint's addresses: A, and AAAA on a dual-stack network."""
+    ipv6 = getattr(endpoint, "ipv6_address", "")
+    return [endpoint.address, ipv6] if ipv6 else [endpoint.address]
 
 
 def _truncated(answer: bytes) -> bytes:

@@ -37,6 +37,9 @@ class NetworkSpec:
     vni: int = 0
     options: tuple[tuple[str, str], ...] = ()
     mcast_snooping: bool = False
+    ipv6_subnet: str = ""  # dual stack: the IPv6 subnet ("" for IPv4 only)
+    ipv6_gateway: str = ""
+    ipv6_masquerade: bool = True
 
     @property
     def dns(self) -> bool:
@@ -46,6 +49,10 @@ class NetworkSpec:
     @property
     def prefixlen(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    @property
+    def ipv6_prefixlen(self) -> int:
+        return ipaddress.IPv6Network(self.ipv6_subnet).prefixlen
 
     def same_as(self, other: NetworkSpec) -> bool:
         """Equal in every parameter that shapes the kernel state (the name is only a label)."""
@@ -70,7 +77,9 @@ class NetworkSpec:
             subnet=self.subnet,
             gateway=self.gateway, bridge_name=self.bridge, mtu=self.mtu, internal=self.internal,
             enable_icc=self.enable_icc, allowed_networks=list(self.allowed_networks),
-            vni=self.vni, options=dict(self.options),
+            vni=self.vni, options=dict(self.options), ipv6_subnet=self.ipv6_subnet,
+            ipv6_gateway=self.ipv6_gateway,
+            ipv6_masquerade=self.ipv6_masquerade if self.ipv6_subnet else None,
         )
 
 
@@ -104,6 +113,7 @@ class EndpointSpec:
     mac_requested: bool = field(default=False, compare=False)
     peer_on_host: bool = False  # the container's end waits on the host for the runtime
     dns_names: tuple[str, ...] = ()  # what the network's DNS server answers with its address
+    ipv6_address: str = ""  # on a dual-stack network
 
     def matches(self, request: EndpointSpec) -> bool:
         """Whether ``request`` asks for this endpoint as it is (an idempotent repeat)."""
@@ -118,6 +128,7 @@ class EndpointSpec:
             and request.peer_on_host == self.peer_on_host
             and request.container_interface in ("", self.container_interface)
             and request.dns_names == self.dns_names
+            and request.ipv6_address == self.ipv6_address
         )
 
     def to_dict(self) -> dict:
@@ -138,7 +149,7 @@ class EndpointSpec:
             container_interface=self.container_interface,
             port_mappings=[port.to_proto() for port in self.ports],
             default_route=self.default_route, peer_on_host=self.peer_on_host,
-            dns_names=list(self.dns_names),
+            dns_names=list(self.dns_names), ipv6_address=self.ipv6_address,
         )
 
 
@@ -193,11 +204,25 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
     allowed = tuple(sorted(
         {validation.check_id("allowed_networks", value) for value in message.allowed_networks}
     ))
+    ipv6_subnet = ipv6_gateway = ""
+    if message.ipv6_subnet:
+        if driver == "overlay":
+            raise errors.InvalidArgument(
+                f"network {network_id!r}: IPv6 on overlay networks comes in a later version "
+                "of cnm; use a bridge network for dual stack", reason="IPV6_NOT_SUPPORTED")
+        checked = validation.check_ipv6_subnet(message.ipv6_subnet, message.ipv6_gateway)
+        ipv6_subnet, ipv6_gateway = str(checked.network), str(checked.gateway)
+    elif message.ipv6_gateway:
+        raise errors.InvalidArgument(
+            f"network {network_id!r}: ipv6_gateway {capped(message.ipv6_gateway)!r} without "
+            "an ipv6_subnet", reason="INVALID_ADDRESS", field="ipv6_gateway")
     return NetworkSpec(
         network_id=network_id, name=message.name, driver=driver, subnet=str(subnet),
         gateway=gateway, bridge=bridge, mtu=mtu, internal=message.internal or options.internal,
         enable_icc=enable_icc, allowed_networks=allowed, vni=message.vni,
         options=tuple(sorted(message.options.items())), mcast_snooping=options.mcast_snooping,
+        ipv6_subnet=ipv6_subnet, ipv6_gateway=ipv6_gateway,
+        ipv6_masquerade=not message.HasField("ipv6_masquerade") or message.ipv6_masquerade,
     )
 
 
@@ -233,6 +258,16 @@ def endpoint_from_proto(
     address = validation.check_endpoint_address(
         ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
     )
+    ipv6_address = ""
+    if message.ipv6_address:
+        if not network.ipv6_subnet:
+            raise errors.InvalidArgument(
+                f"endpoint {endpoint_id!r}: ipv6_address {capped(message.ipv6_address)!r} on "
+                f"network {network.network_id!r}, which has no IPv6 subnet",
+                reason="ADDRESS_OUTSIDE_SUBNET", field="ipv6_address")
+        ipv6_address = validation.check_endpoint_address(
+            ipaddress.IPv6Network(network.ipv6_subnet), network.ipv6_gateway,
+            message.ipv6_address, "ipv6_address")
     container_interface = message.container_interface
     if container_interface:
         validation.check_ifname("container_interface", container_interface)
@@ -260,6 +295,7 @@ def endpoint_from_proto(
         mac_requested=bool(message.mac_address), peer_on_host=message.peer_on_host,
         dns_names=tuple(dict.fromkeys(
             validation.check_dns_name("dns_names", name).lower() for name in message.dns_names)),
+        ipv6_address=ipv6_address,
     )
 
 

@@ -599,18 +599,21 @@ class Netlink:
         with _errors(f"add default route via {gateway}", fine=THERE):
             await rtnl.add_default_route(gateway, index)
             return
-        if await self.default_route(ns) != (gateway, index):
+        family = socket.AF_INET6 if ":" in gateway else socket.AF_INET
+        if await self.default_route(ns, family) != (gateway, index):
             raise errors.FailedPrecondition(
                 f"add default route via {gateway}: the namespace has another default route",
                 reason="DEFAULT_ROUTE_EXISTS",
             )
 
-    async def default_route(self, ns: str | None = None) -> tuple[str, int] | None:
-        """(gateway, interface index) of the main table's IPv4 default route, if any."""
+    async def default_route(self, ns: str | None = None,
+                            family: int = socket.AF_INET) -> tuple[str, int] | None:
+        """(gateway, interface index) of the main table's default route of ``family``
+        (IPv4 unless told), if any."""
         handle = await self._handle(ns)
         with _errors("list routes"):
             for message in await self._dump(
-                    handle, lambda: handle.route("dump", family=socket.AF_INET)):
+                    handle, lambda: handle.route("dump", family=family)):
                 if message["dst_len"] == 0 and message.get_attr("RTA_TABLE") == 254:
                     return message.get_attr("RTA_GATEWAY") or "", message.get_attr("RTA_OIF") or 0
         return None
@@ -784,6 +787,37 @@ class Netlink:
             await handle.link("set", ifname=name, address=mac)
 
     # Sysctls -------------------------------------------------------------------
+
+    async def enable_ipv6_forwarding(self) -> None:
+        """Turns on IPv6 forwarding in the agent's namespace (a dual-stack network needs it:
+        the kernel decides IPv6 forwarding host-wide, not per interface).
+
+        A host that was not forwarding keeps taking router advertisements: forwarding on
+        makes the kernel ignore them on every interface with ``accept_ra`` 1 (the
+        default), and a host configured by them would lose its default route when it
+        expires; those interfaces get ``accept_ra`` 2 (accept even when forwarding)
+        first. Done once; nothing changes on a host already forwarding."""
+
+        def enable() -> None:
+            base = "/proc/sys/net/ipv6/conf"
+            with open(f"{base}/all/forwarding") as current:
+                if current.read().strip() == "1":
+                    return
+            for name in sorted(os.listdir(base)):
+                path = f"{base}/{name}/accept_ra"
+                with contextlib.suppress(OSError), open(path) as current:
+                    if current.read().strip() != "1":
+                        continue
+                with contextlib.suppress(OSError), open(path, "w") as target:
+                    target.write("2")
+            with open(f"{base}/all/forwarding", "w") as target:
+                target.write("1")
+
+        with _errors("turn on IPv6 forwarding"):
+            if self.host_ns is None:
+                await asyncio.to_thread(enable)
+            else:
+                await in_namespace(self.host_ns, enable)
 
     async def set_sysctl(self, *path: str, value: str) -> None:
         """Writes sysctl ``path`` (e.g. "net", "ipv4", "ip_forward") of the agent's namespace.

@@ -58,6 +58,7 @@ VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02
 RTA_OIF, RTA_GATEWAY = 4, 5
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
 
@@ -184,18 +185,27 @@ class Rtnl:
         await self.set_link(name, text(IFLA_IFALIAS, alias) + attribute(IFLA_LINKINFO, port))
 
     async def add_address(self, index: int, cidr: str) -> None:
-        interface = ipaddress.IPv4Interface(cidr)
+        """IPv4, or IPv6 without duplicate address detection (nodad): the address is the
+        endpoint's alone (IPAM says so), and a connect must not wait a second for DAD."""
+        interface = ipaddress.ip_interface(cidr)
         packed = interface.ip.packed
-        await self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                           _IFADDR.pack(socket.AF_INET, interface.network.prefixlen, 0, 0, index)
-                           + attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed))
+        if interface.version == 4:
+            header = _IFADDR.pack(socket.AF_INET, interface.network.prefixlen, 0, 0, index)
+            body = attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed)
+        else:
+            header = _IFADDR.pack(socket.AF_INET6, interface.network.prefixlen, IFA_F_NODAD, 0,
+                                  index)
+            body = attribute(IFA_ADDRESS, packed)
+        await self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, header + body)
 
     async def add_default_route(self, gateway: str, index: int) -> None:
+        """The default route of ``gateway``'s family."""
+        address = ipaddress.ip_address(gateway)
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         await self.request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                           _RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
+                           _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
                                        RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-                           + attribute(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
-                           + u32(RTA_OIF, index))
+                           + attribute(RTA_GATEWAY, address.packed) + u32(RTA_OIF, index))
 
 
 class Deleter:

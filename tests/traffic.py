@@ -12,17 +12,33 @@ import sys
 import threading
 
 
+def _bound(kind: int, port: int) -> socket.socket:
+    """A socket on ``port`` of every IPv4 and IPv6 address (IPv4 only where the
+    namespace has no IPv6)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, kind)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address = ("::", port)
+    except OSError:
+        sock, address = socket.socket(socket.AF_INET, kind), ("0.0.0.0", port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
+
+
+def _seen(peer) -> bytes:
+    """The peer's address as it sent from: IPv4 without its IPv6 mapping."""
+    return peer[0].removeprefix("::ffff:").encode()
+
+
 def serve(protocol: str, port: int) -> None:
     if protocol == "udp":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", port))
+        sock = _bound(socket.SOCK_DGRAM, port)
         print("ready", flush=True)
         while True:
             _, peer = sock.recvfrom(64)
-            sock.sendto(peer[0].encode(), peer)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", port))
+            sock.sendto(_seen(peer), peer)
+    sock = _bound(socket.SOCK_STREAM, port)
     sock.listen(64)
     print("ready", flush=True)
     while True:
@@ -32,13 +48,14 @@ def serve(protocol: str, port: int) -> None:
 
 def _answer(connection: socket.socket, peer) -> None:
     with connection:
-        connection.sendall(peer[0].encode())
+        connection.sendall(_seen(peer))
 
 
 def ask(protocol: str, host: str, port: int, timeout: float) -> int:
     try:
         if protocol == "udp":
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(timeout)
                 sock.sendto(b"?", (host, port))
                 answer, _ = sock.recvfrom(64)

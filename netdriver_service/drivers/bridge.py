@@ -8,6 +8,7 @@ isolation and published ports are the firewall backend's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from cnm import errors, validation
@@ -24,7 +25,8 @@ def network_rules(network: NetworkSpec) -> NetworkRules:
     return NetworkRules(
         network_id=network.network_id, bridge=network.bridge, subnet=network.subnet,
         gateway=network.gateway, internal=network.internal, enable_icc=network.enable_icc,
-        allowed_networks=network.allowed_networks,
+        allowed_networks=network.allowed_networks, ipv6_subnet=network.ipv6_subnet,
+        masquerade_ipv6=network.ipv6_masquerade,
     )
 
 
@@ -92,6 +94,7 @@ class BridgeDriver:
             self.netlink.add_address(network.bridge, f"{network.gateway}/{network.prefixlen}"),
         )
         await self.netlink.set_sysctl("net", "ipv4", "ip_forward", value="1")
+        await self._bridge_ipv6(network, what)
         if not network.internal:
             # Lets a published port answer on 127.0.0.1: the DNATed packet
             # keeps its loopback source until masqueraded on the way out.
@@ -109,6 +112,29 @@ class BridgeDriver:
             undo.push("remove the network's firewall rules",
                       lambda: self.firewall.remove_network(network.network_id))
         self.faults.check("network_rules")
+
+    async def _bridge_ipv6(self, network: NetworkSpec, what: str) -> None:
+        """The bridge's IPv6: never taking router advertisements (a container could send
+        one and become the host's default router); off altogether on an IPv4 network;
+        on a dual-stack one, the IPv6 gateway (nodad) and host-wide IPv6 forwarding."""
+        conf = ("net", "ipv6", "conf", network.bridge)
+        if not os.path.isdir("/proc/sys/net/ipv6"):
+            if network.ipv6_subnet:
+                raise errors.FailedPrecondition(
+                    f"{what}: the host has no IPv6 (booted with ipv6.disable=1)",
+                    reason="IPV6_NOT_SUPPORTED")
+            return
+        await self.netlink.set_sysctl(*conf, "accept_ra", value="0")
+        if not network.ipv6_subnet:
+            await self.netlink.set_sysctl(*conf, "disable_ipv6", value="1")
+            return
+        await self.netlink.set_sysctl(*conf, "disable_ipv6", value="0")
+        await _in_context(
+            f"{what}: add IPv6 gateway {network.ipv6_gateway}",
+            self.netlink.add_address(
+                network.bridge, f"{network.ipv6_gateway}/{network.ipv6_prefixlen}"),
+        )
+        await self.netlink.enable_ipv6_forwarding()
 
     async def _repair_network(self, network: NetworkSpec, what: str) -> Link:
         """Makes a known network whole again (its bridge deleted by hand, or down) and
@@ -254,6 +280,12 @@ class BridgeDriver:
                 peer_link.index, f"{endpoint.address}/{network.prefixlen}", ns
             ),
         )
+        if endpoint.ipv6_address:
+            await _in_context(
+                f"{what}: add address {endpoint.ipv6_address} to {peer!r}",
+                self.netlink.add_address(
+                    peer_link.index, f"{endpoint.ipv6_address}/{network.ipv6_prefixlen}", ns),
+            )
         await _in_context(f"{what}: set {peer!r} up", self.netlink.set_up(peer_link.index, ns))
         self.faults.check("address")
         if endpoint.default_route:
@@ -261,6 +293,11 @@ class BridgeDriver:
                 f"{what}: add default route via {network.gateway}",
                 self.netlink.add_default_route(network.gateway, peer_link.index, ns),
             )
+            if endpoint.ipv6_address:
+                await _in_context(
+                    f"{what}: add IPv6 default route via {network.ipv6_gateway}",
+                    self.netlink.add_default_route(network.ipv6_gateway, peer_link.index, ns),
+                )
         self.faults.check("route")
 
     async def _create_veth(

@@ -40,6 +40,8 @@ class NetworkRules:
     internal: bool = False  # no masquerade, no traffic in or out of the network
     enable_icc: bool = True  # containers on the network may talk to each other
     allowed_networks: tuple[str, ...] = ()  # ids of networks whose traffic may reach this one
+    ipv6_subnet: str = ""  # the network's IPv6 subnet (CIDR), if it has one
+    masquerade_ipv6: bool = True  # NAT66 of its IPv6 traffic leaving the host
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class NftablesFirewall:
                                   reason="NFTABLES_FAILED") from error
 
     def _listing(self, runner: NftRunner | None = None) -> dict | None:
-        """``list table ip cnm`` as JSON, or None when the table does not exist."""
+        """``list table inet cnm`` as JSON, or None when the table does not exist."""
         try:
             return (runner or self._runner).run(_TABLE_LIST)
         except NftError as error:
@@ -131,6 +131,17 @@ class NftablesFirewall:
                                   reason="NFTABLES_FAILED") from error
         return True
 
+    def _old_table_exists(self) -> bool:
+        try:
+            self._runner.run([{"list": {"table": {"family": ruleset.OLD_FAMILY,
+                                                  "name": ruleset.TABLE}}}])
+        except NftError as error:
+            if error.missing:
+                return False
+            raise errors.Internal(f"read nftables table: {error.message}",
+                                  reason="NFTABLES_FAILED") from error
+        return True
+
     def _base_repairs(self, listing: dict | None) -> tuple[list[dict], list[str]]:
         """Commands restoring the table, sets and chains, and a line per repair."""
         if listing is None:
@@ -157,6 +168,12 @@ class NftablesFirewall:
     async def ensure_base(self) -> None:
         def work() -> None:
             commands, lines = self._base_repairs(self._listing())
+            if self._old_table_exists():
+                # An agent from before IPv6 left ``ip cnm``: gone in the same
+                # transaction; the resync that follows refills ``inet cnm``.
+                commands.insert(0, {"delete": {"table": {"family": ruleset.OLD_FAMILY,
+                                                         "name": ruleset.TABLE}}})
+                lines.insert(0, f"removed the old table {ruleset.OLD_FAMILY} {ruleset.TABLE}")
             self._apply(commands, "create cnm's nftables table")
             for line in lines:
                 log.info("firewall: %s", line)

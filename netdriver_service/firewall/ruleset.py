@@ -4,14 +4,18 @@ Pure functions, no kernel access: they build libnftables JSON commands and
 read libnftables JSON listings, so that they can be unit-tested without
 root.
 
-Everything lives in one table, ``ip cnm``. Its chains hold a fixed, small
-number of rules; every network and every published port is a set of
-ELEMENTS of the named sets and maps below, so adding one costs the same
-however many exist:
+Everything lives in one table, ``inet cnm``: IPv4 and IPv6 alike (a dual-stack
+network's bridge is in the same interface sets; only its subnets are in sets of
+their family). Its chains hold a fixed, small number of rules; every network and
+every published port is a set of ELEMENTS of the named sets and maps below, so
+adding one costs the same however many exist:
 
 - ``bridges``        every cnm bridge (comment: network id, gateway)
-- ``subnet_bridge``  subnet . bridge (comment: network id)
-- ``masq_subnets``   subnets of non-internal networks (comment: network id)
+- ``subnet_bridge``  subnet . bridge (comment: network id); ``subnet_bridge6``
+                     the IPv6 subnets'
+- ``masq_subnets``   subnets of non-internal networks (comment: network id);
+                     ``masq_subnets6`` the IPv6 subnets of those whose IPv6 is
+                     masqueraded (NAT66)
 - ``internal``       bridges of internal networks
 - ``self_verdicts``  bridge . bridge : accept, or goto ``icc_off``
 - ``allowances``     bridge . hash(allowed network id) (comment: that id);
@@ -29,9 +33,9 @@ however many exist:
                      the kernel refuse an every-address mapping that
                      overlaps one (see :func:`publish_batch`)
 
-Bridged traffic between two ports of one bridge reaches the ip-family
+Bridged traffic between two ports of one bridge reaches the inet-family
 forward hook only when br_netfilter is active (built into this kernel and
-on by default; ``bridge-nf-call-iptables``); it then shows up with
+on by default; ``bridge-nf-call-iptables``, ``-ip6tables``); it then shows up with
 ``iifname == oifname == bridge``, which is what ``self_verdicts`` keys on.
 """
 
@@ -44,17 +48,22 @@ from dataclasses import dataclass
 
 from netdriver_service.firewall import NetworkRules, PortRule
 
-FAMILY = "ip"
+FAMILY = "inet"
+# The table of the same name cnm used before IPv6 (family ip): removed when found.
+OLD_FAMILY = "ip"
 TABLE = "cnm"
 ICC_OFF_CHAIN = "icc_off"
 LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+LOOPBACK6 = "::1"
 
 # Each set: (key field types, value type or None, interval flag). The field
 # types decide how keys are converted to and from JSON.
 SETS: dict[str, tuple[tuple[str, ...], str | None, bool]] = {
     "bridges": (("ifname",), None, False),
     "subnet_bridge": (("prefix", "ifname"), None, True),
+    "subnet_bridge6": (("prefix6", "ifname"), None, True),
     "masq_subnets": (("prefix",), None, True),
+    "masq_subnets6": (("prefix6",), None, True),
     "internal": (("ifname",), None, False),
     "self_verdicts": (("ifname", "ifname"), "verdict", False),
     "allowances": (("ifname", "mark"), None, False),
@@ -65,12 +74,12 @@ SETS: dict[str, tuple[tuple[str, ...], str | None, bool]] = {
     "ports_addr_port": (("ipv4_addr", "inet_proto", "inet_service"), "inet_service", False),
     "specific_guard": (("inet_proto", "inet_service"), None, False),
 }
-_NFT_TYPE = {"prefix": "ipv4_addr"}
+_NFT_TYPE = {"prefix": "ipv4_addr", "prefix6": "ipv6_addr"}
 # (address map, port map) of mappings on every address, and on one address.
 ANY_MAPS, ADDR_MAPS = ("ports_any_addr", "ports_any_port"), ("ports_addr_addr", "ports_addr_port")
 PORT_MAPS = ANY_MAPS + ADDR_MAPS
-NETWORK_SETS = ("bridges", "subnet_bridge", "masq_subnets", "internal", "self_verdicts",
-                "allowances", "allowed_pairs")
+NETWORK_SETS = ("bridges", "subnet_bridge", "subnet_bridge6", "masq_subnets", "masq_subnets6",
+                "internal", "self_verdicts", "allowances", "allowed_pairs")
 
 
 def _meta(key: str) -> dict:
@@ -91,6 +100,7 @@ def _concat(*parts: object) -> dict:
 
 _IIF, _OIF = _meta("iifname"), _meta("oifname")
 _SADDR, _DADDR = _payload("ip", "saddr"), _payload("ip", "daddr")
+_SADDR6, _DADDR6 = _payload("ip6", "saddr"), _payload("ip6", "daddr")
 _CT_DNAT = _match({"ct": {"key": "status"}}, "dnat", "in")
 _LOCAL_DADDR = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 _ACCEPT, _DROP = {"accept": None}, {"drop": None}
@@ -102,7 +112,8 @@ def _dnat_from(maps: tuple[str, str], *key: dict) -> list[dict]:
     address_map, port_map = maps
     return [
         _LOCAL_DADDR,
-        {"dnat": {"addr": {"map": {"key": _concat(*key), "data": "@" + address_map}},
+        {"dnat": {"family": "ip",
+                  "addr": {"map": {"key": _concat(*key), "data": "@" + address_map}},
                   "port": {"map": {"key": _concat(*key), "data": "@" + port_map}}}},
     ]
 
@@ -141,6 +152,8 @@ CHAINS: dict[str, tuple[dict | None, list[list[dict]]]] = {
         # loopback services (answers to the host's own connections pass).
         [_match(_IIF, "@bridges"), _match(_DADDR, LOOPBACK),
          _match({"ct": {"key": "direction"}}, "original"), _DROP],
+        [_match(_IIF, "@bridges"), _match(_DADDR6, LOOPBACK6),
+         _match({"ct": {"key": "direction"}}, "original"), _DROP],
     ]),
     "prerouting": (
         {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}, _DNAT_RULES,
@@ -151,6 +164,9 @@ CHAINS: dict[str, tuple[dict | None, list[list[dict]]]] = {
         [_CT_DNAT, _match(_concat(_SADDR, _OIF), "@subnet_bridge"), {"masquerade": None}],
         [_match(_concat(_SADDR, _OIF), "@subnet_bridge"), {"return": None}],
         [_match(_SADDR, "@masq_subnets"), {"masquerade": None}],
+        [_CT_DNAT, _match(_concat(_SADDR6, _OIF), "@subnet_bridge6"), {"masquerade": None}],
+        [_match(_concat(_SADDR6, _OIF), "@subnet_bridge6"), {"return": None}],
+        [_match(_SADDR6, "@masq_subnets6"), {"masquerade": None}],
         # A published port reached on 127.0.0.1 from the host itself.
         [_CT_DNAT, _match(_SADDR, LOOPBACK), _match(_OIF, "@bridges"), {"masquerade": None}],
     ]),
@@ -179,8 +195,8 @@ def empty_elements() -> Elements:
 
 
 def _field_to_json(kind: str, value: object) -> object:
-    if kind == "prefix":
-        network = ipaddress.IPv4Network(value)
+    if kind in ("prefix", "prefix6"):
+        network = ipaddress.ip_network(value)
         return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
     return value
 
@@ -208,10 +224,10 @@ def _service_from_json(value: object) -> int:
 
 
 def _field_from_json(kind: str, value: object) -> object:
-    if kind == "prefix":
+    if kind in ("prefix", "prefix6"):
         if isinstance(value, dict):
             return f"{value['prefix']['addr']}/{value['prefix']['len']}"
-        return f"{value}/32"
+        return f"{value}/{32 if kind == 'prefix' else 128}"
     if kind == "inet_proto":
         return _protocol_from_json(value)
     if kind == "inet_service":
@@ -381,10 +397,14 @@ def network_elements(network: NetworkRules) -> Elements:
 
     put("bridges", Element((bridge,), comment=f"{network.network_id} {network.gateway}"))
     put("subnet_bridge", Element((network.subnet, bridge), comment=network.network_id))
+    if network.ipv6_subnet:
+        put("subnet_bridge6", Element((network.ipv6_subnet, bridge), comment=network.network_id))
     if network.internal:
         put("internal", Element((bridge,)))
     else:
         put("masq_subnets", Element((network.subnet,), comment=network.network_id))
+        if network.ipv6_subnet and network.masquerade_ipv6:
+            put("masq_subnets6", Element((network.ipv6_subnet,), comment=network.network_id))
     verdict = "accept" if network.enable_icc else f"goto {ICC_OFF_CHAIN}"
     put("self_verdicts", Element((bridge, bridge), verdict))
     for allowed in network.allowed_networks:
@@ -556,9 +576,9 @@ _OWNED_BY_EITHER_FIELD = ("self_verdicts", "allowed_pairs")
 def _belongs(set_name: str, key: Key, element: Element, bridges: set[str], network_id: str):
     if set_name in PORT_MAPS:
         return element.comment.partition(" ")[2] == network_id
-    if set_name == "masq_subnets":
+    if set_name in ("masq_subnets", "masq_subnets6"):
         return element.comment == network_id
-    if set_name == "subnet_bridge":
+    if set_name in ("subnet_bridge", "subnet_bridge6"):
         return key[1] in bridges
     if set_name in _OWNED_BY_FIRST_FIELD:
         return key[0] in bridges

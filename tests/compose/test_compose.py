@@ -509,7 +509,7 @@ def test_story_on_one_host(deployment: Deployment):
         assert http_get(host1.netns.path, "http://127.0.0.1:8080/") == "web"
         # The agent image carries netbase, so its nft names protocols as an operator
         # reads them (the agent itself reads numbers too).
-        mapped = central.exec("agent", "nft", "list", "map", "ip", "cnm", "ports_any_port").stdout
+        mapped = central.exec("agent", "nft", "list", "map", "inet", "cnm", "ports_any_port").stdout
         assert "tcp . 8080" in mapped, mapped
 
         host1.cli("rm", "web", "peer")

@@ -9,6 +9,7 @@ Topology, every part a namespace the tests make:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -164,6 +165,72 @@ def test_traffic(topo):
     harness.assert_unchanged(
         baseline, (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)),
         "after every endpoint and network is deleted",
+    )
+
+
+HOST_UP6, INTERNET6 = "fd99::1", "fd99::2"
+
+
+def test_dual_stack_traffic(topo):
+    """A network with an IPv6 subnet: gateway and addresses of both families (no DAD to
+    wait for), default routes of both, IPv6 forwarding, and the same isolation,
+    internal networks, icc and masquerade (NAT66) in IPv6 as in IPv4; a network with
+    NAT66 off routes its own addresses."""
+    topo.host.run("ip", "addr", "add", f"{HOST_UP6}/64", "dev", "up0", "nodad")
+    topo.internet.run("ip", "addr", "add", f"{INTERNET6}/64", "dev", "eth0", "nodad")
+    topo.host.run("ip", "-6", "route", "add", "default", "via", INTERNET6)
+    baseline = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
+    net_a = harness.network("va", "10.92.0.0/24", ipv6_subnet="fd00:a::/64")
+    net_b = harness.network("vb", "10.93.0.0/24", ipv6_subnet="fd00:b::/64")
+    internal = harness.network("vc", "10.94.0.0/24", ipv6_subnet="fd00:c::/64", internal=True)
+    routed = harness.network("vd", "10.95.0.0/24", ipv6_subnet="fd00:d::/64",
+                             ipv6_gateway="fd00:d::fe", ipv6_masquerade=False,
+                             options={"com.docker.network.bridge.enable_icc": "false"})
+    c1, c2, c3, c4, c5, c6 = (topo.sandbox() for _ in range(6))
+    topo.internet.run("ip", "-6", "route", "add", "fd00:d::/64", "via", HOST_UP6)
+    try:
+        made = connect(topo, "v1", net_a, c1, "10.92.0.10", ipv6_address="fd00:a::10")
+        assert made.ipv6_address == "fd00:a::10"
+        connect(topo, "v2", net_a, c2, "10.92.0.11", ipv6_address="fd00:a::11")
+        connect(topo, "v3", net_b, c3, "10.93.0.10", ipv6_address="fd00:b::10")
+        connect(topo, "v4", internal, c4, "10.94.0.10", ipv6_address="fd00:c::10")
+        connect(topo, "v5", routed, c5, "10.95.0.10", ipv6_address="fd00:d::10")
+        connect(topo, "v6", routed, c6, "10.95.0.11", ipv6_address="fd00:d::11")
+        # In the kernel: the addresses without DAD (not tentative), both default routes.
+        shown = json.loads(subprocess.run(["ip", "-n", c1, "-j", "-6", "addr", "show", "eth0"],
+                                          capture_output=True, text=True, check=True).stdout)
+        (address,) = shown[0]["addr_info"]  # no link-local address either
+        assert (address["local"], address["prefixlen"], address.get("tentative")) == (
+            "fd00:a::10", 64, None)
+        routes = subprocess.run(["ip", "-n", c1, "-6", "route", "show", "default"],
+                                capture_output=True, text=True, check=True).stdout
+        assert routes.startswith("default via fd00:a::1 dev eth0"), routes
+        assert topo.host.run("sysctl", "-n", "net.ipv6.conf.cnm-va.accept_ra").stdout.strip() \
+            == "0"
+        for ns in (c1, c2, c3, c4, c5, c6, topo.internet.name):
+            topo.serve(ns, 80)
+
+        assert ask(c2, "fd00:a::10", 80) == "fd00:a::11", "same network"
+        assert ask(c2, "10.92.0.10", 80) == "10.92.0.11", "same network, IPv4"
+        assert ask(c3, "fd00:a::10", 80, timeout=1) is None, "other network"
+        assert ask(c1, "fd00:b::10", 80, timeout=1) is None, "other network, other way"
+        assert ask(c1, INTERNET6, 80) == HOST_UP6, "NAT66 to the internet"
+        assert ask(c1, INTERNET, 80) == HOST_UP, "IPv4 still masqueraded"
+        assert ask(c4, INTERNET6, 80, timeout=1) is None, "internal reaches no internet"
+        assert ask(c4, "fd00:a::10", 80, timeout=1) is None, "internal reaches no network"
+        assert ask(c5, INTERNET6, 80) == "fd00:d::10", "NAT66 off: its own address"
+        assert ask(c6, "fd00:d::10", 80, timeout=1) is None, "icc off: no neighbour"
+        assert ask(topo.internet.name, "fd00:a::10", 80, timeout=1) is None, \
+            "nothing unsolicited from outside"
+    finally:
+        for endpoint_id in ("v1", "v2", "v3", "v4", "v5", "v6"):
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        for network_id in ("va", "vb", "vc", "vd"):
+            topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id=network_id))
+        topo.internet.run("ip", "-6", "route", "del", "fd00:d::/64")
+    harness.assert_unchanged(
+        baseline, (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)),
+        "after every dual-stack endpoint and network is deleted",
     )
 
 
@@ -496,7 +563,7 @@ def test_published_ports_read_back_where_nft_prints_protocols_as_numbers(netns, 
         # What the agent's nft sees: numbers (this proves the test's premise).
         listing = subprocess.run(
             ["nsenter", f"--mount=/proc/{agent.process.pid}/ns/mnt", f"--net={host.path}",
-             "nft", "list", "map", "ip", "cnm", "ports_any_port"],
+             "nft", "list", "map", "inet", "cnm", "ports_any_port"],
             capture_output=True, text=True, check=True).stdout
         assert "6 . 8081" in listing and "17 . 5353" in listing, listing
         state = agent.call("GetState", pb.GetStateRequest())

@@ -280,8 +280,36 @@ async def test_bad_input_changes_nothing(world, netns):
                      address="10.93.0.10"),
          harness.network("n8", "10.93.0.0/24", options={"cnm.bridge.mcast_snooping": "maybe"}),
          errors.InvalidArgument),
+        # IPv6: an IPv4 "ipv6 subnet", a /40, an address of no or another IPv6 subnet,
+        # the gateway's, a gateway without a subnet, IPv6 on an overlay network (later),
+        # a subnet overlapping another network's.
+        (endpoint("e1", container.path, "10.88.0.10", ipv6_address="fd00::5"), None,
+         errors.InvalidArgument),
+        *[(pb.Endpoint(endpoint_id="e1", network_id="n9", sandbox=container.path,
+                       address="10.94.0.10", ipv6_address=v6),
+           harness.network("n9", "10.94.0.0/24", **network), errors.InvalidArgument)
+          for v6, network in (
+              ("", {"ipv6_subnet": "10.95.0.0/24"}),
+              ("", {"ipv6_subnet": "fd00::/40"}),
+              ("fd01::5", {"ipv6_subnet": "fd00::/64"}),
+              ("10.94.0.11", {"ipv6_subnet": "fd00::/64"}),
+              ("fd00::1", {"ipv6_subnet": "fd00::/64"}),
+              ("", {"ipv6_gateway": "fd00::1"}),
+              ("", {"ipv6_subnet": "fd00::/64", "driver": pb.DRIVER_OVERLAY, "vni": 5}),
+          )],
+        (pb.Endpoint(endpoint_id="e1", network_id="n10", sandbox=container.path,
+                     address="10.96.0.10"),
+         harness.network("n10", "10.96.0.0/24", ipv6_subnet="fd00:1::/64"), None),
+        (pb.Endpoint(endpoint_id="e2", network_id="n11", sandbox=container.path,
+                     address="10.97.0.10"),
+         harness.network("n11", "10.97.0.0/24", ipv6_subnet="fd00:1:0:0:8000::/65"),
+         errors.AlreadyExists),
     ]
     for request, network, code in cases:
+        if code is None:  # made for the next case to clash with
+            await agent.create_network(network)
+            foreign_before = await world.snapshot(container)
+            continue
         with pytest.raises(code) as caught:
             await agent.create_endpoint(request, network)
         assert caught.value.message, request
@@ -289,6 +317,7 @@ async def test_bad_input_changes_nothing(world, netns):
     with pytest.raises(errors.AlreadyExists, match="does not own"):
         await agent.create_network(harness.network("n4", "10.91.0.0/24", bridge_name="foreign0"))
     world.host.run("ip", "link", "del", "foreign0")
+    await agent.delete_network("n10")
     assert await world.snapshot(container) == before
 
 

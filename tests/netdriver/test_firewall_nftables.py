@@ -379,16 +379,16 @@ def test_sync_restores_after_flush_and_removes_stale(topo, fw):
     drift = fw.drift(networks=NETWORKS, ports=ports)
     repairs = fw.sync(networks=NETWORKS, ports=ports)
     assert repairs == drift
-    assert repairs[0] == "created table ip cnm"
+    assert repairs[0] == "created table inet cnm"
     assert any("ports_any_addr element tcp . 8080" in line for line in repairs)
     assert fw.element_count() == full
     assert topo.probe("client", (CLIENT_SIDE, 8080)) == [f"a1 {CLIENT}"]
     assert topo.probe("a1", (INTERNET, 80)) == [f"x {UPLINK}"]
 
     assert fw.drift(networks=NETWORKS, ports=ports) == []
-    topo.nft("delete", "rule", "ip", "cnm", "forward", "handle",
+    topo.nft("delete", "rule", "inet", "cnm", "forward", "handle",
              _handle_of_first_rule(topo, "forward"))
-    topo.nft("add", "element", "ip", "cnm", "ports_any_addr", "{ udp . 7000 : 10.88.1.9 }")
+    topo.nft("add", "element", "inet", "cnm", "ports_any_addr", "{ udp . 7000 : 10.88.1.9 }")
     drift = fw.drift(networks=NETWORKS, ports=ports)
     assert fw.drift(networks=NETWORKS, ports=ports) == drift  # it changed nothing
     repairs = fw.sync(networks=NETWORKS, ports=ports)
@@ -399,8 +399,24 @@ def test_sync_restores_after_flush_and_removes_stale(topo, fw):
     assert fw.sync(networks=NETWORKS, ports=ports) == []
 
 
+def test_the_table_of_an_agent_from_before_ipv6_is_replaced(topo, fw):
+    """An upgraded agent finds ``ip cnm`` (IPv4 only): it goes in the transaction that
+    makes ``inet cnm``, and the sync that follows at start refills it."""
+    topo.nft("delete", "table", "inet", "cnm")
+    topo.nft("add", "table", "ip", "cnm")
+    topo.nft("add", "chain", "ip", "cnm", "postrouting",
+             "{ type nat hook postrouting priority 100; }")
+    topo.nft("add", "rule", "ip", "cnm", "postrouting", "ip saddr 10.88.0.0/16 masquerade")
+    fw.ensure_base()
+    tables = topo.nft("list", "tables").stdout.split("\n")
+    assert [t for t in tables if t.endswith(" cnm")] == ["table inet cnm"], tables
+    fw.sync(networks=NETWORKS, ports=[port("a1", 8080)])
+    assert topo.probe("client", (CLIENT_SIDE, 8080)) == [f"a1 {CLIENT}"]
+    assert topo.probe("a1", (INTERNET, 80)) == [f"x {UPLINK}"]  # masqueraded once
+
+
 def _handle_of_first_rule(topo, chain: str) -> str:
-    listing = json.loads(topo.nft("-j", "list", "chain", "ip", "cnm", chain).stdout)
+    listing = json.loads(topo.nft("-j", "list", "chain", "inet", "cnm", chain).stdout)
     return str(next(item["rule"]["handle"] for item in listing["nftables"] if "rule" in item))
 
 
@@ -408,14 +424,14 @@ def test_adds_after_a_flush_rebuild_nothing_partial_and_sync_restores_everything
     """Rebuilding only the base (or one network) would leave every other network's
     isolation gone while reporting success: the adds refuse, the caller syncs."""
     fw.add_ports(ports=[port("a1", 8080)])
-    topo.nft("delete", "table", "ip", "cnm")
+    topo.nft("delete", "table", "inet", "cnm")
     with pytest.raises(errors.FailedPrecondition) as caught:
         fw.add_ports(ports=[port("b1", 8081)])
     assert caught.value.reason == "FIREWALL_TABLE_MISSING"
     with pytest.raises(errors.FailedPrecondition) as caught:
         fw.add_network(network=NET_A)
     assert caught.value.reason == "FIREWALL_TABLE_MISSING"
-    assert "ip cnm" not in topo.nft("list", "tables").stdout
+    assert "inet cnm" not in topo.nft("list", "tables").stdout
     fw.sync(networks=NETWORKS, ports=[port("a1", 8080), port("b1", 8081)])
     assert topo.probe("client", (CLIENT_SIDE, 8080), (CLIENT_SIDE, 8081)) == [
         f"a1 {CLIENT}", f"b1 {CLIENT}"]

@@ -35,7 +35,7 @@ def test_base_is_one_table_of_cnm_and_nothing_else():
     tables = {(body["family"], body.get("table", body.get("name")))
               for command in commands for verb, objects in command.items()
               for body in objects.values()}
-    assert tables == {("ip", "cnm")}
+    assert tables == {("inet", "cnm")}
     assert all(list(command) == ["add"] for command in commands)
     verbs = [next(iter(command["add"])) for command in commands]
     assert verbs.count("rule") == sum(len(rules) for _, rules in ruleset.CHAINS.values())

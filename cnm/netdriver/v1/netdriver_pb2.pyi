@@ -38,7 +38,7 @@ PROTOCOL_UDP: Protocol
 PROTOCOL_SCTP: Protocol
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "bridge_name", "mtu", "internal", "enable_icc", "allowed_networks", "vni", "options", "ipv6_subnet", "ipv6_gateway", "ipv6_masquerade")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,9 @@ class Network(_message.Message):
     ALLOWED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IPV6_SUBNET_FIELD_NUMBER: _ClassVar[int]
+    IPV6_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    IPV6_MASQUERADE_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: Driver
@@ -70,7 +73,10 @@ class Network(_message.Message):
     allowed_networks: _containers.RepeatedScalarFieldContainer[str]
     vni: int
     options: _containers.ScalarMap[str, str]
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ipv6_subnet: str
+    ipv6_gateway: str
+    ipv6_masquerade: bool
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge_name: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ..., enable_icc: _Optional[bool] = ..., allowed_networks: _Optional[_Iterable[str]] = ..., vni: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., ipv6_subnet: _Optional[str] = ..., ipv6_gateway: _Optional[str] = ..., ipv6_masquerade: _Optional[bool] = ...) -> None: ...
 
 class VxlanDevice(_message.Message):
     __slots__ = ("name", "vni", "local_address", "learning", "proxy", "up", "attached", "flood_peer_count", "remote_mac_count", "neighbour_count")
@@ -109,7 +115,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "peer_on_host", "dns_names")
+    __slots__ = ("endpoint_id", "network_id", "container_id", "sandbox", "address", "mac_address", "host_interface", "container_interface", "port_mappings", "default_route", "peer_on_host", "dns_names", "ipv6_address")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +128,7 @@ class Endpoint(_message.Message):
     DEFAULT_ROUTE_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
     DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    IPV6_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     container_id: str
@@ -134,7 +141,8 @@ class Endpoint(_message.Message):
     default_route: bool
     peer_on_host: bool
     dns_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ipv6_address: str
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ..., ipv6_address: _Optional[str] = ...) -> None: ...
 
 class RemoteEndpoint(_message.Message):
     __slots__ = ("address", "mac_address", "underlay_ip", "dns_names")
