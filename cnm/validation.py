@@ -475,6 +475,10 @@ OPTION_INTERNAL = "com.docker.network.internal"
 OPTION_MCAST_SNOOPING = "cnm.bridge.mcast_snooping"
 # Whether the network answers its containers' names (a DNS server on its gateway).
 OPTION_DNS = "cnm.dns"
+# Docker's: "nat" (masquerade, NAT66: the default) or "routed" (the IPv6 subnet is
+# routed to the host, containers' addresses seen as they are).
+OPTION_GATEWAY_MODE_IPV6 = "com.docker.network.bridge.gateway_mode_ipv6"
+GATEWAY_MODES = ("nat", "routed")
 # The search domain of every network's names (web and web.cnm.internal are one name).
 DNS_DOMAIN = "cnm.internal"
 # Go's strconv.ParseBool, which Docker reads these options with.
@@ -511,6 +515,7 @@ class NetworkOptions:
     internal: bool = False
     mcast_snooping: bool = False
     dns: bool = True
+    ipv6_masquerade: bool = True
 
 
 def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
@@ -530,6 +535,12 @@ def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
     if OPTION_BRIDGE_NAME in options:
         check_ifname(OPTION_BRIDGE_NAME, bridge)
     icc = options.get(OPTION_ICC)
+    mode = options.get(OPTION_GATEWAY_MODE_IPV6, "nat")
+    if mode not in GATEWAY_MODES:
+        raise errors.InvalidArgument(
+            f"invalid option {OPTION_GATEWAY_MODE_IPV6}={capped(mode)!r}: want "
+            f"{' or '.join(GATEWAY_MODES)}", reason="INVALID_OPTION", field="options",
+            option=OPTION_GATEWAY_MODE_IPV6)
     return NetworkOptions(
         mtu=mtu, bridge_name=bridge,
         enable_icc=None if icc is None else _bool_option(OPTION_ICC, icc),
@@ -537,6 +548,7 @@ def check_network_options(options: Mapping[str, str]) -> NetworkOptions:
         mcast_snooping=_bool_option(OPTION_MCAST_SNOOPING,
                                     options.get(OPTION_MCAST_SNOOPING, "false")),
         dns=_bool_option(OPTION_DNS, options.get(OPTION_DNS, "true")),
+        ipv6_masquerade=mode == "nat",
     )
 
 

@@ -196,12 +196,32 @@ def network_dict(network: pb.Network, endpoints=None, quarantined=()) -> dict:
     return shown
 
 
+def by_family(values: list[str] | None, flag: str) -> tuple[str, str]:
+    """Docker's repeatable --subnet, --gateway and --ip-range: at most one of each
+    family, told apart by their form (an IPv6 one has a colon); (IPv4, IPv6)."""
+    found = {4: "", 6: ""}
+    for value in values or ():
+        family = 6 if ":" in value else 4
+        if found[family]:
+            raise UsageError(f"{flag}: two IPv{family} values ({found[family]}, {value}): "
+                             "give one of each family at most")
+        found[family] = value
+    return found[4], found[6]
+
+
 def network_create(client: Client, args) -> int:
+    subnet, subnet6 = by_family(args.subnet, "--subnet")
+    gateway, gateway6 = by_family(args.gateway, "--gateway")
+    ip_range, ip_range6 = by_family(args.ip_range, "--ip-range")
+    if (subnet6 or gateway6 or ip_range6) and not args.ipv6:
+        raise UsageError("an IPv6 --subnet, --gateway or --ip-range needs --ipv6")
     network = pb.Network(
-        name=args.name, driver=parse_driver(args.driver), subnet=args.subnet or "", gateway=args.gateway or "",
-        ip_range=args.ip_range or "", internal=args.internal,
+        name=args.name, driver=parse_driver(args.driver), subnet=subnet, gateway=gateway,
+        ip_range=ip_range, internal=args.internal,
         options=parse_pairs(args.opt, "option"), labels=parse_pairs(args.label, "label"),
         aux_addresses=parse_pairs(args.aux_address, "aux address"),
+        enable_ipv6=args.ipv6, ipv6_subnet=subnet6, ipv6_gateway=gateway6,
+        ipv6_ip_range=ip_range6,
     )
     reply = client.CreateNetwork(pb.CreateNetworkRequest(network=network))
     print(reply.network.network_id)
@@ -227,7 +247,7 @@ def network_fields(network: pb.Network) -> dict[str, object]:
     return {
         "ID": network.network_id, "Name": network.name, "Driver": driver_word(network.driver),
         "Scope": network_scope(network), "Subnet": network.subnet, "Gateway": network.gateway,
-        "IPv6": False, "Internal": network.internal, "Labels": dict(network.labels),
+        "IPv6": network.enable_ipv6, "Internal": network.internal, "Labels": dict(network.labels),
         "CreatedAt": network.create_time.ToJsonString() if network.HasField("create_time")
         else "",
     }
@@ -398,12 +418,15 @@ def network_connect(client: Client, args) -> int:
     reply = client.ConnectContainer(pb.ConnectContainerRequest(
         network=args.network, container_id=container, host_id=args.host,
         sandbox=args.sandbox or "", address=args.ip or "", port_mappings=ports,
-        dns_names=[*named, *args.alias],
+        dns_names=[*named, *args.alias], ipv6_address=args.ip6 or "",
     ))
     if args.format == "json":
         print_json(to_dict(reply.endpoint))
     else:
-        print(f"{reply.endpoint.address}/{reply.endpoint.prefix_length}")
+        endpoint = reply.endpoint
+        print(f"{endpoint.address}/{endpoint.prefix_length}")
+        if endpoint.ipv6_address:
+            print(f"{endpoint.ipv6_address}/{endpoint.ipv6_prefix_length}")
     return 0
 
 
@@ -501,6 +524,7 @@ def run(client: Client, args) -> int:
                 client.ConnectContainer(pb.ConnectContainerRequest(
                     network=network, container_id=sandbox, host_id=args.host, sandbox=sandbox,
                     port_mappings=ports if first else [], address=args.ip if first else "",
+                    ipv6_address=args.ip6 if first else "",
                     mac_address=args.mac_address if first else "",
                     dns_names=[name, *args.alias],
                 ))
@@ -679,7 +703,9 @@ def ps(client: Client, args) -> int:
     else:
         rows = []
         for sandbox in sandboxes:
-            networks = ", ".join(f"{e.network_name}:{e.address}" for e in sandbox.endpoints)
+            networks = ", ".join(
+                f"{e.network_name}:{e.address}" + (f",{e.ipv6_address}" if e.ipv6_address else "")
+                for e in sandbox.endpoints)
             ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
             rows.append([container_name(sandbox), sandbox.host_id, networks, ports])
         print_table(["NAME", "HOST", "NETWORKS", "PORTS"], rows)
@@ -763,10 +789,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     create = net_commands.add_parser("create", help="create a network")
     create.add_argument("--driver", "-d", default="bridge", help="driver (default bridge)")
-    create.add_argument("--subnet", help="subnet in CIDR notation, e.g. 10.10.0.0/24 (default: "
-                        "the first free one of the orchestrator's default address pools)")
-    create.add_argument("--gateway", help="gateway address (default: first of the subnet)")
-    create.add_argument("--ip-range", help="allocate addresses from this sub-range (CIDR)")
+    create.add_argument("--subnet", action="append",
+                        help="subnet in CIDR notation, e.g. 10.10.0.0/24 (default: the first "
+                        "free one of the orchestrator's default address pools); with --ipv6, "
+                        "again for the IPv6 one, e.g. fd00:10::/64 (one of each family)")
+    create.add_argument("--gateway", action="append",
+                        help="gateway address (default: first of the subnet); one per family")
+    create.add_argument("--ip-range", action="append",
+                        help="allocate addresses from this sub-range (CIDR); one per family")
+    create.add_argument("--ipv6", action="store_true",
+                        help="dual stack: an IPv6 subnet too (give it with --subnet), its "
+                        "containers an IPv6 address, NAT66 unless "
+                        "-o com.docker.network.bridge.gateway_mode_ipv6=routed")
     create.add_argument("--internal", action="store_true", help="no NAT, no way out")
     create.add_argument("--opt", "-o", action="append", metavar="KEY=VALUE",
                         help="driver option (repeatable)")
@@ -814,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=network_prune)
 
     connect = net_commands.add_parser("connect", help="connect a container to a network")
-    connect.add_argument("--ip", help="static IPv4/IPv6 address")
+    connect.add_argument("--ip", help="static IPv4 address")
+    connect.add_argument("--ip6", help="static IPv6 address (a dual-stack network)")
     connect.add_argument("--publish", "-p", action="append",
                          metavar="[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/PROTO]",
                          help="publish a port (repeatable): " + PORT_FORMS)
@@ -909,6 +944,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="publish a port on the first network (repeatable): " + PORT_FORMS)
     runner.add_argument("--ip", default="",
                         help="the address on the first network (default: the next free one)")
+    runner.add_argument("--ip6", default="",
+                        help="the IPv6 address on the first network, if dual stack (default: "
+                        "the next free one)")
     runner.add_argument("--mac-address", default="", metavar="MAC",
                         help="the MAC address on the first network")
     runner.add_argument("--hostname", metavar="NAME",

@@ -222,7 +222,8 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
         enable_icc=enable_icc, allowed_networks=allowed, vni=message.vni,
         options=tuple(sorted(message.options.items())), mcast_snooping=options.mcast_snooping,
         ipv6_subnet=ipv6_subnet, ipv6_gateway=ipv6_gateway,
-        ipv6_masquerade=not message.HasField("ipv6_masquerade") or message.ipv6_masquerade,
+        ipv6_masquerade=message.ipv6_masquerade if message.HasField("ipv6_masquerade")
+        else options.ipv6_masquerade,
     )
 
 

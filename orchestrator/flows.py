@@ -22,6 +22,7 @@ from prometheus_client import Counter
 
 from cnm import errors
 from cnm import validation as cnm_validation
+from cnm.errors import capped
 from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
@@ -67,6 +68,26 @@ def _endpoint_address(network: pb.Network, address: str) -> str:
     """``address`` checked as one an endpoint of ``network`` may hold."""
     return cnm_validation.check_endpoint_address(ipaddress.ip_network(network.subnet),
                                                  network.gateway, address, "address")
+
+
+def _endpoint_ipv6(network: pb.Network, request: pb.ConnectContainerRequest) -> tuple[str, int]:
+    """The IPv6 address a connect asks for ("": any) and the prefix length, on a dual-stack
+    network; ("", 0) on an IPv4 one (which refuses an IPv6 address). An address its host
+    reserved (Docker's IPAM) is IPv4 only for now."""
+    if not network.ipv6_subnet:
+        if request.ipv6_address:
+            raise errors.InvalidArgument(
+                f"ipv6_address {capped(request.ipv6_address)!r}: network "
+                f"{network.name!r} has no IPv6 subnet (create it with one to have dual stack)",
+                reason="ADDRESS_OUTSIDE_SUBNET", field="ipv6_address")
+        return "", 0
+    if request.address_reserved:
+        return "", 0
+    subnet = ipaddress.ip_network(network.ipv6_subnet)
+    address = cnm_validation.check_endpoint_address(
+        subnet, network.ipv6_gateway, request.ipv6_address, "ipv6_address") \
+        if request.ipv6_address else ""
+    return address, subnet.prefixlen
 
 
 async def _no_sandbox() -> None:
@@ -282,7 +303,7 @@ class Orchestrator:
                 endpoint = await self.store.get_endpoint(endpoint_id)
                 if endpoint is None:
                     continue
-                await self.ipam.release_owner(endpoint.network_id, endpoint_id)
+                await self._release_owner(endpoint)
                 await self.store.forget_endpoint(endpoint, f"ep:{endpoint_id}")
         await self.store.delete_host(host_id)
         await self.agents.forget(host_id)
@@ -340,6 +361,16 @@ class Orchestrator:
                     pool = await self._create_pool_in_default_pools(network)
                 faults.point("create-network-ipam")
                 network.gateway = pool.gateway
+                if network.ipv6_subnet:
+                    undo.push("delete IPv6 pool", lambda: self.ipam.delete_pool(
+                        validation.ipv6_pool_id(network.network_id), force=True))
+                    try:
+                        network.ipv6_gateway = (await self._create_ipv6_pool(network)).gateway
+                    except errors.AlreadyExists as error:
+                        if error.reason != "SUBNET_OVERLAP":
+                            raise
+                        raise await self._overlap(network, error, network.ipv6_subnet) \
+                            from error
                 if network.driver == overlay.DRIVER:
                     network.vni = await self.vnis.allocate(network.network_id)
                     undo.push("release vni", lambda: self.vnis.release(network.network_id))
@@ -358,6 +389,13 @@ class Orchestrator:
         return await self.ipam.create_pool(ipam_pb2.Pool(
             pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
             ip_range=network.ip_range, reserved_addresses=sorted(network.aux_addresses.values()),
+            labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
+        ))
+
+    async def _create_ipv6_pool(self, network: pb.Network) -> ipam_pb2.Pool:
+        return await self.ipam.create_pool(ipam_pb2.Pool(
+            pool_id=validation.ipv6_pool_id(network.network_id), subnet=network.ipv6_subnet,
+            gateway=network.ipv6_gateway, ip_range=network.ipv6_ip_range,
             labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
         ))
 
@@ -392,19 +430,24 @@ class Orchestrator:
                 taken += [ipaddress.ip_network(part) for part in clash.split(", ") if part]
                 taken.append(subnet)
 
-    async def _overlap(self, network: pb.Network, error: errors.CnmError) -> errors.CnmError:
+    async def _overlap(self, network: pb.Network, error: errors.CnmError,
+                       subnet: str = "") -> errors.CnmError:
         """IPAM's SUBNET_OVERLAP, naming the network that holds the clashing pool (a user
-        knows networks, not pool ids)."""
+        knows networks, not pool ids). ``subnet``: the network's that clashed (its IPv4
+        one unless told)."""
+        subnet = subnet or network.subnet
         clashing_id = error.metadata.get("clashing_pool_id", "")
-        found = await self.store.get_network(clashing_id) if clashing_id else None
+        found = (await self.store.get_network(validation.network_of_pool(clashing_id))
+                 if clashing_id else None)
         if found is None:
             return errors.AlreadyExists(
-                f"subnet {network.subnet} overlaps IPAM pool {clashing_id!r}, which is not a "
+                f"subnet {subnet} overlaps IPAM pool {clashing_id!r}, which is not a "
                 "network's", reason="SUBNET_OVERLAP", network=network.name,
                 clashing_pool_id=clashing_id)
         other = found[0]
+        theirs = other.ipv6_subnet if ":" in subnet else other.subnet
         return errors.AlreadyExists(
-            f"subnet {network.subnet} overlaps subnet {other.subnet} of network {other.name!r} "
+            f"subnet {subnet} overlaps subnet {theirs} of network {other.name!r} "
             f"({other.network_id})", reason="SUBNET_OVERLAP", network=network.name,
             clashing_network=other.name, clashing_network_id=other.network_id)
 
@@ -535,7 +578,14 @@ class Orchestrator:
             log.warning("pool kept while endpoints of the deleted network are quarantined",
                         extra={"network": network_id})
             return
-        await self.ipam.delete_pool(network_id, force=True)
+        await self._delete_pools(network_id)
+
+    async def _delete_pools(self, network_id: str) -> None:
+        """The network's IPAM pools: its IPv4 one and, dual stack, its IPv6 one (deleting
+        one that does not exist succeeds)."""
+        await asyncio.gather(self.ipam.delete_pool(network_id, force=True),
+                             self.ipam.delete_pool(validation.ipv6_pool_id(network_id),
+                                                   force=True))
 
     async def _wait_pending(self, network_id: str) -> None:
         """Lets connects in flight on a deleting network fail and undo themselves."""
@@ -726,6 +776,7 @@ class Orchestrator:
         network = await self._network_taking_addresses(request.network)
         subnet = ipaddress.ip_network(network.subnet)
         address = _endpoint_address(network, request.address) if request.address else ""
+        ipv6_address, ipv6_prefix_length = _endpoint_ipv6(network, request)
         return network, pb.Endpoint(
             endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
             network_id=network.network_id, network_name=network.name,
@@ -741,6 +792,7 @@ class Orchestrator:
             dns_names=list(dict.fromkeys(
                 cnm_validation.check_dns_name("dns_names", name).lower()
                 for name in request.dns_names)),
+            ipv6_address=ipv6_address, ipv6_prefix_length=ipv6_prefix_length,
         )
 
     async def _allocate(self, undo: Undo, network: pb.Network, endpoint: pb.Endpoint) -> None:
@@ -763,6 +815,21 @@ class Orchestrator:
         faults.point("connect-ipam")
         endpoint.address = allocation.address
         endpoint.prefix_length = allocation.prefix_length
+        if endpoint.ipv6_prefix_length:
+            await self._allocate_ipv6(network, endpoint)
+
+    async def _allocate_ipv6(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
+        """A dual-stack endpoint's IPv6 address (the one asked for, if any)."""
+        try:
+            allocation = await self.ipam.allocate(validation.ipv6_pool_id(network.network_id),
+                                                  endpoint.endpoint_id, endpoint.ipv6_address)
+        except errors.AlreadyExists as error:
+            raise errors.AlreadyExists(
+                f"address {endpoint.ipv6_address} is already in use on network "
+                f"{network.name!r}", reason="ADDRESS_IN_USE", network=network.name,
+                address=endpoint.ipv6_address,
+            ) from error
+        endpoint.ipv6_address = allocation.address
 
     async def _take_reserved(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
         if not endpoint.address:
@@ -782,13 +849,22 @@ class Orchestrator:
         """Releases the endpoint's address; one its host reserved goes back to the
         reservation (the runtime that reserved it releases it)."""
         if not endpoint.address_reserved:
-            await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+            await self._release_owner(endpoint)
             return
         held = validation.reservation_owner(endpoint.host_id, endpoint.address)
         # Not held (never taken, or given back already) or no pool: nothing to give back.
         with contextlib.suppress(errors.FailedPrecondition, errors.NotFound):
             await self.ipam.transfer(endpoint.network_id, endpoint.address,
                                      endpoint.endpoint_id, held)
+
+    async def _release_owner(self, endpoint: pb.Endpoint) -> None:
+        """Releases what the endpoint holds in IPAM: its IPv4 address and, on a dual-stack
+        network (its IPv6 prefix length is known from the connect's start, before any
+        allocation), its IPv6 one."""
+        await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+        if endpoint.ipv6_prefix_length:
+            await self.ipam.release_owner(validation.ipv6_pool_id(endpoint.network_id),
+                                          endpoint.endpoint_id)
 
     async def reserve_address(self, network_name: str, host_id: str,
                               address: str) -> tuple[str, int, str]:
@@ -1013,6 +1089,14 @@ class Orchestrator:
                 f"{network.name!r}, which IPAM gives to another owner: {error.message}",
                 reason="ADDRESS_IN_USE", address=endpoint.address) from error
         endpoint.prefix_length = allocation.prefix_length
+        if network.ipv6_subnet and found.ipv6_address:
+            endpoint.ipv6_address = found.ipv6_address
+            endpoint.ipv6_prefix_length = ipaddress.ip_network(network.ipv6_subnet).prefixlen
+            try:
+                await self._allocate_ipv6(network, endpoint)
+            except errors.CnmError:
+                await self._release_owner(endpoint)
+                raise
         endpoint.create_time.CopyFrom(now())
         intent = self.store.new_intent(f"ep:{endpoint.endpoint_id}", Op.CONNECT,
                                        lock=f"ep:{endpoint.endpoint_id}",
@@ -1020,7 +1104,7 @@ class Orchestrator:
         try:
             await self.store.begin_connect(endpoint, intent)
         except errors.CnmError:  # a port is another's now: say so, keep the address free
-            await self.ipam.release_owner(network.network_id, endpoint.endpoint_id)
+            await self._release_owner(endpoint)
             raise
         await self.store.add_network_host(network.network_id, host_id)
         if not await self.store.commit_connect(endpoint, intent.key):
@@ -1095,13 +1179,13 @@ class Orchestrator:
         if intent.op == Op.CREATE_NETWORK:
             found = await self.store.get_network(network_id)
             if found is None:
-                await self.ipam.delete_pool(network_id, force=True)
+                await self._delete_pools(network_id)
                 await self.vnis.release(network_id)
             await self.store.drop_intent(intent.key)
         elif intent.op == Op.DELETE_NETWORK:
             found = await self.store.get_network(network_id)
             if found is None:
-                await self.ipam.delete_pool(network_id, force=True)
+                await self._delete_pools(network_id)
                 await self.store.drop_intent(intent.key)
                 return
             await self.finish_network_delete(found[0], intent, bool(intent.data.get("force")))

@@ -204,10 +204,12 @@ class Reconciler:
         # A deleted network's pool stays while an endpoint of it is quarantined.
         busy_network_ids |= {e.network_id for e in await self.store.quarantined()}
         for pool in pools:
-            if pool.pool_id not in network_ids:
+            # A dual-stack network's IPv6 pool is its id and ".v6".
+            network_id = validation.network_of_pool(pool.pool_id)
+            if network_id not in network_ids:
                 if (pool.labels.get(MANAGED_LABEL) == MANAGED_VALUE
-                        and pool.pool_id not in busy_network_ids
-                        and pool.pool_id not in await self.store.network_ids()):
+                        and network_id not in busy_network_ids
+                        and network_id not in await self.store.network_ids()):
                     await self.orch.ipam.delete_pool(pool.pool_id, force=True)
                     report.deleted_pools.append(pool.pool_id)
                 continue

@@ -14,7 +14,7 @@ def agent_network(network: pb.Network) -> nd.Network:
         driver=nd.Driver.Value(pb.Driver.Name(network.driver or pb.DRIVER_BRIDGE)),
         subnet=network.subnet, gateway=network.gateway, internal=network.internal,
         bridge_name=options.bridge_name, mtu=options.mtu or 0, options=dict(network.options),
-        vni=network.vni,
+        vni=network.vni, ipv6_subnet=network.ipv6_subnet, ipv6_gateway=network.ipv6_gateway,
     )
     if options.enable_icc is not None:
         made.enable_icc = options.enable_icc
@@ -32,5 +32,5 @@ def agent_endpoint(endpoint: pb.Endpoint, default_route: bool) -> nd.Endpoint:
             for mapping in endpoint.port_mappings
         ],
         default_route=default_route, peer_on_host=endpoint.peer_on_host,
-        dns_names=list(endpoint.dns_names),
+        dns_names=list(endpoint.dns_names), ipv6_address=endpoint.ipv6_address,
     )

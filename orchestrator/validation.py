@@ -63,7 +63,8 @@ def network(spec: pb.Network) -> pb.Network:
                     "(a subnet is then chosen from the default address pools)",
                     reason="INVALID_ARGUMENT", field=field)
         return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
-                          options=dict(spec.options), labels=dict(spec.labels))
+                          options=dict(spec.options), labels=dict(spec.labels),
+                          **ipv6_fields(spec, driver))
     # The same checks, messages and reasons as IPAM's and the agent's.
     checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     gateway = str(checked.gateway) if spec.gateway else ""
@@ -74,9 +75,44 @@ def network(spec: pb.Network) -> pb.Network:
         aux_addresses=aux_addresses,
         ip_range=ip_range,
         internal=spec.internal, options=dict(spec.options), labels=dict(spec.labels),
+        **ipv6_fields(spec, driver),
     )
 
 
+def ipv6_fields(spec: pb.Network, driver: int) -> dict:
+    """A dual-stack network's IPv6 fields, checked (none for an IPv4 network)."""
+    given = {"ipv6_subnet": spec.ipv6_subnet, "ipv6_gateway": spec.ipv6_gateway,
+             "ipv6_ip_range": spec.ipv6_ip_range}
+    if not spec.enable_ipv6 and not any(given.values()):
+        return {}
+    if driver == pb.DRIVER_OVERLAY:
+        raise errors.InvalidArgument(
+            "IPv6 on overlay networks comes in a later version of cnm; use a bridge network "
+            "for dual stack", reason="IPV6_NOT_SUPPORTED", field="ipv6_subnet")
+    if not spec.ipv6_subnet:
+        raise errors.InvalidArgument(
+            "enable_ipv6 needs an ipv6_subnet (e.g. --subnet fd00:1::/64 beside the IPv4 "
+            "one): cnm does not choose IPv6 subnets yet", reason="INVALID_ARGUMENT",
+            field="ipv6_subnet")
+    checked = validation.check_ipv6_subnet(spec.ipv6_subnet, spec.ipv6_gateway,
+                                           spec.ipv6_ip_range)
+    return {"enable_ipv6": True, "ipv6_subnet": str(checked.network),
+            "ipv6_gateway": str(checked.gateway),
+            "ipv6_ip_range": str(checked.ip_range) if checked.ip_range else ""}
+
+
+def ipv6_pool_id(network_id: str) -> str:
+    """The IPAM pool of a dual-stack network's IPv6 addresses (its IPv4 pool has the
+    network's id)."""
+    return network_id + IPV6_POOL_SUFFIX
+
+
+def network_of_pool(pool_id: str) -> str:
+    """The network id an IPAM pool of cnm's belongs to."""
+    return pool_id.removesuffix(IPV6_POOL_SUFFIX)
+
+
+IPV6_POOL_SUFFIX = ".v6"
 MAX_AUX_ADDRESSES = 256
 
 
@@ -115,6 +151,9 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
         and dict(existing.options) == dict(wanted.options)
         and dict(existing.labels) == dict(wanted.labels)
         and dict(existing.aux_addresses) == dict(wanted.aux_addresses)
+        and existing.ipv6_subnet == wanted.ipv6_subnet
+        and existing.ipv6_gateway == wanted.ipv6_gateway
+        and existing.ipv6_ip_range == wanted.ipv6_ip_range
     )
 
 
@@ -155,6 +194,7 @@ def same_endpoint(existing: pb.Endpoint, wanted: pb.Endpoint) -> bool:
         existing.host_id == wanted.host_id
         and existing.sandbox == wanted.sandbox
         and wanted.address in ("", existing.address)
+        and wanted.ipv6_address in ("", existing.ipv6_address)
         and wanted.container_interface in ("", existing.container_interface)
         and wanted.mac_address in ("", existing.mac_address)
         and dict(wanted.labels) == dict(existing.labels)

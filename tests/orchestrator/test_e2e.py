@@ -539,6 +539,74 @@ def test_containers_find_each_other_by_name_and_alias(cluster):
     assert_clean(cluster)
 
 
+def test_a_dual_stack_network_through_the_cli(cluster):
+    """--ipv6 with a subnet of each family: containers get an address of each (a static
+    one with --ip6), talk over IPv6, resolve each other's AAAA, show both in inspect
+    and ps; IPAM holds both pools and gives both addresses back; bad input is refused
+    with nothing made."""
+    created = cluster.cnm("network", "create", "--ipv6", "--subnet", "10.83.0.0/24",
+                          "--subnet", "fd00:83::/64", "--gateway", "fd00:83::fe", "dual")
+    assert created.code == 0, created.err
+    network_id = created.out.strip()
+    assert cluster.cnm("network", "create", "--ipv6", "--subnet", "10.83.0.0/24", "--subnet",
+                       "fd00:83::/64", "--gateway", "fd00:83::fe", "dual").code == 0  # a repeat
+    [listed] = cluster.cnm("network", "ls", "--format", "json").json()
+    assert (listed["enable_ipv6"], listed["ipv6_subnet"], listed["ipv6_gateway"]) == (
+        True, "fd00:83::/64", "fd00:83::fe")
+    assert cluster.cnm("network", "ls", "--format", "{{.Name}} {{.IPv6}}").out.strip() == \
+        "dual true"
+    web = cluster.cnm("run", "-d", "--name", "web", "--net", "dual", "--ip6", "fd00:83::9",
+                      "--", support.PYTHON, TRAFFIC, "serve", "tcp", "80")
+    assert web.code == 0, web.err
+    [inspected] = cluster.cnm("network", "inspect", "dual").json()
+    [endpoint] = inspected["endpoints"]
+    assert (endpoint["address"], endpoint["ipv6_address"], endpoint["ipv6_prefix_length"]) \
+        == ("10.83.0.2", "fd00:83::9", 64)
+    assert "dual:10.83.0.2,fd00:83::9" in cluster.cnm("ps").out
+    deadline = time.monotonic() + 10
+    while True:  # the server starts after the run returns
+        probe = cluster.cnm("run", "--name", "probe", "--net", "dual", "--", "sh", "-c",
+                            f"{support.PYTHON} {TRAFFIC} ask tcp fd00:83::9 80 && "
+                            "getent ahostsv6 web | head -1; ip -6 route show default")
+        if probe.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert probe.code == 0, probe.err
+    seen, resolved, route = probe.out.splitlines()
+    assert seen.startswith("fd00:83::") and seen != "fd00:83::9"  # the prober's own address
+    assert resolved.split()[0] == "fd00:83::9"
+    assert route.startswith("default via fd00:83::fe dev eth0")
+    pools = cluster.allocations()
+    assert [a for a, owner in pools[f"{network_id}.v6"] if not owner.startswith("cnm:")] == \
+        ["fd00:83::9"]
+    # Bad input: nothing allocated, one line, the right code.
+    for args, code, message in (
+            (["network", "connect", "--ip6", "fd00:99::1", "dual", "web"], 2, "outside"),
+            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "none6"], 2,
+             "needs an ipv6_subnet"),
+            (["network", "create", "--subnet", "10.84.0.0/24", "--subnet", "fd00:84::/64",
+              "no-flag"], 2, "needs --ipv6"),
+            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "--subnet",
+              "10.85.0.0/24", "two4"], 2, "two IPv4"),
+            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "--subnet",
+              "fd00:83::/96", "clash"], 4, "overlaps subnet fd00:83::/64 of network 'dual'"),
+            (["network", "create", "--ipv6", "--driver", "overlay", "--subnet",
+              "10.84.0.0/24", "--subnet", "fd00:84::/64", "ov6"], 2, "overlay"),
+            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "--subnet",
+              "fd00:84::/64", "-o", "com.docker.network.bridge.gateway_mode_ipv6=nat6",
+              "badmode"], 2, "gateway_mode_ipv6"),
+    ):
+        refused = cluster.cnm(*args)
+        assert refused.code == code and message in refused.err, (args, refused.err)
+        assert len(refused.err.strip().splitlines()) == 1, refused.err
+    assert cluster.cnm("run", "--name", "x", "--net", "dual", "--ip6", "fd00:83::9", "--",
+                       "true").code == 4  # in use
+    assert sorted(cluster.allocations()) == sorted([network_id, f"{network_id}.v6"])
+    assert cluster.cnm("rm", "web").code == 0
+    assert cluster.cnm("network", "rm", "dual").code == 0
+    assert_clean(cluster)
+
+
 def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypatch):
     """The CLI's TRACEPARENT is the trace id on the request lines of the orchestrator,
     IPAM and the agent for that connect; a malformed one is replaced, not refused."""

@@ -73,6 +73,29 @@ async def test_reconciler_deletes_unknown_host_objects_and_pools(world):
     assert set(world.ipam.pools) == {network.network_id, "foreign"}
 
 
+async def test_a_dual_stack_networks_ipv6_pool_is_its_own(world):
+    """A dual-stack network's IPv6 pool (its id and ".v6") is kept with it, an IPv6
+    address of no known owner in it released, and the pool deleted once the network is
+    gone."""
+    spec = network_request()
+    spec.network.enable_ipv6, spec.network.ipv6_subnet = True, "fd00:20::/64"
+    network = (await world.call("CreateNetwork", spec)).network
+    kept = (await world.call("ConnectContainer", connect_request("c1"))).endpoint
+    pool6 = validation.ipv6_pool_id(network.network_id)
+    assert world.ipam.owners(pool6) == {kept.endpoint_id: kept.ipv6_address}
+    world.ipam.allocations[pool6]["fd00:20::99"] = "deadbeefdeadbeef"
+    report = await world.reconciler.run_once()
+    assert (report.deleted_pools, report.released_addresses) == ([], [f"{pool6}/fd00:20::99"])
+    assert world.ipam.owners(pool6) == {kept.endpoint_id: kept.ipv6_address}
+    await world.call("DisconnectContainer", pb.DisconnectContainerRequest(
+        network=network.network_id, container_id="c1"))
+    assert world.ipam.owners(pool6) == {}
+    world.ipam.pools[f"abcabcabcabc{validation.IPV6_POOL_SUFFIX}"] = ipam_pb2.Pool(
+        pool_id="abcabcabcabc.v6", subnet="fd00:77::/64", labels={MANAGED_LABEL: MANAGED_VALUE})
+    world.ipam.allocations["abcabcabcabc.v6"] = {}
+    assert (await world.reconciler.run_once()).deleted_pools == ["abcabcabcabc.v6"]
+
+
 async def test_reconciler_leaves_flows_in_progress_alone(world):
     network = (await world.call("CreateNetwork", network_request())).network
     endpoint_id = validation.endpoint_id(network.network_id, "c9")

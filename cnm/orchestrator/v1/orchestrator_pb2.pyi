@@ -53,7 +53,7 @@ ENDPOINT_STATE_GONE: EndpointState
 ENDPOINT_STATE_STALE: EndpointState
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts", "aux_addresses")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts", "aux_addresses", "enable_ipv6", "ipv6_subnet", "ipv6_gateway", "ipv6_ip_range")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,10 @@ class Network(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_IPV6_FIELD_NUMBER: _ClassVar[int]
+    IPV6_SUBNET_FIELD_NUMBER: _ClassVar[int]
+    IPV6_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    IPV6_IP_RANGE_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: Driver
@@ -101,7 +105,11 @@ class Network(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     hosts: _containers.RepeatedCompositeFieldContainer[NetworkHostState]
     aux_addresses: _containers.ScalarMap[str, str]
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    enable_ipv6: bool
+    ipv6_subnet: str
+    ipv6_gateway: str
+    ipv6_ip_range: str
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ..., enable_ipv6: _Optional[bool] = ..., ipv6_subnet: _Optional[str] = ..., ipv6_gateway: _Optional[str] = ..., ipv6_ip_range: _Optional[str] = ...) -> None: ...
 
 class NetworkHostState(_message.Message):
     __slots__ = ("host_id", "ready", "message")
@@ -126,7 +134,7 @@ class PortMapping(_message.Message):
     def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time", "state", "gone_time", "labels", "address_reserved", "peer_on_host", "dns_names")
+    __slots__ = ("endpoint_id", "network_id", "network_name", "container_id", "host_id", "sandbox", "address", "prefix_length", "mac_address", "host_interface", "container_interface", "port_mappings", "create_time", "state", "gone_time", "labels", "address_reserved", "peer_on_host", "dns_names", "ipv6_address", "ipv6_prefix_length")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +161,8 @@ class Endpoint(_message.Message):
     ADDRESS_RESERVED_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
     DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    IPV6_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IPV6_PREFIX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     network_id: str
     network_name: str
@@ -172,7 +182,9 @@ class Endpoint(_message.Message):
     address_reserved: bool
     peer_on_host: bool
     dns_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ipv6_address: str
+    ipv6_prefix_length: int
+    def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., prefix_length: _Optional[int] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[EndpointState, str]] = ..., gone_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ..., ipv6_address: _Optional[str] = ..., ipv6_prefix_length: _Optional[int] = ...) -> None: ...
 
 class Host(_message.Message):
     __slots__ = ("host_id", "address", "underlay_ip", "state", "last_heartbeat_time", "endpoint_count", "static", "routes")
@@ -323,7 +335,7 @@ class PruneNetworksResponse(_message.Message):
     def __init__(self, deleted_networks: _Optional[_Iterable[str]] = ..., skipped_networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectContainerRequest(_message.Message):
-    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings", "interface_name", "mac_address", "labels", "address_reserved", "peer_on_host", "dns_names")
+    __slots__ = ("network", "container_id", "host_id", "sandbox", "address", "port_mappings", "interface_name", "mac_address", "labels", "address_reserved", "peer_on_host", "dns_names", "ipv6_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +355,7 @@ class ConnectContainerRequest(_message.Message):
     ADDRESS_RESERVED_FIELD_NUMBER: _ClassVar[int]
     PEER_ON_HOST_FIELD_NUMBER: _ClassVar[int]
     DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    IPV6_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     network: str
     container_id: str
     host_id: str
@@ -355,7 +368,8 @@ class ConnectContainerRequest(_message.Message):
     address_reserved: bool
     peer_on_host: bool
     dns_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., interface_name: _Optional[str] = ..., mac_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ipv6_address: str
+    def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ..., host_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., interface_name: _Optional[str] = ..., mac_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address_reserved: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ..., ipv6_address: _Optional[str] = ...) -> None: ...
 
 class ConnectContainerResponse(_message.Message):
     __slots__ = ("endpoint",)
