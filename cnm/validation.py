@@ -190,12 +190,12 @@ def protocol_name(value: int) -> str:
 
 
 def check_host_ip(value: str) -> str:
-    """A port mapping's host address, normalised; "" (and 0.0.0.0) for every address."""
+    """A port mapping's host address, normalised; "" (and 0.0.0.0 or ::) for every
+    address. An IPv6 one publishes to the container's IPv6 address (dual stack)."""
     if not value:
         return ""
-    address = parse_address(value, "host_ip")
-    require_ipv4(address, f"host_ip {address}")
-    return "" if address == ipaddress.IPv4Address(0) else str(address)
+    address = parse_address(value.strip("[]"), "host_ip")
+    return "" if address.is_unspecified else str(address)
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,8 @@ def check_port_mappings(mappings: Iterable, internal: bool,
 # A bitmap of 2**24 bits is 2 MiB in Redis: the largest dynamic range IPAM keeps as a
 # bitmap (every IPv4 one; a larger IPv6 one is a sparse pool, ipam_service/pools.py).
 MAX_RANGE_ADDRESSES = 2**24
-IPV6_LATER = "IPv6 networks come in a later version of cnm"
+IPV6_LATER = ("IPv6-only networks come in a later version of cnm (dual stack is here: an "
+              "IPv4 subnet, and the IPv6 one with --ipv6)")
 
 
 def parse_address(text: str, what: str) -> Address:
@@ -292,7 +293,7 @@ def require_ipv4(value: Address | Network, what: str) -> None:
     """IPV6_NOT_SUPPORTED for an IPv6 address or subnet where cnm handles only IPv4."""
     if value.version != 4:
         raise errors.InvalidArgument(
-            f"{what} is IPv6: {IPV6_LATER}; use IPv4 for now", reason="IPV6_NOT_SUPPORTED",
+            f"{what} is IPv6: {IPV6_LATER}", reason="IPV6_NOT_SUPPORTED",
             value=str(value),
         )
 

@@ -121,7 +121,8 @@ class Agent:
             for name in self.store.sandboxes:
                 self._hold(name)
             await self.host_ports.restore(
-                (e.endpoint_id, e.ports) for e in self.store.endpoints.values())
+                (e.endpoint_id, e.ports, e.ipv6_address)
+                for e in self.store.endpoints.values())
             for network_id in list(self.store.networks):
                 await self._names_changed(network_id)
         self.started = True
@@ -401,7 +402,8 @@ class Agent:
             endpoint = await driver.create_endpoint(network, endpoint, undo)
             endpoint_id = endpoint.endpoint_id
             # After the firewall refused ports other endpoints hold: what is left is the host's.
-            await self.host_ports.reserve(endpoint_id, endpoint.ports)
+            await self.host_ports.reserve(endpoint_id, endpoint.ports,
+                                          endpoint.ipv6_address)
             undo.push("release the host ports", lambda: self.host_ports.release(endpoint_id))
             await self.store.put_endpoint(endpoint)
             undo.push("forget the endpoint's record",

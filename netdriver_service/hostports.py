@@ -8,10 +8,19 @@ else on the host can take it. The socket is bound, not listening (the DNAT
 answers), and without SO_REUSEADDR, so no other socket may share the port.
 Sockets live in this process: after a restart the agent binds them again
 for every endpoint it finds (:meth:`HostPorts.restore`).
+
+The one exception to DNAT: the host's own TCP connections to a dual-stack
+container's port published on ``[::1]`` (on every address, or on ::1 alone).
+IPv6 has no ``route_localnet``: a packet from ::1 never leaves the host, so
+DNAT cannot take it to the container. For those the socket holding the port
+listens, and the agent relays each connection to the container's IPv6
+address, as Docker's userland proxy does (the container sees the host's
+gateway address, as after the masquerade IPv4 uses).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -27,24 +36,30 @@ log = logging.getLogger("cnm.netdriver.hostports")
 _TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "sctp": socket.SOCK_STREAM}
 
 
-def _bind(port: PortSpec) -> socket.socket:
+def _bind(port: PortSpec, dual_stack: bool) -> socket.socket:
+    """The port held on its host address; on every address, of both families for a
+    dual-stack container (one IPv6 socket that also takes IPv4)."""
     proto = socket.IPPROTO_SCTP if port.protocol == "sctp" else 0
-    held = socket.socket(socket.AF_INET, _TYPES[port.protocol], proto)
+    ipv6 = ":" in port.host_ip or (dual_stack and not port.host_ip)
+    held = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, _TYPES[port.protocol],
+                         proto)
     try:
-        held.bind((port.host_ip or "0.0.0.0", port.host_port))
+        if ipv6:
+            held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(bool(port.host_ip)))
+        held.bind((port.host_ip or ("::" if ipv6 else "0.0.0.0"), port.host_port))
     except BaseException:
         held.close()
         raise
     return held
 
 
-def _bind_all(ports: tuple[PortSpec, ...]) -> list[socket.socket]:
+def _bind_all(ports: tuple[PortSpec, ...], dual_stack: bool) -> list[socket.socket]:
     """Binds every port, or none (the error names the first that failed)."""
     bound: list[socket.socket] = []
     try:
         for port in ports:
             try:
-                bound.append(_bind(port))
+                bound.append(_bind(port, dual_stack))
             except OSError as error:
                 raise _refusal(port, error) from error
     except BaseException:
@@ -73,36 +88,111 @@ def _refusal(port: PortSpec, error: OSError) -> errors.CnmError:
     return errors.Internal(f"reserve host port {where}: {error.strerror}")
 
 
+RELAY_CONNECT_TIMEOUT = 5.0  # seconds a relayed connection waits for the container
+RELAY_BUFFER = 65536
+
+
 class HostPorts:
     """The sockets holding each endpoint's published ports."""
 
     def __init__(self, host_ns: str | None) -> None:
         self.host_ns = host_ns  # None: the agent's own namespace is the host's
         self._held: dict[str, list[socket.socket]] = {}
+        self._relays: dict[str, list[asyncio.Server]] = {}
 
-    async def reserve(self, endpoint_id: str, ports: Iterable[PortSpec]) -> None:
-        """Holds ``ports`` for ``endpoint_id`` (once); PORT_IN_USE if the host has one."""
+    async def reserve(self, endpoint_id: str, ports: Iterable[PortSpec],
+                      ipv6_address: str = "") -> None:
+        """Holds ``ports`` for ``endpoint_id`` (once); PORT_IN_USE if the host has one.
+        ``ipv6_address``: the container's, when dual stack (see the module's doc)."""
         wanted = tuple(ports)
         if endpoint_id in self._held or not wanted:
             return
+        dual_stack = bool(ipv6_address)
         if self.host_ns is None:
-            bound = _bind_all(wanted)
+            bound = _bind_all(wanted, dual_stack)
         else:
-            bound = await netns.in_namespace(self.host_ns, lambda: _bind_all(wanted))
+            bound = await netns.in_namespace(self.host_ns,
+                                             lambda: _bind_all(wanted, dual_stack))
         self._held[endpoint_id] = bound
+        if dual_stack:
+            relays = []
+            try:
+                for port, held in zip(wanted, bound, strict=True):
+                    if port.protocol == "tcp" and port.host_ip in ("", "::1"):
+                        relays.append(await self._relay(held, ipv6_address,
+                                                        port.container_port))
+            except BaseException:
+                for relay in relays:
+                    relay.close()
+                await self.release(endpoint_id)
+                raise
+            self._relays[endpoint_id] = relays
+
+    async def _relay(self, held: socket.socket, address: str, port: int) -> asyncio.Server:
+        """Relays the connections ``held`` takes (the host's to [::1]) to the container."""
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                upstream = await asyncio.wait_for(self._connect(address, port),
+                                                  RELAY_CONNECT_TIMEOUT)
+            except (TimeoutError, OSError) as error:
+                log.debug("relay to the container failed", extra={
+                    "address": address, "port": port, "error": str(error)})
+                writer.close()
+                return
+            up_reader, up_writer = upstream
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                writer.close()
+                up_writer.close()
+
+        held.listen(128)
+        held.setblocking(False)
+        return await asyncio.start_server(relay, sock=held)
+
+    async def _connect(self, address: str, port: int):
+        """A connection to the container, from the host's namespace."""
+        def make() -> socket.socket:
+            return socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+
+        sock = make() if self.host_ns is None else await netns.in_namespace(self.host_ns, make)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     async def release(self, endpoint_id: str) -> None:
+        for relay in self._relays.pop(endpoint_id, ()):
+            relay.close()
         for held in self._held.pop(endpoint_id, ()):
             with contextlib.suppress(OSError):
                 held.close()
 
-    async def restore(self, endpoints: Iterable[tuple[str, tuple[PortSpec, ...]]]) -> None:
-        """After a restart: holds again the ports of every endpoint found. A port taken
-        meanwhile cannot be refused any more: said loudly, and the rest go on."""
-        for endpoint_id, ports in endpoints:
+    async def restore(self,
+                      endpoints: Iterable[tuple[str, tuple[PortSpec, ...], str]]) -> None:
+        """After a restart: holds again the ports of every endpoint found (id, ports,
+        IPv6 address). A port taken meanwhile cannot be refused any more: said loudly, and
+        the rest go on."""
+        for endpoint_id, ports, ipv6_address in endpoints:
             try:
-                await self.reserve(endpoint_id, ports)
+                await self.reserve(endpoint_id, ports, ipv6_address)
             except errors.CnmError as error:
                 log.warning("published port not held again after restart",
                             extra={"endpoint": endpoint_id, "error": error.message})
 
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies until end of file, then half-closes: each direction ends on its own."""
+    try:
+        while data := await reader.read(RELAY_BUFFER):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.close()

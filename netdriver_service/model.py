@@ -259,6 +259,7 @@ def endpoint_from_proto(
     address = validation.check_endpoint_address(
         ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
     )
+    ports = ports_from_proto(message.port_mappings, network)
     ipv6_address = ""
     if message.ipv6_address:
         if not network.ipv6_subnet:
@@ -269,6 +270,11 @@ def endpoint_from_proto(
         ipv6_address = validation.check_endpoint_address(
             ipaddress.IPv6Network(network.ipv6_subnet), network.ipv6_gateway,
             message.ipv6_address, "ipv6_address")
+    if not ipv6_address and any(":" in port.host_ip for port in ports):
+        raise errors.InvalidArgument(
+            f"endpoint {endpoint_id!r}: a port published on an IPv6 host address needs the "
+            "container's IPv6 address (a dual-stack network)", reason="INVALID_ADDRESS",
+            field="port_mappings")
     container_interface = message.container_interface
     if container_interface:
         validation.check_ifname("container_interface", container_interface)
@@ -278,7 +284,6 @@ def endpoint_from_proto(
         if message.mac_address
         else validation.mac_from_address(address)
     )
-    ports = ports_from_proto(message.port_mappings, network)
     if message.peer_on_host:
         if message.sandbox:
             raise errors.InvalidArgument("an endpoint whose peer waits on the host has no "

@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
              "length N in CIDR that overlaps no network and no host's route; repeatable, "
              "tried in order (env CNM_DEFAULT_ADDRESS_POOLS, space-separated; default "
              "Docker's: base=172.17.0.0/16,size=16 ... base=172.31.0.0/16,size=16, "
-             "base=192.168.0.0/16,size=20)")
+             "base=192.168.0.0/16,size=20; IPv6 pools, none by default, serve --ipv6 "
+             "networks without an IPv6 subnet, e.g. base=fd00:c0::/48,size=64)")
     config.add_flag(parser, "--ephemeral-ports", "CNM_EPHEMERAL_PORTS",
                     "-".join(map(str, EPHEMERAL_PORTS)),
                     "host ports chosen for a mapping that asks for any (host port 0), "

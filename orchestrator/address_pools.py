@@ -49,16 +49,24 @@ def parse(text: str) -> Pool:
     if not base.prefixlen <= size <= base.max_prefixlen - 2:
         raise ValueError(f"{text!r}: size must be between {base.prefixlen} (the base's "
                          f"length) and {base.max_prefixlen - 2}")
-    if base.version == 6:
-        raise ValueError(f"{text!r}: IPv6 pools need IPv6 networks, which cnm does not "
-                         "have yet")
+    if base.version == 6 and size < 48:
+        raise ValueError(f"{text!r}: an IPv6 network's subnet is a /48 or longer: size must "
+                         "be 48 or more")
     return Pool(base, size)
 
 
 def parse_all(text: str) -> tuple[Pool, ...]:
-    """Pools separated by spaces or semicolons; the defaults when there are none."""
+    """Pools separated by spaces or semicolons. The IPv4 defaults when none is IPv4 (a
+    configuration that only adds IPv6 pools, for ``--ipv6`` without a subnet, keeps
+    them); there is no default IPv6 pool."""
     pools = tuple(parse(item) for item in text.replace(";", " ").split())
-    return pools or DEFAULT
+    if not any(pool.base.version == 4 for pool in pools):
+        pools = DEFAULT + pools
+    return pools
+
+
+def of_family(pools: Iterable[Pool], version: int) -> tuple[Pool, ...]:
+    return tuple(pool for pool in pools if pool.base.version == version)
 
 
 def free_subnets(pools: Iterable[Pool], taken: Iterable[Network]) -> Iterator[Network]:

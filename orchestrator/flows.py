@@ -361,16 +361,20 @@ class Orchestrator:
                     pool = await self._create_pool_in_default_pools(network)
                 faults.point("create-network-ipam")
                 network.gateway = pool.gateway
-                if network.ipv6_subnet:
+                if network.enable_ipv6:
                     undo.push("delete IPv6 pool", lambda: self.ipam.delete_pool(
                         validation.ipv6_pool_id(network.network_id), force=True))
-                    try:
-                        network.ipv6_gateway = (await self._create_ipv6_pool(network)).gateway
-                    except errors.AlreadyExists as error:
-                        if error.reason != "SUBNET_OVERLAP":
-                            raise
-                        raise await self._overlap(network, error, network.ipv6_subnet) \
-                            from error
+                    if not network.ipv6_subnet:
+                        pool6 = await self._create_pool_in_default_pools(network, 6)
+                    else:
+                        try:
+                            pool6 = await self._create_ipv6_pool(network)
+                        except errors.AlreadyExists as error:
+                            if error.reason != "SUBNET_OVERLAP":
+                                raise
+                            raise await self._overlap(network, error, network.ipv6_subnet) \
+                                from error
+                    network.ipv6_gateway = pool6.gateway
                 if network.driver == overlay.DRIVER:
                     network.vni = await self.vnis.allocate(network.network_id)
                     undo.push("release vni", lambda: self.vnis.release(network.network_id))
@@ -399,33 +403,46 @@ class Orchestrator:
             labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
         ))
 
-    async def _create_pool_in_default_pools(self, network: pb.Network) -> ipam_pb2.Pool:
-        """The network's pool on the first free subnet of the default address pools
-        (address_pools.py), set as its subnet. A subnet another create took meanwhile
-        (or an IPAM pool that is no network's) is refused by IPAM atomically, and the
-        next one is tried."""
+    async def _create_pool_in_default_pools(self, network: pb.Network,
+                                            version: int = 4) -> ipam_pb2.Pool:
+        """The network's pool (of IP ``version``) on the first free subnet of the default
+        address pools (address_pools.py), set as its subnet. A subnet another create took
+        meanwhile (or an IPAM pool that is no network's) is refused by IPAM atomically,
+        and the next one is tried."""
+        pools = address_pools.of_family(self.default_pools, version)
+        if not pools:
+            raise errors.FailedPrecondition(
+                f"network {network.name!r}: no IPv6 default address pool to choose its IPv6 "
+                "subnet from: give one (--subnet fd00:1::/64 beside the IPv4 one), or add a "
+                "pool with the orchestrator's --default-address-pool base=CIDR6,size=64 "
+                "(env CNM_DEFAULT_ADDRESS_POOLS)", reason="NO_IPV6_POOL", network=network.name)
         networks, hosts = await asyncio.gather(self.store.list_networks(),
                                                self.store.list_hosts())
-        taken = [ipaddress.ip_network(other.subnet) for other, _ in networks]
+        taken = [ipaddress.ip_network(subnet) for other, _ in networks
+                 for subnet in (other.subnet, other.ipv6_subnet) if subnet]
         taken += [ipaddress.ip_network(route) for host in hosts for route in host.routes]
+        create = self._create_pool if version == 4 else self._create_ipv6_pool
         while True:
-            subnet = next(address_pools.free_subnets(self.default_pools, taken), None)
+            subnet = next(address_pools.free_subnets(pools, taken), None)
             if subnet is None:
-                pools = " ".join(str(pool) for pool in self.default_pools)
+                listed = " ".join(str(pool) for pool in pools)
                 raise errors.ResourceExhausted(
-                    f"no free subnet left in the default address pools ({pools}): each "
+                    f"no free subnet left in the default address pools ({listed}): each "
                     "overlaps a network or a route of a host; give a --subnet, or add a "
                     "pool with the orchestrator's --default-address-pool base=CIDR,size=N "
                     "(env CNM_DEFAULT_ADDRESS_POOLS)",
                     reason="ADDRESS_POOLS_EXHAUSTED", network=network.name)
-            network.subnet = str(subnet)
+            if version == 4:
+                network.subnet = str(subnet)
+            else:
+                network.ipv6_subnet = str(subnet)
             try:
-                return await self._create_pool(network)
+                return await create(network)
             except errors.AlreadyExists as error:
                 if error.reason != "SUBNET_OVERLAP":
                     raise
                 log.info("default subnet taken meanwhile; trying the next",
-                         extra={"network": network.name, "subnet": network.subnet})
+                         extra={"network": network.name, "subnet": str(subnet)})
                 clash = error.metadata.get("clashing_subnet", "")
                 taken += [ipaddress.ip_network(part) for part in clash.split(", ") if part]
                 taken.append(subnet)
@@ -777,6 +794,11 @@ class Orchestrator:
         subnet = ipaddress.ip_network(network.subnet)
         address = _endpoint_address(network, request.address) if request.address else ""
         ipv6_address, ipv6_prefix_length = _endpoint_ipv6(network, request)
+        if not ipv6_prefix_length and any(":" in m.host_ip for m in request.port_mappings):
+            raise errors.InvalidArgument(
+                f"a port published on an IPv6 host address needs an IPv6 address of the "
+                f"container: network {network.name!r} is not dual stack",
+                reason="INVALID_ADDRESS", field="port_mappings")
         return network, pb.Endpoint(
             endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
             network_id=network.network_id, network_name=network.name,

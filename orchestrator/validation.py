@@ -90,10 +90,15 @@ def ipv6_fields(spec: pb.Network, driver: int) -> dict:
             "IPv6 on overlay networks comes in a later version of cnm; use a bridge network "
             "for dual stack", reason="IPV6_NOT_SUPPORTED", field="ipv6_subnet")
     if not spec.ipv6_subnet:
-        raise errors.InvalidArgument(
-            "enable_ipv6 needs an ipv6_subnet (e.g. --subnet fd00:1::/64 beside the IPv4 "
-            "one): cnm does not choose IPv6 subnets yet", reason="INVALID_ARGUMENT",
-            field="ipv6_subnet")
+        # The first free subnet of the IPv6 default address pools, as for IPv4.
+        for field, value in (("ipv6_gateway", spec.ipv6_gateway),
+                             ("ipv6_ip_range", spec.ipv6_ip_range)):
+            if value:
+                raise errors.InvalidArgument(
+                    f"{field} {value!r} needs an IPv6 subnet: give the subnet too, or neither "
+                    "(a subnet is then chosen from the default address pools)",
+                    reason="INVALID_ARGUMENT", field=field)
+        return {"enable_ipv6": True}
     checked = validation.check_ipv6_subnet(spec.ipv6_subnet, spec.ipv6_gateway,
                                            spec.ipv6_ip_range)
     return {"enable_ipv6": True, "ipv6_subnet": str(checked.network),
@@ -151,8 +156,9 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
         and dict(existing.options) == dict(wanted.options)
         and dict(existing.labels) == dict(wanted.labels)
         and dict(existing.aux_addresses) == dict(wanted.aux_addresses)
-        and existing.ipv6_subnet == wanted.ipv6_subnet
-        and existing.ipv6_gateway == wanted.ipv6_gateway
+        and existing.enable_ipv6 == wanted.enable_ipv6
+        and (not wanted.ipv6_subnet or existing.ipv6_subnet == wanted.ipv6_subnet)
+        and (not wanted.ipv6_gateway or existing.ipv6_gateway == wanted.ipv6_gateway)
         and existing.ipv6_ip_range == wanted.ipv6_ip_range
     )
 

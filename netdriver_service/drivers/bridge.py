@@ -31,14 +31,21 @@ def network_rules(network: NetworkSpec) -> NetworkRules:
 
 
 def port_rules(endpoint: EndpointSpec) -> list[PortRule]:
-    return [
-        PortRule(
+    """The firewall's rules for the endpoint's published ports: each onto the container's
+    address of the host address's family; one on every address onto each of a
+    dual-stack container's addresses."""
+    rules = []
+    for port in endpoint.ports:
+        if port.host_ip:
+            targets = [endpoint.ipv6_address if ":" in port.host_ip else endpoint.address]
+        else:
+            targets = [endpoint.address, endpoint.ipv6_address]
+        rules += [PortRule(
             endpoint_id=endpoint.endpoint_id, network_id=endpoint.network_id,
             protocol=port.protocol, host_ip=port.host_ip, host_port=port.host_port,
-            container_ip=endpoint.address, container_port=port.container_port,
-        )
-        for port in endpoint.ports
-    ]
+            container_ip=target, container_port=port.container_port,
+        ) for target in targets if target]
+    return rules
 
 
 class BridgeDriver:

@@ -16,6 +16,7 @@ ctnetlink with pyroute2; the kernel filters the dump (Linux 5.8+).
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import socket
 
@@ -26,10 +27,11 @@ from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 log = logging.getLogger("netdriver.conntrack")
 
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def forget(ports: set[tuple[str, int]]) -> int:
-    """Deletes the entries of each (protocol, host port) of UDP or SCTP, IPv4; returns
+    """Deletes the entries of each (protocol, host port) of UDP or SCTP, IPv4 and IPv6; returns
     how many. An entry that expires meanwhile is not an error."""
     wanted = sorted((PROTOCOLS[protocol], port) for protocol, port in ports
                     if protocol in PROTOCOLS)
@@ -37,8 +39,8 @@ def forget(ports: set[tuple[str, int]]) -> int:
         return 0
     deleted = 0
     with Conntrack() as conntrack:
-        for protocol, port in wanted:
-            match = NFCTAttrTuple(family=socket.AF_INET, proto=protocol, dport=port)
+        for (protocol, port), family in itertools.product(wanted, FAMILIES):
+            match = NFCTAttrTuple(family=family, proto=protocol, dport=port)
             for entry in list(conntrack.dump_entries(tuple_orig=match)):
                 try:
                     conntrack.delete(entry)

@@ -225,9 +225,7 @@ class NftablesFirewall:
 
     async def remove_network(self, network_id: str) -> None:
         def work() -> None:
-            actual = self._read_elements(
-                ruleset.NETWORK_SETS + (ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0])
-            )
+            actual = self._read_elements(ruleset.NETWORK_SETS + ruleset.ADDRESS_MAPS)
             self._delete_with_partners(
                 ruleset.elements_of_network(actual, network_id), actual,
                 f"remove rules of network {network_id!r}",
@@ -284,9 +282,9 @@ class NftablesFirewall:
                 return
             # The address maps carry the owner in their comments; each port-map
             # element shares its key, and the guards follow from the keys.
-            actual = self._read_elements((ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]))
+            actual = self._read_elements(ruleset.ADDRESS_MAPS)
             doomed = ruleset.empty_elements()
-            for address_map in (ruleset.ANY_MAPS[0], ruleset.ADDR_MAPS[0]):
+            for address_map in ruleset.ADDRESS_MAPS:
                 doomed[address_map] = {
                     key: element for key, element in actual[address_map].items()
                     if element.comment.partition(" ")[0] == endpoint_id
@@ -300,10 +298,10 @@ class NftablesFirewall:
     def _delete_with_partners(self, doomed: dict, actual: dict, what: str) -> None:
         """Deletes ``doomed``'s address-map elements in one batch, with their port-map
         partners and the specific-address guards nothing else needs any more."""
-        for address_map, port_map in (ruleset.ANY_MAPS, ruleset.ADDR_MAPS):
+        for address_map, port_map in ruleset.MAP_PAIRS:
             doomed[port_map] = ruleset.port_partners(doomed[address_map])
         doomed["specific_guard"] = ruleset.guards_freed(
-            actual["ports_addr_addr"], doomed["ports_addr_addr"]
+            ruleset.specific_mappings(actual), ruleset.specific_mappings(doomed)
         )
         commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
         self._apply(commands, what)
@@ -314,10 +312,11 @@ class NftablesFirewall:
         for port in ports:
             for map_name, element in ruleset.port_elements(port):
                 doomed[map_name][element.key] = element
-        address_map = ruleset.ADDR_MAPS[0]
-        if doomed[address_map]:  # a guard goes with the last specific-address mapping of its port
-            actual = self._read_elements((address_map,))[address_map]
-            doomed["specific_guard"] = ruleset.guards_freed(actual, doomed[address_map])
+        specific = ruleset.specific_mappings(doomed)
+        if specific:  # a guard goes with the last specific-address mapping of its port
+            actual = ruleset.specific_mappings(
+                self._read_elements(ruleset.SPECIFIC_ADDRESS_MAPS))
+            doomed["specific_guard"] = ruleset.guards_freed(actual, specific)
         commands, _ = ruleset.diff_commands(doomed, ruleset.empty_elements())
         try:
             self._runner.run(commands)

@@ -37,8 +37,12 @@ def validate_port(port: PortRule) -> None:
             raise errors.InvalidArgument(
                 f"host ip {port.host_ip!r} is not in normal form (every address is '')",
                 reason="INVALID_ADDRESS")
-        validation.require_ipv4(validation.parse_address(port.container_ip, "container ip"),
-                                "container ip")
+        container = validation.parse_address(port.container_ip, "container ip")
+        if port.host_ip and validation.parse_address(port.host_ip, "host ip").version \
+                != container.version:
+            raise errors.InvalidArgument(
+                f"host ip {port.host_ip} and container ip {container} are of different "
+                "families", reason="INVALID_ADDRESS")
         validation.check_port("host_port", port.host_port)
         validation.check_port("container_port", port.container_port)
     except errors.CnmError as error:
@@ -54,9 +58,12 @@ def overlaps(a: PortRule, b: PortRule) -> bool:
     """Whether two mappings claim the same port of the host.
 
     A mapping on every address overlaps any mapping of the same protocol and
-    port, like Docker (which refuses 0.0.0.0:80 next to 10.0.0.1:80).
+    port, like Docker (which refuses 0.0.0.0:80 next to 10.0.0.1:80), of the same
+    family: a dual-stack container's mapping on every address is one per family.
     """
     if (a.protocol, a.host_port) != (b.protocol, b.host_port):
+        return False
+    if (":" in a.container_ip) != (":" in b.container_ip):
         return False
     return not a.host_ip or not b.host_ip or a.host_ip == b.host_ip
 

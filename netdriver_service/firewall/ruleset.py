@@ -29,6 +29,10 @@ adding one costs the same however many exist:
 - ``ports_addr_addr`` / ``ports_addr_port``
                      host ip . proto . host port : the same, published on
                      one address
+- ``ports_any_addr6`` ... ``ports_addr_port6``
+                     the same four for a container's IPv6 address (a
+                     mapping on every address of a dual-stack container is
+                     in both families' maps)
 - ``specific_guard`` proto . host port of every one-address mapping: lets
                      the kernel refuse an every-address mapping that
                      overlaps one (see :func:`publish_batch`)
@@ -72,12 +76,21 @@ SETS: dict[str, tuple[tuple[str, ...], str | None, bool]] = {
     "ports_any_port": (("inet_proto", "inet_service"), "inet_service", False),
     "ports_addr_addr": (("ipv4_addr", "inet_proto", "inet_service"), "ipv4_addr", False),
     "ports_addr_port": (("ipv4_addr", "inet_proto", "inet_service"), "inet_service", False),
+    "ports_any_addr6": (("inet_proto", "inet_service"), "ipv6_addr", False),
+    "ports_any_port6": (("inet_proto", "inet_service"), "inet_service", False),
+    "ports_addr_addr6": (("ipv6_addr", "inet_proto", "inet_service"), "ipv6_addr", False),
+    "ports_addr_port6": (("ipv6_addr", "inet_proto", "inet_service"), "inet_service", False),
     "specific_guard": (("inet_proto", "inet_service"), None, False),
 }
 _NFT_TYPE = {"prefix": "ipv4_addr", "prefix6": "ipv6_addr"}
-# (address map, port map) of mappings on every address, and on one address.
+# (address map, port map) of mappings on every address, and on one address; IPv4, IPv6.
 ANY_MAPS, ADDR_MAPS = ("ports_any_addr", "ports_any_port"), ("ports_addr_addr", "ports_addr_port")
-PORT_MAPS = ANY_MAPS + ADDR_MAPS
+ANY_MAPS6 = ("ports_any_addr6", "ports_any_port6")
+ADDR_MAPS6 = ("ports_addr_addr6", "ports_addr_port6")
+MAP_PAIRS = (ANY_MAPS, ADDR_MAPS, ANY_MAPS6, ADDR_MAPS6)
+PORT_MAPS = ANY_MAPS + ADDR_MAPS + ANY_MAPS6 + ADDR_MAPS6
+ADDRESS_MAPS = tuple(pair[0] for pair in MAP_PAIRS)
+SPECIFIC_ADDRESS_MAPS = (ADDR_MAPS[0], ADDR_MAPS6[0])
 NETWORK_SETS = ("bridges", "subnet_bridge", "subnet_bridge6", "masq_subnets", "masq_subnets6",
                 "internal", "self_verdicts", "allowances", "allowed_pairs")
 
@@ -106,20 +119,27 @@ _LOCAL_DADDR = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 _ACCEPT, _DROP = {"accept": None}, {"drop": None}
 
 
-def _dnat_from(maps: tuple[str, str], *key: dict) -> list[dict]:
+def _dnat_from(maps: tuple[str, str], *key: dict, family: str = "ip") -> list[dict]:
     # Address and port come from two maps: libnftables 1.0.6 crashes parsing
-    # a JSON dnat whose map yields the concatenation "address . port".
+    # a JSON dnat whose map yields the concatenation "address . port". In the inet
+    # table the kernel applies a dnat only to packets of its family.
     address_map, port_map = maps
     return [
         _LOCAL_DADDR,
-        {"dnat": {"family": "ip",
+        {"dnat": {"family": family,
                   "addr": {"map": {"key": _concat(*key), "data": "@" + address_map}},
                   "port": {"map": {"key": _concat(*key), "data": "@" + port_map}}}},
     ]
 
 
 _L4 = (_meta("l4proto"), _payload("th", "dport"))
-_DNAT_RULES = [_dnat_from(ADDR_MAPS, _DADDR, *_L4), _dnat_from(ANY_MAPS, *_L4)]
+_DNAT_RULES = [_dnat_from(ADDR_MAPS, _DADDR, *_L4), _dnat_from(ANY_MAPS, *_L4),
+               _dnat_from(ADDR_MAPS6, _DADDR6, *_L4, family="ip6"),
+               _dnat_from(ANY_MAPS6, *_L4, family="ip6")]
+# The host's own connections to [::1] are not DNATed: IPv6 has no route_localnet, and
+# a packet from ::1 never leaves the host; the agent proxies them (hostports.py).
+_NOT_LOOPBACK6 = _match(_DADDR6, LOOPBACK6, "!=")
+_OUTPUT_DNAT_RULES = _DNAT_RULES[:2] + [[_NOT_LOOPBACK6, *rule] for rule in _DNAT_RULES[2:]]
 
 # Chain name -> (base chain properties or None, rules). The rules are written
 # exactly as libnftables lists them back, so that :func:`chain_drift` can
@@ -158,7 +178,8 @@ CHAINS: dict[str, tuple[dict | None, list[list[dict]]]] = {
     "prerouting": (
         {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}, _DNAT_RULES,
     ),
-    "output": ({"type": "nat", "hook": "output", "prio": -100, "policy": "accept"}, _DNAT_RULES),
+    "output": ({"type": "nat", "hook": "output", "prio": -100, "policy": "accept"},
+               _OUTPUT_DNAT_RULES),
     "postrouting": ({"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}, [
         # Hairpin: a container reaching its own or a neighbour's published port.
         [_CT_DNAT, _match(_concat(_SADDR, _OIF), "@subnet_bridge"), {"masquerade": None}],
@@ -435,14 +456,20 @@ def port_comment(port: PortRule) -> str:
     return f"{port.endpoint_id} {port.network_id}"
 
 
+def _is_ipv6(address: str) -> bool:
+    return ":" in address
+
+
 def port_elements(port: PortRule) -> list[tuple[str, Element]]:
-    """(map name, element) pairs publishing ``port``: its address and its port."""
+    """(map name, element) pairs publishing ``port``: its address and its port, in the
+    maps of its container address's family."""
+    ipv6 = _is_ipv6(port.container_ip)
     if port.host_ip:
         key: Key = (port.host_ip, port.protocol, port.host_port)
-        address_map, port_map = ADDR_MAPS
+        address_map, port_map = ADDR_MAPS6 if ipv6 else ADDR_MAPS
     else:
         key = (port.protocol, port.host_port)
-        address_map, port_map = ANY_MAPS
+        address_map, port_map = ANY_MAPS6 if ipv6 else ANY_MAPS
     comment = port_comment(port)
     return [(address_map, Element(key, port.container_ip, comment)),
             (port_map, Element(key, port.container_port, comment))]
@@ -451,7 +478,7 @@ def port_elements(port: PortRule) -> list[tuple[str, Element]]:
 def ports_from_elements(elements: Elements) -> list[PortRule]:
     """The published ports; a key missing from one of its two maps is no port."""
     ports = []
-    for address_map, port_map in (ANY_MAPS, ADDR_MAPS):
+    for address_map, port_map in MAP_PAIRS:
         for key, address in elements[address_map].items():
             target = elements[port_map].get(key)
             if target is None or key[-2] not in _PROTOCOL_NAMES.values():
@@ -472,7 +499,8 @@ def port_partners(address_elements: dict[Key, Element]) -> dict[Key, Element]:
 
 
 def port_sort_key(port: PortRule) -> tuple:
-    return (port.protocol, port.host_port, port.host_ip, port.endpoint_id)
+    return (port.protocol, port.host_port, port.host_ip, port.endpoint_id,
+            _is_ipv6(port.container_ip))
 
 
 def publish_batch(ports: list[PortRule]) -> list[dict]:
@@ -492,15 +520,23 @@ def publish_batch(ports: list[PortRule]) -> list[dict]:
             commands.append(element_command("create", map_name, [element]))
         guard_key = (port.protocol, port.host_port)
         if port.host_ip:
-            probe = Element(guard_key, "0.0.0.0")
-            commands.append(element_command("create", ANY_MAPS[0], [probe]))
-            commands.append(element_command("delete", ANY_MAPS[0], [probe]))
+            # Refused if the same family publishes the port on every address.
+            any_map = (ANY_MAPS6 if _is_ipv6(port.container_ip) else ANY_MAPS)[0]
+            probe = Element(guard_key, "::" if any_map == ANY_MAPS6[0] else "0.0.0.0")
+            commands.append(element_command("create", any_map, [probe]))
+            commands.append(element_command("delete", any_map, [probe]))
             commands.append(element_command("add", "specific_guard", [Element(guard_key)]))
         else:
             probe = Element(guard_key)
             commands.append(element_command("create", "specific_guard", [probe]))
             commands.append(element_command("delete", "specific_guard", [probe]))
     return commands
+
+
+def specific_mappings(elements: Elements) -> dict[Key, Element]:
+    """The one-address mappings of both families (their keys never collide: an address
+    of one family is not one of the other)."""
+    return {**elements.get(ADDR_MAPS[0], {}), **elements.get(ADDR_MAPS6[0], {})}
 
 
 def guard_elements(ports_addr: dict[Key, Element]) -> dict[Key, Element]:
@@ -526,7 +562,7 @@ def desired_elements(networks: list[NetworkRules], ports: list[PortRule]) -> Ele
     for port in ports:
         for map_name, element in port_elements(port):
             wanted[map_name][element.key] = element
-    wanted["specific_guard"] = guard_elements(wanted[ADDR_MAPS[0]])
+    wanted["specific_guard"] = guard_elements(specific_mappings(wanted))
     return wanted
 
 

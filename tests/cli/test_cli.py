@@ -25,6 +25,9 @@ from tests.orchestrator.e2e import CNM, CliResult
     ("127.0.0.1::80/sctp", [("127.0.0.1", 0, 80, pb.PROTOCOL_SCTP)]),
     ("8000-8001:80-81", [("", 8000, 80, pb.PROTOCOL_TCP), ("", 8001, 81, pb.PROTOCOL_TCP)]),
     ("80-81/udp", [("", 0, 80, pb.PROTOCOL_UDP), ("", 0, 81, pb.PROTOCOL_UDP)]),
+    ("[::1]:8443:443", [("::1", 8443, 443, pb.PROTOCOL_TCP)]),
+    ("[fd00:0::5]::443", [("fd00::5", 0, 443, pb.PROTOCOL_TCP)]),
+    ("[::]:8080:80", [("", 8080, 80, pb.PROTOCOL_TCP)]),
 ])
 def test_parse_ports(spec, expected):
     assert [(m.host_ip, m.host_port, m.container_port, m.protocol)
@@ -35,7 +38,8 @@ def test_parse_ports(spec, expected):
     ("a:b", "want"), ("80:70000", "invalid container_port 70000"), ("8080:80/icmp", "want"),
     ("1.2.3:80:80", "not an IP address"), ("x:80:80", "want"),
     ("80:80:80", "not an IP address"),
-    ("[::1]:8443:443", "IPv6"), ("8000-8001:80", "2 host ports onto 1 container ports"),
+    ("[::1:8443:443", "want"), ("[fd00::zz]:8443:443", "want"),
+    ("8000-8001:80", "2 host ports onto 1 container ports"),
     ("8000-8002:80-81", "3 host ports onto 2"), ("81-80", "range 81-80 is empty"),
     ("8000-8000:80-80", None),
 ])

@@ -40,13 +40,20 @@ def test_subnets_are_refused_with_ipams_reasons(subnet, reason):
     assert caught.value.reason == reason
 
 
-def test_networks_are_ipv4_until_the_data_path_takes_ipv6():
+def test_a_networks_main_subnet_is_ipv4_and_its_ipv6_one_ipv6():
     assert validation.check_subnet("fd00::/64", ip_range="fd00::/104").network.version == 6
-    with pytest.raises(errors.InvalidArgument, match="later version") as caught:
+    with pytest.raises(errors.InvalidArgument, match="IPv6-only networks come") as caught:
         validation.check_network_subnet("fd00::/64", ip_range="fd00::/104")
     assert caught.value.reason == "IPV6_NOT_SUPPORTED"
-    with pytest.raises(errors.InvalidArgument, match="later version"):
-        validation.check_host_ip("::1")
+    assert str(validation.check_ipv6_subnet("fd00::/64").gateway) == "fd00::1"
+    with pytest.raises(errors.InvalidArgument) as caught:
+        validation.check_ipv6_subnet("10.0.0.0/24")
+    assert caught.value.reason == "WRONG_ADDRESS_FAMILY"
+    for bad in ("fd00::/127", "fd00::/128", "fd00::/40"):
+        with pytest.raises(errors.InvalidArgument):
+            validation.check_ipv6_subnet(bad)
+    assert validation.check_host_ip("[::1]") == "::1"
+    assert validation.check_host_ip("::") == ""
     assert validation.check_host_ip("0.0.0.0") == ""
     assert validation.check_host_ip("127.000.0.1".replace("000", "0")) == "127.0.0.1"
 

@@ -168,7 +168,7 @@ def test_traffic(topo):
     )
 
 
-HOST_UP6, INTERNET6 = "fd99::1", "fd99::2"
+HOST_UP6, INTERNET6, HOST_CLIENT_SIDE6, CLIENT6 = "fd99::1", "fd99::2", "fd98::1", "fd98::2"
 
 
 def test_dual_stack_traffic(topo):
@@ -179,6 +179,9 @@ def test_dual_stack_traffic(topo):
     topo.host.run("ip", "addr", "add", f"{HOST_UP6}/64", "dev", "up0", "nodad")
     topo.internet.run("ip", "addr", "add", f"{INTERNET6}/64", "dev", "eth0", "nodad")
     topo.host.run("ip", "-6", "route", "add", "default", "via", INTERNET6)
+    topo.host.run("ip", "addr", "add", f"{HOST_CLIENT_SIDE6}/64", "dev", "cl0", "nodad")
+    topo.client.run("ip", "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
+    topo.client.run("ip", "-6", "route", "add", "default", "via", HOST_CLIENT_SIDE6)
     baseline = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
     net_a = harness.network("va", "10.92.0.0/24", ipv6_subnet="fd00:a::/64")
     net_b = harness.network("vb", "10.93.0.0/24", ipv6_subnet="fd00:b::/64")
@@ -189,7 +192,8 @@ def test_dual_stack_traffic(topo):
     c1, c2, c3, c4, c5, c6 = (topo.sandbox() for _ in range(6))
     topo.internet.run("ip", "-6", "route", "add", "fd00:d::/64", "via", HOST_UP6)
     try:
-        made = connect(topo, "v1", net_a, c1, "10.92.0.10", ipv6_address="fd00:a::10")
+        made = connect(topo, "v1", net_a, c1, "10.92.0.10", ipv6_address="fd00:a::10",
+                       port_mappings=[harness.tcp(8086, 80), harness.tcp(8087, 80, "::1")])
         assert made.ipv6_address == "fd00:a::10"
         connect(topo, "v2", net_a, c2, "10.92.0.11", ipv6_address="fd00:a::11")
         connect(topo, "v3", net_b, c3, "10.93.0.10", ipv6_address="fd00:b::10")
@@ -222,6 +226,22 @@ def test_dual_stack_traffic(topo):
         assert ask(c6, "fd00:d::10", 80, timeout=1) is None, "icc off: no neighbour"
         assert ask(topo.internet.name, "fd00:a::10", 80, timeout=1) is None, \
             "nothing unsolicited from outside"
+        # Published: on every address of both families, and on [::1] alone.
+        assert ask(topo.client.name, HOST_CLIENT_SIDE6, 8086) == CLIENT6, "published, v6"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 8086) == CLIENT, "published, v4"
+        assert ask(topo.host.name, "::1", 8086) is not None, "published, on [::1]"
+        assert ask(topo.host.name, HOST_UP6, 8086) is not None, "published, from the host"
+        assert ask(c2, HOST_UP6, 8086) is not None, "hairpin to a neighbour's port, v6"
+        assert ask(c1, HOST_UP6, 8086) is not None, "hairpin to its own port, v6"
+        assert ask(topo.host.name, "::1", 8087) is not None, "published on [::1] alone"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE6, 8087, timeout=1) is None, \
+            "[::1] alone: not from outside"
+        with pytest.raises(errors.InvalidArgument, match="IPv6 host address"):
+            connect(topo, "v7", net_a, topo.sandbox(), "10.92.0.12",
+                    port_mappings=[harness.tcp(8088, 80, "::1")])
+        with pytest.raises(errors.AlreadyExists):  # the v6 half of another's mapping
+            connect(topo, "v7", net_b, topo.sandbox(), "10.93.0.12", ipv6_address="fd00:b::12",
+                    port_mappings=[harness.tcp(8086, 80, HOST_UP6)])
     finally:
         for endpoint_id in ("v1", "v2", "v3", "v4", "v5", "v6"):
             topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))

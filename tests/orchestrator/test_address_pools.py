@@ -36,11 +36,23 @@ def test_pools_are_parsed_in_order_from_spaces_or_semicolons():
     ("base=10.0.0.0/8,size=x", "size must be a prefix length"),
     ("base=10.0.0.0/16,size=8", "between 16 .* and 30"),
     ("base=10.0.0.0/16,size=31", "between 16 .* and 30"),
-    ("base=fd00::/48,size=64", "IPv6 pools need IPv6 networks"),
+    ("base=fd00::/32,size=40", "size must be 48 or more"),
+    ("base=fd00::/48,size=127", "between 48 .* and 126"),
 ])
 def test_bad_pools_are_refused_with_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
         address_pools.parse(text)
+
+
+def test_ipv6_pools_come_beside_the_ipv4_defaults_and_are_walked_alike():
+    pools = address_pools.parse_all("base=fd00:c0::/48,size=64")
+    assert pools[:-1] == address_pools.DEFAULT
+    assert address_pools.of_family(pools, 6) == (Pool(net("fd00:c0::/48"), 64),)
+    taken = [net("fd00:c0::/64"), net("fd00:c0:0:1::/80"), net("10.0.0.0/8")]
+    found = address_pools.free_subnets(address_pools.of_family(pools, 6), taken)
+    assert [str(next(found)) for _ in range(2)] == ["fd00:c0:0:2::/64", "fd00:c0:0:3::/64"]
+    both = address_pools.parse_all("base=10.5.0.0/16,size=24 base=fd00::/48,size=64")
+    assert both == (Pool(net("10.5.0.0/16"), 24), Pool(net("fd00::/48"), 64))
 
 
 def test_free_subnets_skip_what_is_taken_in_pool_order():

@@ -240,7 +240,7 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         (("network", "create", "--subnet", "10.70.0.0/16", "n3"), 4,
          "overlaps subnet 10.70.0.0/24 of network 'net1'"),
         (("network", "create", "--subnet", "fd00:70::/64", "--ip-range", "fd00:70::/104", "n4"),
-         2, "IPv6 networks come in a later version"),
+         2, "an IPv6 --subnet, --gateway or --ip-range needs --ipv6"),
         (("network", "create", "--subnet", "10.73.0.0/24", "-o",
           "com.docker.network.internal=maybe", "n5"), 2, "com.docker.network.internal"),
     ]
@@ -556,7 +556,7 @@ def test_a_dual_stack_network_through_the_cli(cluster):
     assert cluster.cnm("network", "ls", "--format", "{{.Name}} {{.IPv6}}").out.strip() == \
         "dual true"
     web = cluster.cnm("run", "-d", "--name", "web", "--net", "dual", "--ip6", "fd00:83::9",
-                      "--", support.PYTHON, TRAFFIC, "serve", "tcp", "80")
+                      "-p", "8090:80", "--", support.PYTHON, TRAFFIC, "serve", "tcp", "80")
     assert web.code == 0, web.err
     [inspected] = cluster.cnm("network", "inspect", "dual").json()
     [endpoint] = inspected["endpoints"]
@@ -576,14 +576,19 @@ def test_a_dual_stack_network_through_the_cli(cluster):
     assert seen.startswith("fd00:83::") and seen != "fd00:83::9"  # the prober's own address
     assert resolved.split()[0] == "fd00:83::9"
     assert route.startswith("default via fd00:83::fe dev eth0")
+    # Its port, published on every address of both families: from the host on
+    # 127.0.0.1 and on [::1] (relayed by the agent: IPv6 has no route_localnet).
+    host_ns = cluster.hosts["h1"].ns.path
+    assert ask(host_ns, "127.0.0.1", 8090) is not None
+    assert ask(host_ns, "::1", 8090) == "fd00:83::fe"  # the relay's: the host's gateway
     pools = cluster.allocations()
     assert [a for a, owner in pools[f"{network_id}.v6"] if not owner.startswith("cnm:")] == \
         ["fd00:83::9"]
     # Bad input: nothing allocated, one line, the right code.
     for args, code, message in (
             (["network", "connect", "--ip6", "fd00:99::1", "dual", "web"], 2, "outside"),
-            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "none6"], 2,
-             "needs an ipv6_subnet"),
+            (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "none6"], 5,
+             "no IPv6 default address pool"),
             (["network", "create", "--subnet", "10.84.0.0/24", "--subnet", "fd00:84::/64",
               "no-flag"], 2, "needs --ipv6"),
             (["network", "create", "--ipv6", "--subnet", "10.84.0.0/24", "--subnet",

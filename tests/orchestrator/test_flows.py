@@ -65,10 +65,10 @@ async def test_create_network_is_idempotent_and_rejects_different_parameters(wor
     ({"subnet": "10.20.0.5/24"}, r"host bits set \(did you mean 10.20.0.0/24\?\)"),
     ({"subnet": "10.20.0.0/31"}, "too small.*use /30"),
     ({"subnet": "fd00::/127"}, "too small.*use /126"),
-    ({"subnet": "fd00::/64"}, "IPv6 networks come in a later version"),
+    ({"subnet": "fd00::/64"}, "IPv6-only networks come in a later version"),
     ({"subnet": "fd00::/64", "ip_range": "fd00::/104", "driver": pb.DRIVER_OVERLAY},
-     "IPv6 networks come in a later version"),
-    ({"subnet": "fd00::/64", "ip_range": "fd00::/104"}, "IPv6 networks come in a later version"),
+     "IPv6-only networks come in a later version"),
+    ({"subnet": "fd00::/64", "ip_range": "fd00::/104"}, "IPv6-only networks come in a later version"),
     ({"options": {"com.docker.network.internal": "maybe"}}, "com.docker.network.internal"),
     ({"labels": {"key": "line\nbreak"}}, "label 'key' is invalid"),
     ({"options": {"a\x1b[31m": "v"}}, "option .* is invalid"),
@@ -127,6 +127,36 @@ async def test_concurrent_creates_without_subnet_never_share_one(world):
     assert len(set(subnets)) == 16
     assert sorted(subnets) == sorted([f"172.{n}.0.0/16" for n in range(17, 32)]
                                      + ["192.168.0.0/20"])
+
+
+async def test_ipv6_subnets_come_from_the_ipv6_default_pools_or_are_refused(world):
+    """--ipv6 without an IPv6 subnet: none configured is FAILED_PRECONDITION with nothing
+    made; configured, 16 concurrent creates get 16 different subnets, skipping a host's
+    IPv6 route; a repeat is the same network; exhausted, both pools are undone."""
+    def dual(name: str) -> pb.CreateNetworkRequest:
+        return pb.CreateNetworkRequest(network=pb.Network(name=name, enable_ipv6=True))
+
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await world.call("CreateNetwork", dual("none"))
+    assert caught.value.reason == "NO_IPV6_POOL" and "--default-address-pool" in \
+        caught.value.message
+    assert world.ipam.pools == {} and await intents(world) == []
+    world.orch.default_pools = address_pools.parse_all(
+        "base=10.8.0.0/16,size=24 base=fd00:c0::/60,size=64")
+    await world.call("RegisterHost", pb.RegisterHostRequest(host=pb.Host(
+        host_id="h3", address="unix:/nonexistent.sock", routes=["fd00:c0::/64"])))
+    created = await asyncio.gather(*(world.call("CreateNetwork", dual(f"d{n}"))
+                                     for n in range(15)))
+    subnets = sorted(n.network.ipv6_subnet for n in created)
+    assert subnets == sorted(f"fd00:c0:0:{n:x}::/64" for n in range(1, 16))
+    assert all(n.network.ipv6_gateway == n.network.ipv6_subnet.replace("::/64", "::1")
+               for n in created)
+    again = await world.call("CreateNetwork", dual("d0"))
+    assert again.network.network_id == created[0].network.network_id
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        await world.call("CreateNetwork", dual("full"))
+    assert caught.value.reason == "ADDRESS_POOLS_EXHAUSTED"
+    assert len(world.ipam.pools) == 30 and await intents(world) == []
 
 
 async def test_exhausted_default_pools_say_which_and_how_to_add_one(world):
@@ -849,8 +879,10 @@ async def test_register_host_takes_every_form_of_address(world, address):
      errors.InvalidArgument, "INVALID_PROTOCOL"),
     ({"port_mappings": [pb.PortMapping(protocol=-7, host_port=80, container_port=80)]},
      errors.InvalidArgument, "INVALID_PROTOCOL"),
+    # An IPv6 host address on a network that is not dual stack.
     ({"port_mappings": [pb.PortMapping(host_ip="::1", host_port=80, container_port=80)]},
-     errors.InvalidArgument, "IPV6_NOT_SUPPORTED"),
+     errors.InvalidArgument, "INVALID_ADDRESS"),
+    ({"ipv6_address": "fd00::5"}, errors.InvalidArgument, "ADDRESS_OUTSIDE_SUBNET"),
     ({"port_mappings": [pb.PortMapping(host_port=80, container_port=80),
                         pb.PortMapping(host_ip="10.0.0.1", host_port=80, container_port=80)]},
      errors.InvalidArgument, "PORT_MAPPINGS_OVERLAP"),
