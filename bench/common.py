@@ -108,13 +108,17 @@ class CniChain:
     each given the ADD's result as a runtime would.
     """
 
-    def __init__(self, data_dir: Path, *, name: str, bridge: str, subnet: str) -> None:
+    def __init__(self, data_dir: Path, *, name: str, bridge: str, subnet: str,
+                 subnet6: str = "") -> None:
+        """``subnet6``: dual stack, an IPv6 range and default route too."""
         self.name = name
+        ranges = [[{"subnet": subnet}]] + ([[{"subnet": subnet6}]] if subnet6 else [])
+        routes = [{"dst": "0.0.0.0/0"}] + ([{"dst": "::/0"}] if subnet6 else [])
         self.plugins = [
             {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
              "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}},
+             "ipam": {"type": "host-local", "ranges": ranges,
+                      "routes": routes, "dataDir": str(data_dir)}},
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ]
         self.results: dict[str, dict] = {}

@@ -169,13 +169,26 @@ class Request:
                 container_port=container_port))
         return mappings
 
-    def address(self) -> str:
+    def _ips(self) -> dict[int, str]:
+        """runtimeConfig.ips: at most one address of each family, by family."""
         ips = self.runtime.get("ips") or []
         if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
             raise _config_error("runtimeConfig.ips is not a list of addresses")
-        if len(ips) > 1:
-            raise _config_error(f"runtimeConfig.ips: one IPv4 address at most, not {ips}")
-        return ips[0].split("/", 1)[0] if ips else ""
+        found: dict[int, str] = {}
+        for ip in ips:
+            address = ip.split("/", 1)[0]
+            family = 6 if ":" in address else 4
+            if family in found:
+                raise _config_error(f"runtimeConfig.ips: one address of each family at most, "
+                                    f"not {ips}")
+            found[family] = address
+        return found
+
+    def address(self) -> str:
+        return self._ips().get(4, "")
+
+    def ipv6_address(self) -> str:
+        return self._ips().get(6, "")
 
     def dns_names(self) -> list[str]:
         """The container's names on the network: the pod's (``K8S_POD_NAME`` in CNI_ARGS,
@@ -223,7 +236,7 @@ class CniService:
         self.channel = grpc_client.RenewingChannel(orchestrator, tls,
                                                    orchestrator_pb2_grpc.OrchestratorServiceStub)
         # network id -> (gateway, whether it answers names): fixed for its life
-        self._gateways: dict[str, tuple[str, bool]] = {}
+        self._gateways: dict[str, tuple[str, bool, str]] = {}
 
     async def close(self) -> None:
         await self.channel.close()
@@ -266,16 +279,17 @@ class CniService:
         reply = await self._call("ConnectContainer", pb.ConnectContainerRequest(
             network=request.network, container_id=request.container_id, host_id=self.host_id,
             sandbox=request.netns, address=request.address(),
+            ipv6_address=request.ipv6_address(),
             port_mappings=request.port_mappings(), interface_name=request.ifname,
             mac_address=request.mac(), labels={NETWORK_LABEL: request.name} if request.name
             else {}, dns_names=request.dns_names(),
         ), env_fields=("sandbox", "interface_name", "container_id"))
         endpoint = reply.endpoint
-        gateway, dns = await self._gateway(endpoint.network_id)
+        gateway, dns, ipv6_gateway = await self._gateway(endpoint.network_id)
         # Whether the interface has the container's default route: this agent made it.
         made = self.agent.store.endpoints.get(endpoint.endpoint_id)
         return self._result(request, endpoint, gateway, made is not None and made.default_route,
-                            dns)
+                            dns, ipv6_gateway)
 
     async def delete(self, request: Request) -> None:
         request.require_container(netns=False)
@@ -350,13 +364,15 @@ class CniService:
                                       f"network {request.network}")
         return reply.endpoints[0]
 
-    async def _gateway(self, network_id: str) -> tuple[str, bool]:
-        """The network's gateway, and whether its DNS server answers there (cnm.dns)."""
+    async def _gateway(self, network_id: str) -> tuple[str, bool, str]:
+        """The network's gateway, whether its DNS server answers there (cnm.dns), and its
+        IPv6 gateway ("" unless dual stack)."""
         if network_id not in self._gateways:
             reply = await self._call("GetNetwork", pb.GetNetworkRequest(network=network_id))
             self._gateways[network_id] = (
                 reply.network.gateway,
-                validation.check_network_options(reply.network.options).dns)
+                validation.check_network_options(reply.network.options).dns,
+                reply.network.ipv6_gateway)
         return self._gateways[network_id]
 
     async def _default_via(self, netns: str, ifname: str) -> str:
@@ -372,7 +388,7 @@ class CniService:
 
     @staticmethod
     def _result(request: Request, endpoint: pb.Endpoint, gateway: str, routed: bool,
-                dns: bool = False) -> dict:
+                dns: bool = False, ipv6_gateway: str = "") -> dict:
         """The result in the requested version's format, after the previous plugins';
         with ``dns``, the network's DNS server as the container's resolver."""
         previous = request.config.get("prevResult") or {}
@@ -387,8 +403,16 @@ class CniService:
         if request.version == "0.4.0":
             ip["version"] = "4"
         ips.append(ip)
+        if endpoint.ipv6_address:
+            ip6 = {"address": f"{endpoint.ipv6_address}/{endpoint.ipv6_prefix_length}",
+                   "gateway": ipv6_gateway, "interface": len(interfaces) - 1}
+            if request.version == "0.4.0":
+                ip6["version"] = "6"
+            ips.append(ip6)
         if routed:
             routes.append({"dst": "0.0.0.0/0", "gw": gateway})
+            if endpoint.ipv6_address:
+                routes.append({"dst": "::/0", "gw": ipv6_gateway})
         result = {"cniVersion": request.version, "interfaces": interfaces, "ips": ips}
         if routes:
             result["routes"] = routes

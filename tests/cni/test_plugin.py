@@ -143,6 +143,32 @@ def test_a_pod_is_found_by_its_name_from_cni_args_and_its_aliases(cluster, netns
         assert plugin("DEL", config(cluster), container=container, netns=path).code == 0
 
 
+def test_a_dual_stack_network_gives_both_families(cluster, netns):
+    created = cluster.cnm("network", "create", "--ipv6", "--subnet", "10.44.0.0/24",
+                          "--subnet", "fd00:44::/64", "cnidual")
+    assert created.code == 0, created.err
+    pod = netns("cnmt-pod")
+    conf = config(cluster, network="cnidual", runtimeConfig={"ips": ["fd00:44::7/64"]})
+    added = plugin("ADD", conf, netns=pod.path)
+    assert added.code == 0, added.raw
+    four, six = added.out["ips"]
+    assert four["gateway"] == "10.44.0.1" and four["address"].startswith("10.44.0.")
+    assert (six["address"], six["gateway"], six["interface"]) == ("fd00:44::7/64",
+                                                                  "fd00:44::1", 1)
+    assert added.out["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.44.0.1"},
+                                   {"dst": "::/0", "gw": "fd00:44::1"}]
+    shown = pod.run("ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert "fd00:44::7/64" in shown
+    old = plugin("ADD", dict(conf, cniVersion="0.4.0"), container="e" * 64,
+                 netns=netns("cnmt-pod").path)
+    assert old.code != 0 and "in use" in old.out["msg"], old.raw  # the same static address
+    two_v6 = plugin("ADD", config(cluster, network="cnidual", runtimeConfig={
+        "ips": ["fd00:44::8", "fd00:44::9"]}), container="f" * 64, netns=netns("cnmt-pod").path)
+    assert two_v6.code != 0 and two_v6.out["code"] == 7, two_v6.raw
+    assert plugin("DEL", conf, netns=pod.path).code == 0
+    assert cluster.cnm("network", "rm", "cnidual").code == 0
+
+
 def test_older_and_newer_versions_and_a_chain(cluster, netns):
     container = netns("cnmt-pod")
     previous = {"cniVersion": "0.4.0", "interfaces": [{"name": "dummy0"}],
