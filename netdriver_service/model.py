@@ -206,10 +206,6 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
     ))
     ipv6_subnet = ipv6_gateway = ""
     if message.ipv6_subnet:
-        if driver == "overlay":
-            raise errors.InvalidArgument(
-                f"network {network_id!r}: IPv6 on overlay networks comes in a later version "
-                "of cnm; use a bridge network for dual stack", reason="IPV6_NOT_SUPPORTED")
         checked = validation.check_ipv6_subnet(message.ipv6_subnet, message.ipv6_gateway)
         ipv6_subnet, ipv6_gateway = str(checked.network), str(checked.gateway)
     elif message.ipv6_gateway:
@@ -319,6 +315,7 @@ class RemoteEndpoint:
     mac: str
     underlay_ip: str
     dns_names: tuple[str, ...] = ()
+    ipv6_address: str = ""  # on a dual-stack network
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,13 @@ MAIN_TABLE = 254  # RT_TABLE_MAIN
 # (an operator keeping a prefix for something else).
 ROUTE_TYPES = frozenset({1, 6, 7, 8})
 ZERO_MAC = "00:00:00:00:00:00"
+# The neighbour tables a VXLAN device's entries are in (IPv6 where the kernel has it).
+NEIGHBOUR_FAMILIES = (socket.AF_INET, *((socket.AF_INET6,)
+                                        if os.path.isdir("/proc/sys/net/ipv6") else ()))
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 @dataclass(frozen=True)
@@ -724,9 +731,10 @@ class Netlink:
                     unicast[mac] = dst
             neighbours = {
                 message.get_attr("NDA_DST"): message.get_attr("NDA_LLADDR") or ""
+                for family in NEIGHBOUR_FAMILIES
                 for message in await self._dump(
-                    handle, lambda: handle.neigh("dump", family=socket.AF_INET))
-                if message["ifindex"] == index
+                    handle, lambda family=family: handle.neigh("dump", family=family))
+                if message["ifindex"] == index and message["state"] & NUD_PERMANENT
             }
         return Forwarding(frozenset(flood), unicast, frozenset(bridge_static), neighbours)
 
@@ -772,12 +780,12 @@ class Netlink:
     async def set_neighbour(self, index: int, address: str, mac: str) -> None:
         """A permanent neighbour entry ``address`` at ``mac`` on link ``index``."""
         await self._neigh(
-            "replace", f"add neighbour {address} at {mac}", family=socket.AF_INET,
+            "replace", f"add neighbour {address} at {mac}", family=_family(address),
             ifindex=index, dst=address, lladdr=mac, state=NUD_PERMANENT,
         )
 
     async def delete_neighbour(self, index: int, address: str) -> None:
-        await self._neigh("del", f"delete neighbour {address}", family=socket.AF_INET,
+        await self._neigh("del", f"delete neighbour {address}", family=_family(address),
                           ifindex=index, dst=address)
 
     async def set_mac(self, name: str, mac: str) -> None:

@@ -80,7 +80,7 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
             [Peer(peer.host_id, peer.underlay_ip) for peer in request.peers],
             [
                 RemoteEndpoint(remote.address, remote.mac_address, remote.underlay_ip,
-                               tuple(remote.dns_names))
+                               tuple(remote.dns_names), remote.ipv6_address)
                 for remote in request.remote_endpoints
             ],
             request.generation,

@@ -110,7 +110,8 @@ class Overlay:
             remotes = [nd.RemoteEndpoint(address=endpoint.address,
                                          mac_address=endpoint.mac_address,
                                          underlay_ip=underlays[endpoint.host_id],
-                                         dns_names=list(endpoint.dns_names))
+                                         dns_names=list(endpoint.dns_names),
+                                         ipv6_address=endpoint.ipv6_address)
                        for endpoint in endpoints
                        if endpoint.host_id != host.host_id and endpoint.host_id in underlays
                        and endpoint.mac_address]

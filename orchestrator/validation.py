@@ -85,10 +85,6 @@ def ipv6_fields(spec: pb.Network, driver: int) -> dict:
              "ipv6_ip_range": spec.ipv6_ip_range}
     if not spec.enable_ipv6 and not any(given.values()):
         return {}
-    if driver == pb.DRIVER_OVERLAY:
-        raise errors.InvalidArgument(
-            "IPv6 on overlay networks comes in a later version of cnm; use a bridge network "
-            "for dual stack", reason="IPV6_NOT_SUPPORTED", field="ipv6_subnet")
     if not spec.ipv6_subnet:
         # The first free subnet of the IPv6 default address pools, as for IPv4.
         for field, value in (("ipv6_gateway", spec.ipv6_gateway),

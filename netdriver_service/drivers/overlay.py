@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable
 
 from cnm import errors, validation
+from cnm.errors import capped
 from cnm.undo import Undo
 from netdriver_service import names
 from netdriver_service.drivers.bridge import BridgeDriver
@@ -51,6 +52,8 @@ def check_peer_fields(peers: list[Peer], remotes: list[RemoteEndpoint]) -> None:
         validation.check_underlay_ip(peer.underlay_ip, allow_empty=False)
     for remote in remotes:
         validation.parse_address(remote.address, "remote endpoint address")
+        if remote.ipv6_address:
+            validation.parse_address(remote.ipv6_address, "remote endpoint ipv6_address")
         validation.check_mac(remote.mac)
         validation.check_underlay_ip(remote.underlay_ip, allow_empty=False)
 
@@ -66,24 +69,35 @@ def check_peers(
         for peer in peers
     ]
     subnet = ipaddress.IPv4Network(network.subnet)
+    subnet6 = ipaddress.IPv6Network(network.ipv6_subnet) if network.ipv6_subnet else None
     checked: list[RemoteEndpoint] = []
     addresses: set[str] = set()
     macs: set[str] = set()
     for remote in remotes:
         address = validation.check_endpoint_address(subnet, network.gateway, remote.address,
                                                     "remote endpoint address")
+        ipv6_address = ""
+        if remote.ipv6_address:
+            if subnet6 is None:
+                raise errors.InvalidArgument(
+                    f"{what}: remote endpoint {address} has IPv6 address "
+                    f"{capped(remote.ipv6_address)!r} but the network has no IPv6 subnet",
+                    reason="ADDRESS_OUTSIDE_SUBNET", field="ipv6_address")
+            ipv6_address = validation.check_endpoint_address(
+                subnet6, network.ipv6_gateway, remote.ipv6_address,
+                "remote endpoint ipv6_address")
         mac = validation.check_mac(remote.mac)
-        if address in addresses or mac in macs:
+        if address in addresses or mac in macs or (ipv6_address and ipv6_address in addresses):
             raise errors.InvalidArgument(
                 f"{what}: remote endpoint {address} ({mac}) is listed twice",
                 reason="DUPLICATE_REMOTE_ENDPOINT",
             )
-        addresses.add(address)
+        addresses.update(filter(None, (address, ipv6_address)))
         macs.add(mac)
         checked.append(RemoteEndpoint(
             address, mac, validation.check_underlay_ip(remote.underlay_ip, allow_empty=False),
             tuple(dict.fromkeys(validation.check_dns_name("dns_names", name).lower()
-                                for name in remote.dns_names))))
+                                for name in remote.dns_names)), ipv6_address))
     return checked_peers, checked
 
 
@@ -327,7 +341,11 @@ class OverlayDriver(BridgeDriver):
         local = self.underlay_ip()
         flood = {peer.underlay_ip for peer in peers if peer.underlay_ip != local}
         unicast = {remote.mac: remote.underlay_ip for remote in remotes}
+        # Both families' addresses answered from the device's neighbour table (ARP
+        # and neighbour solicitations alike: nothing asked of the network is flooded).
         neighbours = {remote.address: remote.mac for remote in remotes}
+        neighbours |= {remote.ipv6_address: remote.mac for remote in remotes
+                       if remote.ipv6_address}
         # Popped: should a step fail, the next push reads the kernel again.
         cached = self._applied.pop(network.network_id, None)
         if cached is not None:

@@ -195,8 +195,10 @@ class MultiHost:
                               timeout=timeout, check=False)
         return CliResult(done.returncode, done.stdout, done.stderr)
 
-    def create_overlay(self, name: str, subnet: str) -> dict:
-        made = self.cnm("network", "create", "--driver", "overlay", "--subnet", subnet, name)
+    def create_overlay(self, name: str, subnet: str, *more: str) -> dict:
+        """``more``: further flags of the create (an IPv6 subnet: --ipv6 --subnet ...)."""
+        made = self.cnm("network", "create", "--driver", "overlay", "--subnet", subnet, *more,
+                        name)
         assert made.code == 0, made.err
         inspected = self.cnm("network", "inspect", name)
         assert inspected.code == 0, inspected.err
@@ -210,7 +212,8 @@ class MultiHost:
             network=network, container_id=sandbox, host_id=host.host_id, sandbox=sandbox,
             dns_names=[name],
         )).endpoint
-        return Container(sandbox, endpoint.address, endpoint.mac_address, host)
+        return Container(sandbox, endpoint.address, endpoint.mac_address, host,
+                         endpoint.ipv6_address)
 
     def inspect(self, network: str) -> pb.Network:
         return self.call("GetNetwork", pb.GetNetworkRequest(network=network)).network
@@ -230,6 +233,7 @@ class Container:
     address: str
     mac: str
     host: Host
+    ipv6_address: str = ""
 
 
 def wait_until(predicate, timeout: float = 15, what: str = "condition"):

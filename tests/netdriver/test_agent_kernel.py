@@ -281,8 +281,8 @@ async def test_bad_input_changes_nothing(world, netns):
          harness.network("n8", "10.93.0.0/24", options={"cnm.bridge.mcast_snooping": "maybe"}),
          errors.InvalidArgument),
         # IPv6: an IPv4 "ipv6 subnet", a /40, an address of no or another IPv6 subnet,
-        # the gateway's, a gateway without a subnet, IPv6 on an overlay network (later),
-        # a subnet overlapping another network's.
+        # the gateway's, a gateway without a subnet or outside it, a subnet overlapping
+        # another network's.
         (endpoint("e1", container.path, "10.88.0.10", ipv6_address="fd00::5"), None,
          errors.InvalidArgument),
         *[(pb.Endpoint(endpoint_id="e1", network_id="n9", sandbox=container.path,
@@ -295,7 +295,7 @@ async def test_bad_input_changes_nothing(world, netns):
               ("10.94.0.11", {"ipv6_subnet": "fd00::/64"}),
               ("fd00::1", {"ipv6_subnet": "fd00::/64"}),
               ("", {"ipv6_gateway": "fd00::1"}),
-              ("", {"ipv6_subnet": "fd00::/64", "driver": pb.DRIVER_OVERLAY, "vni": 5}),
+              ("", {"ipv6_subnet": "fd00::/64", "ipv6_gateway": "fd01::1"}),
           )],
         (pb.Endpoint(endpoint_id="e1", network_id="n10", sandbox=container.path,
                      address="10.96.0.10"),

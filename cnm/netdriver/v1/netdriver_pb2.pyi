@@ -145,16 +145,18 @@ class Endpoint(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ..., network_id: _Optional[str] = ..., container_id: _Optional[str] = ..., sandbox: _Optional[str] = ..., address: _Optional[str] = ..., mac_address: _Optional[str] = ..., host_interface: _Optional[str] = ..., container_interface: _Optional[str] = ..., port_mappings: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., default_route: _Optional[bool] = ..., peer_on_host: _Optional[bool] = ..., dns_names: _Optional[_Iterable[str]] = ..., ipv6_address: _Optional[str] = ...) -> None: ...
 
 class RemoteEndpoint(_message.Message):
-    __slots__ = ("address", "mac_address", "underlay_ip", "dns_names")
+    __slots__ = ("address", "mac_address", "underlay_ip", "dns_names", "ipv6_address")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    IPV6_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     address: str
     mac_address: str
     underlay_ip: str
     dns_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, address: _Optional[str] = ..., mac_address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    ipv6_address: str
+    def __init__(self, address: _Optional[str] = ..., mac_address: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., dns_names: _Optional[_Iterable[str]] = ..., ipv6_address: _Optional[str] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("host_id", "underlay_ip")
