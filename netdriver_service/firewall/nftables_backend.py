@@ -120,21 +120,11 @@ class NftablesFirewall:
             found[name] = ruleset.elements_from_listing(listing)[name]
         return found
 
-    def _table_exists(self) -> bool:
+    def _table_exists(self, family: str = ruleset.FAMILY) -> bool:
+        """Whether cnm's table of ``family`` is there (its forward chain, which it has)."""
         try:
-            self._runner.run([{"list": {"chain": {"family": ruleset.FAMILY,
+            self._runner.run([{"list": {"chain": {"family": family,
                                                   "table": ruleset.TABLE, "name": "forward"}}}])
-        except NftError as error:
-            if error.missing:
-                return False
-            raise errors.Internal(f"read nftables table: {error.message}",
-                                  reason="NFTABLES_FAILED") from error
-        return True
-
-    def _old_table_exists(self) -> bool:
-        try:
-            self._runner.run([{"list": {"table": {"family": ruleset.OLD_FAMILY,
-                                                  "name": ruleset.TABLE}}}])
         except NftError as error:
             if error.missing:
                 return False
@@ -168,7 +158,7 @@ class NftablesFirewall:
     async def ensure_base(self) -> None:
         def work() -> None:
             commands, lines = self._base_repairs(self._listing())
-            if self._old_table_exists():
+            if self._table_exists(ruleset.OLD_FAMILY):
                 # An agent from before IPv6 left ``ip cnm``: gone in the same
                 # transaction; the resync that follows refills ``inet cnm``.
                 commands.insert(0, {"delete": {"table": {"family": ruleset.OLD_FAMILY,

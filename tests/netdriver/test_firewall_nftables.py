@@ -407,6 +407,8 @@ def test_the_table_of_an_agent_from_before_ipv6_is_replaced(topo, fw):
     topo.nft("add", "chain", "ip", "cnm", "postrouting",
              "{ type nat hook postrouting priority 100; }")
     topo.nft("add", "rule", "ip", "cnm", "postrouting", "ip saddr 10.88.0.0/16 masquerade")
+    topo.nft("add", "chain", "ip", "cnm", "forward",
+             "{ type filter hook forward priority 0; }")
     fw.ensure_base()
     tables = topo.nft("list", "tables").stdout.split("\n")
     assert [t for t in tables if t.endswith(" cnm")] == ["table inet cnm"], tables
