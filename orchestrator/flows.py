@@ -826,6 +826,20 @@ class Orchestrator:
             await self._take_reserved(network, endpoint)
             faults.point("connect-ipam")
             return
+        if endpoint.ipv6_prefix_length:
+            # Both families at once: each is its own pool, and the undo pushed above gives
+            # back whichever was allocated.
+            outcomes = await asyncio.gather(self._allocate_ipv4(network, endpoint),
+                                            self._allocate_ipv6(network, endpoint),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        else:
+            await self._allocate_ipv4(network, endpoint)
+        faults.point("connect-ipam")
+
+    async def _allocate_ipv4(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
         try:
             allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
                                                   endpoint.address)
@@ -834,11 +848,8 @@ class Orchestrator:
                 f"address {endpoint.address} is already in use on network {network.name!r}",
                 reason="ADDRESS_IN_USE", network=network.name, address=endpoint.address,
             ) from error
-        faults.point("connect-ipam")
         endpoint.address = allocation.address
         endpoint.prefix_length = allocation.prefix_length
-        if endpoint.ipv6_prefix_length:
-            await self._allocate_ipv6(network, endpoint)
 
     async def _allocate_ipv6(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
         """A dual-stack endpoint's IPv6 address (the one asked for, if any)."""
