@@ -54,7 +54,8 @@ UPSTREAM_TIMEOUT = 2.0  # seconds each upstream has to answer
 RATE, BURST = 2000.0, 4000.0
 MAX_TCP_FRAME = 4096  # bytes: larger than any query a stub resolver sends
 TCP_IDLE = 10.0  # seconds a TCP connection may wait for a query
-MAX_CLIENTS = 4096  # token buckets kept; the oldest go first
+MAX_CLIENTS = 4096
+IPV6_FREEBIND = 78  # <linux/in6.h>; not in Python's socket module  # token buckets kept; the oldest go first
 RESOLV_CONF = "/etc/resolv.conf"
 # systemd-resolved's list of the upstreams behind its 127.0.0.53 stub.
 STUB_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
@@ -109,24 +110,28 @@ class Bucket:
 
 class Resolver:
     """The DNS server of one network, listening on ``address`` (its gateway) port
-    ``port`` once :meth:`start` ran."""
+    ``port`` once :meth:`start` ran, and on the gateways of ``more`` (the IPv6 one of a
+    dual-stack network: (gateway, subnet) pairs)."""
 
     def __init__(self, address: str, subnet: str, *, forward: bool = True,
                  upstream: Sequence[str] | None = None, port: int = 53,
-                 domain: str = DOMAIN, rate: float | None = RATE) -> None:
+                 domain: str = DOMAIN, rate: float | None = RATE,
+                 more: Sequence[tuple[str, str]] = ()) -> None:
         """``rate``: queries a second each client may make (bursts of twice as many);
         None for no limit."""
         self.address, self.port = address, port
+        self.addresses = [address, *(gateway for gateway, _ in more)]
         self.rate = rate
         self.subnet = ipaddress.ip_network(subnet)
+        self.subnets = [self.subnet, *(ipaddress.ip_network(net) for _, net in more)]
         self.forward = forward
         self.upstream = list(upstreams() if upstream is None else upstream)
         self.domain = DNSLabel(domain)
         self._names: dict[str, list[str]] = {}  # name (lower case) -> its addresses
         self._reverse: dict[str, list[str]] = {}  # reverse pointer -> names
         self._buckets: dict[str, Bucket] = {}
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.AbstractServer | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
 
     # --- records -------------------------------------------------------------------
@@ -167,35 +172,45 @@ class Resolver:
     # --- serving -------------------------------------------------------------------
 
     async def start(self, namespace: str | None = None) -> None:
-        """Listens, in network namespace ``namespace`` (a path) when given, else in this
-        thread's; OSError when the address or port cannot be bound."""
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        """Listens on every address, in network namespace ``namespace`` (a path) when
+        given, else in this thread's; OSError when an address or port cannot be bound."""
 
-        def bind() -> tuple[socket.socket, socket.socket]:
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            tcp = socket.socket(family, socket.SOCK_STREAM)
+        def bind() -> list[socket.socket]:
+            made: list[socket.socket] = []
             try:
-                udp.bind((self.address, self.port))
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                tcp.bind((self.address, self.port))
-                tcp.listen(128)
+                for address in self.addresses:
+                    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                    udp = socket.socket(family, socket.SOCK_DGRAM)
+                    made.append(udp)
+                    tcp = socket.socket(family, socket.SOCK_STREAM)
+                    made.append(tcp)
+                    if family == socket.AF_INET6:
+                        # The IPv6 gateway is added without DAD: usable at once.
+                        for sock in (udp, tcp):
+                            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                    udp.bind((address, self.port))
+                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    tcp.bind((address, self.port))
+                    tcp.listen(128)
             except BaseException:
-                udp.close()
-                tcp.close()
+                for sock in made:
+                    sock.close()
                 raise
-            return udp, tcp
+            return made
 
-        udp, tcp = await netns.in_namespace(namespace, bind) if namespace else bind()
+        made = await netns.in_namespace(namespace, bind) if namespace else bind()
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
-        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        for udp, tcp in zip(made[::2], made[1::2], strict=True):
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
+            self._udp.append(transport)
+            self._tcp.append(await asyncio.start_server(self._serve_tcp, sock=tcp))
 
     async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            await self._tcp.wait_closed()
+        for transport in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+            await server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -208,7 +223,8 @@ class Resolver:
     def admitted(self, client: str) -> bool:
         """Whether ``client`` is of the subnet and within its rate."""
         try:
-            if ipaddress.ip_address(client) not in self.subnet:
+            address = ipaddress.ip_address(client.split("%")[0])
+            if not any(address in subnet for subnet in self.subnets):
                 return False
         except ValueError:
             return False
@@ -246,7 +262,7 @@ class Resolver:
         if text.endswith((".in-addr.arpa", ".ip6.arpa")):
             names = self._reverse.get(text)
             if names is None:
-                if not _reverse_in(text, self.subnet):
+                if not any(_reverse_in(text, subnet) for subnet in self.subnets):
                     return None
                 return _reply(query, RCODE.NXDOMAIN, authoritative=True)
             reply = _reply(query, authoritative=True)
@@ -351,7 +367,9 @@ class Resolvers:
         resolver = self.running.get(network.network_id)
         if resolver is not None or not network.dns or not network.gateway:
             return resolver
+        more = [(network.ipv6_gateway, network.ipv6_subnet)] if network.ipv6_subnet else []
         resolver = Resolver(network.gateway, network.subnet, forward=not network.internal,
+                            more=more,
                             upstream=self.upstream, port=self.port)
         try:
             await resolver.start(self.namespace)
@@ -369,7 +387,7 @@ class Resolvers:
         for port in ports:
             for network_id, resolver in self.running.items():
                 if (port.protocol in ("udp", "tcp") and port.host_port == resolver.port
-                        and port.host_ip in ("", resolver.address)):
+                        and port.host_ip in ("", *resolver.addresses)):
                     raise errors.AlreadyExists(
                         f"host port {port.host_ip or '*'}:{port.host_port}/{port.protocol} "
                         f"is held by the DNS server of network {network_id!r} on "

@@ -187,7 +187,8 @@ import sys
 from dnslib import DNSRecord
 query = DNSRecord.question(sys.argv[2], sys.argv[3])
 try:
-    print(query.send(sys.argv[1], 53, tcp=sys.argv[4] == "tcp", timeout=2).hex())
+    print(query.send(sys.argv[1], 53, tcp=sys.argv[4] == "tcp", timeout=2,
+                     ipv6=":" in sys.argv[1]).hex())
 except OSError as error:  # socket.timeout too
     print("no-answer", type(error).__name__)
 """

@@ -9,6 +9,7 @@ Topology, every part a namespace the tests make:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -193,7 +194,8 @@ def test_dual_stack_traffic(topo):
     topo.internet.run("ip", "-6", "route", "add", "fd00:d::/64", "via", HOST_UP6)
     try:
         made = connect(topo, "v1", net_a, c1, "10.92.0.10", ipv6_address="fd00:a::10",
-                       port_mappings=[harness.tcp(8086, 80), harness.tcp(8087, 80, "::1")])
+                       port_mappings=[harness.tcp(8086, 80), harness.tcp(8087, 80, "::1")],
+                       dns_names=["web1"])
         assert made.ipv6_address == "fd00:a::10"
         connect(topo, "v2", net_a, c2, "10.92.0.11", ipv6_address="fd00:a::11")
         connect(topo, "v3", net_b, c3, "10.93.0.10", ipv6_address="fd00:b::10")
@@ -211,6 +213,18 @@ def test_dual_stack_traffic(topo):
         assert routes.startswith("default via fd00:a::1 dev eth0"), routes
         assert topo.host.run("sysctl", "-n", "net.ipv6.conf.cnm-va.accept_ra").stdout.strip() \
             == "0"
+        # The network's DNS server answers on both gateways, A and AAAA, PTR of both.
+        c2_ns = support.Netns.existing(c2)
+        for server in ("10.92.0.1", "fd00:a::1"):
+            assert harness.dns_addresses(harness.dns_ask(c2_ns, server, "web1", "AAAA")) == [
+                "fd00:a::10"], server
+            assert harness.dns_addresses(harness.dns_ask(c2_ns, server, "web1")) == [
+                "10.92.0.10"], server
+        pointer = ipaddress.ip_address("fd00:a::10").reverse_pointer
+        assert harness.dns_addresses(harness.dns_ask(c2_ns, "fd00:a::1", pointer, "PTR")) == [
+            "web1.cnm.internal."]
+        unknown = ipaddress.ip_address("fd00:a::99").reverse_pointer
+        assert harness.dns_ask(c2_ns, "fd00:a::1", unknown, "PTR").header.rcode == 3
         for ns in (c1, c2, c3, c4, c5, c6, topo.internet.name):
             topo.serve(ns, 80)
 
