@@ -9,13 +9,13 @@ answers), and without SO_REUSEADDR, so no other socket may share the port.
 Sockets live in this process: after a restart the agent binds them again
 for every endpoint it finds (:meth:`HostPorts.restore`).
 
-The one exception to DNAT: the host's own TCP connections to a dual-stack
-container's port published on ``[::1]`` (on every address, or on ::1 alone).
-IPv6 has no ``route_localnet``: a packet from ::1 never leaves the host, so
-DNAT cannot take it to the container. For those the socket holding the port
-listens, and the agent relays each connection to the container's IPv6
-address, as Docker's userland proxy does (the container sees the host's
-gateway address, as after the masquerade IPv4 uses).
+The one exception to DNAT: the host's own traffic to a dual-stack container's
+port published on ``[::1]`` (on every address, or on ::1 alone). IPv6 has no
+``route_localnet``: a packet from ::1 never leaves the host, so DNAT cannot
+take it to the container. For those the socket holding the port serves, and
+the agent relays each TCP connection, or each UDP client's datagrams, to the
+container's IPv6 address, as Docker's userland proxy does (the container sees
+the host's gateway address, as after the masquerade IPv4 uses).
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def _refusal(port: PortSpec, error: OSError) -> errors.CnmError:
 
 RELAY_CONNECT_TIMEOUT = 5.0  # seconds a relayed connection waits for the container
 RELAY_BUFFER = 65536
+UDP_FLOW_IDLE = 60.0  # seconds a relayed UDP client's flow lives without a datagram
 
 
 class HostPorts:
@@ -98,7 +99,7 @@ class HostPorts:
     def __init__(self, host_ns: str | None) -> None:
         self.host_ns = host_ns  # None: the agent's own namespace is the host's
         self._held: dict[str, list[socket.socket]] = {}
-        self._relays: dict[str, list[asyncio.Server]] = {}
+        self._relays: dict[str, list] = {}  # asyncio.Server or UDP relay transports
 
     async def reserve(self, endpoint_id: str, ports: Iterable[PortSpec],
                       ipv6_address: str = "") -> None:
@@ -118,9 +119,14 @@ class HostPorts:
             relays = []
             try:
                 for port, held in zip(wanted, bound, strict=True):
-                    if port.protocol == "tcp" and port.host_ip in ("", "::1"):
+                    if port.host_ip not in ("", "::1"):
+                        continue
+                    if port.protocol == "tcp":
                         relays.append(await self._relay(held, ipv6_address,
                                                         port.container_port))
+                    elif port.protocol == "udp":
+                        relays.append(await self._relay_udp(held, ipv6_address,
+                                                            port.container_port))
             except BaseException:
                 for relay in relays:
                     relay.close()
@@ -151,13 +157,27 @@ class HostPorts:
         held.setblocking(False)
         return await asyncio.start_server(relay, sock=held)
 
-    async def _connect(self, address: str, port: int):
-        """A connection to the container, from the host's namespace."""
+    async def _relay_udp(self, held: socket.socket, address: str, port: int):
+        """Relays each client's datagrams to ``held`` (the host's to [::1]) to the
+        container, and the container's answers back to that client."""
+        held.setblocking(False)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpRelay(self, address, port), sock=held)
+        return transport
+
+    async def _socket(self, kind: int) -> socket.socket:
+        """An IPv6 socket of the host's namespace."""
         def make() -> socket.socket:
-            return socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            return socket.socket(socket.AF_INET6, kind)
 
         sock = make() if self.host_ns is None else await netns.in_namespace(self.host_ns, make)
         sock.setblocking(False)
+        return sock
+
+    async def _connect(self, address: str, port: int):
+        """A connection to the container, from the host's namespace."""
+        sock = await self._socket(socket.SOCK_STREAM)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (address, port))
         except BaseException:
@@ -196,3 +216,77 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except OSError:
         writer.close()
+
+
+class _UdpRelay(asyncio.DatagramProtocol):
+    """The held UDP socket's side: one flow (a socket connected to the container) per
+    client, forgotten after UDP_FLOW_IDLE seconds without a datagram."""
+
+    def __init__(self, ports: HostPorts, address: str, port: int) -> None:
+        self.ports, self.target = ports, (address, port)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: dict[tuple, _UdpFlow] = {}
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, client) -> None:
+        flow = self.flows.get(client)
+        if flow is None:
+            flow = self.flows[client] = _UdpFlow(self, client)
+            asyncio.ensure_future(flow.open())
+        flow.send(data)
+
+    def connection_lost(self, exc) -> None:
+        for flow in list(self.flows.values()):
+            flow.close()
+
+
+class _UdpFlow(asyncio.DatagramProtocol):
+    """One client's datagrams to the container and its answers back."""
+
+    def __init__(self, relay: _UdpRelay, client) -> None:
+        self.relay, self.client = relay, client
+        self.transport: asyncio.DatagramTransport | None = None
+        self.waiting: list[bytes] = []  # sent before the flow's socket was ready
+        self.idle: asyncio.TimerHandle | None = None
+
+    async def open(self) -> None:
+        try:
+            sock = await self.relay.ports._socket(socket.SOCK_DGRAM)
+            sock.connect(self.relay.target)
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
+        except OSError as error:
+            log.debug("UDP relay to the container failed", extra={"error": str(error)})
+            self.close()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        for data in self.waiting:
+            transport.sendto(data)
+        self.waiting.clear()
+        self._touch()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is None:
+            self.waiting.append(data)
+        else:
+            self.transport.sendto(data)
+            self._touch()
+
+    def datagram_received(self, data: bytes, _) -> None:
+        if self.relay.transport is not None:
+            self.relay.transport.sendto(data, self.client)
+        self._touch()
+
+    def _touch(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(UDP_FLOW_IDLE, self.close)
+
+    def close(self) -> None:
+        self.relay.flows.pop(self.client, None)
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.transport is not None:
+            self.transport.close()

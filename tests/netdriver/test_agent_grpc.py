@@ -194,7 +194,8 @@ def test_dual_stack_traffic(topo):
     topo.internet.run("ip", "-6", "route", "add", "fd00:d::/64", "via", HOST_UP6)
     try:
         made = connect(topo, "v1", net_a, c1, "10.92.0.10", ipv6_address="fd00:a::10",
-                       port_mappings=[harness.tcp(8086, 80), harness.tcp(8087, 80, "::1")],
+                       port_mappings=[harness.tcp(8086, 80), harness.tcp(8087, 80, "::1"),
+                                      harness.udp(8089, 5300)],
                        dns_names=["web1"])
         assert made.ipv6_address == "fd00:a::10"
         connect(topo, "v2", net_a, c2, "10.92.0.11", ipv6_address="fd00:a::11")
@@ -227,6 +228,7 @@ def test_dual_stack_traffic(topo):
         assert harness.dns_ask(c2_ns, "fd00:a::1", unknown, "PTR").header.rcode == 3
         for ns in (c1, c2, c3, c4, c5, c6, topo.internet.name):
             topo.serve(ns, 80)
+        topo.serve(c1, 5300, "udp")
 
         assert ask(c2, "fd00:a::10", 80) == "fd00:a::11", "same network"
         assert ask(c2, "10.92.0.10", 80) == "10.92.0.11", "same network, IPv4"
@@ -248,6 +250,8 @@ def test_dual_stack_traffic(topo):
         assert ask(c2, HOST_UP6, 8086) is not None, "hairpin to a neighbour's port, v6"
         assert ask(c1, HOST_UP6, 8086) is not None, "hairpin to its own port, v6"
         assert ask(topo.host.name, "::1", 8087) is not None, "published on [::1] alone"
+        assert ask(topo.host.name, "::1", 8089, "udp") == "fd00:a::1", "UDP on [::1]"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE6, 8089, "udp") == CLIENT6, "UDP, v6"
         assert ask(topo.client.name, HOST_CLIENT_SIDE6, 8087, timeout=1) is None, \
             "[::1] alone: not from outside"
         with pytest.raises(errors.InvalidArgument, match="IPv6 host address"):
