@@ -126,6 +126,11 @@ def test_traffic(topo):
             topo.serve(ns, 80)
         topo.serve(c1, 53, "udp")
 
+        # An IPv4 network's bridge has no IPv6 (and takes no router advertisement from a
+        # container: it could otherwise become the host's IPv6 default router).
+        for key, value in (("disable_ipv6", "1"), ("accept_ra", "0")):
+            assert topo.host.run("sysctl", "-n", f"net.ipv6.conf.cnm-ta.{key}").stdout.strip() \
+                == value, key
         assert ask(c2, "10.88.0.10", 80) == "10.88.0.11", "same network"
         assert ask(c3.name, "10.88.0.10", 80, timeout=1) is None, "other network"
         assert ask(c1, "10.89.0.10", 80, timeout=1) is None, "other network, other way"
