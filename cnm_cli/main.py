@@ -238,6 +238,11 @@ NETWORK_FILTERS = {
 }
 
 
+def both(ipv4: str, ipv6: str) -> str:
+    """A dual-stack network's value of each family, as one cell."""
+    return f"{ipv4},{ipv6}" if ipv6 else ipv4
+
+
 def network_scope(network: pb.Network) -> str:
     """Docker's word: a bridge network is the host's own, an overlay one spans hosts."""
     return "global" if network.driver == pb.DRIVER_OVERLAY else "local"
@@ -246,7 +251,8 @@ def network_scope(network: pb.Network) -> str:
 def network_fields(network: pb.Network) -> dict[str, object]:
     return {
         "ID": network.network_id, "Name": network.name, "Driver": driver_word(network.driver),
-        "Scope": network_scope(network), "Subnet": network.subnet, "Gateway": network.gateway,
+        "Scope": network_scope(network), "Subnet": both(network.subnet, network.ipv6_subnet),
+        "Gateway": both(network.gateway, network.ipv6_gateway),
         "IPv6": network.enable_ipv6, "Internal": network.internal, "Labels": dict(network.labels),
         "CreatedAt": network.create_time.ToJsonString() if network.HasField("create_time")
         else "",
@@ -303,8 +309,9 @@ def network_ls(client: Client, args) -> int:
         template.print([network_fields(network) for network in networks])
     else:
         print_table(["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "GATEWAY"],
-                    [[n.network_id, n.name, driver_word(n.driver), network_scope(n), n.subnet,
-                      n.gateway] for n in networks])
+                    [[n.network_id, n.name, driver_word(n.driver), network_scope(n),
+                      both(n.subnet, n.ipv6_subnet), both(n.gateway, n.ipv6_gateway)]
+                     for n in networks])
     return 0
 
 

@@ -66,6 +66,7 @@ class Host:
             self.process.stop()
             self.process = None
         Path(self.socket_path).unlink(missing_ok=True)
+        Path(self.cni_socket).unlink(missing_ok=True)  # a killed agent leaves it
 
     def agent(self, method: str, request):
         with admin_channel(self.pki, self.address) as channel:

@@ -555,6 +555,8 @@ def test_a_dual_stack_network_through_the_cli(cluster):
         True, "fd00:83::/64", "fd00:83::fe")
     assert cluster.cnm("network", "ls", "--format", "{{.Name}} {{.IPv6}}").out.strip() == \
         "dual true"
+    assert "10.83.0.0/24,fd00:83::/64   10.83.0.1,fd00:83::fe" in cluster.cnm(
+        "network", "ls").out
     web = cluster.cnm("run", "-d", "--name", "web", "--net", "dual", "--ip6", "fd00:83::9",
                       "-p", "8090:80", "--", support.PYTHON, TRAFFIC, "serve", "tcp", "80")
     assert web.code == 0, web.err
