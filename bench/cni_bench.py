@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import CniChain, Namespaces, enter_namespace, summary, timed, verdict
+from bench.common import CniChain, Namespaces, inside, summary, timed, verdict
 from bench.e2e_bench import System, concurrent
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
@@ -78,7 +78,6 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     workdir = Path(tempfile.mkdtemp(prefix="cnm-cni-bench-"))
     containers = Namespaces("cnmc")
     system = System(workdir, heartbeats=True)
@@ -102,10 +101,7 @@ def main() -> None:
         chain_sandboxes = containers.make(args.iterations + args.jobs + 1)
         chain = CniChain(workdir / "host-local", name="cnibench", bridge="cni-bench0",
                          subnet="10.79.0.0/16")
-        host_fd = os.open(cni_host.path, os.O_RDONLY)
-        enter_namespace(host_fd)
-        os.close(host_fd)
-        try:
+        with inside(cni_host.path):
             warm_path = f"/var/run/netns/{chain_sandboxes[-1]}"
             chain.add("warm", warm_path, 1000)
             paths = [f"/var/run/netns/{n}" for n in chain_sandboxes[:args.iterations]]
@@ -118,8 +114,6 @@ def main() -> None:
                 f"par{job[0]}", job[1], 30000 + job[0]))
             chain_parallel = [chain.results[f"par{i}"]["ips"][0]["address"]
                               for i, _ in chain_jobs]
-        finally:
-            enter_namespace(root_ns)
 
         add_ratio = statistics.median(chain_add) / statistics.median(cnm_add)
         del_ratio = statistics.median(chain_del) / statistics.median(cnm_del)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -69,6 +70,25 @@ def enter_namespace(fd: int) -> None:
     """Moves the calling thread (and threads it creates later) into the namespace on ``fd``."""
     if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "setns")
+
+
+@contextlib.contextmanager
+def inside(ns_path: str):
+    """The calling thread (and threads it creates meanwhile) in the network namespace at
+    ``ns_path`` for the block, back in its own after it."""
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(ns_path, os.O_RDONLY)
+        try:
+            enter_namespace(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            enter_namespace(back)
+    finally:
+        os.close(back)
 
 
 class Namespaces:

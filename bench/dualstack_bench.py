@@ -22,14 +22,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from bench.common import CniChain, Namespaces, enter_namespace, summary, verdict
+from bench.common import CniChain, Namespaces, inside, summary, timed, verdict
 from bench.e2e_bench import Client, System
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from tests import support
@@ -49,7 +48,6 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     workdir = Path(tempfile.mkdtemp(prefix="cnm-dualstack-bench-"))
     containers = Namespaces("cnmd")
     system = System(workdir)
@@ -80,18 +78,10 @@ def main() -> None:
             sandboxes = containers.make(args.cni + 1)
             cni = CniChain(workdir / "host-local", name="dualbench", bridge="cni-dual0",
                            subnet="10.79.0.0/16", subnet6="fd00:79::/64")
-            host_fd = os.open(cni_host.path, os.O_RDONLY)
-            enter_namespace(host_fd)
-            os.close(host_fd)
-            try:
+            with inside(cni_host.path):
                 cni.add("warm", f"/var/run/netns/{sandboxes[-1]}", 1000)
-                cni_add = []
-                for i in range(args.cni):
-                    started = time.perf_counter()
-                    cni.add(f"seq{i}", f"/var/run/netns/{sandboxes[i]}", 20000 + i)
-                    cni_add.append((time.perf_counter() - started) * 1000)
-            finally:
-                enter_namespace(root_ns)
+                cni_add = [timed(cni.add, f"seq{i}", f"/var/run/netns/{sandboxes[i]}", 20000 + i)
+                           for i in range(args.cni)]
             print(f"\n# dual stack: cnm connect (above) against the CNI chain's ADD, "
                   f"{args.cni} sequential")
             print(f"CNI chain ADD, dual stack  {summary(cni_add)}")

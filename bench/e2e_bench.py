@@ -27,7 +27,6 @@ per call (the breakdown, from their DEBUG logs).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -48,7 +47,7 @@ from bench.common import (
     CniChain,
     Namespaces,
     agent_run_dir,
-    enter_namespace,
+    inside,
     print_request_times,
     summary,
     timed,
@@ -188,7 +187,6 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
-    root_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     workdir = Path(tempfile.mkdtemp(prefix="cnm-e2e-bench-"))
     containers = Namespaces("cnme")
     system = System(workdir, log_level="DEBUG" if args.trace else "WARNING")
@@ -219,23 +217,15 @@ def main() -> None:
         cni_sandboxes = containers.make(args.iterations + args.throughput_jobs + 1)
         cni = CniChain(workdir / "host-local", name="e2ebench", bridge="cni-e2e0",
                        subnet="10.78.0.0/16")
-        host_fd = os.open(cni_host.path, os.O_RDONLY)
-        enter_namespace(host_fd)
-        os.close(host_fd)
-        try:
+        with inside(cni_host.path):
             cni.add("warm", f"/var/run/netns/{cni_sandboxes[-1]}", 1000)
-            cni_add = []
-            for i in range(args.iterations):
-                started = time.perf_counter()
-                cni.add(f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
-                cni_add.append((time.perf_counter() - started) * 1000)
+            cni_add = [timed(cni.add, f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
+                       for i in range(args.iterations)]
             cni_del = [timed(cni.delete, f"seq{i}", f"/var/run/netns/{cni_sandboxes[i]}", 20000 + i)
                        for i in range(args.iterations)]
             cni_jobs = list(enumerate(cni_sandboxes[args.iterations:-1]))
             cni_rate = concurrent(args.clients, cni_jobs, lambda c, job: cni.add(
                 f"par{job[0]}", f"/var/run/netns/{job[1]}", 30000 + job[0]))
-        finally:
-            enter_namespace(root_ns)
 
         print(f"# connect with one port mapping, {args.iterations} sequential, "
               "one new namespace per container")
@@ -268,8 +258,6 @@ def main() -> None:
             print(f"ratio {ratio:.2f} (target <= 1.25) {verdict(ratio <= 1.25)}")
             stub.DeleteNetwork(pb.DeleteNetworkRequest(network="scale", force=True), timeout=600)
     finally:
-        with contextlib.suppress(OSError):
-            enter_namespace(root_ns)
         system.stop()
         cni_host.close()
         containers.remove_all()

@@ -209,10 +209,11 @@ class PortMapping:
 
 
 def check_port_mappings(mappings: Iterable, internal: bool,
-                        ephemeral: bool = False) -> list[PortMapping]:
+                        ephemeral: bool = False, ipv6: bool = True) -> list[PortMapping]:
     """Checks and normalises port mappings (messages with protocol, host_ip, host_port,
     container_port) as every service does: no mapping twice, none overlapping another of
-    the same request, none on an internal network. With ``ephemeral`` (the orchestrator,
+    the same request, none on an internal network, none on an IPv6 host address unless
+    the container has an IPv6 address (``ipv6``). With ``ephemeral`` (the orchestrator,
     which chooses them) a host port of 0 means any free one."""
     checked: list[PortMapping] = []
     held: dict[tuple[str, int], set[str]] = {}
@@ -224,6 +225,11 @@ def check_port_mappings(mappings: Iterable, internal: bool,
             else check_port("host_port", mapping.host_port),
             container_port=check_port("container_port", mapping.container_port),
         )
+        if not ipv6 and ":" in port.host_ip:
+            raise errors.InvalidArgument(
+                f"a port published on an IPv6 host address ({port.host_ip}) needs the "
+                "container's IPv6 address: its network is not dual stack",
+                reason="INVALID_ADDRESS", field="port_mappings", host_ip=port.host_ip)
         if port.host_port == 0:
             checked.append(port)
             continue

@@ -122,8 +122,7 @@ class Resolver:
         self.address, self.port = address, port
         self.addresses = [address, *(gateway for gateway, _ in more)]
         self.rate = rate
-        self.subnet = ipaddress.ip_network(subnet)
-        self.subnets = [self.subnet, *(ipaddress.ip_network(net) for _, net in more)]
+        self.subnets = [ipaddress.ip_network(net) for net in (subnet, *(n for _, n in more))]
         self.forward = forward
         self.upstream = list(upstreams() if upstream is None else upstream)
         self.domain = DNSLabel(domain)

@@ -235,10 +235,12 @@ def resolve_sandbox(sandbox: str, netns_dir: str, confinement: netns.Confinement
     return path
 
 
-def ports_from_proto(messages, network: NetworkSpec) -> tuple[PortSpec, ...]:
+def ports_from_proto(messages, network: NetworkSpec,
+                     ipv6: bool = False) -> tuple[PortSpec, ...]:
+    """``ipv6``: whether the container has an IPv6 address (to publish on one)."""
     return tuple(
         PortSpec(port.protocol, port.host_ip, port.host_port, port.container_port)
-        for port in validation.check_port_mappings(messages, network.internal)
+        for port in validation.check_port_mappings(messages, network.internal, ipv6=ipv6)
     )
 
 
@@ -255,7 +257,6 @@ def endpoint_from_proto(
     address = validation.check_endpoint_address(
         ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
     )
-    ports = ports_from_proto(message.port_mappings, network)
     ipv6_address = ""
     if message.ipv6_address:
         if not network.ipv6_subnet:
@@ -266,11 +267,7 @@ def endpoint_from_proto(
         ipv6_address = validation.check_endpoint_address(
             ipaddress.IPv6Network(network.ipv6_subnet), network.ipv6_gateway,
             message.ipv6_address, "ipv6_address")
-    if not ipv6_address and any(":" in port.host_ip for port in ports):
-        raise errors.InvalidArgument(
-            f"endpoint {endpoint_id!r}: a port published on an IPv6 host address needs the "
-            "container's IPv6 address (a dual-stack network)", reason="INVALID_ADDRESS",
-            field="port_mappings")
+    ports = ports_from_proto(message.port_mappings, network, bool(ipv6_address))
     container_interface = message.container_interface
     if container_interface:
         validation.check_ifname("container_interface", container_interface)

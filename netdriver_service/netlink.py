@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -822,10 +823,15 @@ class Netlink:
                 target.write("1")
 
         with _errors("turn on IPv6 forwarding"):
-            if self.host_ns is None:
-                await asyncio.to_thread(enable)
-            else:
-                await in_namespace(self.host_ns, enable)
+            await self._in_host_ns(enable)
+
+    async def _in_host_ns(self, work: Callable[[], None]) -> None:
+        """Runs blocking ``work`` (on /proc/sys) in a worker thread, in the host's
+        namespace."""
+        if self.host_ns is None:
+            await asyncio.to_thread(work)
+        else:
+            await in_namespace(self.host_ns, work)
 
     async def set_sysctl(self, *path: str, value: str) -> None:
         """Writes sysctl ``path`` (e.g. "net", "ipv4", "ip_forward") of the agent's namespace.
@@ -842,7 +848,4 @@ class Netlink:
                 target.write(value)
 
         with _errors(f"set sysctl {key}={value}"):
-            if self.host_ns is None:
-                await asyncio.to_thread(write)
-            else:
-                await in_namespace(self.host_ns, write)
+            await self._in_host_ns(write)

@@ -350,31 +350,12 @@ class Orchestrator:
                 # failed, and deleting a pool that does not exist succeeds.
                 undo.push("delete pool",
                           lambda: self.ipam.delete_pool(network.network_id, force=True))
-                if network.subnet:
-                    try:
-                        pool = await self._create_pool(network)
-                    except errors.AlreadyExists as error:
-                        if error.reason != "SUBNET_OVERLAP":
-                            raise
-                        raise await self._overlap(network, error) from error
-                else:
-                    pool = await self._create_pool_in_default_pools(network)
+                network.gateway = (await self._network_pool(network, 4)).gateway
                 faults.point("create-network-ipam")
-                network.gateway = pool.gateway
                 if network.enable_ipv6:
                     undo.push("delete IPv6 pool", lambda: self.ipam.delete_pool(
                         validation.ipv6_pool_id(network.network_id), force=True))
-                    if not network.ipv6_subnet:
-                        pool6 = await self._create_pool_in_default_pools(network, 6)
-                    else:
-                        try:
-                            pool6 = await self._create_ipv6_pool(network)
-                        except errors.AlreadyExists as error:
-                            if error.reason != "SUBNET_OVERLAP":
-                                raise
-                            raise await self._overlap(network, error, network.ipv6_subnet) \
-                                from error
-                    network.ipv6_gateway = pool6.gateway
+                    network.ipv6_gateway = (await self._network_pool(network, 6)).gateway
                 if network.driver == overlay.DRIVER:
                     network.vni = await self.vnis.allocate(network.network_id)
                     undo.push("release vni", lambda: self.vnis.release(network.network_id))
@@ -395,6 +376,19 @@ class Orchestrator:
             ip_range=network.ip_range, reserved_addresses=sorted(network.aux_addresses.values()),
             labels={MANAGED_LABEL: MANAGED_VALUE, NETWORK_NAME_LABEL: network.name},
         ))
+
+    async def _network_pool(self, network: pb.Network, version: int) -> ipam_pb2.Pool:
+        """The network's IPAM pool of IP ``version``: on its subnet of that family (an
+        overlap names the network holding it), else on a free one of the default pools."""
+        subnet = network.subnet if version == 4 else network.ipv6_subnet
+        if not subnet:
+            return await self._create_pool_in_default_pools(network, version)
+        try:
+            return await (self._create_pool if version == 4 else self._create_ipv6_pool)(network)
+        except errors.AlreadyExists as error:
+            if error.reason != "SUBNET_OVERLAP":
+                raise
+            raise await self._overlap(network, error, subnet) from error
 
     async def _create_ipv6_pool(self, network: pb.Network) -> ipam_pb2.Pool:
         return await self.ipam.create_pool(ipam_pb2.Pool(
@@ -794,18 +788,14 @@ class Orchestrator:
         subnet = ipaddress.ip_network(network.subnet)
         address = _endpoint_address(network, request.address) if request.address else ""
         ipv6_address, ipv6_prefix_length = _endpoint_ipv6(network, request)
-        if not ipv6_prefix_length and any(":" in m.host_ip for m in request.port_mappings):
-            raise errors.InvalidArgument(
-                f"a port published on an IPv6 host address needs an IPv6 address of the "
-                f"container: network {network.name!r} is not dual stack",
-                reason="INVALID_ADDRESS", field="port_mappings")
         return network, pb.Endpoint(
             endpoint_id=validation.endpoint_id(network.network_id, request.container_id),
             network_id=network.network_id, network_name=network.name,
             container_id=request.container_id, host_id=request.host_id,
             sandbox=_sandbox_of(request),
             address=address, prefix_length=subnet.prefixlen,
-            port_mappings=validation.port_mappings(request.port_mappings, network.internal),
+            port_mappings=validation.port_mappings(request.port_mappings, network.internal,
+                                                   ipv6=bool(ipv6_prefix_length)),
             container_interface=request.interface_name and cnm_validation.check_ifname(
                 "interface_name", request.interface_name),
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),

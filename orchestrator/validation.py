@@ -159,12 +159,13 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
     )
 
 
-def port_mappings(mappings, internal: bool) -> list[pb.PortMapping]:
+def port_mappings(mappings, internal: bool, ipv6: bool) -> list[pb.PortMapping]:
     return [
         pb.PortMapping(protocol=validation.PROTOCOL_NUMBERS[port.protocol],
                        host_ip=port.host_ip, host_port=port.host_port,
                        container_port=port.container_port)
-        for port in validation.check_port_mappings(mappings, internal, ephemeral=True)
+        for port in validation.check_port_mappings(mappings, internal, ephemeral=True,
+                                                   ipv6=ipv6)
     ]
 
 

@@ -43,35 +43,25 @@ async def main():
 asyncio.run(main())
 """
 
-UPSTREAM = """
-import socket
+# A fake DNS server: on ADDRESS port 53, A queries for NAME ("*": any) answered ANSWER,
+# the rest empty. The "internet"'s upstream knows example.test; systemd-resolved's stub
+# on the host's loopback answers everything 10.53.0.53.
+FAKE_DNS = """
+import socket, sys
 from dnslib import A, QTYPE, RR, DNSRecord
+address, answer, name = sys.argv[1:]
 server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-server.bind(("10.98.0.2", 53))
+server.bind((address, 53))
 while True:
     data, client = server.recvfrom(4096)
     query = DNSRecord.parse(data)
     reply = query.reply()
-    if str(query.q.qname) == "example.test." and query.q.qtype == QTYPE.A:
-        reply.add_answer(RR("example.test", QTYPE.A, rdata=A("10.98.0.99"), ttl=60))
+    if query.q.qtype == QTYPE.A and name in ("*", str(query.q.qname).rstrip(".")):
+        reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(answer), ttl=60))
     server.sendto(reply.pack(), client)
 """
-
-
-# systemd-resolved's stub on the host's loopback: every A query answered 10.53.0.53.
-STUB = """
-import socket
-from dnslib import A, QTYPE, RR, DNSRecord
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-server.bind(("127.0.0.53", 53))
-while True:
-    data, client = server.recvfrom(4096)
-    query = DNSRecord.parse(data)
-    reply = query.reply()
-    if query.q.qtype == QTYPE.A:
-        reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A("10.53.0.53"), ttl=60))
-    server.sendto(reply.pack(), client)
-"""
+UPSTREAM = ("10.98.0.2", "10.98.0.99", "example.test")
+STUB = ("127.0.0.53", "10.53.0.53", "*")
 
 # The host's files as the resolver sees them, in a mount namespace of its own:
 # $1 over /etc/resolv.conf and, when $2 is not empty, $2 as systemd-resolved's list.
@@ -101,11 +91,11 @@ class World:
         self.stranger.run("ip", "route", "add", "default", "via", "10.96.0.1")
         self.processes: list[subprocess.Popen] = []
         self.processes.append(subprocess.Popen(
-            self.internet.exec_args(support.PYTHON, "-c", UPSTREAM), cwd=support.REPO))
+            self.internet.exec_args(support.PYTHON, "-c", FAKE_DNS, *UPSTREAM), cwd=support.REPO))
         command = [support.PYTHON, "-c", RESOLVER, "forward" if forward else "internal"]
         if host_files:
             self.processes.append(subprocess.Popen(
-                self.host.exec_args(support.PYTHON, "-c", STUB), cwd=support.REPO))
+                self.host.exec_args(support.PYTHON, "-c", FAKE_DNS, *STUB), cwd=support.REPO))
             conf, stub_list = host_files
             command = ["unshare", "--mount", "sh", "-c", HOST_FILES, "sh", str(conf),
                        str(stub_list or ""), *command[:-1], "host"]
