@@ -9,10 +9,12 @@ name, and the IPAM calls name a pool; so:
 
 - a pool is its subnet (PoolID ``SUBNET`` or ``SUBNET,IP_RANGE``), and the
   cnm network of a Docker network is the one with that subnet (cnm refuses
-  overlapping subnets, so there is at most one);
+  overlapping subnets, so there is at most one); a dual-stack network (``docker
+  network create --ipv6``) has two pools, one per family, and is the cnm
+  network with both subnets;
 - a Docker endpoint is the cnm endpoint whose container id is Docker's
   endpoint id, connected with ``peer_on_host`` (Docker moves the interface
-  into the container at Join) from an address its host reserved when
+  into the container at Join) from the addresses its host reserved when
   Docker's IPAM asked (``ReserveAddress``; ``address_reserved``).
 
 The one thing held between two calls: the ip range of a pool asked for, from
@@ -167,19 +169,21 @@ class Plugin:
     # --- IPAM ------------------------------------------------------------------------
 
     async def request_pool(self, data: dict) -> dict:
-        if data.get("V6"):
-            raise errors.InvalidArgument("IPv6 pools are not supported by cnm yet")
+        v6 = bool(data.get("V6"))
         subnet = data.get("Pool") or ""
         if not subnet:
             raise errors.InvalidArgument(
-                "cnm needs a subnet: docker network create --subnet CIDR ...")
+                "cnm needs a subnet: docker network create --subnet CIDR "
+                + ("--subnet IPV6_CIDR --ipv6 ..." if v6 else "..."))
         ip_range = data.get("SubPool") or ""
         # The checks CreateNetwork will make, said while Docker still asks for the pool.
-        network = validation.check_network_subnet(subnet, ip_range=ip_range).network
+        check = validation.check_ipv6_subnet if v6 else validation.check_network_subnet
+        network = check(subnet, ip_range=ip_range).network
         existing = await self._network_overlapping(network, fresh=True)
-        if existing is not None and existing.subnet != str(network):
+        if existing is not None and str(network) not in _subnets(existing):
             raise errors.AlreadyExists(
-                f"subnet {network} overlaps cnm network {existing.name!r} ({existing.subnet})")
+                f"subnet {network} overlaps cnm network {existing.name!r} "
+                f"({', '.join(_subnets(existing))})")
         self._ranges[str(network)] = ip_range
         pool_id = f"{network},{ip_range}" if ip_range else str(network)
         return {"PoolID": pool_id, "Pool": str(network), "Data": {}}
@@ -206,7 +210,7 @@ class Plugin:
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
             # The network's gateway is cnm's to keep: nothing is reserved for it.
             network = await self._network_with_subnet(subnet, fresh=True)
-            gateway = network.gateway if network is not None else ""
+            gateway = _gateway(network, subnet.version) if network is not None else ""
             if wanted and gateway and wanted != gateway:
                 raise errors.AlreadyExists(
                     f"cnm network {network.name!r} ({subnet}) has gateway {gateway}, "
@@ -220,7 +224,8 @@ class Plugin:
                 raise errors.NotFound(f"no cnm network has subnet {subnet}: it was deleted; "
                                       "remove the Docker network and create it again")
             return await self._call("ReserveAddress", pb.ReserveAddressRequest(
-                network=network.network_id, host_id=self.host_id, address=wanted))
+                network=network.network_id, host_id=self.host_id, address=wanted,
+                ipv6=subnet.version == 6))
 
         reply = await self._fresh_if_stale(reserve)
         return {"Address": f"{reply.address}/{reply.prefix_length}", "Data": {}}
@@ -238,7 +243,7 @@ class Plugin:
                 if fresh:
                     return  # the network is gone, and its reservations with it
                 raise errors.NotFound(f"no cnm network has subnet {subnet}")
-            if address and address != network.gateway:
+            if address and address != _gateway(network, subnet.version):
                 await self._call("ReleaseAddress", pb.ReleaseAddressRequest(
                     network=network.network_id, host_id=self.host_id, address=address))
 
@@ -248,13 +253,13 @@ class Plugin:
     # --- networks --------------------------------------------------------------------
 
     async def create_network(self, data: dict) -> dict:
-        ipv4 = data.get("IPv4Data") or []
-        if data.get("IPv6Data"):
-            raise errors.InvalidArgument("IPv6 is not supported by cnm yet")
-        if len(ipv4) != 1:
-            raise errors.InvalidArgument("a cnm network has exactly one IPv4 subnet")
+        ipv4, ipv6 = data.get("IPv4Data") or [], data.get("IPv6Data") or []
+        if len(ipv4) != 1 or len(ipv6) > 1:
+            raise errors.InvalidArgument(
+                "a cnm network has exactly one IPv4 subnet, and one IPv6 subnet with --ipv6")
         subnet = validation.parse_network(ipv4[0]["Pool"], "subnet")
         gateway = (ipv4[0].get("Gateway") or "").split("/")[0]
+        subnet6 = validation.parse_network(ipv6[0]["Pool"], "subnet") if ipv6 else None
         options = data.get("Options") or {}
         generic = dict(options.get("com.docker.network.generic") or {})
         driver_name = str(generic.pop(DRIVER_OPTION, "bridge"))
@@ -269,7 +274,7 @@ class Plugin:
                 f"{DRIVER_OPTION}, {NAME_OPTION}, {', '.join(KNOWN_OPTIONS)}")
         internal = bool(options.get("com.docker.network.internal")) or str(
             generic.pop("com.docker.network.internal", "")).lower() in ("1", "true")
-        if str(subnet) not in self._ranges:
+        if any(str(pool) not in self._ranges for pool in (subnet, subnet6) if pool):
             raise errors.Unavailable("the cnm plugin restarted while this network was being "
                                      "created: create it again")
         wanted = pb.Network(
@@ -277,6 +282,11 @@ class Plugin:
             ip_range=self._ranges.pop(str(subnet)), driver=DRIVERS[driver_name],
             internal=internal, options={k: str(v) for k, v in generic.items()},
             labels={CREATED_BY: "docker"})
+        if subnet6 is not None:
+            wanted.enable_ipv6 = True
+            wanted.ipv6_subnet = str(subnet6)
+            wanted.ipv6_gateway = (ipv6[0].get("Gateway") or "").split("/")[0]
+            wanted.ipv6_ip_range = self._ranges.pop(str(subnet6))
         existing = await self._network_with_subnet(subnet, fresh=True)
         if existing is not None:
             _check_same(existing, wanted)
@@ -290,12 +300,12 @@ class Plugin:
 
     async def create_endpoint(self, data: dict) -> dict:
         interface = data.get("Interface") or {}
-        if interface.get("AddressIPv6"):
-            raise errors.InvalidArgument("IPv6 is not supported by cnm yet")
         cidr = interface.get("Address") or ""
         if not cidr:
             raise errors.InvalidArgument("no address: use --ipam-driver cnm")
         address = ipaddress.ip_interface(cidr).ip
+        cidr6 = interface.get("AddressIPv6") or ""
+        address6 = str(ipaddress.ip_interface(cidr6).ip) if cidr6 else ""
         options = data.get("Options") or {}
         mac = interface.get("MacAddress") or ""
         mappings = _port_mappings(options.get("com.docker.network.portmap") or [])
@@ -304,8 +314,8 @@ class Plugin:
             network = await self._network_containing(address, fresh=fresh)
             return await self._call("ConnectContainer", pb.ConnectContainerRequest(
                 network=network.network_id, container_id=data["EndpointID"],
-                host_id=self.host_id, address=str(address), address_reserved=True,
-                peer_on_host=True, mac_address=mac, port_mappings=mappings,
+                host_id=self.host_id, address=str(address), ipv6_address=address6,
+                address_reserved=True, peer_on_host=True, mac_address=mac, port_mappings=mappings,
                 labels={DOCKER_NETWORK: data.get("NetworkID", "")}))
 
         reply = await self._fresh_if_stale(connect)
@@ -331,7 +341,9 @@ class Plugin:
                 allow_missing=True, release_address=True))
             if endpoint.address_reserved:
                 network = await self._network_by_id(endpoint.network_id)
-                self._released[(str(_subnet_of_pool(network.subnet)), endpoint.address)] = None
+                self._released[(network.subnet, endpoint.address)] = None
+                if endpoint.ipv6_address:
+                    self._released[(network.ipv6_subnet, endpoint.ipv6_address)] = None
                 while len(self._released) > MAX_RELEASED:
                     self._released.popitem(last=False)
         self._connected.pop(data["EndpointID"], None)
@@ -348,6 +360,8 @@ class Plugin:
             answer["DisableGatewayService"] = True
         else:
             answer["Gateway"] = network.gateway
+            if network.ipv6_gateway:
+                answer["GatewayIPv6"] = network.ipv6_gateway
         return answer
 
     # --- lookups ---------------------------------------------------------------------
@@ -378,12 +392,15 @@ class Plugin:
         return network
 
     async def _network_with_subnet(self, subnet, fresh: bool = False) -> pb.Network | None:
-        return next((n for n in await self._networks(fresh) if n.subnet == str(subnet)),
+        """The network with ``subnet`` as its subnet of that family."""
+        return next((n for n in await self._networks(fresh) if str(subnet) in _subnets(n)),
                     None)
 
     async def _network_overlapping(self, subnet, fresh: bool = False) -> pb.Network | None:
         return next((n for n in await self._networks(fresh)
-                     if ipaddress.ip_network(n.subnet).overlaps(subnet)), None)
+                     if any(ipaddress.ip_network(mine).overlaps(subnet)
+                            for mine in _subnets(n)
+                            if ipaddress.ip_network(mine).version == subnet.version)), None)
 
     async def _network_containing(self, address, fresh: bool = False) -> pb.Network:
         for network in await self._networks(fresh):
@@ -406,6 +423,15 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"Err": message}, status=status, content_type=CONTENT_TYPE)
 
 
+def _subnets(network: pb.Network) -> list[str]:
+    """A network's subnets: IPv4, then IPv6 if it has one."""
+    return [subnet for subnet in (network.subnet, network.ipv6_subnet) if subnet]
+
+
+def _gateway(network: pb.Network, version: int) -> str:
+    return network.ipv6_gateway if version == 6 else network.gateway
+
+
 def _subnet_of_pool(pool_id: str):
     return validation.parse_network(str(pool_id).split(",", 1)[0], "PoolID")
 
@@ -420,11 +446,13 @@ def _check_same(existing: pb.Network, wanted: pb.Network) -> None:
     """A second host's Docker network on a cnm network: the options must agree."""
     differences = [
         f"{field} {getattr(existing, field) or '-'} (asked: {getattr(wanted, field) or '-'})"
-        for field in ("name", "driver", "internal", "ip_range")
+        for field in ("name", "driver", "internal", "ip_range", "ipv6_subnet", "ipv6_ip_range")
         if getattr(existing, field) != getattr(wanted, field)
     ]
-    if wanted.gateway and wanted.gateway != existing.gateway:
-        differences.append(f"gateway {existing.gateway} (asked: {wanted.gateway})")
+    for field in ("gateway", "ipv6_gateway"):
+        if getattr(wanted, field) and getattr(wanted, field) != getattr(existing, field):
+            differences.append(
+                f"{field} {getattr(existing, field)} (asked: {getattr(wanted, field)})")
     if differences:
         raise errors.AlreadyExists(
             f"cnm network {existing.name!r} has subnet {existing.subnet} with other options: "

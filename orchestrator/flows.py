@@ -70,10 +70,48 @@ def _endpoint_address(network: pb.Network, address: str) -> str:
                                                  network.gateway, address, "address")
 
 
+def _family_address(network: pb.Network, address: str) -> str:
+    """``address`` checked as one an endpoint of ``network`` may hold, in the subnet of
+    its family."""
+    if ":" not in address:
+        return _endpoint_address(network, address)
+    return cnm_validation.check_endpoint_address(ipaddress.ip_network(network.ipv6_subnet),
+                                                 network.ipv6_gateway, address, "address")
+
+
+def _reservation_pool(network: pb.Network, address: str, ipv6: bool) -> str:
+    """The IPAM pool a host's reservation of ``address`` (or any, of the family ``ipv6``
+    says) is in; INVALID_ARGUMENT for IPv6 on an IPv4 network."""
+    if not (ipv6 or ":" in address):
+        return network.network_id
+    if not network.ipv6_subnet:
+        raise errors.InvalidArgument(
+            f"network {network.name!r} has no IPv6 subnet: no IPv6 address to reserve",
+            reason="ADDRESS_OUTSIDE_SUBNET", field="address")
+    return validation.ipv6_pool_id(network.network_id)
+
+
+def _addresses(endpoint: pb.Endpoint) -> list[tuple[str, str]]:
+    """(IPAM pool, address) of each address of the endpoint."""
+    held = [(endpoint.network_id, endpoint.address)]
+    if endpoint.ipv6_address:
+        held.append((validation.ipv6_pool_id(endpoint.network_id), endpoint.ipv6_address))
+    return held
+
+
+async def _all(*steps) -> list:
+    """Runs ``steps`` at once, each to its end; their results, or the first failure."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
 def _endpoint_ipv6(network: pb.Network, request: pb.ConnectContainerRequest) -> tuple[str, int]:
     """The IPv6 address a connect asks for ("": any) and the prefix length, on a dual-stack
     network; ("", 0) on an IPv4 one (which refuses an IPv6 address). An address its host
-    reserved (Docker's IPAM) is IPv4 only for now."""
+    reserved (Docker's IPAM) comes with its IPv6 one, reserved too."""
     if not network.ipv6_subnet:
         if request.ipv6_address:
             raise errors.InvalidArgument(
@@ -81,8 +119,10 @@ def _endpoint_ipv6(network: pb.Network, request: pb.ConnectContainerRequest) -> 
                 f"{network.name!r} has no IPv6 subnet (create it with one to have dual stack)",
                 reason="ADDRESS_OUTSIDE_SUBNET", field="ipv6_address")
         return "", 0
-    if request.address_reserved:
-        return "", 0
+    if request.address_reserved and not request.ipv6_address:
+        raise errors.InvalidArgument(
+            f"address_reserved on dual-stack network {network.name!r} needs the IPv6 "
+            "address reserved too (ReserveAddress with ipv6)", field="ipv6_address")
     subnet = ipaddress.ip_network(network.ipv6_subnet)
     address = cnm_validation.check_endpoint_address(
         subnet, network.ipv6_gateway, request.ipv6_address, "ipv6_address") \
@@ -709,12 +749,8 @@ class Orchestrator:
                 if endpoint.address_reserved:
                     # The address is known (its host's reservation): IPAM hands it over
                     # while the host makes the endpoint. Both finish before any undo.
-                    outcomes = await asyncio.gather(self._allocate(undo, network, endpoint),
-                                                    create(), return_exceptions=True)
-                    for outcome in outcomes:
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                    generation = outcomes[1]
+                    _, generation = await _all(self._allocate(undo, network, endpoint),
+                                               create())
                 else:
                     await self._allocate(undo, network, endpoint)
                     generation = await create()
@@ -819,12 +855,8 @@ class Orchestrator:
         if endpoint.ipv6_prefix_length:
             # Both families at once: each is its own pool, and the undo pushed above gives
             # back whichever was allocated.
-            outcomes = await asyncio.gather(self._allocate_ipv4(network, endpoint),
-                                            self._allocate_ipv6(network, endpoint),
-                                            return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await _all(self._allocate_ipv4(network, endpoint),
+                       self._allocate_ipv6(network, endpoint))
         else:
             await self._allocate_ipv4(network, endpoint)
         faults.point("connect-ipam")
@@ -855,30 +887,38 @@ class Orchestrator:
         endpoint.ipv6_address = allocation.address
 
     async def _take_reserved(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
+        """The endpoint's addresses (one per family) taken over from its host's
+        reservations, both at once."""
         if not endpoint.address:
             raise errors.InvalidArgument("address_reserved needs the address reserved",
                                          field="address")
-        held = validation.reservation_owner(endpoint.host_id, endpoint.address)
-        try:
-            await self.ipam.transfer(network.network_id, endpoint.address, held,
-                                     endpoint.endpoint_id)
-        except errors.FailedPrecondition as error:
-            raise errors.FailedPrecondition(
-                f"address {endpoint.address} of network {network.name!r} is not reserved by "
-                f"host {endpoint.host_id!r}", reason="ADDRESS_NOT_RESERVED",
-                network=network.name, address=endpoint.address) from error
+
+        async def take(pool_id: str, address: str) -> None:
+            held = validation.reservation_owner(endpoint.host_id, address)
+            try:
+                await self.ipam.transfer(pool_id, address, held, endpoint.endpoint_id)
+            except errors.FailedPrecondition as error:
+                raise errors.FailedPrecondition(
+                    f"address {address} of network {network.name!r} is not reserved by "
+                    f"host {endpoint.host_id!r}", reason="ADDRESS_NOT_RESERVED",
+                    network=network.name, address=address) from error
+
+        await _all(*(take(pool_id, address) for pool_id, address in _addresses(endpoint)))
 
     async def _give_back_address(self, endpoint: pb.Endpoint) -> None:
-        """Releases the endpoint's address; one its host reserved goes back to the
-        reservation (the runtime that reserved it releases it)."""
+        """Releases the endpoint's addresses; ones its host reserved go back to the
+        reservation (the runtime that reserved them releases them)."""
         if not endpoint.address_reserved:
             await self._release_owner(endpoint)
             return
-        held = validation.reservation_owner(endpoint.host_id, endpoint.address)
-        # Not held (never taken, or given back already) or no pool: nothing to give back.
-        with contextlib.suppress(errors.FailedPrecondition, errors.NotFound):
-            await self.ipam.transfer(endpoint.network_id, endpoint.address,
-                                     endpoint.endpoint_id, held)
+
+        async def give_back(pool_id: str, address: str) -> None:
+            held = validation.reservation_owner(endpoint.host_id, address)
+            # Not held (never taken, or given back already) or no pool: nothing to do.
+            with contextlib.suppress(errors.FailedPrecondition, errors.NotFound):
+                await self.ipam.transfer(pool_id, address, endpoint.endpoint_id, held)
+
+        await _all(*(give_back(pool_id, address) for pool_id, address in _addresses(endpoint)))
 
     async def _release_owner(self, endpoint: pb.Endpoint) -> None:
         """Releases what the endpoint holds in IPAM: its IPv4 address and, on a dual-stack
@@ -889,17 +929,19 @@ class Orchestrator:
             await self.ipam.release_owner(validation.ipv6_pool_id(endpoint.network_id),
                                           endpoint.endpoint_id)
 
-    async def reserve_address(self, network_name: str, host_id: str,
-                              address: str) -> tuple[str, int, str]:
-        """(address, prefix length, gateway) reserved on the network for the host."""
+    async def reserve_address(self, network_name: str, host_id: str, address: str,
+                              ipv6: bool = False) -> tuple[str, int, str]:
+        """(address, prefix length, gateway) reserved on the network for the host, from
+        its IPv6 subnet with ``ipv6`` or an IPv6 ``address``."""
         network = await self._network_taking_addresses(network_name)
         if await self.store.get_host(host_id) is None:
             raise errors.NotFound(f"host {host_id!r} is not registered",
                                   reason="HOST_NOT_FOUND", host=host_id)
+        pool_id = _reservation_pool(network, address, ipv6)
         if address:
-            address = _endpoint_address(network, address)
+            address = _family_address(network, address)
         try:
-            allocation = await self.ipam.allocate(network.network_id,
+            allocation = await self.ipam.allocate(pool_id,
                                                   validation.reservation_owner(host_id),
                                                   address, owner_is_prefix=True)
         except errors.AlreadyExists as error:
@@ -911,9 +953,9 @@ class Orchestrator:
 
     async def release_reserved(self, network_name: str, host_id: str, address: str) -> None:
         network, _ = await self.store.resolve_network(network_name)
+        pool_id = _reservation_pool(network, address, False)
         await self.ipam.release_owner(
-            network.network_id,
-            validation.reservation_owner(host_id, _endpoint_address(network, address)))
+            pool_id, validation.reservation_owner(host_id, _family_address(network, address)))
 
     async def _network_taking_addresses(self, name: str) -> pb.Network:
         """The network ``name`` names, if it may hand out an address (not being deleted)."""

@@ -86,7 +86,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         validation.check_network_name("network", request.network)
         validation.check_id("host_id", request.host_id)
         address, prefix_length, gateway = await self.orch.reserve_address(
-            request.network, request.host_id, request.address)
+            request.network, request.host_id, request.address, request.ipv6)
         return pb.ReserveAddressResponse(address=address, prefix_length=prefix_length,
                                          gateway=gateway)
 

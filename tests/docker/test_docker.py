@@ -182,6 +182,56 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
                     if link["ifname"].startswith(("cv", "cp"))]
 
 
+def test_a_dual_stack_overlay_network_of_two_daemons(docker_hosts):
+    cluster, (one, two) = docker_hosts
+    dual = [*NET, "--ipv6", "--subnet", "10.52.0.0/24", "--subnet", "fd00:52::/64",
+            "-o", "cnm.driver=overlay", "-o", "cnm.name=dual"]
+    for host in (one, two):
+        host.docker(*dual, "d6")
+    network = cluster.inspect("dual")
+    assert (network.subnet, network.ipv6_subnet, network.ipv6_gateway) == (
+        "10.52.0.0/24", "fd00:52::/64", "fd00:52::1")
+    one.docker("run", "-d", "--name", "web6", "--network", "d6", IMAGE, *WEB)
+    two.docker("run", "-d", "--name", "box6", "--network", "d6", "--ip6", "fd00:52::9",
+               IMAGE, "sleep", "600")
+    web = one.daemon.inspect("web6")["NetworkSettings"]["Networks"]["d6"]
+    assert web["GlobalIPv6Address"].startswith("fd00:52::") and web["GlobalIPv6PrefixLen"] == 64
+    assert two.daemon.inspect("box6")["NetworkSettings"]["Networks"]["d6"][
+        "GlobalIPv6Address"] == "fd00:52::9"
+    # IPv6 across hosts, to the web server; the IPv6 default route is the gateway.
+    # (busybox's wget fails on an IPv6 URL: nc makes the request)
+    fetch = (f"until printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 "
+             f"{web['GlobalIPv6Address']} 80; do sleep 0.2; done")
+    assert "hello from cnm" in two.docker("exec", "box6", "timeout", "20", "sh", "-c",
+                                          fetch).stdout
+    assert "default via fd00:52::1" in two.docker("exec", "box6", "ip", "-6", "route").stdout
+    recorded = endpoints(cluster)
+    assert sorted(e.ipv6_address for e in recorded) == sorted(
+        [web["GlobalIPv6Address"], "fd00:52::9"])
+    held6 = cluster.allocations("dual", ipv6=True)
+    assert sorted(held6) == sorted(["fd00:52::1", web["GlobalIPv6Address"], "fd00:52::9"])
+
+    # Bad input: a clear error, nothing allocated.
+    assert "in use" in one.fails("run", "-d", "--network", "d6", "--ip6", "fd00:52::9",
+                                 IMAGE, "sleep", "1")
+    assert "other options" in one.fails(*NET, "--subnet", "10.52.0.0/24", "-o",
+                                        "cnm.driver=overlay", "-o", "cnm.name=dual", "v4only")
+    assert "subnet" in one.fails(*NET, "--ipv6", "--subnet", "10.53.0.0/24", "nov6")
+    assert "overlaps" in one.fails(*NET, "--ipv6", "--subnet", "10.54.0.0/24", "--subnet",
+                                   "fd00:52::/48", "wide6")
+    one.docker("container", "prune", "-f")
+    assert cluster.allocations("dual", ipv6=True) == held6
+    assert len(endpoints(cluster)) == 2
+
+    one.docker("rm", "-f", "web6")
+    two.docker("rm", "-f", "box6")
+    assert endpoints(cluster) == []
+    assert cluster.allocations("dual", ipv6=True) == {"fd00:52::1": "cnm:gateway"}
+    for host in (one, two):
+        host.docker("network", "rm", "d6")
+    assert cluster.call("ListNetworks", pb.ListNetworksRequest()).networks == []
+
+
 def plugin_post(socket: Path, path: str, body: bytes) -> tuple[int, dict]:
     """A raw call to the plugin, as dockerd makes it."""
     import http.client

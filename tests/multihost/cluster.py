@@ -219,9 +219,10 @@ class MultiHost:
     def inspect(self, network: str) -> pb.Network:
         return self.call("GetNetwork", pb.GetNetworkRequest(network=network)).network
 
-    def allocations(self, network: str) -> dict[str, str]:
-        """Address -> owner of the network's IPAM pool, as IPAM has them."""
-        pool_id = self.inspect(network).network_id
+    def allocations(self, network: str, ipv6: bool = False) -> dict[str, str]:
+        """Address -> owner of the network's IPAM pool (``ipv6``: its IPv6 one), as IPAM
+        has them."""
+        pool_id = self.inspect(network).network_id + (".v6" if ipv6 else "")
         with admin_channel(self.pki, self.ipam_address) as channel:
             listed = ipam_pb2_grpc.IpamServiceStub(channel).ListAllocations(
                 ipam_pb2.ListAllocationsRequest(pool_id=pool_id), timeout=10)

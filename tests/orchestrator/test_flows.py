@@ -1118,6 +1118,47 @@ async def test_a_reserved_address_is_taken_by_a_connect_and_given_back_at_discon
     assert await intents(world) == []
 
 
+async def test_a_dual_stack_endpoint_takes_both_reserved_addresses_and_gives_both_back(world):
+    network = await create(world, enable_ipv6=True, ipv6_subnet="fd00:20::/64")
+    v4 = world.ipam.allocations[network.network_id]
+    v6 = world.ipam.allocations[validation.ipv6_pool_id(network.network_id)]
+    held = await world.call("ReserveAddress", reserve())
+    held6 = await world.call("ReserveAddress", pb.ReserveAddressRequest(
+        network="net1", host_id="h1", ipv6=True))
+    assert (held6.prefix_length, held6.gateway) == (64, "fd00:20::1")
+    static6 = (await world.call("ReserveAddress", reserve("fd00:20::50"))).address
+    assert static6 == "fd00:20::50" and v6[static6] == \
+        validation.reservation_owner("h1", static6)
+    with pytest.raises(errors.InvalidArgument, match="IPv6 address reserved too"):
+        await world.call("ConnectContainer", connect_request(
+            "c1", address=held.address, address_reserved=True))
+    with pytest.raises(errors.FailedPrecondition) as caught:  # not reserved: nothing taken
+        await world.call("ConnectContainer", connect_request(
+            "c1", address=held.address, ipv6_address="fd00:20::99", address_reserved=True))
+    assert caught.value.reason == "ADDRESS_NOT_RESERVED"
+    assert v4[held.address] == validation.reservation_owner("h1", held.address)
+    endpoint = (await world.call("ConnectContainer", connect_request(
+        "c1", address=held.address, ipv6_address=held6.address,
+        address_reserved=True))).endpoint
+    assert (endpoint.ipv6_address, endpoint.ipv6_prefix_length) == (held6.address, 64)
+    assert v4[held.address] == v6[held6.address] == endpoint.endpoint_id
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="net1", container_id="c1"))
+    assert v6[held6.address] == validation.reservation_owner("h1", held6.address)
+    for address in (held.address, held6.address, static6):
+        await world.call("ReleaseAddress", release(address))
+    assert held6.address not in v6 and static6 not in v6 and held.address not in v4
+    assert await intents(world) == []
+
+
+async def test_ipv6_reservations_need_a_dual_stack_network(world):
+    await create(world)
+    for request in (reserve("fd00:20::5"), pb.ReserveAddressRequest(
+            network="net1", host_id="h1", ipv6=True)):
+        with pytest.raises(errors.InvalidArgument, match="no IPv6 subnet"):
+            await world.call("ReserveAddress", request)
+
+
 async def test_a_disconnect_can_release_a_reserved_address_even_when_cut_short(world):
     network = await create(world)
     allocations = world.ipam.allocations[network.network_id]

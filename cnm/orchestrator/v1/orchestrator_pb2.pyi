@@ -221,14 +221,16 @@ class Sandbox(_message.Message):
     def __init__(self, name: _Optional[str] = ..., host_id: _Optional[str] = ..., path: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., inode: _Optional[int] = ...) -> None: ...
 
 class ReserveAddressRequest(_message.Message):
-    __slots__ = ("network", "host_id", "address")
+    __slots__ = ("network", "host_id", "address", "ipv6")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IPV6_FIELD_NUMBER: _ClassVar[int]
     network: str
     host_id: str
     address: str
-    def __init__(self, network: _Optional[str] = ..., host_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    ipv6: bool
+    def __init__(self, network: _Optional[str] = ..., host_id: _Optional[str] = ..., address: _Optional[str] = ..., ipv6: _Optional[bool] = ...) -> None: ...
 
 class ReserveAddressResponse(_message.Message):
     __slots__ = ("address", "prefix_length", "gateway")
