@@ -14,8 +14,9 @@ broadcast addresses and IPv6's Subnet-Router anycast address (the first).
 IPAM keeps an IPv4 pool's dynamic range (the ip range, or the whole subnet) in
 a bitmap, so it is bounded: 2^24 addresses, a /8; an IPv6 subnet is /48 to /126,
 its range a bitmap up to 2^24 addresses and sparse beyond (ipam_service/pools.py).
-IPAM takes IPv6 pools; networks, port mappings and underlays are IPv4 only until cnm's
-data path handles IPv6 (refused with reason ``IPV6_NOT_SUPPORTED``).
+A network's subnet is IPv4, with an IPv6 one beside it for dual stack; IPv6-only
+networks are refused (reason ``IPV6_NOT_SUPPORTED``). A host's underlay (VXLAN)
+address is of either family.
 """
 
 from __future__ import annotations
@@ -621,8 +622,9 @@ def check_host_address(value: str) -> str:
 
 
 def check_underlay_ip(value: str, *, allow_empty: bool) -> str:
-    """A host's VXLAN source address, normalised: IPv4 (the underlay's only family today);
-    "" only where ``allow_empty`` says the host may have none."""
+    """A host's VXLAN source address, normalised: a unicast address of either family that
+    another host can route to (not link-local: a VXLAN device has no interface to send a
+    link-local one out of); "" only where ``allow_empty`` says the host may have none."""
     if not value:
         if allow_empty:
             return ""
@@ -635,8 +637,8 @@ def check_underlay_ip(value: str, *, allow_empty: bool) -> str:
             f"invalid underlay_ip {capped(value)!r}: not an IP address",
             reason="INVALID_UNDERLAY_IP", field="underlay_ip", value=capped(value),
         ) from None
-    require_ipv4(address, f"underlay_ip {address}")
-    if address.is_unspecified or address.is_multicast or address.is_loopback:
+    if (address.is_unspecified or address.is_multicast or address.is_loopback
+            or address.is_link_local):
         raise errors.InvalidArgument(
             f"invalid underlay_ip {address}: not a unicast address another host can reach",
             reason="INVALID_UNDERLAY_IP", field="underlay_ip", value=str(address),

@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     config.add_flag(
         parser, "--underlay-ip", "CNM_UNDERLAY_IP", "",
-        "address other hosts reach this one on; default: the default-route interface's",
+        "address (IPv4 or IPv6) other hosts reach this one on; default: the IPv4 "
+        "default route interface's, else the IPv6 one's",
     )
     config.add_flag(
         parser, "--firewall", "CNM_NETDRIVER_FIREWALL", "nftables", "firewall backend: "

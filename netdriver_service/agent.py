@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -207,11 +208,15 @@ class Agent:
             )
 
     async def _default_route_address(self) -> str:
-        route = await self.netlink.default_route()
-        if route is None:
-            return ""
-        addresses = await self.netlink.addresses(route[1])
-        return addresses[0].split("/")[0] if addresses else ""
+        """The first address of the interface of the IPv4 default route; without one, the
+        first global IPv6 address of the IPv6 default route's (an IPv6-only underlay)."""
+        for family in (socket.AF_INET, socket.AF_INET6):
+            route = await self.netlink.default_route(family=family)
+            if route is not None:
+                addresses = await self.netlink.addresses(route[1], family=family)
+                if addresses:
+                    return addresses[0].split("/")[0]
+        return ""
 
     def driver(self, name: str) -> Driver:
         return self.drivers[name]
@@ -220,7 +225,7 @@ class Agent:
 
     async def create_network(self, message: netdriver_pb2.Network) -> NetworkSpec:
         self._require_started()
-        spec = model.network_from_proto(message, tuple(self.drivers))
+        spec = model.network_from_proto(message, tuple(self.drivers), self.underlay_ip)
         async with self.lock:
             return await self._with_whole_firewall(lambda: self._ensure_network(spec))
 
@@ -367,7 +372,8 @@ class Agent:
                         "not on this host and the request does not describe it",
                         reason="NETWORK_NOT_ON_HOST", network_id=network_id,
                     )
-                network = model.network_from_proto(network_message, tuple(self.drivers))
+                network = model.network_from_proto(network_message, tuple(self.drivers),
+                                                   self.underlay_ip)
                 self._check_new_network(network)
             endpoint = model.endpoint_from_proto(message, network, self.netns_dir,
                                                  self.confinement)

@@ -19,6 +19,7 @@ from netdriver_service import names, netns
 
 DEFAULT_MTU = 1500
 OVERLAY_MTU = DEFAULT_MTU - 50  # room for VXLAN's outer Ethernet, IPv4, UDP and VXLAN headers
+OVERLAY_MTU_IPV6 = DEFAULT_MTU - 70  # the same over an IPv6 underlay (its header is 20 more)
 MAX_VNI = 0xFFFFFF
 
 
@@ -170,7 +171,15 @@ def driver_enum(name: str) -> int:
     return netdriver_pb2.Driver.Value(f"DRIVER_{name.upper()}")
 
 
-def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...]) -> NetworkSpec:
+def overlay_mtu(underlay_ip: str) -> int:
+    """An overlay network's MTU when none is given: the underlay's, less VXLAN's headers."""
+    return OVERLAY_MTU_IPV6 if ":" in underlay_ip else OVERLAY_MTU
+
+
+def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...],
+                       underlay_ip: str = "") -> NetworkSpec:
+    """The network a request describes, checked; ``underlay_ip`` is the host's (an overlay
+    network's default MTU depends on its family)."""
     network_id = validation.check_id("network_id", message.network_id)
     driver = driver_name(message.driver)
     if driver not in drivers:
@@ -190,7 +199,8 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...])
         "bridge name", message.bridge_name or options.bridge_name or names.bridge_name(network_id)
     )
     mtu = validation.check_mtu(
-        message.mtu or options.mtu or (OVERLAY_MTU if driver == "overlay" else DEFAULT_MTU)
+        message.mtu or options.mtu
+        or (overlay_mtu(underlay_ip) if driver == "overlay" else DEFAULT_MTU)
     )
     if driver == "overlay" and not 1 <= message.vni <= MAX_VNI:
         raise errors.InvalidArgument(

@@ -649,14 +649,18 @@ class Netlink:
                             found.add(str(network))
         return sorted(found)
 
-    async def addresses(self, index: int, ns: str | None = None) -> list[str]:
+    async def addresses(self, index: int, ns: str | None = None,
+                        family: int = socket.AF_INET) -> list[str]:
+        """The addresses (CIDR) of link ``index`` of ``family`` (IPv4 unless told), IPv6
+        ones of global scope only."""
         handle = await self._handle(ns)
         with _errors("list addresses"):
             return [
                 f"{message.get_attr('IFA_ADDRESS')}/{message['prefixlen']}"
                 for message in await self._dump(
-                    handle, lambda: handle.addr("dump", family=socket.AF_INET))
+                    handle, lambda: handle.addr("dump", family=family))
                 if message["index"] == index
+                and (family == socket.AF_INET or message["scope"] == 0)
             ]
 
     async def _index(self, name: str | int, ns: str | None) -> int:
@@ -678,7 +682,7 @@ class Netlink:
         options = {"vxlan_id": vni, "vxlan_port": VXLAN_PORT, "vxlan_learning": 0,
                    "vxlan_proxy": 1}
         if local:
-            options["vxlan_local"] = local
+            options["vxlan_local6" if ":" in local else "vxlan_local"] = local
         with _errors(f"create vxlan {name!r} (vni {vni})"):
             await handle.link("add", ifname=name, kind="vxlan", mtu=mtu, **options)
         await self._mark_alias(name, alias)
@@ -703,7 +707,7 @@ class Netlink:
         data = info.get_attr("IFLA_INFO_DATA")
         return VxlanInfo(
             vni=data.get_attr("IFLA_VXLAN_ID") or 0,
-            local=data.get_attr("IFLA_VXLAN_LOCAL") or "",
+            local=data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") or "",
             port=data.get_attr("IFLA_VXLAN_PORT") or 0,
             learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
             proxy=bool(data.get_attr("IFLA_VXLAN_PROXY")),

@@ -104,17 +104,24 @@ class Overlay:
         failures: list[str] = []
 
         async def push(host: pb.Host) -> None:
+            # VXLAN sends over one family: the hosts of the other one are out of reach.
+            reach = {peer_id: underlay for peer_id, underlay in underlays.items()
+                     if peer_id != host.host_id
+                     and (":" in underlay) == (":" in host.underlay_ip)}
+            if len(reach) < len(underlays) - (host.host_id in underlays):
+                log.warning("hosts of the other underlay family are out of this host's reach",
+                            extra={"host": host.host_id, "network": network_id,
+                                   "unreached": sorted(set(underlays) - set(reach)
+                                                       - {host.host_id})})
             peers = [nd.Peer(host_id=peer_id, underlay_ip=underlay)
-                     for peer_id, underlay in sorted(underlays.items())
-                     if peer_id != host.host_id]
+                     for peer_id, underlay in sorted(reach.items())]
             remotes = [nd.RemoteEndpoint(address=endpoint.address,
                                          mac_address=endpoint.mac_address,
-                                         underlay_ip=underlays[endpoint.host_id],
+                                         underlay_ip=reach[endpoint.host_id],
                                          dns_names=list(endpoint.dns_names),
                                          ipv6_address=endpoint.ipv6_address)
                        for endpoint in endpoints
-                       if endpoint.host_id != host.host_id and endpoint.host_id in underlays
-                       and endpoint.mac_address]
+                       if endpoint.host_id in reach and endpoint.mac_address]
             agent = self.hosts.agent_of(host)
             try:
                 await agent.set_network_peers(network_id, peers, remotes, generation)

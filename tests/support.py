@@ -227,12 +227,15 @@ class Underlay:
     """Simulated hosts joined by one layer-2 underlay: a bridge in a "switch" namespace and
     a veth ``eth0`` into each host namespace, addressed 10.99.0.N/24 inside it (plus a
     default route via 10.99.0.254, an address nobody has, so that agents find the
-    underlay interface the way they would on a real host)."""
+    underlay interface the way they would on a real host). With ``ipv6``, an IPv6-only
+    underlay: fd99::N/64, and a default route via fd99::fe."""
 
     PREFIX = "10.99.0"
+    PREFIX6 = "fd99:"
 
-    def __init__(self, make_netns) -> None:
+    def __init__(self, make_netns, ipv6: bool = False) -> None:
         self.make_netns = make_netns
+        self.ipv6 = ipv6
         self.switch = make_netns("cnmt-sw")
         self.switch.run("ip", "link", "add", "sw", "type", "bridge")
         self.switch.run("ip", "link", "set", "sw", "up")
@@ -246,14 +249,19 @@ class Underlay:
         subprocess.run(["ip", "-n", self.switch.name, "link", "add", port, "type", "veth",
                         "peer", "name", "eth0", "netns", host.name], check=True)
         self.switch.run("ip", "link", "set", port, "master", "sw", "up")
-        host.run("ip", "addr", "add", f"{self.address(number)}/24", "dev", "eth0")
-        host.run("ip", "link", "set", "eth0", "up")
-        host.run("ip", "route", "add", "default", "via", f"{self.PREFIX}.254")
+        if self.ipv6:
+            host.run("ip", "addr", "add", f"{self.address(number)}/64", "dev", "eth0", "nodad")
+            host.run("ip", "link", "set", "eth0", "up")
+            host.run("ip", "-6", "route", "add", "default", "via", f"{self.PREFIX6}:fe")
+        else:
+            host.run("ip", "addr", "add", f"{self.address(number)}/24", "dev", "eth0")
+            host.run("ip", "link", "set", "eth0", "up")
+            host.run("ip", "route", "add", "default", "via", f"{self.PREFIX}.254")
         self.hosts.append(host)
         return host
 
     def address(self, number: int) -> str:
-        return f"{self.PREFIX}.{number}"
+        return f"{self.PREFIX6}:{number:x}" if self.ipv6 else f"{self.PREFIX}.{number}"
 
     def add_internet(self) -> Netns:
         """A namespace on the switch holding the hosts' default gateway, 10.99.0.254: what

@@ -839,6 +839,25 @@ async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world
     assert all(h.ready for h in inspected.hosts)
 
 
+async def test_overlay_hosts_meet_over_one_underlay_family(world):
+    """An IPv6 underlay carries an overlay as IPv4 does; a host of the other family is
+    out of reach (VXLAN sends over one family), so it is pushed no peer of it."""
+    h1, h2 = world.agents["h1"], world.agents["h2"]
+    h1.underlay_ip, h2.underlay_ip = "fd00:99::1", "fd00:99::2"
+    network = await create(world, "ov", "10.30.0.0/24", driver=pb.DRIVER_OVERLAY)
+    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    assert peers_of(h2, network.network_id) == ([("h1", "fd00:99::1")],
+                                                [(a.address, "fd00:99::1")])
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="ov", force=True))
+    h2.underlay_ip = "192.0.2.77"
+    await world.call("RegisterHost", pb.RegisterHostRequest(
+        host=pb.Host(host_id="h2", address=f"127.0.0.1:{world.servers['h2'].port}",
+                     underlay_ip="192.0.2.77")))
+    network = await create(world, "ov", "10.30.0.0/24", driver=pb.DRIVER_OVERLAY)
+    a = (await world.call("ConnectContainer", connect_request("a", network="ov"))).endpoint
+    assert peers_of(h1, network.network_id) == peers_of(h2, network.network_id) == ([], [])
+
+
 # --- issue 9's defects: what the agent would refuse is refused here first ---------------------
 
 
@@ -854,7 +873,8 @@ async def test_overlay_peers_missed_by_a_host_are_pushed_by_the_reconciler(world
     ("a" * 10_000 + ":1", ""),
     ("127.0.0.1:50053", "300.1.1.0/24"),
     ("127.0.0.1:50053", "10.0.0.1/24"),
-    ("127.0.0.1:50053", "fd00::1"),
+    ("127.0.0.1:50053", "fe80::1"),
+    ("127.0.0.1:50053", "ff02::1"),
     ("127.0.0.1:50053", "0.0.0.0"),
 ])
 async def test_register_host_refuses_bad_addresses_and_lists_nothing(world, address, underlay):
