@@ -209,13 +209,13 @@ class PortMapping:
     container_port: int
 
 
-def check_port_mappings(mappings: Iterable, internal: bool,
-                        ephemeral: bool = False, ipv6: bool = True) -> list[PortMapping]:
+def check_port_mappings(mappings: Iterable, internal: bool, ephemeral: bool = False,
+                        ipv6: bool = True, ipv4: bool = True) -> list[PortMapping]:
     """Checks and normalises port mappings (messages with protocol, host_ip, host_port,
     container_port) as every service does: no mapping twice, none overlapping another of
-    the same request, none on an internal network, none on an IPv6 host address unless
-    the container has an IPv6 address (``ipv6``). With ``ephemeral`` (the orchestrator,
-    which chooses them) a host port of 0 means any free one."""
+    the same request, none on an internal network, none on a host address of a family
+    the container has no address of (``ipv6``, ``ipv4``). With ``ephemeral`` (the
+    orchestrator, which chooses them) a host port of 0 means any free one."""
     checked: list[PortMapping] = []
     held: dict[tuple[str, int], set[str]] = {}
     for mapping in mappings:
@@ -230,6 +230,11 @@ def check_port_mappings(mappings: Iterable, internal: bool,
             raise errors.InvalidArgument(
                 f"a port published on an IPv6 host address ({port.host_ip}) needs the "
                 "container's IPv6 address: its network is not dual stack",
+                reason="INVALID_ADDRESS", field="port_mappings", host_ip=port.host_ip)
+        if not ipv4 and port.host_ip and ":" not in port.host_ip:
+            raise errors.InvalidArgument(
+                f"a port published on an IPv4 host address ({port.host_ip}) needs the "
+                "container's IPv4 address: its network is IPv6 only",
                 reason="INVALID_ADDRESS", field="port_mappings", host_ip=port.host_ip)
         if port.host_port == 0:
             checked.append(port)
@@ -447,11 +452,12 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def mac_from_address(address: str) -> str:
-    """A locally administered MAC derived from an IPv4 address, as Docker does: 02:42:a:b:c:d.
+    """A locally administered MAC derived from an IPv4 address, as Docker does: 02:42:a:b:c:d;
+    from an IPv6 one (an IPv6-only network), 02:42 and its last 32 bits.
 
     The agent gives it to an endpoint, and the orchestrator knows it in advance (an overlay
     endpoint's MAC is pushed to the other hosts while its own host makes it)."""
-    octets = ipaddress.IPv4Address(address).packed
+    octets = ipaddress.ip_address(address).packed[-4:]
     return "02:42:" + ":".join(f"{octet:02x}" for octet in octets)
 
 

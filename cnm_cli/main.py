@@ -215,13 +215,15 @@ def network_create(client: Client, args) -> int:
     ip_range, ip_range6 = by_family(args.ip_range, "--ip-range")
     if (subnet6 or gateway6 or ip_range6) and not args.ipv6:
         raise UsageError("an IPv6 --subnet, --gateway or --ip-range needs --ipv6")
+    if not args.ipv4 and not args.ipv6:
+        raise UsageError("--ipv4=false needs --ipv6: a network has IPv4, IPv6 or both")
     network = pb.Network(
         name=args.name, driver=parse_driver(args.driver), subnet=subnet, gateway=gateway,
         ip_range=ip_range, internal=args.internal,
         options=parse_pairs(args.opt, "option"), labels=parse_pairs(args.label, "label"),
         aux_addresses=parse_pairs(args.aux_address, "aux address"),
         enable_ipv6=args.ipv6, ipv6_subnet=subnet6, ipv6_gateway=gateway6,
-        ipv6_ip_range=ip_range6,
+        ipv6_ip_range=ip_range6, enable_ipv4=args.ipv4,
     )
     reply = client.CreateNetwork(pb.CreateNetworkRequest(network=network))
     print(reply.network.network_id)
@@ -239,8 +241,17 @@ NETWORK_FILTERS = {
 
 
 def both(ipv4: str, ipv6: str) -> str:
-    """A dual-stack network's value of each family, as one cell."""
-    return f"{ipv4},{ipv6}" if ipv6 else ipv4
+    """A network's value of each family it has, as one cell."""
+    return ",".join(value for value in (ipv4, ipv6) if value)
+
+
+def parse_bool(text: str) -> bool:
+    """A flag's true or false, as Docker's --ipv4=false."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def network_scope(network: pb.Network) -> str:
@@ -431,7 +442,8 @@ def network_connect(client: Client, args) -> int:
         print_json(to_dict(reply.endpoint))
     else:
         endpoint = reply.endpoint
-        print(f"{endpoint.address}/{endpoint.prefix_length}")
+        if endpoint.address:
+            print(f"{endpoint.address}/{endpoint.prefix_length}")
         if endpoint.ipv6_address:
             print(f"{endpoint.ipv6_address}/{endpoint.ipv6_prefix_length}")
     return 0
@@ -563,11 +575,12 @@ def run(client: Client, args) -> int:
 
 def write_resolv_conf(client: Client, args, sandbox: str) -> Path | None:
     """The command's resolv.conf, in the run directory: the first network's DNS server
-    (its gateway, unless the network has cnm.dns=false) or --dns, --dns-search and
-    --dns-option; None to leave the host's (no DNS server and no --dns)."""
+    (its gateway, the IPv6 one on an IPv6-only network, unless the network has
+    cnm.dns=false) or --dns, --dns-search and --dns-option; None to leave the host's (no
+    DNS server and no --dns)."""
     network = client.GetNetwork(pb.GetNetworkRequest(network=args.net[0])).network
     own = validation.check_network_options(network.options).dns
-    servers = args.dns or ([network.gateway] if own else [])
+    servers = args.dns or ([network.gateway or network.ipv6_gateway] if own else [])
     if not servers:
         return None
     lines = [f"nameserver {server}" for server in servers]
@@ -711,7 +724,7 @@ def ps(client: Client, args) -> int:
         rows = []
         for sandbox in sandboxes:
             networks = ", ".join(
-                f"{e.network_name}:{e.address}" + (f",{e.ipv6_address}" if e.ipv6_address else "")
+                f"{e.network_name}:{both(e.address, e.ipv6_address)}"
                 for e in sandbox.endpoints)
             ports = ", ".join(format_port(m) for e in sandbox.endpoints for m in e.port_mappings)
             rows.append([container_name(sandbox), sandbox.host_id, networks, ports])
@@ -808,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dual stack: an IPv6 subnet too (give it with --subnet), its "
                         "containers an IPv6 address, NAT66 unless "
                         "-o com.docker.network.bridge.gateway_mode_ipv6=routed")
+    create.add_argument("--ipv4", type=parse_bool, default=True, metavar="true|false",
+                        help="IPv4 (default true); --ipv4=false with --ipv6: an IPv6-only "
+                        "network (its --subnet an IPv6 one, or one from the IPv6 default "
+                        "address pools)")
     create.add_argument("--internal", action="store_true", help="no NAT, no way out")
     create.add_argument("--opt", "-o", action="append", metavar="KEY=VALUE",
                         help="driver option (repeatable)")

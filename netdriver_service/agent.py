@@ -122,7 +122,7 @@ class Agent:
             for name in self.store.sandboxes:
                 self._hold(name)
             await self.host_ports.restore(
-                (e.endpoint_id, e.ports, e.ipv6_address)
+                (e.endpoint_id, e.ports, e.ipv6_address, bool(e.address))
                 for e in self.store.endpoints.values())
             for network_id in list(self.store.networks):
                 await self._names_changed(network_id)
@@ -198,7 +198,8 @@ class Agent:
         """Reads the host's own routes again (not those of cnm's networks, the subnets
         of its bridges): membership reports them, and subnets chosen for networks avoid
         them. No dump of every link: one per endpoint would be read every resync."""
-        subnets = frozenset(spec.subnet for spec in list(self.store.networks.values()))
+        subnets = frozenset(subnet for spec in list(self.store.networks.values())
+                            for subnet in (spec.subnet, spec.ipv6_subnet) if subnet)
         self.host_routes = await self.netlink.routes(except_destinations=subnets)
 
     def _require_started(self) -> None:
@@ -244,8 +245,10 @@ class Agent:
                     f"network {spec.network_id!r}: bridge name {spec.bridge!r} is used by "
                     f"network {other.network_id!r}", reason="BRIDGE_NAME_TAKEN",
                 )
-            validation.subnets_overlap(spec.subnet, other.subnet, f"network {spec.network_id!r}",
-                                       f"network {other.network_id!r}")
+            if spec.subnet and other.subnet:
+                validation.subnets_overlap(spec.subnet, other.subnet,
+                                           f"network {spec.network_id!r}",
+                                           f"network {other.network_id!r}")
             if spec.ipv6_subnet and other.ipv6_subnet:
                 validation.subnets_overlap(spec.ipv6_subnet, other.ipv6_subnet,
                                            f"network {spec.network_id!r}",
@@ -409,7 +412,7 @@ class Agent:
             endpoint_id = endpoint.endpoint_id
             # After the firewall refused ports other endpoints hold: what is left is the host's.
             await self.host_ports.reserve(endpoint_id, endpoint.ports,
-                                          endpoint.ipv6_address)
+                                          endpoint.ipv6_address, bool(endpoint.address))
             undo.push("release the host ports", lambda: self.host_ports.release(endpoint_id))
             await self.store.put_endpoint(endpoint)
             undo.push("forget the endpoint's record",

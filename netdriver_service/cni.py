@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 from cnm import errors, grpc_client, pagination, tracing, validation
@@ -308,15 +309,22 @@ class CniService:
         try:
             if link is None:
                 raise CniError(DRIFTED, f"interface {request.ifname} is not in {request.netns}")
-            wanted = f"{endpoint.address}/{endpoint.prefix_length}"
-            if wanted not in await self.netlink.addresses(link.index, request.netns):
-                raise CniError(DRIFTED, f"interface {request.ifname} lacks its address "
-                                        f"{wanted}")
+            for wanted, family in (
+                    (f"{endpoint.address}/{endpoint.prefix_length}", socket.AF_INET),
+                    (f"{endpoint.ipv6_address}/{endpoint.ipv6_prefix_length}",
+                     socket.AF_INET6)):
+                if wanted.startswith("/"):
+                    continue  # no address of that family
+                if wanted not in await self.netlink.addresses(link.index, request.netns,
+                                                              family):
+                    raise CniError(DRIFTED, f"interface {request.ifname} lacks its address "
+                                            f"{wanted}")
             if link.mac.lower() != endpoint.mac_address.lower():
                 raise CniError(DRIFTED, f"interface {request.ifname} has MAC {link.mac}, "
                                         f"not {endpoint.mac_address}")
             expected = _previous_default_route(request.config.get("prevResult"))
-            if expected and await self._default_via(request.netns, request.ifname) != expected:
+            if expected and await self._default_via(request.netns, request.ifname,
+                                                    expected) != expected:
                 raise CniError(DRIFTED, f"the default route via {expected} is gone")
         finally:
             self.netlink.forget_namespace(request.netns)
@@ -375,10 +383,12 @@ class CniService:
                 reply.network.ipv6_gateway)
         return self._gateways[network_id]
 
-    async def _default_via(self, netns: str, ifname: str) -> str:
-        """The gateway of the namespace's default route if it leaves through ``ifname``."""
+    async def _default_via(self, netns: str, ifname: str, expected: str) -> str:
+        """The gateway of the namespace's default route of ``expected``'s family if it
+        leaves through ``ifname``."""
         try:
-            route = await self.netlink.default_route(netns)
+            route = await self.netlink.default_route(
+                netns, socket.AF_INET6 if ":" in expected else socket.AF_INET)
             link = await self.netlink.get_link(ifname, netns)
         finally:
             self.netlink.forget_namespace(netns)
@@ -398,11 +408,12 @@ class CniService:
         interfaces.append({"name": endpoint.host_interface})
         interfaces.append({"name": endpoint.container_interface, "mac": endpoint.mac_address,
                            "sandbox": request.netns})
-        ip = {"address": f"{endpoint.address}/{endpoint.prefix_length}", "gateway": gateway,
-              "interface": len(interfaces) - 1}
-        if request.version == "0.4.0":
-            ip["version"] = "4"
-        ips.append(ip)
+        if endpoint.address:  # else IPv6 only
+            ip = {"address": f"{endpoint.address}/{endpoint.prefix_length}",
+                  "gateway": gateway, "interface": len(interfaces) - 1}
+            if request.version == "0.4.0":
+                ip["version"] = "4"
+            ips.append(ip)
         if endpoint.ipv6_address:
             ip6 = {"address": f"{endpoint.ipv6_address}/{endpoint.ipv6_prefix_length}",
                    "gateway": ipv6_gateway, "interface": len(interfaces) - 1}
@@ -410,7 +421,8 @@ class CniService:
                 ip6["version"] = "6"
             ips.append(ip6)
         if routed:
-            routes.append({"dst": "0.0.0.0/0", "gw": gateway})
+            if endpoint.address:
+                routes.append({"dst": "0.0.0.0/0", "gw": gateway})
             if endpoint.ipv6_address:
                 routes.append({"dst": "::/0", "gw": ipv6_gateway})
         result = {"cniVersion": request.version, "interfaces": interfaces, "ips": ips}
@@ -419,7 +431,8 @@ class CniService:
         if previous.get("dns"):
             result["dns"] = previous["dns"]
         elif dns:
-            result["dns"] = {"nameservers": [gateway], "search": [validation.DNS_DOMAIN]}
+            result["dns"] = {"nameservers": [gateway or ipv6_gateway],
+                             "search": [validation.DNS_DOMAIN]}
         return result
 
 
@@ -427,7 +440,7 @@ def _previous_default_route(previous) -> str:
     if not isinstance(previous, dict):
         return ""
     for route in previous.get("routes") or []:
-        if isinstance(route, dict) and route.get("dst") == "0.0.0.0/0":
+        if isinstance(route, dict) and route.get("dst") in ("0.0.0.0/0", "::/0"):
             with contextlib.suppress(ValueError):
                 return str(ipaddress.ip_address(route.get("gw", "")))
     return ""

@@ -364,17 +364,18 @@ class Resolvers:
 
     async def _resolver(self, network: NetworkSpec) -> Resolver | None:
         resolver = self.running.get(network.network_id)
-        if resolver is not None or not network.dns or not network.gateway:
+        if resolver is not None or not network.dns or not network.first_gateway:
             return resolver
-        more = [(network.ipv6_gateway, network.ipv6_subnet)] if network.ipv6_subnet else []
-        resolver = Resolver(network.gateway, network.subnet, forward=not network.internal,
-                            more=more,
+        gateways = [(gateway, subnet) for gateway, subnet in (
+            (network.gateway, network.subnet), (network.ipv6_gateway, network.ipv6_subnet))
+            if subnet]
+        resolver = Resolver(*gateways[0], forward=not network.internal, more=gateways[1:],
                             upstream=self.upstream, port=self.port)
         try:
             await resolver.start(self.namespace)
         except OSError as error:
             log.warning("network's DNS server cannot listen", extra={
-                "network_id": network.network_id, "address": network.gateway,
+                "network_id": network.network_id, "address": network.first_gateway,
                 "error": error.strerror or str(error)})
             return None
         self.running[network.network_id] = resolver
@@ -441,9 +442,9 @@ def _format_error(data: bytes) -> bytes | None:
 
 
 def _addresses(endpoint: EndpointSpec | RemoteEndpoint) -> list[str]:
-    """An endpoint's addresses: A, and AAAA on a dual-stack network."""
-    ipv6 = getattr(endpoint, "ipv6_address", "")
-    return [endpoint.address, ipv6] if ipv6 else [endpoint.address]
+    """An endpoint's addresses: A, and AAAA on a dual-stack network (AAAA alone on an
+    IPv6-only one)."""
+    return [address for address in (endpoint.address, endpoint.ipv6_address) if address]
 
 
 def _truncated(answer: bytes) -> bytes:

@@ -36,16 +36,17 @@ log = logging.getLogger("cnm.netdriver.hostports")
 _TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "sctp": socket.SOCK_STREAM}
 
 
-def _bind(port: PortSpec, dual_stack: bool) -> socket.socket:
-    """The port held on its host address; on every address, of both families for a
-    dual-stack container (one IPv6 socket that also takes IPv4)."""
+def _bind(port: PortSpec, families: str) -> socket.socket:
+    """The port held on its host address; on every address, of the container's
+    ``families`` ("4", "6" or "46": one IPv6 socket that also takes IPv4)."""
     proto = socket.IPPROTO_SCTP if port.protocol == "sctp" else 0
-    ipv6 = ":" in port.host_ip or (dual_stack and not port.host_ip)
+    ipv6 = ":" in port.host_ip or ("6" in families and not port.host_ip)
     held = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, _TYPES[port.protocol],
                          proto)
     try:
         if ipv6:
-            held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(bool(port.host_ip)))
+            held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                            int(bool(port.host_ip) or "4" not in families))
         held.bind((port.host_ip or ("::" if ipv6 else "0.0.0.0"), port.host_port))
     except BaseException:
         held.close()
@@ -53,13 +54,13 @@ def _bind(port: PortSpec, dual_stack: bool) -> socket.socket:
     return held
 
 
-def _bind_all(ports: tuple[PortSpec, ...], dual_stack: bool) -> list[socket.socket]:
+def _bind_all(ports: tuple[PortSpec, ...], families: str) -> list[socket.socket]:
     """Binds every port, or none (the error names the first that failed)."""
     bound: list[socket.socket] = []
     try:
         for port in ports:
             try:
-                bound.append(_bind(port, dual_stack))
+                bound.append(_bind(port, families))
             except OSError as error:
                 raise _refusal(port, error) from error
     except BaseException:
@@ -102,20 +103,21 @@ class HostPorts:
         self._relays: dict[str, list] = {}  # asyncio.Server or UDP relay transports
 
     async def reserve(self, endpoint_id: str, ports: Iterable[PortSpec],
-                      ipv6_address: str = "") -> None:
+                      ipv6_address: str = "", ipv4: bool = True) -> None:
         """Holds ``ports`` for ``endpoint_id`` (once); PORT_IN_USE if the host has one.
-        ``ipv6_address``: the container's, when dual stack (see the module's doc)."""
+        ``ipv6_address``: the container's, if it has one (see the module's doc);
+        ``ipv4``: whether it has an IPv4 address (not on an IPv6-only network)."""
         wanted = tuple(ports)
         if endpoint_id in self._held or not wanted:
             return
-        dual_stack = bool(ipv6_address)
+        families = ("4" if ipv4 else "") + ("6" if ipv6_address else "")
         if self.host_ns is None:
-            bound = _bind_all(wanted, dual_stack)
+            bound = _bind_all(wanted, families)
         else:
             bound = await netns.in_namespace(self.host_ns,
-                                             lambda: _bind_all(wanted, dual_stack))
+                                             lambda: _bind_all(wanted, families))
         self._held[endpoint_id] = bound
-        if dual_stack:
+        if ipv6_address:
             relays = []
             try:
                 for port, held in zip(wanted, bound, strict=True):
@@ -193,13 +195,13 @@ class HostPorts:
                 held.close()
 
     async def restore(self,
-                      endpoints: Iterable[tuple[str, tuple[PortSpec, ...], str]]) -> None:
+                      endpoints: Iterable[tuple[str, tuple[PortSpec, ...], str, bool]]) -> None:
         """After a restart: holds again the ports of every endpoint found (id, ports,
-        IPv6 address). A port taken meanwhile cannot be refused any more: said loudly, and
-        the rest go on."""
-        for endpoint_id, ports, ipv6_address in endpoints:
+        IPv6 address, whether it has an IPv4 one). A port taken meanwhile cannot be
+        refused any more: said loudly, and the rest go on."""
+        for endpoint_id, ports, ipv6_address, ipv4 in endpoints:
             try:
-                await self.reserve(endpoint_id, ports, ipv6_address)
+                await self.reserve(endpoint_id, ports, ipv6_address, ipv4)
             except errors.CnmError as error:
                 log.warning("published port not held again after restart",
                             extra={"endpoint": endpoint_id, "error": error.message})

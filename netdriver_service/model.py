@@ -41,6 +41,12 @@ class NetworkSpec:
     ipv6_subnet: str = ""  # dual stack: the IPv6 subnet ("" for IPv4 only)
     ipv6_gateway: str = ""
     ipv6_masquerade: bool = True
+    # An IPv6-only network has no subnet nor gateway: its ipv6_subnet is its only one.
+
+    @property
+    def first_gateway(self) -> str:
+        """The gateway of its first family: IPv4, or IPv6 on an IPv6-only network."""
+        return self.gateway or self.ipv6_gateway
 
     @property
     def dns(self) -> bool:
@@ -188,12 +194,20 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...],
             + ", ".join(drivers), reason="UNKNOWN_DRIVER", driver=driver or message.driver,
         )
     validation.check_text("name", message.name, 128, reason="INVALID_NETWORK_NAME")
-    subnet = validation.check_network_subnet(message.subnet).network
-    gateway = (
-        validation.check_endpoint_address(subnet, "", message.gateway, "gateway")
-        if message.gateway
-        else str(next(subnet.hosts()))
-    )
+    subnet = gateway = ""
+    if message.subnet or not message.ipv6_subnet:  # else IPv6 only
+        network = validation.check_network_subnet(message.subnet).network
+        subnet = str(network)
+        gateway = (
+            validation.check_endpoint_address(network, "", message.gateway, "gateway")
+            if message.gateway
+            else str(next(network.hosts()))
+        )
+    elif message.gateway:
+        raise errors.InvalidArgument(
+            f"network {network_id!r}: gateway {capped(message.gateway)!r} without a subnet "
+            "(an IPv6-only network's gateway is its ipv6_gateway)", reason="INVALID_ADDRESS",
+            field="gateway")
     options = validation.check_network_options(message.options)
     bridge = validation.check_ifname(
         "bridge name", message.bridge_name or options.bridge_name or names.bridge_name(network_id)
@@ -223,7 +237,7 @@ def network_from_proto(message: netdriver_pb2.Network, drivers: tuple[str, ...],
             f"network {network_id!r}: ipv6_gateway {capped(message.ipv6_gateway)!r} without "
             "an ipv6_subnet", reason="INVALID_ADDRESS", field="ipv6_gateway")
     return NetworkSpec(
-        network_id=network_id, name=message.name, driver=driver, subnet=str(subnet),
+        network_id=network_id, name=message.name, driver=driver, subnet=subnet,
         gateway=gateway, bridge=bridge, mtu=mtu, internal=message.internal or options.internal,
         enable_icc=enable_icc, allowed_networks=allowed, vni=message.vni,
         options=tuple(sorted(message.options.items())), mcast_snooping=options.mcast_snooping,
@@ -250,7 +264,8 @@ def ports_from_proto(messages, network: NetworkSpec,
     """``ipv6``: whether the container has an IPv6 address (to publish on one)."""
     return tuple(
         PortSpec(port.protocol, port.host_ip, port.host_port, port.container_port)
-        for port in validation.check_port_mappings(messages, network.internal, ipv6=ipv6)
+        for port in validation.check_port_mappings(messages, network.internal, ipv6=ipv6,
+                                                   ipv4=bool(network.subnet))
     )
 
 
@@ -264,9 +279,21 @@ def endpoint_from_proto(
             f"endpoint {endpoint_id!r} names network {capped(message.network_id)!r} but the "
             f"request describes {network.network_id!r}", reason="NETWORK_MISMATCH",
         )
-    address = validation.check_endpoint_address(
-        ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
-    )
+    if network.subnet:
+        address = validation.check_endpoint_address(
+            ipaddress.IPv4Network(network.subnet), network.gateway, message.address, "address"
+        )
+    elif message.address:
+        raise errors.InvalidArgument(
+            f"endpoint {endpoint_id!r}: address {capped(message.address)!r} on network "
+            f"{network.network_id!r}, which is IPv6 only", reason="ADDRESS_OUTSIDE_SUBNET",
+            field="address")
+    elif not message.ipv6_address:
+        raise errors.InvalidArgument(
+            f"endpoint {endpoint_id!r} on IPv6-only network {network.network_id!r} needs an "
+            "ipv6_address", reason="INVALID_ADDRESS", field="ipv6_address")
+    else:
+        address = ""
     ipv6_address = ""
     if message.ipv6_address:
         if not network.ipv6_subnet:
@@ -285,7 +312,7 @@ def endpoint_from_proto(
     mac = (
         validation.check_mac(message.mac_address)
         if message.mac_address
-        else validation.mac_from_address(address)
+        else validation.mac_from_address(address or ipv6_address)
     )
     if message.peer_on_host:
         if message.sandbox:

@@ -66,6 +66,10 @@ def _sandbox_of(request: pb.ConnectContainerRequest) -> str:
 
 def _endpoint_address(network: pb.Network, address: str) -> str:
     """``address`` checked as one an endpoint of ``network`` may hold."""
+    if not network.subnet:
+        raise errors.InvalidArgument(
+            f"address {capped(address)!r}: network {network.name!r} is IPv6 only (give an "
+            "IPv6 address)", reason="ADDRESS_OUTSIDE_SUBNET", field="address")
     return cnm_validation.check_endpoint_address(ipaddress.ip_network(network.subnet),
                                                  network.gateway, address, "address")
 
@@ -83,6 +87,10 @@ def _reservation_pool(network: pb.Network, address: str, ipv6: bool) -> str:
     """The IPAM pool a host's reservation of ``address`` (or any, of the family ``ipv6``
     says) is in; INVALID_ARGUMENT for IPv6 on an IPv4 network."""
     if not (ipv6 or ":" in address):
+        if not network.subnet:
+            raise errors.InvalidArgument(
+                f"network {network.name!r} is IPv6 only: no IPv4 address to reserve (ipv6)",
+                reason="ADDRESS_OUTSIDE_SUBNET", field="address")
         return network.network_id
     if not network.ipv6_subnet:
         raise errors.InvalidArgument(
@@ -93,10 +101,15 @@ def _reservation_pool(network: pb.Network, address: str, ipv6: bool) -> str:
 
 def _addresses(endpoint: pb.Endpoint) -> list[tuple[str, str]]:
     """(IPAM pool, address) of each address of the endpoint."""
-    held = [(endpoint.network_id, endpoint.address)]
-    if endpoint.ipv6_address:
-        held.append((validation.ipv6_pool_id(endpoint.network_id), endpoint.ipv6_address))
-    return held
+    return [(pool_id, address) for pool_id, address in (
+        (endpoint.network_id, endpoint.address),
+        (validation.ipv6_pool_id(endpoint.network_id), endpoint.ipv6_address)) if address]
+
+
+def _derived_mac(endpoint: pb.Endpoint) -> str:
+    """The MAC the agent derives for the endpoint (from its IPv6 address if it has no
+    IPv4 one)."""
+    return cnm_validation.mac_from_address(endpoint.address or endpoint.ipv6_address)
 
 
 async def _all(*steps) -> list:
@@ -390,7 +403,8 @@ class Orchestrator:
                 # failed, and deleting a pool that does not exist succeeds.
                 undo.push("delete pool",
                           lambda: self.ipam.delete_pool(network.network_id, force=True))
-                network.gateway = (await self._network_pool(network, 4)).gateway
+                if validation.has_ipv4(network):
+                    network.gateway = (await self._network_pool(network, 4)).gateway
                 faults.point("create-network-ipam")
                 if network.enable_ipv6:
                     undo.push("delete IPv6 pool", lambda: self.ipam.delete_pool(
@@ -761,7 +775,7 @@ class Orchestrator:
                 undo.commit()
         if network.driver == overlay.DRIVER and (
             await self.overlay.generation(network.network_id) != generation
-            or endpoint.mac_address != cnm_validation.mac_from_address(endpoint.address)
+            or endpoint.mac_address != _derived_mac(endpoint)
         ):
             # Another push was taken meanwhile, without the endpoint: push again.
             await self.sync_peers(network.network_id, skip_host=request.host_id)
@@ -821,7 +835,7 @@ class Orchestrator:
         endpoint it asks for (address empty when dynamic)."""
         cnm_validation.check_id("container_id", request.container_id)
         network = await self._network_taking_addresses(request.network)
-        subnet = ipaddress.ip_network(network.subnet)
+        prefix_length = ipaddress.ip_network(network.subnet).prefixlen if network.subnet else 0
         address = _endpoint_address(network, request.address) if request.address else ""
         ipv6_address, ipv6_prefix_length = _endpoint_ipv6(network, request)
         return network, pb.Endpoint(
@@ -829,9 +843,10 @@ class Orchestrator:
             network_id=network.network_id, network_name=network.name,
             container_id=request.container_id, host_id=request.host_id,
             sandbox=_sandbox_of(request),
-            address=address, prefix_length=subnet.prefixlen,
+            address=address, prefix_length=prefix_length,
             port_mappings=validation.port_mappings(request.port_mappings, network.internal,
-                                                   ipv6=bool(ipv6_prefix_length)),
+                                                   ipv6=bool(ipv6_prefix_length),
+                                                   ipv4=bool(prefix_length)),
             container_interface=request.interface_name and cnm_validation.check_ifname(
                 "interface_name", request.interface_name),
             mac_address=request.mac_address and cnm_validation.check_mac(request.mac_address),
@@ -852,13 +867,11 @@ class Orchestrator:
             await self._take_reserved(network, endpoint)
             faults.point("connect-ipam")
             return
-        if endpoint.ipv6_prefix_length:
-            # Both families at once: each is its own pool, and the undo pushed above gives
-            # back whichever was allocated.
-            await _all(self._allocate_ipv4(network, endpoint),
-                       self._allocate_ipv6(network, endpoint))
-        else:
-            await self._allocate_ipv4(network, endpoint)
+        # Both families at once (each is its own pool, and the undo pushed above gives back
+        # whichever was allocated); one on an IPv4-only or IPv6-only network.
+        await _all(*(allocate(network, endpoint) for allocate, length in (
+            (self._allocate_ipv4, endpoint.prefix_length),
+            (self._allocate_ipv6, endpoint.ipv6_prefix_length)) if length))
         faults.point("connect-ipam")
 
     async def _allocate_ipv4(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
@@ -889,7 +902,7 @@ class Orchestrator:
     async def _take_reserved(self, network: pb.Network, endpoint: pb.Endpoint) -> None:
         """The endpoint's addresses (one per family) taken over from its host's
         reservations, both at once."""
-        if not endpoint.address:
+        if not endpoint.address and endpoint.prefix_length:
             raise errors.InvalidArgument("address_reserved needs the address reserved",
                                          field="address")
 
@@ -921,10 +934,11 @@ class Orchestrator:
         await _all(*(give_back(pool_id, address) for pool_id, address in _addresses(endpoint)))
 
     async def _release_owner(self, endpoint: pb.Endpoint) -> None:
-        """Releases what the endpoint holds in IPAM: its IPv4 address and, on a dual-stack
-        network (its IPv6 prefix length is known from the connect's start, before any
-        allocation), its IPv6 one."""
-        await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
+        """Releases what the endpoint holds in IPAM: its address of each family its network
+        has (the prefix lengths are known from the connect's start, before any
+        allocation)."""
+        if endpoint.prefix_length:
+            await self.ipam.release_owner(endpoint.network_id, endpoint.endpoint_id)
         if endpoint.ipv6_prefix_length:
             await self.ipam.release_owner(validation.ipv6_pool_id(endpoint.network_id),
                                           endpoint.endpoint_id)
@@ -976,7 +990,7 @@ class Orchestrator:
                                         agent_network(network))
         if network.driver == overlay.DRIVER:
             # The other hosts learn the endpoint while its host makes it.
-            endpoint.mac_address = cnm_validation.mac_from_address(endpoint.address)
+            endpoint.mac_address = _derived_mac(endpoint)
             undo.push("take the endpoint off the other hosts",
                       lambda: self.sync_peers(network.network_id, endpoint.host_id))
             created, (generation, _) = await asyncio.gather(
@@ -1130,7 +1144,8 @@ class Orchestrator:
         network is not recorded (the caller deletes it then); raises when its address or
         ports are another's now (both holders named, nothing deleted). The caller holds
         the endpoint's lock."""
-        existing = await self.store.get_network(found.network_id) if found.address else None
+        existing = await self.store.get_network(found.network_id) \
+            if found.address or found.ipv6_address else None
         if existing is None:
             return "unknown"
         network, state = existing
@@ -1144,16 +1159,19 @@ class Orchestrator:
             port_mappings=[pb.PortMapping(protocol=m.protocol, host_ip=m.host_ip,
                                           host_port=m.host_port, container_port=m.container_port)
                            for m in found.port_mappings])
-        try:
-            allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
-                                                  endpoint.address)
-        except errors.AlreadyExists as error:
-            raise errors.AlreadyExists(
-                f"endpoint {endpoint.endpoint_id} on host {host_id} (container "
-                f"{endpoint.container_id!r}) uses {endpoint.address} on network "
-                f"{network.name!r}, which IPAM gives to another owner: {error.message}",
-                reason="ADDRESS_IN_USE", address=endpoint.address) from error
-        endpoint.prefix_length = allocation.prefix_length
+        if bool(network.subnet) != bool(found.address):
+            return "unknown"  # not an endpoint of this network as it is recorded
+        if network.subnet:
+            try:
+                allocation = await self.ipam.allocate(network.network_id, endpoint.endpoint_id,
+                                                      endpoint.address)
+            except errors.AlreadyExists as error:
+                raise errors.AlreadyExists(
+                    f"endpoint {endpoint.endpoint_id} on host {host_id} (container "
+                    f"{endpoint.container_id!r}) uses {endpoint.address} on network "
+                    f"{network.name!r}, which IPAM gives to another owner: {error.message}",
+                    reason="ADDRESS_IN_USE", address=endpoint.address) from error
+            endpoint.prefix_length = allocation.prefix_length
         if network.ipv6_subnet and found.ipv6_address:
             endpoint.ipv6_address = found.ipv6_address
             endpoint.ipv6_prefix_length = ipaddress.ip_network(network.ipv6_subnet).prefixlen

@@ -47,12 +47,14 @@ def network(spec: pb.Network) -> pb.Network:
     """The network to create, normalised; InvalidArgument when it cannot be.
 
     Everything the agents would refuse at a connect is refused here, before anything is
-    written: the subnet (IPv4 only for now), the options, the labels.
+    written: the subnets, the options, the labels.
     """
     validation.check_network_name("name", spec.name)
     driver = check_driver(spec.driver) or pb.DRIVER_BRIDGE
     validation.check_network_options(spec.options)
     validation.check_labels(spec.labels)
+    if not has_ipv4(spec):
+        return ipv6_only(spec, driver)
     if not spec.subnet:
         # The first free subnet of the default address pools (address_pools.py).
         for field, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range),
@@ -64,7 +66,7 @@ def network(spec: pb.Network) -> pb.Network:
                     reason="INVALID_ARGUMENT", field=field)
         return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
                           options=dict(spec.options), labels=dict(spec.labels),
-                          **ipv6_fields(spec, driver))
+                          enable_ipv4=True, **ipv6_fields(spec, driver))
     # The same checks, messages and reasons as IPAM's and the agent's.
     checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     gateway = str(checked.gateway) if spec.gateway else ""
@@ -75,8 +77,35 @@ def network(spec: pb.Network) -> pb.Network:
         aux_addresses=aux_addresses,
         ip_range=ip_range,
         internal=spec.internal, options=dict(spec.options), labels=dict(spec.labels),
-        **ipv6_fields(spec, driver),
+        enable_ipv4=True, **ipv6_fields(spec, driver),
     )
+
+
+def has_ipv4(network: pb.Network) -> bool:
+    """Whether a network has IPv4: all but IPv6-only ones (enable_ipv4 false; unset is
+    true, as in networks recorded before the field)."""
+    return not network.HasField("enable_ipv4") or network.enable_ipv4
+
+
+def ipv6_only(spec: pb.Network, driver: int) -> pb.Network:
+    """An IPv6-only network to create (enable_ipv4 false), checked: IPv6 on, nothing of
+    IPv4."""
+    if not (spec.enable_ipv6 or spec.ipv6_subnet):
+        raise errors.InvalidArgument(
+            "a network without IPv4 needs IPv6: enable_ipv6 (--ipv6), with an IPv6 subnet or "
+            "one from the IPv6 default address pools", reason="INVALID_ARGUMENT",
+            field="enable_ipv4")
+    for field, value in (("subnet", spec.subnet), ("gateway", spec.gateway),
+                         ("ip_range", spec.ip_range),
+                         ("aux_addresses", ", ".join(spec.aux_addresses.values()))):
+        if value:
+            raise errors.InvalidArgument(
+                f"{field} {value!r} on an IPv6-only network (enable_ipv4 false): it has no "
+                "IPv4; give its IPv6 subnet as ipv6_subnet (--subnet with --ipv6)",
+                reason="WRONG_ADDRESS_FAMILY", field=field)
+    return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
+                      options=dict(spec.options), labels=dict(spec.labels),
+                      enable_ipv4=False, **ipv6_fields(spec, driver))
 
 
 def ipv6_fields(spec: pb.Network, driver: int) -> dict:
@@ -156,16 +185,18 @@ def same_network(existing: pb.Network, wanted: pb.Network) -> bool:
         and (not wanted.ipv6_subnet or existing.ipv6_subnet == wanted.ipv6_subnet)
         and (not wanted.ipv6_gateway or existing.ipv6_gateway == wanted.ipv6_gateway)
         and existing.ipv6_ip_range == wanted.ipv6_ip_range
+        and has_ipv4(existing) == has_ipv4(wanted)
     )
 
 
-def port_mappings(mappings, internal: bool, ipv6: bool) -> list[pb.PortMapping]:
+def port_mappings(mappings, internal: bool, ipv6: bool,
+                  ipv4: bool = True) -> list[pb.PortMapping]:
     return [
         pb.PortMapping(protocol=validation.PROTOCOL_NUMBERS[port.protocol],
                        host_ip=port.host_ip, host_port=port.host_port,
                        container_port=port.container_port)
         for port in validation.check_port_mappings(mappings, internal, ephemeral=True,
-                                                   ipv6=ipv6)
+                                                   ipv6=ipv6, ipv4=ipv4)
     ]
 
 

@@ -26,7 +26,7 @@ def network_rules(network: NetworkSpec) -> NetworkRules:
         network_id=network.network_id, bridge=network.bridge, subnet=network.subnet,
         gateway=network.gateway, internal=network.internal, enable_icc=network.enable_icc,
         allowed_networks=network.allowed_networks, ipv6_subnet=network.ipv6_subnet,
-        masquerade_ipv6=network.ipv6_masquerade,
+        ipv6_gateway=network.ipv6_gateway, masquerade_ipv6=network.ipv6_masquerade,
     )
 
 
@@ -87,7 +87,7 @@ class BridgeDriver:
                 f"{what}: create bridge {network.bridge!r}",
                 self.netlink.create_bridge(
                     network.bridge, mtu=network.mtu, alias=names.network_alias(network.network_id),
-                    mac=validation.mac_from_address(network.gateway),
+                    mac=validation.mac_from_address(network.first_gateway),
                     mcast_snooping=network.mcast_snooping,
                 ),
             )
@@ -96,10 +96,12 @@ class BridgeDriver:
         elif not bridge.up:
             await self.netlink.set_up(network.bridge)
         self.faults.check("bridge")
-        await _in_context(
-            f"{what}: add gateway {network.gateway}",
-            self.netlink.add_address(network.bridge, f"{network.gateway}/{network.prefixlen}"),
-        )
+        if network.subnet:  # else IPv6 only
+            await _in_context(
+                f"{what}: add gateway {network.gateway}",
+                self.netlink.add_address(network.bridge,
+                                         f"{network.gateway}/{network.prefixlen}"),
+            )
         await self.netlink.set_sysctl("net", "ipv4", "ip_forward", value="1")
         await self._bridge_ipv6(network, what)
         if not network.internal:
@@ -281,12 +283,13 @@ class BridgeDriver:
             f"{what}: configure {peer!r}",
             self.netlink.disable_ipv6_link_local(peer_link.index, ns),
         )
-        await _in_context(
-            f"{what}: add address {endpoint.address} to {peer!r}",
-            self.netlink.add_address(
-                peer_link.index, f"{endpoint.address}/{network.prefixlen}", ns
-            ),
-        )
+        if endpoint.address:
+            await _in_context(
+                f"{what}: add address {endpoint.address} to {peer!r}",
+                self.netlink.add_address(
+                    peer_link.index, f"{endpoint.address}/{network.prefixlen}", ns
+                ),
+            )
         if endpoint.ipv6_address:
             await _in_context(
                 f"{what}: add address {endpoint.ipv6_address} to {peer!r}",
@@ -296,10 +299,11 @@ class BridgeDriver:
         await _in_context(f"{what}: set {peer!r} up", self.netlink.set_up(peer_link.index, ns))
         self.faults.check("address")
         if endpoint.default_route:
-            await _in_context(
-                f"{what}: add default route via {network.gateway}",
-                self.netlink.add_default_route(network.gateway, peer_link.index, ns),
-            )
+            if endpoint.address:
+                await _in_context(
+                    f"{what}: add default route via {network.gateway}",
+                    self.netlink.add_default_route(network.gateway, peer_link.index, ns),
+                )
             if endpoint.ipv6_address:
                 await _in_context(
                     f"{what}: add IPv6 default route via {network.ipv6_gateway}",

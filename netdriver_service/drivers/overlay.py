@@ -41,8 +41,8 @@ log = logging.getLogger("netdriver.overlay")
 
 def gateway_mac(network: NetworkSpec) -> str:
     """The gateway's MAC, the same on every host (02:42 and the gateway address, which
-    no endpoint has)."""
-    return validation.mac_from_address(network.gateway)
+    no endpoint has: the IPv6 one on an IPv6-only network)."""
+    return validation.mac_from_address(network.first_gateway)
 
 
 def check_peer_fields(peers: list[Peer], remotes: list[RemoteEndpoint]) -> None:
@@ -51,7 +51,8 @@ def check_peer_fields(peers: list[Peer], remotes: list[RemoteEndpoint]) -> None:
         validation.check_id("host_id", peer.host_id)
         validation.check_underlay_ip(peer.underlay_ip, allow_empty=False)
     for remote in remotes:
-        validation.parse_address(remote.address, "remote endpoint address")
+        if remote.address or not remote.ipv6_address:  # (IPv6 only: no address)
+            validation.parse_address(remote.address, "remote endpoint address")
         if remote.ipv6_address:
             validation.parse_address(remote.ipv6_address, "remote endpoint ipv6_address")
         validation.check_mac(remote.mac)
@@ -68,14 +69,22 @@ def check_peers(
              validation.check_underlay_ip(peer.underlay_ip, allow_empty=False))
         for peer in peers
     ]
-    subnet = ipaddress.IPv4Network(network.subnet)
+    subnet = ipaddress.IPv4Network(network.subnet) if network.subnet else None
     subnet6 = ipaddress.IPv6Network(network.ipv6_subnet) if network.ipv6_subnet else None
     checked: list[RemoteEndpoint] = []
     addresses: set[str] = set()
     macs: set[str] = set()
     for remote in remotes:
-        address = validation.check_endpoint_address(subnet, network.gateway, remote.address,
-                                                    "remote endpoint address")
+        if subnet is not None:
+            address = validation.check_endpoint_address(
+                subnet, network.gateway, remote.address, "remote endpoint address")
+        elif remote.address or not remote.ipv6_address:
+            raise errors.InvalidArgument(
+                f"{what}: remote endpoint {capped(remote.address or remote.mac)!r}: the "
+                "network is IPv6 only: an ipv6_address and no address",
+                reason="ADDRESS_OUTSIDE_SUBNET", field="address")
+        else:
+            address = ""
         ipv6_address = ""
         if remote.ipv6_address:
             if subnet6 is None:
@@ -343,9 +352,8 @@ class OverlayDriver(BridgeDriver):
         unicast = {remote.mac: remote.underlay_ip for remote in remotes}
         # Both families' addresses answered from the device's neighbour table (ARP
         # and neighbour solicitations alike: nothing asked of the network is flooded).
-        neighbours = {remote.address: remote.mac for remote in remotes}
-        neighbours |= {remote.ipv6_address: remote.mac for remote in remotes
-                       if remote.ipv6_address}
+        neighbours = {address: remote.mac for remote in remotes
+                      for address in (remote.address, remote.ipv6_address) if address}
         # Popped: should a step fail, the next push reads the kernel again.
         cached = self._applied.pop(network.network_id, None)
         if cached is not None:

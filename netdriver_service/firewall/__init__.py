@@ -35,12 +35,13 @@ class NetworkRules:
 
     network_id: str
     bridge: str  # the network's bridge interface
-    subnet: str  # CIDR, e.g. "192.168.0.0/24"
+    subnet: str  # CIDR, e.g. "192.168.0.0/24"; "" on an IPv6-only network
     gateway: str  # address on the bridge
     internal: bool = False  # no masquerade, no traffic in or out of the network
     enable_icc: bool = True  # containers on the network may talk to each other
     allowed_networks: tuple[str, ...] = ()  # ids of networks whose traffic may reach this one
     ipv6_subnet: str = ""  # the network's IPv6 subnet (CIDR), if it has one
+    ipv6_gateway: str = ""
     masquerade_ipv6: bool = True  # NAT66 of its IPv6 traffic leaving the host
 
 

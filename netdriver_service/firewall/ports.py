@@ -15,8 +15,13 @@ def validate_network(network: NetworkRules) -> None:
     try:
         validation.check_id("network_id", network.network_id)
         validation.check_ifname("bridge", network.bridge)
-        subnet = validation.check_network_subnet(network.subnet).network
-        validation.address_inside(subnet, network.gateway, "gateway")
+        if network.subnet or not network.ipv6_subnet:
+            subnet = validation.check_network_subnet(network.subnet).network
+            validation.address_inside(subnet, network.gateway, "gateway")
+        if network.ipv6_subnet:
+            subnet6 = validation.check_ipv6_subnet(network.ipv6_subnet).network
+            if network.ipv6_gateway:
+                validation.address_inside(subnet6, network.ipv6_gateway, "ipv6_gateway")
         for allowed in network.allowed_networks:
             validation.check_id("allowed_networks", allowed)
     except errors.CnmError as error:

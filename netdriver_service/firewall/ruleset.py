@@ -416,14 +416,17 @@ def network_elements(network: NetworkRules) -> Elements:
     def put(set_name: str, element: Element) -> None:
         wanted[set_name][element.key] = element
 
-    put("bridges", Element((bridge,), comment=f"{network.network_id} {network.gateway}"))
-    put("subnet_bridge", Element((network.subnet, bridge), comment=network.network_id))
+    put("bridges", Element((bridge,), comment=f"{network.network_id} "
+                                              f"{network.gateway or network.ipv6_gateway}"))
+    if network.subnet:  # else IPv6 only
+        put("subnet_bridge", Element((network.subnet, bridge), comment=network.network_id))
     if network.ipv6_subnet:
         put("subnet_bridge6", Element((network.ipv6_subnet, bridge), comment=network.network_id))
     if network.internal:
         put("internal", Element((bridge,)))
     else:
-        put("masq_subnets", Element((network.subnet,), comment=network.network_id))
+        if network.subnet:
+            put("masq_subnets", Element((network.subnet,), comment=network.network_id))
         if network.ipv6_subnet and network.masquerade_ipv6:
             put("masq_subnets6", Element((network.ipv6_subnet,), comment=network.network_id))
     verdict = "accept" if network.enable_icc else f"goto {ICC_OFF_CHAIN}"

@@ -167,6 +167,21 @@ def test_a_dual_stack_network_gives_both_families(cluster, netns):
     assert two_v6.code != 0 and two_v6.out["code"] == 7, two_v6.raw
     assert plugin("DEL", conf, netns=pod.path).code == 0
     assert cluster.cnm("network", "rm", "cnidual").code == 0
+    # IPv6 only: the one address and route of that family; CHECK reads it.
+    created = cluster.cnm("network", "create", "--ipv6", "--ipv4=false", "--subnet",
+                          "fd00:45::/64", "cnisix")
+    assert created.code == 0, created.err
+    conf = config(cluster, network="cnisix")
+    added = plugin("ADD", conf, netns=pod.path)
+    assert added.code == 0, added.raw
+    (six,) = added.out["ips"]
+    assert six["address"].startswith("fd00:45::") and six["gateway"] == "fd00:45::1"
+    assert added.out["routes"] == [{"dst": "::/0", "gw": "fd00:45::1"}]
+    assert added.out["dns"]["nameservers"] == ["fd00:45::1"]
+    assert pod.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout == ""
+    assert plugin("CHECK", dict(conf, prevResult=added.out), netns=pod.path).code == 0
+    assert plugin("DEL", conf, netns=pod.path).code == 0
+    assert cluster.cnm("network", "rm", "cnisix").code == 0
 
 
 def test_older_and_newer_versions_and_a_chain(cluster, netns):

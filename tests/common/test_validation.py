@@ -104,6 +104,8 @@ def test_generations_leave_room_for_a_later_one():
 
 def test_mac_from_address_and_check_mac():
     assert validation.mac_from_address("10.88.0.10") == "02:42:0a:58:00:0a"
+    # An IPv6 address (an IPv6-only network): its last 32 bits.
+    assert validation.mac_from_address("fd00:e::a:10") == "02:42:00:0a:00:10"
     assert validation.check_mac("02:42:0A:58:00:0A") == "02:42:0a:58:00:0a"
 
 

@@ -225,6 +225,20 @@ def test_an_ipv6_underlay_carries_a_dual_stack_overlay_without_flooding(make_clu
         assert vxlan_packets_seen(h2, (a, b), talk) > 0
     finally:
         echo.stop()
+    # An IPv6-only overlay network on it: IPv6 everywhere.
+    only6 = cluster.create_overlay("only6", "fd00:24::/64", "--ipv6", "--ipv4=false")
+    assert (only6["subnet"], only6["ipv6_subnet"]) == ("", "fd00:24::/64")
+    c = cluster.container(h1, "c", "only6")
+    d = cluster.container(h3, "d", "only6")
+    assert (c.address, d.address) == ("", "") and c.ipv6_address.startswith("fd00:24::")
+    device = vxlan_name(only6["network_id"])
+    assert f"{d.mac} dst fd99::3 self permanent" in h1.fdb(device)
+    assert f"{d.ipv6_address} lladdr {d.mac} PERMANENT" in h1.neighbours(device)
+    echo = harness.Server(d.sandbox, 7001, log_dir=tmp_path)
+    try:
+        assert harness.ask(c.sandbox, d.ipv6_address, 7001) == c.ipv6_address
+    finally:
+        echo.stop()
 
 
 def test_a_host_joining_later_gets_the_network_and_its_containers_reach_the_others(

@@ -74,8 +74,10 @@ def without_netbase(empty_file: Path) -> list[str]:
 
 
 def network(network_id: str, subnet: str, **fields) -> pb.Network:
-    """A Network message; the gateway defaults to the subnet's first host."""
-    fields.setdefault("gateway", str(next(ipaddress.IPv4Network(subnet).hosts())))
+    """A Network message; the gateway defaults to the subnet's first host (no subnet: an
+    IPv6-only network, its ipv6_subnet among ``fields``)."""
+    if subnet:
+        fields.setdefault("gateway", str(next(ipaddress.IPv4Network(subnet).hosts())))
     return pb.Network(network_id=network_id, subnet=subnet, **fields)
 
 

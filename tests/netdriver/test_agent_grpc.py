@@ -177,17 +177,22 @@ def test_traffic(topo):
 HOST_UP6, INTERNET6, HOST_CLIENT_SIDE6, CLIENT6 = "fd99::1", "fd99::2", "fd98::1", "fd98::2"
 
 
-def test_dual_stack_traffic(topo):
-    """A network with an IPv6 subnet: gateway and addresses of both families (no DAD to
-    wait for), default routes of both, IPv6 forwarding, and the same isolation,
-    internal networks, icc and masquerade (NAT66) in IPv6 as in IPv4; a network with
-    NAT66 off routes its own addresses."""
+def add_ipv6(topo) -> None:
+    """IPv6 on the topology's links: the host's uplink and default route, the client's."""
     topo.host.run("ip", "addr", "add", f"{HOST_UP6}/64", "dev", "up0", "nodad")
     topo.internet.run("ip", "addr", "add", f"{INTERNET6}/64", "dev", "eth0", "nodad")
     topo.host.run("ip", "-6", "route", "add", "default", "via", INTERNET6)
     topo.host.run("ip", "addr", "add", f"{HOST_CLIENT_SIDE6}/64", "dev", "cl0", "nodad")
     topo.client.run("ip", "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
     topo.client.run("ip", "-6", "route", "add", "default", "via", HOST_CLIENT_SIDE6)
+
+
+def test_dual_stack_traffic(topo):
+    """A network with an IPv6 subnet: gateway and addresses of both families (no DAD to
+    wait for), default routes of both, IPv6 forwarding, and the same isolation,
+    internal networks, icc and masquerade (NAT66) in IPv6 as in IPv4; a network with
+    NAT66 off routes its own addresses."""
+    add_ipv6(topo)
     baseline = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
     net_a = harness.network("va", "10.92.0.0/24", ipv6_subnet="fd00:a::/64")
     net_b = harness.network("vb", "10.93.0.0/24", ipv6_subnet="fd00:b::/64")
@@ -274,6 +279,74 @@ def test_dual_stack_traffic(topo):
     harness.assert_unchanged(
         baseline, (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)),
         "after every dual-stack endpoint and network is deleted",
+    )
+
+
+def test_ipv6_only_traffic(topo):
+    """A network with an IPv6 subnet alone: no IPv4 on its bridge or in its containers;
+    isolation, NAT66, names (AAAA) and published ports (IPv6 only: the IPv4 port stays
+    the host's) as on a dual-stack network; IPv4 asked of it is refused."""
+    add_ipv6(topo)
+    baseline = harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)
+    net_a = harness.network("wa", "", ipv6_subnet="fd00:e::/64")
+    net_b = harness.network("wb", "", ipv6_subnet="fd00:f::/64")
+    c1, c2, c3 = (topo.sandbox() for _ in range(3))
+    try:
+        made = connect(topo, "w1", net_a, c1, "", ipv6_address="fd00:e::10",
+                       port_mappings=[harness.tcp(8096, 80)], dns_names=["web6"])
+        assert (made.address, made.ipv6_address, made.mac_address) == (
+            "", "fd00:e::10", "02:42:00:00:00:10")
+        connect(topo, "w2", net_a, c2, "", ipv6_address="fd00:e::11")
+        connect(topo, "w3", net_b, c3, "", ipv6_address="fd00:f::10")
+        for ns, device in ((c1, "eth0"), (topo.host.name, "cnm-wa")):
+            shown = json.loads(subprocess.run(
+                ["ip", "-n", ns, "-j", "-4", "addr", "show", device],
+                capture_output=True, text=True, check=True).stdout)
+            assert not [a for link in shown for a in link["addr_info"]], (ns, shown)
+        routes = subprocess.run(["ip", "-n", c1, "-6", "route", "show", "default"],
+                                capture_output=True, text=True, check=True).stdout
+        assert routes.startswith("default via fd00:e::1 dev eth0"), routes
+        c2_ns = support.Netns.existing(c2)
+        assert harness.dns_addresses(harness.dns_ask(c2_ns, "fd00:e::1", "web6", "AAAA")) \
+            == ["fd00:e::10"]
+        assert harness.dns_addresses(harness.dns_ask(c2_ns, "fd00:e::1", "web6")) == []
+        for ns in (c1, c2, c3, topo.internet.name):
+            topo.serve(ns, 80)
+        assert ask(c2, "fd00:e::10", 80) == "fd00:e::11", "same network"
+        assert ask(c3, "fd00:e::10", 80, timeout=1) is None, "other network"
+        assert ask(c1, INTERNET6, 80) == HOST_UP6, "NAT66 to the internet"
+        assert ask(c1, INTERNET, 80, timeout=1) is None, "no IPv4"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE6, 8096) == CLIENT6, "published, v6"
+        assert ask(topo.client.name, HOST_CLIENT_SIDE, 8096, timeout=1) is None, \
+            "not published on IPv4"
+        assert ask(topo.host.name, "::1", 8096) is not None, "published, on [::1]"
+        assert ask(c2, HOST_UP6, 8096) is not None, "hairpin"
+        # The IPv4 port is not held: a service of the host may have it.
+        topo.host.run(support.PYTHON, "-c", "import socket; socket.socket().bind("
+                      "('0.0.0.0', 8096))")
+        bad = {
+            "an IPv4 address": {"address": "10.0.0.5", "ipv6_address": "fd00:e::12"},
+            "no IPv6 address": {"address": ""},
+            "an IPv4 host address": {"address": "", "ipv6_address": "fd00:e::12",
+                                     "port_mappings": [harness.tcp(8097, 80, HOST_UP)]},
+        }
+        for what, fields in bad.items():
+            with pytest.raises(errors.InvalidArgument):
+                topo.agent.call("CreateEndpoint", pb.CreateEndpointRequest(
+                    endpoint=pb.Endpoint(endpoint_id="w9", network_id="wa", sandbox=c3,
+                                         **fields), network=net_a))
+                pytest.fail(what)
+        with pytest.raises(errors.InvalidArgument, match="without a subnet"):
+            topo.agent.call("CreateNetwork", pb.CreateNetworkRequest(network=harness.network(
+                "wc", "", ipv6_subnet="fd00:10::/64", gateway="10.0.0.1")))
+    finally:
+        for endpoint_id in ("w1", "w2", "w3"):
+            topo.agent.call("DeleteEndpoint", pb.DeleteEndpointRequest(endpoint_id=endpoint_id))
+        for network_id in ("wa", "wb"):
+            topo.agent.call("DeleteNetwork", pb.DeleteNetworkRequest(network_id=network_id))
+    harness.assert_unchanged(
+        baseline, (harness.ruleset(topo.host.name), harness.link_summary(topo.host.name)),
+        "after every IPv6-only endpoint and network is deleted",
     )
 
 

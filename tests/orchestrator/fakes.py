@@ -16,6 +16,7 @@ from cnm import errors, server
 from cnm.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.netdriver.v1 import netdriver_pb2_grpc
+from cnm.validation import mac_from_address
 
 log = logging.getLogger("tests.fakes")
 
@@ -212,8 +213,8 @@ class FakeAgent(netdriver_pb2_grpc.NetDriverServiceServicer):
         created.host_interface = f"cv{endpoint.endpoint_id[:10]}"
         created.container_interface = created.container_interface or (
             f"cp{endpoint.endpoint_id[:10]}" if endpoint.peer_on_host else "eth0")
-        created.mac_address = endpoint.mac_address or "02:42:" + ":".join(
-            f"{int(part):02x}" for part in endpoint.address.split("."))
+        created.mac_address = endpoint.mac_address or mac_from_address(
+            endpoint.address or endpoint.ipv6_address)  # as the agent derives it
         self.endpoints[endpoint.endpoint_id] = created
         return nd.CreateEndpointResponse(endpoint=created)
 

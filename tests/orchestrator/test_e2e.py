@@ -616,6 +616,60 @@ def test_a_dual_stack_network_through_the_cli(cluster):
     assert_clean(cluster)
 
 
+def test_an_ipv6_only_network_through_the_cli(cluster):
+    """--ipv4=false --ipv6: containers have an IPv6 address alone, talk and resolve
+    over it, publish on IPv6 only; IPAM has the IPv6 pool alone; IPv4 asked of the
+    network is refused with nothing made."""
+    created = cluster.cnm("network", "create", "--ipv6", "--ipv4=false", "--subnet",
+                          "fd00:86::/64", "only6")
+    assert created.code == 0, created.err
+    network_id = created.out.strip()
+    [listed] = cluster.cnm("network", "ls", "--format", "json").json()
+    assert (listed["subnet"], listed["enable_ipv4"], listed["ipv6_subnet"]) == (
+        "", False, "fd00:86::/64")
+    assert "fd00:86::/64   fd00:86::1" in cluster.cnm("network", "ls").out
+    web = cluster.cnm("run", "-d", "--name", "web", "--net", "only6", "--ip6", "fd00:86::9",
+                      "-p", "8091:80", "--", support.PYTHON, TRAFFIC, "serve", "tcp", "80")
+    assert web.code == 0, web.err
+    [inspected] = cluster.cnm("network", "inspect", "only6").json()
+    [endpoint] = inspected["endpoints"]
+    assert (endpoint["address"], endpoint["ipv6_address"]) == ("", "fd00:86::9")
+    assert "only6:fd00:86::9" in cluster.cnm("ps").out
+    deadline = time.monotonic() + 10
+    while True:  # the server starts after the run returns
+        probe = cluster.cnm("run", "--name", "probe", "--net", "only6", "--", "sh", "-c",
+                            f"{support.PYTHON} {TRAFFIC} ask tcp fd00:86::9 80 && "
+                            "getent ahostsv6 web | head -1; ip -4 addr show eth0 | wc -l")
+        if probe.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert probe.code == 0, probe.err
+    seen, resolved, ipv4_lines = probe.out.splitlines()
+    assert seen.startswith("fd00:86::") and seen != "fd00:86::9"
+    assert resolved.split()[0] == "fd00:86::9"
+    assert ipv4_lines.strip() == "0"  # no IPv4 address in the container
+    host_ns = cluster.hosts["h1"].ns.path
+    assert ask(host_ns, "::1", 8091) == "fd00:86::1"  # relayed, from the gateway
+    assert ask(host_ns, "127.0.0.1", 8091) is None  # not published on IPv4
+    assert sorted(cluster.allocations()) == [f"{network_id}.v6"]
+    for args, code, message in (
+            (["network", "connect", "--ip", "10.0.0.5", "only6", "web"], 2, "IPv6 only"),
+            (["run", "--name", "x", "--net", "only6", "-p", "127.0.0.1:8092:80", "--",
+              "true"], 2, "IPv4 host address"),
+            (["network", "create", "--ipv4=false", "--subnet", "fd00:87::/64", "no6"], 2,
+             "needs --ipv6"),
+            (["network", "create", "--ipv6", "--ipv4=false", "--subnet", "10.87.0.0/24",
+              "four"], 2, "IPv6-only"),
+            (["network", "create", "--ipv6", "--ipv4=maybe", "odd"], 2, "true or false"),
+    ):
+        refused = cluster.cnm(*args)
+        assert refused.code == code and message in refused.err, (args, refused.err)
+        assert len(refused.err.strip().splitlines()) == 1, refused.err
+    assert cluster.cnm("rm", "web").code == 0
+    assert cluster.cnm("network", "rm", "only6").code == 0
+    assert_clean(cluster)
+
+
 def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypatch):
     """The CLI's TRACEPARENT is the trace id on the request lines of the orchestrator,
     IPAM and the agent for that connect; a malformed one is replaced, not refused."""

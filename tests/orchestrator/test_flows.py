@@ -12,6 +12,7 @@ from cnm import errors
 from cnm.ipam.v1 import ipam_pb2
 from cnm.netdriver.v1 import netdriver_pb2 as nd
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
+from cnm.validation import mac_from_address
 from orchestrator import address_pools, flows, validation
 from orchestrator.reconciler import Reconciler
 from orchestrator.store import k as store_key
@@ -127,6 +128,59 @@ async def test_concurrent_creates_without_subnet_never_share_one(world):
     assert len(set(subnets)) == 16
     assert sorted(subnets) == sorted([f"172.{n}.0.0/16" for n in range(17, 32)]
                                      + ["192.168.0.0/20"])
+
+
+async def test_an_ipv6_only_network_has_no_ipv4_anywhere(world):
+    network = await create(world, "six", "", enable_ipv4=False, enable_ipv6=True,
+                           ipv6_subnet="fd00:60::/64", driver=pb.DRIVER_OVERLAY)
+    assert (network.subnet, network.gateway, network.enable_ipv4, network.ipv6_gateway) == (
+        "", "", False, "fd00:60::1")
+    assert network.network_id not in world.ipam.allocations  # no IPv4 pool
+    pool6 = world.ipam.allocations[validation.ipv6_pool_id(network.network_id)]
+    again = await create(world, "six", "", enable_ipv4=False, enable_ipv6=True,
+                         ipv6_subnet="fd00:60::/64", driver=pb.DRIVER_OVERLAY)
+    assert again.network_id == network.network_id  # a repeat
+    with pytest.raises(errors.AlreadyExists):  # the same name with IPv4 is another network
+        await create(world, "six", "", enable_ipv6=True, ipv6_subnet="fd00:60::/64",
+                     driver=pb.DRIVER_OVERLAY)
+    a = (await world.call("ConnectContainer", connect_request("a", network="six"))).endpoint
+    assert (a.address, a.prefix_length, a.ipv6_prefix_length) == ("", 0, 64)
+    assert a.ipv6_address.startswith("fd00:60::") and pool6[a.ipv6_address] == a.endpoint_id
+    assert a.mac_address == mac_from_address(a.ipv6_address)
+    h1, h2 = world.agents["h1"], world.agents["h2"]
+    assert (h1.networks[network.network_id].subnet,
+            h1.networks[network.network_id].ipv6_subnet) == ("", "fd00:60::/64")
+    (remote,) = h2.peers[network.network_id].remote_endpoints
+    assert (remote.address, remote.ipv6_address, remote.mac_address) == (
+        "", a.ipv6_address, a.mac_address)
+    with pytest.raises(errors.InvalidArgument, match="IPv6 only"):
+        await world.call("ConnectContainer", connect_request(
+            "b", network="six", address="10.0.0.5"))
+    with pytest.raises(errors.InvalidArgument, match="IPv4 host address"):
+        await world.call("ConnectContainer", connect_request(
+            "b", network="six", port_mappings=[pb.PortMapping(
+                protocol=pb.PROTOCOL_TCP, host_ip="127.0.0.1", host_port=80,
+                container_port=80)]))
+    with pytest.raises(errors.InvalidArgument, match="IPv6 only"):
+        await world.call("ReserveAddress", reserve(network="six"))
+    await world.call("DisconnectContainer",
+                     pb.DisconnectContainerRequest(network="six", container_id="a"))
+    assert list(pool6) == ["fd00:60::1"]
+    await world.call("DeleteNetwork", pb.DeleteNetworkRequest(network="six"))
+    assert validation.ipv6_pool_id(network.network_id) not in world.ipam.allocations
+    assert await intents(world) == []
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"enable_ipv4": False}, "needs IPv6"),
+    ({"enable_ipv4": False, "enable_ipv6": True, "subnet": "10.0.0.0/24"}, "IPv6-only"),
+    ({"enable_ipv4": False, "enable_ipv6": True, "gateway": "10.0.0.1"}, "IPv6-only"),
+])
+async def test_an_ipv6_only_network_refuses_ipv4(world, fields, match):
+    with pytest.raises(errors.InvalidArgument, match=match):
+        await world.call("CreateNetwork", pb.CreateNetworkRequest(
+            network=pb.Network(name="bad6", **fields)))
+    assert (await world.call("ListNetworks", pb.ListNetworksRequest())).networks == []
 
 
 async def test_ipv6_subnets_come_from_the_ipv6_default_pools_or_are_refused(world):

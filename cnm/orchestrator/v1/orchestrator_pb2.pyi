@@ -53,7 +53,7 @@ ENDPOINT_STATE_GONE: EndpointState
 ENDPOINT_STATE_STALE: EndpointState
 
 class Network(_message.Message):
-    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts", "aux_addresses", "enable_ipv6", "ipv6_subnet", "ipv6_gateway", "ipv6_ip_range")
+    __slots__ = ("network_id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "options", "labels", "vni", "create_time", "hosts", "aux_addresses", "enable_ipv6", "ipv6_subnet", "ipv6_gateway", "ipv6_ip_range", "enable_ipv4")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Network(_message.Message):
     IPV6_SUBNET_FIELD_NUMBER: _ClassVar[int]
     IPV6_GATEWAY_FIELD_NUMBER: _ClassVar[int]
     IPV6_IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_IPV4_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     name: str
     driver: Driver
@@ -109,7 +110,8 @@ class Network(_message.Message):
     ipv6_subnet: str
     ipv6_gateway: str
     ipv6_ip_range: str
-    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ..., enable_ipv6: _Optional[bool] = ..., ipv6_subnet: _Optional[str] = ..., ipv6_gateway: _Optional[str] = ..., ipv6_ip_range: _Optional[str] = ...) -> None: ...
+    enable_ipv4: bool
+    def __init__(self, network_id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[_Union[Driver, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., vni: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hosts: _Optional[_Iterable[_Union[NetworkHostState, _Mapping]]] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ..., enable_ipv6: _Optional[bool] = ..., ipv6_subnet: _Optional[str] = ..., ipv6_gateway: _Optional[str] = ..., ipv6_ip_range: _Optional[str] = ..., enable_ipv4: _Optional[bool] = ...) -> None: ...
 
 class NetworkHostState(_message.Message):
     __slots__ = ("host_id", "ready", "message")
