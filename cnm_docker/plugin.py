@@ -17,9 +17,12 @@ name, and the IPAM calls name a pool; so:
   into the container at Join) from the addresses its host reserved when
   Docker's IPAM asked (``ReserveAddress``; ``address_reserved``).
 
-The one thing held between two calls: the ip range of a pool asked for, from
-RequestPool to the CreateNetwork that follows it (Docker gives CreateNetwork
-the subnet and gateway only).
+The one thing held between two calls: each pool asked for, from RequestPool
+to the CreateNetwork that makes its network: its ip range (Docker gives
+CreateNetwork the subnet and gateway only) and whether cnm chose its subnet.
+A pool released while still held there is one whose network was never made
+(Docker gives back the pools of a create that failed): its release deletes
+nothing, not another Docker network's cnm network with the same subnet.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import ipaddress
 import json
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -73,7 +77,9 @@ class Plugin:
         self.host_id = host_id
         self.channel = grpc_client.RenewingChannel(orchestrator, tls,
                                                    orchestrator_pb2_grpc.OrchestratorServiceStub)
-        self._ranges: dict[str, str] = {}  # subnet -> ip range, RequestPool to CreateNetwork
+        # subnet -> (ip range, chosen by cnm), from RequestPool to a CreateNetwork that made
+        # its network.
+        self._pending: dict[str, tuple[str, bool]] = {}
         # The cnm networks as last listed, by id. A network never changes under its id: an
         # id that is gone (NOT_FOUND) makes the caller list them again (_fresh_if_stale).
         self._known: dict[str, pb.Network] | None = None
@@ -171,11 +177,9 @@ class Plugin:
     async def request_pool(self, data: dict) -> dict:
         v6 = bool(data.get("V6"))
         subnet = data.get("Pool") or ""
-        if not subnet:
-            raise errors.InvalidArgument(
-                "cnm needs a subnet: docker network create --subnet CIDR "
-                + ("--subnet IPV6_CIDR --ipv6 ..." if v6 else "..."))
         ip_range = data.get("SubPool") or ""
+        if not subnet:
+            return await self._chosen_pool(v6, ip_range)
         # The checks CreateNetwork will make, said while Docker still asks for the pool.
         check = validation.check_ipv6_subnet if v6 else validation.check_network_subnet
         network = check(subnet, ip_range=ip_range).network
@@ -184,14 +188,30 @@ class Plugin:
             raise errors.AlreadyExists(
                 f"subnet {network} overlaps cnm network {existing.name!r} "
                 f"({', '.join(_subnets(existing))})")
-        self._ranges[str(network)] = ip_range
+        self._pending[str(network)] = (ip_range, False)
         pool_id = f"{network},{ip_range}" if ip_range else str(network)
         return {"PoolID": pool_id, "Pool": str(network), "Data": {}}
+
+    async def _chosen_pool(self, v6: bool, ip_range: str) -> dict:
+        """A pool on the subnet cnm would choose from its default address pools
+        (CreateNetwork with validate_only): nothing is reserved until CreateNetwork, which
+        refuses it if another network took it meanwhile."""
+        if ip_range:
+            raise errors.InvalidArgument("--ip-range needs its --subnet")
+        placeholder = f"docker-pool-{uuid.uuid4().hex[:12]}"  # a name no network has
+        shown = (await self._call("CreateNetwork", pb.CreateNetworkRequest(
+            network=pb.Network(name=placeholder, enable_ipv6=v6), validate_only=True))).network
+        subnet = shown.ipv6_subnet if v6 else shown.subnet
+        self._pending[subnet] = ("", True)
+        return {"PoolID": subnet, "Pool": subnet, "Data": {}}
 
     async def release_pool(self, data: dict) -> dict:
         """Deletes the cnm network of the pool if a Docker network made it and no host has
         an endpoint on it (another host's Docker network may still use it then)."""
-        network = await self._network_with_subnet(_subnet_of_pool(data["PoolID"]), fresh=True)
+        subnet = str(_subnet_of_pool(data["PoolID"]))
+        if self._pending.pop(subnet, None) is not None:
+            return {}  # its network was never made: the create failed
+        network = await self._network_with_subnet(subnet, fresh=True)
         if network is None or network.labels.get(CREATED_BY) != "docker":
             return {}
         self._known = None
@@ -274,24 +294,34 @@ class Plugin:
                 f"{DRIVER_OPTION}, {NAME_OPTION}, {', '.join(KNOWN_OPTIONS)}")
         internal = bool(options.get("com.docker.network.internal")) or str(
             generic.pop("com.docker.network.internal", "")).lower() in ("1", "true")
-        if any(str(pool) not in self._ranges for pool in (subnet, subnet6) if pool):
+        pools = [str(pool) for pool in (subnet, subnet6) if pool]
+        if any(pool not in self._pending for pool in pools):
             raise errors.Unavailable("the cnm plugin restarted while this network was being "
                                      "created: create it again")
+        chosen = [pool for pool in pools if self._pending[pool][1]]
         wanted = pb.Network(
             name=name, subnet=str(subnet), gateway=gateway,
-            ip_range=self._ranges.pop(str(subnet)), driver=DRIVERS[driver_name],
+            ip_range=self._pending[str(subnet)][0], driver=DRIVERS[driver_name],
             internal=internal, options={k: str(v) for k, v in generic.items()},
             labels={CREATED_BY: "docker"})
         if subnet6 is not None:
             wanted.enable_ipv6 = True
             wanted.ipv6_subnet = str(subnet6)
             wanted.ipv6_gateway = (ipv6[0].get("Gateway") or "").split("/")[0]
-            wanted.ipv6_ip_range = self._ranges.pop(str(subnet6))
+            wanted.ipv6_ip_range = self._pending[str(subnet6)][0]
         existing = await self._network_with_subnet(subnet, fresh=True)
         if existing is not None:
+            if chosen:
+                raise errors.AlreadyExists(
+                    f"subnet {subnet}, which cnm chose, was taken meanwhile by cnm network "
+                    f"{existing.name!r}: create the network again")
             _check_same(existing, wanted)
+        else:
+            await self._call("CreateNetwork", pb.CreateNetworkRequest(network=wanted))
+        for pool in pools:  # made: a release of its pools now deletes it
+            del self._pending[pool]
+        if existing is not None:
             return {}
-        await self._call("CreateNetwork", pb.CreateNetworkRequest(network=wanted))
         log.info("cnm network created for a Docker network",
                  extra={"network": name, "docker_network": data.get("NetworkID", "")})
         return {}

@@ -106,6 +106,15 @@ def _addresses(endpoint: pb.Endpoint) -> list[tuple[str, str]]:
         (validation.ipv6_pool_id(endpoint.network_id), endpoint.ipv6_address)) if address]
 
 
+def _pools_exhausted(network: pb.Network, pools) -> errors.CnmError:
+    listed = " ".join(str(pool) for pool in pools)
+    return errors.ResourceExhausted(
+        f"no free subnet left in the default address pools ({listed}): each overlaps a "
+        "network or a route of a host; give a --subnet, or add a pool with the "
+        "orchestrator's --default-address-pool base=CIDR,size=N (env "
+        "CNM_DEFAULT_ADDRESS_POOLS)", reason="ADDRESS_POOLS_EXHAUSTED", network=network.name)
+
+
 def _derived_mac(endpoint: pb.Endpoint) -> str:
     """The MAC the agent derives for the endpoint (from its IPv6 address if it has no
     IPv4 one)."""
@@ -365,26 +374,15 @@ class Orchestrator:
 
     # --- networks -----------------------------------------------------------
 
-    async def create_network(self, spec: pb.Network) -> pb.Network:
+    async def create_network(self, spec: pb.Network, validate_only: bool = False) -> pb.Network:
         wanted = validation.network(spec)
+        if validate_only:
+            return await self._preview_network(wanted)
         lock_name = f"name:{wanted.name}"
         async with self.store.lock(lock_name):
-            existing_id = await self.store.network_id_by_name(wanted.name)
-            if existing_id is not None:
-                found = await self.store.get_network(existing_id)
-                if found is not None:
-                    existing, state = found
-                    if state != STATE_READY:
-                        raise errors.FailedPrecondition(
-                            f"network {wanted.name!r} is being deleted; retry", network=wanted.name)
-                    if validation.same_network(existing, wanted):
-                        return existing
-                    raise errors.AlreadyExists(
-                        f"network {wanted.name!r} already exists with different parameters "
-                        f"(subnet {existing.subnet}, "
-                        f"driver {validation.driver_word(existing.driver)})",
-                        network=wanted.name,
-                    )
+            existing = await self._network_named(wanted)
+            if existing is not None:
+                return existing
             network = pb.Network()
             network.CopyFrom(wanted)
             network.network_id = uuid.uuid4().hex[:12]
@@ -424,6 +422,79 @@ class Orchestrator:
                                            "vni": network.vni})
         return network
 
+    async def _network_named(self, wanted: pb.Network) -> pb.Network | None:
+        """The network recorded under ``wanted``'s name, if a create of ``wanted`` repeats
+        its creation; None when there is none; ALREADY_EXISTS when it differs."""
+        existing_id = await self.store.network_id_by_name(wanted.name)
+        found = await self.store.get_network(existing_id) if existing_id is not None else None
+        if found is None:
+            return None
+        existing, state = found
+        if state != STATE_READY:
+            raise errors.FailedPrecondition(
+                f"network {wanted.name!r} is being deleted; retry", network=wanted.name)
+        if validation.same_network(existing, wanted):
+            return existing
+        raise errors.AlreadyExists(
+            f"network {wanted.name!r} already exists with different parameters "
+            f"(subnet {existing.subnet or existing.ipv6_subnet}, "
+            f"driver {validation.driver_word(existing.driver)})",
+            network=wanted.name,
+        )
+
+    async def _preview_network(self, wanted: pb.Network) -> pb.Network:
+        """The network a create of ``wanted`` would make (validate_only), checked against
+        what is recorded, with nothing made or reserved: a subnet chosen from the default
+        address pools where none is given, the first address as the gateway."""
+        existing = await self._network_named(wanted)
+        if existing is not None:
+            return existing
+        networks, routes = await self._taken_subnets()
+        preview = pb.Network()
+        preview.CopyFrom(wanted)
+        for version, subnet_field, gateway_field, wanted_family in (
+                (4, "subnet", "gateway", validation.has_ipv4(wanted)),
+                (6, "ipv6_subnet", "ipv6_gateway", wanted.enable_ipv6)):
+            if not wanted_family:
+                continue
+            subnet = getattr(preview, subnet_field)
+            if subnet:
+                for other, theirs in networks:
+                    cnm_validation.subnets_overlap(subnet, theirs, f"network {wanted.name!r}",
+                                                   f"network {other.name!r}")
+            else:
+                pools = self._default_pools_of(wanted, version)
+                taken = [ipaddress.ip_network(theirs) for _, theirs in networks] + routes
+                chosen = next(address_pools.free_subnets(pools, taken), None)
+                if chosen is None:
+                    raise _pools_exhausted(wanted, pools)
+                setattr(preview, subnet_field, str(chosen))
+            if not getattr(preview, gateway_field):
+                first = next(ipaddress.ip_network(getattr(preview, subnet_field)).hosts())
+                setattr(preview, gateway_field, str(first))
+        return preview
+
+    async def _taken_subnets(self) -> tuple[list[tuple[pb.Network, str]], list]:
+        """(network, subnet) of every subnet of every network, and the routes of every
+        host: what a subnet chosen from the default address pools must not overlap."""
+        networks, hosts = await asyncio.gather(self.store.list_networks(),
+                                               self.store.list_hosts())
+        subnets = [(other, subnet) for other, _ in networks
+                   for subnet in (other.subnet, other.ipv6_subnet) if subnet]
+        return subnets, [ipaddress.ip_network(route) for host in hosts for route in host.routes]
+
+    def _default_pools_of(self, network: pb.Network, version: int) -> list:
+        """The default address pools of IP ``version``; FAILED_PRECONDITION (NO_IPV6_POOL)
+        when there is none."""
+        pools = address_pools.of_family(self.default_pools, version)
+        if not pools:
+            raise errors.FailedPrecondition(
+                f"network {network.name!r}: no IPv6 default address pool to choose its IPv6 "
+                "subnet from: give one (--subnet fd00:1::/64 beside the IPv4 one), or add a "
+                "pool with the orchestrator's --default-address-pool base=CIDR6,size=64 "
+                "(env CNM_DEFAULT_ADDRESS_POOLS)", reason="NO_IPV6_POOL", network=network.name)
+        return pools
+
     async def _create_pool(self, network: pb.Network) -> ipam_pb2.Pool:
         return await self.ipam.create_pool(ipam_pb2.Pool(
             pool_id=network.network_id, subnet=network.subnet, gateway=network.gateway,
@@ -457,29 +528,14 @@ class Orchestrator:
         address pools (address_pools.py), set as its subnet. A subnet another create took
         meanwhile (or an IPAM pool that is no network's) is refused by IPAM atomically,
         and the next one is tried."""
-        pools = address_pools.of_family(self.default_pools, version)
-        if not pools:
-            raise errors.FailedPrecondition(
-                f"network {network.name!r}: no IPv6 default address pool to choose its IPv6 "
-                "subnet from: give one (--subnet fd00:1::/64 beside the IPv4 one), or add a "
-                "pool with the orchestrator's --default-address-pool base=CIDR6,size=64 "
-                "(env CNM_DEFAULT_ADDRESS_POOLS)", reason="NO_IPV6_POOL", network=network.name)
-        networks, hosts = await asyncio.gather(self.store.list_networks(),
-                                               self.store.list_hosts())
-        taken = [ipaddress.ip_network(subnet) for other, _ in networks
-                 for subnet in (other.subnet, other.ipv6_subnet) if subnet]
-        taken += [ipaddress.ip_network(route) for host in hosts for route in host.routes]
+        pools = self._default_pools_of(network, version)
+        networks, routes = await self._taken_subnets()
+        taken = [ipaddress.ip_network(subnet) for _, subnet in networks] + routes
         create = self._create_pool if version == 4 else self._create_ipv6_pool
         while True:
             subnet = next(address_pools.free_subnets(pools, taken), None)
             if subnet is None:
-                listed = " ".join(str(pool) for pool in pools)
-                raise errors.ResourceExhausted(
-                    f"no free subnet left in the default address pools ({listed}): each "
-                    "overlaps a network or a route of a host; give a --subnet, or add a "
-                    "pool with the orchestrator's --default-address-pool base=CIDR,size=N "
-                    "(env CNM_DEFAULT_ADDRESS_POOLS)",
-                    reason="ADDRESS_POOLS_EXHAUSTED", network=network.name)
+                raise _pools_exhausted(network, pools)
             if version == 4:
                 network.subnet = str(subnet)
             else:

@@ -41,7 +41,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.orch = orchestrator
 
     async def CreateNetwork(self, request, context):
-        return pb.CreateNetworkResponse(network=await self.orch.create_network(request.network))
+        return pb.CreateNetworkResponse(network=await self.orch.create_network(
+            request.network, validate_only=request.validate_only))
 
     async def GetNetwork(self, request, context):
         validation.check_network_name("network", request.network)

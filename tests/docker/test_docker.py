@@ -8,6 +8,7 @@ The image is a busybox root filesystem imported offline (`docker import`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from pathlib import Path
@@ -138,7 +139,6 @@ def test_two_docker_daemons_share_one_cnm_overlay_network(docker_hosts):
     assert "overlaps" in one.fails(*NET, "--subnet", "10.47.0.0/16", "wide")
     assert "unknown option" in one.fails(*NET, "--subnet", "10.48.0.0/24", "-o", "color=red",
                                          "odd")
-    assert "subnet" in one.fails(*NET, "auto")
     assert "in use" in one.fails("run", "-d", "--network", "dnet", "--ip", "10.47.0.9",
                                  IMAGE, "sleep", "1")
     assert "published" in one.fails("run", "-d", "--network", "dnet", "-p", "8080:80",
@@ -288,6 +288,25 @@ def test_bridge_networks_connect_disconnect_internal_and_restarts(docker_hosts):
     one.docker("rm", "-f", "db")
     assert {e.container_id for e in endpoints(cluster)} == \
         {one.daemon.inspect("app")["NetworkSettings"]["Networks"]["front"]["EndpointID"]}
+
+    # No --subnet: cnm chooses one from its default address pools, and gives it back
+    # with the network.
+    one.docker(*NET, "auto")
+    subnet = one.daemon.inspect("auto")["IPAM"]["Config"][0]["Subnet"]
+    assert cluster.inspect(f"docker-{subnet.replace('/', '-')}").subnet == subnet
+    one.docker("run", "-d", "--name", "onauto", "--network", "auto", IMAGE, "sleep", "600")
+    assert ipaddress.ip_address(one.address("onauto", "auto")) in ipaddress.ip_network(subnet)
+    one.docker("rm", "-f", "onauto")
+    one.docker("network", "rm", "auto")
+    # A create that fails gives its pool back: that deletes nothing, not the cnm network
+    # of another Docker network on the same subnet, even with no endpoint on it.
+    one.docker(*NET, "--subnet", "10.55.0.0/24", "lonely")
+    assert "other options" in one.fails(*NET, "--subnet", "10.55.0.0/24", "--internal",
+                                        "lonely2")
+    assert cluster.inspect("docker-10.55.0.0-24").subnet == "10.55.0.0/24"
+    one.docker("network", "rm", "lonely")
+    assert [n.name for n in cluster.call("ListNetworks", pb.ListNetworksRequest()).networks] \
+        == ["docker-10.49.0.0-24", "docker-10.50.0.0-24"]
 
     # Malformed calls: Docker's {"Err": ...}, an HTTP error, never a traceback.
     status, answer = plugin_post(socket, "/NetworkDriver.CreateEndpoint", b"{not json")

@@ -130,6 +130,28 @@ async def test_concurrent_creates_without_subnet_never_share_one(world):
                                      + ["192.168.0.0/20"])
 
 
+async def test_validate_only_shows_the_network_a_create_would_make_and_makes_nothing(world):
+    await create(world, "first", "172.17.0.0/16")
+    def preview(name, subnet="", **fields):
+        return world.call("CreateNetwork", pb.CreateNetworkRequest(
+            network=pb.Network(name=name, subnet=subnet, **fields), validate_only=True))
+    shown = (await preview("auto")).network
+    assert (shown.network_id, shown.subnet, shown.gateway) == ("", "172.18.0.0/16",
+                                                             "172.18.0.1")
+    assert (await preview("auto")).network.subnet == "172.18.0.0/16"  # nothing was taken
+    assert (await preview("first", "172.17.0.0/16")).network.network_id  # a repeat: it
+    with pytest.raises(errors.AlreadyExists) as caught:
+        await preview("wide", "172.16.0.0/12")
+    assert caught.value.reason == "SUBNET_OVERLAP" and "'first'" in caught.value.message
+    with pytest.raises(errors.AlreadyExists, match="different parameters"):
+        await preview("first", "10.9.0.0/24")
+    with pytest.raises(errors.FailedPrecondition) as caught:  # no IPv6 default pool
+        await preview("six", enable_ipv6=True)
+    assert caught.value.reason == "NO_IPV6_POOL"
+    listed = (await world.call("ListNetworks", pb.ListNetworksRequest())).networks
+    assert [n.name for n in listed] == ["first"] and len(world.ipam.allocations) == 1
+
+
 async def test_an_ipv6_only_network_has_no_ipv4_anywhere(world):
     network = await create(world, "six", "", enable_ipv4=False, enable_ipv6=True,
                            ipv6_subnet="fd00:60::/64", driver=pb.DRIVER_OVERLAY)

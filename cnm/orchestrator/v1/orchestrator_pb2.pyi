@@ -259,10 +259,12 @@ class ReleaseAddressResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateNetworkRequest(_message.Message):
-    __slots__ = ("network",)
+    __slots__ = ("network", "validate_only")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     network: Network
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateNetworkResponse(_message.Message):
     __slots__ = ("network",)
