@@ -57,16 +57,9 @@ def network(spec: pb.Network) -> pb.Network:
         return ipv6_only(spec, driver)
     if not spec.subnet:
         # The first free subnet of the default address pools (address_pools.py).
-        for field, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range),
-                             ("aux_addresses", ", ".join(spec.aux_addresses.values()))):
-            if value:
-                raise errors.InvalidArgument(
-                    f"{field} {value!r} needs a subnet: give the subnet too, or neither "
-                    "(a subnet is then chosen from the default address pools)",
-                    reason="INVALID_ARGUMENT", field=field)
-        return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
-                          options=dict(spec.options), labels=dict(spec.labels),
-                          enable_ipv4=True, **ipv6_fields(spec, driver))
+        _refuse(_ipv4_values(spec)[1:], "needs a subnet: give the subnet too, or neither (a "
+                "subnet is then chosen from the default address pools)", "INVALID_ARGUMENT")
+        return _without_subnet(spec, driver, enable_ipv4=True)
     # The same checks, messages and reasons as IPAM's and the agent's.
     checked = validation.check_network_subnet(spec.subnet, spec.gateway, spec.ip_range)
     gateway = str(checked.gateway) if spec.gateway else ""
@@ -95,17 +88,31 @@ def ipv6_only(spec: pb.Network, driver: int) -> pb.Network:
             "a network without IPv4 needs IPv6: enable_ipv6 (--ipv6), with an IPv6 subnet or "
             "one from the IPv6 default address pools", reason="INVALID_ARGUMENT",
             field="enable_ipv4")
-    for field, value in (("subnet", spec.subnet), ("gateway", spec.gateway),
-                         ("ip_range", spec.ip_range),
-                         ("aux_addresses", ", ".join(spec.aux_addresses.values()))):
+    _refuse(_ipv4_values(spec), "on an IPv6-only network (enable_ipv4 false): it has no "
+            "IPv4; give its IPv6 subnet as ipv6_subnet (--subnet with --ipv6)",
+            "WRONG_ADDRESS_FAMILY")
+    return _without_subnet(spec, driver, enable_ipv4=False)
+
+
+def _ipv4_values(spec: pb.Network) -> list[tuple[str, str]]:
+    """(field, value) of a create's IPv4 fields: the subnet first."""
+    return [("subnet", spec.subnet), ("gateway", spec.gateway), ("ip_range", spec.ip_range),
+            ("aux_addresses", ", ".join(spec.aux_addresses.values()))]
+
+
+def _refuse(values: list[tuple[str, str]], why: str, reason: str) -> None:
+    """INVALID_ARGUMENT naming the first of ``values`` that is given."""
+    for field, value in values:
         if value:
-            raise errors.InvalidArgument(
-                f"{field} {value!r} on an IPv6-only network (enable_ipv4 false): it has no "
-                "IPv4; give its IPv6 subnet as ipv6_subnet (--subnet with --ipv6)",
-                reason="WRONG_ADDRESS_FAMILY", field=field)
+            raise errors.InvalidArgument(f"{field} {value!r} {why}", reason=reason,
+                                         field=field)
+
+
+def _without_subnet(spec: pb.Network, driver: int, enable_ipv4: bool) -> pb.Network:
+    """A network to create without an IPv4 subnet: one to choose, or none (IPv6 only)."""
     return pb.Network(name=spec.name, driver=driver, internal=spec.internal,
                       options=dict(spec.options), labels=dict(spec.labels),
-                      enable_ipv4=False, **ipv6_fields(spec, driver))
+                      enable_ipv4=enable_ipv4, **ipv6_fields(spec, driver))
 
 
 def ipv6_fields(spec: pb.Network, driver: int) -> dict:
@@ -116,13 +123,9 @@ def ipv6_fields(spec: pb.Network, driver: int) -> dict:
         return {}
     if not spec.ipv6_subnet:
         # The first free subnet of the IPv6 default address pools, as for IPv4.
-        for field, value in (("ipv6_gateway", spec.ipv6_gateway),
-                             ("ipv6_ip_range", spec.ipv6_ip_range)):
-            if value:
-                raise errors.InvalidArgument(
-                    f"{field} {value!r} needs an IPv6 subnet: give the subnet too, or neither "
-                    "(a subnet is then chosen from the default address pools)",
-                    reason="INVALID_ARGUMENT", field=field)
+        _refuse([("ipv6_gateway", spec.ipv6_gateway), ("ipv6_ip_range", spec.ipv6_ip_range)],
+                "needs an IPv6 subnet: give the subnet too, or neither (a subnet is then "
+                "chosen from the default address pools)", "INVALID_ARGUMENT")
         return {"enable_ipv6": True}
     checked = validation.check_ipv6_subnet(spec.ipv6_subnet, spec.ipv6_gateway,
                                            spec.ipv6_ip_range)

@@ -105,6 +105,19 @@ def container_addresses(path: str) -> dict[str, str]:
             for info in link.get("addr_info", []) if link["ifname"] != "lo"}
 
 
+
+def until_it_answers(cluster, *args: str, **options):
+    """``cnm ARGS`` run until it succeeds, for up to 10 s (a server started by a run that
+    returned may not listen yet)."""
+    deadline = time.monotonic() + 10
+    while True:
+        done = cluster.cnm(*args, **options)
+        if done.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert done.code == 0, done.err
+    return done
+
 def test_create_connect_list_remove_story_through_the_cli(cluster, client, netns):
     created = cluster.cnm("network", "create", "--subnet", "10.50.0.0/24", "--label", "team=a",
                           "net1")
@@ -137,14 +150,8 @@ def test_create_connect_list_remove_story_through_the_cli(cluster, client, netns
     assert container_addresses(sandbox_path(cluster, "web")) == {"eth0": web_ip}
 
     # two containers talk: a foreground run asks the web container, then goes away
-    deadline = time.monotonic() + 10
-    while True:
-        probe = cluster.cnm("run", "--name", "probe", "--net", "net1", "--",
-                            support.PYTHON, TRAFFIC, "ask", "tcp", web_ip, "80")
-        if probe.code == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert probe.code == 0, probe.err
+    probe = until_it_answers(cluster, "run", "--name", "probe", "--net", "net1", "--",
+                             support.PYTHON, TRAFFIC, "ask", "tcp", web_ip, "80")
     assert probe.out.strip() == "10.50.0.3"
     # the published port answers from outside the host
     assert ask(client.path, HOST_ADDRESS, 8080) == "192.168.200.2"
@@ -356,14 +363,8 @@ def test_overlay_containers_on_two_hosts_talk(cluster):
     [inspected] = cluster.cnm("network", "inspect", "ov").json()
     assert inspected["vni"] >= 4096
     server_ip = inspected["endpoints"][0]["address"]
-    deadline = time.monotonic() + 10
-    while True:
-        probe = cluster.cnm("run", "--name", "probe", "--net", "ov", "--",
-                            support.PYTHON, TRAFFIC, "ask", "tcp", server_ip, "80", host="h2")
-        if probe.code == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert probe.code == 0, probe.err
+    probe = until_it_answers(cluster, "run", "--name", "probe", "--net", "ov", "--",
+                             support.PYTHON, TRAFFIC, "ask", "tcp", server_ip, "80", host="h2")
     assert probe.out.strip().startswith("10.95.0.")
     assert probe.out.strip() != server_ip
     assert cluster.cnm("rm", "srv").code == 0
@@ -565,15 +566,10 @@ def test_a_dual_stack_network_through_the_cli(cluster):
     assert (endpoint["address"], endpoint["ipv6_address"], endpoint["ipv6_prefix_length"]) \
         == ("10.83.0.2", "fd00:83::9", 64)
     assert "dual:10.83.0.2,fd00:83::9" in cluster.cnm("ps").out
-    deadline = time.monotonic() + 10
-    while True:  # the server starts after the run returns
-        probe = cluster.cnm("run", "--name", "probe", "--net", "dual", "--", "sh", "-c",
-                            f"{support.PYTHON} {TRAFFIC} ask tcp fd00:83::9 80 && "
-                            "getent ahostsv6 web | head -1; ip -6 route show default")
-        if probe.code == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert probe.code == 0, probe.err
+    # the server starts after the run returns
+    probe = until_it_answers(cluster, "run", "--name", "probe", "--net", "dual", "--", "sh", "-c",
+                             f"{support.PYTHON} {TRAFFIC} ask tcp fd00:83::9 80 && "
+                             "getent ahostsv6 web | head -1; ip -6 route show default")
     seen, resolved, route = probe.out.splitlines()
     assert seen.startswith("fd00:83::") and seen != "fd00:83::9"  # the prober's own address
     assert resolved.split()[0] == "fd00:83::9"
@@ -635,15 +631,10 @@ def test_an_ipv6_only_network_through_the_cli(cluster):
     [endpoint] = inspected["endpoints"]
     assert (endpoint["address"], endpoint["ipv6_address"]) == ("", "fd00:86::9")
     assert "only6:fd00:86::9" in cluster.cnm("ps").out
-    deadline = time.monotonic() + 10
-    while True:  # the server starts after the run returns
-        probe = cluster.cnm("run", "--name", "probe", "--net", "only6", "--", "sh", "-c",
-                            f"{support.PYTHON} {TRAFFIC} ask tcp fd00:86::9 80 && "
-                            "getent ahostsv6 web | head -1; ip -4 addr show eth0 | wc -l")
-        if probe.code == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert probe.code == 0, probe.err
+    # the server starts after the run returns
+    probe = until_it_answers(cluster, "run", "--name", "probe", "--net", "only6", "--", "sh", "-c",
+                             f"{support.PYTHON} {TRAFFIC} ask tcp fd00:86::9 80 && "
+                             "getent ahostsv6 web | head -1; ip -4 addr show eth0 | wc -l")
     seen, resolved, ipv4_lines = probe.out.splitlines()
     assert seen.startswith("fd00:86::") and seen != "fd00:86::9"
     assert resolved.split()[0] == "fd00:86::9"
