@@ -1003,8 +1003,9 @@ class Orchestrator:
                               ipv6: bool = False) -> tuple[str, int, str]:
         """(address, prefix length, gateway) reserved on the network for the host, from
         its IPv6 subnet with ``ipv6`` or an IPv6 ``address``."""
-        network = await self._network_taking_addresses(network_name)
-        if await self.store.get_host(host_id) is None:
+        network, host = await _all(self._network_taking_addresses(network_name),
+                                   self.store.get_host(host_id))
+        if host is None:
             raise errors.NotFound(f"host {host_id!r} is not registered",
                                   reason="HOST_NOT_FOUND", host=host_id)
         pool_id = _reservation_pool(network, address, ipv6)

@@ -178,13 +178,14 @@ HOST_UP6, INTERNET6, HOST_CLIENT_SIDE6, CLIENT6 = "fd99::1", "fd99::2", "fd98::1
 
 
 def add_ipv6(topo) -> None:
-    """IPv6 on the topology's links: the host's uplink and default route, the client's."""
-    topo.host.run("ip", "addr", "add", f"{HOST_UP6}/64", "dev", "up0", "nodad")
-    topo.internet.run("ip", "addr", "add", f"{INTERNET6}/64", "dev", "eth0", "nodad")
-    topo.host.run("ip", "-6", "route", "add", "default", "via", INTERNET6)
-    topo.host.run("ip", "addr", "add", f"{HOST_CLIENT_SIDE6}/64", "dev", "cl0", "nodad")
-    topo.client.run("ip", "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
-    topo.client.run("ip", "-6", "route", "add", "default", "via", HOST_CLIENT_SIDE6)
+    """IPv6 on the topology's links: the host's uplink and default route, the client's
+    (replaced if there: the topology is shared by the module's tests)."""
+    topo.host.run("ip", "addr", "replace", f"{HOST_UP6}/64", "dev", "up0", "nodad")
+    topo.internet.run("ip", "addr", "replace", f"{INTERNET6}/64", "dev", "eth0", "nodad")
+    topo.host.run("ip", "-6", "route", "replace", "default", "via", INTERNET6)
+    topo.host.run("ip", "addr", "replace", f"{HOST_CLIENT_SIDE6}/64", "dev", "cl0", "nodad")
+    topo.client.run("ip", "addr", "replace", f"{CLIENT6}/64", "dev", "eth0", "nodad")
+    topo.client.run("ip", "-6", "route", "replace", "default", "via", HOST_CLIENT_SIDE6)
 
 
 def test_dual_stack_traffic(topo):
