@@ -231,6 +231,12 @@ def check_port_mappings(mappings: Iterable, internal: bool, ephemeral: bool = Fa
                 f"a port published on an IPv6 host address ({port.host_ip}) needs the "
                 "container's IPv6 address: its network is not dual stack",
                 reason="INVALID_ADDRESS", field="port_mappings", host_ip=port.host_ip)
+        if port.protocol == "sctp" and port.host_ip == "::1":
+            raise errors.InvalidArgument(
+                "sctp on [::1]: the host's own IPv6 loopback cannot be forwarded to a "
+                "container (no route_localnet in IPv6) and only TCP and UDP are relayed: "
+                "publish it on another address", reason="INVALID_ADDRESS",
+                field="port_mappings", host_ip=port.host_ip)
         if not ipv4 and port.host_ip and ":" not in port.host_ip:
             raise errors.InvalidArgument(
                 f"a port published on an IPv4 host address ({port.host_ip}) needs the "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -138,3 +140,18 @@ def test_an_error_status_stays_small_whatever_it_echoes():
     status_pb2.Status.FromString(trailer).details[0].Unpack(info)
     assert info.reason == "R" and 0 < len(info.metadata) < 40
     assert errors.capped(huge) == "x" * errors.MAX_SHOWN + "..."
+
+
+def test_port_mappings_refuse_what_the_container_or_the_host_cannot_take():
+    def mapping(host_ip, protocol=validation.PROTOCOL_NUMBERS["tcp"]):
+        return types.SimpleNamespace(protocol=protocol, host_ip=host_ip, host_port=8080,
+                                     container_port=80)
+    sctp = validation.PROTOCOL_NUMBERS["sctp"]
+    for mappings, flags, match in (
+            ([mapping("::1")], {"ipv6": False}, "IPv6 host address"),
+            ([mapping("127.0.0.1")], {"ipv4": False}, "IPv4 host address"),
+            ([mapping("::1", sctp)], {}, "sctp on"),
+    ):
+        with pytest.raises(errors.InvalidArgument, match=match):
+            validation.check_port_mappings(mappings, False, **flags)
+    assert validation.check_port_mappings([mapping("", sctp), mapping("::1")], False)
