@@ -790,9 +790,9 @@ class Orchestrator:
         sandbox = asyncio.ensure_future(_no_sandbox() if wanted.peer_on_host
                                         else agent.get_sandbox(wanted.sandbox))
         sandbox.add_done_callback(_retrieve)
-        async with self.store.lock(lock_name) as lock:
+        async with self.store.endpoint_lock(wanted.endpoint_id) as lock:
             try:
-                existing, intent = await self.store.endpoint_and_intent(wanted.endpoint_id)
+                existing, intent = lock.endpoint, lock.intent  # read as it was taken
                 if intent is not None:
                     await self._settle_intent(intent)
                     existing = await self.store.get_endpoint(wanted.endpoint_id)
@@ -1102,11 +1102,13 @@ class Orchestrator:
         """Disconnects a recorded endpoint; False when there was none (with ``gone_only``:
         none whose container its host reported gone). ``network``: the endpoint's, if the
         caller has it (a network of another driver than overlay has no peers to push)."""
-        lock_name = f"ep:{endpoint_id}"
-        async with self.store.lock(lock_name) as lock:
-            endpoint = await self.store.get_endpoint(endpoint_id)
+        async with self.store.endpoint_lock(endpoint_id) as lock:
+            endpoint = lock.endpoint  # read as it was taken, with its intent
             if endpoint is None:
-                return await self.settle_locked(endpoint_id) and not gone_only
+                if lock.intent is None:
+                    return False
+                await self._settle_intent(lock.intent)
+                return not gone_only
             if gone_only and not await self.store.gone_times([endpoint_id]):
                 return False
             if only_host is not None and endpoint.host_id != only_host:

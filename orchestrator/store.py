@@ -273,6 +273,21 @@ end
 return 0
 """
 
+# The same, and when taken, an endpoint's record and intent read under it in the same
+# step (KEYS: lock, the holder's replica lease (any key on a first go), the record, the
+# intents; ARGV: token, TTL, the holder to steal from ('' on a first go), the intent's
+# field). {1, record, intent} when taken; {2, holder} when held; {0} to try again.
+_ACQUIRE_LOCK_READING_ENDPOINT = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local holder = redis.call('GET', KEYS[1])
+  if not holder then return {0} end
+  if ARGV[3] == '' then return {2, holder} end
+  if holder ~= ARGV[3] or redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return {1, redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[4], ARGV[4])}
+"""
+
 # The next generation of a network's peers push: higher than every earlier one, and at
 # least Redis's clock in microseconds, so that a count started again (Redis flushed or
 # replaced) still goes past what the agents applied; 2^53 microseconds is the year 2255.
@@ -362,6 +377,7 @@ class Store:
         self._begin_delete_network = client.register_script(_BEGIN_DELETE_NETWORK)
         self._finish_delete_network = client.register_script(_FINISH_DELETE_NETWORK)
         self._acquire = client.register_script(_ACQUIRE_LOCK)
+        self._acquire_reading = client.register_script(_ACQUIRE_LOCK_READING_ENDPOINT)
         self._extend = client.register_script(_EXTEND_LOCK)
         self._swap_host = client.register_script(_SWAP_HOST)
         self._next_peers_generation = client.register_script(_NEXT_PEERS_GENERATION)
@@ -405,6 +421,11 @@ class Store:
 
     def lock(self, name: str, wait: float = 10.0) -> Lock:
         return Lock(self, name, wait)
+
+    def endpoint_lock(self, endpoint_id: str, wait: float = 10.0) -> EndpointLock:
+        """The endpoint's lock (``ep:ID``), which reads its record and intent as it is
+        taken (one round trip for both): :attr:`EndpointLock.endpoint`, ``intent``."""
+        return EndpointLock(self, endpoint_id, wait)
 
     def release_later(self, key: str, token: str) -> None:
         """Gives lock ``key`` back once Redis answers again (within its TTL: after it,
@@ -586,17 +607,6 @@ class Store:
             endpoint=pb.Endpoint.FromString(endpoint) if endpoint is not None else None,
             intent=bool(intent), gone=bool(gone),
             host=pb.Host.FromString(host) if host is not None else None)
-
-    async def endpoint_and_intent(self, endpoint_id: str) -> tuple[pb.Endpoint | None,
-                                                                    Intent | None]:
-        """The endpoint's record and intent, in one round trip."""
-        key = f"ep:{endpoint_id}"
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(k("ep", endpoint_id))
-        pipe.hget(k("intents"), key)
-        endpoint, intent = await pipe.execute()
-        return (pb.Endpoint.FromString(endpoint) if endpoint is not None else None,
-                Intent.from_json(key, intent) if intent is not None else None)
 
     async def get_endpoints(self, endpoint_ids: list[str]) -> list[pb.Endpoint]:
         if not endpoint_ids:
@@ -946,6 +956,38 @@ class Lock:
                 f"lost the lock {self.name} (taken over, or Redis unreachable): retry",
                 reason="LOCK_LOST",
             ) from exc
+
+
+class EndpointLock(Lock):
+    """An endpoint's lock that reads the endpoint's record and intent in the step that
+    takes it: what they are under the lock, with no round trip of their own."""
+
+    def __init__(self, store: Store, endpoint_id: str, wait: float):
+        super().__init__(store, f"ep:{endpoint_id}", wait)
+        self.endpoint_id = endpoint_id
+        self.endpoint: pb.Endpoint | None = None
+        self.intent: Intent | None = None
+
+    async def _take(self) -> bool:
+        ttl = self.store.LOCK_TTL_MS
+        reads = [k("ep", self.endpoint_id), k("intents")]
+        holder = b""
+        for _ in range(2):  # as Lock._take: a second go to take over an expired holder's
+            replica = k("replica", bytes(holder).split(b":", 1)[0].decode()) if holder \
+                else self.key
+            reply = await self.store._acquire_reading(
+                keys=[self.key, replica, *reads], args=[self.token, ttl, holder, self.name])
+            if reply[0] == 1:
+                record, intent = reply[1], reply[2]
+                self.endpoint = pb.Endpoint.FromString(record) if record else None
+                self.intent = Intent.from_json(self.name, intent) if intent else None
+                return True
+            if reply[0] == 2 and not holder:
+                holder = reply[1]
+                continue
+            if holder:
+                return False
+        return False
 
 
 def _lock_handover(lock: Lock | None) -> tuple[list[str], list[str]]:

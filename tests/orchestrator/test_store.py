@@ -11,7 +11,7 @@ import pytest
 
 from cnm import errors
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
-from orchestrator.store import Store, k
+from orchestrator.store import Op, Store, k
 from tests import support
 
 
@@ -36,6 +36,30 @@ async def test_a_held_lock_outlives_its_ttl(stores):
     other = theirs.lock("net:x", wait=0)
     assert await other.try_acquire()
     await other.release()
+
+
+async def test_an_endpoint_lock_reads_record_and_intent_as_it_is_taken(stores):
+    """The endpoint's lock (one script: take, then read under it): taken, stolen only
+    from a replica whose lease expired, each time with what is recorded."""
+    ours, theirs = stores
+    ours.LOCK_TTL_MS = 60_000
+    endpoint = pb.Endpoint(endpoint_id="7", address="10.0.0.7")
+    await ours.r.set(k("ep", "7"), endpoint.SerializeToString())
+    await ours.put_intent(ours.new_intent("ep:7", Op.DISCONNECT, lock="ep:7"))
+    held = ours.endpoint_lock("7", wait=0)
+    assert await held.try_acquire()
+    assert held.endpoint == endpoint and (held.intent.key, held.intent.op) == (
+        "ep:7", Op.DISCONNECT)
+    assert not await theirs.endpoint_lock("7", wait=0).try_acquire()
+    await ours.drop_lease()
+    stolen = theirs.endpoint_lock("7", wait=0)
+    assert await stolen.try_acquire() and stolen.endpoint == endpoint
+    assert await theirs.r.get(k("lock", "ep:7")) == stolen.token.encode()
+    await stolen.release()
+    await held.release()
+    unknown = theirs.endpoint_lock("8", wait=0)
+    assert await unknown.try_acquire() and (unknown.endpoint, unknown.intent) == (None, None)
+    await unknown.release()
 
 
 async def test_a_flow_that_loses_its_lock_is_stopped_with_unavailable(stores):
