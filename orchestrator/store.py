@@ -288,6 +288,18 @@ end
 return {1, redis.call('GET', KEYS[3]), redis.call('HGET', KEYS[4], ARGV[4])}
 """
 
+# A network's record and state by id, else by name (KEYS: net:NAME_OR_ID, the names;
+# ARGV: the name or id, the prefix of a network's key): {record, state}, or {} if none.
+_RESOLVE_NETWORK = """
+local found = redis.call('HMGET', KEYS[1], 'pb', 'state')
+if found[1] then return found end
+local id = redis.call('HGET', KEYS[2], ARGV[1])
+if not id then return {} end
+found = redis.call('HMGET', ARGV[2] .. id, 'pb', 'state')
+if found[1] then return found end
+return {}
+"""
+
 # The next generation of a network's peers push: higher than every earlier one, and at
 # least Redis's clock in microseconds, so that a count started again (Redis flushed or
 # replaced) still goes past what the agents applied; 2^53 microseconds is the year 2255.
@@ -378,6 +390,7 @@ class Store:
         self._finish_delete_network = client.register_script(_FINISH_DELETE_NETWORK)
         self._acquire = client.register_script(_ACQUIRE_LOCK)
         self._acquire_reading = client.register_script(_ACQUIRE_LOCK_READING_ENDPOINT)
+        self._resolve_network = client.register_script(_RESOLVE_NETWORK)
         self._extend = client.register_script(_EXTEND_LOCK)
         self._swap_host = client.register_script(_SWAP_HOST)
         self._next_peers_generation = client.register_script(_NEXT_PEERS_GENERATION)
@@ -456,19 +469,14 @@ class Store:
 
     async def resolve_network(self, name_or_id: str) -> tuple[pb.Network, str]:
         """A network by id, else by name (as Docker: an id wins); NotFound otherwise.
-        Both are asked in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(k("net", name_or_id), ["pb", "state"])
-        pipe.hget(k("netname"), name_or_id)
-        (raw, state), network_id = await pipe.execute()
-        if raw is not None:
-            found = _network_record(raw), state.decode()
-        else:
-            found = await self.get_network(network_id.decode()) if network_id else None
-        if found is None:
+        One round trip (a script), by name as by id."""
+        found = await self._resolve_network(keys=[k("net", name_or_id), k("netname")],
+                                            args=[name_or_id, k("net", "")])
+        if not found:
             raise errors.NotFound(f"network {name_or_id!r} not found", reason="NETWORK_NOT_FOUND",
                                   network=name_or_id)
-        return found
+        raw, state = found
+        return _network_record(raw), state.decode()
 
     async def list_networks(self) -> list[tuple[pb.Network, str]]:
         ids = sorted(member.decode() for member in await self.r.smembers(k("netids")))
