@@ -490,7 +490,7 @@ class Orchestrator:
         if not pools:
             raise errors.FailedPrecondition(
                 f"network {network.name!r}: no IPv6 default address pool to choose its IPv6 "
-                "subnet from: give one (--subnet fd00:1::/64 beside the IPv4 one), or add a "
+                "subnet from: give one (--subnet fd00:1::/64 with --ipv6), or add a "
                 "pool with the orchestrator's --default-address-pool base=CIDR6,size=64 "
                 "(env CNM_DEFAULT_ADDRESS_POOLS)", reason="NO_IPV6_POOL", network=network.name)
         return pools
