@@ -428,9 +428,8 @@ class Plugin:
 
     async def _network_overlapping(self, subnet, fresh: bool = False) -> pb.Network | None:
         return next((n for n in await self._networks(fresh)
-                     if any(ipaddress.ip_network(mine).overlaps(subnet)
-                            for mine in _subnets(n)
-                            if ipaddress.ip_network(mine).version == subnet.version)), None)
+                     if any(ipaddress.ip_network(mine).overlaps(subnet)  # (never across families)
+                            for mine in _subnets(n))), None)
 
     async def _network_containing(self, address, fresh: bool = False) -> pb.Network:
         for network in await self._networks(fresh):

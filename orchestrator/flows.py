@@ -74,29 +74,26 @@ def _endpoint_address(network: pb.Network, address: str) -> str:
                                                  network.gateway, address, "address")
 
 
-def _family_address(network: pb.Network, address: str) -> str:
-    """``address`` checked as one an endpoint of ``network`` may hold, in the subnet of
-    its family."""
-    if ":" not in address:
-        return _endpoint_address(network, address)
-    return cnm_validation.check_endpoint_address(ipaddress.ip_network(network.ipv6_subnet),
-                                                 network.ipv6_gateway, address, "address")
-
-
-def _reservation_pool(network: pb.Network, address: str, ipv6: bool) -> str:
-    """The IPAM pool a host's reservation of ``address`` (or any, of the family ``ipv6``
-    says) is in; INVALID_ARGUMENT for IPv6 on an IPv4 network."""
-    if not (ipv6 or ":" in address):
+def _reservation(network: pb.Network, address: str | None,
+                 ipv6: bool) -> tuple[str, str]:
+    """The IPAM pool a host's reservation of ``address`` (None: of any address of the
+    family ``ipv6`` says) is in, and ``address`` checked as one an endpoint may hold in
+    that family's subnet ("" for None); INVALID_ARGUMENT for a family the network has
+    not."""
+    if not (ipv6 or ":" in (address or "")):
         if not network.subnet:
             raise errors.InvalidArgument(
                 f"network {network.name!r} is IPv6 only: no IPv4 address to reserve (ipv6)",
                 reason="ADDRESS_OUTSIDE_SUBNET", field="address")
-        return network.network_id
+        return network.network_id, "" if address is None else _endpoint_address(network,
+                                                                                address)
     if not network.ipv6_subnet:
         raise errors.InvalidArgument(
             f"network {network.name!r} has no IPv6 subnet: no IPv6 address to reserve",
             reason="ADDRESS_OUTSIDE_SUBNET", field="address")
-    return validation.ipv6_pool_id(network.network_id)
+    return validation.ipv6_pool_id(network.network_id), "" if address is None else \
+        cnm_validation.check_endpoint_address(ipaddress.ip_network(network.ipv6_subnet),
+                                              network.ipv6_gateway, address, "address")
 
 
 def _addresses(endpoint: pb.Endpoint) -> list[tuple[str, str]]:
@@ -1008,9 +1005,7 @@ class Orchestrator:
         if host is None:
             raise errors.NotFound(f"host {host_id!r} is not registered",
                                   reason="HOST_NOT_FOUND", host=host_id)
-        pool_id = _reservation_pool(network, address, ipv6)
-        if address:
-            address = _family_address(network, address)
+        pool_id, address = _reservation(network, address or None, ipv6)
         try:
             allocation = await self.ipam.allocate(pool_id,
                                                   validation.reservation_owner(host_id),
@@ -1024,9 +1019,8 @@ class Orchestrator:
 
     async def release_reserved(self, network_name: str, host_id: str, address: str) -> None:
         network, _ = await self.store.resolve_network(network_name)
-        pool_id = _reservation_pool(network, address, False)
-        await self.ipam.release_owner(
-            pool_id, validation.reservation_owner(host_id, _family_address(network, address)))
+        pool_id, address = _reservation(network, address, False)
+        await self.ipam.release_owner(pool_id, validation.reservation_owner(host_id, address))
 
     async def _network_taking_addresses(self, name: str) -> pb.Network:
         """The network ``name`` names, if it may hand out an address (not being deleted)."""

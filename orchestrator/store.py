@@ -884,17 +884,24 @@ class Lock:
         self._keeper: asyncio.Task | None = None
 
     async def _take(self) -> bool:
-        ttl = self.store.LOCK_TTL_MS
         for _ in range(2):  # a second go when the holder's lock expired meanwhile
-            reply = await self.store._acquire(keys=[self.key], args=[self.token, ttl, b""])
-            if reply == 1:
+            taken, holder = await self._attempt(b"")
+            if taken:
                 return True
-            if reply == 0:
-                continue
-            replica = bytes(reply).split(b":", 1)[0].decode()
-            return bool(await self.store._acquire(
-                keys=[self.key, k("replica", replica)], args=[self.token, ttl, reply]))
+            if holder:  # taken over only if the holder's replica lease expired
+                return (await self._attempt(holder))[0]
         return False
+
+    async def _attempt(self, holder: bytes) -> tuple[bool, bytes]:
+        """One go at the lock, taking it over from ``holder`` if given: (taken, the holder
+        found; b"" when none, or when taking over)."""
+        ttl = self.store.LOCK_TTL_MS
+        if holder:
+            replica = k("replica", holder.split(b":", 1)[0].decode())
+            return bool(await self.store._acquire(
+                keys=[self.key, replica], args=[self.token, ttl, holder])), b""
+        reply = await self.store._acquire(keys=[self.key], args=[self.token, ttl, b""])
+        return reply == 1, (b"" if reply in (0, 1) else bytes(reply))
 
     async def try_acquire(self) -> bool:
         if not await self._take():
@@ -976,26 +983,18 @@ class EndpointLock(Lock):
         self.endpoint: pb.Endpoint | None = None
         self.intent: Intent | None = None
 
-    async def _take(self) -> bool:
-        ttl = self.store.LOCK_TTL_MS
-        reads = [k("ep", self.endpoint_id), k("intents")]
-        holder = b""
-        for _ in range(2):  # as Lock._take: a second go to take over an expired holder's
-            replica = k("replica", bytes(holder).split(b":", 1)[0].decode()) if holder \
-                else self.key
-            reply = await self.store._acquire_reading(
-                keys=[self.key, replica, *reads], args=[self.token, ttl, holder, self.name])
-            if reply[0] == 1:
-                record, intent = reply[1], reply[2]
-                self.endpoint = pb.Endpoint.FromString(record) if record else None
-                self.intent = Intent.from_json(self.name, intent) if intent else None
-                return True
-            if reply[0] == 2 and not holder:
-                holder = reply[1]
-                continue
-            if holder:
-                return False
-        return False
+    async def _attempt(self, holder: bytes) -> tuple[bool, bytes]:
+        """:meth:`Lock._attempt`, reading the record and intent once taken."""
+        replica = k("replica", holder.split(b":", 1)[0].decode()) if holder else self.key
+        reply = await self.store._acquire_reading(
+            keys=[self.key, replica, k("ep", self.endpoint_id), k("intents")],
+            args=[self.token, self.store.LOCK_TTL_MS, holder, self.name])
+        if reply[0] != 1:
+            return False, bytes(reply[1]) if reply[0] == 2 else b""
+        record, intent = reply[1], reply[2]
+        self.endpoint = pb.Endpoint.FromString(record) if record else None
+        self.intent = Intent.from_json(self.name, intent) if intent else None
+        return True, b""
 
 
 def _lock_handover(lock: Lock | None) -> tuple[list[str], list[str]]:
