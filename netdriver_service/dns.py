@@ -54,8 +54,8 @@ UPSTREAM_TIMEOUT = 2.0  # seconds each upstream has to answer
 RATE, BURST = 2000.0, 4000.0
 MAX_TCP_FRAME = 4096  # bytes: larger than any query a stub resolver sends
 TCP_IDLE = 10.0  # seconds a TCP connection may wait for a query
-MAX_CLIENTS = 4096
-IPV6_FREEBIND = 78  # <linux/in6.h>; not in Python's socket module  # token buckets kept; the oldest go first
+MAX_CLIENTS = 4096  # token buckets kept; the oldest go first
+IPV6_FREEBIND = 78  # <linux/in6.h>; not in Python's socket module
 RESOLV_CONF = "/etc/resolv.conf"
 # systemd-resolved's list of the upstreams behind its 127.0.0.53 stub.
 STUB_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
