@@ -6,6 +6,12 @@ after a restart or a flush: each network's options and each endpoint's
 address, sandbox and port mappings, plus the names of the sandboxes the
 agent created. One JSON file per object, replaced atomically.
 
+The files are written on the event loop, not in a worker thread: a few
+hundred bytes into the page cache (no fsync: the store must survive the
+agent, not the machine, whose reboot empties the kernel it describes) take
+about 60 us, where the hop to a thread and back took 0.2-0.6 ms on a busy
+machine, three times per connect.
+
 An *intent* names the link an operation is about to create, written before
 it is: the kernel cannot mark a link in the request that makes it, so a
 crash between the two leaves an unmarked link, which only the intent shows
@@ -14,7 +20,6 @@ to be cnm's (and safe to delete).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -64,7 +69,7 @@ class Store:
         self.endpoints.pop(endpoint_id, None)
 
     async def add_sandbox(self, name: str) -> None:
-        await asyncio.to_thread((self.directory / "sandboxes" / name).touch)
+        (self.directory / "sandboxes" / name).touch()
         self.sandboxes.add(name)
 
     async def remove_sandbox(self, name: str) -> None:
@@ -81,13 +86,9 @@ class Store:
 
     async def _write(self, kind: str, key: str, data: dict) -> None:
         path = self.directory / kind / (key + ".json")
-
-        def write() -> None:
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(data, sort_keys=True))
-            os.replace(temporary, path)
-
-        await asyncio.to_thread(write)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, sort_keys=True))
+        os.replace(temporary, path)
 
     async def _remove(self, kind: str, name: str) -> None:
-        await asyncio.to_thread((self.directory / kind / name).unlink, missing_ok=True)
+        (self.directory / kind / name).unlink(missing_ok=True)
