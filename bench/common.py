@@ -66,6 +66,14 @@ def agent_run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="cnm-bench-", dir="/run"))
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` (VmRSS), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def enter_namespace(fd: int) -> None:
     """Moves the calling thread (and threads it creates later) into the namespace on ``fd``."""
     if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:

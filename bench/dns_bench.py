@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import verdict
+from bench.common import rss_kib, verdict
 from tests import support
 from tests.netdriver import harness
 from tests.support import connect_namespaces
@@ -61,13 +61,6 @@ asyncio.run(main())
 def address(base: str, index: int) -> str:
     first, second, _, _ = base.split(".")
     return f"{first}.{second}.{2 + index // 250}.{2 + index % 250}"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def dnsperf(client: support.Netns, server: str, queries: Path, *args: str) -> str:

@@ -14,11 +14,14 @@ container runtime does. Every container is a fresh namespace made beforehand
 - disconnect latency: DisconnectContainer of those, against the chain's DEL;
 - throughput: 8 concurrent clients, connects per second, against 8
   concurrent CNI chain ADDs;
-- scale: connect p50 with 10 and with 1,000 endpoints on the network.
+- scale: connect p50 with 10 and with 1,000 endpoints on the network;
+- memory: each service's RSS idle (after one connect and disconnect) and
+  with 1,000 endpoints on the host.
 
 Targets (issue 17): connect p50 <= 1/5 of the CNI ADD; disconnect p50 <= 1/8 of
 the CNI DEL; 8-client throughput >= 10x the CNI chain's; connect p50 at 1,000
-endpoints within 1.25x of that at 10. ``--trace`` adds each service's own p50
+endpoints within 1.25x of that at 10; at 1,000 endpoints the agent under
+150 MiB, the orchestrator and IPAM under 100 MiB each. ``--trace`` adds each service's own p50
 per call (the breakdown, from their DEBUG logs).
 
     .venv/bin/python bench/e2e_bench.py [--iterations 40] [--clients 8] [--scale 1000]
@@ -38,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# RSS each service must stay under with --scale endpoints on the host (issue 17), MiB.
+MEMORY_LIMITS = {"agent": 150, "orchestrator": 100, "ipam": 100}
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
@@ -49,6 +54,7 @@ from bench.common import (
     agent_run_dir,
     inside,
     print_request_times,
+    rss_kib,
     summary,
     timed,
     verdict,
@@ -115,6 +121,13 @@ class System:
              *orchestrator_args, *self._tls("orchestrator"), *metrics("orchestrator")],
             log_path=workdir / "orchestrator.log"))
         support.wait_serving(self.address, credentials=self._credentials())
+
+    def memory(self) -> dict[str, int]:
+        """Each service's RSS, KiB (the agent's ``nsenter`` execs it: the same process)."""
+        ipam, agent, orchestrator = (p.popen.pid for p in self.processes)
+        return {"ipam": rss_kib(ipam), "agent": rss_kib(agent),
+                "orchestrator": rss_kib(orchestrator),
+                "redis": rss_kib(self.redis.process.popen.pid)}
 
     def _tls(self, name: str) -> list[str]:
         if self.tls_dir is None:
@@ -200,6 +213,7 @@ def main() -> None:
         [warm] = containers.make(1)
         first.connect("bench", "warm", warm, 1000)
         first.disconnect("bench", "warm")
+        idle = system.memory()
 
         # --- cnm: sequential, then concurrent ---------------------------------------------
         sandboxes = containers.make(args.iterations)
@@ -250,12 +264,18 @@ def main() -> None:
             filled = fill(clients, containers, 0, 10)
             small = measure(first, containers, 10, args.samples)
             fill(clients, containers, filled, args.scale)
+            loaded = system.memory()
             large = measure(first, containers, args.scale, args.samples)
             ratio = statistics.median(large) / statistics.median(small)
             print(f"\n# connect with 10 vs {args.scale} endpoints on the network")
             print(f"at 10:     {summary(small)}")
             print(f"at {args.scale}:  {summary(large)}")
             print(f"ratio {ratio:.2f} (target <= 1.25) {verdict(ratio <= 1.25)}")
+            print(f"\n# memory (RSS, MiB), idle and with {args.scale} endpoints on the host")
+            for name, limit in MEMORY_LIMITS.items():
+                print(f"{name:13s} {idle[name] / 1024:6.1f}  {loaded[name] / 1024:6.1f}  "
+                      f"(target < {limit} MiB) {verdict(loaded[name] / 1024 < limit)}")
+            print(f"{'redis':13s} {idle['redis'] / 1024:6.1f}  {loaded['redis'] / 1024:6.1f}")
             stub.DeleteNetwork(pb.DeleteNetworkRequest(network="scale", force=True), timeout=600)
     finally:
         system.stop()
