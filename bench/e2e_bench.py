@@ -21,8 +21,8 @@ container runtime does. Every container is a fresh namespace made beforehand
 Targets (issue 17): connect p50 <= 1/5 of the CNI ADD; disconnect p50 <= 1/8 of
 the CNI DEL; 8-client throughput >= 10x the CNI chain's; connect p50 at 1,000
 endpoints within 1.25x of that at 10; at 1,000 endpoints the agent under
-150 MiB, the orchestrator and IPAM under 100 MiB each. ``--trace`` adds each service's own p50
-per call (the breakdown, from their DEBUG logs).
+150 MiB, the orchestrator and IPAM under 100 MiB each. ``--trace`` adds each
+service's own p50 per call (the breakdown, from their DEBUG logs).
 
     .venv/bin/python bench/e2e_bench.py [--iterations 40] [--clients 8] [--scale 1000]
 """
@@ -41,8 +41,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# RSS each service must stay under with --scale endpoints on the host (issue 17), MiB.
-MEMORY_LIMITS = {"agent": 150, "orchestrator": 100, "ipam": 100}
 sys.path.insert(0, str(REPO))
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
@@ -62,6 +60,9 @@ from bench.common import (
 from cnm.orchestrator.v1 import orchestrator_pb2 as pb
 from cnm.orchestrator.v1 import orchestrator_pb2_grpc
 from tests import support
+
+# RSS each service must stay under with --scale endpoints on the host (issue 17), MiB.
+MEMORY_LIMITS = {"agent": 150, "orchestrator": 100, "ipam": 100}
 
 
 class System:

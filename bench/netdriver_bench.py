@@ -356,9 +356,7 @@ class KernelSteps:
         rules = [PortRule(endpoint_id=f"k{number}", network_id="kref", protocol="tcp",
                           host_ip="", host_port=50000 + number % 10000, container_ip=address,
                           container_port=80)]
-        started = time.perf_counter()
-        self.run(self._connect(name, netns, address, rules))
-        elapsed = (time.perf_counter() - started) * 1000
+        elapsed = timed(self.run, self._connect(name, netns, address, rules))
         self.live.append((name, rules))
         return elapsed
 

@@ -12,10 +12,11 @@ for every endpoint it finds (:meth:`HostPorts.restore`).
 The one exception to DNAT: the host's own traffic to the port of a container
 with an IPv6 address (dual stack or IPv6 only) published on ``[::1]`` (on
 every address, or on ::1 alone). IPv6 has no ``route_localnet``: a packet
-from ::1 never leaves the host, so DNAT cannot take it to the container. For those the socket holding the port serves, and
-the agent relays each TCP connection, or each UDP client's datagrams, to the
-container's IPv6 address, as Docker's userland proxy does (the container sees
-the host's gateway address, as after the masquerade IPv4 uses).
+from ::1 never leaves the host, so DNAT cannot take it to the container. For
+those the socket holding the port serves, and the agent relays each TCP
+connection, or each UDP client's datagrams, to the container's IPv6 address,
+as Docker's userland proxy does (the container sees the host's gateway
+address, as after the masquerade IPv4 uses).
 """
 
 from __future__ import annotations
