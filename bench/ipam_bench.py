@@ -4,10 +4,12 @@ and the raw Redis ceiling of the same Lua script.
     .venv/bin/python bench/ipam_bench.py [--clients 16] [--requests 15000]
 
 Starts its own redis-server on a free loopback port, two IPAM server
-processes and one no-op gRPC server process (this script with --serve-noop:
+processes and two no-op gRPC server processes (this script with --serve-noop:
 the same cnm.server furniture and interceptor around a handler that does
-nothing, i.e. the floor grpc.aio sets on this machine), and stops them all by
-PID. The clients are asyncio tasks in this process, so client and server work
+nothing, i.e. the floor grpc.aio sets on this machine; and one whose handler
+awaits one Redis PING through the IPAM's Redis client set-up, the floor for a
+call that makes one Redis round trip, as an allocation must), and stops them
+all by PID. The clients are asyncio tasks in this process, so client and server work
 run on different cores. Prints figures; asserts nothing.
 """
 
@@ -29,6 +31,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cnm import redis_client
 from cnm import server as cnm_server
 from cnm.ipam.v1 import ipam_pb2 as pb
 from cnm.ipam.v1 import ipam_pb2_grpc
@@ -134,18 +137,27 @@ def redis_usec_per_allocate(client: redis.Redis, pool_id: str, prefix: str, coun
 
 
 class NoopIpam(ipam_pb2_grpc.IpamServiceServicer):
+    """Answers at once; or, given a Redis client, after one PING through it (the IPAM's
+    own client set-up, cnm.redis_client): what awaiting one Redis round trip costs."""
+
+    def __init__(self, redis_client=None) -> None:
+        self.redis = redis_client
+
     async def AllocateAddress(self, request, context):
+        if self.redis is not None:
+            await self.redis.ping()
         return pb.AllocateAddressResponse(address="10.0.0.2", prefix_length=16, gateway="10.0.0.1")
 
 
-async def serve_noop(address: str) -> None:
+async def serve_noop(address: str, redis_url: str = "") -> None:
     async def ready() -> bool:
         return True
 
     logging.basicConfig(level=logging.WARNING)
+    servicer = NoopIpam(redis_client.connect(redis_url) if redis_url else None)
     running = await cnm_server.start(
         listen=address,
-        services=[(ipam_pb2_grpc.add_IpamServiceServicer_to_server, NoopIpam(), SERVICE_NAME)],
+        services=[(ipam_pb2_grpc.add_IpamServiceServicer_to_server, servicer, SERVICE_NAME)],
         logger=logging.getLogger("noop"),
         readiness=ready,
     )
@@ -158,7 +170,7 @@ async def bench(args: argparse.Namespace) -> None:
     processes: list[support.Process] = []
     channels: list[grpc.aio.Channel] = []
     try:
-        addresses = [f"127.0.0.1:{support.free_port()}" for _ in range(3)]
+        addresses = [f"127.0.0.1:{support.free_port()}" for _ in range(4)]
         for i, address in enumerate(addresses[:2]):
             processes.append(
                 support.Process(
@@ -182,11 +194,18 @@ async def bench(args: argparse.Namespace) -> None:
                 log_path=workdir / "noop.log",
             )
         )
+        processes.append(
+            support.Process(
+                [support.PYTHON, __file__, "--serve-noop", addresses[3],
+                 "--noop-redis-url", redis_server.url],
+                log_path=workdir / "noop-redis.log",
+            )
+        )
         for address in addresses:
             await asyncio.to_thread(support.wait_serving, address, 30)
         channels = [grpc.aio.insecure_channel(address) for address in addresses]
         stubs = [ipam_pb2_grpc.IpamServiceStub(channel) for channel in channels]
-        one, two, noop = stubs[:1], stubs[:2], stubs[2:]
+        one, two, noop, noop_redis = stubs[:1], stubs[:2], stubs[2:3], stubs[3:]
         pids = [process.pid for process in processes]
         client = redis.Redis.from_url(redis_server.url)
         print(
@@ -220,14 +239,19 @@ async def bench(args: argparse.Namespace) -> None:
             return [f"{prefix}{i}" for i in range(count)]
 
         await Run().add(two, pids[:2], "warm", owners("w", 2000), args.clients)
-        await Run().add(noop, pids[2:], "noop", owners("w", 2000), args.clients)
+        await Run().add(noop, pids[2:3], "noop", owners("w", 2000), args.clients)
+        await Run().add(noop_redis, pids[3:], "noop", owners("w", 2000), args.clients)
         n = args.requests
         single = await Run().add(one, pids[:1], "one", owners("a", n), args.clients)
         print(single.line("gRPC AllocateAddress, 1 IPAM process"))
         double = await Run().add(two, pids[:2], "two", owners("b", n), args.clients)
         print(double.line("gRPC AllocateAddress, 2 IPAM processes"))
-        floor = await Run().add(noop, pids[2:], "noop", owners("c", n), args.clients)
+        floor = await Run().add(noop, pids[2:3], "noop", owners("c", n), args.clients)
         print(floor.line("no-op grpc.aio server (floor), 1 process"))
+        with_redis = await Run().add(noop_redis, pids[3:], "noop", owners("d", n), args.clients)
+        print(with_redis.line("no-op + one Redis PING per call, 1 process"))
+        print(f"  IPAM (1 process) / no-op: {single.rate / floor.rate:.2f} by rate; "
+              f"IPAM / no-op + PING: {single.rate / with_redis.rate:.2f}")
         print("  targets: >= 2000 allocs/s, p99 < 25 ms")
 
         # Fill independence: a fragmented /16 at 90% against an empty /16, in
@@ -317,9 +341,10 @@ def main() -> None:
     parser.add_argument("--v6-fill", type=int, default=100_000,
                         help="allocations made in the full /64 before it is measured")
     parser.add_argument("--serve-noop", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--noop-redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop:
-        asyncio.run(serve_noop(args.serve_noop))
+        asyncio.run(serve_noop(args.serve_noop, args.noop_redis_url))
     else:
         os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
         asyncio.run(bench(args))
