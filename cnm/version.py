@@ -4,6 +4,7 @@ checkout (found only when asked: no git call at start-up)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 from importlib import metadata
@@ -12,11 +13,18 @@ from pathlib import Path
 SOURCE = Path(__file__).resolve().parent.parent
 
 
-def version() -> str:
+@functools.cache
+def package_version() -> str:
+    """The installed package's version ("" when it is not installed), read once: the
+    lookup scans the path's distributions (0.3-0.7 ms on a busy machine)."""
     try:
-        text = metadata.version("cnm")
+        return metadata.version("cnm")
     except metadata.PackageNotFoundError:
-        text = "unknown"
+        return ""
+
+
+def version() -> str:
+    text = package_version() or "unknown"
     if (SOURCE / ".git").exists():
         try:
             commit = subprocess.run(

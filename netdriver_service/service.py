@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from importlib import metadata
 from typing import TypeVar
 
 from cnm import errors, pagination
 from cnm.netdriver.v1 import netdriver_pb2, netdriver_pb2_grpc
+from cnm.version import package_version
 from netdriver_service import model
 from netdriver_service.agent import Agent
 from netdriver_service.model import Peer, RemoteEndpoint
 
 SERVICE_NAME = netdriver_pb2.DESCRIPTOR.services_by_name["NetDriverService"].full_name
 T = TypeVar("T")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("cnm")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
@@ -48,7 +41,7 @@ class NetDriverServicer(netdriver_pb2_grpc.NetDriverServiceServicer):
             host_id=self.agent.host_id, underlay_ip=self.agent.underlay_ip,
             drivers=[model.driver_enum(name) for name in sorted(self.agent.drivers)],
             firewall=netdriver_pb2.Firewall.Value(f"FIREWALL_{self.agent.firewall.name.upper()}"),
-            version=_version(),
+            version=package_version() or "0.0.0",
         )
 
     async def CreateNetwork(self, request, context):

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,7 @@ def test_health_reflection_and_host_info(topo):
     assert (info.host_id, info.firewall, list(info.drivers)) == (
         "h1", pb.FIREWALL_NFTABLES, [pb.DRIVER_BRIDGE, pb.DRIVER_OVERLAY])
     assert info.underlay_ip == HOST_UP  # the default-route interface's address
+    assert info.version == metadata.version("cnm")
     grpcurl = shutil.which("grpcurl") or str(support.REPO / ".venv/bin/grpcurl")
     listed = subprocess.run(
         [grpcurl, "-plaintext", "-unix", topo.agent.socket_path, "list"],
