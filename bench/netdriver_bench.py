@@ -308,10 +308,12 @@ class KernelSteps:
     firewall rules): the veth with its peer made in a fresh container
     namespace (marked, hairpin, no IPv6), a socket opened in that namespace,
     lo up, no IPv6 link-local address, the address, the peer up, the default
-    route, the host end up, the published port's nftables elements; exactly
-    the calls bridge.create_endpoint makes (``Netlink`` and the nftables
-    backend), without gRPC, records, intents, locks or checks. Runs on an
-    event loop of its own, with the calling thread in the scratch namespace.
+    route, the host end up, and beside them (in the firewall's thread) the
+    published port's nftables elements; exactly the calls
+    bridge.create_endpoint makes (``Netlink`` and the nftables backend), in
+    the same order and overlap, without gRPC, records, intents, locks or
+    checks. Runs on an event loop of its own, with the calling thread in the
+    scratch namespace.
     """
 
     def __init__(self, containers: Namespaces) -> None:
@@ -362,6 +364,8 @@ class KernelSteps:
 
     async def _connect(self, name: str, netns: str, address: str, rules: list) -> None:
         netlink, network = self.netlink, self.network
+        # Beside the rest, as the agent does (BridgeDriver._publish).
+        publishing = asyncio.ensure_future(self.firewall.add_ports(rules))
         await netlink.create_veth(name, mtu=1500, master=self.bridge, peer_name="eth0",
                                   peer_ns=netns, peer_mac="02:00:00:00:00:01", alias="bench",
                                   hairpin=True)
@@ -372,7 +376,7 @@ class KernelSteps:
         await netlink.set_up(peer, netns)
         await netlink.add_default_route(network.gateway, peer, netns)
         await netlink.set_up(name)
-        await self.firewall.add_ports(rules)
+        await publishing
         netlink.forget_namespace(netns)
 
     def disconnect_last(self) -> None:
