@@ -8,17 +8,24 @@ agent listens there instead of polling its endpoints: a dead container costs
 one notification, and a host with a thousand live ones costs nothing. A
 socket whose buffer overflowed lost notifications; the callback is then told
 to check everything (``None``).
+
+A socket filter keeps every other notification in the kernel: each connect
+makes four or five RTM_NEWLINK (the veth, its port joining the bridge, both
+going up), which would each wake the agent's event loop for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 
 from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netlink.rtnl import RTM_DELLINK
 
 from netdriver_service.linkdump import deleted_links
 from netdriver_service.netns import in_namespace
@@ -28,9 +35,30 @@ RTMGRP_LINK = 1
 RECEIVE_BUFFER = 4 << 20  # a thousand deletions at once fit
 
 
+SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h; Python's socket module lacks it
+
+
+def _only_deletions() -> bytes:
+    """A classic BPF program passing the datagrams whose first message is RTM_DELLINK
+    (a notification is one message): nlmsg_type, at offset 4, is in the host's byte
+    order, and BPF loads halfwords in network order."""
+    wanted = int.from_bytes(struct.pack("=H", RTM_DELLINK), "big")
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in (
+        (0x28, 0, 0, 4),            # ldh [4]
+        (0x15, 0, 1, wanted),       # jeq #wanted, next, skip one
+        (0x06, 0, 0, 0xFFFFFFFF),   # ret #everything
+        (0x06, 0, 0, 0),            # ret #0: dropped
+    ))
+
+
 def _socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK |
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK |
                          socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    program = _only_deletions()
+    code = ctypes.create_string_buffer(program, len(program))  # copied by the kernel
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HP", len(program) // 8, ctypes.addressof(code)))  # sock_fprog
+    return sock
 
 
 class LinkWatch:

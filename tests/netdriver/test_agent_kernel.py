@@ -903,6 +903,27 @@ async def test_a_dead_containers_endpoint_is_torn_down_and_reported_at_once(worl
         watch.close()
 
 
+async def test_the_link_watch_is_woken_by_deletions_only(netns):
+    """Its socket filter keeps RTM_NEWLINK in the kernel: links made, joined or set up
+    (four or five per connect) do not wake the agent; a link deleted does."""
+    host = netns("cnmt-w")
+    heard: list[str | None] = []
+    watch = await LinkWatch(heard.append, host.path).start()
+    try:
+        host.run("ip", "link", "add", "wa0", "type", "veth", "peer", "name", "wb0")
+        host.run("ip", "link", "set", "wa0", "up")
+        with pytest.raises(BlockingIOError):
+            watch.sock.recv(1 << 16)
+        host.run("ip", "link", "del", "wa0")
+        for _ in range(200):
+            if len(heard) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(heard) == ["wa0", "wb0"]
+    finally:
+        watch.close()
+
+
 async def test_containers_that_died_while_the_agent_was_down_are_reported_at_start(
         world, netns):
     agent = await world.agent()
