@@ -56,8 +56,11 @@ def _socket() -> socket.socket:
                          socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     program = _only_deletions()
     code = ctypes.create_string_buffer(program, len(program))  # copied by the kernel
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                    struct.pack("HP", len(program) // 8, ctypes.addressof(code)))  # sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        struct.pack("HP", len(program) // 8, ctypes.addressof(code)))  # sock_fprog
+    except OSError as error:  # unfiltered, the reader skips the rest itself
+        log.warning("link notifications unfiltered", extra={"error": str(error)})
     return sock
 
 
