@@ -9,8 +9,8 @@ the same cnm.server furniture and interceptor around a handler that does
 nothing, i.e. the floor grpc.aio sets on this machine; and one whose handler
 awaits one Redis PING through the IPAM's Redis client set-up, the floor for a
 call that makes one Redis round trip, as an allocation must), and stops them
-all by PID. The clients are asyncio tasks in this process, so client and server work
-run on different cores. Prints figures; asserts nothing.
+all by PID. The clients are asyncio tasks in this process, so client and
+server work run on different cores. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -140,12 +140,12 @@ class NoopIpam(ipam_pb2_grpc.IpamServiceServicer):
     """Answers at once; or, given a Redis client, after one PING through it (the IPAM's
     own client set-up, cnm.redis_client): what awaiting one Redis round trip costs."""
 
-    def __init__(self, redis_client=None) -> None:
-        self.redis = redis_client
+    def __init__(self, pinged=None) -> None:
+        self.pinged = pinged
 
     async def AllocateAddress(self, request, context):
-        if self.redis is not None:
-            await self.redis.ping()
+        if self.pinged is not None:
+            await self.pinged.ping()
         return pb.AllocateAddressResponse(address="10.0.0.2", prefix_length=16, gateway="10.0.0.1")
 
 
