@@ -3,9 +3,9 @@
 Every cnm server is a ``grpc.aio`` server with the same furniture: the
 interceptor that authorizes each call (with TLS, against the service's
 cnm.authz policy), maps errors and logs one line per request with the
-caller's identity; the standard health service (driven by a readiness probe
-the service supplies); server reflection; and a graceful shutdown on
-SIGTERM/SIGINT.
+caller's identity (written just after the reply is sent); the standard
+health service (driven by a readiness probe the service supplies); server
+reflection; and a graceful shutdown on SIGTERM/SIGINT.
 
 Safe defaults: without TLS a server listens only on loopback or a unix
 socket unless told ``--insecure``; unix sockets are created mode 0600 (0660
@@ -15,6 +15,7 @@ with ``--socket-group``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import grp
 import ipaddress
 import logging
@@ -104,7 +105,10 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                 if failure is not None:
                     fields["error"] = failure.message
                     fields["reason"] = failure.reason
-                logger.log(level, "request", extra=fields)
+                # Written once the reply is on its way, not while the caller waits for it:
+                # a line costs some 0.1 ms here, a tenth of a call.
+                asyncio.get_running_loop().call_soon(
+                    functools.partial(logger.log, level, "request", extra=fields))
                 metrics.observe(method, code.name, time.perf_counter() - started)
                 otel.end(span, code)
             await context.abort_with_status(errors.to_grpc_status(failure))

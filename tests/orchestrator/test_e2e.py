@@ -678,17 +678,21 @@ def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypat
         return {line.get("method", "").rsplit("/", 1)[-1] for line in lines(process)
                 if line.get("trace_id") == trace_id and line.get("event") == "request"}
 
+    # A request's line is written just after its reply: waited for, not raced.
     agent = cluster.hosts["h1"].process
     support.wait_for(lambda: "CreateEndpoint" in traced(agent), 5, 0.1, "the agent's line")
-    assert "ConnectContainer" in traced(cluster.orchestrator)
-    assert "AllocateAddress" in traced(cluster.ipam)
-    assert {"CreateSandbox", "ConnectContainer"} <= traced(cluster.orchestrator)
+    support.wait_for(lambda: "AllocateAddress" in traced(cluster.ipam), 5, 0.1, "IPAM's line")
+    support.wait_for(lambda: {"CreateSandbox", "ConnectContainer"} <= traced(cluster.orchestrator),
+                     5, 0.1, "the orchestrator's lines")
 
     monkeypatch.setenv("TRACEPARENT", "not-a-traceparent")
     listed = cluster.cnm("network", "ls", "-q")
     assert listed.code == 0, listed.err
-    last = [line for line in lines(cluster.orchestrator) if line.get("event") == "request"][-1]
-    assert last["method"].endswith("/ListNetworks")
+    def last_request() -> dict:
+        return [line for line in lines(cluster.orchestrator) if line.get("event") == "request"][-1]
+
+    last = support.wait_for(lambda: (line := last_request())["method"].endswith("/ListNetworks")
+                            and line, 5, 0.1, "ListNetworks' line")
     assert re.fullmatch(r"[0-9a-f]{32}", last["trace_id"]) and last["trace_id"] != trace_id
     assert cluster.cnm("rm", "c1").code == 0
     assert cluster.cnm("network", "rm", "net1").code == 0

@@ -122,13 +122,18 @@ def test_mutating_calls_are_logged_with_the_callers_identity(deployment):
     assert cnm(deployment, "network", "create", "--subnet", "10.128.0.0/24", "audited"
                ).returncode == 0
     assert cnm(deployment, "network", "rm", "audited", identity="viewer").returncode == 8
-    lines = [json.loads(line) for line in
-             (deployment["tmp"] / "orchestrator.log").read_text().splitlines()
-             if line.startswith("{")]
-    requests = [(line["method"].rsplit("/", 1)[1], line["code"], line.get("caller"))
+
+    def requests() -> list[tuple]:
+        lines = [json.loads(line) for line in
+                 (deployment["tmp"] / "orchestrator.log").read_text().splitlines()
+                 if line.startswith("{")]
+        return [(line["method"].rsplit("/", 1)[1], line["code"], line.get("caller"))
                 for line in lines if line.get("event") == "request"]
-    assert ("CreateNetwork", "OK", "spiffe://cnm/admin") in requests
-    assert ("DeleteNetwork", "PERMISSION_DENIED", "spiffe://cnm/viewer") in requests
+
+    # A request's line is written just after its reply: waited for, not raced.
+    support.wait_for(lambda: ("DeleteNetwork", "PERMISSION_DENIED", "spiffe://cnm/viewer")
+                     in requests(), 5, 0.1, "the refused request's line")
+    assert ("CreateNetwork", "OK", "spiffe://cnm/admin") in requests()
     # IPAM logs the orchestrator as the caller of the pool it created.
     ipam = (deployment["tmp"] / "ipam.log").read_text()
     assert '"caller": "spiffe://cnm/orchestrator"' in ipam
