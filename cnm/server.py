@@ -106,7 +106,7 @@ class ErrorAndLogInterceptor(grpc.aio.ServerInterceptor):
                     fields["error"] = failure.message
                     fields["reason"] = failure.reason
                 # Written once the reply is on its way, not while the caller waits for it:
-                # a line costs some 0.1 ms here, a tenth of a call.
+                # the line costs 0.05-0.07 ms, a tenth of a call that does nothing.
                 asyncio.get_running_loop().call_soon(
                     functools.partial(logger.log, level, "request", extra=fields))
                 metrics.observe(method, code.name, time.perf_counter() - started)

@@ -688,11 +688,12 @@ def test_one_trace_id_follows_a_connect_through_every_service(cluster, monkeypat
     monkeypatch.setenv("TRACEPARENT", "not-a-traceparent")
     listed = cluster.cnm("network", "ls", "-q")
     assert listed.code == 0, listed.err
-    def last_request() -> dict:
-        return [line for line in lines(cluster.orchestrator) if line.get("event") == "request"][-1]
 
-    last = support.wait_for(lambda: (line := last_request())["method"].endswith("/ListNetworks")
-                            and line, 5, 0.1, "ListNetworks' line")
+    def listed_last() -> dict | None:
+        requests = [line for line in lines(cluster.orchestrator) if line.get("event") == "request"]
+        return requests[-1] if requests[-1]["method"].endswith("/ListNetworks") else None
+
+    last = support.wait_for(listed_last, 5, 0.1, "ListNetworks' line")
     assert re.fullmatch(r"[0-9a-f]{32}", last["trace_id"]) and last["trace_id"] != trace_id
     assert cluster.cnm("rm", "c1").code == 0
     assert cluster.cnm("network", "rm", "net1").code == 0
