@@ -282,6 +282,7 @@ def main() -> None:
         system.stop()
         cni_host.close()
         containers.remove_all()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def fill(clients: list[Client], containers: Namespaces, present: int, wanted: int) -> int:

@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -327,6 +328,7 @@ async def bench(args: argparse.Namespace) -> None:
         for process in processes:
             process.stop()
         redis_server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
