@@ -25,6 +25,17 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# gRPC ends a call at its deadline. Should it ever not, the event loop cancels the call
+# this many seconds later, so that no caller waits on a peer beyond its budget.
+DEADLINE_GRACE = 0.5
+
+
+def deadline_guard(timeout: float) -> asyncio.Timeout:
+    """A context that cancels the call awaited in it (TimeoutError) if it has not ended
+    :data:`DEADLINE_GRACE` after its deadline, ``timeout`` seconds from now."""
+    return asyncio.timeout(timeout + DEADLINE_GRACE)
+
+
 def tls_options(address: str) -> list[tuple[str, object]]:
     """Channel options for TLS to ``address``: a unix socket's server is checked against
     the name ``localhost`` (gRPC would check the socket's path)."""
@@ -94,8 +105,11 @@ class RenewingChannel:
         (re)started is used as soon as it listens, not after gRPC's reconnect backoff.
         A failure comes back as the CnmError the peer answered."""
         try:
-            return await getattr(self.stub, method)(
-                request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
+            async with deadline_guard(timeout):
+                return await getattr(self.stub, method)(
+                    request, timeout=timeout, wait_for_ready=True, metadata=tracing.outgoing())
+        except TimeoutError:
+            raise errors.Unavailable(f"{method}: no answer within {timeout:g}s") from None
         except grpc.aio.AioRpcError as error:
             raise errors.from_rpc_error(error) from None
 

@@ -9,7 +9,8 @@ tried again with jitter while time is left (every IPAM call is idempotent). A
 call to an agent fails fast when its agent cannot be reached: the host's
 heartbeats say whether it is alive, and its channel is renewed when it
 registers again. A deadline that expires
-becomes UNAVAILABLE: for the caller the peer is as good as down.
+becomes UNAVAILABLE: for the caller the peer is as good as down, and so does a
+call gRPC has not ended by then (cnm.grpc_client.deadline_guard).
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ async def call(what: str, rpc, request, timeout: float, wait_for_ready: bool = F
             raise errors.Unavailable(f"{what}: no answer within {budget:g}s (the request's "
                                      f"deadline)")
         try:
-            return await rpc(request, timeout=left, wait_for_ready=wait_for_ready,
-                             metadata=tracing.outgoing())
+            async with grpc_client.deadline_guard(left):
+                return await rpc(request, timeout=left, wait_for_ready=wait_for_ready,
+                                 metadata=tracing.outgoing())
+        except TimeoutError:
+            raise errors.Unavailable(f"{what}: no answer within {budget:g}s") from None
         except grpc.aio.AioRpcError as error:
             if wait_for_ready and grpc_client.transport_failure(error) and \
                     deadline - asyncio.get_running_loop().time() > RETRY_PAUSE:

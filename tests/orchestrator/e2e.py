@@ -128,9 +128,21 @@ class Cluster:
         env = {**os.environ, "CNM_ORCHESTRATOR": self.address,
                "CNM_HOST_ID": self.hosts[host].host_id, "CNM_RUN_DIR": str(self.tmp / "run"),
                "GRPC_ENABLE_FORK_SUPPORT": "0"}
-        done = subprocess.run([CNM, *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        try:
+            done = subprocess.run([CNM, *args], env=env, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"cnm {' '.join(args)}: no answer within {timeout:g}s; "
+                                 f"the services' last lines:\n{self.log_tails()}") from None
         return CliResult(done.returncode, done.stdout, done.stderr)
+
+    def log_tails(self, lines: int = 20) -> str:
+        """The last lines of every service's log, to tell why a call hung."""
+        tails = []
+        for path in sorted(self.tmp.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            last = path.read_text(errors="replace").splitlines()[-lines:]
+            tails.append("\n".join([f"--- {path.name}", *(line[:400] for line in last)]))
+        return "\n".join(tails)
 
     def call(self, method: str, request):
         with grpc.insecure_channel(self.address) as channel:
